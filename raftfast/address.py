@@ -1,0 +1,238 @@
+"""Addresses as URLs, and listening/dialing on them.
+
+    tcp://HOST:PORT            HOST is an IPv4 literal, a hostname or [IPv6]
+    unix:///absolute/path.sock
+
+Peer traffic and clients use the same forms, so the node, the transport and
+the cluster launcher all parse and bind through this module.
+"""
+import errno
+import ipaddress
+import os
+import re
+import socket
+import stat
+
+__all__ = ["Address", "AddressError", "AddressInUse", "parse_address",
+           "create_server", "open_connection", "set_nodelay"]
+
+# sun_path is 108 bytes on Linux, one of them the terminating NUL.
+UNIX_PATH_MAX = 107
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+_WILDCARDS = ("0.0.0.0", "::")
+
+
+class AddressError(ValueError):
+    """A URL that is not a usable address; the message names it and says why."""
+
+    def __init__(self, url, why):
+        super().__init__(f"bad address {url!r}: {why}")
+        self.url = url
+        self.why = why
+
+
+class AddressInUse(OSError):
+    """Something already listens on the address."""
+
+
+class Address:
+    __slots__ = ("scheme", "host", "port", "path")
+
+    def __init__(self, scheme, host=None, port=None, path=None):
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.path = path
+
+    @property
+    def is_wildcard(self):
+        return self.scheme == "tcp" and self.host in _WILDCARDS
+
+    @property
+    def is_unix(self):
+        return self.scheme == "unix"
+
+    def __str__(self):
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+    def __repr__(self):
+        return f"Address({str(self)!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Address) and str(self) == str(other)
+
+    def __hash__(self):
+        return hash(str(self))
+
+
+def parse_address(url):
+    """Parse `url` into an Address, or raise AddressError saying what is wrong."""
+    if isinstance(url, Address):
+        return url
+    if not isinstance(url, str):
+        raise AddressError(url, "not a string")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise AddressError(url, "expected tcp://HOST:PORT or unix:///absolute/path.sock")
+    if scheme == "unix":
+        return _parse_unix(url, rest)
+    if scheme == "tcp":
+        return _parse_tcp(url, rest)
+    raise AddressError(url, f"unknown scheme {scheme!r} (use tcp or unix)")
+
+
+def _parse_unix(url, path):
+    if not path.startswith("/"):
+        raise AddressError(url, "a unix socket path must be absolute (unix:///dir/name.sock)")
+    if "\0" in path:
+        raise AddressError(url, "the path contains a NUL byte")
+    if path.endswith("/"):
+        raise AddressError(url, "the path names a directory, not a socket file")
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise AddressError(url, f"the path is longer than {UNIX_PATH_MAX} bytes, "
+                                "the limit for unix sockets")
+    return Address("unix", path=path)
+
+
+def _parse_tcp(url, rest):
+    if any(c in rest for c in "/?#@"):
+        raise AddressError(url, "only HOST:PORT may follow tcp:// (no path, query or user)")
+    if rest.startswith("["):
+        end = rest.find("]")
+        if end < 0:
+            raise AddressError(url, "unclosed '[' in an IPv6 host")
+        host, tail = rest[1:end], rest[end + 1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise AddressError(url, f"{host!r} is not an IPv6 address") from None
+        if not tail.startswith(":"):
+            raise AddressError(url, "missing :PORT")
+        port_s = tail[1:]
+    else:
+        host, sep, port_s = rest.rpartition(":")
+        if not sep:
+            raise AddressError(url, "missing :PORT")
+        if ":" in host:
+            raise AddressError(url, "an IPv6 host must be in brackets: tcp://[::1]:PORT")
+        if not host:
+            raise AddressError(url, "missing host")
+        _check_host(url, host)
+    if not port_s.isdigit() or not port_s.isascii():
+        raise AddressError(url, f"port {port_s!r} is not a number")
+    port = int(port_s)
+    if port > 65535:
+        raise AddressError(url, f"port {port} is out of range (0-65535)")
+    return Address("tcp", host=host, port=port)
+
+
+def _check_host(url, host):
+    # All-digit dotted names must be IPv4 literals; 300.1.1.1 is a typo, not a hostname.
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise AddressError(url, f"{host!r} is not an IPv4 address") from None
+        return
+    name = host[:-1] if host.endswith(".") else host
+    if len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+        raise AddressError(url, f"{host!r} is not a valid hostname")
+
+
+def set_nodelay(transport):
+    """Turn off Nagle on a TCP transport: Raft frames are latency-bound."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # the connection may already be gone; nothing to tune then
+
+
+async def create_server(loop, addr, protocol_factory, **kwargs):
+    """Listen on `addr` (Address or URL); returns the asyncio Server.
+
+    For unix addresses an existing socket file is removed only when
+    connecting to it is refused (a killed process left it behind); if
+    something answers, AddressInUse is raised and the file is left alone.
+    """
+    addr = parse_address(addr)
+    if addr.scheme == "tcp":
+        try:
+            return await loop.create_server(protocol_factory, addr.host, addr.port, **kwargs)
+        except OSError as e:
+            raise _bind_error(addr, e) from e
+    sock = _bind_unix(addr)
+    try:
+        return await loop.create_unix_server(protocol_factory, sock=sock, **kwargs)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _bind_error(addr, e):
+    if e.errno == errno.EADDRINUSE:
+        return AddressInUse(errno.EADDRINUSE, f"address in use: {addr}")
+    return OSError(e.errno, f"cannot listen on {addr}: {e.strerror or e}")
+
+
+def _bind_unix(addr):
+    # Bind the socket ourselves: loop.create_unix_server(path=...) deletes any
+    # socket file at the path unconditionally, even one a live node listens on.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.bind(addr.path)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise _bind_error(addr, e) from e
+            _remove_if_stale(addr)
+            try:
+                sock.bind(addr.path)
+            except OSError as e2:
+                raise _bind_error(addr, e2) from e2
+        sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _remove_if_stale(addr):
+    try:
+        st = os.lstat(addr.path)
+    except FileNotFoundError:
+        return  # gone in the meantime; the retried bind will tell
+    if not stat.S_ISSOCK(st.st_mode):
+        raise AddressInUse(errno.EADDRINUSE,
+                           f"address in use: {addr} (the path exists and is not a socket)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(addr.path)
+    except ConnectionRefusedError:
+        os.unlink(addr.path)  # nobody listens: a stale file from a killed process
+        return
+    except OSError as e:
+        # Anything but "refused" (a full backlog, a timeout) may mean a live owner.
+        raise AddressInUse(errno.EADDRINUSE, f"address in use: {addr} ({e})") from e
+    finally:
+        probe.close()
+    raise AddressInUse(errno.EADDRINUSE,
+                       f"address in use: {addr} (another process is listening on it)")
+
+
+async def open_connection(loop, addr, protocol_factory, **kwargs):
+    """Dial `addr` (Address or URL); returns (transport, protocol)."""
+    addr = parse_address(addr)
+    if addr.scheme == "tcp":
+        transport, protocol = await loop.create_connection(
+            protocol_factory, addr.host, addr.port, **kwargs)
+        set_nodelay(transport)
+        return transport, protocol
+    return await loop.create_unix_connection(protocol_factory, addr.path, **kwargs)
