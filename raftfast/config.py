@@ -1,0 +1,294 @@
+"""Every knob of a node in one place, shared by `python -m raftfast.node`,
+`python -m raftfast.cluster` and the benchmarks.
+
+The flag table is part of contract.md; a flag's default lives only in the
+Config dataclass below (the parser's defaults are None so that the cluster
+launcher can tell which flags were given and pass exactly those on).
+"""
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+
+from .address import AddressError, parse_address
+
+__all__ = ["Config", "ConfigError", "ArgumentParser", "add_node_arguments",
+           "parse_node_config", "tunable_argv", "NODE_ID_MAX"]
+
+NODE_ID_MAX = 2**63 - 1
+CLUSTER_ID_MAX_BYTES = 255  # it travels in every handshake with a one-byte length
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Room for a frame's own header fields next to a full proposal batch.
+FRAME_OVERHEAD = 4096
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message is one line naming the flag."""
+
+
+@dataclass
+class Config:
+    node_id: int
+    data_dir: str
+    listen: str
+    client: str
+    advertise_client: str | None = None  # None: the same as `client`
+    peers: dict[int, str] = field(default_factory=dict)
+    join: bool = False
+    cluster_id: str = "raftfast"
+    fsync: str = "always"
+    heartbeat_interval_ms: int = 100
+    election_timeout_ms: int = 1000
+    max_batch_entries: int = 1024
+    max_batch_bytes: int = 1 << 20
+    batch_linger_us: int = 0
+    max_inflight: int = 64
+    max_inflight_bytes: int = 8 << 20
+    read_mode: str = "readindex"
+    snapshot_entries: int = 0
+    snapshot_trailing: int = 10000
+    log_level: str = "info"
+    max_frame_bytes: int = 64 << 20
+
+    @property
+    def client_advertised(self):
+        """The client URL other nodes name in MOVED/NOTLEADER."""
+        return self.advertise_client or self.client
+
+    def validate(self):
+        """Raise ConfigError (one line) for the first bad setting; return self."""
+        _check_node_id("--id", self.node_id)
+        if not self.data_dir:
+            raise ConfigError("--data-dir: must not be empty")
+        listen = _addr("--listen", self.listen)
+        client = _addr("--client", self.client)
+        if self.advertise_client is not None:
+            adv = _addr("--advertise-client", self.advertise_client)
+            if adv.is_wildcard:
+                raise ConfigError(f"--advertise-client {adv}: must name a host clients "
+                                  "can reach, not a wildcard")
+        elif client.is_wildcard:
+            raise ConfigError(f"--client {client} listens on a wildcard host; "
+                              "give --advertise-client with an address clients can reach")
+        seen_urls = {}
+        for pid, url in self.peers.items():
+            _check_node_id(f"--peer {pid}", pid)
+            if pid == self.node_id:
+                raise ConfigError(f"--peer {pid}={url}: names this node's own id "
+                                  "(list only the other nodes)")
+            a = _addr(f"--peer {pid}", url)
+            if a == listen:
+                raise ConfigError(f"--peer {pid}={url}: is this node's own --listen address")
+            if a in seen_urls:
+                raise ConfigError(f"--peer {pid}={url}: the same address as peer {seen_urls[a]}")
+            seen_urls[a] = pid
+        _check_cluster_id(self.cluster_id)
+        _choice("--fsync", self.fsync, ("always", "never"))
+        _choice("--read-mode", self.read_mode, ("readindex", "lease"))
+        _choice("--log-level", self.log_level, LOG_LEVELS)
+        _at_least("--heartbeat-interval", self.heartbeat_interval_ms, 1)
+        _at_least("--election-timeout", self.election_timeout_ms, 1)
+        if self.heartbeat_interval_ms >= self.election_timeout_ms:
+            raise ConfigError(f"--heartbeat-interval {self.heartbeat_interval_ms} must be "
+                              f"less than --election-timeout {self.election_timeout_ms}")
+        _at_least("--max-batch-entries", self.max_batch_entries, 1)
+        _at_least("--max-batch-bytes", self.max_batch_bytes, 1)
+        _at_least("--batch-linger-us", self.batch_linger_us, 0)
+        _at_least("--max-inflight", self.max_inflight, 1)
+        _at_least("--max-inflight-bytes", self.max_inflight_bytes, 1)
+        _at_least("--snapshot-entries", self.snapshot_entries, 0)
+        _at_least("--snapshot-trailing", self.snapshot_trailing, 0)
+        _at_least("--max-frame-bytes", self.max_frame_bytes, 1)
+        if self.max_frame_bytes < self.max_batch_bytes + FRAME_OVERHEAD:
+            raise ConfigError(f"--max-frame-bytes {self.max_frame_bytes} must be at least "
+                              f"--max-batch-bytes + {FRAME_OVERHEAD} "
+                              "(a full batch must fit in one peer frame)")
+        return self
+
+    @classmethod
+    def from_args(cls, ns):
+        """Build a Config from a namespace made by add_node_arguments().
+
+        Flags left out take the dataclass defaults.  Raises ConfigError for
+        duplicate --peer ids (the dict would silently keep only one).
+        """
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            v = getattr(ns, f.name, None)
+            if v is not None:
+                kwargs[f.name] = v
+        peers = {}
+        for pid, url in getattr(ns, "peer", None) or ():
+            if pid in peers:
+                raise ConfigError(f"--peer {pid}: given twice ({peers[pid]} and {url})")
+            peers[pid] = url
+        kwargs["peers"] = peers
+        if getattr(ns, "join", False):
+            kwargs["join"] = True
+        return cls(**kwargs)
+
+
+def _check_node_id(flag, v):
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= NODE_ID_MAX:
+        raise ConfigError(f"{flag}: node ids are integers from 1 to {NODE_ID_MAX}, got {v!r}")
+
+
+def _check_cluster_id(v):
+    if not isinstance(v, str) or not v:
+        raise ConfigError("--cluster-id: must not be empty")
+    if len(v.encode("utf-8")) > CLUSTER_ID_MAX_BYTES:
+        raise ConfigError(f"--cluster-id: longer than {CLUSTER_ID_MAX_BYTES} bytes")
+    if not v.isprintable() or v != v.strip():
+        raise ConfigError(f"--cluster-id {v!r}: only printable characters, "
+                          "no leading or trailing spaces")
+
+
+def _addr(flag, url):
+    try:
+        return parse_address(url)
+    except AddressError as e:
+        raise ConfigError(f"{flag}: {e}") from None
+
+
+def _choice(flag, v, choices):
+    if v not in choices:
+        raise ConfigError(f"{flag}: {v!r} is not one of {', '.join(choices)}")
+
+
+def _at_least(flag, v, lo):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ConfigError(f"{flag}: must be an integer >= {lo}, got {v!r}")
+
+
+# ---- argparse ---------------------------------------------------------------
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _type_node_id(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer node id") from None
+    if not 1 <= v <= NODE_ID_MAX:
+        raise argparse.ArgumentTypeError(f"node ids are from 1 to {NODE_ID_MAX}, got {v}")
+    return v
+
+
+def _type_url(s):
+    try:
+        parse_address(s)
+    except AddressError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+
+def _type_peer(s):
+    pid, sep, url = s.partition("=")
+    if not sep or not pid or not url:
+        raise argparse.ArgumentTypeError(f"{s!r} is not ID=URL")
+    return _type_node_id(pid.strip()), _type_url(url.strip())
+
+
+def _int_at_least(lo):
+    def conv(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+    conv.__name__ = "integer"
+    return conv
+
+
+def _default(name):
+    return next(f.default for f in dataclasses.fields(Config) if f.name == name)
+
+
+# (flag, Config field, argparse kwargs) of the knobs the cluster passes through.
+_TUNABLES = [
+    ("--cluster-id", "cluster_id", dict(metavar="NAME",
+     help="cluster identity, checked in every handshake and stored in the data dir")),
+    ("--fsync", "fsync", dict(choices=("always", "never"),
+     help="always: entries, term and vote are on disk before a node acknowledges or "
+          "votes; never: survives a killed process, not a power loss")),
+    ("--heartbeat-interval", "heartbeat_interval_ms", dict(type=_int_at_least(1), metavar="MS",
+     help="leader heartbeat period")),
+    ("--election-timeout", "election_timeout_ms", dict(type=_int_at_least(1), metavar="MS",
+     help="T: election timeouts are drawn at random from [T, 2T)")),
+    ("--max-batch-entries", "max_batch_entries", dict(type=_int_at_least(1), metavar="N",
+     help="most client commands in one proposal")),
+    ("--max-batch-bytes", "max_batch_bytes", dict(type=_int_at_least(1), metavar="N",
+     help="most bytes in one proposal")),
+    ("--batch-linger-us", "batch_linger_us", dict(type=_int_at_least(0), metavar="N",
+     help="how long a proposal may wait for more commands")),
+    ("--max-inflight", "max_inflight", dict(type=_int_at_least(1), metavar="N",
+     help="unacknowledged AppendEntries per follower")),
+    ("--max-inflight-bytes", "max_inflight_bytes", dict(type=_int_at_least(1), metavar="N",
+     help="unacknowledged AppendEntries bytes per follower")),
+    ("--read-mode", "read_mode", dict(choices=("readindex", "lease"),
+     help="how linearizable reads are confirmed")),
+    ("--snapshot-entries", "snapshot_entries", dict(type=_int_at_least(0), metavar="N",
+     help="snapshot and compact every N applied entries; 0 = never")),
+    ("--snapshot-trailing", "snapshot_trailing", dict(type=_int_at_least(0), metavar="N",
+     help="entries kept in the log behind a snapshot for slow followers")),
+    ("--log-level", "log_level", dict(choices=LOG_LEVELS, help="log verbosity")),
+    ("--max-frame-bytes", "max_frame_bytes", dict(type=_int_at_least(1), metavar="N",
+     help="largest peer frame accepted")),
+]
+
+
+def add_node_arguments(parser, cluster=False):
+    """Add the node flags to `parser`.
+
+    With cluster=True only the tunables are added: the launcher chooses each
+    node's id, data dir, addresses and peers itself.
+    """
+    if not cluster:
+        g = parser.add_argument_group("identity and addresses")
+        g.add_argument("--id", dest="node_id", type=_type_node_id, required=True, metavar="ID",
+                       help="this node's id (1 to 2^63-1)")
+        g.add_argument("--data-dir", required=True, metavar="DIR",
+                       help="this node's state; created if missing, locked while running")
+        g.add_argument("--listen", type=_type_url, required=True, metavar="URL",
+                       help="where peer traffic is accepted (tcp://HOST:PORT or unix:///path.sock)")
+        g.add_argument("--client", type=_type_url, required=True, metavar="URL",
+                       help="where clients are served (RESP2)")
+        g.add_argument("--advertise-client", type=_type_url, metavar="URL",
+                       help="the client address other nodes name in MOVED (default: --client)")
+        g.add_argument("--peer", type=_type_peer, action="append", metavar="ID=URL",
+                       help="how this node dials another node (repeatable)")
+        g.add_argument("--join", action="store_true",
+                       help="start as a non-member that waits to be added")
+    g = parser.add_argument_group("tunables")
+    for flag, name, kw in _TUNABLES:
+        g.add_argument(flag, dest=name, default=None,
+                       **{**kw, "help": f"{kw['help']} (default: {_default(name)})"})
+    return parser
+
+
+def tunable_argv(ns):
+    """The tunable flags that were given in `ns`, as argv for a node process."""
+    argv = []
+    for flag, name, _ in _TUNABLES:
+        v = getattr(ns, name, None)
+        if v is not None:
+            argv += [flag, str(v)]
+    return argv
+
+
+def parse_node_config(argv=None, prog="python -m raftfast.node"):
+    """Parse and validate a node command line; bad usage exits 2 with one line."""
+    parser = add_node_arguments(ArgumentParser(
+        prog=prog, description="Run one raftfast node."))
+    ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return Config.from_args(ns).validate()
+    except ConfigError as e:
+        parser.error(str(e))
