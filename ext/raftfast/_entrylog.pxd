@@ -1,0 +1,21 @@
+from libc.stdint cimport uint8_t, uint64_t
+
+
+cdef class EntryLog:
+    # Invariants: entry i (0 <= i < n) has Raft index first + i, starts at
+    # byte offs[i] of buf and has term terms[i]; offs holds n + 1 values,
+    # increasing, with offs[0] == 0 and offs[n] == buf_len, so entry i spans
+    # [offs[i], offs[i + 1]).  Capacities: buf_cap bytes, idx_cap entries.
+    cdef uint8_t *buf
+    cdef size_t buf_len
+    cdef size_t buf_cap
+    cdef uint64_t *offs
+    cdef uint64_t *terms
+    cdef size_t n
+    cdef size_t idx_cap
+    cdef uint64_t first
+
+    cdef int _reserve(self, size_t nbytes, size_t nents) except -1
+    cdef void _index_from(self, size_t slot, size_t k, bint stamp, uint64_t term) noexcept
+    cdef void _shrink(self) noexcept
+    cdef int _check_range(self, uint64_t lo, uint64_t hi) except -1
