@@ -1,0 +1,534 @@
+# cython: language_level=3
+"""Peer frame codec, protocol version 1 (docs/protocol.md is the spec;
+tests/reference/codec_py.py is the same codec in plain Python).
+
+Encoding builds a whole frame in one bytes object: fixed fields, then the
+entry block copied in once.  Decoding keeps the received chunks in a list
+with a read cursor and copies out only what a frame needs: its fixed
+fields, its entry block (into the bytes object the Message keeps) and its
+cluster id.  The checksum is computed over the chunks in place.
+"""
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+from raftfast.messages import Message as _Message
+
+cdef extern from "crc32c.h":
+    uint32_t rf_crc32c(uint32_t crc, const uint8_t *p, size_t n) nogil
+
+cdef enum:
+    _PROTOCOL_MIN = 1
+    _PROTOCOL_MAX = 1
+    _V1 = 1               # the layout this module writes
+    _HDR = 12             # frame header
+    _MSG_FIXED = 68       # MESSAGE body before the entry block
+    _HS_FIXED = 14        # HANDSHAKE body before the cluster id
+    _ENT_HDR = 13         # entry header in a block
+    _MSG_TYPE_MAX = 10    # v1 message types are 1..10; a new type needs a new version
+    _ENTRY_TYPE_MAX = 2
+    _F_HANDSHAKE = 1
+    _F_HANDSHAKE_ACK = 2
+    _F_MESSAGE = 3
+
+cdef uint64_t _ID_MAX = 0x7FFFFFFFFFFFFFFFULL
+cdef uint64_t _U32_MAX = 0xFFFFFFFFULL
+
+PROTOCOL_MIN = _PROTOCOL_MIN
+PROTOCOL_MAX = _PROTOCOL_MAX
+FRAME_HANDSHAKE = _F_HANDSHAKE
+FRAME_HANDSHAKE_ACK = _F_HANDSHAKE_ACK
+FRAME_MESSAGE = _F_MESSAGE
+HEADER_SIZE = _HDR
+DEFAULT_MAX_FRAME = 64 << 20
+
+# object.__new__ skips Message.__init__: the decoder sets every slot itself.
+cdef object _object_new = object.__new__
+
+
+class FrameError(ValueError):
+    """The peer sent something that is not a well-formed frame."""
+
+
+class FrameTooLarge(FrameError):
+    """The header announces a body larger than the decoder accepts."""
+
+
+class FrameChecksumError(FrameError):
+    """The body does not match the header's CRC32C."""
+
+
+class FrameVersionError(FrameError):
+    """The header's version is outside [PROTOCOL_MIN, PROTOCOL_MAX]."""
+
+
+class FrameMalformed(FrameError):
+    """Unknown types, reserved bits set, or lengths that do not add up."""
+
+
+class Handshake:
+    """The opening frame of a connection (HANDSHAKE), or its answer
+    (HANDSHAKE_ACK, where min_version == max_version == the chosen one)."""
+
+    __slots__ = ("cluster_id", "node_id", "min_version", "max_version")
+
+    def __init__(self, cluster_id, node_id, min_version, max_version):
+        self.cluster_id = cluster_id
+        self.node_id = node_id
+        self.min_version = min_version
+        self.max_version = max_version
+
+    def __eq__(self, other):
+        if not isinstance(other, Handshake):
+            return NotImplemented
+        return (self.cluster_id == other.cluster_id and self.node_id == other.node_id
+                and self.min_version == other.min_version
+                and self.max_version == other.max_version)
+
+    def __repr__(self):
+        return (f"Handshake(cluster_id={self.cluster_id!r}, node_id={self.node_id}, "
+                f"versions={self.min_version}..{self.max_version})")
+
+
+def choose_version(int peer_min, int peer_max):
+    """The highest version both this node and a peer speaking
+    [peer_min, peer_max] understand, or None when the ranges do not overlap."""
+    cdef int hi = min(peer_max, _PROTOCOL_MAX)
+    if hi < max(peer_min, _PROTOCOL_MIN):
+        return None
+    return hi
+
+
+# Little-endian loads and stores byte by byte: portable, and compilers turn
+# each into a single (unaligned) move on little-endian machines.
+
+cdef inline void _st16(uint8_t *p, uint16_t v) noexcept nogil:
+    p[0] = <uint8_t>v
+    p[1] = <uint8_t>(v >> 8)
+
+cdef inline void _st32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>v
+    p[1] = <uint8_t>(v >> 8)
+    p[2] = <uint8_t>(v >> 16)
+    p[3] = <uint8_t>(v >> 24)
+
+cdef inline void _st64(uint8_t *p, uint64_t v) noexcept nogil:
+    _st32(p, <uint32_t>v)
+    _st32(p + 4, <uint32_t>(v >> 32))
+
+cdef inline uint16_t _ld16(const uint8_t *p) noexcept nogil:
+    return <uint16_t>(p[0] | (<uint16_t>p[1] << 8))
+
+cdef inline uint32_t _ld32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16)
+            | (<uint32_t>p[3] << 24))
+
+cdef inline uint64_t _ld64(const uint8_t *p) noexcept nogil:
+    return <uint64_t>_ld32(p) | (<uint64_t>_ld32(p + 4) << 32)
+
+
+cdef enum BlockStatus:
+    BLOCK_OK
+    BLOCK_SHORT_HEADER
+    BLOCK_DATA_PAST_END
+    BLOCK_BAD_TYPE
+
+cdef BlockStatus _walk_block(const uint8_t *p, size_t n, uint64_t *count) noexcept nogil:
+    """Count the entries of a block by hopping from header to header; the
+    data itself is never read."""
+    cdef size_t off = 0
+    cdef size_t dlen
+    count[0] = 0
+    while off < n:
+        if n - off < _ENT_HDR:
+            return BLOCK_SHORT_HEADER
+        dlen = _ld32(p + off)
+        if p[off + 12] > _ENTRY_TYPE_MAX:
+            return BLOCK_BAD_TYPE
+        off += _ENT_HDR
+        if dlen > n - off:
+            return BLOCK_DATA_PAST_END
+        off += dlen
+        count[0] += 1
+    return BLOCK_OK
+
+cdef str _block_problem(BlockStatus st):
+    if st == BLOCK_SHORT_HEADER:
+        return "entry header cut off at the end of the block"
+    if st == BLOCK_DATA_PAST_END:
+        return "entry data runs past the end of the block"
+    return "unknown entry type"
+
+
+cdef inline void _put_header(uint8_t *p, uint8_t version, uint8_t ftype,
+                             uint32_t body_len) noexcept nogil:
+    _st32(p, body_len)
+    p[4] = version
+    p[5] = ftype
+    _st16(p + 6, 0)
+    _st32(p + 8, rf_crc32c(0, p + _HDR, body_len))
+
+
+_MSG_U64_FIELDS = ("frm", "term", "index", "log_term", "commit", "hint", "context")
+
+cdef object _field_range_error(msg):
+    # Slow path only: find which field did not fit, for a useful message.
+    for name in _MSG_U64_FIELDS:
+        v = getattr(msg, name)
+        if not 0 <= v < 1 << 64:
+            return ValueError(f"Message.{name}={v!r} does not fit in u64")
+    v = msg.type
+    if not 0 <= v < 1 << 64:
+        return ValueError(f"Message.type={v!r} is not a message type")
+    return ValueError(f"Message.count={msg.count!r} does not fit in u32")
+
+
+def encode_message(msg):
+    """The whole MESSAGE frame for msg (msg.to is not sent)."""
+    cdef uint64_t mtype, frm, term, index, log_term, commit, hint, context, count
+    cdef uint64_t walked = 0
+    cdef bint reject
+    cdef Py_buffer view
+    cdef bint have_view = False
+    cdef size_t elen = 0
+    cdef BlockStatus st
+    cdef uint8_t *p
+    cdef uint8_t *b
+    try:
+        mtype = msg.type
+        frm = msg.frm
+        term = msg.term
+        index = msg.index
+        log_term = msg.log_term
+        commit = msg.commit
+        hint = msg.hint
+        context = msg.context
+        count = msg.count
+    except OverflowError:
+        raise _field_range_error(msg) from None
+    reject = msg.reject
+    if mtype < 1 or mtype > _MSG_TYPE_MAX:
+        raise ValueError(f"Message.type={mtype} is not a protocol v1 message type")
+    if frm == 0 or frm > _ID_MAX:
+        raise ValueError(f"Message.frm={frm} is not a node id (1..2**63-1)")
+    if count > _U32_MAX:
+        raise ValueError(f"Message.count={count} does not fit in u32")
+    entries = msg.entries
+    if entries is not None:
+        PyObject_GetBuffer(entries, &view, PyBUF_SIMPLE)
+        have_view = True
+        elen = <size_t>view.len
+    try:
+        if elen > _U32_MAX - _MSG_FIXED:
+            raise ValueError(f"entry block of {elen} bytes does not fit in one frame")
+        if elen == 0:
+            if count != 0:
+                raise ValueError(f"Message.count={count} but there is no entry block")
+        else:
+            # A bad block would make every follower drop the connection; catch
+            # the bug here, at the sender.  Only the headers are visited.
+            st = _walk_block(<const uint8_t *>view.buf, elen, &walked)
+            if st != BLOCK_OK:
+                raise ValueError("bad entry block: " + _block_problem(st))
+            if walked != count:
+                raise ValueError(f"Message.count={count} but the block holds {walked} entries")
+        out = PyBytes_FromStringAndSize(NULL, _HDR + _MSG_FIXED + elen)
+        p = <uint8_t *>PyBytes_AS_STRING(out)
+        b = p + _HDR
+        b[0] = <uint8_t>mtype
+        b[1] = 1 if reject else 0
+        _st16(b + 2, 0)
+        _st64(b + 4, frm)
+        _st64(b + 12, term)
+        _st64(b + 20, index)
+        _st64(b + 28, log_term)
+        _st64(b + 36, commit)
+        _st64(b + 44, hint)
+        _st64(b + 52, context)
+        _st32(b + 60, <uint32_t>count)
+        _st32(b + 64, <uint32_t>elen)
+        if elen:
+            memcpy(b + _MSG_FIXED, view.buf, elen)
+        _put_header(p, _V1, _F_MESSAGE, <uint32_t>(_MSG_FIXED + elen))
+    finally:
+        if have_view:
+            PyBuffer_Release(&view)
+    return out
+
+
+cdef bytes _encode_hs(uint8_t ftype, str cluster_id, node_id, min_version, max_version):
+    if not 1 <= node_id <= _ID_MAX:
+        raise ValueError(f"node_id={node_id} is not a node id (1..2**63-1)")
+    # The header's version byte is a u8, so no version above 255 can be used.
+    if not 1 <= min_version <= max_version <= 255:
+        raise ValueError(f"bad version range {min_version}..{max_version}")
+    cdef bytes cid = cluster_id.encode("utf-8")
+    cdef size_t n = len(cid)
+    if n > 0xFFFF:
+        raise ValueError(f"cluster id of {n} bytes is longer than 65535")
+    out = PyBytes_FromStringAndSize(NULL, _HDR + _HS_FIXED + n)
+    cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
+    cdef uint8_t *b = p + _HDR
+    _st16(b, <uint16_t>min_version)
+    _st16(b + 2, <uint16_t>max_version)
+    _st64(b + 4, <uint64_t>node_id)
+    _st16(b + 12, <uint16_t>n)
+    memcpy(b + _HS_FIXED, PyBytes_AS_STRING(cid), n)
+    # The header names min_version: for a HANDSHAKE the version the peer is
+    # most likely to read, for an ACK the chosen one.
+    _put_header(p, <uint8_t>min_version, ftype, <uint32_t>(_HS_FIXED + n))
+    return out
+
+
+def encode_handshake(str cluster_id, node_id, min_version=PROTOCOL_MIN,
+                     max_version=PROTOCOL_MAX):
+    """The HANDSHAKE frame a dialer opens a connection with."""
+    return _encode_hs(_F_HANDSHAKE, cluster_id, node_id, min_version, max_version)
+
+
+def encode_handshake_ack(str cluster_id, node_id, version):
+    """The HANDSHAKE_ACK an acceptor answers with: its own identity and the
+    chosen version (see choose_version)."""
+    return _encode_hs(_F_HANDSHAKE_ACK, cluster_id, node_id, version, version)
+
+
+cdef class FrameDecoder:
+    """Incremental frame decoder: feed() bytes as they arrive, then call
+    next() until it returns None.  After a FrameError the decoder is
+    poisoned: it drops what it buffered and every later next() raises the
+    same error (the connection must be closed)."""
+
+    cdef list _chunks          # received bytes objects, oldest first
+    cdef Py_ssize_t _head      # index in _chunks of the first unread chunk
+    cdef Py_ssize_t _pos       # read offset inside _chunks[_head]
+    cdef Py_ssize_t _pending   # unread bytes over all chunks
+    cdef readonly uint64_t max_frame_size
+    cdef object _error
+    # The header of the frame whose body is awaited, validated once.
+    cdef bint _have_header
+    cdef uint8_t _ftype
+    cdef uint32_t _body_len
+    cdef uint32_t _crc
+
+    def __init__(self, max_frame_size=DEFAULT_MAX_FRAME):
+        if max_frame_size < 1:
+            raise ValueError(f"max_frame_size={max_frame_size} must be positive")
+        # Above u32 max every body length is acceptable anyway.
+        self.max_frame_size = min(max_frame_size, _U32_MAX)
+        self._chunks = []
+
+    @property
+    def pending_bytes(self):
+        """Bytes received and not yet returned as frames."""
+        return self._pending
+
+    def feed(self, data):
+        """Buffer data (any bytes-like object).  Only bytes is kept as it is:
+        anything else may be reused by its owner, so it is copied."""
+        if self._error is not None:
+            return  # poisoned: nothing more will be decoded
+        if not PyBytes_CheckExact(data):
+            data = bytes(memoryview(data))
+        cdef Py_ssize_t n = len(data)
+        if n:
+            self._chunks.append(data)
+            self._pending += n
+
+    def next(self):
+        """(frame_type, Message or Handshake), or None until a whole frame
+        is buffered.  Messages come with to=0: the caller knows the receiver."""
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        return self._next()
+
+    cdef object _fail(self, exc):
+        self._error = exc
+        self._chunks = []
+        self._head = self._pos = self._pending = 0
+        self._have_header = False
+        return exc
+
+    cdef object _next(self):
+        cdef uint8_t h[_HDR]
+        cdef uint8_t version
+        cdef uint16_t reserved
+        if not self._have_header:
+            if self._pending < _HDR:
+                return None
+            self._gather(0, h, _HDR)
+            version = h[4]
+            reserved = _ld16(h + 6)
+            self._ftype = h[5]
+            self._body_len = _ld32(h)
+            self._crc = _ld32(h + 8)
+            if version < _PROTOCOL_MIN or version > _PROTOCOL_MAX:
+                raise self._fail(FrameVersionError(
+                    f"frame version {version} is outside "
+                    f"{_PROTOCOL_MIN}..{_PROTOCOL_MAX}"))
+            if self._ftype < _F_HANDSHAKE or self._ftype > _F_MESSAGE:
+                raise self._fail(FrameMalformed(f"unknown frame type {self._ftype}"))
+            if reserved != 0:
+                raise self._fail(FrameMalformed("reserved header bits are set"))
+            if self._body_len > self.max_frame_size:
+                raise self._fail(FrameTooLarge(
+                    f"frame body of {self._body_len} bytes exceeds the limit of "
+                    f"{self.max_frame_size}"))
+            self._have_header = True
+        if self._pending - _HDR < <Py_ssize_t>self._body_len:
+            return None
+        if self._crc_range(_HDR, self._body_len) != self._crc:
+            raise self._fail(FrameChecksumError("frame body does not match its CRC32C"))
+        if self._ftype == _F_MESSAGE:
+            obj = self._decode_message()
+        else:
+            obj = self._decode_handshake()
+        self._consume(_HDR + self._body_len)
+        self._have_header = False
+        return (self._ftype, obj)
+
+    cdef object _decode_message(self):
+        cdef uint8_t f[_MSG_FIXED]
+        cdef uint32_t blen = self._body_len
+        cdef uint64_t walked = 0
+        cdef BlockStatus st
+        if blen < _MSG_FIXED:
+            raise self._fail(FrameMalformed(
+                f"message body of {blen} bytes is shorter than its {_MSG_FIXED} fixed bytes"))
+        self._gather(_HDR, f, _MSG_FIXED)
+        cdef uint8_t mtype = f[0]
+        cdef uint8_t flags = f[1]
+        cdef uint64_t frm = _ld64(f + 4)
+        cdef uint32_t count = _ld32(f + 60)
+        cdef uint32_t elen = _ld32(f + 64)
+        if mtype < 1 or mtype > _MSG_TYPE_MAX:
+            raise self._fail(FrameMalformed(f"unknown message type {mtype}"))
+        if flags & 0xFE:
+            raise self._fail(FrameMalformed(f"reserved message flags set: {flags:#04x}"))
+        if _ld16(f + 2) != 0:
+            raise self._fail(FrameMalformed("reserved message bits are set"))
+        if frm == 0 or frm > _ID_MAX:
+            raise self._fail(FrameMalformed(f"frm={frm} is not a node id"))
+        if elen != blen - _MSG_FIXED:
+            raise self._fail(FrameMalformed(
+                f"entries_len={elen} but {blen - _MSG_FIXED} bytes follow"))
+        if elen == 0:
+            if count != 0:
+                raise self._fail(FrameMalformed(f"count={count} without an entry block"))
+            entries = None
+        else:
+            entries = PyBytes_FromStringAndSize(NULL, elen)
+            self._gather(_HDR + _MSG_FIXED, <uint8_t *>PyBytes_AS_STRING(entries), elen)
+            st = _walk_block(<const uint8_t *>PyBytes_AS_STRING(entries), elen, &walked)
+            if st != BLOCK_OK:
+                raise self._fail(FrameMalformed("bad entry block: " + _block_problem(st)))
+            if walked != count:
+                raise self._fail(FrameMalformed(
+                    f"count={count} but the entry block holds {walked} entries"))
+        m = _object_new(_Message)
+        m.type = mtype
+        m.to = 0
+        m.frm = frm
+        m.term = _ld64(f + 12)
+        m.index = _ld64(f + 20)
+        m.log_term = _ld64(f + 28)
+        m.commit = _ld64(f + 36)
+        m.reject = (flags & 1) != 0
+        m.hint = _ld64(f + 44)
+        m.context = _ld64(f + 52)
+        m.entries = entries
+        m.count = count
+        return m
+
+    cdef object _decode_handshake(self):
+        cdef uint8_t f[_HS_FIXED]
+        cdef uint32_t blen = self._body_len
+        if blen < _HS_FIXED:
+            raise self._fail(FrameMalformed(
+                f"handshake body of {blen} bytes is shorter than its {_HS_FIXED} fixed bytes"))
+        self._gather(_HDR, f, _HS_FIXED)
+        cdef uint16_t vmin = _ld16(f)
+        cdef uint16_t vmax = _ld16(f + 2)
+        cdef uint64_t node_id = _ld64(f + 4)
+        cdef uint16_t cid_len = _ld16(f + 12)
+        if vmin == 0 or vmin > vmax:
+            raise self._fail(FrameMalformed(f"bad version range {vmin}..{vmax}"))
+        if self._ftype == _F_HANDSHAKE_ACK and vmin != vmax:
+            raise self._fail(FrameMalformed(
+                f"handshake ack names a range {vmin}..{vmax}, not one version"))
+        if node_id == 0 or node_id > _ID_MAX:
+            raise self._fail(FrameMalformed(f"node_id={node_id} is not a node id"))
+        if _HS_FIXED + <uint32_t>cid_len != blen:
+            raise self._fail(FrameMalformed(
+                f"cluster id of {cid_len} bytes but {blen - _HS_FIXED} bytes follow"))
+        raw = PyBytes_FromStringAndSize(NULL, cid_len)
+        self._gather(_HDR + _HS_FIXED, <uint8_t *>PyBytes_AS_STRING(raw), cid_len)
+        try:
+            cluster_id = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._fail(FrameMalformed("cluster id is not valid UTF-8")) from None
+        return Handshake(cluster_id, node_id, vmin, vmax)
+
+    cdef int _gather(self, Py_ssize_t off, uint8_t *dst, Py_ssize_t n) except -1:
+        """Copy n unread bytes starting `off` bytes past the read cursor;
+        the caller has checked that they are buffered."""
+        cdef Py_ssize_t i = self._head
+        cdef Py_ssize_t start = self._pos + off
+        cdef Py_ssize_t clen, take
+        cdef bytes chunk
+        while n > 0:
+            chunk = <bytes>self._chunks[i]
+            clen = len(chunk)
+            i += 1
+            if start >= clen:
+                start -= clen
+                continue
+            take = min(clen - start, n)
+            memcpy(dst, PyBytes_AS_STRING(chunk) + start, take)
+            dst += take
+            n -= take
+            start = 0
+        return 0
+
+    cdef uint32_t _crc_range(self, Py_ssize_t off, Py_ssize_t n) except? 0:
+        """CRC32C of n unread bytes starting `off` past the cursor, computed
+        in place across chunk boundaries."""
+        cdef Py_ssize_t i = self._head
+        cdef Py_ssize_t start = self._pos + off
+        cdef Py_ssize_t clen, take
+        cdef uint32_t crc = 0
+        cdef bytes chunk
+        while n > 0:
+            chunk = <bytes>self._chunks[i]
+            clen = len(chunk)
+            i += 1
+            if start >= clen:
+                start -= clen
+                continue
+            take = min(clen - start, n)
+            crc = rf_crc32c(crc, <const uint8_t *>PyBytes_AS_STRING(chunk) + start, take)
+            n -= take
+            start = 0
+        return crc
+
+    cdef int _consume(self, Py_ssize_t n) except -1:
+        cdef Py_ssize_t left
+        self._pending -= n
+        if self._pending == 0:
+            self._chunks = []
+            self._head = self._pos = 0
+            return 0
+        while n > 0:
+            left = len(<bytes>self._chunks[self._head]) - self._pos
+            if n < left:
+                self._pos += n
+                break
+            n -= left
+            self._chunks[self._head] = None  # free a consumed chunk at once
+            self._head += 1
+            self._pos = 0
+        # Drop the consumed prefix of the list now and then, not per frame.
+        if self._head >= 64 and self._head * 2 >= len(self._chunks):
+            del self._chunks[:self._head]
+            self._head = 0
+        return 0
