@@ -1,0 +1,123 @@
+"""The core's view of its log: entries in memory (an EntryLog, whose C index
+holds offsets and terms), the snapshot the log begins after, and the
+markers that say how far entries are committed, applied, handed to storage
+and known durable.
+
+Invariants:
+    snap_index <= applied <= committed <= last_index
+    persisted <= written <= last_index
+Entries above `written` have not yet been handed to storage in a Ready.
+"""
+
+
+class LogPanic(AssertionError):
+    """Raised when a message would violate an invariant that Raft promises
+    can never be violated (for example truncating a committed entry)."""
+
+
+class RaftLog:
+    __slots__ = ("entries", "snap_index", "snap_term", "committed", "applied",
+                 "written", "persisted")
+
+    def __init__(self, entries, snap_index=0, snap_term=0, committed=0):
+        # `entries` begins at snap_index + 1 and was recovered from storage,
+        # so everything in it is already written and durable.
+        if entries.first_index != snap_index + 1:
+            raise ValueError(f"entry log starts at {entries.first_index}, "
+                             f"snapshot ends at {snap_index}")
+        self.entries = entries
+        self.snap_index = snap_index
+        self.snap_term = snap_term
+        last = entries.last_index
+        self.committed = min(max(committed, snap_index), last)
+        self.applied = snap_index
+        self.written = last
+        self.persisted = last
+
+    @property
+    def last_index(self):
+        return self.entries.last_index
+
+    def last_term(self):
+        last = self.entries.last_index
+        if last == self.snap_index:
+            return self.snap_term
+        return self.entries.term(last)
+
+    def term(self, index):
+        """Term of the entry at index, or None when unknown (compacted away
+        or beyond the end)."""
+        if index == self.snap_index:
+            return self.snap_term
+        if index < self.snap_index or index > self.entries.last_index:
+            return None
+        return self.entries.term(index)
+
+    def match_term(self, index, term):
+        return self.term(index) == term
+
+    def is_up_to_date(self, last_index, last_term):
+        """Would a candidate with this last entry be allowed our vote?"""
+        my_term = self.last_term()
+        return last_term > my_term or (last_term == my_term and last_index >= self.last_index)
+
+    def append_proposal(self, block, term):
+        first, last = self.entries.append_stamped(block, term)
+        return first, last
+
+    def maybe_append(self, prev_index, prev_term, commit, block, count):
+        """Follower side of AppendEntries.  Returns the last index the
+        leader's entries reach, or None when the consistency check fails."""
+        if not self.match_term(prev_index, prev_term):
+            return None
+        last_new = prev_index + count
+        if count:
+            conflict, offset = self.entries.find_conflict(prev_index + 1, block)
+            if conflict:
+                if conflict <= self.committed:
+                    raise LogPanic(f"entry {conflict} conflicts with committed "
+                                   f"entry (committed={self.committed})")
+                self.entries.append(conflict, memoryview(block)[offset:])
+                if conflict <= self.written:
+                    self.written = conflict - 1
+                if conflict <= self.persisted:
+                    self.persisted = conflict - 1
+        self.commit_to(min(commit, last_new))
+        return last_new
+
+    def commit_to(self, index):
+        if index > self.committed:
+            if index > self.last_index:
+                raise LogPanic(f"commit {index} beyond last index {self.last_index}")
+            self.committed = index
+
+    def conflict_hint(self, index, term):
+        """The largest index <= index whose term <= term (etcd's
+        findConflictByTerm): where a probe should try next."""
+        if index > self.last_index:
+            index = self.last_index
+        if index <= self.snap_index:
+            return index
+        hint = self.entries.term_search(index, term)
+        return max(hint, self.snap_index)
+
+    def unwritten(self, max_bytes=0):
+        """(first_index, block, count) of entries not yet handed to storage."""
+        lo, hi = self.written + 1, self.last_index + 1
+        if lo >= hi:
+            return None
+        block, count = self.entries.slice(lo, hi, max_bytes)
+        return lo, block, count
+
+    def unapplied(self, max_bytes=0):
+        """(first_index, block, count) of committed entries not yet applied
+        and already handed to storage."""
+        hi = min(self.committed, self.written) + 1
+        lo = self.applied + 1
+        if lo >= hi:
+            return None
+        block, count = self.entries.slice(lo, hi, max_bytes)
+        return lo, block, count
+
+    def slice(self, lo, hi, max_bytes=0):
+        return self.entries.slice(lo, hi, max_bytes)

@@ -1,0 +1,30 @@
+"""Majority arithmetic over a set of voters."""
+
+VOTE_PENDING = 0
+VOTE_WON = 1
+VOTE_LOST = 2
+
+
+def committed_index(voters, match_of):
+    """The highest index that a majority of voters have durably stored."""
+    matches = sorted((match_of(v) for v in voters), reverse=True)
+    if not matches:
+        return 0
+    return matches[len(matches) // 2]
+
+
+def vote_result(voters, votes):
+    """votes maps id -> True (granted) / False (refused)."""
+    granted = refused = 0
+    for v in voters:
+        got = votes.get(v)
+        if got is True:
+            granted += 1
+        elif got is False:
+            refused += 1
+    need = len(voters) // 2 + 1
+    if granted >= need:
+        return VOTE_WON
+    if len(voters) - refused < need:
+        return VOTE_LOST
+    return VOTE_PENDING

@@ -1,0 +1,491 @@
+"""The Raft protocol as a deterministic, sans-IO state machine.
+
+Inputs: tick(), step(message), propose(block).  Output: a Ready (see
+ready()), which the runtime carries out (persist, send, apply) before it
+calls advance(ready).  No clocks, sockets or files here; randomness comes
+from a seeded generator, so a schedule replays exactly.
+
+Shape borrowed from etcd-io/raft: roles are swapped methods (self._step,
+self._tick), time is counted in ticks, and a message that may only be sent
+once this node's own state is durable (a vote, an append acknowledgement)
+goes into `persist_messages` rather than `messages`.  Durability of this
+node's own writes comes back as an MSG_APPEND_RESP addressed to itself,
+which the runtime delivers after its fsync; that is how a leader counts
+itself toward a commit only once its own log is on disk (Raft thesis
+§10.2.1) while its appends to followers go out in parallel.
+
+Entries are never Python objects here: the log is an EntryLog (a C index
+over one buffer); messages carry entry blocks and counts.
+"""
+import random
+
+from raftfast.messages import (
+    ENTRY_HEADER_SIZE, ENTRY_NOOP, MSG_APPEND, MSG_APPEND_RESP, MSG_HEARTBEAT,
+    MSG_HEARTBEAT_RESP, MSG_VOTE, MSG_VOTE_RESP, HardState, Message)
+
+from .log import LogPanic, RaftLog
+from .progress import PROBE, REPLICATE, Progress
+from .quorum import VOTE_LOST, VOTE_WON, committed_index, vote_result
+
+FOLLOWER = "follower"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+NOOP_BLOCK = (0).to_bytes(4, "little") + (0).to_bytes(8, "little") + bytes([ENTRY_NOOP])
+assert len(NOOP_BLOCK) == ENTRY_HEADER_SIZE
+
+
+class NotLeader(Exception):
+    """A proposal reached a node that is not the leader."""
+
+    def __init__(self, leader_id):
+        super().__init__(f"not the leader (leader is {leader_id or 'unknown'})")
+        self.leader_id = leader_id
+
+
+class CoreConfig:
+    """The knobs the protocol itself needs (the runtime's Config maps onto it)."""
+
+    __slots__ = ("id", "voters", "learners", "election_ticks", "heartbeat_ticks",
+                 "max_msg_bytes", "max_inflight", "max_inflight_bytes",
+                 "max_apply_bytes", "seed")
+
+    def __init__(self, id, voters, learners=(), election_ticks=10, heartbeat_ticks=1,
+                 max_msg_bytes=1 << 20, max_inflight=64, max_inflight_bytes=0,
+                 max_apply_bytes=64 << 20, seed=None):
+        if heartbeat_ticks <= 0 or election_ticks <= heartbeat_ticks:
+            raise ValueError("need 0 < heartbeat_ticks < election_ticks")
+        self.id = id
+        self.voters = frozenset(voters)
+        self.learners = frozenset(learners)
+        self.election_ticks = election_ticks
+        self.heartbeat_ticks = heartbeat_ticks
+        self.max_msg_bytes = max_msg_bytes
+        self.max_inflight = max_inflight
+        self.max_inflight_bytes = max_inflight_bytes
+        self.max_apply_bytes = max_apply_bytes
+        self.seed = seed
+
+
+class Ready:
+    """What the runtime must do, in this order:
+
+    1. write `entries` (each (first_index, block, count); a first_index at or
+       below the stored last index replaces the stored suffix) and
+       `hard_state` (when not None) to storage;
+    2. send `messages` now;
+    3. send `persist_messages` once everything written so far is durable
+       (after the fsync that covers step 1); messages addressed to this
+       node itself are stepped back into it at that moment;
+    4. apply `committed` ((first_index, block, count) or None) to the
+       state machine;
+    5. call advance(ready).
+    """
+
+    __slots__ = ("hard_state", "entries", "messages", "persist_messages", "committed",
+                 "_written_to", "_applied_to")
+
+    def __init__(self):
+        self.hard_state = None
+        self.entries = []
+        self.messages = []
+        self.persist_messages = []
+        self.committed = None
+        self._written_to = 0
+        self._applied_to = 0
+
+    def must_sync(self):
+        return bool(self.entries) or self.hard_state is not None
+
+    def __repr__(self):
+        return (f"Ready(hs={self.hard_state}, entries={[(e[0], e[2]) for e in self.entries]}, "
+                f"msgs={self.messages}, persist={self.persist_messages}, "
+                f"committed={self.committed and (self.committed[0], self.committed[2])})")
+
+
+class Raft:
+    def __init__(self, cfg, entry_log, hard_state=None, snap_index=0, snap_term=0):
+        hs = hard_state or HardState()
+        self.id = cfg.id
+        self.cfg = cfg
+        self.voters = set(cfg.voters)
+        self.learners = set(cfg.learners)
+        self.log = RaftLog(entry_log, snap_index, snap_term, hs.commit)
+        self.term = hs.term
+        self.vote = hs.vote
+        self.leader_id = 0
+        self.role = FOLLOWER
+        self.rng = random.Random(cfg.seed)
+        self.progress = {}
+        self.votes = {}
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_timeout = cfg.election_ticks
+        self._msgs = []
+        self._persist_msgs = []
+        self._prev_hs = HardState(hs.term, hs.vote, self.log.committed)
+        self.become_follower(self.term, 0)
+
+    # ----------------------------------------------------------- roles
+
+    def _reset(self, term):
+        if term != self.term:
+            self.term = term
+            self.vote = 0
+        self.leader_id = 0
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_timeout = self.cfg.election_ticks + self.rng.randrange(self.cfg.election_ticks)
+        self.votes = {}
+        self.progress = {}
+
+    def become_follower(self, term, leader_id):
+        self._reset(term)
+        self.role = FOLLOWER
+        self.leader_id = leader_id
+        self._step = self._step_follower
+        self._tick = self._tick_election
+
+    def become_candidate(self):
+        if self.role == LEADER:
+            raise LogPanic("a leader cannot become a candidate directly")
+        self._reset(self.term + 1)
+        self.role = CANDIDATE
+        self.vote = self.id
+        self._step = self._step_candidate
+        self._tick = self._tick_election
+
+    def become_leader(self):
+        if self.role != CANDIDATE:
+            raise LogPanic("only a candidate can become leader")
+        self._reset(self.term)
+        self.role = LEADER
+        self.leader_id = self.id
+        self._step = self._step_leader
+        self._tick = self._tick_heartbeat
+        nxt = self.log.last_index + 1
+        for peer in self.voters | self.learners:
+            pr = Progress(nxt, self.cfg.max_inflight, self.cfg.max_inflight_bytes)
+            if peer == self.id:
+                pr.match = self.log.persisted
+                pr.become_replicate()
+                pr.next = nxt
+            self.progress[peer] = pr
+        # An empty entry of the new term: once it commits, so does every
+        # entry before it (a leader never counts replicas of older terms).
+        self.log.append_proposal(NOOP_BLOCK, self.term)
+        self._broadcast_append()
+
+    # ------------------------------------------------------------ inputs
+
+    def tick(self):
+        self._tick()
+
+    def _tick_election(self):
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.randomized_timeout and self.id in self.voters:
+            self.campaign()
+
+    def _tick_heartbeat(self):
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self._broadcast_heartbeat()
+        if self.election_elapsed >= self.cfg.election_ticks:
+            self.election_elapsed = 0
+
+    def campaign(self):
+        self.become_candidate()
+        last_index, last_term = self.log.last_index, self.log.last_term()
+        # Our own vote counts only once it is durable: it comes back to us
+        # as a response released after the fsync.
+        self._send_after_persist(Message(MSG_VOTE_RESP, to=self.id, frm=self.id, term=self.term))
+        for peer in self.voters:
+            if peer != self.id:
+                self._send(Message(MSG_VOTE, to=peer, term=self.term,
+                                   index=last_index, log_term=last_term))
+
+    def propose(self, block):
+        """Append a block of entries (built with term 0) to the leader's log.
+        Returns (first_index, last_index).  Raises NotLeader elsewhere."""
+        if self.role != LEADER:
+            raise NotLeader(self.leader_id)
+        first, last = self.log.append_proposal(block, self.term)
+        self._broadcast_append()
+        return first, last
+
+    def report_unreachable(self, peer):
+        """The runtime could not deliver a message to peer (connection down,
+        or dropped under back-pressure).  Appends sent optimistically in the
+        pipeline may be lost, so fall back to probing."""
+        pr = self.progress.get(peer)
+        if self.role == LEADER and pr is not None and pr.state == REPLICATE:
+            pr.become_probe()
+
+    def step(self, m):
+        if m.frm == self.id:
+            self._step_self(m)
+            return
+        if m.frm not in self.voters and m.frm not in self.learners:
+            return  # not a member: a later issue admits nodes being added
+        if m.term > self.term:
+            if m.type in (MSG_APPEND, MSG_HEARTBEAT):
+                self.become_follower(m.term, m.frm)
+            else:
+                self.become_follower(m.term, 0)
+        elif m.term < self.term:
+            if m.type in (MSG_APPEND, MSG_HEARTBEAT):
+                # Tell a deposed leader about the newer term so it steps down.
+                self._send(Message(MSG_APPEND_RESP, to=m.frm, term=self.term))
+            return
+        if m.type == MSG_VOTE:
+            self._handle_vote(m)
+        else:
+            self._step(m)
+
+    def _step_self(self, m):
+        """Messages this node addressed to itself, released by the runtime
+        once its own writes were durable."""
+        if m.type == MSG_APPEND_RESP:
+            # Not subject to the term check: entries written in an earlier
+            # term are just as durable now.
+            self._on_persisted(m.index, m.log_term)
+            if self.role == LEADER:
+                pr = self.progress.get(self.id)
+                if pr is not None and pr.maybe_update(self.log.persisted):
+                    self._maybe_commit()
+        elif m.type == MSG_VOTE_RESP and m.term == self.term and self.role == CANDIDATE:
+            self._step_candidate(m)
+
+    def _handle_vote(self, m):
+        can_vote = (self.vote == m.frm or (self.vote == 0 and self.leader_id == 0))
+        grant = can_vote and self.log.is_up_to_date(m.index, m.log_term)
+        if grant:
+            self.vote = m.frm
+            self.election_elapsed = 0
+        # Sent only after the vote (and term) are durable.
+        self._send_after_persist(Message(MSG_VOTE_RESP, to=m.frm, term=self.term,
+                                          reject=not grant))
+
+    # ------------------------------------------------------ role steps
+
+    def _step_follower(self, m):
+        t = m.type
+        if t == MSG_APPEND:
+            self.election_elapsed = 0
+            self.leader_id = m.frm
+            self._handle_append(m)
+        elif t == MSG_HEARTBEAT:
+            self.election_elapsed = 0
+            self.leader_id = m.frm
+            self._handle_heartbeat(m)
+
+    def _step_candidate(self, m):
+        t = m.type
+        if t in (MSG_APPEND, MSG_HEARTBEAT):
+            self.become_follower(m.term, m.frm)
+            self._step_follower(m)
+        elif t == MSG_VOTE_RESP:
+            self.votes[m.frm] = not m.reject
+            res = vote_result(self.voters, self.votes)
+            if res == VOTE_WON:
+                self.become_leader()
+            elif res == VOTE_LOST:
+                self.become_follower(self.term, 0)
+
+    def _step_leader(self, m):
+        t = m.type
+        if t == MSG_APPEND_RESP:
+            pr = self.progress.get(m.frm)
+            if pr is None:
+                return
+            pr.recent_active = True
+            if m.reject:
+                hint = m.hint
+                if m.log_term > 0:
+                    hint = self.log.conflict_hint(m.hint, m.log_term)
+                if pr.maybe_decr_to(m.index, hint):
+                    if pr.state == REPLICATE:
+                        pr.become_probe()
+                    self._send_append(m.frm)
+                return
+            if pr.maybe_update(m.index):
+                if pr.state == PROBE:
+                    pr.become_replicate()
+                else:
+                    pr.inflights.free_le(m.index)
+                if not self._maybe_commit():
+                    self._send_appends_to(m.frm)
+            elif pr.state == REPLICATE:
+                pr.inflights.free_le(m.index)
+                self._send_appends_to(m.frm)
+        elif t == MSG_HEARTBEAT_RESP:
+            pr = self.progress.get(m.frm)
+            if pr is None:
+                return
+            pr.recent_active = True
+            if pr.state == PROBE:
+                pr.probe_sent = False
+            if pr.match < self.log.last_index:
+                self._send_appends_to(m.frm)
+
+    # ------------------------------------------------- follower helpers
+
+    def _handle_append(self, m):
+        log = self.log
+        if m.index < log.committed:
+            # Entries up to our commit index are already known to match.
+            self._send_after_persist(Message(MSG_APPEND_RESP, to=m.frm, term=self.term,
+                                              index=log.committed))
+            return
+        last_new = log.maybe_append(m.index, m.log_term, m.commit, m.entries, m.count)
+        if last_new is not None:
+            # Acknowledged only once the entries are durable here.
+            self._send_after_persist(Message(MSG_APPEND_RESP, to=m.frm, term=self.term,
+                                              index=last_new))
+            return
+        hint = log.conflict_hint(m.index, m.log_term)
+        self._send(Message(MSG_APPEND_RESP, to=m.frm, term=self.term, index=m.index,
+                           reject=True, hint=hint, log_term=log.term(hint) or 0))
+
+    def _handle_heartbeat(self, m):
+        # The leader caps the commit index it sends at what it knows we have.
+        self.log.commit_to(min(m.commit, self.log.last_index))
+        self._send(Message(MSG_HEARTBEAT_RESP, to=m.frm, term=self.term, context=m.context))
+
+    def _on_persisted(self, index, term):
+        """Entries up to index (whose term was `term`) are durable, unless
+        they were replaced since they were written."""
+        if index > self.log.persisted and self.log.term(index) == term:
+            self.log.persisted = index
+
+    # --------------------------------------------------- leader helpers
+
+    def _maybe_commit(self):
+        """Advance the commit index to what a majority has stored, but only
+        through an entry of the current term (Raft §5.4.2)."""
+        progress = self.progress
+        idx = committed_index(self.voters, lambda v: progress[v].match if v in progress else 0)
+        if idx > self.log.committed and self.log.term(idx) == self.term:
+            self.log.commit_to(idx)
+            self._broadcast_append(send_empty=True)
+            return True
+        return False
+
+    def _broadcast_append(self, send_empty=False):
+        for peer in self.progress:
+            if peer != self.id:
+                self._send_appends_to(peer, send_empty)
+
+    def _send_appends_to(self, peer, send_empty=False):
+        """Send as many appends as the follower's window allows (at least
+        one when send_empty, to carry a new commit index)."""
+        sent = False
+        while self._send_append(peer, send_empty and not sent):
+            sent = True
+            if self.progress[peer].state != REPLICATE:
+                break
+
+    def _send_append(self, peer, send_empty=True):
+        pr = self.progress[peer]
+        if pr.is_paused():
+            return False
+        log = self.log
+        last = log.last_index
+        if pr.next > last and not send_empty:
+            return False
+        prev = pr.next - 1
+        prev_term = log.term(prev)
+        if prev_term is None:
+            # The entries this follower needs were compacted away; a later
+            # issue sends a snapshot here.  Until then nothing to send.
+            return False
+        if pr.next <= last:
+            block, count = log.slice(pr.next, last + 1, self.cfg.max_msg_bytes)
+        else:
+            block, count = None, 0
+        self._send(Message(MSG_APPEND, to=peer, term=self.term, index=prev, log_term=prev_term,
+                           commit=log.committed, entries=block, count=count))
+        if count:
+            pr.sent_entries(prev + count, len(block))
+        elif pr.state == PROBE:
+            pr.probe_sent = True
+        return count > 0
+
+    def _broadcast_heartbeat(self):
+        for peer, pr in self.progress.items():
+            if peer != self.id:
+                self._send(Message(MSG_HEARTBEAT, to=peer, term=self.term,
+                                   commit=min(pr.match, self.log.committed)))
+
+    def _send(self, m):
+        m.frm = self.id
+        self._msgs.append(m)
+
+    def _send_after_persist(self, m):
+        m.frm = self.id
+        self._persist_msgs.append(m)
+
+    # ----------------------------------------------------- ready cycle
+
+    def has_ready(self):
+        log = self.log
+        return bool(self._msgs or self._persist_msgs or log.written < log.last_index
+                    or self._hard_state_changed()
+                    or min(log.committed, log.last_index) > log.applied)
+
+    def _hard_state_changed(self):
+        prev = self._prev_hs
+        return prev.term != self.term or prev.vote != self.vote
+
+    def ready(self):
+        rd = Ready()
+        log = self.log
+        unwritten = log.unwritten()
+        written_to = log.written
+        if unwritten is not None:
+            rd.entries.append(unwritten)
+            written_to = unwritten[0] + unwritten[2] - 1
+            # Ask to hear when these are durable: for a leader that is its
+            # own vote toward committing them.
+            self._send_after_persist(Message(MSG_APPEND_RESP, to=self.id, frm=self.id,
+                                              term=self.term, index=written_to,
+                                              log_term=log.term(written_to)))
+        if self._hard_state_changed():
+            rd.hard_state = HardState(self.term, self.vote, log.committed)
+        rd.messages, self._msgs = self._msgs, []
+        rd.persist_messages, self._persist_msgs = self._persist_msgs, []
+        hi = min(log.committed, written_to) + 1
+        if log.applied + 1 < hi:
+            block, count = log.slice(log.applied + 1, hi, self.cfg.max_apply_bytes)
+            rd.committed = (log.applied + 1, block, count)
+            rd._applied_to = log.applied + count
+        else:
+            rd._applied_to = log.applied
+        rd._written_to = written_to
+        return rd
+
+    def advance(self, rd):
+        if rd.hard_state is not None:
+            self._prev_hs = rd.hard_state
+        if rd._written_to > self.log.written:
+            self.log.written = rd._written_to
+        if rd._applied_to > self.log.applied:
+            self.log.applied = rd._applied_to
+
+    # ----------------------------------------------------------- status
+
+    def status(self):
+        log = self.log
+        st = {
+            "id": self.id, "role": self.role, "term": self.term, "vote": self.vote,
+            "leader_id": self.leader_id, "commit_index": log.committed,
+            "last_applied": log.applied, "first_log_index": log.snap_index + 1,
+            "last_log_index": log.last_index, "snapshot_index": log.snap_index,
+            "persisted_index": log.persisted,
+            "voters": sorted(self.voters), "learners": sorted(self.learners),
+        }
+        if self.role == LEADER:
+            st["progress"] = {p: repr(pr) for p, pr in sorted(self.progress.items())}
+        return st

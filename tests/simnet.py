@@ -1,0 +1,356 @@
+"""A deterministic simulated network for the sans-IO core.
+
+Every node is a real `Raft` over a real entry log; what differs from the
+runtime is that here a seeded scheduler decides, one event at a time, which
+message is delivered (or dropped, duplicated, held back by a partition),
+when each node's clock ticks, when its writes become durable, and when it
+crashes (keeping only what was durable).  After every event the safety
+properties of Raft are checked:
+
+- election safety: at most one leader per term;
+- log matching: two logs with an entry of the same index and term are
+  identical up to it;
+- leader completeness: a leader holds every entry committed in its term or
+  before;
+- state machine safety: every node applies the same entry at each index.
+
+The run is reproducible from its seed alone.
+"""
+import random
+
+from raftfast.core import LEADER, CoreConfig, NotLeader, Raft
+from raftfast.messages import ENTRY_NORMAL, MSG_APPEND_RESP, HardState
+
+
+class SafetyViolation(AssertionError):
+    pass
+
+
+def make_block(payloads):
+    out = bytearray()
+    for p in payloads:
+        out += len(p).to_bytes(4, "little") + (0).to_bytes(8, "little") + bytes([ENTRY_NORMAL]) + p
+    return bytes(out)
+
+
+class SimStorage:
+    """The node's disk: records written, and how many of them are durable."""
+
+    def __init__(self):
+        self.records = []
+        self.durable = 0
+
+    def write(self, rd):
+        for first, block, count in rd.entries:
+            self.records.append(("entries", first, bytes(block), count))
+        if rd.hard_state is not None:
+            hs = rd.hard_state
+            self.records.append(("hs", HardState(hs.term, hs.vote, hs.commit)))
+        return len(self.records)
+
+    def sync(self):
+        self.durable = len(self.records)
+
+    def crash(self):
+        del self.records[self.durable:]
+
+    def recover(self, entry_log_cls):
+        log = entry_log_cls(1)
+        hs = HardState()
+        for rec in self.records:
+            if rec[0] == "entries":
+                log.append(rec[1], rec[2])
+            else:
+                hs = rec[1]
+        return hs, log
+
+
+class SimNode:
+    def __init__(self, net, node_id):
+        self.net = net
+        self.id = node_id
+        self.storage = SimStorage()
+        self.applied = 0
+        self.start()
+
+    def start(self):
+        hs, log = self.storage.recover(self.net.entry_log_cls)
+        cfg = CoreConfig(self.id, self.net.ids, election_ticks=10, heartbeat_ticks=1,
+                         max_msg_bytes=self.net.max_msg_bytes, max_inflight=self.net.max_inflight,
+                         seed=self.net.rng.randrange(1 << 30))
+        self.raft = Raft(cfg, log, hs)
+        self.pending = []  # (records needed durable, messages)
+        self.applied = 0   # the state machine is rebuilt from the log on restart
+
+    def process(self):
+        """What the runtime does after every input: drain the Ready loop."""
+        raft = self.raft
+        while raft.has_ready():
+            self.net.observe(self)  # record the commit index before applying
+            rd = raft.ready()
+            n = self.storage.write(rd)
+            for m in rd.messages:
+                self.net.send(m)
+            if rd.persist_messages:
+                self.pending.append((n, rd.persist_messages))
+            if rd.committed is not None:
+                self.net.check_apply(self, *rd.committed)
+            raft.advance(rd)
+        self.net.observe(self)
+
+    def sync(self):
+        self.storage.sync()
+        ready_now = [p for p in self.pending if p[0] <= self.storage.durable]
+        self.pending = [p for p in self.pending if p[0] > self.storage.durable]
+        for _, msgs in ready_now:
+            for m in msgs:
+                if m.to == self.id:
+                    self.raft.step(m)
+                else:
+                    self.net.send(m)
+        self.process()
+
+    def crash_restart(self):
+        self.storage.crash()
+        self.start()
+        self.process()
+
+
+class SimNet:
+    def __init__(self, n, seed, entry_log_cls, drop=0.05, dup=0.03, crash=0.01,
+                 partition=0.02, max_msg_bytes=256, max_inflight=4):
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.entry_log_cls = entry_log_cls
+        self.ids = list(range(1, n + 1))
+        self.max_msg_bytes = max_msg_bytes
+        self.max_inflight = max_inflight
+        self.p_drop, self.p_dup, self.p_crash, self.p_partition = drop, dup, crash, partition
+        self.inflight = []
+        self.cut = set()  # (from, to) pairs that drop everything
+        self.leaders = {}  # term -> leader id, ever seen
+        self.committed = entry_log_cls(1)  # every entry known committed, in order
+        self.commit_terms = []  # (index, term in which it was first seen committed)
+        self.proposed = 0
+        self.trace = []
+        self.nodes = {}
+        for i in self.ids:
+            self.nodes[i] = SimNode(self, i)
+
+    # ------------------------------------------------------------ network
+
+    def send(self, m):
+        if (m.frm, m.to) in self.cut:
+            self.lost(m)
+            return
+        self.inflight.append(m)
+
+    def lost(self, m):
+        # The runtime learns of a loss when the transport drops a message or
+        # its connection breaks; tell the sender as the runtime would.
+        self.nodes[m.frm].raft.report_unreachable(m.to)
+
+    def deliver_one(self):
+        if not self.inflight:
+            return
+        i = self.rng.randrange(len(self.inflight))
+        m = self.inflight[i]
+        if self.rng.random() < self.p_dup:
+            self.trace.append(f"dup {m!r}")
+        else:
+            self.inflight[i] = self.inflight[-1]
+            self.inflight.pop()
+        if (m.frm, m.to) in self.cut:
+            self.lost(m)
+            return
+        if self.rng.random() < self.p_drop:
+            self.trace.append(f"drop {m!r}")
+            self.lost(m)
+            return
+        self.trace.append(f"deliver {m!r}")
+        node = self.nodes[m.to]
+        node.raft.step(m)
+        node.process()
+
+    def isolate(self, node_id):
+        for j in self.ids:
+            if j != node_id:
+                self.cut.add((node_id, j))
+                self.cut.add((j, node_id))
+
+    def heal(self):
+        self.cut.clear()
+
+    # ------------------------------------------------------------- events
+
+    def tick_all(self):
+        self.trace.append("tick")
+        for node in self.nodes.values():
+            node.raft.tick()
+            node.process()
+
+    def propose(self, payloads):
+        leaders = [n for n in self.nodes.values() if n.raft.role == LEADER]
+        if not leaders:
+            return False
+        node = self.rng.choice(leaders)
+        try:
+            first, last = node.raft.propose(make_block(payloads))
+        except NotLeader:
+            return False
+        self.trace.append(f"propose {node.id} [{first},{last}]")
+        node.process()
+        return True
+
+    def step(self):
+        r = self.rng.random()
+        if r < 0.12:
+            self.tick_all()
+        elif r < 0.62:
+            self.deliver_one()
+        elif r < 0.82:
+            node = self.nodes[self.rng.choice(self.ids)]
+            self.trace.append(f"sync {node.id}")
+            node.sync()
+        elif r < 0.90:
+            self.proposed += 1
+            k = self.rng.randrange(1, 4)
+            self.propose([f"{self.seed}:{self.proposed}:{j}".encode() for j in range(k)])
+        elif r < 0.90 + self.p_crash:
+            node = self.nodes[self.rng.choice(self.ids)]
+            self.trace.append(f"crash {node.id}")
+            node.crash_restart()
+        elif r < 0.90 + self.p_crash + self.p_partition:
+            what = self.rng.random()
+            if what < 0.4:
+                self.heal()
+                self.trace.append("heal")
+            elif what < 0.7:
+                victim = self.rng.choice(self.ids)
+                self.isolate(victim)
+                self.trace.append(f"isolate {victim}")
+            else:
+                a, b = self.rng.sample(self.ids, 2)
+                self.cut.add((a, b))
+                self.trace.append(f"cut {a}->{b}")
+        else:
+            self.tick_all()
+        self.check()
+
+    # ---------------------------------------------------------- checking
+
+    def fail(self, what):
+        tail = "\n  ".join(self.trace[-40:])
+        raise SafetyViolation(f"seed {self.seed}: {what}\n  last events:\n  {tail}")
+
+    def observe(self, node):
+        raft = node.raft
+        if raft.role == LEADER:
+            seen = self.leaders.setdefault(raft.term, raft.id)
+            if seen != raft.id:
+                self.fail(f"election safety: nodes {seen} and {raft.id} both led term {raft.term}")
+        # Record what this node knows to be committed.
+        log = raft.log
+        c = log.committed
+        if c > self.committed.last_index:
+            lo = self.committed.last_index + 1
+            block, _ = log.slice(lo, c + 1)
+            self.committed.append(lo, block)
+            self.commit_terms.append((c, raft.term))
+
+    def check_apply(self, node, first, block, count):
+        if first != node.applied + 1:
+            self.fail(f"node {node.id} applied from {first} after {node.applied}")
+        last = first + count - 1
+        if last > self.committed.last_index:
+            self.fail(f"node {node.id} applies {last} beyond anything committed")
+        expect, _ = self.committed.slice(first, last + 1)
+        if bytes(block) != bytes(expect):
+            self.fail(f"state machine safety: node {node.id} applied different entries at [{first},{last}]")
+        node.applied = last
+
+    def check(self):
+        nodes = list(self.nodes.values())
+        reg = self.committed
+        for node in nodes:
+            log = node.raft.log
+            # Committed prefix agrees with the registry.
+            c = log.committed
+            if c:
+                mine, _ = log.slice(1, c + 1)
+                theirs, _ = reg.slice(1, c + 1)
+                if bytes(mine) != bytes(theirs):
+                    self.fail(f"node {node.id}: committed prefix [1,{c}] differs from what was committed")
+            # Leader completeness: a leader has every entry committed in its
+            # term or before (a deposed leader that has not heard of a later
+            # term may lack entries committed since).
+            if node.raft.role == LEADER and reg.last_index:
+                upto = 0
+                for idx, term in self.commit_terms:
+                    if term <= node.raft.term:
+                        upto = idx
+                if upto:
+                    if log.last_index < upto:
+                        self.fail(f"leader completeness: leader {node.id} (term {node.raft.term}) "
+                                  f"lacks committed entries up to {upto}")
+                    mine, _ = log.slice(1, upto + 1)
+                    theirs, _ = reg.slice(1, upto + 1)
+                    if bytes(mine) != bytes(theirs):
+                        self.fail(f"leader completeness: leader {node.id} differs on committed [1,{upto}]")
+        # Log matching: for each pair, the highest index with equal terms
+        # must have identical prefixes.
+        for i, a in enumerate(nodes):
+            la = a.raft.log
+            for b in nodes[i + 1:]:
+                lb = b.raft.log
+                top = min(la.last_index, lb.last_index)
+                for idx in range(top, 0, -1):
+                    if la.term(idx) == lb.term(idx):
+                        pa, _ = la.slice(1, idx + 1)
+                        pb, _ = lb.slice(1, idx + 1)
+                        if bytes(pa) != bytes(pb):
+                            self.fail(f"log matching: nodes {a.id},{b.id} agree on term at {idx} "
+                                      f"but differ before it")
+                        break
+
+    # ----------------------------------------------------------- liveness
+
+    def settle(self, max_rounds=3000):
+        """Heal everything and run without faults until a leader has
+        committed a fresh entry and every node applied everything.
+        Returns the number of rounds it took, or None."""
+        self.heal()
+        self.p_drop = self.p_dup = 0.0
+        marker = None  # (term, index) of the entry we wait to see committed
+        for n in range(max_rounds):
+            if n % 3 == 0:
+                self.tick_all()
+            while self.inflight:
+                self.deliver_one()
+            for node in self.nodes.values():
+                node.sync()
+            self.check()
+            reg = self.committed
+            done = (marker is not None and reg.last_index >= marker[1]
+                    and reg.term(marker[1]) == marker[0])
+            if not done:
+                leaders = [x for x in self.nodes.values() if x.raft.role == LEADER]
+                if leaders and (marker is None or all(x.raft.term > marker[0] for x in leaders)):
+                    x = leaders[0]
+                    first, last = x.raft.propose(make_block([b"settle-marker"]))
+                    marker = (x.raft.term, last)
+                    x.process()
+                continue
+            top = reg.last_index
+            if True:
+                if all(x.applied == top for x in self.nodes.values()):
+                    return n
+        return None
+
+
+def describe(net):
+    """Counts that show a schedule did exercise the protocol."""
+    return {"terms": len(net.leaders), "committed": net.committed.last_index,
+            "crashes": sum(1 for t in net.trace if t.startswith("crash")),
+            "drops": sum(1 for t in net.trace if t.startswith("drop")),
+            "proposals": sum(1 for t in net.trace if t.startswith("propose"))}

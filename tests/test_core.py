@@ -1,0 +1,254 @@
+"""Targeted scenarios for the sans-IO core (the chaos sweep is in
+test_simulation.py)."""
+import pytest
+
+from raftfast._entrylog import EntryLog, decode_entries, encode_entries
+from raftfast.core import CANDIDATE, FOLLOWER, LEADER, CoreConfig, LogPanic, NotLeader, Raft
+from raftfast.messages import (ENTRY_NOOP, ENTRY_NORMAL, MSG_APPEND, MSG_APPEND_RESP,
+                               MSG_HEARTBEAT, MSG_VOTE, MSG_VOTE_RESP, HardState, Message)
+from simnet import SimNet, make_block
+
+
+def new_raft(node_id=1, voters=(1, 2, 3), entries=(), hs=None, seed=1):
+    log = EntryLog(1)
+    if entries:
+        log.append(1, entries)
+    return Raft(CoreConfig(node_id, voters, election_ticks=10, heartbeat_ticks=1, seed=seed),
+                log, hs)
+
+
+def entries_of(terms):
+    return encode_entries([(t, ENTRY_NORMAL, f"e{i}".encode()) for i, t in enumerate(terms, 1)])
+
+
+def drain(raft):
+    """One runtime cycle with an instant disk: returns (sent, persisted-released)."""
+    sent, after = [], []
+    while raft.has_ready():
+        rd = raft.ready()
+        sent += rd.messages
+        after += rd.persist_messages
+        raft.advance(rd)
+    return sent, after
+
+
+def release(raft, msgs):
+    out = []
+    for m in msgs:
+        if m.to == raft.id:
+            raft.step(m)
+        else:
+            out.append(m)
+    return out
+
+
+def quiet_net(n=3, seed=0):
+    return SimNet(n, seed, EntryLog, drop=0, dup=0, crash=0, partition=0)
+
+
+def run_until(net, cond, rounds=500):
+    for _ in range(rounds):
+        net.tick_all()
+        while net.inflight:
+            net.deliver_one()
+        for node in net.nodes.values():
+            node.sync()
+        net.check()
+        if cond():
+            return True
+    return False
+
+
+def leader_of(net):
+    leaders = [n for n in net.nodes.values() if n.raft.role == LEADER]
+    return leaders[0] if len(leaders) == 1 else None
+
+
+def test_single_node_leads_only_after_its_vote_is_durable():
+    r = new_raft(voters=(1,))
+    for _ in range(20):
+        r.tick()
+    assert r.role == CANDIDATE and r.term == 1 and r.vote == 1
+    rd = r.ready()
+    assert rd.hard_state == HardState(1, 1, 0)
+    assert [m.type for m in rd.persist_messages] == [MSG_VOTE_RESP]
+    r.advance(rd)
+    assert r.role == CANDIDATE  # not before the fsync
+    release(r, rd.persist_messages)
+    assert r.role == LEADER
+    # The new leader's empty entry commits once it is durable.
+    rd = r.ready()
+    assert [(first, count) for first, _, count in rd.entries] == [(1, 1)]
+    assert decode_entries(rd.entries[0][1]) == [(1, ENTRY_NOOP, b"")]
+    r.advance(rd)
+    assert r.log.committed == 0
+    release(r, rd.persist_messages)
+    assert r.log.committed == 1
+
+
+def test_vote_is_granted_once_per_term():
+    r = new_raft(node_id=1)
+    r.step(Message(MSG_VOTE, to=1, frm=2, term=5, index=0, log_term=0))
+    _, after = drain(r)
+    assert [(m.to, m.reject) for m in after] == [(2, False)]
+    r.step(Message(MSG_VOTE, to=1, frm=3, term=5, index=0, log_term=0))
+    _, after = drain(r)
+    assert [(m.to, m.reject) for m in after] == [(3, True)]
+    # The same candidate asking again (a retransmission) is granted again.
+    r.step(Message(MSG_VOTE, to=1, frm=2, term=5, index=0, log_term=0))
+    _, after = drain(r)
+    assert [(m.to, m.reject) for m in after] == [(2, False)]
+
+
+@pytest.mark.parametrize("cand_index,cand_term,granted", [
+    (3, 2, True),   # same last entry
+    (4, 2, True),   # longer log, same term
+    (2, 2, False),  # shorter log, same term
+    (1, 3, True),   # later last term wins even if shorter
+    (9, 1, False),  # earlier last term loses even if longer
+])
+def test_vote_requires_an_up_to_date_log(cand_index, cand_term, granted):
+    r = new_raft(node_id=1, entries=entries_of([1, 2, 2]), hs=HardState(2, 0, 0))
+    r.step(Message(MSG_VOTE, to=1, frm=2, term=3, index=cand_index, log_term=cand_term))
+    _, after = drain(r)
+    assert [m.reject for m in after] == [not granted]
+    assert r.term == 3  # the newer term is adopted either way
+
+
+def test_vote_waits_for_the_term_and_vote_to_be_durable():
+    r = new_raft(node_id=1)
+    r.step(Message(MSG_VOTE, to=1, frm=2, term=1))
+    rd = r.ready()
+    assert rd.hard_state == HardState(1, 2, 0)
+    assert rd.messages == [] and [m.type for m in rd.persist_messages] == [MSG_VOTE_RESP]
+
+
+def test_stale_leader_hears_the_newer_term_and_steps_down():
+    r = new_raft(node_id=1, hs=HardState(7, 0, 0))
+    r.step(Message(MSG_APPEND, to=1, frm=2, term=3, index=0, log_term=0))
+    sent, _ = drain(r)
+    assert [(m.type, m.to, m.term) for m in sent] == [(MSG_APPEND_RESP, 2, 7)]
+    old = new_raft(node_id=2, hs=HardState(3, 2, 0))
+    old.role = LEADER  # a quick stand-in for a deposed leader
+    old.step(sent[0])
+    assert old.role == FOLLOWER and old.term == 7
+
+
+def test_follower_truncates_a_conflicting_uncommitted_suffix():
+    r = new_raft(node_id=2, entries=entries_of([1, 1, 2, 2]), hs=HardState(2, 0, 0))
+    block = encode_entries([(3, ENTRY_NORMAL, b"new")])
+    r.step(Message(MSG_APPEND, to=2, frm=1, term=3, index=2, log_term=1, commit=2,
+                   entries=block, count=1))
+    _, after = drain(r)
+    assert r.log.last_index == 3 and r.log.term(3) == 3
+    assert [(m.index, m.reject) for m in after if m.to == 1] == [(3, False)]
+    assert r.log.committed == 2
+
+
+def test_a_committed_entry_is_never_truncated():
+    r = new_raft(node_id=2, entries=entries_of([1, 1, 2]), hs=HardState(2, 0, 3))
+    assert r.log.committed == 3
+    block = encode_entries([(3, ENTRY_NORMAL, b"x")])
+    # A message with index below the commit index is answered with the commit index.
+    r.step(Message(MSG_APPEND, to=2, frm=1, term=3, index=1, log_term=1, entries=block, count=1))
+    _, after = drain(r)
+    assert [(m.index, m.reject) for m in after if m.to == 1] == [(3, False)]
+    assert r.log.term(2) == 1 and r.log.term(3) == 2
+    # One that claims to match at the commit index but conflicts above it
+    # is fine; one that would rewrite a committed entry is an invariant break.
+    with pytest.raises(LogPanic):
+        r.log.maybe_append(1, 1, 0, block, 1)
+
+
+def test_rejection_hint_skips_a_whole_term():
+    # Follower has many entries of term 2 the leader does not.
+    r = new_raft(node_id=2, entries=entries_of([1, 1, 2, 2, 2, 2, 2]), hs=HardState(2, 0, 0))
+    r.step(Message(MSG_APPEND, to=2, frm=1, term=4, index=7, log_term=3, commit=0))
+    sent, _ = drain(r)
+    rej = [m for m in sent if m.type == MSG_APPEND_RESP]
+    assert len(rej) == 1 and rej[0].reject
+    # The largest index whose term is <= 3 is 7 (term 2): the leader can
+    # then skip straight past every term-2 entry it does not share.
+    assert (rej[0].hint, rej[0].log_term) == (7, 2)
+
+
+def test_propose_on_a_follower_names_the_leader():
+    r = new_raft(node_id=2)
+    r.step(Message(MSG_HEARTBEAT, to=2, frm=3, term=1))
+    with pytest.raises(NotLeader) as ei:
+        r.propose(make_block([b"x"]))
+    assert ei.value.leader_id == 3
+
+
+def test_idle_leader_keeps_leadership_through_heartbeats():
+    net = quiet_net(3, seed=3)
+    assert run_until(net, lambda: leader_of(net) is not None)
+    leader, term = leader_of(net).id, leader_of(net).raft.term
+    for _ in range(300):  # thirty election timeouts with no client traffic
+        net.tick_all()
+        while net.inflight:
+            net.deliver_one()
+        for node in net.nodes.values():
+            node.sync()
+    assert leader_of(net).id == leader and leader_of(net).raft.term == term
+
+
+def test_leader_does_not_commit_an_older_term_entry_by_counting_replicas():
+    """Raft's Figure 8: an entry from an earlier term stored on a majority is
+    not committed until an entry of the leader's own term is."""
+    # Node 1 has (1,1),(2,2) - the term-2 entry was never committed; it is
+    # now leader in term 4 after a vote from node 2, whose log matches.
+    ents = entries_of([1, 2])
+    r = new_raft(node_id=1, entries=ents, hs=HardState(3, 0, 1))
+    r.become_candidate()
+    r.votes = {1: True, 2: True}
+    r.become_leader()
+    assert r.term == 4 and r.log.last_index == 3  # the new noop of term 4
+    drain(r)
+    r.step(Message(MSG_APPEND_RESP, to=1, frm=1, term=4, index=2, log_term=2))  # own fsync of index 2 only
+    r.step(Message(MSG_APPEND_RESP, to=1, frm=2, term=4, index=2))
+    assert r.log.committed == 1  # index 2 is on a majority, but of term 2
+    r.step(Message(MSG_APPEND_RESP, to=1, frm=1, term=4, index=3, log_term=4))
+    r.step(Message(MSG_APPEND_RESP, to=1, frm=2, term=4, index=3))
+    assert r.log.committed == 3  # now the term-4 entry commits, and 2 with it
+
+
+def test_leader_counts_itself_only_after_its_own_fsync():
+    net = quiet_net(3, seed=5)
+    assert run_until(net, lambda: leader_of(net) is not None and leader_of(net).raft.log.committed >= 1)
+    ld = leader_of(net)
+    base = ld.raft.log.committed
+    first, last = ld.raft.propose(make_block([b"a", b"b"]))
+    ld.process()
+    # Only one follower acknowledges; the leader's own write is not yet durable.
+    follower = next(n for n in net.nodes.values() if n.id != ld.id)
+    for m in list(net.inflight):
+        if m.to == follower.id:
+            net.inflight.remove(m)
+            follower.raft.step(m)
+            follower.process()
+    follower.sync()
+    for m in list(net.inflight):
+        if m.to == ld.id and m.type == MSG_APPEND_RESP:
+            net.inflight.remove(m)
+            ld.raft.step(m)
+            ld.process()
+    # The follower plus the leader would make a majority, but the leader
+    # has not yet synced: nothing new commits.
+    assert ld.raft.log.committed == base
+    ld.sync()
+    assert ld.raft.log.committed == last
+
+
+def test_restart_recovers_term_vote_and_log():
+    net = quiet_net(3, seed=11)
+    assert run_until(net, lambda: leader_of(net) is not None)
+    ld = leader_of(net)
+    ld.raft.propose(make_block([b"k1", b"k2"]))
+    ld.process()
+    assert run_until(net, lambda: all(n.applied == net.committed.last_index for n in net.nodes.values()))
+    victim = next(n for n in net.nodes.values() if n.id != ld.id)
+    before = (victim.raft.term, victim.raft.vote, victim.raft.log.last_index)
+    victim.crash_restart()
+    assert (victim.raft.term, victim.raft.vote, victim.raft.log.last_index) == before
+    assert run_until(net, lambda: victim.applied == net.committed.last_index)
