@@ -172,6 +172,15 @@ class SimNet:
         node.raft.step(m)
         node.process()
 
+    def crash(self, node):
+        # Its connections break: what was in flight to or from it is gone,
+        # and every peer's transport notices.
+        self.inflight = [m for m in self.inflight if node.id not in (m.to, m.frm)]
+        for other in self.nodes.values():
+            if other is not node:
+                other.raft.report_unreachable(node.id)
+        node.crash_restart()
+
     def isolate(self, node_id):
         for j in self.ids:
             if j != node_id:
@@ -219,7 +228,7 @@ class SimNet:
         elif r < 0.90 + self.p_crash:
             node = self.nodes[self.rng.choice(self.ids)]
             self.trace.append(f"crash {node.id}")
-            node.crash_restart()
+            self.crash(node)
         elif r < 0.90 + self.p_crash + self.p_partition:
             what = self.rng.random()
             if what < 0.4:

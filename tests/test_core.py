@@ -249,6 +249,6 @@ def test_restart_recovers_term_vote_and_log():
     assert run_until(net, lambda: all(n.applied == net.committed.last_index for n in net.nodes.values()))
     victim = next(n for n in net.nodes.values() if n.id != ld.id)
     before = (victim.raft.term, victim.raft.vote, victim.raft.log.last_index)
-    victim.crash_restart()
+    net.crash(victim)
     assert (victim.raft.term, victim.raft.vote, victim.raft.log.last_index) == before
     assert run_until(net, lambda: victim.applied == net.committed.last_index)
