@@ -1,0 +1,582 @@
+# cython: language_level=3
+"""The durable Raft log: a segmented write-ahead log (etcd's WAL shape).
+
+Written on the hot path, read only at start-up.  The Raft core keeps its
+entries in memory; this store only persists what the core hands it:
+
+* an *entries* record per appended batch: (first_index, count, the entry
+  block exactly as raftfast.messages describes it), and
+* a *hard-state* record per change of (term, vote, commit).
+
+Replay semantics: records are replayed in file order.  An entries record
+whose first_index <= the current last index means "truncate from
+first_index, then append" -- that is how a conflicting suffix is cut
+durably without an ftruncate on the hot path.  The last hard-state record
+wins.
+
+Files
+-----
+``<dir>/<seq>.wal`` where <seq> is a 16-digit zero-padded decimal sequence
+number (``0000000000000001.wal``, ...).  Sequence numbers are contiguous;
+the first may be above 1 once compaction deletes old segments.  A segment
+rolls over to the next sequence number when the next record would take it
+past ``segment_bytes``; every segment begins with a hard-state record
+carrying the state current at its creation, so older segments can be
+deleted without losing term and vote.
+
+Record format, version 1 (all integers little-endian)
+-----------------------------------------------------
+::
+
+    offset size field
+    0      4    crc32c       CRC32C (Castagnoli) of bytes [4, 24 + payload_len)
+    4      1    version      1
+    5      1    type         1 = entries, 2 = hard state
+    6      2    reserved     0
+    8      4    payload_len  bytes of payload after the header
+    12     8    first_index  entries: index of the first entry; hard state: 0
+    20     4    count        entries: number of entries (>= 1); hard state: 0
+    24     ...  payload      entries: the entry block as-is
+                             hard state: u64 term, u64 vote, u64 commit (24 bytes)
+
+The 24-byte header size and the CRC coverage are fixed for every version,
+so a record of an unknown version is still recognised as a whole, intact
+record and refused by name rather than mistaken for damage.  Per-entry
+terms live in the block; the record adds no per-entry data.
+
+Opening verifies every record in order.  Only a torn tail -- the last
+record of the last segment incomplete or failing its CRC, with no valid
+record anywhere after it -- is cut back (logged as a warning); any other
+damage raises LogCorruptError naming the file and byte offset.
+
+Durability: append_entries / save_hard_state write(2) into the page cache
+on the caller's thread; sync() fdatasyncs every segment written since the
+previous sync (oldest first), then the directory if a segment was created,
+all with the GIL released, so it can run on a worker thread while the
+event loop keeps appending.  A failed write or fsync is never retried (the
+kernel may already have dropped the dirty pages): the store is marked
+failed and every later call raises.
+"""
+import logging
+import os
+import re
+import threading
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.errno cimport errno, EINTR
+from posix.uio cimport iovec, writev
+from posix.unistd cimport close as c_close, fdatasync, fsync
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
+
+cdef extern from "crc32c.h":
+    uint32_t rf_crc32c(uint32_t crc, const uint8_t *p, size_t n) nogil
+
+cdef enum:
+    HDR = 24                      # record header size, every version
+    HS_PAYLOAD = 24               # term, vote, commit
+    HS_RECORD = HDR + HS_PAYLOAD
+
+RECORD_VERSION = 1
+REC_ENTRIES = 1
+REC_HARD_STATE = 2
+HEADER_SIZE = HDR
+DEFAULT_SEGMENT_BYTES = 64 << 20
+
+_log = logging.getLogger("raftfast.storage")
+_SEG_RE = re.compile(r"^(\d{16})\.wal$")
+
+
+class LogStoreError(OSError):
+    """A write or fsync of the log failed; the store is unusable from now on."""
+
+
+class LogCorruptError(Exception):
+    """The log on disk is damaged beyond a torn last record."""
+
+    def __init__(self, path, offset, reason):
+        super().__init__(f"{path}: corrupt log at byte offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+def segment_name(uint64_t seq):
+    return "%016d.wal" % seq
+
+
+cdef inline uint32_t _ld32(const uint8_t *p) noexcept nogil:
+    return p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef inline uint64_t _ld64(const uint8_t *p) noexcept nogil:
+    return _ld32(p) | (<uint64_t>_ld32(p + 4) << 32)
+
+
+cdef inline void _st32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = v & 0xff
+    p[1] = (v >> 8) & 0xff
+    p[2] = (v >> 16) & 0xff
+    p[3] = (v >> 24) & 0xff
+
+
+cdef inline void _st64(uint8_t *p, uint64_t v) noexcept nogil:
+    _st32(p, <uint32_t>v)
+    _st32(p + 4, <uint32_t>(v >> 32))
+
+
+cdef void _fill_header(uint8_t *h, uint8_t rtype, uint32_t plen, uint64_t first,
+                       uint32_t count, const uint8_t *payload) noexcept nogil:
+    cdef uint32_t crc
+    h[4] = 1
+    h[5] = rtype
+    h[6] = 0
+    h[7] = 0
+    _st32(h + 8, plen)
+    _st64(h + 12, first)
+    _st32(h + 20, count)
+    crc = rf_crc32c(0, h + 4, HDR - 4)
+    if plen:
+        crc = rf_crc32c(crc, payload, plen)
+    _st32(h, crc)
+
+
+cdef inline bint _intact_at(const uint8_t *p, size_t avail) noexcept nogil:
+    """A whole record starts at p and its CRC matches (whatever its version)."""
+    cdef uint32_t plen
+    if avail < HDR:
+        return False
+    plen = _ld32(p + 8)
+    if plen > avail - HDR:
+        return False
+    return _ld32(p) == rf_crc32c(0, p + 4, HDR - 4 + <size_t>plen)
+
+
+cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
+                      object on_hard_state, list hs) except -2:
+    """Verify (and with callbacks, replay) one segment's bytes.
+
+    Returns -1 when every byte is accounted for, else the offset of a torn
+    tail (only possible when `last`).  `hs` receives the last hard state.
+    """
+    cdef const uint8_t[::1] buf = data
+    cdef size_t n = buf.shape[0]
+    cdef size_t off = 0, y
+    cdef const uint8_t *base = &buf[0] if n else NULL
+    cdef const uint8_t *p
+    cdef uint32_t plen, count
+    cdef uint64_t first
+    cdef uint8_t version, rtype
+    cdef object view = memoryview(data) if on_entries is not None else None
+    while off < n:
+        p = base + off
+        if not _intact_at(p, n - off):
+            reason = "incomplete record" if (n - off < HDR or _ld32(p + 8) > n - off - HDR) \
+                else "checksum mismatch"
+            if not last:
+                raise LogCorruptError(path, off, reason + " in a segment that is not the last")
+            # A torn write leaves nothing intact behind it; an intact record
+            # after a bad one means damage inside the log, not a torn tail.
+            for y in range(off + 1, n):
+                if _intact_at(base + y, n - y):
+                    raise LogCorruptError(path, off, reason + f" (an intact record follows at {y})")
+            return <Py_ssize_t>off
+        version = p[4]
+        rtype = p[5]
+        plen = _ld32(p + 8)
+        first = _ld64(p + 12)
+        count = _ld32(p + 20)
+        if version != 1:
+            raise LogCorruptError(path, off, f"unknown record version {version}")
+        if p[6] != 0 or p[7] != 0:
+            raise LogCorruptError(path, off, "reserved header bytes are not zero")
+        if rtype == 1:
+            if count == 0 or first == 0:
+                raise LogCorruptError(path, off, f"entries record with first_index={first} count={count}")
+            if on_entries is not None:
+                on_entries(first, view[off + HDR:off + HDR + plen], count)
+        elif rtype == 2:
+            if plen != HS_PAYLOAD or first != 0 or count != 0:
+                raise LogCorruptError(path, off, "malformed hard state record")
+            hs[0] = _ld64(p + HDR)
+            hs[1] = _ld64(p + HDR + 8)
+            hs[2] = _ld64(p + HDR + 16)
+            if on_hard_state is not None:
+                on_hard_state(hs[0], hs[1], hs[2])
+        else:
+            raise LogCorruptError(path, off, f"unknown record type {rtype}")
+        off += HDR + plen
+    return -1
+
+
+def _read_file(str path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _fsync_dir(str path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _list_segments(str path):
+    """Sequence numbers of the segments in `path`, checked to be contiguous."""
+    seqs = sorted(int(m.group(1)) for m in map(_SEG_RE.match, os.listdir(path)) if m)
+    for a, b in zip(seqs, seqs[1:]):
+        if b != a + 1:
+            raise LogCorruptError(os.path.join(path, segment_name(b)), 0,
+                                  f"segment {a + 1} is missing before it")
+    return seqs
+
+
+cdef inline void _lock(PyThread_type_lock mu) noexcept:
+    # Uncontended (the usual case) costs no GIL release; otherwise wait
+    # without the GIL so the holder can finish.
+    if not PyThread_acquire_lock(mu, NOWAIT_LOCK):
+        with nogil:
+            PyThread_acquire_lock(mu, WAIT_LOCK)
+
+
+cdef class LogStore:
+    """A segmented write-ahead log in directory `path` (created if missing).
+
+    LogStore(path, fsync=True, segment_bytes=64 MiB)
+
+    append_entries/save_hard_state come from one thread (the event loop);
+    sync() may run concurrently on another.
+    """
+
+    cdef readonly str path
+    cdef readonly bint fsync
+    cdef readonly Py_ssize_t segment_bytes
+    # Guards every field below against a concurrent sync()/close().  Python
+    # code run inside a method (even os.path.join) can switch threads, so
+    # the GIL alone does not make a method atomic.
+    cdef PyThread_type_lock _mu
+    cdef object _sync_lock  # one sync at a time: a later sync must not return before an earlier one
+    cdef int _fd            # current segment, open for appending
+    cdef int _dirfd         # the directory, for fsync after a new segment
+    cdef bint _dirty        # current segment written since the last sync
+    cdef bint _dir_dirty    # a segment was created since the last sync
+    cdef bint _closed
+    cdef uint64_t _seq      # current segment's sequence number
+    cdef str _name          # and its path
+    cdef Py_ssize_t _seg_size
+    cdef uint64_t _term, _vote, _commit
+    cdef list _seqs         # every segment's sequence number, oldest first
+    cdef list _retired      # (fd, path) of rolled-over segments not yet synced
+    cdef object _failure    # the LogStoreError that made the store unusable
+
+    def __cinit__(self):
+        self._fd = -1
+        self._dirfd = -1
+        self._closed = True
+        self._mu = PyThread_allocate_lock()
+        if self._mu == NULL:
+            raise MemoryError()
+
+    def __init__(self, path, bint fsync=True, Py_ssize_t segment_bytes=DEFAULT_SEGMENT_BYTES):
+        cdef Py_ssize_t size = 0, torn
+        if segment_bytes < HS_RECORD + HDR:
+            raise ValueError(f"segment_bytes must be at least {HS_RECORD + HDR}")
+        self.path = os.fspath(path)
+        self.fsync = fsync
+        self.segment_bytes = segment_bytes
+        self._retired = []
+        self._failure = None
+        self._sync_lock = threading.Lock()
+        if not os.path.isdir(self.path):
+            os.makedirs(self.path)
+            if fsync:
+                _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        self._seqs = _list_segments(self.path)
+        hs = [0, 0, 0]
+        last_seq = self._seqs[len(self._seqs) - 1] if self._seqs else None
+        for seq in self._seqs:
+            name = self._file(seq)
+            data = _read_file(name)
+            torn = _scan(data, name, seq == last_seq, None, None, hs)
+            if torn >= 0:
+                self._repair(name, torn, len(data))
+                size = torn
+            else:
+                size = len(data)
+        self._term, self._vote, self._commit = hs
+        self._dirfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._closed = False
+        try:
+            if not self._seqs:
+                self._create_segment(1)
+            else:
+                self._seq = last_seq
+                self._name = self._file(last_seq)
+                self._fd = os.open(self._name, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                self._seg_size = size
+                if size == 0:
+                    # Emptied by a repair, or created just before a crash: keep the
+                    # rule that every segment starts with the hard state.
+                    self._write_hard_state()
+        except BaseException:
+            self.close()
+            raise
+
+    cdef str _file(self, uint64_t seq):
+        return os.path.join(self.path, segment_name(seq))
+
+    cdef _repair(self, str name, Py_ssize_t torn, Py_ssize_t size):
+        _log.warning("%s: torn last record at byte offset %d (%d bytes) cut off",
+                     name, torn, size - torn)
+        fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, torn)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    cdef _fail(self, int err, str what, str name):
+        """Mark the store failed (caller holds _mu) and raise."""
+        self._failure = LogStoreError(err, f"log {what} failed: {os.strerror(err)}", name)
+        raise self._failure
+
+    cdef _check(self):
+        f = self._failure
+        if f is not None:
+            raise LogStoreError(f.errno, f"log store unusable after an earlier failure: {f.strerror}",
+                                f.filename)
+        if self._closed:
+            raise ValueError("log store is closed")
+
+    cdef _create_segment(self, uint64_t seq):
+        name = self._file(seq)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            self._fail(e.errno, "segment create", name)
+        self._fd = fd
+        self._seq = seq
+        self._name = name
+        self._seg_size = 0
+        self._seqs.append(seq)
+        self._dir_dirty = True
+        self._write_hard_state()
+
+    cdef _roll(self):
+        if self.fsync:
+            # A running sync may still be fsyncing this fd; the next sync
+            # fsyncs it once more and only then closes it.
+            self._retired.append((self._fd, self._name))
+        else:
+            os.close(self._fd)
+        self._fd = -1
+        self._create_segment(self._seq + 1)
+
+    cdef int _write(self, const uint8_t *hdr, const uint8_t *payload, size_t plen) except -1:
+        cdef iovec iov[2]
+        cdef iovec *v = iov
+        cdef int niov = 2 if plen else 1
+        cdef ssize_t n
+        iov[0].iov_base = <void *>hdr
+        iov[0].iov_len = HDR
+        iov[1].iov_base = <void *>payload
+        iov[1].iov_len = plen
+        while niov:
+            n = writev(self._fd, v, niov)
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                self._fail(errno, "write", self._name)
+            # A short write (e.g. the disk filling up) is followed by another
+            # call that either finishes the record or reports the error.
+            while niov and <size_t>n >= v[0].iov_len:
+                n -= v[0].iov_len
+                v += 1
+                niov -= 1
+            if niov:
+                v[0].iov_base = <void *>(<uint8_t *>v[0].iov_base + n)
+                v[0].iov_len -= n
+        self._seg_size += HDR + plen
+        self._dirty = True
+        return 0
+
+    cdef int _write_hard_state(self) except -1:
+        cdef uint8_t rec[HS_RECORD]
+        _st64(rec + HDR, self._term)
+        _st64(rec + HDR + 8, self._vote)
+        _st64(rec + HDR + 16, self._commit)
+        _fill_header(rec, 2, HS_PAYLOAD, 0, 0, rec + HDR)
+        return self._write(rec, rec + HDR, HS_PAYLOAD)
+
+    cdef bint _full(self, size_t reclen):
+        # Roll only a segment holding more than its leading hard state, so a
+        # record larger than segment_bytes still lands somewhere.
+        return self._seg_size + <Py_ssize_t>reclen > self.segment_bytes and self._seg_size > HS_RECORD
+
+    def append_entries(self, uint64_t first_index, const uint8_t[::1] block not None, uint32_t count):
+        """Write one entries record (into the page cache; durable after sync())."""
+        cdef uint8_t hdr[HDR]
+        cdef size_t n = block.shape[0]
+        if first_index == 0 or count == 0 or n == 0:
+            raise ValueError(f"empty or misplaced batch: first_index={first_index} count={count} bytes={n}")
+        if n > 0xFFFFFFFF:
+            raise ValueError(f"entry block of {n} bytes exceeds a record's 4 GiB limit")
+        _lock(self._mu)
+        try:
+            self._check()
+            if self._full(HDR + n):
+                self._roll()
+            _fill_header(hdr, 1, <uint32_t>n, first_index, count, &block[0])
+            self._write(hdr, &block[0], n)
+        finally:
+            PyThread_release_lock(self._mu)
+
+    def save_hard_state(self, uint64_t term, uint64_t vote, uint64_t commit):
+        """Write one hard-state record (durable after sync())."""
+        _lock(self._mu)
+        try:
+            self._check()
+            self._term = term
+            self._vote = vote
+            self._commit = commit
+            if self._full(HS_RECORD):
+                self._roll()  # the new segment starts with exactly this record
+            else:
+                self._write_hard_state()
+        finally:
+            PyThread_release_lock(self._mu)
+
+    def sync(self):
+        """Make every record written before this call durable.
+
+        Releases the GIL while fsyncing; safe to call from a worker thread
+        while another thread appends.  Does nothing when fsync=False.
+        """
+        cdef int fd, rc = 0, err = 0
+        self._check()
+        if not self.fsync:
+            return
+        with self._sync_lock:
+            _lock(self._mu)
+            try:
+                self._check()
+                # Whatever was written before this point is in this set.
+                retired = self._retired
+                self._retired = []
+                todo = list(retired)
+                if self._dirty:
+                    todo.append((self._fd, self._name))
+                    self._dirty = False
+                dir_dirty = self._dir_dirty
+                self._dir_dirty = False
+                dirfd = self._dirfd
+            finally:
+                PyThread_release_lock(self._mu)
+            # Oldest segment first, so a durable segment implies durable
+            # predecessors even if this sync is cut short by a crash.
+            for fd, name in todo:
+                with nogil:
+                    rc = fdatasync(fd)
+                    err = errno
+                if rc != 0:
+                    break
+            if rc == 0 and dir_dirty:
+                fd = dirfd
+                name = self.path
+                with nogil:
+                    rc = fsync(fd)
+                    err = errno
+            if rc != 0:
+                _lock(self._mu)
+                try:
+                    self._retired = retired + self._retired  # still open: close() closes them
+                    if self._failure is None:
+                        self._fail(err, "fsync", name)
+                    self._check()
+                finally:
+                    PyThread_release_lock(self._mu)
+            for fd, name in retired:
+                os.close(fd)
+
+    def replay(self, on_entries, on_hard_state):
+        """Read the whole log back in order: on_entries(first_index, block,
+        count) once per entries record (block is a read-only memoryview),
+        on_hard_state(term, vote, commit) once per hard-state record."""
+        _lock(self._mu)
+        try:
+            self._check()
+            names = [self._file(s) for s in self._seqs]
+        finally:
+            PyThread_release_lock(self._mu)
+        hs = [0, 0, 0]
+        for name in names:
+            # Repaired at open, so any damage now is damage, even at the tail.
+            _scan(_read_file(name), name, False, on_entries, on_hard_state, hs)
+
+    @property
+    def hard_state(self):
+        """The last saved (term, vote, commit)."""
+        _lock(self._mu)
+        t = (self._term, self._vote, self._commit)
+        PyThread_release_lock(self._mu)
+        return t
+
+    @property
+    def failed(self):
+        return self._failure is not None
+
+    @property
+    def closed(self):
+        return self._closed
+
+    @property
+    def segments(self):
+        """Paths of the segments, oldest first."""
+        _lock(self._mu)
+        try:
+            return [self._file(s) for s in self._seqs]
+        finally:
+            PyThread_release_lock(self._mu)
+
+    def close(self):
+        """Close every file; records not yet synced stay in the page cache."""
+        if self._closed:
+            return
+        with self._sync_lock:  # never close an fd under a running fsync
+            _lock(self._mu)
+            try:
+                if self._closed:
+                    return
+                self._closed = True
+                fds = [fd for fd, _ in self._retired] + [self._fd, self._dirfd]
+                self._retired = []
+                self._fd = self._dirfd = -1
+            finally:
+                PyThread_release_lock(self._mu)
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __dealloc__(self):
+        # Python attributes may already be cleared here; C fields are not.
+        if not self._closed:
+            if self._fd >= 0:
+                c_close(self._fd)
+            if self._dirfd >= 0:
+                c_close(self._dirfd)
+            if self._retired:
+                for fd, _ in self._retired:
+                    c_close(fd)
+        if self._mu != NULL:
+            PyThread_free_lock(self._mu)
