@@ -434,11 +434,13 @@ def test_an_error_poisons_the_decoder(mod):
 
 # -- garbage -----------------------------------------------------------------
 
-def mutated_frames():
-    """Valid frames with one byte overwritten, re-checksummed so the body
+def mutated_frames(recompute_crc):
+    """Valid frames with one byte overwritten; re-checksummed, the body
     checks (not the CRC) are what the mutation meets."""
     def mutate(args):
         f, pos, val = args
+        if not recompute_crc:
+            return f[:pos % len(f)] + bytes([val]) + f[pos % len(f) + 1:]
         body = bytearray(f[12:])
         body[pos % len(body)] = val
         return raw_frame(f[5], bytes(body))
@@ -451,7 +453,8 @@ garbage = st.one_of(
     st.binary(max_size=300),
     st.tuples(st.integers(0, 255), st.binary(max_size=120)).map(lambda t: raw_frame(*t)),
     st.tuples(st.integers(1, 3), st.binary(max_size=120)).map(lambda t: raw_frame(*t)),
-    mutated_frames(),
+    mutated_frames(recompute_crc=True),
+    mutated_frames(recompute_crc=False),
 )
 
 

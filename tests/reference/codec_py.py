@@ -1,0 +1,284 @@
+"""The peer frame codec, protocol version 1, in plain Python: the readable
+specification that raftfast._codec (ext/codec.pyx) is tested against.
+docs/protocol.md describes the same format in prose.
+
+Frame:  u32 body_len | u8 version | u8 frame_type | u16 reserved | u32 crc32c(body) | body
+"""
+import struct
+
+from raftfast.messages import ENTRY_HEADER_SIZE, Message
+
+PROTOCOL_MIN = 1
+PROTOCOL_MAX = 1
+FRAME_HANDSHAKE = 1
+FRAME_HANDSHAKE_ACK = 2
+FRAME_MESSAGE = 3
+HEADER_SIZE = 12
+DEFAULT_MAX_FRAME = 64 << 20
+
+ID_MAX = (1 << 63) - 1
+MSG_TYPES = range(1, 11)      # protocol v1: MSG_APPEND .. MSG_SNAPSHOT
+ENTRY_TYPES = range(0, 3)     # ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG
+
+HEADER = struct.Struct("<IBBHI")
+MSG_FIXED = struct.Struct("<BBHQQQQQQQII")   # 68 bytes
+HS_FIXED = struct.Struct("<HHQH")            # 14 bytes
+ENTRY_HEADER = struct.Struct("<IQB")         # 13 bytes
+
+
+def _crc32c_table():
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def crc32c(data):
+    """CRC32C (Castagnoli), bit-reflected, init and final xor 0xFFFFFFFF."""
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+class FrameError(ValueError):
+    pass
+
+
+class FrameTooLarge(FrameError):
+    pass
+
+
+class FrameChecksumError(FrameError):
+    pass
+
+
+class FrameVersionError(FrameError):
+    pass
+
+
+class FrameMalformed(FrameError):
+    pass
+
+
+class Handshake:
+    __slots__ = ("cluster_id", "node_id", "min_version", "max_version")
+
+    def __init__(self, cluster_id, node_id, min_version, max_version):
+        self.cluster_id = cluster_id
+        self.node_id = node_id
+        self.min_version = min_version
+        self.max_version = max_version
+
+    def __eq__(self, other):
+        if not isinstance(other, Handshake):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    def __repr__(self):
+        return (f"Handshake(cluster_id={self.cluster_id!r}, node_id={self.node_id}, "
+                f"versions={self.min_version}..{self.max_version})")
+
+
+def choose_version(peer_min, peer_max):
+    hi = min(peer_max, PROTOCOL_MAX)
+    return hi if hi >= max(peer_min, PROTOCOL_MIN) else None
+
+
+def count_entries(block):
+    """Walk an entry block header by header; the number of entries, or a
+    string saying what is wrong with it."""
+    off, n = 0, 0
+    while off < len(block):
+        if len(block) - off < ENTRY_HEADER_SIZE:
+            return "entry header cut off at the end of the block"
+        data_len, _term, etype = ENTRY_HEADER.unpack_from(block, off)
+        if etype not in ENTRY_TYPES:
+            return "unknown entry type"
+        off += ENTRY_HEADER_SIZE
+        if data_len > len(block) - off:
+            return "entry data runs past the end of the block"
+        off += data_len
+        n += 1
+    return n
+
+
+def frame(frame_type, body, version=1):
+    return HEADER.pack(len(body), version, frame_type, 0, crc32c(body)) + body
+
+
+def encode_message(msg):
+    if msg.type not in MSG_TYPES:
+        raise ValueError(f"Message.type={msg.type} is not a protocol v1 message type")
+    if not 1 <= msg.frm <= ID_MAX:
+        raise ValueError(f"Message.frm={msg.frm} is not a node id")
+    block = bytes(msg.entries) if msg.entries is not None else b""
+    found = count_entries(block)
+    if isinstance(found, str):
+        raise ValueError("bad entry block: " + found)
+    if found != msg.count:
+        raise ValueError(f"Message.count={msg.count} but the block holds {found} entries")
+    try:
+        fixed = MSG_FIXED.pack(msg.type, 1 if msg.reject else 0, 0, msg.frm, msg.term,
+                               msg.index, msg.log_term, msg.commit, msg.hint, msg.context,
+                               msg.count, len(block))
+    except struct.error as e:
+        raise ValueError(f"a Message field does not fit: {e}") from None
+    return frame(FRAME_MESSAGE, fixed + block)
+
+
+def _encode_hs(frame_type, cluster_id, node_id, min_version, max_version):
+    if not 1 <= node_id <= ID_MAX:
+        raise ValueError(f"node_id={node_id} is not a node id")
+    if not 1 <= min_version <= max_version <= 255:
+        raise ValueError(f"bad version range {min_version}..{max_version}")
+    cid = cluster_id.encode("utf-8")
+    if len(cid) > 0xFFFF:
+        raise ValueError("cluster id longer than 65535 bytes")
+    body = HS_FIXED.pack(min_version, max_version, node_id, len(cid)) + cid
+    return frame(frame_type, body, version=min_version)
+
+
+def encode_handshake(cluster_id, node_id, min_version=PROTOCOL_MIN, max_version=PROTOCOL_MAX):
+    return _encode_hs(FRAME_HANDSHAKE, cluster_id, node_id, min_version, max_version)
+
+
+def encode_handshake_ack(cluster_id, node_id, version):
+    return _encode_hs(FRAME_HANDSHAKE_ACK, cluster_id, node_id, version, version)
+
+
+def decode_message_body(body):
+    if len(body) < MSG_FIXED.size:
+        raise FrameMalformed(f"message body of {len(body)} bytes is shorter than its "
+                             f"{MSG_FIXED.size} fixed bytes")
+    (mtype, flags, reserved, frm, term, index, log_term, commit, hint, context,
+     count, entries_len) = MSG_FIXED.unpack_from(body)
+    if mtype not in MSG_TYPES:
+        raise FrameMalformed(f"unknown message type {mtype}")
+    if flags & 0xFE:
+        raise FrameMalformed(f"reserved message flags set: {flags:#04x}")
+    if reserved:
+        raise FrameMalformed("reserved message bits are set")
+    if not 1 <= frm <= ID_MAX:
+        raise FrameMalformed(f"frm={frm} is not a node id")
+    if entries_len != len(body) - MSG_FIXED.size:
+        raise FrameMalformed(f"entries_len={entries_len} but {len(body) - MSG_FIXED.size} "
+                             "bytes follow")
+    entries = None
+    if entries_len == 0:
+        if count != 0:
+            raise FrameMalformed(f"count={count} without an entry block")
+    else:
+        entries = body[MSG_FIXED.size:]
+        found = count_entries(entries)
+        if isinstance(found, str):
+            raise FrameMalformed("bad entry block: " + found)
+        if found != count:
+            raise FrameMalformed(f"count={count} but the entry block holds {found} entries")
+    return Message(mtype, to=0, frm=frm, term=term, index=index, log_term=log_term,
+                   commit=commit, reject=bool(flags & 1), hint=hint, context=context,
+                   entries=entries, count=count)
+
+
+def decode_handshake_body(frame_type, body):
+    if len(body) < HS_FIXED.size:
+        raise FrameMalformed(f"handshake body of {len(body)} bytes is shorter than its "
+                             f"{HS_FIXED.size} fixed bytes")
+    vmin, vmax, node_id, cid_len = HS_FIXED.unpack_from(body)
+    if vmin == 0 or vmin > vmax:
+        raise FrameMalformed(f"bad version range {vmin}..{vmax}")
+    if frame_type == FRAME_HANDSHAKE_ACK and vmin != vmax:
+        raise FrameMalformed(f"handshake ack names a range {vmin}..{vmax}, not one version")
+    if not 1 <= node_id <= ID_MAX:
+        raise FrameMalformed(f"node_id={node_id} is not a node id")
+    if HS_FIXED.size + cid_len != len(body):
+        raise FrameMalformed(f"cluster id of {cid_len} bytes but {len(body) - HS_FIXED.size} "
+                             "bytes follow")
+    try:
+        cluster_id = body[HS_FIXED.size:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameMalformed("cluster id is not valid UTF-8") from None
+    return Handshake(cluster_id, node_id, vmin, vmax)
+
+
+class FrameDecoderPy:
+    """Same contract as raftfast._codec.FrameDecoder."""
+
+    def __init__(self, max_frame_size=DEFAULT_MAX_FRAME):
+        if max_frame_size < 1:
+            raise ValueError("max_frame_size must be positive")
+        self.max_frame_size = min(max_frame_size, 0xFFFFFFFF)  # body_len is a u32
+        self._chunks = []   # unread data, oldest first; _chunks[0][_pos:] is next
+        self._pos = 0
+        self._error = None
+
+    @property
+    def pending_bytes(self):
+        return sum(len(c) for c in self._chunks) - self._pos
+
+    def feed(self, data):
+        if self._error is None and len(data):
+            self._chunks.append(bytes(data))
+
+    def _peek(self, n):
+        """The next n unread bytes (the caller checked they are there)."""
+        parts, need, pos = [], n, self._pos
+        for c in self._chunks:
+            if need == 0:
+                break
+            part = c[pos:pos + need]
+            parts.append(part)
+            need -= len(part)
+            pos = 0
+        return b"".join(parts)
+
+    def _consume(self, n):
+        n += self._pos
+        while self._chunks and n >= len(self._chunks[0]):
+            n -= len(self._chunks.pop(0))
+        self._pos = n
+
+    def _fail(self, exc):
+        self._error = exc
+        self._chunks, self._pos = [], 0
+        return exc
+
+    def next(self):
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        try:
+            return self._next()
+        except FrameError as e:
+            raise self._fail(e) from None
+
+    def _next(self):
+        if self.pending_bytes < HEADER_SIZE:
+            return None
+        body_len, version, frame_type, reserved, crc = HEADER.unpack(self._peek(HEADER_SIZE))
+        if not PROTOCOL_MIN <= version <= PROTOCOL_MAX:
+            raise FrameVersionError(f"frame version {version} is outside "
+                                    f"{PROTOCOL_MIN}..{PROTOCOL_MAX}")
+        if frame_type not in (FRAME_HANDSHAKE, FRAME_HANDSHAKE_ACK, FRAME_MESSAGE):
+            raise FrameMalformed(f"unknown frame type {frame_type}")
+        if reserved:
+            raise FrameMalformed("reserved header bits are set")
+        if body_len > self.max_frame_size:
+            raise FrameTooLarge(f"frame body of {body_len} bytes exceeds the limit of "
+                                f"{self.max_frame_size}")
+        if self.pending_bytes < HEADER_SIZE + body_len:
+            return None
+        body = self._peek(HEADER_SIZE + body_len)[HEADER_SIZE:]
+        if crc32c(body) != crc:
+            raise FrameChecksumError("frame body does not match its CRC32C")
+        if frame_type == FRAME_MESSAGE:
+            obj = decode_message_body(body)
+        else:
+            obj = decode_handshake_body(frame_type, body)
+        self._consume(HEADER_SIZE + body_len)
+        return (frame_type, obj)
