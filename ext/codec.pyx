@@ -281,13 +281,13 @@ cdef bytes _encode_hs(uint8_t ftype, str cluster_id, node_id, min_version, max_v
     return out
 
 
-def encode_handshake(str cluster_id, node_id, min_version=PROTOCOL_MIN,
+def encode_handshake(str cluster_id not None, node_id, min_version=PROTOCOL_MIN,
                      max_version=PROTOCOL_MAX):
     """The HANDSHAKE frame a dialer opens a connection with."""
     return _encode_hs(_F_HANDSHAKE, cluster_id, node_id, min_version, max_version)
 
 
-def encode_handshake_ack(str cluster_id, node_id, version):
+def encode_handshake_ack(str cluster_id not None, node_id, version):
     """The HANDSHAKE_ACK an acceptor answers with: its own identity and the
     chosen version (see choose_version)."""
     return _encode_hs(_F_HANDSHAKE_ACK, cluster_id, node_id, version, version)
@@ -311,12 +311,15 @@ cdef class FrameDecoder:
     cdef uint32_t _body_len
     cdef uint32_t _crc
 
+    def __cinit__(self):
+        self._chunks = []
+        self.max_frame_size = DEFAULT_MAX_FRAME
+
     def __init__(self, max_frame_size=DEFAULT_MAX_FRAME):
         if max_frame_size < 1:
             raise ValueError(f"max_frame_size={max_frame_size} must be positive")
         # Above u32 max every body length is acceptable anyway.
         self.max_frame_size = min(max_frame_size, _U32_MAX)
-        self._chunks = []
 
     @property
     def pending_bytes(self):
