@@ -1,0 +1,618 @@
+# cython: language_level=3
+"""RESP for the client front door: an incremental request parser and a
+batch reply encoder.
+
+The parser follows Redis's networking.c (multibulk and inline requests,
+sdssplitargs quoting, strict string2ll lengths, Redis's error wording).
+It differs on purpose in two places, so that the outcome never depends on
+how the stream was cut into reads: a header or inline line is too big when
+its terminator lies more than max_inline_len bytes past its start, whether
+or not it has arrived yet; and header lines must end in CRLF and bulk data
+must be followed by CRLF (`invalid bulk length` otherwise) where Redis
+skips two bytes unchecked.  NUL bytes are ordinary characters in inline
+lines.  tests/reference/resp_py.py is the readable twin of this module.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.unicode cimport PyUnicode_AsUTF8String
+from libc.string cimport memchr, memcpy
+
+cdef extern from "Python.h":
+    ctypedef struct PyObject
+    # Borrowed-pointer forms of the list and bytes accessors, so chunk
+    # access in the scanning loops costs no reference counting.
+    PyObject *PyList_GET_ITEM(object lst, Py_ssize_t i)
+    char *_bytes_ptr "PyBytes_AS_STRING" (PyObject *b)
+    Py_ssize_t _bytes_size "PyBytes_GET_SIZE" (PyObject *b)
+    char *PyOS_double_to_string(double val, char format_code, int precision,
+                                int flags, int *ptype) except NULL
+    int Py_DTSF_ADD_DOT_0
+
+DEF CR = 13
+DEF LF = 10
+# string2ll refuses 21 characters or more (LONG_STR_SIZE in Redis).
+DEF MAX_NUMBER_LEN = 20
+MAX_REPLY_DEPTH = 64
+cdef int _max_depth = MAX_REPLY_DEPTH
+
+
+class SimpleString(str):
+    """A RESP simple string reply (`+OK`)."""
+    __slots__ = ()
+
+
+class ErrorReply(str):
+    """A RESP error reply; the text starts with its code (`ERR ...`, `MOVED ...`)."""
+    __slots__ = ()
+
+
+OK = SimpleString("OK")
+PONG = SimpleString("PONG")
+
+
+cdef inline bint _isspace(unsigned char c) noexcept nogil:
+    return c == 32 or 9 <= c <= 13
+
+
+cdef inline int _hexval(unsigned char c) noexcept nogil:
+    if 48 <= c <= 57:
+        return c - 48
+    if 97 <= c <= 102:
+        return c - 87
+    if 65 <= c <= 70:
+        return c - 55
+    return -1
+
+
+cdef bint _string2ll(const unsigned char *s, Py_ssize_t n, long long *out) noexcept nogil:
+    """Redis's strict integer syntax: optional '-', no '+', no spaces, no
+    leading zeros (so no "-0"), fits a signed 64-bit integer."""
+    cdef Py_ssize_t i = 0
+    cdef bint negative = False
+    cdef unsigned long long v
+    if n == 0 or n > MAX_NUMBER_LEN:
+        return False
+    if n == 1 and s[0] == b'0':
+        out[0] = 0
+        return True
+    if s[0] == b'-':
+        negative = True
+        i = 1
+        if n == 1:
+            return False
+    if not (b'1' <= s[i] <= b'9'):
+        return False
+    v = s[i] - 48
+    i += 1
+    while i < n:
+        if not (b'0' <= s[i] <= b'9'):
+            return False
+        if v > 18446744073709551615ULL // 10:
+            return False
+        v *= 10
+        if v > 18446744073709551615ULL - <unsigned long long>(s[i] - 48):
+            return False
+        v += s[i] - 48
+        i += 1
+    if negative:
+        if v > 9223372036854775808ULL:
+            return False
+        out[0] = <long long>(0ULL - v)
+    else:
+        if v > 9223372036854775807ULL:
+            return False
+        out[0] = <long long>v
+    return True
+
+
+cdef object _split_inline(const unsigned char *s, Py_ssize_t n):
+    """sdssplitargs over one inline line: list of arguments, or None when
+    quotes are unbalanced (or a closing quote is not followed by a space)."""
+    cdef list args = []
+    cdef Py_ssize_t i = 0, k
+    cdef unsigned char c
+    cdef bint inq, insq, done
+    # A token never outgrows its line: each input byte yields at most one.
+    cdef unsigned char *tok = <unsigned char *>PyMem_Malloc(n + 1)
+    if tok == NULL:
+        raise MemoryError()
+    try:
+        while True:
+            while i < n and _isspace(s[i]):
+                i += 1
+            if i >= n:
+                return args
+            k = 0
+            inq = insq = done = False
+            while not done:
+                if inq:
+                    if (i + 3 < n and s[i] == b'\\' and s[i + 1] == b'x'
+                            and _hexval(s[i + 2]) >= 0 and _hexval(s[i + 3]) >= 0):
+                        tok[k] = _hexval(s[i + 2]) * 16 + _hexval(s[i + 3])
+                        k += 1
+                        i += 3
+                    elif i + 1 < n and s[i] == b'\\':
+                        i += 1
+                        c = s[i]
+                        if c == b'n':
+                            c = LF
+                        elif c == b'r':
+                            c = CR
+                        elif c == b't':
+                            c = 9
+                        elif c == b'b':
+                            c = 8
+                        elif c == b'a':
+                            c = 7
+                        tok[k] = c
+                        k += 1
+                    elif i < n and s[i] == b'"':
+                        if i + 1 < n and not _isspace(s[i + 1]):
+                            return None
+                        done = True
+                    elif i >= n:
+                        return None
+                    else:
+                        tok[k] = s[i]
+                        k += 1
+                elif insq:
+                    if i + 1 < n and s[i] == b'\\' and s[i + 1] == b"'":
+                        i += 1
+                        tok[k] = b"'"
+                        k += 1
+                    elif i < n and s[i] == b"'":
+                        if i + 1 < n and not _isspace(s[i + 1]):
+                            return None
+                        done = True
+                    elif i >= n:
+                        return None
+                    else:
+                        tok[k] = s[i]
+                        k += 1
+                elif i >= n or s[i] == b' ' or s[i] == LF or s[i] == CR or s[i] == 9:
+                    done = True
+                elif s[i] == b'"':
+                    inq = True
+                elif s[i] == b"'":
+                    insq = True
+                else:
+                    tok[k] = s[i]
+                    k += 1
+                if i < n:
+                    i += 1
+            args.append(PyBytes_FromStringAndSize(<char *>tok, k))
+    finally:
+        PyMem_Free(tok)
+
+
+cdef class RespParser:
+    """Incremental RESP request parser: feed() bytes as they arrive, parse()
+    every complete request buffered so far.  After a protocol error, `error`
+    holds Redis's reply text and the parser accepts nothing more.
+
+    Received chunks are kept as they came, with a cursor into the first
+    (never concatenated); an argument is copied out of its chunk once, and
+    an argument spanning chunks is assembled with one copy.
+    """
+    cdef list _chunks           # received bytes objects; [_head:] are not consumed yet
+    cdef Py_ssize_t _head       # the chunk holding the cursor
+    cdef Py_ssize_t _pos        # the cursor's offset inside it
+    cdef Py_ssize_t _avail      # unconsumed bytes over all chunks
+    # A terminator search that failed resumes where it stopped (chunk index,
+    # that chunk's offset from the cursor, bytes searched), so a line that
+    # trickles in is scanned once.  Reset whenever the cursor moves.
+    cdef Py_ssize_t _scan_idx, _scan_base, _scanned
+    cdef Py_ssize_t _mb_left    # arguments still due in the multibulk request being read
+    cdef Py_ssize_t _bulk_len   # length of the bulk being read, -1 while its $ line is due
+    cdef list _args
+    cdef readonly object error
+    cdef readonly Py_ssize_t max_bulk_len, max_inline_len, max_multibulk_len
+
+    def __cinit__(self, Py_ssize_t max_bulk_len=512 * 1024 * 1024,
+                  Py_ssize_t max_inline_len=64 * 1024,
+                  Py_ssize_t max_multibulk_len=1024 * 1024):
+        self.max_bulk_len = max_bulk_len
+        self.max_inline_len = max_inline_len
+        self.max_multibulk_len = max_multibulk_len
+        self._chunks = []
+        self._bulk_len = -1
+        self._args = []
+        self.error = None
+
+    def feed(self, data):
+        """Buffer received bytes (after an error they are dropped)."""
+        if self.error is not None:
+            return
+        if type(data) is not bytes:
+            data = bytes(data)   # the caller may reuse a bytearray or memoryview
+        if PyBytes_GET_SIZE(data):
+            self._chunks.append(data)
+            self._avail += PyBytes_GET_SIZE(data)
+
+    def parse(self):
+        """Every complete request buffered, in order, each a list of
+        argument bytes; on a protocol error, the requests before it."""
+        cdef list out = []
+        cdef int r
+        if self.error is not None:
+            return out
+        while True:
+            if self._mb_left:
+                r = self._bulk(out)
+            elif self._avail == 0:
+                break
+            elif self._byte_at(0) == b'*':
+                r = self._multibulk_header()
+            else:
+                r = self._inline(out)
+            if r <= 0:
+                break
+        if self._head:
+            del self._chunks[:self._head]
+            self._scan_idx -= self._head
+            self._head = 0
+        return out
+
+    cdef int _fail(self, str what) except -2:
+        self.error = "Protocol error: " + what
+        self._chunks = []
+        self._head = self._pos = self._avail = 0
+        self._scan_idx = self._scan_base = self._scanned = 0
+        self._mb_left = 0
+        self._args = []
+        return -1
+
+    cdef inline const unsigned char *_chunk(self, Py_ssize_t i, Py_ssize_t *size) noexcept:
+        """Unconsumed bytes of chunk i (the list keeps it alive)."""
+        cdef PyObject *c = PyList_GET_ITEM(self._chunks, i)
+        cdef const unsigned char *p = <const unsigned char *>_bytes_ptr(c)
+        size[0] = _bytes_size(c)
+        if i == self._head:
+            size[0] -= self._pos
+            return p + self._pos
+        return p
+
+    cdef void _advance(self, Py_ssize_t n) noexcept:
+        cdef Py_ssize_t size
+        self._avail -= n
+        while n > 0:
+            self._chunk(self._head, &size)
+            if n < size:
+                self._pos += n
+                break
+            n -= size
+            self._head += 1
+            self._pos = 0
+        self._scan_idx = self._head
+        self._scan_base = 0
+        self._scanned = 0
+
+    cdef int _byte_at(self, Py_ssize_t off) noexcept:
+        """The byte `off` past the cursor; off < _avail."""
+        cdef Py_ssize_t i = self._head, base = 0, size
+        cdef const unsigned char *p
+        if off >= self._scan_base:   # usually just past a terminator found by _find
+            i = self._scan_idx
+            base = self._scan_base
+        while True:
+            p = self._chunk(i, &size)
+            if off - base < size:
+                return p[off - base]
+            base += size
+            i += 1
+
+    cdef Py_ssize_t _find(self, unsigned char ch) noexcept:
+        """Offset from the cursor of the first ch within max_inline_len + 1
+        bytes, or -1 when it is not buffered there."""
+        cdef Py_ssize_t end = self._avail, size, start, stop
+        cdef const unsigned char *p
+        cdef const unsigned char *hit
+        if end > self.max_inline_len + 1:
+            end = self.max_inline_len + 1
+        while self._scanned < end:
+            p = self._chunk(self._scan_idx, &size)
+            start = self._scanned - self._scan_base
+            stop = end - self._scan_base
+            if stop > size:
+                stop = size
+            hit = <const unsigned char *>memchr(p + start, ch, stop - start)
+            if hit != NULL:
+                self._scanned = self._scan_base + (hit - p)
+                return self._scanned
+            self._scanned = self._scan_base + stop
+            if stop < size:
+                break
+            self._scan_base += size
+            self._scan_idx += 1
+        return -1
+
+    cdef void _copy_out(self, unsigned char *dst, Py_ssize_t n) noexcept:
+        """Copy the first n bytes past the cursor (n <= _avail)."""
+        cdef Py_ssize_t i = self._head, size
+        cdef const unsigned char *p
+        while n > 0:
+            p = self._chunk(i, &size)
+            if size > n:
+                size = n
+            memcpy(dst, p, size)
+            dst += size
+            n -= size
+            i += 1
+
+    cdef bytes _take(self, Py_ssize_t n):
+        """The next n bytes as a bytes object; the cursor moves past them."""
+        cdef Py_ssize_t size
+        cdef const unsigned char *p = self._chunk(self._head, &size)
+        cdef bytes b
+        if n == size and self._pos == 0:
+            b = self._chunks[self._head]     # a whole chunk: no copy at all
+        elif n <= size:
+            b = PyBytes_FromStringAndSize(<const char *>p, n)
+        else:
+            b = PyBytes_FromStringAndSize(NULL, n)
+            self._copy_out(<unsigned char *>PyBytes_AS_STRING(b), n)
+        self._advance(n)
+        return b
+
+    cdef bint _number(self, Py_ssize_t end, long long *out) noexcept:
+        """string2ll of the header bytes between the type byte and offset
+        end, where a CR was found; False unless followed by LF and valid."""
+        cdef unsigned char buf[MAX_NUMBER_LEN + 2]
+        if end > MAX_NUMBER_LEN + 1 or self._byte_at(end + 1) != LF:
+            return False
+        self._copy_out(buf, end)
+        return _string2ll(buf + 1, end - 1, out)
+
+    cdef Py_ssize_t _header(self, str too_big) except -3:
+        """Offset of the CR ending a header line once the line and its LF
+        are buffered; -1 to wait for more."""
+        cdef Py_ssize_t o = self._find(CR)
+        if o < 0:
+            if self._avail > self.max_inline_len:
+                self._fail(too_big)
+                return -2
+            return -1
+        return o if o + 2 <= self._avail else -1
+
+    cdef int _multibulk_header(self) except -2:
+        cdef long long n
+        cdef Py_ssize_t o = self._header("too big mbulk count string")
+        if o < 0:
+            return 0
+        if not self._number(o, &n) or n > self.max_multibulk_len:
+            return self._fail("invalid multibulk length")
+        self._advance(o + 2)
+        if n > 0:   # *0 and negative counts are skipped, as Redis does
+            self._mb_left = n
+            self._bulk_len = -1
+            self._args = []
+        return 1
+
+    cdef int _bulk(self, list out) except -2:
+        cdef long long n
+        cdef Py_ssize_t o
+        cdef int first
+        if self._bulk_len < 0:
+            o = self._header("too big bulk count string")
+            if o < 0:
+                return 0
+            first = self._byte_at(0)
+            if first != b'$':
+                return self._fail("expected '$', got '%s'" % chr(first))
+            if not self._number(o, &n) or n < 0 or n > self.max_bulk_len:
+                return self._fail("invalid bulk length")
+            self._advance(o + 2)
+            self._bulk_len = n
+        if self._avail < self._bulk_len + 2:
+            return 0
+        if self._byte_at(self._bulk_len) != CR or self._byte_at(self._bulk_len + 1) != LF:
+            return self._fail("invalid bulk length")
+        self._args.append(self._take(self._bulk_len))
+        self._advance(2)
+        self._bulk_len = -1
+        self._mb_left -= 1
+        if self._mb_left == 0:
+            out.append(self._args)
+            self._args = []
+        return 1
+
+    cdef int _inline(self, list out) except -2:
+        cdef Py_ssize_t o = self._find(LF), n
+        cdef bytes line
+        if o < 0:
+            if self._avail > self.max_inline_len:
+                return self._fail("too big inline request")
+            return 0
+        n = o
+        if n > 0 and self._byte_at(n - 1) == CR:
+            n -= 1
+        line = self._take(n)
+        self._advance(o + 1 - n)
+        args = _split_inline(<const unsigned char *>PyBytes_AS_STRING(line), n)
+        if args is None:
+            return self._fail("unbalanced quotes in request")
+        if args:    # blank lines are skipped
+            out.append(args)
+        return 1
+
+
+# ---- replies ---------------------------------------------------------------
+
+cdef struct WBuf:
+    char *data
+    Py_ssize_t len
+    Py_ssize_t cap
+
+
+cdef int _reserve(WBuf *w, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t cap = w.cap * 2
+    cdef char *p
+    if w.len + extra <= w.cap:
+        return 0
+    if cap < w.len + extra:
+        cap = w.len + extra
+    if cap < 256:
+        cap = 256
+    p = <char *>PyMem_Realloc(w.data, cap)
+    if p == NULL:
+        raise MemoryError()
+    w.data = p
+    w.cap = cap
+    return 0
+
+
+cdef int _put(WBuf *w, const char *p, Py_ssize_t n) except -1:
+    _reserve(w, n)
+    memcpy(w.data + w.len, p, n)
+    w.len += n
+    return 0
+
+
+cdef int _put_int_line(WBuf *w, char prefix, long long v) except -1:
+    """prefix, v in decimal, CRLF."""
+    cdef char digits[24]
+    cdef int i = 24
+    cdef unsigned long long u = <unsigned long long>v
+    if v < 0:
+        u = 0ULL - u
+    while True:
+        i -= 1
+        digits[i] = <char>(48 + u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if v < 0:
+        i -= 1
+        digits[i] = b'-'
+    _reserve(w, 28)
+    w.data[w.len] = prefix
+    memcpy(w.data + w.len + 1, digits + i, 24 - i)
+    w.len += 25 - i
+    w.data[w.len] = CR
+    w.data[w.len + 1] = LF
+    w.len += 2
+    return 0
+
+
+cdef int _put_bulk(WBuf *w, const char *p, Py_ssize_t n) except -1:
+    _put_int_line(w, b'$', n)
+    _reserve(w, n + 2)
+    memcpy(w.data + w.len, p, n)
+    w.len += n
+    w.data[w.len] = CR
+    w.data[w.len + 1] = LF
+    w.len += 2
+    return 0
+
+
+cdef int _put_line(WBuf *w, char prefix, object text) except -1:
+    """A status or error line; CR and LF become spaces so the text can
+    never break the reply framing."""
+    cdef bytes b = PyUnicode_AsUTF8String(text)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b), i
+    cdef char *dst
+    _reserve(w, n + 3)
+    w.data[w.len] = prefix
+    dst = w.data + w.len + 1
+    memcpy(dst, PyBytes_AS_STRING(b), n)
+    for i in range(n):
+        if dst[i] == CR or dst[i] == LF:
+            dst[i] = b' '
+    w.len += n + 1
+    w.data[w.len] = CR
+    w.data[w.len + 1] = LF
+    w.len += 2
+    return 0
+
+
+cdef int _encode(WBuf *w, object v, bint resp3, int depth) except -1:
+    cdef int overflow
+    cdef long long n
+    cdef bytes b
+    cdef char *text
+    if depth > _max_depth:
+        raise ValueError("reply nested too deeply")
+    # Exact types first (the common replies), then subclasses in the same
+    # precedence: SimpleString/ErrorReply before str, bool before int.
+    if type(v) is bytes:
+        return _put_bulk(w, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
+    if v is None:
+        return _put(w, b"_\r\n", 3) if resp3 else _put(w, b"$-1\r\n", 5)
+    if type(v) is int:
+        n = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if not overflow:
+            return _put_int_line(w, b':', n)
+    if isinstance(v, (bytes, bytearray)):
+        b = bytes(v)
+        return _put_bulk(w, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+    if isinstance(v, SimpleString):
+        return _put_line(w, b'+', v)
+    if isinstance(v, ErrorReply):
+        return _put_line(w, b'-', v)
+    if isinstance(v, str):
+        b = PyUnicode_AsUTF8String(v)
+        return _put_bulk(w, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+    if isinstance(v, bool):
+        if resp3:
+            return _put(w, b"#t\r\n" if v else b"#f\r\n", 4)
+        return _put(w, b":1\r\n" if v else b":0\r\n", 4)
+    if isinstance(v, int):
+        n = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if not overflow:
+            return _put_int_line(w, b':', n)
+        # Beyond a RESP integer: RESP3 big number, RESP2 its digits as a bulk.
+        b = str(int(v)).encode()
+        if resp3:
+            _put(w, b"(", 1)
+            _put(w, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+            return _put(w, b"\r\n", 2)
+        return _put_bulk(w, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+    if isinstance(v, float):
+        # Shortest round-trip text, as repr(): "1.5", "1e+100", "inf", "nan".
+        text = PyOS_double_to_string(v, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+        try:
+            b = text
+        finally:
+            PyMem_Free(text)
+        if resp3:
+            _put(w, b",", 1)
+            _put(w, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+            return _put(w, b"\r\n", 2)
+        return _put_bulk(w, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+    if isinstance(v, (list, tuple)):
+        _put_int_line(w, b'*', len(v))
+        for item in v:
+            _encode(w, item, resp3, depth + 1)
+        return 0
+    if isinstance(v, dict):
+        if resp3:
+            _put_int_line(w, b'%', len(v))
+        else:
+            _put_int_line(w, b'*', 2 * len(v))
+        for key, item in v.items():
+            _encode(w, key, resp3, depth + 1)
+            _encode(w, item, resp3, depth + 1)
+        return 0
+    raise TypeError(f"cannot encode {type(v).__name__} as a RESP reply")
+
+
+def encode_replies(values, bint resp3):
+    """One buffer holding the replies for a batch of requests, in order.
+    bytes/str: bulk; None: null; int: integer; bool: #t/#f (RESP2 :1/:0);
+    float: double (RESP2 bulk); list/tuple: array; dict: map (RESP2 flat
+    array); SimpleString: +line; ErrorReply: -line."""
+    cdef WBuf w
+    w.data = NULL
+    w.len = w.cap = 0
+    try:
+        for v in values:
+            _encode(&w, v, resp3, 0)
+        return PyBytes_FromStringAndSize(w.data, w.len)
+    finally:
+        PyMem_Free(w.data)
+
+
+def encode_reply(value, bint resp3):
+    """The encoding of a single reply."""
+    return encode_replies((value,), resp3)
