@@ -519,9 +519,10 @@ cdef class LogStore:
     def hard_state(self):
         """The last saved (term, vote, commit)."""
         _lock(self._mu)
-        t = (self._term, self._vote, self._commit)
-        PyThread_release_lock(self._mu)
-        return t
+        try:
+            return (self._term, self._vote, self._commit)
+        finally:
+            PyThread_release_lock(self._mu)
 
     @property
     def failed(self):

@@ -1,0 +1,144 @@
+"""raftfast.storage: data-dir lock, identity, and recovery into an EntryLog."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from raftfast._entrylog import encode_entries
+from raftfast.messages import ENTRY_NORMAL, HardState
+from raftfast.storage import Storage, StorageError
+from tests.reference import logrecord_py as ref
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def ents(term, *datas):
+    return encode_entries([(term, ENTRY_NORMAL, d) for d in datas]), len(datas)
+
+
+def test_fresh_dir_is_created_and_new(tmp_path):
+    d = tmp_path / "a" / "b"
+    with Storage.open(d, 1, "raftfast") as st:
+        assert st.is_new
+        assert st.hard_state == HardState()
+        assert (st.entry_log.first_index, st.entry_log.last_index) == (1, 0)
+        assert sorted(os.listdir(d)) == ["LOCK", "meta", "wal"]
+        assert json.loads((d / "meta").read_text()) == \
+            {"format": 1, "node_id": 1, "cluster_id": "raftfast"}
+        assert (d / "LOCK").read_text() == f"{os.getpid()}\n"
+    # Reopened with nothing persisted since: still no Raft state, still new.
+    with Storage.open(d, 1, "raftfast") as st:
+        assert st.is_new
+
+
+def test_recovery_into_entry_log(tmp_path):
+    with Storage.open(tmp_path, 3, "c") as st:
+        st.append(1, *ents(1, b"a", b"b", b"c"))
+        st.save_hard_state(HardState(2, 3, 1))
+        st.append(4, *ents(1, b"d", b"e"))
+        st.append(3, *ents(2, b"C", b"D", b"E", b"F"))  # a conflicting suffix from 3 on
+        st.save_hard_state(HardState(2, 3, 5))
+        assert st.hard_state == HardState(2, 3, 5)
+        st.sync()
+    with Storage.open(tmp_path, 3, "c") as st:
+        assert not st.is_new
+        assert st.hard_state == HardState(2, 3, 5)
+        log = st.entry_log
+        assert (log.first_index, log.last_index) == (1, 6)
+        assert [log.term(i) for i in range(1, 7)] == [1, 1, 2, 2, 2, 2]
+        assert log.slice(1, 7) == (ents(1, b"a", b"b")[0] + ents(2, b"C", b"D", b"E", b"F")[0], 6)
+
+
+def test_recovery_across_segments_with_fsync_never(tmp_path):
+    with Storage.open(tmp_path, 1, "c", fsync=False, segment_bytes=300) as st:
+        assert not st.fsync
+        for i in range(1, 41):
+            st.append(i, *ents(i, b"x" * 20))
+        st.save_hard_state(HardState(40, 1, 39))
+        st.sync()
+    assert len(os.listdir(tmp_path / "wal")) > 3
+    with Storage.open(tmp_path, 1, "c", segment_bytes=300) as st:
+        assert st.entry_log.last_index == 40
+        assert [st.entry_log.term(i) for i in range(1, 41)] == list(range(1, 41))
+        assert st.hard_state == HardState(40, 1, 39)
+
+
+def test_second_open_in_process_is_refused_until_close(tmp_path):
+    st = Storage.open(tmp_path, 1, "c")
+    with pytest.raises(StorageError, match=f"data dir {tmp_path} is locked by another running node"):
+        Storage.open(tmp_path, 1, "c")
+    st.close()
+    st.close()
+    Storage.open(tmp_path, 1, "c").close()
+
+
+def test_open_from_another_process_is_refused(tmp_path):
+    code = ("import sys; from raftfast.storage import Storage, StorageError\n"
+            "try: Storage.open(sys.argv[1], 1, 'c')\n"
+            "except StorageError as e: print(e); sys.exit(1)\n")
+    with Storage.open(tmp_path, 1, "c"):
+        p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, p.stderr
+    assert "is locked by another running node" in p.stdout
+
+
+def test_another_nodes_dir_is_refused(tmp_path):
+    Storage.open(tmp_path, 1, "blue").close()
+    with pytest.raises(StorageError, match="belongs to node 1 of cluster 'blue', not node 2 of cluster 'blue'"):
+        Storage.open(tmp_path, 2, "blue")
+    with pytest.raises(StorageError, match="belongs to node 1 of cluster 'blue', not node 1 of cluster 'green'"):
+        Storage.open(tmp_path, 1, "green")
+    assert json.loads((tmp_path / "meta").read_text())["node_id"] == 1
+    Storage.open(tmp_path, 1, "blue").close()  # a refusal leaves the lock free
+
+
+@pytest.mark.parametrize("content,why", [
+    (b"{not json", "unreadable meta"),
+    (b'{"format": 1, "node_id": 1}', "unreadable meta"),
+    (b'{"format": 9, "node_id": 1, "cluster_id": "c"}', "format 9"),
+])
+def test_bad_meta_is_refused(tmp_path, content, why):
+    (tmp_path / "meta").write_bytes(content)
+    with pytest.raises(StorageError, match=why):
+        Storage.open(tmp_path, 1, "c")
+
+
+def test_log_without_meta_is_refused(tmp_path):
+    ref.write_segment(tmp_path / "wal", 1, [ref.encode_hard_state(5, 1, 0)])
+    with pytest.raises(StorageError, match="no meta file"):
+        Storage.open(tmp_path, 1, "c")
+
+
+def _dir_with_records(path, records):
+    Storage.open(path, 1, "c").close()
+    for name in os.listdir(path / "wal"):
+        os.unlink(path / "wal" / name)
+    ref.write_segment(path / "wal", 1, records)
+
+
+@pytest.mark.parametrize("records,why", [
+    ([ref.encode_entries(1, ents(1, b"a")[0], 1), ref.encode_entries(3, ents(1, b"c")[0], 1)],
+     "skips from index 1 to 3"),
+    ([ref.encode_entries(1, ents(1, b"a", b"b")[0], 3)], "says 3 entries, its block holds 2"),
+    ([ref.encode_entries(1, ents(1, b"abc")[0][:-1], 1)], "bad entry block at index 1"),
+])
+def test_inconsistent_log_is_refused(tmp_path, records, why):
+    _dir_with_records(tmp_path, records)
+    with pytest.raises(StorageError, match=why):
+        Storage.open(tmp_path, 1, "c")
+
+
+def test_damaged_log_is_refused_naming_file_and_offset(tmp_path):
+    with Storage.open(tmp_path, 1, "c") as st:
+        st.append(1, *ents(1, b"a"))
+        st.append(2, *ents(1, b"b"))
+    seg = tmp_path / "wal" / ref.segment_name(1)
+    data = bytearray(seg.read_bytes())
+    data[60] ^= 0xff  # inside the first entries record, which starts at 48
+    seg.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match=f"damaged log.*{seg}.*offset 48"):
+        Storage.open(tmp_path, 1, "c")
+    Storage.open(tmp_path / "other", 1, "c").close()
