@@ -52,7 +52,8 @@ class Inflights:
 
 
 class Progress:
-    __slots__ = ("match", "next", "state", "probe_sent", "inflights", "recent_active")
+    __slots__ = ("match", "next", "state", "probe_sent", "inflights", "recent_active",
+                 "stalled_beats")
 
     def __init__(self, next_index, max_inflight, max_inflight_bytes):
         self.match = 0
@@ -61,6 +62,9 @@ class Progress:
         self.probe_sent = False
         self.inflights = Inflights(max_inflight, max_inflight_bytes)
         self.recent_active = False
+        # Heartbeat answers that arrived while appends were outstanding and
+        # nothing was acknowledged: enough of them means appends were lost.
+        self.stalled_beats = 0
 
     def become_probe(self):
         self.state = PROBE
@@ -80,6 +84,7 @@ class Progress:
         if updated:
             self.match = index
             self.probe_sent = False
+            self.stalled_beats = 0
         if index + 1 > self.next:
             self.next = index + 1
         return updated

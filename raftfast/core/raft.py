@@ -327,6 +327,13 @@ class Raft:
             pr.recent_active = True
             if pr.state == PROBE:
                 pr.probe_sent = False
+            elif pr.state == REPLICATE and len(pr.inflights):
+                # The follower answers heartbeats but acknowledges none of the
+                # appends in flight for a whole election timeout: they were
+                # lost (a connection broke after they were written).  Probe.
+                pr.stalled_beats += 1
+                if pr.stalled_beats * self.cfg.heartbeat_ticks >= self.cfg.election_ticks:
+                    pr.become_probe()
             if pr.match < self.log.last_index:
                 self._send_appends_to(m.frm)
 
