@@ -250,6 +250,7 @@ def test_damage_in_a_segment_that_is_not_the_last_is_refused(wal):
     with pytest.raises(LogCorruptError) as ei:
         LogStore(wal, segment_bytes=200)
     assert first in str(ei.value)
+    assert ei.value.offset == len(data) - len(ref.encode_entries(1, batch(1, 1, size=60), 1))
     with open(first, "wb") as f:
         f.write(data[:-3])
     with pytest.raises(LogCorruptError):
