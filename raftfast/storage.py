@@ -5,6 +5,8 @@ Data-dir layout::
     <data_dir>/
         LOCK      flock(2)ed exclusively while a node uses the dir (holds its pid, for operators)
         meta      JSON {"format": 1, "node_id": N, "cluster_id": "..."}; written once, atomically
+        members   JSON {"voters": [...]}: the initial configuration, written once at
+                  bootstrap (later configurations live in the log and snapshots)
         wal/      the write-ahead log: hard state and entry batches (raftfast._logstore)
         snap/     (reserved) snapshots, once log compaction arrives
 
@@ -36,6 +38,7 @@ __all__ = ["Storage", "StorageError", "LogStoreError", "LogCorruptError", "META_
 META_FORMAT = 1
 LOCK_FILE = "LOCK"
 META_FILE = "meta"
+MEMBERS_FILE = "members"
 WAL_DIR = "wal"
 SNAP_DIR = "snap"  # reserved for the snapshot store
 
@@ -202,6 +205,28 @@ class Storage:
         """Make everything appended and saved so far durable.  Thread-safe
         and GIL-free while waiting on the disk: meant for run_in_executor."""
         self._log.sync()
+
+    def members(self):
+        """The initial voters recorded at bootstrap, or None before that."""
+        path = os.path.join(self.data_dir, MEMBERS_FILE)
+        try:
+            with open(path, "rb") as f:
+                voters = json.loads(f.read())["voters"]
+        except FileNotFoundError:
+            if not self.is_new:
+                raise StorageError(f"{path} is missing but the data dir holds Raft state") from None
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StorageError(f"unreadable {path}: {e}") from None
+        if (not isinstance(voters, list) or not voters
+                or not all(isinstance(v, int) and 0 < v < 1 << 63 for v in voters)):
+            raise StorageError(f"{path}: voters must be a non-empty list of node ids")
+        return sorted(voters)
+
+    def save_members(self, voters):
+        """Record the initial voters (once, at bootstrap; atomically)."""
+        _write_atomically(os.path.join(self.data_dir, MEMBERS_FILE),
+                          json.dumps({"voters": sorted(voters)}).encode())
 
     def close(self):
         """Close the log and release the data-dir lock.  Does not sync."""

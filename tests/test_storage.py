@@ -142,3 +142,24 @@ def test_damaged_log_is_refused_naming_file_and_offset(tmp_path):
     with pytest.raises(StorageError, match=f"damaged log.*{seg}.*offset 48"):
         Storage.open(tmp_path, 1, "c")
     Storage.open(tmp_path / "other", 1, "c").close()
+
+
+def test_initial_members_are_recorded_once_and_recovered(tmp_path):
+    st = Storage.open(tmp_path / "d", 1, "c")
+    assert st.members() is None
+    st.save_members([3, 1, 2])
+    st.close()
+    st = Storage.open(tmp_path / "d", 1, "c")
+    assert st.members() == [1, 2, 3]
+    st.close()
+
+
+def test_a_data_dir_with_state_but_no_members_is_refused(tmp_path):
+    st = Storage.open(tmp_path / "d", 1, "c")
+    st.save_hard_state(HardState(2, 1, 0))
+    st.sync()
+    st.close()
+    st = Storage.open(tmp_path / "d", 1, "c")
+    with pytest.raises(StorageError, match="members"):
+        st.members()
+    st.close()
