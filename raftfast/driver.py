@@ -1,0 +1,267 @@
+"""Drives one sans-IO Raft core on the node's event loop.
+
+The loop, per input (a peer message, a tick, a proposal):
+
+    core.step(...)  ->  ready()  ->  write entries/hard state (page cache)
+                                 ->  send messages
+                                 ->  hold persist_messages until durable
+                                 ->  apply committed entries, answer clients
+                                 ->  advance()
+
+Durability is a group commit: at most one fsync runs at a time, in a
+worker thread with the GIL released; when it ends, everything written
+before it started is durable, and the messages held for those writes go
+out (a node's acknowledgement of its own writes is stepped back into its
+core, which is how a leader counts itself toward a commit).  While the
+fsync runs, the loop keeps stepping, sending and writing: the next fsync
+covers all of that at once.  A failed write or fsync is fatal: the node
+stops rather than retry (the page cache may have dropped the data).
+"""
+import collections
+import concurrent.futures
+import logging
+import random
+import time
+
+from .core import LEADER, CoreConfig, NotLeader, Raft
+
+log = logging.getLogger("raftfast.driver")
+
+
+class Waiter:
+    """Clients waiting for the entries [first, last] proposed in `term`."""
+
+    __slots__ = ("first", "last", "term", "callback", "deadline", "results")
+
+    def __init__(self, first, last, term, callback, deadline):
+        self.first = first
+        self.last = last
+        self.term = term
+        self.callback = callback  # callback(results list) or callback(error str)
+        self.deadline = deadline
+        self.results = []
+
+
+class OutcomeUnknown(Exception):
+    """The proposal's fate is not known (leadership lost, or no quorum in time)."""
+
+
+class RaftDriver:
+    def __init__(self, loop, cfg, storage, kv, transport, members, on_fatal, tick_ms):
+        self.loop = loop
+        self.cfg = cfg
+        self.storage = storage
+        self.kv = kv
+        self.transport = transport
+        self.on_fatal = on_fatal
+        self.tick_s = tick_ms / 1000.0
+        election_ticks = max(2, cfg.election_timeout_ms // tick_ms)
+        heartbeat_ticks = max(1, cfg.heartbeat_interval_ms // tick_ms)
+        if heartbeat_ticks >= election_ticks:
+            heartbeat_ticks = election_ticks - 1
+        core_cfg = CoreConfig(
+            cfg.node_id, members, election_ticks=election_ticks,
+            heartbeat_ticks=heartbeat_ticks, max_msg_bytes=cfg.max_batch_bytes,
+            max_inflight=cfg.max_inflight, max_inflight_bytes=cfg.max_inflight_bytes,
+            seed=random.SystemRandom().randrange(1 << 62))
+        self.core = Raft(core_cfg, storage.entry_log, storage.hard_state)
+        self.fsync = cfg.fsync == "always"
+        # Client proposals waiting to be applied, in index order.
+        self.waiters = collections.deque()
+        self.request_timeout = max(5.0, 4 * cfg.election_timeout_ms / 1000.0)
+        # Group commit state: writes are numbered; `synced` is the newest
+        # write known durable.  held: (write number, messages) in order.
+        self.written = 0
+        self.synced = 0
+        self.held = collections.deque()
+        self.syncing = False
+        self._scheduled = False
+        self._tick_handle = None
+        self._stopped = False
+        self._was_leader = False
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
+        self.applied_entries = 0  # counters for INFO and benchmarks
+        self.fsyncs = 0
+
+    # ------------------------------------------------------------ running
+
+    def start(self):
+        self._tick_handle = self.loop.call_later(self.tick_s, self._on_tick)
+        self.schedule()
+
+    def stop(self):
+        self._stopped = True
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self._fail_waiters("TIMEOUT outcome unknown")
+        self._executor.shutdown(wait=True)
+
+    def schedule(self):
+        """Run the Ready loop once, soon; many inputs in one loop iteration
+        share one pass (and so one write and one send per peer)."""
+        if not self._scheduled and not self._stopped:
+            self._scheduled = True
+            self.loop.call_soon(self._process)
+
+    def _on_tick(self):
+        if self._stopped:
+            return
+        self._tick_handle = self.loop.call_later(self.tick_s, self._on_tick)
+        self.core.tick()
+        self._expire_waiters()
+        self.schedule()
+
+    def step(self, msg):
+        """A message from a peer (the transport's callback)."""
+        if self._stopped:
+            return
+        self.core.step(msg)
+        self.schedule()
+
+    # --------------------------------------------------------- proposals
+
+    @property
+    def is_leader(self):
+        return self.core.role == LEADER
+
+    def propose(self, block, count, callback):
+        """Propose an entry block (built with term 0) on behalf of clients.
+        callback(results) gets one result per entry once they are applied,
+        or callback(error_text) if their fate becomes unknown.  Raises
+        NotLeader when this node cannot take proposals."""
+        first, last = self.core.propose(block)
+        if last - first + 1 != count:
+            raise AssertionError(f"proposed {count} entries, log took {last - first + 1}")
+        self.waiters.append(Waiter(first, last, self.core.term, callback,
+                                   time.monotonic() + self.request_timeout))
+        self.schedule()
+
+    def _fail_waiters(self, error):
+        waiters, self.waiters = self.waiters, collections.deque()
+        for w in waiters:
+            w.callback(error)
+
+    def _expire_waiters(self):
+        if self.waiters and self.waiters[0].deadline < time.monotonic():
+            now = time.monotonic()
+            while self.waiters and self.waiters[0].deadline < now:
+                self.waiters.popleft().callback("TIMEOUT outcome unknown")
+
+    # -------------------------------------------------------- ready loop
+
+    def _process(self):
+        self._scheduled = False
+        if self._stopped:
+            return
+        core = self.core
+        try:
+            while core.has_ready():
+                rd = core.ready()
+                if rd.entries or rd.hard_state is not None:
+                    for first, block, count in rd.entries:
+                        self.storage.append(first, block, count)
+                    if rd.hard_state is not None:
+                        self.storage.save_hard_state(rd.hard_state)
+                    self.written += 1
+                if rd.messages:
+                    self._send(rd.messages)
+                if rd.persist_messages:
+                    self.held.append((self.written, rd.persist_messages))
+                if rd.committed is not None:
+                    self._apply(*rd.committed)
+                core.advance(rd)
+        except OSError as e:
+            self._fatal(f"storage write failed: {e}")
+            return
+        if self._was_leader and core.role != LEADER:
+            # Deposed: whatever is pending may or may not commit under the
+            # next leader.  Say so rather than guess.
+            self._fail_waiters("TIMEOUT outcome unknown")
+        self._was_leader = core.role == LEADER
+        if not self.fsync:
+            # --fsync never: written is as durable as it will get.
+            self.synced = self.written
+            self._release()
+        elif self.written > self.synced and not self.syncing:
+            self._start_sync()
+        elif self.held and self.held[0][0] <= self.synced:
+            self._release()
+
+    def _send(self, msgs):
+        send = self.transport.send
+        for m in msgs:
+            if not send(m):
+                self.core.report_unreachable(m.to)
+
+    def _start_sync(self):
+        self.syncing = True
+        upto = self.written
+        fut = self.loop.run_in_executor(self._executor, self.storage.sync)
+        fut.add_done_callback(lambda f: self._sync_done(f, upto))
+
+    def _sync_done(self, fut, upto):
+        self.syncing = False
+        if self._stopped:
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._fatal(f"fsync failed: {exc}")
+            return
+        self.fsyncs += 1
+        self.synced = upto
+        self._release()
+        self.schedule()
+
+    def _release(self):
+        """Send (or step into our own core) every message whose writes are
+        now durable."""
+        held, core, me = self.held, self.core, self.core.id
+        out = []
+        while held and held[0][0] <= self.synced:
+            for m in held.popleft()[1]:
+                if m.to == me:
+                    core.step(m)
+                else:
+                    out.append(m)
+        if out:
+            self._send(out)
+        if core.has_ready():
+            self.schedule()
+
+    def _apply(self, first, block, count):
+        want = bool(self.waiters)
+        results = self.kv.apply(block, want)
+        self.applied_entries += count
+        if not want:
+            return
+        last = first + count - 1
+        waiters, term_of = self.waiters, self.core.log.term
+        while waiters and waiters[0].first <= last:
+            w = waiters[0]
+            if w.last < first:
+                waiters.popleft()  # applied in an earlier pass we missed; cannot happen
+                continue
+            if term_of(w.first) != w.term:
+                # Another leader's entry took this index: ours never committed.
+                waiters.popleft()
+                w.callback("TIMEOUT outcome unknown")
+                continue
+            lo = max(w.first, first) - first
+            hi = min(w.last, last) - first + 1
+            w.results.extend(results[lo:hi])
+            if w.last > last:
+                break  # the rest arrives with the next committed block
+            waiters.popleft()
+            w.callback(w.results)
+
+    def _fatal(self, why):
+        if not self._stopped:
+            log.critical("%s; stopping (a failed write is never retried)", why)
+            self._stopped = True
+            self.on_fatal(why)
+
+    # ------------------------------------------------------------ status
+
+    def info(self):
+        st = self.core.status()
+        return st

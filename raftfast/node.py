@@ -1,0 +1,141 @@
+"""One raftfast node: `python -m raftfast.node --id 1 --data-dir d --listen URL --client URL --peer 2=URL ...`
+
+Wires storage, the Raft driver, the peer transport and the RESP server
+onto one uvloop event loop.  Exit codes (contract.md): 0 after
+SIGTERM/SIGINT, 1 when the node refuses to start or stops on an error,
+2 for bad usage.
+"""
+import asyncio
+import logging
+import signal
+import sys
+
+import uvloop
+
+from ._kv import KVStore
+from .address import AddressError, AddressInUse
+from .config import parse_node_config
+from .core import CANDIDATE, FOLLOWER, LEADER
+from .driver import RaftDriver
+from .resp_server import RespServer
+from .storage import Storage, StorageError
+from .transport import PeerTransport
+
+log = logging.getLogger("raftfast.node")
+
+
+def tick_ms(cfg):
+    """The core counts time in ticks: fine enough for the heartbeat and for a
+    tenth of the election timeout (the randomisation's resolution)."""
+    return max(1, min(cfg.heartbeat_interval_ms, cfg.election_timeout_ms // 10))
+
+
+class Node:
+    def __init__(self, cfg, storage, members):
+        self.cfg = cfg
+        self.storage = storage
+        self.members = members
+        self.exit_code = 0
+        self.kv = KVStore()
+
+    async def run(self):
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self.transport = PeerTransport(
+            loop, cfg.node_id, cfg.cluster_id, self._on_peer_message, dict(cfg.peers),
+            cfg.max_frame_bytes, logging.getLogger("raftfast.transport"),
+            client_url=cfg.client_advertised())
+        self.driver = RaftDriver(loop, cfg, self.storage, self.kv, self.transport,
+                                 self.members, self._on_fatal, tick_ms(cfg))
+        self.resp = RespServer(loop, cfg, self.driver, self.info_fields)
+        self.resp.leader_client_url = self.client_url_of
+        try:
+            await self.transport.start(cfg.listen)
+            await self.resp.start(cfg.client)
+        except (OSError, AddressError) as e:
+            log.error("cannot start: %s", e)
+            await self._shutdown()
+            return 1
+        print(f"ready id={cfg.node_id} listen={cfg.listen} client={cfg.client}", flush=True)
+        self.driver.start()
+        await self._stop.wait()
+        await self._shutdown()
+        return self.exit_code
+
+    def _on_peer_message(self, msg):
+        self.driver.step(msg)
+
+    def _on_fatal(self, why):
+        self.exit_code = 1
+        self._stop.set()
+
+    async def _shutdown(self):
+        if hasattr(self, "driver"):
+            self.driver.stop()
+        await self.resp.close()
+        await self.transport.close()
+        self.storage.close()
+
+    def client_url_of(self, node_id):
+        if node_id == self.cfg.node_id:
+            return self.cfg.client_advertised()
+        return self.transport.peer_client_url(node_id)
+
+    def info_fields(self):
+        core = self.driver.core
+        lg = core.log
+        role = core.role
+        if core.id not in core.voters and role == FOLLOWER:
+            role = "learner" if core.id in core.learners else "joining"
+        return {
+            "raft_node_id": core.id,
+            "raft_role": role,
+            "raft_current_term": core.term,
+            "raft_leader_id": core.leader_id,
+            "raft_commit_index": lg.committed,
+            "raft_last_applied": lg.applied,
+            "raft_first_log_index": lg.snap_index + 1,
+            "raft_last_log_index": lg.last_index,
+            "raft_snapshot_index": lg.snap_index,
+            "raft_voters": ",".join(map(str, sorted(core.voters))),
+            "raft_learners": ",".join(map(str, sorted(core.learners))),
+            "raft_cluster_id": self.cfg.cluster_id,
+        }
+
+
+def main(argv=None):
+    cfg = parse_node_config(argv)  # bad usage exits 2
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), stream=sys.stderr,
+                        format=f"%(asctime)s node{cfg.node_id} %(levelname)s %(name)s: %(message)s")
+    if cfg.join:
+        print("error: --join needs membership changes, which this version does not have yet",
+              file=sys.stderr)
+        return 2
+    try:
+        storage = Storage.open(cfg.data_dir, cfg.node_id, cfg.cluster_id,
+                               fsync=cfg.fsync == "always")
+    except StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        members = storage.members()
+        if members is None:
+            # A new data dir: the initial members are this node and its peers
+            # (every node of a new cluster gets the same set).  From now on
+            # they come from the data dir, never from flags.
+            members = sorted({cfg.node_id, *cfg.peers})
+            storage.save_members(members)
+    except StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        storage.close()
+        return 1
+    node = Node(cfg, storage, members)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(node.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""The client front door: RESP2/RESP3 over TCP or Unix sockets.
+
+Each connection parses whatever arrived into a batch of commands (the
+parser is compiled), answers the ones any node can answer at once, and
+hands writes and linearizable reads to the Batcher, which proposes every
+command gathered in one loop iteration as one entry block.  Replies are
+slots in arrival order: a slot filled early (a PING behind a pending SET)
+waits for the slots before it, so replies leave in the order commands came,
+one write per connection per flush.
+"""
+import asyncio
+import collections
+import itertools
+import logging
+import os
+
+from . import __version__
+from ._kv import OPCODES, OP_GET, OP_MGET, OP_EXISTS, OP_SET, OP_DEL, OP_APPEND, OP_INCR, encode_commands
+from ._resp import OK, PONG, ErrorReply, RespParser, SimpleString, encode_replies
+from .address import parse_address, set_nodelay
+from .core import NotLeader
+
+log = logging.getLogger("raftfast.client")
+
+PENDING = object()
+MAX_VALUE_BYTES = 32 << 20  # one entry must fit in one peer frame
+_client_ids = itertools.count(1)
+
+# opcode -> (name, min args, max args or None) ; args exclude the command name
+_ARITY = {
+    OP_GET: (1, 1), OP_SET: (2, 2), OP_APPEND: (2, 2), OP_INCR: (1, 1),
+    OP_MGET: (1, None), OP_EXISTS: (1, None), OP_DEL: (1, None),
+}
+
+
+class Slot:
+    __slots__ = ("value",)
+
+    def __init__(self, value=PENDING):
+        self.value = value
+
+
+class Batcher:
+    """Coalesces the commands of one loop iteration (from every connection)
+    into proposals of at most max_entries entries / max_bytes bytes."""
+
+    def __init__(self, loop, server, driver, max_entries, max_bytes, linger_us):
+        self.loop = loop
+        self.server = server
+        self.driver = driver
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.linger = linger_us / 1e6
+        self.ops = []
+        self.slots = []
+        self.nbytes = 0
+        self._handle = None
+
+    def add(self, conn, slot, opcode, args):
+        self.ops.append((opcode, args))
+        self.slots.append((conn, slot))
+        self.nbytes += sum(map(len, args)) + 16
+        if len(self.ops) >= self.max_entries or self.nbytes >= self.max_bytes:
+            self.flush()
+        elif self._handle is None:
+            if self.linger > 0:
+                self._handle = self.loop.call_later(self.linger, self.flush)
+            else:
+                self._handle = self.loop.call_soon(self.flush)
+
+    def flush(self):
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if not self.ops:
+            return
+        ops, slots = self.ops, self.slots
+        self.ops, self.slots, self.nbytes = [], [], 0
+        block = encode_commands(ops)
+
+        def done(results):
+            touched = set()
+            if isinstance(results, str):
+                err = ErrorReply(results)
+                for conn, slot in slots:
+                    slot.value = err
+                    touched.add(conn)
+            else:
+                for (conn, slot), value in zip(slots, results):
+                    slot.value = value
+                    touched.add(conn)
+            for conn in touched:
+                conn.flush()
+
+        try:
+            self.driver.propose(block, len(ops), done)
+        except NotLeader:
+            # Leadership moved between the check and the flush: nothing was
+            # proposed, so the redirect is the honest answer.
+            done(str(self.server.redirect_error()))
+
+
+class ClientProtocol(asyncio.Protocol):
+    __slots__ = ("server", "transport", "parser", "replies", "resp3", "name", "id",
+                 "closing")
+
+    def __init__(self, server):
+        self.server = server
+        self.transport = None
+        self.parser = RespParser(max_bulk_len=MAX_VALUE_BYTES + 1024)
+        self.replies = collections.deque()
+        self.resp3 = False
+        self.name = None
+        self.id = next(_client_ids)
+        self.closing = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        set_nodelay(transport)
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc):
+        self.server.connections.discard(self)
+        self.closing = True
+
+    def data_received(self, data):
+        if self.closing:
+            return
+        parser = self.parser
+        parser.feed(data)
+        dispatch = self.server.dispatch
+        for cmd in parser.parse():
+            dispatch(self, cmd)
+            if self.closing:
+                break
+        if parser.error is not None and not self.closing:
+            self.replies.append(Slot(ErrorReply(f"ERR {parser.error}")))
+            self.closing = True
+        self.flush()
+
+    def reply(self, value):
+        self.replies.append(Slot(value))
+
+    def flush(self):
+        replies = self.replies
+        if not replies or replies[0].value is PENDING:
+            return
+        out = []
+        while replies and replies[0].value is not PENDING:
+            out.append(replies.popleft().value)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_replies(out, self.resp3))
+            if self.closing and not replies:
+                self.transport.close()
+
+
+class RespServer:
+    def __init__(self, loop, cfg, driver, node_info):
+        self.loop = loop
+        self.cfg = cfg
+        self.driver = driver
+        self.node_info = node_info  # callable -> dict of INFO raft fields
+        self.connections = set()
+        self.batcher = Batcher(loop, self, driver, cfg.max_batch_entries, cfg.max_batch_bytes,
+                               cfg.batch_linger_us)
+        self.leader_client_url = None  # callable(leader_id) -> advertised URL or None
+        self._server = None
+
+    async def start(self, url):
+        from .address import create_server
+        self._server = await create_server(self.loop, url, lambda: ClientProtocol(self))
+        return self._server
+
+    async def close(self):
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # ------------------------------------------------------------ routing
+
+    def redirect_error(self):
+        """The error a non-leader gives for a command that needs the leader."""
+        leader = self.driver.core.leader_id
+        url = self.leader_client_url(leader) if leader else None
+        if not leader or url is None:
+            return ErrorReply("CLUSTERDOWN No raft leader")
+        addr = parse_address(url)
+        if addr.scheme == "unix":
+            return ErrorReply(f"NOTLEADER {url}")
+        host = f"[{addr.host}]" if ":" in addr.host else addr.host
+        return ErrorReply(f"MOVED 0 {host}:{addr.port}")
+
+    def dispatch(self, conn, cmd):
+        name = bytes(cmd[0]).lower()
+        op = OPCODES.get(name)
+        if op is not None:
+            self._kv_command(conn, name, op, cmd)
+            return
+        handler = _LOCAL.get(name)
+        if handler is None:
+            conn.reply(ErrorReply(f"ERR unknown command '{_printable(cmd[0])}'"))
+            return
+        handler(self, conn, cmd)
+
+    def _kv_command(self, conn, name, op, cmd):
+        args = cmd[1:]
+        lo, hi = _ARITY[op]
+        if len(args) < lo or (hi is not None and len(args) > hi):
+            if op == OP_SET and len(args) > 2:
+                conn.reply(ErrorReply("ERR syntax error"))
+            else:
+                conn.reply(ErrorReply(f"ERR wrong number of arguments for '{name.decode()}' command"))
+            return
+        if op in (OP_SET, OP_APPEND) and len(args[1]) > MAX_VALUE_BYTES:
+            conn.reply(ErrorReply("ERR string exceeds maximum allowed size (proto-max-bulk-len)"))
+            return
+        if not self.driver.is_leader:
+            conn.reply(self.redirect_error())
+            return
+        slot = Slot()
+        conn.replies.append(slot)
+        self.batcher.add(conn, slot, op, [bytes(a) for a in args])
+
+    # ------------------------------------------------------------- INFO
+
+    def info_text(self, section):
+        fields = self.node_info()
+        raft = "# Raft\r\n" + "".join(f"{k}:{v}\r\n" for k, v in fields.items())
+        if section == "raft":
+            return raft
+        server = ("# Server\r\n"
+                  f"redis_version:7.2.0\r\nraftfast_version:{__version__}\r\n"
+                  f"redis_mode:standalone\r\nprocess_id:{os.getpid()}\r\n"
+                  f"run_id:{self.cfg.cluster_id}-{self.cfg.node_id}\r\n")
+        clients = f"# Clients\r\nconnected_clients:{len(self.connections)}\r\n"
+        repl = ("# Replication\r\nrole:"
+                + ("master" if self.driver.is_leader else "slave") + "\r\n")
+        if section in ("", "all", "default", "everything"):
+            return server + "\r\n" + clients + "\r\n" + repl + "\r\n" + raft
+        if section == "server":
+            return server
+        if section == "clients":
+            return clients
+        if section == "replication":
+            return repl
+        return ""
+
+
+def _printable(b):
+    return bytes(b).decode("utf-8", "replace")[:128]
+
+
+def _wrong_args(conn, name):
+    conn.reply(ErrorReply(f"ERR wrong number of arguments for '{name}' command"))
+
+
+def _ping(server, conn, cmd):
+    if len(cmd) == 1:
+        conn.reply(PONG)
+    elif len(cmd) == 2:
+        conn.reply(bytes(cmd[1]))
+    else:
+        _wrong_args(conn, "ping")
+
+
+def _echo(server, conn, cmd):
+    if len(cmd) != 2:
+        _wrong_args(conn, "echo")
+    else:
+        conn.reply(bytes(cmd[1]))
+
+
+def _hello(server, conn, cmd):
+    args = [bytes(a) for a in cmd[1:]]
+    proto = None
+    if args:
+        try:
+            proto = int(args[0])
+        except ValueError:
+            conn.reply(ErrorReply("ERR Protocol version is not an integer or out of range"))
+            return
+        if proto not in (2, 3):
+            conn.reply(ErrorReply("NOPROTO unsupported protocol version"))
+            return
+        rest = args[1:]
+        while rest:
+            opt = rest[0].lower()
+            if opt == b"setname" and len(rest) >= 2:
+                conn.name = rest[1]
+                rest = rest[2:]
+            elif opt == b"auth" and len(rest) >= 3:
+                conn.reply(ErrorReply("ERR AUTH is not supported by raftfast"))
+                return
+            else:
+                conn.reply(ErrorReply(f"ERR Syntax error in HELLO option '{_printable(rest[0])}'"))
+                return
+    if proto is not None:
+        conn.resp3 = proto == 3
+    conn.reply({
+        "server": "redis", "version": "7.2.0", "proto": 3 if conn.resp3 else 2,
+        "id": conn.id, "mode": "standalone",
+        "role": "master" if server.driver.is_leader else "replica", "modules": [],
+    })
+
+
+def _client(server, conn, cmd):
+    if len(cmd) < 2:
+        _wrong_args(conn, "client")
+        return
+    sub = bytes(cmd[1]).lower()
+    if sub == b"setinfo":
+        conn.reply(OK if len(cmd) == 4 else ErrorReply(
+            "ERR wrong number of arguments for 'client|setinfo' command"))
+    elif sub == b"setname":
+        if len(cmd) != 3:
+            _wrong_args(conn, "client|setname")
+        elif b" " in bytes(cmd[2]):
+            conn.reply(ErrorReply("ERR Client names cannot contain spaces, newlines or special characters."))
+        else:
+            conn.name = bytes(cmd[2]) or None
+            conn.reply(OK)
+    elif sub == b"getname":
+        conn.reply(conn.name)
+    elif sub == b"id":
+        conn.reply(conn.id)
+    else:
+        conn.reply(ErrorReply(f"ERR unknown subcommand '{_printable(cmd[1])}'. Try CLIENT HELP."))
+
+
+def _command(server, conn, cmd):
+    conn.reply([])
+
+
+def _config(server, conn, cmd):
+    if len(cmd) >= 2 and bytes(cmd[1]).lower() == b"get":
+        if len(cmd) < 3:
+            _wrong_args(conn, "config|get")
+        else:
+            conn.reply({})
+    elif len(cmd) >= 2:
+        conn.reply(ErrorReply(f"ERR unknown subcommand '{_printable(cmd[1])}'. Try CONFIG HELP."))
+    else:
+        _wrong_args(conn, "config")
+
+
+def _select(server, conn, cmd):
+    if len(cmd) != 2:
+        _wrong_args(conn, "select")
+        return
+    try:
+        db = int(bytes(cmd[1]))
+    except ValueError:
+        conn.reply(ErrorReply("ERR value is not an integer or out of range"))
+        return
+    conn.reply(OK if db == 0 else ErrorReply("ERR DB index is out of range"))
+
+
+def _quit(server, conn, cmd):
+    conn.reply(OK)
+    conn.closing = True
+
+
+def _info(server, conn, cmd):
+    section = bytes(cmd[1]).lower().decode("latin-1") if len(cmd) > 1 else ""
+    conn.reply(server.info_text(section).encode())
+
+
+_LOCAL = {
+    b"ping": _ping, b"echo": _echo, b"hello": _hello, b"client": _client,
+    b"command": _command, b"config": _config, b"select": _select, b"quit": _quit,
+    b"info": _info,
+}

@@ -1,0 +1,163 @@
+"""Real node processes for multi-process tests: start, kill, restart, and
+ask each node over RESP what it knows.  Every process is ended by its PID."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import redis
+
+
+def free_ports(n):
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+class NodeProc:
+    def __init__(self, cluster, node_id, extra_args=()):
+        self.cluster = cluster
+        self.id = node_id
+        self.extra = list(extra_args)
+        self.proc = None
+        self.log_path = os.path.join(cluster.root, f"node{node_id}.log")
+
+    @property
+    def client_port(self):
+        return self.cluster.client_ports[self.id]
+
+    def argv(self):
+        c = self.cluster
+        args = [sys.executable, "-m", "raftfast.node", "--id", str(self.id),
+                "--data-dir", os.path.join(c.root, f"node{self.id}"),
+                "--listen", c.peer_url(self.id),
+                "--client", f"tcp://127.0.0.1:{self.client_port}",
+                "--heartbeat-interval", str(c.heartbeat_ms),
+                "--election-timeout", str(c.election_ms),
+                "--fsync", c.fsync]
+        for j in c.ids:
+            if j != self.id:
+                args += ["--peer", f"{j}={c.peer_url(j)}"]
+        return args + self.extra
+
+    def start(self, wait_ready=True):
+        logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv(), stdout=subprocess.PIPE, stderr=logf,
+                                     stdin=subprocess.DEVNULL)
+        logf.close()
+        if wait_ready:
+            line = self.proc.stdout.readline().decode()
+            if not line.startswith(f"ready id={self.id} "):
+                self.proc.wait(timeout=10)
+                raise RuntimeError(f"node {self.id} did not start (exit {self.proc.returncode}):"
+                                   f" {line!r}\n{self.log_tail()}")
+        return self
+
+    def log_tail(self, n=30):
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"".join(f.readlines()[-n:]).decode(errors="replace")
+        except OSError:
+            return ""
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.alive():
+            self.proc.send_signal(sig)
+        if self.proc is not None:
+            rc = self.proc.wait(timeout=15)
+            self.proc.stdout.close()
+            return rc
+        return None
+
+    def client(self, **kw):
+        return redis.Redis(host="127.0.0.1", port=self.client_port, socket_timeout=10, **kw)
+
+    def info(self):
+        """INFO raft as a dict, or None if the node does not answer."""
+        try:
+            with self.client() as r:
+                raw = r.execute_command("INFO", "raft")
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return None
+        if isinstance(raw, dict):
+            return {k: str(v) for k, v in raw.items()}
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+class Cluster:
+    def __init__(self, root, n=3, transport="unix", fsync="always", heartbeat_ms=50,
+                 election_ms=500):
+        self.root = root
+        self.ids = list(range(1, n + 1))
+        self.transport = transport
+        self.fsync = fsync
+        self.heartbeat_ms = heartbeat_ms
+        self.election_ms = election_ms
+        ports = free_ports(2 * n)
+        self.client_ports = dict(zip(self.ids, ports[:n]))
+        self.peer_ports = dict(zip(self.ids, ports[n:]))
+        self.nodes = {i: NodeProc(self, i) for i in self.ids}
+
+    def peer_url(self, i):
+        if self.transport == "unix":
+            return f"unix://{self.root}/node{i}.sock"
+        return f"tcp://127.0.0.1:{self.peer_ports[i]}"
+
+    def start(self):
+        for node in self.nodes.values():
+            node.start()
+        return self
+
+    def stop(self):
+        for node in self.nodes.values():
+            if node.alive():
+                node.proc.send_signal(signal.SIGTERM)
+        codes = {}
+        for node in self.nodes.values():
+            if node.proc is not None:
+                try:
+                    codes[node.id] = node.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    node.proc.kill()
+                    codes[node.id] = node.proc.wait()
+                node.proc.stdout.close()
+                node.proc = None
+        return codes
+
+    def wait_leader(self, timeout=30, exclude=()):
+        """The id of the leader every live node agrees on."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            infos = {i: n.info() for i, n in self.nodes.items() if n.alive() and i not in exclude}
+            leaders = {i for i, inf in infos.items() if inf and inf.get("raft_role") == "leader"}
+            if len(leaders) == 1:
+                lid = leaders.pop()
+                term = infos[lid]["raft_current_term"]
+                if all(inf and inf.get("raft_leader_id") == str(lid)
+                       and inf.get("raft_current_term") == term for inf in infos.values()):
+                    return lid
+            time.sleep(0.05)
+        raise AssertionError("no leader agreed on:\n" + "\n".join(
+            f"--- node {i}\n{n.log_tail(15)}" for i, n in self.nodes.items()))
+
+    def wait_applied(self, index, ids=None, timeout=30):
+        deadline = time.monotonic() + timeout
+        ids = ids or [i for i, n in self.nodes.items() if n.alive()]
+        while time.monotonic() < deadline:
+            infos = {i: self.nodes[i].info() for i in ids}
+            if all(inf and int(inf["raft_last_applied"]) >= index for inf in infos.values()):
+                return infos
+            time.sleep(0.05)
+        raise AssertionError(f"nodes {ids} did not apply up to {index}: {infos}")
