@@ -50,7 +50,6 @@ class Config:
     log_level: str = "info"
     max_frame_bytes: int = 64 << 20
 
-    @property
     def client_advertised(self):
         """The client URL other nodes name in MOVED/NOTLEADER."""
         return self.advertise_client or self.client

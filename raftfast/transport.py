@@ -53,7 +53,7 @@ class _Peer:
 
 class PeerTransport:
     def __init__(self, loop, node_id, cluster_id, on_message, addresses, max_frame_size,
-                 logger, *, write_buffer_limit=WRITE_BUFFER_LIMIT):
+                 logger, *, client_url="", write_buffer_limit=WRITE_BUFFER_LIMIT):
         self.loop = loop
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -68,7 +68,9 @@ class PeerTransport:
         self._unix_inode = None
         self._closed = False
         self.listen_address = None
-        self._handshake = encode_handshake(cluster_id, node_id)
+        self.client_url = client_url
+        self._client_urls = {}  # node id -> advertised client URL from its handshake
+        self._handshake = encode_handshake(cluster_id, node_id, client_url=client_url)
         self.frames_sent = self.bytes_sent = self.frames_dropped = 0
         self.frames_received = self.bytes_received = 0
         self.dials = self.reconnects = 0
@@ -208,6 +210,21 @@ class PeerTransport:
         peer = self._peers.get(node_id)
         return (peer is not None and peer.proto is not None and peer.proto.acked
                 and not peer.proto.transport.is_closing())
+
+    def peer_client_url(self, node_id):
+        """The client URL node_id advertised in its last handshake, or None."""
+        return self._client_urls.get(node_id)
+
+    def _learn_client_url(self, node_id, url):
+        if not url:
+            return
+        try:
+            parse_address(url)
+        except ValueError:
+            # Not worth closing a working link over; MOVED just cannot name it.
+            self.log.warning("node %d advertises a bad client address %r", node_id, url)
+            return
+        self._client_urls[node_id] = url
 
     def set_address(self, node_id, url):
         """Dial node_id at url from now on (None forgets it); an open
@@ -359,6 +376,7 @@ class _OutboundProtocol(asyncio.Protocol):
                               f"we speak v{PROTOCOL_MIN}..v{PROTOCOL_MAX}")
         self.timer.cancel()
         self.acked = True
+        owner._learn_client_url(hs.node_id, hs.client_url)
         owner._outbound_ready(self.peer, self, hs.min_version)
 
     def pause_writing(self):
@@ -457,7 +475,9 @@ class _InboundProtocol(asyncio.Protocol):
             return False
         self.timer.cancel()
         self.peer_id = hs.node_id
-        self.transport.write(encode_handshake_ack(owner.cluster_id, owner.node_id, version))
+        owner._learn_client_url(hs.node_id, hs.client_url)
+        self.transport.write(encode_handshake_ack(owner.cluster_id, owner.node_id, version,
+                                                  owner.client_url))
         owner.log.debug("accepted node %d from %s (protocol v%d)", hs.node_id, self.who, version)
         return True
 

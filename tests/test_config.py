@@ -21,7 +21,7 @@ def cfg(**kw):
 
 def test_defaults_match_the_contract():
     c = cfg()
-    assert c.advertise_client is None and c.client_advertised == "tcp://127.0.0.1:7001"
+    assert c.advertise_client is None and c.client_advertised() == "tcp://127.0.0.1:7001"
     assert c.peers == {} and c.join is False
     assert c.cluster_id == "raftfast" and c.fsync == "always"
     assert (c.heartbeat_interval_ms, c.election_timeout_ms) == (100, 1000)
@@ -107,7 +107,7 @@ def test_missing_required_flag_exits_2(capsys):
 def test_wildcard_client_with_advertise_is_fine():
     c = parse_node_config(BASE[:-1] + ["tcp://0.0.0.0:7001",
                                        "--advertise-client", "tcp://10.1.1.1:7001"])
-    assert c.client_advertised == "tcp://10.1.1.1:7001"
+    assert c.client_advertised() == "tcp://10.1.1.1:7001"
 
 
 @pytest.mark.parametrize("kw,fragment", [

@@ -432,6 +432,22 @@ def test_set_address_moves_the_connection(tmp_path):
     run(main())
 
 
+def test_handshakes_carry_client_urls(tmp_path):
+    async def main():
+        b = Node(2, client_url="tcp://10.0.0.2:7002")
+        url = await b.start(f"unix://{tmp_path}/b.sock")
+        a = Node(1, addresses={2: url}, client_url="tcp://10.0.0.1:7001")
+        try:
+            assert a.t.peer_client_url(2) is None
+            await a.connect(2)  # a learns b's from the ack, b learns a's from the handshake
+            await until(lambda: b.t.peer_client_url(1) is not None, "b to learn a's url")
+            return a.t.peer_client_url(2), b.t.peer_client_url(1), b.t.peer_client_url(9)
+        finally:
+            await a.t.close()
+            await b.t.close()
+    assert run(main()) == ("tcp://10.0.0.2:7002", "tcp://10.0.0.1:7001", None)
+
+
 def test_send_rejects_a_foreign_sender_id():
     async def main():
         a = Node(1, addresses={2: "tcp://127.0.0.1:1"})
