@@ -6,7 +6,7 @@ Encoding builds a whole frame in one bytes object: fixed fields, then the
 entry block copied in once.  Decoding keeps the received chunks in a list
 with a read cursor and copies out only what a frame needs: its fixed
 fields, its entry block (into the bytes object the Message keeps) and its
-cluster id.  The checksum is computed over the chunks in place.
+cluster id and client url.  The checksum is computed over the chunks in place.
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize
@@ -25,6 +25,7 @@ cdef enum:
     _HDR = 12             # frame header
     _MSG_FIXED = 68       # MESSAGE body before the entry block
     _HS_FIXED = 14        # HANDSHAKE body before the cluster id
+    _HS_URL_LEN = 2       # the u16 client_url_len after the cluster id
     _ENT_HDR = 13         # entry header in a block
     _MSG_TYPE_MAX = 10    # v1 message types are 1..10; a new type needs a new version
     _ENTRY_TYPE_MAX = 2
@@ -69,26 +70,31 @@ class FrameMalformed(FrameError):
 
 class Handshake:
     """The opening frame of a connection (HANDSHAKE), or its answer
-    (HANDSHAKE_ACK, where min_version == max_version == the chosen one)."""
+    (HANDSHAKE_ACK, where min_version == max_version == the chosen one).
+    client_url is the sender's advertised client address ("" if none), the
+    one a follower names in MOVED when the sender leads."""
 
-    __slots__ = ("cluster_id", "node_id", "min_version", "max_version")
+    __slots__ = ("cluster_id", "node_id", "min_version", "max_version", "client_url")
 
-    def __init__(self, cluster_id, node_id, min_version, max_version):
+    def __init__(self, cluster_id, node_id, min_version, max_version, client_url=""):
         self.cluster_id = cluster_id
         self.node_id = node_id
         self.min_version = min_version
         self.max_version = max_version
+        self.client_url = client_url
 
     def __eq__(self, other):
         if not isinstance(other, Handshake):
             return NotImplemented
         return (self.cluster_id == other.cluster_id and self.node_id == other.node_id
                 and self.min_version == other.min_version
-                and self.max_version == other.max_version)
+                and self.max_version == other.max_version
+                and self.client_url == other.client_url)
 
     def __repr__(self):
         return (f"Handshake(cluster_id={self.cluster_id!r}, node_id={self.node_id}, "
-                f"versions={self.min_version}..{self.max_version})")
+                f"versions={self.min_version}..{self.max_version}, "
+                f"client_url={self.client_url!r})")
 
 
 def choose_version(int peer_min, int peer_max):
@@ -257,7 +263,8 @@ def encode_message(msg):
     return out
 
 
-cdef bytes _encode_hs(uint8_t ftype, str cluster_id, node_id, min_version, max_version):
+cdef bytes _encode_hs(uint8_t ftype, str cluster_id, node_id, min_version, max_version,
+                      str client_url):
     if not 1 <= node_id <= _ID_MAX:
         raise ValueError(f"node_id={node_id} is not a node id (1..2**63-1)")
     # The header's version byte is a u8, so no version above 255 can be used.
@@ -267,7 +274,12 @@ cdef bytes _encode_hs(uint8_t ftype, str cluster_id, node_id, min_version, max_v
     cdef size_t n = len(cid)
     if n > 0xFFFF:
         raise ValueError(f"cluster id of {n} bytes is longer than 65535")
-    out = PyBytes_FromStringAndSize(NULL, _HDR + _HS_FIXED + n)
+    cdef bytes url = client_url.encode("utf-8")
+    cdef size_t u = len(url)
+    if u > 0xFFFF:
+        raise ValueError(f"client url of {u} bytes is longer than 65535")
+    cdef size_t blen = _HS_FIXED + n + _HS_URL_LEN + u
+    out = PyBytes_FromStringAndSize(NULL, _HDR + blen)
     cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
     cdef uint8_t *b = p + _HDR
     _st16(b, <uint16_t>min_version)
@@ -275,22 +287,28 @@ cdef bytes _encode_hs(uint8_t ftype, str cluster_id, node_id, min_version, max_v
     _st64(b + 4, <uint64_t>node_id)
     _st16(b + 12, <uint16_t>n)
     memcpy(b + _HS_FIXED, PyBytes_AS_STRING(cid), n)
+    b += _HS_FIXED + n
+    _st16(b, <uint16_t>u)
+    memcpy(b + _HS_URL_LEN, PyBytes_AS_STRING(url), u)
     # The header names min_version: for a HANDSHAKE the version the peer is
     # most likely to read, for an ACK the chosen one.
-    _put_header(p, <uint8_t>min_version, ftype, <uint32_t>(_HS_FIXED + n))
+    _put_header(p, <uint8_t>min_version, ftype, <uint32_t>blen)
     return out
 
 
 def encode_handshake(str cluster_id not None, node_id, min_version=PROTOCOL_MIN,
-                     max_version=PROTOCOL_MAX):
-    """The HANDSHAKE frame a dialer opens a connection with."""
-    return _encode_hs(_F_HANDSHAKE, cluster_id, node_id, min_version, max_version)
+                     max_version=PROTOCOL_MAX, str client_url not None=""):
+    """The HANDSHAKE frame a dialer opens a connection with; client_url is
+    the dialer's advertised client address ("" for none)."""
+    return _encode_hs(_F_HANDSHAKE, cluster_id, node_id, min_version, max_version,
+                      client_url)
 
 
-def encode_handshake_ack(str cluster_id not None, node_id, version):
-    """The HANDSHAKE_ACK an acceptor answers with: its own identity and the
-    chosen version (see choose_version)."""
-    return _encode_hs(_F_HANDSHAKE_ACK, cluster_id, node_id, version, version)
+def encode_handshake_ack(str cluster_id not None, node_id, version,
+                         str client_url not None=""):
+    """The HANDSHAKE_ACK an acceptor answers with: its own identity, the
+    chosen version (see choose_version) and its advertised client address."""
+    return _encode_hs(_F_HANDSHAKE_ACK, cluster_id, node_id, version, version, client_url)
 
 
 cdef class FrameDecoder:
@@ -461,16 +479,34 @@ cdef class FrameDecoder:
                 f"handshake ack names a range {vmin}..{vmax}, not one version"))
         if node_id == 0 or node_id > _ID_MAX:
             raise self._fail(FrameMalformed(f"node_id={node_id} is not a node id"))
-        if _HS_FIXED + <uint32_t>cid_len != blen:
+        # Field by field: the cluster id and the url length must fit, the
+        # cluster id must be UTF-8, then the url must end the body exactly.
+        cdef uint32_t rest = blen - _HS_FIXED
+        if <uint32_t>cid_len + _HS_URL_LEN > rest:
             raise self._fail(FrameMalformed(
-                f"cluster id of {cid_len} bytes but {blen - _HS_FIXED} bytes follow"))
+                f"cluster id of {cid_len} bytes and the client url length need "
+                f"{cid_len + _HS_URL_LEN} bytes but {rest} bytes follow"))
         raw = PyBytes_FromStringAndSize(NULL, cid_len)
         self._gather(_HDR + _HS_FIXED, <uint8_t *>PyBytes_AS_STRING(raw), cid_len)
         try:
             cluster_id = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise self._fail(FrameMalformed("cluster id is not valid UTF-8")) from None
-        return Handshake(cluster_id, node_id, vmin, vmax)
+        cdef uint8_t ul[_HS_URL_LEN]
+        self._gather(_HDR + _HS_FIXED + cid_len, ul, _HS_URL_LEN)
+        cdef uint16_t url_len = _ld16(ul)
+        rest -= cid_len + _HS_URL_LEN
+        if <uint32_t>url_len != rest:
+            raise self._fail(FrameMalformed(
+                f"client url of {url_len} bytes but {rest} bytes follow"))
+        raw = PyBytes_FromStringAndSize(NULL, url_len)
+        self._gather(_HDR + _HS_FIXED + cid_len + _HS_URL_LEN,
+                     <uint8_t *>PyBytes_AS_STRING(raw), url_len)
+        try:
+            client_url = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._fail(FrameMalformed("client url is not valid UTF-8")) from None
+        return Handshake(cluster_id, node_id, vmin, vmax, client_url)
 
     cdef int _gather(self, Py_ssize_t off, uint8_t *dst, Py_ssize_t n) except -1:
         """Copy n unread bytes starting `off` bytes past the read cursor;

@@ -53,9 +53,14 @@ def msg_body(mtype=MSG_APPEND, flags=0, reserved=0, frm=1, count=None, entries_l
                        count, entries_len) + block + trailing
 
 
-def hs_body(vmin=1, vmax=1, node_id=1, cid=b"raftfast", cid_len=None):
+def hs_body(vmin=1, vmax=1, node_id=1, cid=b"raftfast", cid_len=None, url=b"", url_len=None,
+            tail=None):
+    """A HANDSHAKE body; tail, when given, replaces everything after the
+    cluster id (the client url length and the url)."""
+    if tail is None:
+        tail = struct.pack("<H", len(url) if url_len is None else url_len) + url
     return struct.pack("<HHQH", vmin, vmax, node_id,
-                       len(cid) if cid_len is None else cid_len) + cid
+                       len(cid) if cid_len is None else cid_len) + cid + tail
 
 
 def received(m):
@@ -88,8 +93,21 @@ def messages(draw):
                    context=draw(u64), entries=block, count=len(ents) if ents else 0)
 
 
+# Client URLs: empty, realistic, non-ASCII (up to 4-byte UTF-8) and arbitrary text.
+client_urls = st.one_of(
+    st.just(""),
+    st.builds(lambda host, port: f"tcp://{host}:{port}",
+              st.sampled_from(["127.0.0.1", "[::1]", "node-1.example", "bücher.de", "节点"]),
+              st.integers(0, 65535)),
+    st.builds(lambda path: f"unix:///{path}.sock", st.text(min_size=1, max_size=30)),
+    st.text(max_size=40),
+)
+
+# (cluster_id, node_id, min_version, max_version, client_url): the
+# positional arguments of encode_handshake.
 handshakes = st.tuples(st.text(max_size=20), node_ids, st.integers(1, 255),
-                       st.integers(0, 254)).map(lambda t: (t[0], t[1], t[2], min(255, t[2] + t[3])))
+                       st.integers(0, 254), client_urls).map(
+    lambda t: (t[0], t[1], t[2], min(255, t[2] + t[3]), t[4]))
 
 SAMPLE_BLOCK = make_block([(4, 0, b"set k v"), (4, 1, b""), (5, 2, b"\x01\x02\x03")])
 SAMPLE = Message(MSG_APPEND, to=2, frm=1, term=5, index=10, log_term=4, commit=9,
@@ -129,11 +147,17 @@ def test_encode_message_matches_twin_byte_for_byte(m):
 @CODEC_SETTINGS
 @given(handshakes)
 def test_encode_handshakes_match_twin_byte_for_byte(hs):
-    cid, node_id, vmin, vmax = hs
-    assert (codec_c.encode_handshake(cid, node_id, vmin, vmax)
-            == codec_py.encode_handshake(cid, node_id, vmin, vmax))
-    assert (codec_c.encode_handshake_ack(cid, node_id, vmax)
-            == codec_py.encode_handshake_ack(cid, node_id, vmax))
+    cid, node_id, vmin, vmax, url = hs
+    assert (codec_c.encode_handshake(cid, node_id, vmin, vmax, url)
+            == codec_py.encode_handshake(cid, node_id, vmin, vmax, client_url=url))
+    assert (codec_c.encode_handshake_ack(cid, node_id, vmax, url)
+            == codec_py.encode_handshake_ack(cid, node_id, vmax, client_url=url))
+    if url == "":
+        # The default is the empty url.
+        assert codec_c.encode_handshake(cid, node_id, vmin, vmax) == \
+            codec_c.encode_handshake(cid, node_id, vmin, vmax, "")
+        assert codec_c.encode_handshake_ack(cid, node_id, vmax) == \
+            codec_py.encode_handshake_ack(cid, node_id, vmax)
 
 
 def test_frame_layout_is_as_documented():
@@ -145,8 +169,14 @@ def test_frame_layout_is_as_documented():
                                         3, len(SAMPLE_BLOCK))
     assert f[12 + 68:] == SAMPLE_BLOCK
     h = codec_c.encode_handshake("c1", 7)
-    assert h == raw_frame(1, struct.pack("<HHQH", 1, 1, 7, 2) + b"c1")
+    assert h == raw_frame(1, struct.pack("<HHQH", 1, 1, 7, 2) + b"c1" + b"\x00\x00")
     assert codec_c.encode_handshake_ack("c1", 7, 1) == raw_frame(2, h[12:])
+    url = "tcp://hôst:7001"
+    h = codec_c.encode_handshake("c1", 7, client_url=url)
+    assert h == raw_frame(1, struct.pack("<HHQH", 1, 1, 7, 2) + b"c1"
+                          + struct.pack("<H", len(url.encode())) + url.encode())
+    assert len(url.encode()) == len(url) + 1  # the length counts bytes, not characters
+    assert codec_c.encode_handshake_ack("c1", 7, 1, client_url=url) == raw_frame(2, h[12:])
 
 
 def test_reject_is_flag_bit_zero():
@@ -179,20 +209,49 @@ def test_decode_of_encode_is_the_message(mod, m):
 def test_decode_of_encoded_handshakes(mod, hs):
     # A HANDSHAKE's header carries its min_version and an ACK's header the
     # chosen one, so only version 1 is readable here; the offered max is free.
-    cid, node_id, _, vmax = hs
+    cid, node_id, _, vmax, url = hs
     dec = new_decoder(mod)
+    dec.feed(mod.encode_handshake(cid, node_id, 1, vmax, client_url=url))
+    dec.feed(mod.encode_handshake_ack(cid, node_id, 1, client_url=url))
     dec.feed(mod.encode_handshake(cid, node_id, 1, vmax))
-    dec.feed(mod.encode_handshake_ack(cid, node_id, 1))
-    assert dec.next() == (mod.FRAME_HANDSHAKE, mod.Handshake(cid, node_id, 1, vmax))
-    assert dec.next() == (mod.FRAME_HANDSHAKE_ACK, mod.Handshake(cid, node_id, 1, 1))
-    assert dec.next() is None
+    got = drain(dec)
+    assert got == [(mod.FRAME_HANDSHAKE, mod.Handshake(cid, node_id, 1, vmax, url)),
+                   (mod.FRAME_HANDSHAKE_ACK, mod.Handshake(cid, node_id, 1, 1, url)),
+                   (mod.FRAME_HANDSHAKE, mod.Handshake(cid, node_id, 1, vmax))]
+    assert got[0][1].client_url == url and got[2][1].client_url == ""
+    assert all(type(h.client_url) is str for _, h in got)
+    assert dec.pending_bytes == 0
+
+
+@pytest.mark.parametrize("mod", IMPLS)
+def test_longest_client_url_round_trips(mod):
+    url = "ü" * 32767 + "x"   # 65535 bytes
+    dec = new_decoder(mod)
+    dec.feed(mod.encode_handshake("c", 1, client_url=url))
+    assert dec.next()[1].client_url == url
+
+
+@pytest.mark.parametrize("mod", IMPLS)
+def test_handshake_class(mod):
+    h = mod.Handshake("c", 2, 1, 3)
+    assert h.client_url == ""
+    assert h == mod.Handshake("c", 2, 1, 3, "")
+    assert h != mod.Handshake("c", 2, 1, 3, "tcp://a:1")
+    u = mod.Handshake("c", 2, 1, 3, client_url="tcp://a:1")
+    assert u == mod.Handshake("c", 2, 1, 3, "tcp://a:1")
+    assert "client_url='tcp://a:1'" in repr(u)
+    assert repr(u) == repr(codec_py.Handshake("c", 2, 1, 3, "tcp://a:1"))
+    assert repr(h) == repr(codec_py.Handshake("c", 2, 1, 3))
+    with pytest.raises(AttributeError):
+        h.other = 1
 
 
 @pytest.mark.parametrize("mod", IMPLS)
 @CODEC_SETTINGS
-@given(msgs=st.lists(messages(), min_size=1, max_size=5), data=st.data())
-def test_split_at_random_points_yields_the_same_frames(mod, msgs, data):
-    frames = [mod.encode_handshake("raftfast", 9)] + [mod.encode_message(m) for m in msgs]
+@given(msgs=st.lists(messages(), min_size=1, max_size=5), url=client_urls, data=st.data())
+def test_split_at_random_points_yields_the_same_frames(mod, msgs, url, data):
+    frames = ([mod.encode_handshake("raftfast", 9, client_url=url)]
+              + [mod.encode_message(m) for m in msgs])
     wire = b"".join(frames)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=12)))
     dec = new_decoder(mod)
@@ -203,7 +262,7 @@ def test_split_at_random_points_yields_the_same_frames(mod, msgs, data):
         start = end
         got += drain(dec)
         assert dec.pending_bytes == fed - sum(map(len, frames[:len(got)]))
-    assert got[0] == (mod.FRAME_HANDSHAKE, mod.Handshake("raftfast", 9, 1, 1))
+    assert got[0] == (mod.FRAME_HANDSHAKE, mod.Handshake("raftfast", 9, 1, 1, url))
     assert got[1:] == [(mod.FRAME_MESSAGE, received(m)) for m in msgs]
     assert dec.pending_bytes == 0
 
@@ -248,9 +307,13 @@ def test_large_block_across_many_chunks():
 
 
 @pytest.mark.parametrize("mod", IMPLS)
-@pytest.mark.parametrize("kind", ["message", "handshake"])
+@pytest.mark.parametrize("kind", ["message", "handshake", "handshake with url", "ack"])
 def test_every_truncation_is_incomplete_not_an_error(mod, kind):
-    f = mod.encode_message(SAMPLE) if kind == "message" else mod.encode_handshake("clü", 3)
+    f = {"message": lambda: mod.encode_message(SAMPLE),
+         "handshake": lambda: mod.encode_handshake("clü", 3),
+         "handshake with url": lambda: mod.encode_handshake("clü", 3, client_url="tcp://hôst:1"),
+         "ack": lambda: mod.encode_handshake_ack("clü", 3, 1, client_url="unix:///€.sock"),
+         }[kind]()
     for k in range(len(f)):
         dec = new_decoder(mod)
         dec.feed(f[:k])
@@ -390,10 +453,35 @@ BAD_HANDSHAKE_BODIES = {
     "min version 0": (1, hs_body(vmin=0), "bad version range 0..1"),
     "min above max": (1, hs_body(vmin=3, vmax=2), "bad version range 3..2"),
     "ack with a range": (2, hs_body(vmin=1, vmax=2), "ack names a range 1..2"),
+    # The cluster id swallows the url length's first byte, so the url length
+    # read is b"c\x00" = 99.
     "cluster id longer than announced": (1, hs_body(cid=b"abc", cid_len=2),
-                                         "cluster id of 2 bytes but 3 bytes follow"),
+                                         "client url of 99 bytes but 1 bytes follow"),
     "cluster id shorter than announced": (1, hs_body(cid=b"abc", cid_len=4),
-                                          "cluster id of 4 bytes but 3 bytes follow"),
+                                          "cluster id of 4 bytes and the client url length "
+                                          "need 6 bytes but 5 bytes follow"),
+    "cluster id past the end": (1, hs_body(cid=b"abc", cid_len=9, tail=b""),
+                                "need 11 bytes but 3 bytes follow"),
+    "no client url length (old layout)": (1, hs_body(cid=b"raftfast", tail=b""),
+                                          "cluster id of 8 bytes and the client url length "
+                                          "need 10 bytes but 8 bytes follow"),
+    "client url length cut in half": (2, hs_body(cid=b"raftfast", tail=b"\x00"),
+                                      "need 10 bytes but 9 bytes follow"),
+    "client url longer than announced": (1, hs_body(url=b"tcp://a:1", url_len=8),
+                                         "client url of 8 bytes but 9 bytes follow"),
+    "client url shorter than announced": (2, hs_body(url=b"tcp://a:1", url_len=10),
+                                          "client url of 10 bytes but 9 bytes follow"),
+    "client url length without a url": (1, hs_body(url=b"", url_len=0xFFFF),
+                                        "client url of 65535 bytes but 0 bytes follow"),
+    "trailing byte after empty url": (1, hs_body(tail=b"\x00\x00\x00"),
+                                      "client url of 0 bytes but 1 bytes follow"),
+    "client url not utf-8": (1, hs_body(url=b"tcp://\xff:1"), "client url is not valid UTF-8"),
+    "client url cut utf-8": (2, hs_body(url="tcp://hü".encode()[:-1]),
+                             "client url is not valid UTF-8"),
+    "client url surrogate": (1, hs_body(url=b"\xed\xa0\x80"), "client url is not valid UTF-8"),
+    # Field order: the cluster id is checked before the url length.
+    "bad cluster id and bad url length": (1, hs_body(cid=b"\xff", url=b"ab", url_len=3),
+                                          "cluster id is not valid UTF-8"),
     "shorter than fixed part": (1, hs_body()[:13], "13 bytes is shorter"),
 }
 
@@ -407,11 +495,39 @@ def test_malformed_handshake_bodies(mod, case):
 
 
 @pytest.mark.parametrize("mod", IMPLS)
+@CODEC_SETTINGS
+@given(hs=handshakes, data=st.data())
+def test_handshake_body_cut_or_padded_is_malformed(mod, hs, data):
+    # A body that is a strict prefix of a valid one, or one with bytes added,
+    # under a header that announces its true length: the lengths cannot add up.
+    cid, node_id, vmin, vmax, url = hs
+    body = codec_py.encode_handshake(cid, node_id, 1, vmax, client_url=url)[12:]
+    cut = data.draw(st.integers(0, len(body) - 1))
+    for bad in (body[:cut], body + data.draw(st.binary(min_size=1, max_size=4))):
+        _, err = expect_error(mod, raw_frame(1, bad), "FrameMalformed")
+        assert any(p in str(err) for p in ("is shorter than", "need", "client url of")), err
+
+
+@pytest.mark.parametrize("mod", IMPLS)
+@CODEC_SETTINGS
+@given(cid=st.text(max_size=10), url=client_urls, wrong=st.integers(0, 0xFFFF))
+def test_client_url_length_mismatch_is_malformed(mod, cid, url, wrong):
+    raw_url = url.encode()
+    if wrong == len(raw_url):
+        wrong = (wrong + 1) & 0xFFFF
+    body = hs_body(cid=cid.encode(), url=raw_url, url_len=wrong)
+    _, err = expect_error(mod, raw_frame(2, body), "FrameMalformed")
+    assert f"client url of {wrong} bytes but {len(raw_url)} bytes follow" in str(err)
+
+
+@pytest.mark.parametrize("mod", IMPLS)
 def test_handshake_may_offer_versions_this_node_lacks(mod):
     # Negotiation is the transport's job: the decoder reports the offer as is.
     dec = new_decoder(mod)
     dec.feed(raw_frame(1, hs_body(vmin=1, vmax=7, node_id=4, cid=b"c")))
     assert dec.next() == (1, mod.Handshake("c", 4, 1, 7))
+    dec.feed(raw_frame(1, hs_body(vmin=2, vmax=9, node_id=4, cid=b"c", url=b"tcp://x:1")))
+    assert dec.next() == (1, mod.Handshake("c", 4, 2, 9, "tcp://x:1"))
 
 
 @pytest.mark.parametrize("mod", IMPLS)
@@ -522,7 +638,8 @@ def test_encoder_takes_any_buffer_as_the_block(mod):
 
 @pytest.mark.parametrize("mod", IMPLS)
 @pytest.mark.parametrize("args", [("c", 0, 1, 1), ("c", 1 << 63, 1, 1), ("c", 1, 0, 1),
-                                  ("c", 1, 2, 1), ("c", 1, 1, 256), ("x" * 65536, 1, 1, 1)])
+                                  ("c", 1, 2, 1), ("c", 1, 1, 256), ("x" * 65536, 1, 1, 1),
+                                  ("c", 1, 1, 1, "x" * 65536), ("c", 1, 1, 1, "ü" * 32768)])
 def test_handshake_encoder_refuses_bad_input(mod, args):
     with pytest.raises(ValueError):
         mod.encode_handshake(*args)
@@ -530,10 +647,18 @@ def test_handshake_encoder_refuses_bad_input(mod, args):
 
 @pytest.mark.parametrize("mod", IMPLS)
 @pytest.mark.parametrize("args", [("c", 0, 1), ("c", 1 << 63, 1), ("c", 1, 0), ("c", 1, 256),
-                                  ("x" * 65536, 1, 1)])
+                                  ("x" * 65536, 1, 1), ("c", 1, 1, "x" * 65536),
+                                  ("c", 1, 1, "€" * 21846)])
 def test_handshake_ack_encoder_refuses_bad_input(mod, args):
     with pytest.raises(ValueError):
         mod.encode_handshake_ack(*args)
+
+
+@pytest.mark.parametrize("mod", IMPLS)
+def test_client_url_of_65535_bytes_is_accepted(mod):
+    url = "x" * 65535
+    assert len(mod.encode_handshake("c", 1, client_url=url)) == 12 + 14 + 1 + 2 + 65535
+    assert len(mod.encode_handshake_ack("c", 1, 1, client_url=url)) == 12 + 14 + 1 + 2 + 65535
 
 
 @pytest.mark.parametrize("mod", IMPLS)

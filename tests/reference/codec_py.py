@@ -22,7 +22,8 @@ ENTRY_TYPES = range(0, 3)     # ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG
 
 HEADER = struct.Struct("<IBBHI")
 MSG_FIXED = struct.Struct("<BBHQQQQQQQII")   # 68 bytes
-HS_FIXED = struct.Struct("<HHQH")            # 14 bytes
+HS_FIXED = struct.Struct("<HHQH")            # 14 bytes, then the cluster id
+HS_URL_LEN = struct.Struct("<H")             # after the cluster id, then the client url
 ENTRY_HEADER = struct.Struct("<IQB")         # 13 bytes
 
 
@@ -68,13 +69,14 @@ class FrameMalformed(FrameError):
 
 
 class Handshake:
-    __slots__ = ("cluster_id", "node_id", "min_version", "max_version")
+    __slots__ = ("cluster_id", "node_id", "min_version", "max_version", "client_url")
 
-    def __init__(self, cluster_id, node_id, min_version, max_version):
+    def __init__(self, cluster_id, node_id, min_version, max_version, client_url=""):
         self.cluster_id = cluster_id
         self.node_id = node_id
         self.min_version = min_version
         self.max_version = max_version
+        self.client_url = client_url
 
     def __eq__(self, other):
         if not isinstance(other, Handshake):
@@ -83,7 +85,8 @@ class Handshake:
 
     def __repr__(self):
         return (f"Handshake(cluster_id={self.cluster_id!r}, node_id={self.node_id}, "
-                f"versions={self.min_version}..{self.max_version})")
+                f"versions={self.min_version}..{self.max_version}, "
+                f"client_url={self.client_url!r})")
 
 
 def choose_version(peer_min, peer_max):
@@ -133,7 +136,7 @@ def encode_message(msg):
     return frame(FRAME_MESSAGE, fixed + block)
 
 
-def _encode_hs(frame_type, cluster_id, node_id, min_version, max_version):
+def _encode_hs(frame_type, cluster_id, node_id, min_version, max_version, client_url):
     if not 1 <= node_id <= ID_MAX:
         raise ValueError(f"node_id={node_id} is not a node id")
     if not 1 <= min_version <= max_version <= 255:
@@ -141,16 +144,22 @@ def _encode_hs(frame_type, cluster_id, node_id, min_version, max_version):
     cid = cluster_id.encode("utf-8")
     if len(cid) > 0xFFFF:
         raise ValueError("cluster id longer than 65535 bytes")
-    body = HS_FIXED.pack(min_version, max_version, node_id, len(cid)) + cid
+    url = client_url.encode("utf-8")
+    if len(url) > 0xFFFF:
+        raise ValueError("client url longer than 65535 bytes")
+    body = (HS_FIXED.pack(min_version, max_version, node_id, len(cid)) + cid
+            + HS_URL_LEN.pack(len(url)) + url)
     return frame(frame_type, body, version=min_version)
 
 
-def encode_handshake(cluster_id, node_id, min_version=PROTOCOL_MIN, max_version=PROTOCOL_MAX):
-    return _encode_hs(FRAME_HANDSHAKE, cluster_id, node_id, min_version, max_version)
+def encode_handshake(cluster_id, node_id, min_version=PROTOCOL_MIN, max_version=PROTOCOL_MAX,
+                     client_url=""):
+    return _encode_hs(FRAME_HANDSHAKE, cluster_id, node_id, min_version, max_version,
+                      client_url)
 
 
-def encode_handshake_ack(cluster_id, node_id, version):
-    return _encode_hs(FRAME_HANDSHAKE_ACK, cluster_id, node_id, version, version)
+def encode_handshake_ack(cluster_id, node_id, version, client_url=""):
+    return _encode_hs(FRAME_HANDSHAKE_ACK, cluster_id, node_id, version, version, client_url)
 
 
 def decode_message_body(body):
@@ -197,14 +206,25 @@ def decode_handshake_body(frame_type, body):
         raise FrameMalformed(f"handshake ack names a range {vmin}..{vmax}, not one version")
     if not 1 <= node_id <= ID_MAX:
         raise FrameMalformed(f"node_id={node_id} is not a node id")
-    if HS_FIXED.size + cid_len != len(body):
-        raise FrameMalformed(f"cluster id of {cid_len} bytes but {len(body) - HS_FIXED.size} "
-                             "bytes follow")
+    rest = len(body) - HS_FIXED.size
+    if cid_len + HS_URL_LEN.size > rest:
+        raise FrameMalformed(f"cluster id of {cid_len} bytes and the client url length need "
+                             f"{cid_len + HS_URL_LEN.size} bytes but {rest} bytes follow")
+    cid_end = HS_FIXED.size + cid_len
     try:
-        cluster_id = body[HS_FIXED.size:].decode("utf-8")
+        cluster_id = body[HS_FIXED.size:cid_end].decode("utf-8")
     except UnicodeDecodeError:
         raise FrameMalformed("cluster id is not valid UTF-8") from None
-    return Handshake(cluster_id, node_id, vmin, vmax)
+    (url_len,) = HS_URL_LEN.unpack_from(body, cid_end)
+    url_start = cid_end + HS_URL_LEN.size
+    if url_len != len(body) - url_start:
+        raise FrameMalformed(f"client url of {url_len} bytes but {len(body) - url_start} "
+                             "bytes follow")
+    try:
+        client_url = body[url_start:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameMalformed("client url is not valid UTF-8") from None
+    return Handshake(cluster_id, node_id, vmin, vmax, client_url)
 
 
 class FrameDecoderPy:
