@@ -143,7 +143,7 @@ def encode_commands(list commands):
     # Pass 1: validate and size, so the block is written into one buffer.
     for cmd in commands:
         opcode, args = cmd
-        if not 1 <= opcode <= 7:
+        if type(opcode) is not int or not OP_SET <= opcode <= OP_INCR:
             raise ValueError(f"unknown opcode {opcode!r}")
         if not isinstance(args, (list, tuple)):
             raise TypeError("command arguments must be a list or tuple of bytes")

@@ -33,8 +33,10 @@ DEF CR = 13
 DEF LF = 10
 # string2ll refuses 21 characters or more (LONG_STR_SIZE in Redis).
 DEF MAX_NUMBER_LEN = 20
-MAX_REPLY_DEPTH = 64
-cdef int _max_depth = MAX_REPLY_DEPTH
+# Replies are built by the server, never by clients; the cap only turns a
+# self-referencing value into an error instead of a C stack overflow.
+DEF MAX_DEPTH = 64
+MAX_REPLY_DEPTH = MAX_DEPTH
 
 
 class SimpleString(str):
@@ -531,7 +533,7 @@ cdef int _encode(WBuf *w, object v, bint resp3, int depth) except -1:
     cdef long long n
     cdef bytes b
     cdef char *text
-    if depth > _max_depth:
+    if depth > MAX_DEPTH:
         raise ValueError("reply nested too deeply")
     # Exact types first (the common replies), then subclasses in the same
     # precedence: SimpleString/ErrorReply before str, bool before int.

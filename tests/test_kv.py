@@ -166,6 +166,7 @@ def test_opcodes_table():
 @pytest.mark.parametrize("commands,error", [
     ([(0, [b"k"])], ValueError),
     ([(8, [b"k"])], ValueError),
+    ([(True, [b"k", b"v"])], ValueError),
     ([(OP_SET, [b"k"])], ValueError),
     ([(OP_GET, [])], ValueError),
     ([(OP_GET, [b"a", b"b"])], ValueError),
