@@ -243,13 +243,16 @@ async def stop_all(nodes, timeout=STOP_WAIT):
     for n in live:
         _signal(n.proc, signal.SIGTERM)
     if live:
-        await asyncio.wait([n.exited for n in live], timeout=timeout)
+        # Fresh waits: a node's `exited` task may have been cancelled along
+        # with whoever awaited it.
+        await asyncio.wait([asyncio.ensure_future(n.proc.wait()) for n in live],
+                           timeout=timeout)
     for n in live:
         if n.proc.returncode is None:
             print(f"node {n.id} (pid {n.proc.pid}) did not stop in {timeout:g} s: killing it",
                   file=sys.stderr)
             _signal(n.proc, signal.SIGKILL)
-    await asyncio.gather(*(n.exited for n in nodes), return_exceptions=True)
+    await asyncio.gather(*(n.proc.wait() for n in nodes), return_exceptions=True)
     for n in nodes:
         await n.close_log()
 
@@ -457,7 +460,8 @@ class Launcher:
         return 1
 
     async def _watch(self, node):
-        await node.exited
+        # Shielded: cancelling this watcher must not cancel the node's own wait.
+        await asyncio.shield(node.exited)
         if not self.stop.is_set():
             self.say(f"node {node.id} (pid {node.proc.pid}) exited unexpectedly with code "
                      f"{node.proc.returncode}; serving with the rest. Its last lines:",

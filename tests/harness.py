@@ -83,16 +83,46 @@ class NodeProc:
     def client(self, **kw):
         return redis.Redis(host="127.0.0.1", port=self.client_port, socket_timeout=10, **kw)
 
+    def raw(self, *args):
+        """Send one command over a raw socket; returns the reply's first line."""
+        req = b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(a), a) for a in (x if isinstance(x, bytes) else str(x).encode()
+                                                    for x in args))
+        with socket.create_connection(("127.0.0.1", self.client_port), timeout=10) as s:
+            s.sendall(req)
+            buf = b""
+            while b"\r\n" not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return buf.split(b"\r\n", 1)[0]
+
     def info(self):
-        """INFO raft as a dict, or None if the node does not answer."""
+        """INFO raft as a dict of strings, or None if the node does not answer.
+        Read over a raw socket: redis-py reshapes INFO values (it turns
+        "1,2,3" into a list)."""
         try:
-            with self.client() as r:
-                raw = r.execute_command("INFO", "raft")
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            with socket.create_connection(("127.0.0.1", self.client_port), timeout=5) as s:
+                s.sendall(b"*2\r\n$4\r\nINFO\r\n$4\r\nraft\r\n")
+                buf = b""
+                while b"\r\n" not in buf:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return None
+                    buf += chunk
+                head, _, rest = buf.partition(b"\r\n")
+                if not head.startswith(b"$"):
+                    return None
+                size = int(head[1:])
+                while len(rest) < size + 2:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return None
+                    rest += chunk
+        except OSError:
             return None
-        if isinstance(raw, dict):
-            return {k: str(v) for k, v in raw.items()}
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        text = rest[:size].decode()
         return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
 

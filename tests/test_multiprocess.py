@@ -45,7 +45,7 @@ def test_writes_are_replicated_to_every_node(make_cluster, n, transport):
         for i in range(50):
             assert r.set(f"k{i}", f"v{i}") is True
         assert r.get("k7") == b"v7"
-        assert r.incr("ctr") == 1 and r.append("k1", "x") == 3
+        assert r.execute_command("INCR", "ctr") == 1 and r.append("k1", "x") == 3
         commit = int(c.nodes[lid].info()["raft_commit_index"])
     infos = c.wait_applied(commit)
     assert {inf["raft_leader_id"] for inf in infos.values()} == {str(lid)}
@@ -57,13 +57,16 @@ def test_followers_redirect_to_the_leader(make_cluster):
     lid = c.wait_leader()
     follower = next(i for i in c.ids if i != lid)
     with c.nodes[follower].client() as r:
-        with pytest.raises(redis.ResponseError) as ei:
+        with pytest.raises(redis.exceptions.MovedError) as ei:
             r.set("a", "b")
-        assert str(ei.value) == f"MOVED 0 127.0.0.1:{c.nodes[lid].client_port}" or \
-            str(ei.value).startswith("MOVED")
-        with pytest.raises(redis.ResponseError):
+        assert str(ei.value) == f"0 127.0.0.1:{c.nodes[lid].client_port}"
+        with pytest.raises(redis.exceptions.MovedError):
             r.get("a")
         assert r.ping() is True  # served by any node
+    moved = f"-MOVED 0 127.0.0.1:{c.nodes[lid].client_port}".encode()
+    assert c.nodes[follower].raw("SET", "a", "b") == moved
+    assert c.nodes[follower].raw("GET", "a") == moved
+    assert c.nodes[lid].raw("GET", "a") == b"$-1"  # the redirected SET took no effect
 
 
 def test_redis_cli_sets_and_gets_through_the_leader(make_cluster):
