@@ -256,6 +256,7 @@ def test_launcher_serves_then_stops_every_node(tmp_path, sig):
         run.p.send_signal(sig)
         code, out, err = run.finish()
         assert code == 0, err
+        assert "killing" not in err  # every node stopped on SIGTERM
         wait_gone(pids)
         assert not os.path.exists(tmp_path / temp[0])  # the temporary dir is removed
     finally:
@@ -294,5 +295,6 @@ def test_bench_prints_results_and_exits_0(tmp_path):
         assert code == 0, err
         assert "bench: 0.5 s against node 1" in out
         assert "throughput" in out and "p99.9" in out
+        assert "killing" not in err
     finally:
         run.kill()
