@@ -298,3 +298,22 @@ def test_bench_prints_results_and_exits_0(tmp_path):
         assert "killing" not in err
     finally:
         run.kill()
+
+
+def test_a_node_dying_is_reported_and_the_rest_keep_serving(tmp_path):
+    run = Launch(tmp_path)
+    try:
+        run.read_until("serving")
+        pids = run.table_pids()
+        os.kill(pids[1], signal.SIGKILL)
+        for line in run.p.stderr:
+            if "exited unexpectedly" in line:
+                break
+        assert f"node 2 (pid {pids[1]}) exited unexpectedly with code -9" in line
+        assert run.p.poll() is None and alive(pids[0]) and alive(pids[2])
+        run.p.send_signal(signal.SIGTERM)
+        code, out, err = run.finish()
+        assert code == 0 and "killing" not in err
+        wait_gone(pids)
+    finally:
+        run.kill()

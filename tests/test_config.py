@@ -1,5 +1,6 @@
 import argparse
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -151,7 +152,8 @@ def test_bad_address_on_a_real_command_line_exits_2():
     code = ("from raftfast.config import parse_node_config; "
             "parse_node_config(['--id','1','--data-dir','d','--listen','nope',"
             "'--client','tcp://127.0.0.1:1'])")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, cwd=root)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "bad address 'nope'" in r.stderr
