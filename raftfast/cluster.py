@@ -14,6 +14,7 @@ from the node's code.  Each node also runs in its own process group, so a
 Ctrl-C at the terminal reaches only the launcher, which then stops the nodes
 in order (SIGTERM, wait, SIGKILL stragglers) instead of racing them.
 """
+import argparse
 import asyncio
 import collections
 import ctypes
@@ -78,7 +79,6 @@ def _int_arg(s, lo, what):
 
 
 def _argerr(msg):
-    import argparse
     return argparse.ArgumentTypeError(msg)
 
 
