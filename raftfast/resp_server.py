@@ -239,8 +239,11 @@ class RespServer:
         clients = f"# Clients\r\nconnected_clients:{len(self.connections)}\r\n"
         repl = ("# Replication\r\nrole:"
                 + ("master" if self.driver.is_leader else "slave") + "\r\n")
+        keyspace = f"# Keyspace\r\ndb0:keys={len(self.driver.kv)},expires=0,avg_ttl=0\r\n"
         if section in ("", "all", "default", "everything"):
-            return server + "\r\n" + clients + "\r\n" + repl + "\r\n" + raft
+            return "\r\n".join((server, clients, repl, keyspace, raft))
+        if section == "keyspace":
+            return keyspace
         if section == "server":
             return server
         if section == "clients":

@@ -98,6 +98,25 @@ class NodeProc:
                 buf += chunk
         return buf.split(b"\r\n", 1)[0]
 
+    def keys(self):
+        """How many keys this node's state machine holds (INFO keyspace)."""
+        line = [ln for ln in self.raw_bulk("INFO", "keyspace").splitlines() if ln.startswith("db0:")]
+        return int(line[0].split("keys=")[1].split(",")[0])
+
+    def raw_bulk(self, *args):
+        req = b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(a), a) for a in (str(x).encode() for x in args))
+        with socket.create_connection(("127.0.0.1", self.client_port), timeout=10) as s:
+            s.sendall(req)
+            buf = b""
+            while b"\r\n" not in buf:
+                buf += s.recv(65536)
+            head, _, rest = buf.partition(b"\r\n")
+            size = int(head[1:])
+            while len(rest) < size + 2:
+                rest += s.recv(65536)
+        return rest[:size].decode()
+
     def info(self):
         """INFO raft as a dict of strings, or None if the node does not answer.
         Read over a raw socket: redis-py reshapes INFO values (it turns

@@ -49,6 +49,8 @@ def test_writes_are_replicated_to_every_node(make_cluster, n, transport):
         commit = int(c.nodes[lid].info()["raft_commit_index"])
     infos = c.wait_applied(commit)
     assert {inf["raft_leader_id"] for inf in infos.values()} == {str(lid)}
+    # Every state machine holds the same 51 keys (k0..k49 and ctr).
+    assert {i: node.keys() for i, node in c.nodes.items()} == {i: 51 for i in c.ids}
     assert {inf["raft_voters"] for inf in infos.values()} == {",".join(map(str, c.ids))}
 
 
@@ -72,14 +74,19 @@ def test_followers_redirect_to_the_leader(make_cluster):
 def test_redis_cli_sets_and_gets_through_the_leader(make_cluster):
     if shutil.which("redis-cli") is None:
         pytest.skip("redis-cli (Debian's redis-tools) is not installed")
-    c = make_cluster(3, "unix")
-    port = str(c.nodes[c.wait_leader()].client_port)
-    out = subprocess.run(["redis-cli", "-p", port, "SET", "greeting", "hello world"],
-                         capture_output=True, text=True, timeout=20)
-    assert out.stdout.strip() == "OK", out
-    out = subprocess.run(["redis-cli", "-p", port, "GET", "greeting"],
-                         capture_output=True, text=True, timeout=20)
-    assert out.stdout.strip() == "hello world", out
+    c = make_cluster(5, "unix")
+    lid = c.wait_leader()
+    port = str(c.nodes[lid].client_port)
+
+    def cli(port, *args):
+        return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
+                              text=True, timeout=20).stdout.strip()
+
+    assert cli(port, "SET", "greeting", "hello world") == "OK"
+    assert cli(port, "GET", "greeting") == "hello world"
+    for i, node in c.nodes.items():
+        if i != lid:
+            assert cli(node.client_port, "GET", "greeting") == f"MOVED 0 127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])

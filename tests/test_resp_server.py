@@ -1,0 +1,153 @@
+"""The client front door of a real one-node cluster, over raw sockets, so
+every reply is checked byte for byte."""
+import shutil
+import socket
+import tempfile
+
+import pytest
+
+from harness import Cluster
+
+pytestmark = pytest.mark.multiprocess
+
+
+@pytest.fixture(scope="module")
+def node():
+    root = tempfile.mkdtemp(prefix="rf")
+    c = Cluster(root, n=1).start()
+    c.wait_leader()
+    yield c.nodes[1]
+    c.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def req(*args):
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+class Conn:
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def read(self, n_bytes):
+        while len(self.buf) < n_bytes:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                break
+            self.buf += chunk
+        out, self.buf = self.buf[:n_bytes], self.buf[n_bytes:]
+        return out
+
+    def expect(self, want):
+        got = self.read(len(want))
+        assert got == want
+        return got
+
+    def closed(self):
+        return self.s.recv(1) == b""
+
+    def close(self):
+        self.s.close()
+
+
+@pytest.fixture
+def conn(node):
+    c = Conn(node.client_port)
+    yield c
+    c.close()
+
+
+def test_pipelined_replies_come_back_in_order(conn):
+    conn.send(req(b"SET", b"p", b"41") + req(b"PING") + req(b"INCR", b"p") + req(b"ECHO", b"hi")
+              + req(b"GET", b"p") + req(b"DEL", b"p", b"nope") + req(b"EXISTS", b"p"))
+    conn.expect(b"+OK\r\n+PONG\r\n:42\r\n$2\r\nhi\r\n$2\r\n42\r\n:1\r\n:0\r\n")
+
+
+def test_kv_commands(conn):
+    conn.send(req(b"APPEND", b"s", b"ab") + req(b"APPEND", b"s", b"cd") + req(b"MGET", b"s", b"missing")
+              + req(b"INCR", b"s"))
+    conn.expect(b":2\r\n:4\r\n*2\r\n$4\r\nabcd\r\n$-1\r\n"
+                b"-ERR value is not an integer or out of range\r\n")
+
+
+@pytest.mark.parametrize("cmd,reply", [
+    (req(b"GET"), b"-ERR wrong number of arguments for 'get' command\r\n"),
+    (req(b"SET", b"k"), b"-ERR wrong number of arguments for 'set' command\r\n"),
+    (req(b"SET", b"k", b"v", b"EX", b"10"), b"-ERR syntax error\r\n"),
+    (req(b"MGET"), b"-ERR wrong number of arguments for 'mget' command\r\n"),
+    (req(b"FLUSHALL"), b"-ERR unknown command 'FLUSHALL'\r\n"),
+    (req(b"SELECT", b"0"), b"+OK\r\n"),
+    (req(b"SELECT", b"3"), b"-ERR DB index is out of range\r\n"),
+    (req(b"COMMAND"), b"*0\r\n"),
+    (req(b"CONFIG", b"GET", b"*"), b"*0\r\n"),
+    (req(b"PING", b"x"), b"$1\r\nx\r\n"),
+    (b"PING\r\n", b"+PONG\r\n"),  # inline
+    (b"SET inl \"a b\"\r\nGET inl\r\n", b"+OK\r\n$3\r\na b\r\n"),
+    (req(b"HELLO", b"4"), b"-NOPROTO unsupported protocol version\r\n"),
+])
+def test_replies_and_errors_use_redis_wording(conn, cmd, reply):
+    conn.send(cmd)
+    conn.expect(reply)
+
+
+def read_until(conn, suffix):
+    data, conn.buf = conn.buf, b""
+    while not data.endswith(suffix):
+        chunk = conn.s.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def test_hello_3_switches_to_resp3_and_hello_2_back(conn):
+    conn.send(req(b"HELLO", b"3") + req(b"PING"))
+    data = read_until(conn, b"+PONG\r\n")
+    assert data.startswith(b"%7\r\n")  # a map of seven fields
+    assert b"$5\r\nproto\r\n:3\r\n" in data
+    conn.send(req(b"GET", b"no-such-key"))
+    conn.expect(b"_\r\n")
+    conn.send(req(b"HELLO", b"2") + req(b"GET", b"no-such-key"))
+    data = read_until(conn, b"$-1\r\n")
+    assert data.startswith(b"*14\r\n") and b"$5\r\nproto\r\n:2\r\n" in data
+
+
+def test_client_subcommands(conn):
+    conn.send(req(b"CLIENT", b"SETNAME", b"me") + req(b"CLIENT", b"GETNAME")
+              + req(b"CLIENT", b"SETINFO", b"LIB-NAME", b"x") + req(b"CLIENT", b"NOPE"))
+    conn.expect(b"+OK\r\n$2\r\nme\r\n+OK\r\n-ERR unknown subcommand 'NOPE'. Try CLIENT HELP.\r\n")
+    conn.send(req(b"CLIENT", b"ID"))
+    assert conn.read(1) == b":"
+
+
+def test_info_has_the_raft_section(conn):
+    conn.send(req(b"INFO", b"raft") + req(b"PING"))
+    text = read_until(conn, b"+PONG\r\n").decode()
+    for field in ("raft_node_id:1", "raft_role:leader", "raft_current_term:", "raft_leader_id:1",
+                  "raft_commit_index:", "raft_last_applied:", "raft_first_log_index:1",
+                  "raft_last_log_index:", "raft_snapshot_index:0", "raft_voters:1",
+                  "raft_learners:\r\n", "raft_cluster_id:raftfast"):
+        assert field in text, field
+    assert "# Server" not in text
+    conn.send(req(b"INFO") + req(b"PING"))
+    text = read_until(conn, b"+PONG\r\n").decode()
+    assert "# Server" in text and "# Raft" in text and "raft_role:leader" in text
+
+
+def test_quit_replies_then_closes(conn):
+    conn.send(req(b"QUIT") + req(b"PING"))
+    conn.expect(b"+OK\r\n")
+    assert conn.closed()
+
+
+def test_an_unparseable_stream_is_answered_and_closed(conn, node):
+    conn.send(req(b"SET", b"before", b"1") + b"*1\r\n$abc\r\n")
+    conn.expect(b"+OK\r\n-ERR Protocol error: invalid bulk length\r\n")
+    assert conn.closed()
+    other = Conn(node.client_port)
+    other.send(req(b"GET", b"before"))
+    other.expect(b"$1\r\n1\r\n")
+    other.close()
