@@ -508,46 +508,51 @@ cdef class FrameDecoder:
             raise self._fail(FrameMalformed("client url is not valid UTF-8")) from None
         return Handshake(cluster_id, node_id, vmin, vmax, client_url)
 
+    cdef inline const uint8_t *_piece(self, Py_ssize_t *i, Py_ssize_t *start,
+                                      Py_ssize_t n, Py_ssize_t *take) except NULL:
+        """One step of a walk over unread bytes that may span chunks: the
+        walk stands `start[0]` bytes into chunk `i[0]` (start may reach past
+        that chunk: whole chunks are skipped) and wants n more bytes.
+        Returns where the next piece begins, with its length (at most n)
+        in take[0], and moves the walk to the start of the next chunk.
+        The chunk list keeps the piece alive."""
+        cdef bytes chunk
+        cdef Py_ssize_t clen
+        cdef const uint8_t *p
+        while True:
+            chunk = <bytes>self._chunks[i[0]]
+            clen = len(chunk)
+            i[0] += 1
+            if start[0] < clen:
+                break
+            start[0] -= clen
+        take[0] = min(clen - start[0], n)
+        p = <const uint8_t *>PyBytes_AS_STRING(chunk) + start[0]
+        start[0] = 0
+        return p
+
     cdef int _gather(self, Py_ssize_t off, uint8_t *dst, Py_ssize_t n) except -1:
         """Copy n unread bytes starting `off` bytes past the read cursor;
         the caller has checked that they are buffered."""
-        cdef Py_ssize_t i = self._head
-        cdef Py_ssize_t start = self._pos + off
-        cdef Py_ssize_t clen, take
-        cdef bytes chunk
+        cdef Py_ssize_t i = self._head, start = self._pos + off, take
+        cdef const uint8_t *p
         while n > 0:
-            chunk = <bytes>self._chunks[i]
-            clen = len(chunk)
-            i += 1
-            if start >= clen:
-                start -= clen
-                continue
-            take = min(clen - start, n)
-            memcpy(dst, PyBytes_AS_STRING(chunk) + start, take)
+            p = self._piece(&i, &start, n, &take)
+            memcpy(dst, p, take)
             dst += take
             n -= take
-            start = 0
         return 0
 
     cdef uint32_t _crc_range(self, Py_ssize_t off, Py_ssize_t n) except? 0:
         """CRC32C of n unread bytes starting `off` past the cursor, computed
         in place across chunk boundaries."""
-        cdef Py_ssize_t i = self._head
-        cdef Py_ssize_t start = self._pos + off
-        cdef Py_ssize_t clen, take
+        cdef Py_ssize_t i = self._head, start = self._pos + off, take
+        cdef const uint8_t *p
         cdef uint32_t crc = 0
-        cdef bytes chunk
         while n > 0:
-            chunk = <bytes>self._chunks[i]
-            clen = len(chunk)
-            i += 1
-            if start >= clen:
-                start -= clen
-                continue
-            take = min(clen - start, n)
-            crc = rf_crc32c(crc, <const uint8_t *>PyBytes_AS_STRING(chunk) + start, take)
+            p = self._piece(&i, &start, n, &take)
+            crc = rf_crc32c(crc, p, take)
             n -= take
-            start = 0
         return crc
 
     cdef int _consume(self, Py_ssize_t n) except -1:

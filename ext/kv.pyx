@@ -22,9 +22,13 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Contains, PyDict_DelItem, PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy, memset
+
+cdef extern from "rfstr.h":
+    # Redis's strict string2ll, shared with resp.pyx (INCR's integer rule).
+    bint _string2ll "rf_string2ll" (const unsigned char *s, size_t n, long long *out) noexcept nogil
 
 from raftfast import messages
 from raftfast._resp import OK, ErrorReply
@@ -33,7 +37,6 @@ _log = logging.getLogger("raftfast.kv")
 
 DEF HEADER = 13          # entry header: u32 data_len, u64 term, u8 type
 DEF CMD_HEADER = 5       # u8 opcode, u32 argc
-DEF MAX_NUMBER_LEN = 20  # Redis's string2ll refuses 21 characters or more
 
 cdef enum:
     T_NORMAL = 0
@@ -79,48 +82,6 @@ cdef inline void _put_u32(uint8_t *p, uint32_t v) noexcept nogil:
 
 cdef inline bint _arity_ok(uint32_t op, uint64_t argc) noexcept nogil:
     return argc >= _MIN_ARGS[op] and (_MAX_ARGS[op] == 0 or argc <= _MAX_ARGS[op])
-
-
-cdef bint _string2ll(const uint8_t *s, Py_ssize_t n, int64_t *out) noexcept nogil:
-    """Redis's strict integer syntax: optional '-', no '+', no spaces, no
-    leading zeros (so no "-0"), fits a signed 64-bit integer.  (The same
-    rule as the RESP parser's; kept here so the two modules build apart.)"""
-    cdef Py_ssize_t i = 0
-    cdef bint negative = False
-    cdef uint64_t v
-    if n == 0 or n > MAX_NUMBER_LEN:
-        return False
-    if n == 1 and s[0] == b'0':
-        out[0] = 0
-        return True
-    if s[0] == b'-':
-        negative = True
-        i = 1
-        if n == 1:
-            return False
-    if not (b'1' <= s[i] <= b'9'):
-        return False
-    v = s[i] - 48
-    i += 1
-    while i < n:
-        if not (b'0' <= s[i] <= b'9'):
-            return False
-        if v > 18446744073709551615ULL // 10:
-            return False
-        v *= 10
-        if v > 18446744073709551615ULL - <uint64_t>(s[i] - 48):
-            return False
-        v += s[i] - 48
-        i += 1
-    if negative:
-        if v > 9223372036854775808ULL:
-            return False
-        out[0] = <int64_t>(0ULL - v)
-    else:
-        if v > 9223372036854775807ULL:
-            return False
-        out[0] = <int64_t>v
-    return True
 
 
 cdef inline bytes _next_arg(const uint8_t **cur):
@@ -323,15 +284,15 @@ cdef class KVStore:
     cdef object _incr(self, const uint8_t *cur, bint want):
         cdef bytes key = _next_arg(&cur)
         cdef PyObject *old = PyDict_GetItem(self._data, key)
-        cdef int64_t v = 0
+        cdef long long v = 0
         cdef char digits[24]
         if old != NULL:
-            if not _string2ll(<const uint8_t *>PyBytes_AS_STRING(<object>old),
+            if not _string2ll(<const unsigned char *>PyBytes_AS_STRING(<object>old),
                               PyBytes_GET_SIZE(<object>old), &v):
                 return _ERR_NOT_INTEGER if want else None
             if v == 9223372036854775807LL:
                 return _ERR_OVERFLOW if want else None
         v += 1
         PyDict_SetItem(self._data, key, PyBytes_FromStringAndSize(
-            digits, snprintf(digits, sizeof(digits), "%lld", <long long>v)))
+            digits, snprintf(digits, sizeof(digits), "%lld", v)))
         return v if want else None

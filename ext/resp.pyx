@@ -29,10 +29,14 @@ cdef extern from "Python.h":
                                 int flags, int *ptype) except NULL
     int Py_DTSF_ADD_DOT_0
 
+cdef extern from "rfstr.h":
+    # Redis's strict string2ll, shared with kv.pyx; MAX_NUMBER_LEN is the
+    # longest text it accepts.
+    enum: MAX_NUMBER_LEN "RF_MAX_NUMBER_LEN"
+    bint _string2ll "rf_string2ll" (const unsigned char *s, size_t n, long long *out) noexcept nogil
+
 DEF CR = 13
 DEF LF = 10
-# string2ll refuses 21 characters or more (LONG_STR_SIZE in Redis).
-DEF MAX_NUMBER_LEN = 20
 # Replies are built by the server, never by clients; the cap only turns a
 # self-referencing value into an error instead of a C stack overflow.
 DEF MAX_DEPTH = 64
@@ -65,47 +69,6 @@ cdef inline int _hexval(unsigned char c) noexcept nogil:
     if 65 <= c <= 70:
         return c - 55
     return -1
-
-
-cdef bint _string2ll(const unsigned char *s, Py_ssize_t n, long long *out) noexcept nogil:
-    """Redis's strict integer syntax: optional '-', no '+', no spaces, no
-    leading zeros (so no "-0"), fits a signed 64-bit integer."""
-    cdef Py_ssize_t i = 0
-    cdef bint negative = False
-    cdef unsigned long long v
-    if n == 0 or n > MAX_NUMBER_LEN:
-        return False
-    if n == 1 and s[0] == b'0':
-        out[0] = 0
-        return True
-    if s[0] == b'-':
-        negative = True
-        i = 1
-        if n == 1:
-            return False
-    if not (b'1' <= s[i] <= b'9'):
-        return False
-    v = s[i] - 48
-    i += 1
-    while i < n:
-        if not (b'0' <= s[i] <= b'9'):
-            return False
-        if v > 18446744073709551615ULL // 10:
-            return False
-        v *= 10
-        if v > 18446744073709551615ULL - <unsigned long long>(s[i] - 48):
-            return False
-        v += s[i] - 48
-        i += 1
-    if negative:
-        if v > 9223372036854775808ULL:
-            return False
-        out[0] = <long long>(0ULL - v)
-    else:
-        if v > 9223372036854775807ULL:
-            return False
-        out[0] = <long long>v
-    return True
 
 
 cdef object _split_inline(const unsigned char *s, Py_ssize_t n):

@@ -131,14 +131,9 @@ class PeerTransport:
             raise ValueError(f"message from {msg.frm} sent by node {self.node_id}: {msg!r}")
         peer = self._peers.get(msg.to)
         if peer is not None and peer.writable:
-            frame = encode_message(msg)
-            try:
-                peer.proto.transport.write(frame)
-            except RuntimeError:
-                return self._closed_under_us(peer, 1)
-            self.frames_sent += 1
-            self.bytes_sent += len(frame)
-            return True
+            # Encoded only once the peer can take it: a dropped message
+            # (say a large append under back-pressure) costs no encoding.
+            return self._write(peer, encode_message(msg))
         self._drop(msg.to, peer, 1)
         return False
 
@@ -146,15 +141,20 @@ class PeerTransport:
         """Send an already encoded frame (one AppendEntries, many followers)."""
         peer = self._peers.get(to)
         if peer is not None and peer.writable:
-            try:
-                peer.proto.transport.write(frame)
-            except RuntimeError:
-                return self._closed_under_us(peer, 1)
-            self.frames_sent += 1
-            self.bytes_sent += len(frame)
-            return True
+            return self._write(peer, frame)
         self._drop(to, peer, 1)
         return False
+
+    def _write(self, peer, frame):
+        """Write one frame to a writable peer and count it; False when the
+        transport turned out to be closed."""
+        try:
+            peer.proto.transport.write(frame)
+        except RuntimeError:
+            return self._closed_under_us(peer, 1)
+        self.frames_sent += 1
+        self.bytes_sent += len(frame)
+        return True
 
     def send_many(self, msgs):
         """Send a batch with one writelines per peer; returns how many were sent."""
