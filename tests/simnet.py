@@ -130,6 +130,7 @@ class SimNet:
         self.cut = set()  # (from, to) pairs that drop everything
         self.leaders = {}  # term -> leader id, ever seen
         self.committed = entry_log_cls(1)  # every entry known committed, in order
+        self.created = {}  # (term, index) -> payload proposed there
         self.commit_terms = []  # (index, term in which it was first seen committed)
         self.proposed = 0
         self.trace = []
@@ -208,6 +209,12 @@ class SimNet:
         except NotLeader:
             return False
         self.trace.append(f"propose {node.id} [{first},{last}]")
+        # Log matching at its root: (term, index) names one entry, ever.
+        for i, p in enumerate(payloads):
+            key = (node.raft.term, first + i)
+            seen = self.created.setdefault(key, p)
+            if seen != p:
+                self.fail(f"two different entries created at term {key[0]} index {key[1]}")
         node.process()
         return True
 
@@ -226,7 +233,14 @@ class SimNet:
             k = self.rng.randrange(1, 4)
             self.propose([f"{self.seed}:{self.proposed}:{j}".encode() for j in range(k)])
         elif r < 0.90 + self.p_crash:
-            node = self.nodes[self.rng.choice(self.ids)]
+            # Half the crashes hit the worst moment on purpose: a leader with
+            # writes not yet durable (power lost before its fsync).
+            exposed = [n for n in self.nodes.values()
+                       if n.raft.role == LEADER and n.storage.durable < len(n.storage.records)]
+            if exposed and self.rng.random() < 0.5:
+                node = self.rng.choice(exposed)
+            else:
+                node = self.nodes[self.rng.choice(self.ids)]
             self.trace.append(f"crash {node.id}")
             self.crash(node)
         elif r < 0.90 + self.p_crash + self.p_partition:

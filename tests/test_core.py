@@ -252,3 +252,30 @@ def test_restart_recovers_term_vote_and_log():
     net.crash(victim)
     assert (victim.raft.term, victim.raft.vote, victim.raft.log.last_index) == before
     assert run_until(net, lambda: victim.applied == net.committed.last_index)
+
+
+def test_vote_requests_leave_only_after_the_new_term_is_durable():
+    r = new_raft(node_id=1)
+    r.campaign()
+    rd = r.ready()
+    assert rd.hard_state == HardState(1, 1, 0)
+    assert not [m for m in rd.messages if m.type == MSG_VOTE]
+    assert sorted(m.to for m in rd.persist_messages if m.type == MSG_VOTE) == [2, 3]
+
+
+def test_a_leader_that_lost_its_unsynced_term_cannot_win_it_again():
+    """Regression (found in review): A wins term 1 on B's and C's votes,
+    replicates P1 to B, loses power before its own fsync and comes back in
+    term 0.  Had its vote requests left before its term was durable, it
+    could win term 1 again and commit P2 at the index where B holds P1."""
+    net = quiet_net(3, seed=1)
+    a, b, c = (net.nodes[i] for i in (1, 2, 3))
+    a.raft.campaign()
+    a.process()
+    # Nothing can reach the voters before A's own fsync.
+    assert not [m for m in net.inflight if m.type == MSG_VOTE]
+    a.sync()
+    assert sorted(m.to for m in net.inflight if m.type == MSG_VOTE) == [2, 3]
+    assert a.storage.durable == len(a.storage.records)  # term 1 is on A's disk now
+    net.crash(a)
+    assert a.raft.term == 1 and a.raft.vote == 1  # it remembers term 1 and its vote

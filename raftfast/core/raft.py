@@ -198,13 +198,16 @@ class Raft:
     def campaign(self):
         self.become_candidate()
         last_index, last_term = self.log.last_index, self.log.last_term()
-        # Our own vote counts only once it is durable: it comes back to us
-        # as a response released after the fsync.
+        # The new term and our vote for ourselves must be durable before
+        # anyone can grant us this term: a candidate that won, lost power
+        # and came back one term lower could otherwise win the same term a
+        # second time with a different log.  So the requests, like our own
+        # vote, leave only after the fsync.
         self._send_after_persist(Message(MSG_VOTE_RESP, to=self.id, frm=self.id, term=self.term))
         for peer in self.voters:
             if peer != self.id:
-                self._send(Message(MSG_VOTE, to=peer, term=self.term,
-                                   index=last_index, log_term=last_term))
+                self._send_after_persist(Message(MSG_VOTE, to=peer, term=self.term,
+                                                 index=last_index, log_term=last_term))
 
     def propose(self, block):
         """Append a block of entries (built with term 0) to the leader's log.
