@@ -333,6 +333,13 @@ cdef class FrameDecoder:
         self._chunks = []
         self.max_frame_size = DEFAULT_MAX_FRAME
 
+    def set_max_frame_size(self, max_frame_size):
+        """Change the limit for frames not yet started (a connection admits
+        large frames only once its handshake has been accepted)."""
+        if max_frame_size < 1:
+            raise ValueError(f"max_frame_size={max_frame_size} must be positive")
+        self.max_frame_size = min(max_frame_size, _U32_MAX)
+
     def __init__(self, max_frame_size=DEFAULT_MAX_FRAME):
         if max_frame_size < 1:
             raise ValueError(f"max_frame_size={max_frame_size} must be positive")

@@ -115,7 +115,11 @@ class RaftDriver:
         """A message from a peer (the transport's callback)."""
         if self._stopped:
             return
-        self.core.step(msg)
+        try:
+            self.core.step(msg)
+        except Exception as e:
+            self._internal_error(e)
+            return
         self.schedule()
 
     # --------------------------------------------------------- proposals
@@ -173,19 +177,21 @@ class RaftDriver:
         except OSError as e:
             self._fatal(f"storage write failed: {e}")
             return
+        except Exception as e:
+            # Half a Ready was carried out; going on could apply it twice.
+            self._internal_error(e)
+            return
         if self._was_leader and core.role != LEADER:
             # Deposed: whatever is pending may or may not commit under the
             # next leader.  Say so rather than guess.
             self._fail_waiters("TIMEOUT outcome unknown")
         self._was_leader = core.role == LEADER
         if not self.fsync:
-            # --fsync never: written is as durable as it will get.
-            self.synced = self.written
-            self._release()
-        elif self.written > self.synced and not self.syncing:
+            self.synced = self.written  # --fsync never: as durable as it gets
+        if self.held and self.held[0][0] <= self.synced:
+            self._release()  # already durable: do not make it wait for the next fsync
+        if self.written > self.synced and not self.syncing and not self._stopped:
             self._start_sync()
-        elif self.held and self.held[0][0] <= self.synced:
-            self._release()
 
     def _send(self, msgs):
         send = self.transport.send
@@ -217,12 +223,16 @@ class RaftDriver:
         now durable."""
         held, core, me = self.held, self.core, self.core.id
         out = []
-        while held and held[0][0] <= self.synced:
-            for m in held.popleft()[1]:
-                if m.to == me:
-                    core.step(m)
-                else:
-                    out.append(m)
+        try:
+            while held and held[0][0] <= self.synced:
+                for m in held.popleft()[1]:
+                    if m.to == me:
+                        core.step(m)
+                    else:
+                        out.append(m)
+        except Exception as e:
+            self._internal_error(e)
+            return
         if out:
             self._send(out)
         if core.has_ready():
@@ -239,9 +249,12 @@ class RaftDriver:
         while waiters and waiters[0].first <= last:
             w = waiters[0]
             if w.last < first:
-                waiters.popleft()  # applied in an earlier pass we missed; cannot happen
+                # Its entries were applied without it being matched; it
+                # cannot happen, but a client must never wait forever.
+                waiters.popleft()
+                w.callback("TIMEOUT outcome unknown")
                 continue
-            if term_of(w.first) != w.term:
+            if term_of(w.first) != w.term or term_of(min(w.last, last)) != w.term:
                 # Another leader's entry took this index: ours never committed.
                 waiters.popleft()
                 w.callback("TIMEOUT outcome unknown")
@@ -254,14 +267,13 @@ class RaftDriver:
             waiters.popleft()
             w.callback(w.results)
 
+    def _internal_error(self, e):
+        log.critical("internal error, stopping this node", exc_info=e)
+        self._fatal(f"internal error: {e!r}")
+
     def _fatal(self, why):
         if not self._stopped:
             log.critical("%s; stopping (a failed write is never retried)", why)
             self._stopped = True
             self.on_fatal(why)
 
-    # ------------------------------------------------------------ status
-
-    def info(self):
-        st = self.core.status()
-        return st

@@ -47,19 +47,23 @@ class Node:
         self.transport = PeerTransport(
             loop, cfg.node_id, cfg.cluster_id, self._on_peer_message, dict(cfg.peers),
             cfg.max_frame_bytes, logging.getLogger("raftfast.transport"),
-            client_url=cfg.client_advertised())
+            client_url=cfg.client_advertised(),
+            # A full pipelining window must fit in the socket's buffer, or
+            # the transport would drop appends that flow control allowed.
+            write_buffer_limit=max(4 << 20, 2 * cfg.max_inflight_bytes))
         self.driver = RaftDriver(loop, cfg, self.storage, self.kv, self.transport,
                                  self.members, self._on_fatal, tick_ms(cfg))
         self.resp = RespServer(loop, cfg, self.driver, self.info_fields)
         self.resp.leader_client_url = self.client_url_of
         try:
-            await self.transport.start(cfg.listen)
-            await self.resp.start(cfg.client)
+            listen = await self.transport.start(cfg.listen)
+            client = await self.resp.start(cfg.client)
         except (OSError, AddressError) as e:
             log.error("cannot start: %s", e)
             await self._shutdown()
             return 1
-        print(f"ready id={cfg.node_id} listen={cfg.listen} client={cfg.client}", flush=True)
+        # The addresses actually bound (a port 0 resolved).
+        print(f"ready id={cfg.node_id} listen={listen} client={client}", flush=True)
         self.driver.start()
         await self._stop.wait()
         await self._shutdown()
@@ -111,9 +115,9 @@ def main(argv=None):
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), stream=sys.stderr,
                         format=f"%(asctime)s node{cfg.node_id} %(levelname)s %(name)s: %(message)s")
     if cfg.join:
-        print("error: --join needs membership changes, which this version does not have yet",
-              file=sys.stderr)
-        return 2
+        print("error: refusing to start: --join needs membership changes, which this "
+              "version does not have yet", file=sys.stderr)
+        return 1
     try:
         storage = Storage.open(cfg.data_dir, cfg.node_id, cfg.cluster_id,
                                fsync=cfg.fsync == "always")

@@ -17,8 +17,8 @@ import os
 from . import __version__
 from ._kv import OPCODES, OP_GET, OP_MGET, OP_EXISTS, OP_SET, OP_DEL, OP_APPEND, OP_INCR, encode_commands
 from ._resp import OK, PONG, ErrorReply, RespParser, SimpleString, encode_replies
-from .address import parse_address, set_nodelay
-from .core import NotLeader
+from .address import create_server, parse_address, set_nodelay
+from .core import NotLeader, ProposalDropped
 
 log = logging.getLogger("raftfast.client")
 
@@ -34,10 +34,14 @@ _ARITY = {
 
 
 class Slot:
-    __slots__ = ("value",)
+    """One reply, in arrival order.  It keeps the protocol in force when its
+    command ran: a HELLO later in the same pipeline must not change it."""
 
-    def __init__(self, value=PENDING):
+    __slots__ = ("value", "resp3")
+
+    def __init__(self, resp3, value=PENDING):
         self.value = value
+        self.resp3 = resp3
 
 
 class Batcher:
@@ -98,6 +102,14 @@ class Batcher:
             # Leadership moved between the check and the flush: nothing was
             # proposed, so the redirect is the honest answer.
             done(str(self.server.redirect_error()))
+        except ProposalDropped:
+            done("TRYAGAIN too many uncommitted commands; the leader may have lost its quorum")
+
+    def cancel(self):
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.ops, self.slots, self.nbytes = [], [], 0
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -119,6 +131,14 @@ class ClientProtocol(asyncio.Protocol):
         set_nodelay(transport)
         self.server.connections.add(self)
 
+    # A client that sends without reading must not grow our buffers without
+    # bound: stop reading it while its replies cannot be written.
+    def pause_writing(self):
+        self.transport.pause_reading()
+
+    def resume_writing(self):
+        self.transport.resume_reading()
+
     def connection_lost(self, exc):
         self.server.connections.discard(self)
         self.closing = True
@@ -134,22 +154,35 @@ class ClientProtocol(asyncio.Protocol):
             if self.closing:
                 break
         if parser.error is not None and not self.closing:
-            self.replies.append(Slot(ErrorReply(f"ERR {parser.error}")))
+            self.reply(ErrorReply(f"ERR {parser.error}"))
             self.closing = True
         self.flush()
 
     def reply(self, value):
-        self.replies.append(Slot(value))
+        self.replies.append(Slot(self.resp3, value))
+
+    def pending(self):
+        slot = Slot(self.resp3)
+        self.replies.append(slot)
+        return slot
 
     def flush(self):
         replies = self.replies
         if not replies or replies[0].value is PENDING:
             return
-        out = []
+        chunks = []
         while replies and replies[0].value is not PENDING:
-            out.append(replies.popleft().value)
+            # Consecutive replies of one protocol are encoded in one call.
+            resp3 = replies[0].resp3
+            run = []
+            while replies and replies[0].value is not PENDING and replies[0].resp3 == resp3:
+                run.append(replies.popleft().value)
+            chunks.append(encode_replies(run, resp3))
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_replies(out, self.resp3))
+            if len(chunks) == 1:
+                self.transport.write(chunks[0])
+            else:
+                self.transport.writelines(chunks)
             if self.closing and not replies:
                 self.transport.close()
 
@@ -164,14 +197,23 @@ class RespServer:
         self.batcher = Batcher(loop, self, driver, cfg.max_batch_entries, cfg.max_batch_bytes,
                                cfg.batch_linger_us)
         self.leader_client_url = None  # callable(leader_id) -> advertised URL or None
+        # Room for the frame and message headers around one entry.
+        self.max_command_bytes = min(MAX_VALUE_BYTES, cfg.max_frame_bytes - (64 << 10))
         self._server = None
+        self._unix_path = None
 
     async def start(self, url):
-        from .address import create_server
-        self._server = await create_server(self.loop, url, lambda: ClientProtocol(self))
-        return self._server
+        """Listen for clients; returns the URL actually bound (port 0 resolved)."""
+        addr = parse_address(url)
+        self._server = await create_server(self.loop, addr, lambda: ClientProtocol(self))
+        if addr.scheme == "unix":
+            self._unix_path = (addr.path, os.stat(addr.path).st_ino)
+            return str(addr)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"tcp://{addr.host if ':' not in addr.host else '[' + addr.host + ']'}:{port}"
 
     async def close(self):
+        self.batcher.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -179,6 +221,15 @@ class RespServer:
                 conn.transport.close()
         if self._server is not None:
             await self._server.wait_closed()
+        if self._unix_path is not None:
+            # Remove our own socket file (not one another process put there since).
+            path, ino = self._unix_path
+            try:
+                if os.stat(path).st_ino == ino:
+                    os.unlink(path)
+            except OSError:
+                pass
+            self._unix_path = None
 
     # ------------------------------------------------------------ routing
 
@@ -215,15 +266,15 @@ class RespServer:
             else:
                 conn.reply(ErrorReply(f"ERR wrong number of arguments for '{name.decode()}' command"))
             return
-        if op in (OP_SET, OP_APPEND) and len(args[1]) > MAX_VALUE_BYTES:
+        # Every entry must fit in one peer frame, whatever its shape (one
+        # huge value, or many large keys).
+        if sum(map(len, args)) + 8 * len(args) > self.max_command_bytes:
             conn.reply(ErrorReply("ERR string exceeds maximum allowed size (proto-max-bulk-len)"))
             return
         if not self.driver.is_leader:
             conn.reply(self.redirect_error())
             return
-        slot = Slot()
-        conn.replies.append(slot)
-        self.batcher.add(conn, slot, op, [bytes(a) for a in args])
+        self.batcher.add(conn, conn.pending(), op, [bytes(a) for a in args])
 
     # ------------------------------------------------------------- INFO
 
@@ -302,7 +353,7 @@ def _hello(server, conn, cmd):
                 conn.reply(ErrorReply(f"ERR Syntax error in HELLO option '{_printable(rest[0])}'"))
                 return
     if proto is not None:
-        conn.resp3 = proto == 3
+        conn.resp3 = proto == 3  # the HELLO reply itself is in the new protocol
     conn.reply({
         "server": "redis", "version": "7.2.0", "proto": 3 if conn.resp3 else 2,
         "id": conn.id, "mode": "standalone",

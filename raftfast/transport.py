@@ -31,6 +31,9 @@ BACKOFF_MAX = 2.0
 # before its handshake.  Generous: a peer under load may be slow to answer.
 HANDSHAKE_TIMEOUT = 5.0
 WRITE_BUFFER_LIMIT = 4 << 20
+# Before its handshake is accepted a connection may send only small frames:
+# a stranger must not make us buffer a 64 MiB "handshake".
+HANDSHAKE_MAX_FRAME = 160 << 10  # room for a cluster id and a 64 KiB client URL
 
 
 class _Peer:
@@ -332,7 +335,7 @@ class _OutboundProtocol(asyncio.Protocol):
         self.owner = owner
         self.peer = peer
         self.transport = None
-        self.decoder = FrameDecoder(owner.max_frame_size)
+        self.decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)  # it only ever reads the ack
         self.acked = False
         self.paused = False
         self.timer = None
@@ -402,7 +405,7 @@ class _InboundProtocol(asyncio.Protocol):
     def __init__(self, owner):
         self.owner = owner
         self.transport = None
-        self.decoder = FrameDecoder(owner.max_frame_size)
+        self.decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
         self.peer_id = 0
         self.timer = None
         self.who = "?"
@@ -475,6 +478,7 @@ class _InboundProtocol(asyncio.Protocol):
             return False
         self.timer.cancel()
         self.peer_id = hs.node_id
+        self.decoder.set_max_frame_size(owner.max_frame_size)
         owner._learn_client_url(hs.node_id, hs.client_url)
         self.transport.write(encode_handshake_ack(owner.cluster_id, owner.node_id, version,
                                                   owner.client_url))

@@ -147,7 +147,7 @@ class NodeProc:
 
 class Cluster:
     def __init__(self, root, n=3, transport="unix", fsync="always", heartbeat_ms=50,
-                 election_ms=500):
+                 election_ms=500, extra_args=()):
         self.root = root
         self.ids = list(range(1, n + 1))
         self.transport = transport
@@ -157,7 +157,7 @@ class Cluster:
         ports = free_ports(2 * n)
         self.client_ports = dict(zip(self.ids, ports[:n]))
         self.peer_ports = dict(zip(self.ids, ports[n:]))
-        self.nodes = {i: NodeProc(self, i) for i in self.ids}
+        self.nodes = {i: NodeProc(self, i, extra_args) for i in self.ids}
 
     def peer_url(self, i):
         if self.transport == "unix":

@@ -279,3 +279,17 @@ def test_a_leader_that_lost_its_unsynced_term_cannot_win_it_again():
     assert a.storage.durable == len(a.storage.records)  # term 1 is on A's disk now
     net.crash(a)
     assert a.raft.term == 1 and a.raft.vote == 1  # it remembers term 1 and its vote
+
+
+def test_a_leader_without_commits_stops_taking_proposals_at_its_cap():
+    from raftfast.core import ProposalDropped
+    log = EntryLog(1)
+    r = Raft(CoreConfig(1, (1, 2, 3), max_uncommitted_entries=5, seed=1), log)
+    r.campaign()
+    r.votes = {1: True, 2: True}
+    r.become_leader()  # the noop is entry 1, uncommitted
+    for _ in range(4):
+        r.propose(make_block([b"x"]))
+    with pytest.raises(ProposalDropped):
+        r.propose(make_block([b"y"]))
+    assert r.log.last_index == 5

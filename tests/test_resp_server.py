@@ -151,3 +151,34 @@ def test_an_unparseable_stream_is_answered_and_closed(conn, node):
     other.send(req(b"GET", b"before"))
     other.expect(b"$1\r\n1\r\n")
     other.close()
+
+
+def test_a_hello_later_in_the_pipeline_does_not_change_earlier_replies(conn):
+    conn.send(req(b"HELLO", b"3") + req(b"GET", b"no-such-key") + req(b"HELLO", b"2")
+              + req(b"GET", b"no-such-key"))
+    data = read_until(conn, b"$-1\r\n")
+    assert data.startswith(b"%7\r\n")            # HELLO 3 answered in RESP3
+    assert b"\r\n_\r\n*14\r\n" in data           # RESP3 null, then HELLO 2's RESP2 array
+
+
+def test_a_command_too_large_for_one_frame_is_refused_and_nothing_stalls(tmp_path):
+    from harness import Cluster
+    import tempfile, shutil
+    root = tempfile.mkdtemp(prefix="rf")
+    c = Cluster(root, n=3, extra_args=["--max-frame-bytes", "200000", "--max-batch-bytes", "100000"])
+    try:
+        c.start()
+        leader = c.nodes[c.wait_leader()]
+        s = Conn(leader.client_port)
+        s.send(req(b"SET", b"big", b"x" * 150000))
+        s.expect(b"-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n")
+        s.send(req(b"DEL", b"a" * 60000, b"b" * 60000, b"c" * 60000))
+        s.expect(b"-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n")
+        s.send(req(b"SET", b"small", b"y" * 100000))  # fits: accepted and replicated
+        s.expect(b"+OK\r\n")
+        s.send(req(b"SET", b"after", b"1"))
+        s.expect(b"+OK\r\n")
+        s.close()
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -455,3 +455,15 @@ def test_send_rejects_a_foreign_sender_id():
             a.t.send(Message(MSG_HEARTBEAT, to=2, frm=5))
         await a.t.close()
     run(main())
+
+
+def test_a_huge_frame_before_the_handshake_is_refused_from_its_header(tmp_path, caplog):
+    def client(url):
+        with raw_client(url) as s:
+            # A header announcing a 1 MiB handshake: refused before any body
+            # is buffered (after the handshake, 1 MiB frames are fine here).
+            s.sendall(struct.pack("<IBBHI", 1 << 20, 1, 1, 0, 0))
+            return read_until_closed(s)
+    data, got, warnings = run_raw(tmp_path, caplog, client)
+    assert data == b""
+    assert any("exceeds the limit" in w for w in warnings), warnings

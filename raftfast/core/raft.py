@@ -43,16 +43,21 @@ class NotLeader(Exception):
         self.leader_id = leader_id
 
 
+class ProposalDropped(Exception):
+    """The leader holds too many uncommitted entries to take more (it may
+    have lost its quorum); nothing was proposed."""
+
+
 class CoreConfig:
     """The knobs the protocol itself needs (the runtime's Config maps onto it)."""
 
     __slots__ = ("id", "voters", "learners", "election_ticks", "heartbeat_ticks",
                  "max_msg_bytes", "max_inflight", "max_inflight_bytes",
-                 "max_apply_bytes", "seed")
+                 "max_apply_bytes", "max_uncommitted_entries", "seed")
 
     def __init__(self, id, voters, learners=(), election_ticks=10, heartbeat_ticks=1,
                  max_msg_bytes=1 << 20, max_inflight=64, max_inflight_bytes=0,
-                 max_apply_bytes=64 << 20, seed=None):
+                 max_apply_bytes=64 << 20, max_uncommitted_entries=1 << 20, seed=None):
         if heartbeat_ticks <= 0 or election_ticks <= heartbeat_ticks:
             raise ValueError("need 0 < heartbeat_ticks < election_ticks")
         self.id = id
@@ -64,6 +69,9 @@ class CoreConfig:
         self.max_inflight = max_inflight
         self.max_inflight_bytes = max_inflight_bytes
         self.max_apply_bytes = max_apply_bytes
+        # Bounds a leader's memory when commits stop (etcd's
+        # MaxUncommittedEntriesSize, in entries).
+        self.max_uncommitted_entries = max_uncommitted_entries
         self.seed = seed
 
 
@@ -214,6 +222,9 @@ class Raft:
         Returns (first_index, last_index).  Raises NotLeader elsewhere."""
         if self.role != LEADER:
             raise NotLeader(self.leader_id)
+        if self.log.last_index - self.log.committed >= self.cfg.max_uncommitted_entries:
+            raise ProposalDropped(f"{self.log.last_index - self.log.committed} entries "
+                                  f"are not yet committed")
         first, last = self.log.append_proposal(block, self.term)
         self._broadcast_append()
         return first, last
