@@ -23,7 +23,9 @@ import logging
 import random
 import time
 
+from ._codec import encode_message
 from .core import LEADER, CoreConfig, NotLeader, Raft
+from .messages import MSG_APPEND
 
 log = logging.getLogger("raftfast.driver")
 
@@ -80,8 +82,13 @@ class RaftDriver:
         self._stopped = False
         self._was_leader = False
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
-        self.applied_entries = 0  # counters for INFO and benchmarks
+        # Counters for INFO stats and the benchmarks.
+        self.applied_entries = 0
         self.fsyncs = 0
+        self.appends_sent = 0
+        self.entries_sent = 0
+        self.append_frames_encoded = 0
+        self.entries_written = 0
 
     # ------------------------------------------------------------ running
 
@@ -164,6 +171,7 @@ class RaftDriver:
                 if rd.entries or rd.hard_state is not None:
                     for first, block, count in rd.entries:
                         self.storage.append(first, block, count)
+                        self.entries_written += count
                     if rd.hard_state is not None:
                         self.storage.save_hard_state(rd.hard_state)
                     self.written += 1
@@ -194,9 +202,23 @@ class RaftDriver:
             self._start_sync()
 
     def _send(self, msgs):
-        send = self.transport.send
+        transport = self.transport
+        frames = {}  # one encoding per distinct AppendEntries (encode once, send to many)
         for m in msgs:
-            if not send(m):
+            if m.type == MSG_APPEND and m.entries is not None:
+                self.appends_sent += 1
+                self.entries_sent += m.count
+                key = (id(m.entries), m.term, m.index, m.log_term, m.commit)
+                frame = frames.get(key)
+                if frame is None:
+                    frame = frames[key] = encode_message(m)
+                    self.append_frames_encoded += 1
+                ok = transport.send_frame(m.to, frame)
+            else:
+                if m.type == MSG_APPEND:
+                    self.appends_sent += 1
+                ok = transport.send(m)
+            if not ok:
                 self.core.report_unreachable(m.to)
 
     def _start_sync(self):

@@ -13,6 +13,8 @@ import collections
 import itertools
 import logging
 import os
+import resource
+import time
 
 from . import __version__
 from ._kv import OPCODES, OP_GET, OP_MGET, OP_EXISTS, OP_SET, OP_DEL, OP_APPEND, OP_INCR, encode_commands
@@ -59,6 +61,8 @@ class Batcher:
         self.slots = []
         self.nbytes = 0
         self._handle = None
+        self.proposals = 0
+        self.entries_proposed = 0
 
     def add(self, conn, slot, opcode, args):
         self.ops.append((opcode, args))
@@ -98,6 +102,8 @@ class Batcher:
 
         try:
             self.driver.propose(block, len(ops), done)
+            self.proposals += 1
+            self.entries_proposed += len(ops)
         except NotLeader:
             # Leadership moved between the check and the flush: nothing was
             # proposed, so the redirect is the honest answer.
@@ -278,6 +284,21 @@ class RespServer:
 
     # ------------------------------------------------------------- INFO
 
+    def stats(self):
+        """Counters for benchmarks: how well batching and encode-once work."""
+        d = self.driver
+        return {
+            "raftfast_appends_sent": d.appends_sent,
+            "raftfast_entries_sent": d.entries_sent,
+            "raftfast_append_frames_encoded": d.append_frames_encoded,
+            "raftfast_fsyncs": d.fsyncs,
+            "raftfast_entries_written": d.entries_written,
+            "raftfast_entries_applied": d.applied_entries,
+            "raftfast_proposals": self.batcher.proposals,
+            "raftfast_entries_proposed": self.batcher.entries_proposed,
+            "raftfast_cpu_seconds": f"{_cpu_seconds():.3f}",
+        }
+
     def info_text(self, section):
         fields = self.node_info()
         raft = "# Raft\r\n" + "".join(f"{k}:{v}\r\n" for k, v in fields.items())
@@ -291,10 +312,13 @@ class RespServer:
         repl = ("# Replication\r\nrole:"
                 + ("master" if self.driver.is_leader else "slave") + "\r\n")
         keyspace = f"# Keyspace\r\ndb0:keys={len(self.driver.kv)},expires=0,avg_ttl=0\r\n"
+        stats = "# Stats\r\n" + "".join(f"{k}:{v}\r\n" for k, v in self.stats().items())
         if section in ("", "all", "default", "everything"):
-            return "\r\n".join((server, clients, repl, keyspace, raft))
+            return "\r\n".join((server, clients, repl, keyspace, stats, raft))
         if section == "keyspace":
             return keyspace
+        if section == "stats":
+            return stats
         if section == "server":
             return server
         if section == "clients":
@@ -302,6 +326,11 @@ class RespServer:
         if section == "replication":
             return repl
         return ""
+
+
+def _cpu_seconds():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _printable(b):
@@ -423,8 +452,65 @@ def _info(server, conn, cmd):
     conn.reply(server.info_text(section).encode())
 
 
+def _bench(server, conn, cmd):
+    """RAFTFAST.BENCH seconds batch_entries value_size window: the leader
+    proposes blocks of SET entries itself (no client parsing), keeping
+    `window` blocks uncommitted, and answers [entries committed,
+    elapsed microseconds, fsyncs] - the replication core's own speed."""
+    try:
+        seconds, batch, size, window = (float(cmd[1]), int(cmd[2]), int(cmd[3]), int(cmd[4]))
+        if len(cmd) != 5 or not (0 < seconds <= 3600 and 0 < batch <= 1 << 16
+                                 and 0 <= size <= 1 << 20 and 0 < window <= 1024):
+            raise ValueError
+    except (ValueError, IndexError):
+        conn.reply(ErrorReply("ERR usage: RAFTFAST.BENCH seconds batch_entries value_size window"))
+        return
+    if not server.driver.is_leader:
+        conn.reply(server.redirect_error())
+        return
+    value = b"v" * size
+    block = encode_commands([(OP_SET, [b"bench:%d" % (i % 1024), value]) for i in range(batch)])
+    slot = conn.pending()
+    driver, loop = server.driver, server.loop
+    state = {"committed": 0, "inflight": 0, "failed": None, "fsyncs": driver.fsyncs}
+    start = time.monotonic()
+    deadline = start + seconds
+
+    def finish():
+        if state["failed"]:
+            slot.value = ErrorReply(state["failed"])
+        else:
+            slot.value = [state["committed"], int((time.monotonic() - start) * 1e6),
+                          driver.fsyncs - state["fsyncs"]]
+        conn.flush()
+
+    def done(result):
+        state["inflight"] -= 1
+        if isinstance(result, str):
+            state["failed"] = state["failed"] or result
+        else:
+            state["committed"] += batch
+        if state["failed"] is None and time.monotonic() < deadline:
+            loop.call_soon(top_up)
+        elif state["inflight"] == 0:
+            finish()
+
+    def top_up():
+        while state["inflight"] < window and state["failed"] is None:
+            try:
+                driver.propose(block, batch, done)
+            except (NotLeader, ProposalDropped) as e:
+                state["failed"] = f"TIMEOUT bench stopped: {e}"
+                break
+            state["inflight"] += 1
+        if state["inflight"] == 0:
+            finish()
+
+    top_up()
+
+
 _LOCAL = {
     b"ping": _ping, b"echo": _echo, b"hello": _hello, b"client": _client,
     b"command": _command, b"config": _config, b"select": _select, b"quit": _quit,
-    b"info": _info,
+    b"info": _info, b"raftfast.bench": _bench,
 }

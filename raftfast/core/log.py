@@ -17,7 +17,7 @@ class LogPanic(AssertionError):
 
 class RaftLog:
     __slots__ = ("entries", "snap_index", "snap_term", "committed", "applied",
-                 "written", "persisted")
+                 "written", "persisted", "_slice_key", "_slice_val")
 
     def __init__(self, entries, snap_index=0, snap_term=0, committed=0):
         # `entries` begins at snap_index + 1 and was recovered from storage,
@@ -33,6 +33,10 @@ class RaftLog:
         self.applied = snap_index
         self.written = last
         self.persisted = last
+        # The last slice handed out, so that followers at the same point get
+        # the very same block object (and the runtime encodes it once).
+        self._slice_key = None
+        self._slice_val = None
 
     @property
     def last_index(self):
@@ -77,6 +81,7 @@ class RaftLog:
                 if conflict <= self.committed:
                     raise LogPanic(f"entry {conflict} conflicts with committed "
                                    f"entry (committed={self.committed})")
+                self._slice_key = None
                 self.entries.append(conflict, memoryview(block)[offset:])
                 if conflict <= self.written:
                     self.written = conflict - 1
@@ -120,4 +125,12 @@ class RaftLog:
         return lo, block, count
 
     def slice(self, lo, hi, max_bytes=0):
-        return self.entries.slice(lo, hi, max_bytes)
+        # Entries at or below last_index never change without a truncation,
+        # and a truncation resets the cache; so (lo, hi, max_bytes) names
+        # the same bytes until then.
+        key = (lo, hi, max_bytes)
+        if key == self._slice_key:
+            return self._slice_val
+        val = self.entries.slice(lo, hi, max_bytes)
+        self._slice_key, self._slice_val = key, val
+        return val
