@@ -363,6 +363,90 @@ class StatusLine:
                 f"commit {commit}{rate}")
 
 
+# ---- a cluster as an object ---------------------------------------------------------
+
+class ClusterError(RuntimeError):
+    """The cluster did not come up; the message carries the nodes' last lines."""
+
+
+class LocalCluster:
+    """The launcher's machinery without its command: start the nodes of a
+    planned cluster, wait for a leader, stop them.  For the benchmarks and
+    tests:
+
+        async with LocalCluster(ns) as c:   # ns as build_parser() makes it
+            url = c.client_url(c.leader_id)
+
+    Without ns.data_dir a fresh temporary directory is used and removed on
+    stop.  Raises ConfigError (bad settings) or ClusterError (a node exited,
+    or no leader within leader_wait seconds; the nodes are stopped first).
+    """
+
+    def __init__(self, ns, leader_wait=LEADER_WAIT):
+        self.ns = ns
+        self.leader_wait = leader_wait
+        self.temp = getattr(ns, "data_dir", None) is None
+        # Short and under /tmp: unix socket paths are limited to 107 bytes.
+        self.data_dir = (tempfile.mkdtemp(prefix="rf-", dir="/tmp" if os.path.isdir("/tmp")
+                                          else None)
+                         if self.temp else os.path.abspath(ns.data_dir))
+        self.nodes = []
+        self.leader_id = None
+
+    async def __aenter__(self):
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.stop()
+
+    @property
+    def pids(self):
+        return {n.id: n.proc.pid for n in self.nodes}
+
+    def client_url(self, node_id):
+        return next(n.spec.client for n in self.nodes if n.id == node_id)
+
+    async def start(self):
+        try:
+            specs = plan(self.ns, self.data_dir)
+            os.makedirs(self.data_dir, exist_ok=True)
+            for spec in specs:
+                self.nodes.append(await spawn(spec, os.path.join(self.data_dir,
+                                                                 f"node{spec.id}.log")))
+            await self.wait_leader(self.leader_wait)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def wait_leader(self, timeout=LEADER_WAIT):
+        """The leader's id once every node is ready and one leads."""
+        deadline = time.monotonic() + timeout
+        while True:
+            dead = [n for n in self.nodes if n.proc.returncode is not None]
+            if dead:
+                raise ClusterError("\n".join(
+                    f"node {n.id} (pid {n.proc.pid}) exited with code {n.proc.returncode}; "
+                    f"its last lines:\n{n.last_lines()}" for n in dead))
+            if all(n.ready.done() for n in self.nodes):
+                self.leader_id = find_leader(await poll_all(self.nodes))
+                if self.leader_id is not None:
+                    return self.leader_id
+            if time.monotonic() > deadline:
+                raise ClusterError(f"no leader after {timeout:g} s; the nodes' last lines:\n"
+                                   + "\n".join(n.last_lines() for n in self.nodes))
+            await asyncio.sleep(0.05)
+
+    async def stop(self):
+        nodes, self.nodes = self.nodes, []
+        try:
+            await stop_all(nodes)
+        finally:
+            if self.temp:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
 # ---- the command ---------------------------------------------------------------
 
 class Launcher:

@@ -1,0 +1,138 @@
+"""Server-side figures of a benchmark run, from the nodes' INFO before and after.
+
+Each node reports running totals in `INFO stats` (and its raft_* fields in
+`INFO raft`); a run's figures come from the differences, summed over the
+nodes:
+
+- entries per AppendEntries = entries sent / AppendEntries messages sent
+- entries per fsync         = entries written to the log stores / fsyncs
+- CPU s per million entries = CPU seconds of every node process / (entries
+  committed / 1e6), entries committed being the leader's applied entries
+  (or its commit index when the node does not report those)
+
+A figure whose inputs a node does not report is None (printed "n/a").
+CPU time falls back to /proc/<pid>/stat when the nodes do not report it, so
+that it is measured the same way for any process, PySyncObj's included.
+"""
+import asyncio
+import os
+
+from .loadgen import resp_call
+
+__all__ = ["STAT_FIELDS", "parse_info", "node_stats", "proc_cpu_seconds", "snapshot",
+           "figures", "fmt"]
+
+STAT_FIELDS = ("raftfast_appends_sent", "raftfast_entries_sent", "raftfast_fsyncs",
+               "raftfast_entries_written", "raftfast_entries_applied",
+               "raftfast_cpu_seconds", "raft_commit_index")
+PROC_CPU = "proc_cpu_seconds"
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def parse_info(text):
+    """`field:value` lines of an INFO reply as a dict (section headers skipped)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and ":" in line:
+            k, v = line.split(":", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def node_stats(info):
+    """The STAT_FIELDS an INFO dict holds, as numbers; the rest are left out."""
+    out = {}
+    for name in STAT_FIELDS:
+        try:
+            out[name] = float(info[name])
+        except (KeyError, TypeError, ValueError):
+            pass
+    return out
+
+
+def proc_cpu_seconds(pid):
+    """User + system CPU seconds of a live process (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after it.
+    fields = data[data.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+async def _info(url):
+    merged = {}
+    for section in ("stats", "raft"):
+        try:
+            reply = await resp_call(url, "INFO", section, timeout=5.0)
+        except (OSError, asyncio.TimeoutError, ValueError):
+            continue
+        if isinstance(reply, bytes):
+            merged.update(parse_info(reply))
+    return merged
+
+
+async def snapshot(nodes):
+    """{node id: stats} for nodes given as {node id: (client url, pid)}."""
+    ids = list(nodes)
+    infos = await asyncio.gather(*(_info(nodes[i][0]) for i in ids))
+    out = {}
+    for i, info in zip(ids, infos):
+        st = node_stats(info)
+        cpu = proc_cpu_seconds(nodes[i][1]) if nodes[i][1] else None
+        if cpu is not None:
+            st[PROC_CPU] = cpu
+        out[i] = st
+    return out
+
+
+def _delta(before, after, name):
+    """{node: after - before} of one field, for the nodes that report it both times."""
+    return {i: after[i][name] - before[i][name] for i in after
+            if i in before and name in after[i] and name in before[i]}
+
+
+def _ratio(num, den):
+    return num / den if num is not None and den else None
+
+
+def _total(before, after, name):
+    d = _delta(before, after, name)
+    return sum(d.values()) if d else None
+
+
+def figures(before, after, leader_id=None):
+    """The run's server-side figures from two snapshots (see the module doc)."""
+    entries = None
+    for name in ("raftfast_entries_applied", "raft_commit_index"):
+        d = _delta(before, after, name)
+        if leader_id in d:
+            entries = d[leader_id]
+        elif d:
+            entries = max(d.values())
+        if entries is not None:
+            break
+    cpu = _total(before, after, "raftfast_cpu_seconds")
+    if cpu is None or len(_delta(before, after, "raftfast_cpu_seconds")) < len(after):
+        cpu = _total(before, after, PROC_CPU)
+    appends = _total(before, after, "raftfast_appends_sent")
+    fsyncs = _total(before, after, "raftfast_fsyncs")
+    return {
+        "entries": entries,
+        "appends": appends,
+        "fsyncs": fsyncs,
+        "server_cpu_s": cpu,
+        "entries_per_append": _ratio(_total(before, after, "raftfast_entries_sent"), appends),
+        "entries_per_fsync": _ratio(_total(before, after, "raftfast_entries_written"), fsyncs),
+        "cpu_s_per_m_entries": _ratio(cpu, entries / 1e6 if entries else None),
+    }
+
+
+def fmt(v, spec=",.1f"):
+    """A figure for a table: "n/a" when missing."""
+    return "n/a" if v is None else format(v, spec)
