@@ -32,6 +32,7 @@ extensions = [
 # compiled, a batch costs no interpreted function calls.
 COMPILED_PY = [
     "raftfast/messages.py",
+    "raftfast/storage.py",
     "raftfast/core/quorum.py",
     "raftfast/core/progress.py",
     "raftfast/core/log.py",

@@ -6,7 +6,9 @@ SIGTERM/SIGINT, 1 when the node refuses to start or stops on an error,
 2 for bad usage.
 """
 import asyncio
+import collections
 import logging
+import os
 import signal
 import sys
 
@@ -53,8 +55,13 @@ class Node:
             write_buffer_limit=max(4 << 20, 2 * cfg.max_inflight_bytes))
         self.driver = RaftDriver(loop, cfg, self.storage, self.kv, self.transport,
                                  self.members, self._on_fatal, tick_ms(cfg))
+        self.transport.on_message = self.driver.step  # no wrapper on the hot path
         self.resp = RespServer(loop, cfg, self.driver, self.info_fields)
         self.resp.leader_client_url = self.client_url_of
+        counter = getattr(self, "call_counter", None)
+        if counter is not None:
+            self.resp.extra_stats = lambda: {"raftfast_python_calls": counter.calls,
+                                             "raftfast_python_calls_top": counter.top()}
         try:
             listen = await self.transport.start(cfg.listen)
             client = await self.resp.start(cfg.client)
@@ -110,6 +117,30 @@ class Node:
         }
 
 
+class CallCounter:
+    """RAFTFAST_COUNT_CALLS=1: count Python-level function calls (the `call`
+    events of sys.setprofile; calls into compiled code raise none) in every
+    thread, for the benchmark of Python calls per replicated entry."""
+
+    def __init__(self):
+        self.calls = 0
+        self.where = collections.Counter()
+
+    def __call__(self, frame, event, arg):
+        if event == "call":
+            self.calls += 1
+            code = frame.f_code
+            self.where[f"{os.path.basename(code.co_filename)}:{code.co_name}"] += 1
+
+    def top(self, n=12):
+        return ",".join(f"{k}={v}" for k, v in self.where.most_common(n))
+
+    def install(self):
+        import threading
+        threading.setprofile(self)
+        sys.setprofile(self)
+
+
 def main(argv=None):
     cfg = parse_node_config(argv)  # bad usage exits 2
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), stream=sys.stderr,
@@ -137,6 +168,9 @@ def main(argv=None):
         storage.close()
         return 1
     node = Node(cfg, storage, members)
+    if os.environ.get("RAFTFAST_COUNT_CALLS") == "1":
+        node.call_counter = CallCounter()
+        node.call_counter.install()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(node.run())
 

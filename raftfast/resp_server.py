@@ -207,6 +207,7 @@ class RespServer:
         self.max_command_bytes = min(MAX_VALUE_BYTES, cfg.max_frame_bytes - (64 << 10))
         self._server = None
         self._unix_path = None
+        self.extra_stats = dict  # node-level additions to INFO stats
 
     async def start(self, url):
         """Listen for clients; returns the URL actually bound (port 0 resolved)."""
@@ -297,6 +298,7 @@ class RespServer:
             "raftfast_proposals": self.batcher.proposals,
             "raftfast_entries_proposed": self.batcher.entries_proposed,
             "raftfast_cpu_seconds": f"{_cpu_seconds():.3f}",
+            **self.extra_stats(),
         }
 
     def info_text(self, section):
