@@ -13,7 +13,7 @@ Commands: SET k v (`+OK` once PySyncObj has applied it; `-MOVED 0 host:port`
 on a follower that knows the leader, `-CLUSTERDOWN No raft leader`
 otherwise), GET k (the local copy), PING, and `INFO` with the raft_* fields
 the benchmark reads (role, term, commit index).  Once listening it prints
-`ready id=I client=tcp://127.0.0.1:PORT`; SIGTERM stops it.
+`ready id=I listen=URL client=URL` as raftfast's nodes do; SIGTERM stops it.
 """
 import argparse
 import asyncio
@@ -148,7 +148,8 @@ async def main(argv=None):
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"ready id={ns.id} client=tcp://{HOST}:{port}", flush=True)
+    print(f"ready id={ns.id} listen=tcp://{HOST}:{raft_port(ns.base_port, ns.id)} "
+          f"client=tcp://{HOST}:{port}", flush=True)
     await stop.wait()
     server.close()
     node.obj.destroy()

@@ -111,7 +111,8 @@ class PySyncObjCluster:
                     if self.leader_id is not None:
                         return self
                 if time.monotonic() > deadline:
-                    raise ClusterError("pysyncobj elected no leader in time")
+                    raise ClusterError("pysyncobj elected no leader in time; last lines:\n"
+                                       + "\n".join(n.last_lines() for n in self.nodes))
                 await asyncio.sleep(0.1)
         except BaseException:
             await self.__aexit__()
