@@ -177,7 +177,7 @@ async def sweep(points, ns, seconds, progress, task):
             for clients, pipeline, rate in loads[done:]:
                 row = dict.fromkeys(bench_report.COLUMNS)
                 row.update(p, system=system, clients=clients, pipeline=pipeline, rate=rate,
-                           note=f"failed: {(str(e) or type(e).__name__).splitlines()[0]}")
+                           note=f"failed: {(str(e) or type(e).__name__).splitlines()[0][:60]}")
                 rows.append(row)
                 progress.advance(task)
     return rows
@@ -193,6 +193,8 @@ def main(ns):
         points += pysyncobj_points(points)
     runs = sum(len(loads) for _, loads in points)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # a file or a pipe: room for every column
     estimate = runs * seconds + len(points) * START_COST
     console.print(f"{ns.grid} grid: {len(points)} configurations, {runs} runs of {seconds:g} s "
                   f"(about {estimate / 60:.0f} min); results in {os.path.abspath(ns.out)}")
