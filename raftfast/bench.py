@@ -130,8 +130,16 @@ class Target:
                    {n.id: (n.spec.client, n.proc.pid) for n in c.nodes}, c.leader_id)
 
 
-async def measure(target, seconds, clients, pipeline, value_size, rate=None):
-    """One load run with the nodes' figures around it: (Result, figures)."""
+async def measure(target, seconds, clients, pipeline, value_size, rate=None, warmup=None):
+    """One load run with the nodes' figures around it: (Result, figures).
+
+    The same load runs untimed for `warmup` seconds first (default: a
+    quarter of the run, at most 1 s), so that the figures are not those of
+    a cluster that has just elected its leader and has empty buffers."""
+    if warmup is None:
+        warmup = min(seconds / 4, 1.0)
+    if warmup > 0:
+        await loadgen.run_async(target.url, warmup, clients, pipeline, value_size, rate=rate)
     before = await bench_stats.snapshot(target.nodes)
     result = await loadgen.run_async(target.url, seconds, clients, pipeline, value_size,
                                      rate=rate)

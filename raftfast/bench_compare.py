@@ -195,7 +195,7 @@ def main(ns):
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # a file or a pipe: room for every column
-    estimate = runs * seconds + len(points) * START_COST
+    estimate = runs * (seconds + min(seconds / 4, 1.0)) + len(points) * START_COST  # + warm-up
     console.print(f"{ns.grid} grid: {len(points)} configurations, {runs} runs of {seconds:g} s "
                   f"(about {estimate / 60:.0f} min); results in {os.path.abspath(ns.out)}")
     os.makedirs(ns.out, exist_ok=True)

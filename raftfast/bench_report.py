@@ -47,7 +47,7 @@ def make_row(system, settings, result, figs, note=""):
 def config_label(row):
     """The cluster configuration of a row, short: one curve per label."""
     if row["system"] != "raftfast":
-        return f"{row['system']} {row['nodes']}n {row['transport'] or ''} no fsync".replace("  ", " ")
+        return f"{row['nodes']}n {row['transport']} no fsync"
     return (f"{row['nodes']}n {row['transport']} {row['fsync']} b{row['max_batch_entries']} "
             f"l{row['batch_linger_us']} i{row['max_inflight']}")
 
@@ -125,6 +125,10 @@ def plot_throughput_vs_batch(rows, path):
         ax.plot(xs, [pts[x] for x in xs], marker="o",
                 label=f"{n}n {tr} {fs} linger {linger}us inflight {inflight}")
     ax.set_xscale("log", base=2)
+    batches = sorted({b for pts in lines.values() for b in pts})
+    if batches:
+        ax.set_xticks(batches, [str(b) for b in batches])
+    ax.yaxis.set_major_formatter(lambda v, _: f"{v:,.0f}")
     ax.set_xlabel("max batch entries")
     ax.set_ylabel("throughput (SET/s)")
     ax.set_title("raftfast throughput against batch size")
@@ -150,7 +154,7 @@ def plot_latency_vs_throughput(rows, path):
             continue
         rs.sort(key=lambda r: r["throughput"])
         ax.plot([r["throughput"] for r in rs], [max(r["p99_ms"], 1e-3) for r in rs],
-                marker="o", label=label if system == "raftfast" else f"{label}")
+                marker="o", label=label if system == "raftfast" else f"{system} {label}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("throughput (SET/s)")
@@ -167,11 +171,16 @@ def plot_latency_vs_throughput(rows, path):
 
 def comparison_lines(rows):
     """raftfast against the other systems at the same load and node count:
-    fsync never (what the others do) and fsync always beside it."""
+    fsync never (what the others do) and fsync always beside it, both with
+    the default batching and peers over unix sockets."""
+    from .config import Config
+    defaults = {k: Config.__dataclass_fields__[k].default
+                for k in ("max_batch_entries", "batch_linger_us", "max_inflight")}
     out = []
     by_key = {}
     for r in _measured(rows):
-        if r["system"] == "raftfast" and r["max_batch_entries"] is not None:
+        if (r["system"] == "raftfast" and r["transport"] == "unix"
+                and all(r[k] == v for k, v in defaults.items())):
             k = (r["nodes"], r["fsync"], r["clients"], r["pipeline"], r["rate"])
             by_key[k] = max(by_key.get(k, 0), r["throughput"])
     for r in _measured(rows):
