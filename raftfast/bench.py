@@ -64,7 +64,13 @@ def build_parser():
     g.add_argument("--window", type=_positive, default=8, metavar="N",
                    help="blocks kept uncommitted at once (default: 8)")
 
-    m = sub.add_parser("compare", help="sweep configurations; table, CSV, JSON, plots")
+    m = sub.add_parser(
+        "compare", help="sweep configurations; table, CSV, JSON, plots",
+        description="Start one local cluster per configuration (max batch entries, linger, "
+                    "max inflight, transport, fsync, node count), run the load at one or "
+                    "more levels against each, and print a table; results.csv, results.json, "
+                    "throughput_vs_batch.png and latency_vs_throughput.png go to --out.  "
+                    "Needs the bench extra: " + INSTALL_HINT)
     grid = m.add_mutually_exclusive_group()
     grid.add_argument("--quick", dest="grid", action="store_const", const="quick",
                       help="a handful of points, 1-2 minutes (the default)")
