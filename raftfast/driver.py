@@ -295,11 +295,14 @@ class RaftDriver:
             self.schedule()
 
     def _apply(self, first, block, count):
-        want = bool(self.waiters)
-        results = self.kv.apply(block, want)
-        self.applied_entries += count
-        if not want:
+        if not self.waiters:
+            self.kv.apply(block, False)  # a follower, or nobody waiting: no replies
+            self.applied_entries += count
             return
+        # Replies are encoded in C into one buffer; a waiter gets pieces
+        # [replies, offsets, lo, hi] naming its entries' replies in it.
+        replies, offsets = self.kv.apply_replies(block)
+        self.applied_entries += count
         last = first + count - 1
         waiters, term_of = self.waiters, self.core.log.term
         while waiters and waiters[0].first <= last:
@@ -317,7 +320,7 @@ class RaftDriver:
                 continue
             lo = max(w.first, first) - first
             hi = min(w.last, last) - first + 1
-            w.results.extend(results[lo:hi])
+            w.results.append([replies, offsets, lo, hi])
             if w.last > last:
                 break  # the rest arrives with the next committed block
             waiters.popleft()

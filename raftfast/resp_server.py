@@ -17,7 +17,8 @@ import resource
 import time
 
 from . import __version__
-from ._kv import OPCODES, OP_GET, OP_MGET, OP_EXISTS, OP_SET, OP_DEL, OP_APPEND, OP_INCR, encode_commands
+from ._kv import (OPCODES, OP_APPEND, OP_DEL, OP_EXISTS, OP_GET, OP_INCR, OP_MGET, OP_SET,
+                  encode_commands)
 from ._resp import OK, PONG, ErrorReply, RespParser, SimpleString, encode_replies
 from .address import create_server, parse_address, set_nodelay
 from .core import NotLeader, ProposalDropped
@@ -36,19 +37,45 @@ _ARITY = {
 
 
 class Slot:
-    """One reply, in arrival order.  It keeps the protocol in force when its
-    command ran: a HELLO later in the same pipeline must not change it."""
+    """One reply, or the replies of a run of commands, in arrival order.
+    `value` is a reply value to encode, or with `raw` the encoded bytes.
+    It keeps the protocol in force when its command ran: a HELLO later in
+    the same pipeline must not change it."""
 
-    __slots__ = ("value", "resp3")
+    __slots__ = ("value", "resp3", "raw")
 
-    def __init__(self, resp3, value=PENDING):
+    def __init__(self, resp3, value=PENDING, raw=False):
         self.value = value
         self.resp3 = resp3
+        self.raw = raw
+
+
+def _encoded_error(text, n):
+    return ("-" + text.replace("\r", " ").replace("\n", " ") + "\r\n").encode() * n
+
+
+def take_replies(parts, n):
+    """The next n entries' encoded replies from `parts`, a list of
+    [replies, offsets, lo, hi] pieces the driver handed over (entries lo..hi
+    of one applied block); consumes them as it goes."""
+    out = []
+    while n:
+        replies, offsets, lo, hi = parts[0]
+        k = min(n, hi - lo)
+        out.append(replies[offsets[lo]:offsets[lo + k]])
+        n -= k
+        if lo + k == hi:
+            parts.pop(0)
+        else:
+            parts[0][2] = lo + k
+    return out[0] if len(out) == 1 else b"".join(out)
 
 
 class Batcher:
-    """Coalesces the commands of one loop iteration (from every connection)
-    into proposals of at most max_entries entries / max_bytes bytes."""
+    """Coalesces the commands of one loop iteration, from every connection,
+    into one entry block (the compiled parser writes each command straight
+    into `buf`), proposed at most max_entries entries / max_bytes bytes at a
+    time.  `runs` remembers which connection's slot gets which replies."""
 
     def __init__(self, loop, server, driver, max_entries, max_bytes, linger_us):
         self.loop = loop
@@ -57,18 +84,24 @@ class Batcher:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.linger = linger_us / 1e6
-        self.ops = []
-        self.slots = []
-        self.nbytes = 0
+        self.buf = bytearray()
+        self.count = 0
+        self.runs = []  # (conn, slot, number of entries)
         self._handle = None
         self.proposals = 0
         self.entries_proposed = 0
 
-    def add(self, conn, slot, opcode, args):
-        self.ops.append((opcode, args))
-        self.slots.append((conn, slot))
-        self.nbytes += sum(map(len, args)) + 16
-        if len(self.ops) >= self.max_entries or self.nbytes >= self.max_bytes:
+    def room(self):
+        """(entries, bytes) that still fit; with an empty batch, any one
+        command fits whatever its size."""
+        if not self.count:
+            return self.max_entries, 1 << 62
+        return self.max_entries - self.count, self.max_bytes - len(self.buf)
+
+    def added(self, conn, n):
+        self.count += n
+        self.runs.append((conn, conn.pending(), n))
+        if self.count >= self.max_entries or len(self.buf) >= self.max_bytes:
             self.flush()
         elif self._handle is None:
             if self.linger > 0:
@@ -80,30 +113,25 @@ class Batcher:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if not self.ops:
+        if not self.count:
             return
-        ops, slots = self.ops, self.slots
-        self.ops, self.slots, self.nbytes = [], [], 0
-        block = encode_commands(ops)
+        block, runs, count = self.buf, self.runs, self.count
+        self.buf, self.runs, self.count = bytearray(), [], 0
 
-        def done(results):
-            touched = set()
-            if isinstance(results, str):
-                err = ErrorReply(results)
-                for conn, slot in slots:
-                    slot.value = err
-                    touched.add(conn)
+        def done(result):
+            if isinstance(result, str):
+                for conn, slot, n in runs:
+                    slot.value, slot.raw = _encoded_error(result, n), True
             else:
-                for (conn, slot), value in zip(slots, results):
-                    slot.value = value
-                    touched.add(conn)
-            for conn in touched:
+                for conn, slot, n in runs:
+                    slot.value, slot.raw = take_replies(result, n), True
+            for conn, slot, n in runs:
                 conn.flush()
 
         try:
-            self.driver.propose(block, len(ops), done)
+            self.driver.propose(block, count, done)
             self.proposals += 1
-            self.entries_proposed += len(ops)
+            self.entries_proposed += count
         except NotLeader:
             # Leadership moved between the check and the flush: nothing was
             # proposed, so the redirect is the honest answer.
@@ -115,7 +143,7 @@ class Batcher:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        self.ops, self.slots, self.nbytes = [], [], 0
+        self.buf, self.runs, self.count = bytearray(), [], 0
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -154,11 +182,34 @@ class ClientProtocol(asyncio.Protocol):
             return
         parser = self.parser
         parser.feed(data)
-        dispatch = self.server.dispatch
-        for cmd in parser.parse():
-            dispatch(self, cmd)
-            if self.closing:
-                break
+        server = self.server
+        batcher = server.batcher
+        max_cmd = server.max_command_bytes
+        while not self.closing:
+            if server.driver.is_leader:
+                # The fast path: KV commands go straight into the batch.
+                room_entries, room_bytes = batcher.room()
+                n, stop = parser.parse_kv(batcher.buf, self.resp3, room_entries,
+                                          len(batcher.buf) + room_bytes, max_cmd)
+                if n:
+                    batcher.added(self, n)
+                if stop is None:
+                    if parser.stopped_at_limit:
+                        batcher.flush()
+                        continue
+                    break
+                server.dispatch(self, stop)
+            else:
+                # Not the leader: KV commands are counted, not kept, and
+                # answered with the redirect.
+                scratch = bytearray()
+                n, stop = parser.parse_kv(scratch, self.resp3, 1 << 30, 1 << 62, max_cmd)
+                if n:
+                    err = server.redirect_error()
+                    self.replies.append(Slot(self.resp3, _encoded_error(err, n), True))
+                if stop is None:
+                    break
+                server.dispatch(self, stop)
         if parser.error is not None and not self.closing:
             self.reply(ErrorReply(f"ERR {parser.error}"))
             self.closing = True
@@ -178,10 +229,14 @@ class ClientProtocol(asyncio.Protocol):
             return
         chunks = []
         while replies and replies[0].value is not PENDING:
+            if replies[0].raw:
+                chunks.append(replies.popleft().value)
+                continue
             # Consecutive replies of one protocol are encoded in one call.
             resp3 = replies[0].resp3
             run = []
-            while replies and replies[0].value is not PENDING and replies[0].resp3 == resp3:
+            while (replies and replies[0].value is not PENDING and not replies[0].raw
+                   and replies[0].resp3 == resp3):
                 run.append(replies.popleft().value)
             chunks.append(encode_replies(run, resp3))
         if self.transport is not None and not self.transport.is_closing():
@@ -265,23 +320,24 @@ class RespServer:
         handler(self, conn, cmd)
 
     def _kv_command(self, conn, name, op, cmd):
+        """A KV command the compiled fast path did not take: wrong arity,
+        too large, or an option it does not know.  Answer why."""
         args = cmd[1:]
         lo, hi = _ARITY[op]
-        if len(args) < lo or (hi is not None and len(args) > hi):
-            if op == OP_SET and len(args) > 2:
-                conn.reply(ErrorReply("ERR syntax error"))
-            else:
-                conn.reply(ErrorReply(f"ERR wrong number of arguments for '{name.decode()}' command"))
-            return
-        # Every entry must fit in one peer frame, whatever its shape (one
-        # huge value, or many large keys).
-        if sum(map(len, args)) + 8 * len(args) > self.max_command_bytes:
+        if op == OP_SET and len(args) > 2:
+            conn.reply(ErrorReply("ERR syntax error"))
+        elif len(args) < lo or (hi is not None and len(args) > hi):
+            conn.reply(ErrorReply(f"ERR wrong number of arguments for '{name.decode()}' command"))
+        elif sum(map(len, args)) + 8 * len(args) > self.max_command_bytes:
             conn.reply(ErrorReply("ERR string exceeds maximum allowed size (proto-max-bulk-len)"))
-            return
-        if not self.driver.is_leader:
+        elif not self.driver.is_leader:
             conn.reply(self.redirect_error())
-            return
-        self.batcher.add(conn, conn.pending(), op, [bytes(a) for a in args])
+        else:
+            # parse_kv takes every well-formed KV command, so this is not
+            # expected; still, take it the slow way rather than refuse it.
+            log.warning("fast path passed over a %r command; encoding it separately", name)
+            self.batcher.buf += encode_commands([(op, [bytes(a) for a in args])], conn.resp3)
+            self.batcher.added(conn, 1)
 
     # ------------------------------------------------------------- INFO
 
