@@ -11,11 +11,17 @@ or not it has arrived yet; and header lines must end in CRLF and bulk data
 must be followed by CRLF (`invalid bulk length` otherwise) where Redis
 skips two bytes unchecked.  NUL bytes are ordinary characters in inline
 lines.  tests/reference/resp_py.py is the readable twin of this module.
+
+RespParser.parse_kv is the client fast path: KV commands go from the
+received chunks straight into an entry block (ext/kvcmd.h), with no Python
+object per command; the first other request is handed back to Python.
 """
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_AsUTF8String
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcpy
 
 cdef extern from "Python.h":
@@ -34,6 +40,18 @@ cdef extern from "rfstr.h":
     # longest text it accepts.
     enum: MAX_NUMBER_LEN "RF_MAX_NUMBER_LEN"
     bint _string2ll "rf_string2ll" (const unsigned char *s, size_t n, long long *out) noexcept nogil
+
+cdef extern from "kvcmd.h":
+    # The KV command payload (format in kv.pyx), for parse_kv.
+    enum:
+        ENTRY_HEADER "RF_ENTRY_HEADER"
+        CMD_HEADER "RF_CMD_HEADER"
+        OP_RESP3 "RF_OP_RESP3"
+    int _kv_opcode "rf_kv_opcode" (const unsigned char *s, size_t n) noexcept nogil
+    bint _kv_arity_ok "rf_kv_arity_ok" (unsigned op, uint64_t argc) noexcept nogil
+    void _put_u32 "rf_put_u32" (uint8_t *p, uint32_t v) noexcept nogil
+    void _put_command_header "rf_put_command_header" (uint8_t *p, uint32_t data_len,
+                                                      uint8_t opcode, uint32_t argc) noexcept nogil
 
 DEF CR = 13
 DEF LF = 10
@@ -151,6 +169,18 @@ cdef object _split_inline(const unsigned char *s, Py_ssize_t n):
         PyMem_Free(tok)
 
 
+# ---- parse_kv's output ----------------------------------------------------
+
+cdef struct KvOut:
+    PyObject *ba            # the caller's bytearray
+    Py_ssize_t used         # its bytes that are whole entries
+    Py_ssize_t cap          # its current length (>= used; trimmed at the end)
+    Py_ssize_t n            # entries appended by this call
+    Py_ssize_t added        # bytes appended by this call
+    Py_ssize_t max_entries, max_bytes, max_cmd
+    uint8_t flag            # OP_RESP3 or 0
+
+
 cdef class RespParser:
     """Incremental RESP request parser: feed() bytes as they arrive, parse()
     every complete request buffered so far.  After a protocol error, `error`
@@ -158,7 +188,8 @@ cdef class RespParser:
 
     Received chunks are kept as they came, with a cursor into the first
     (never concatenated); an argument is copied out of its chunk once, and
-    an argument spanning chunks is assembled with one copy.
+    an argument spanning chunks is assembled with one copy.  parse_kv
+    copies KV commands' arguments from the chunk straight into an entry.
     """
     cdef list _chunks           # received bytes objects; [_head:] are not consumed yet
     cdef Py_ssize_t _head       # the chunk holding the cursor
@@ -171,7 +202,13 @@ cdef class RespParser:
     cdef Py_ssize_t _mb_left    # arguments still due in the multibulk request being read
     cdef Py_ssize_t _bulk_len   # length of the bulk being read, -1 while its $ line is due
     cdef list _args
+    # A complete KV request parse_kv took out of the chunks but left for the
+    # next call (it did not fit that call's limits); delivered first.
+    cdef list _pending
     cdef readonly object error
+    # Whether the last parse_kv stopped because the next KV command would
+    # have gone past max_entries / max_bytes (it stays buffered).
+    cdef readonly bint stopped_at_limit
     cdef readonly Py_ssize_t max_bulk_len, max_inline_len, max_multibulk_len
 
     def __cinit__(self, Py_ssize_t max_bulk_len=512 * 1024 * 1024,
@@ -202,6 +239,9 @@ cdef class RespParser:
         cdef int r
         if self.error is not None:
             return out
+        if self._pending is not None:
+            out.append(self._pending)
+            self._pending = None
         while True:
             if self._mb_left:
                 r = self._bulk(out)
@@ -213,11 +253,198 @@ cdef class RespParser:
                 r = self._inline(out)
             if r <= 0:
                 break
+        self._drop_consumed()
+        return out
+
+    cdef void _drop_consumed(self) noexcept:
         if self._head:
             del self._chunks[:self._head]
             self._scan_idx -= self._head
             self._head = 0
-        return out
+
+    # ---- the KV fast path ----------------------------------------------
+
+    def parse_kv(self, bytearray out, bint resp3, Py_ssize_t max_entries=1 << 30,
+                 Py_ssize_t max_bytes=1 << 62, Py_ssize_t max_command_bytes=32 << 20):
+        """Consume, in order, the complete buffered requests that are
+        well-formed KV commands (GET, SET, MGET, EXISTS, DEL, APPEND, INCR,
+        any case, right arity, arguments' bytes + 8 per argument within
+        max_command_bytes) and append each onto `out` as one entry of the
+        block format (term 0, ENTRY_NORMAL, the opcode's RESP3 bit set when
+        resp3), exactly as kv.encode_commands would.  Returns
+        (entries appended, stop): stop is the first request that is not such
+        a command, as a list of argument bytes (consumed; the caller answers
+        it, then calls again), or None when no complete request is buffered,
+        after a protocol error (`error` is set; the requests before it are
+        encoded), or when the next KV command would take this call past
+        max_entries entries or max_bytes appended bytes (it stays buffered
+        and `stopped_at_limit` is True).  Like etcd's limitSize, the first
+        entry of a call is accepted whatever its size, so a call with
+        max_entries >= 1 always makes progress.
+
+        Requests wholly inside the first buffered chunk are encoded
+        straight from it, with no Python object; the rest (inline requests,
+        a request cut by a read, anything that is not a KV command) go
+        through parse()'s state machine, so outcomes are the same."""
+        cdef KvOut o
+        cdef object stop = None
+        cdef list req
+        cdef Py_ssize_t size
+        cdef int op
+        self.stopped_at_limit = False
+        if self.error is not None:
+            return 0, None
+        o.ba = <PyObject *>out
+        o.used = o.cap = PyByteArray_GET_SIZE(out)
+        o.n = o.added = 0
+        o.max_entries = max_entries
+        o.max_bytes = max_bytes
+        o.max_cmd = max_command_bytes
+        o.flag = OP_RESP3 if resp3 else 0
+        try:
+            while True:
+                if self._pending is not None:
+                    req = self._pending
+                    self._pending = None
+                else:
+                    if self._mb_left == 0 and self._avail:
+                        if self._kv_fast(&o):
+                            self.stopped_at_limit = True
+                            break
+                    req = self._next_request()
+                if req is None:
+                    break
+                op = _kv_command(req, max_command_bytes, &size)
+                if op == 0:
+                    stop = req
+                    break
+                if o.n >= max_entries or (o.n > 0 and o.added + size > max_bytes):
+                    self._pending = req
+                    self.stopped_at_limit = True
+                    break
+                _kv_put_list(&o, op, req, size)
+        finally:
+            if o.cap != o.used:
+                PyByteArray_Resize(out, o.used)
+            self._drop_consumed()
+        return o.n, stop
+
+    cdef list _next_request(self):
+        """parse()'s state machine, up to one complete request (None when
+        none is buffered or on a protocol error)."""
+        cdef list out = []
+        cdef int r
+        while not out:
+            if self._mb_left:
+                r = self._bulk(out)
+            elif self._avail == 0:
+                break
+            elif self._byte_at(0) == b'*':
+                r = self._multibulk_header()
+            else:
+                r = self._inline(out)
+            if r <= 0:
+                break
+        return out[0] if out else None
+
+    cdef bint _kv_fast(self, KvOut *o) except -1:
+        """Encode the KV requests that lie wholly inside the head chunk,
+        straight from it; stop at the first that does not (False) or that
+        would pass the limits (True).  Only called between requests.
+
+        A request is taken here only when parse() would return it with no
+        error (same limits, same strict header syntax); everything else is
+        left to parse()'s code.  Arguments are copied into `out` as they are
+        checked, past o.used: a request that turns out not to qualify leaves
+        only bytes that the next entry overwrites or the final trim drops."""
+        cdef const unsigned char *p
+        cdef Py_ssize_t size, q, d, w, cmd, i, argc
+        cdef long long count, blen
+        cdef int op
+        cdef uint8_t *dst
+        while self._avail:
+            p = self._chunk(self._head, &size)
+            if p[0] != b'*':
+                return False
+            q = self._kv_line(p, 0, size, &count)
+            if q < 0 or count < 2 or count > self.max_multibulk_len:
+                return False
+            d = self._kv_bulk(p, q, size, &blen)
+            if d < 0:
+                return False
+            op = _kv_opcode(p + d, <size_t>blen)
+            argc = <Py_ssize_t>count - 1
+            if op == 0 or not _kv_arity_ok(op, argc):
+                return False
+            q = d + blen + 2
+            w = ENTRY_HEADER + CMD_HEADER        # write offset inside the entry
+            cmd = 0
+            for i in range(argc):
+                d = self._kv_bulk(p, q, size, &blen)
+                if d < 0:
+                    return False
+                cmd += blen + 8
+                if cmd > o.max_cmd or w - ENTRY_HEADER + 4 + blen > 0xFFFFFFFF:
+                    return False
+                _kv_reserve(o, w + 4 + blen)
+                dst = <uint8_t *>PyByteArray_AS_STRING(<object>o.ba) + o.used + w
+                _put_u32(dst, <uint32_t>blen)
+                memcpy(dst + 4, p + d, <size_t>blen)
+                w += 4 + blen
+                q = d + blen + 2
+            if o.n >= o.max_entries or (o.n > 0 and o.added + w > o.max_bytes):
+                return True
+            _put_command_header(<uint8_t *>PyByteArray_AS_STRING(<object>o.ba) + o.used,
+                                <uint32_t>(w - ENTRY_HEADER), <uint8_t>(op | o.flag),
+                                <uint32_t>argc)
+            o.used += w
+            o.added += w
+            o.n += 1
+            # Consume the request: it ends inside the head chunk.
+            self._avail -= q
+            if q == size:
+                self._head += 1
+                self._pos = 0
+            else:
+                self._pos += q
+            self._scan_idx = self._head
+            self._scan_base = self._scanned = 0
+        return False
+
+    cdef inline Py_ssize_t _kv_line(self, const unsigned char *p, Py_ssize_t start,
+                                    Py_ssize_t size, long long *v) noexcept:
+        """The number of the `*` or `$` header line at p[start] when the
+        whole line is in p[:size] and parse() would accept it: its first CR
+        within max_inline_len and MAX_NUMBER_LEN + 1 bytes of the line's
+        start, then LF, the digits strict.  The offset past the line, or -1."""
+        cdef Py_ssize_t i = start + 1
+        cdef Py_ssize_t last = start + MAX_NUMBER_LEN + 1
+        if last > start + self.max_inline_len:
+            last = start + self.max_inline_len
+        if last > size - 2:                 # the LF must be in p too
+            last = size - 2
+        while i <= last and p[i] != CR:
+            i += 1
+        if i > last or p[i + 1] != LF:
+            return -1
+        if not _string2ll(p + start + 1, <size_t>(i - start - 1), v):
+            return -1
+        return i + 2
+
+    cdef inline Py_ssize_t _kv_bulk(self, const unsigned char *p, Py_ssize_t q,
+                                    Py_ssize_t size, long long *blen) noexcept:
+        """The offset of the data of the bulk whose `$` line is at p[q], when
+        the whole bulk and its CRLF are in p[:size] and valid; else -1."""
+        cdef Py_ssize_t d
+        if q >= size or p[q] != b'$':
+            return -1
+        d = self._kv_line(p, q, size, blen)
+        if (d < 0 or blen[0] < 0 or blen[0] > self.max_bulk_len
+                or blen[0] + 2 > size - d
+                or p[d + blen[0]] != CR or p[d + blen[0] + 1] != LF):
+            return -1
+        return d
+
 
     cdef int _fail(self, str what) except -2:
         self.error = "Protocol error: " + what
@@ -402,73 +629,76 @@ cdef class RespParser:
         return 1
 
 
+cdef int _kv_reserve(KvOut *o, Py_ssize_t need) except -1:
+    """Room for `need` bytes past o.used (the bytearray may move)."""
+    cdef Py_ssize_t cap
+    if need <= o.cap - o.used:
+        return 0
+    cap = o.cap * 2
+    if cap < o.used + need:
+        cap = o.used + need
+    if cap < 4096:
+        cap = 4096
+    PyByteArray_Resize(<object>o.ba, cap)
+    o.cap = cap
+    return 0
+
+
+cdef int _kv_command(list req, Py_ssize_t max_cmd, Py_ssize_t *entry_size) except -1:
+    """The opcode of a parsed request when it is a fast-path KV command,
+    with the size of its entry; else 0."""
+    cdef bytes name = req[0]
+    cdef Py_ssize_t argc = len(req) - 1, i, n, cmd = 0
+    cdef Py_ssize_t data = CMD_HEADER
+    cdef int op = _kv_opcode(<const unsigned char *>PyBytes_AS_STRING(name),
+                             <size_t>PyBytes_GET_SIZE(name))
+    if op == 0 or not _kv_arity_ok(op, argc):
+        return 0
+    for i in range(argc):
+        n = PyBytes_GET_SIZE(<bytes>req[i + 1])
+        cmd += n + 8
+        data += n + 4
+    if cmd > max_cmd or data > 0xFFFFFFFF:
+        return 0
+    entry_size[0] = ENTRY_HEADER + data
+    return op
+
+
+cdef int _kv_put_list(KvOut *o, int op, list req, Py_ssize_t size) except -1:
+    """Append the entry of a parsed request (_kv_command said yes)."""
+    cdef Py_ssize_t argc = len(req) - 1, i, n
+    cdef uint8_t *dst
+    cdef bytes a
+    _kv_reserve(o, size)
+    dst = <uint8_t *>PyByteArray_AS_STRING(<object>o.ba) + o.used
+    _put_command_header(dst, <uint32_t>(size - ENTRY_HEADER), <uint8_t>(op | o.flag),
+                        <uint32_t>argc)
+    dst += ENTRY_HEADER + CMD_HEADER
+    for i in range(argc):
+        a = req[i + 1]
+        n = PyBytes_GET_SIZE(a)
+        _put_u32(dst, <uint32_t>n)
+        memcpy(dst + 4, PyBytes_AS_STRING(a), <size_t>n)
+        dst += 4 + n
+    o.used += size
+    o.added += size
+    o.n += 1
+    return 0
+
+
+
 # ---- replies ---------------------------------------------------------------
 
-cdef struct WBuf:
-    char *data
-    Py_ssize_t len
-    Py_ssize_t cap
-
-
-cdef int _reserve(WBuf *w, Py_ssize_t extra) except -1:
-    cdef Py_ssize_t cap = w.cap * 2
-    cdef char *p
-    if w.len + extra <= w.cap:
-        return 0
-    if cap < w.len + extra:
-        cap = w.len + extra
-    if cap < 256:
-        cap = 256
-    p = <char *>PyMem_Realloc(w.data, cap)
-    if p == NULL:
-        raise MemoryError()
-    w.data = p
-    w.cap = cap
-    return 0
-
-
-cdef int _put(WBuf *w, const char *p, Py_ssize_t n) except -1:
-    _reserve(w, n)
-    memcpy(w.data + w.len, p, n)
-    w.len += n
-    return 0
-
-
-cdef int _put_int_line(WBuf *w, char prefix, long long v) except -1:
-    """prefix, v in decimal, CRLF."""
-    cdef char digits[24]
-    cdef int i = 24
-    cdef unsigned long long u = <unsigned long long>v
-    if v < 0:
-        u = 0ULL - u
-    while True:
-        i -= 1
-        digits[i] = <char>(48 + u % 10)
-        u //= 10
-        if u == 0:
-            break
-    if v < 0:
-        i -= 1
-        digits[i] = b'-'
-    _reserve(w, 28)
-    w.data[w.len] = prefix
-    memcpy(w.data + w.len + 1, digits + i, 24 - i)
-    w.len += 25 - i
-    w.data[w.len] = CR
-    w.data[w.len + 1] = LF
-    w.len += 2
-    return 0
-
-
-cdef int _put_bulk(WBuf *w, const char *p, Py_ssize_t n) except -1:
-    _put_int_line(w, b'$', n)
-    _reserve(w, n + 2)
-    memcpy(w.data + w.len, p, n)
-    w.len += n
-    w.data[w.len] = CR
-    w.data[w.len + 1] = LF
-    w.len += 2
-    return 0
+cdef extern from "rfbuf.h":
+    # The reply buffer, shared with kv.pyx (KVStore.apply_replies).
+    ctypedef struct WBuf "rf_wbuf":
+        char *data
+        Py_ssize_t len
+        Py_ssize_t cap
+    int _reserve "rf_wbuf_reserve" (WBuf *w, Py_ssize_t extra) except -1
+    int _put "rf_wbuf_put" (WBuf *w, const char *p, Py_ssize_t n) except -1
+    int _put_int_line "rf_wbuf_put_int_line" (WBuf *w, char prefix, long long v) except -1
+    int _put_bulk "rf_wbuf_put_bulk" (WBuf *w, const char *p, Py_ssize_t n) except -1
 
 
 cdef int _put_line(WBuf *w, char prefix, object text) except -1:

@@ -274,3 +274,122 @@ def test_replies_use_resp_types():
     results = KVStore().apply(encode_commands([(OP_SET, [b"k", b"v"]), (OP_INCR, [b"k"])]), True)
     assert type(results[0]) is SimpleString and results[0] is OK
     assert type(results[1]) is ErrorReply
+
+
+# ---- the RESP3 bit and apply_replies ---------------------------------------
+
+from raftfast._kv import OP_RESP3  # noqa: E402
+from raftfast._resp import encode_replies  # noqa: E402
+
+
+def test_encode_commands_resp3_sets_the_opcode_high_bit():
+    cmds = [(OP_GET, [b"k"]), (OP_SET, [b"key", b""])]
+    block = encode_commands(cmds, resp3=True)
+    assert OP_RESP3 == 0x80
+    assert block == (entry(messages.ENTRY_NORMAL, payload(OP_GET | 0x80, [b"k"]))
+                     + entry(messages.ENTRY_NORMAL, payload(OP_SET | 0x80, [b"key", b""])))
+    assert encode_commands(cmds, False) == encode_commands(cmds)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(command, max_size=12))
+def test_apply_ignores_the_resp3_bit(cmds):
+    plain, flagged = KVStore(), KVStore()
+    assert (typed(plain.apply(encode_commands(cmds), True))
+            == typed(flagged.apply(encode_commands(cmds, resp3=True), True)))
+    assert dict(plain.items()) == dict(flagged.items())
+
+
+def reply_slices(replies, offsets):
+    assert offsets.format == "Q" and offsets[0] == 0 and offsets[-1] == len(replies)
+    return [replies[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+OTHER_ENTRIES = [entry(messages.ENTRY_NOOP, b"", term=2),
+                 entry(messages.ENTRY_CONFIG, b"\x01\x02config", term=2)]
+block_items = st.one_of(
+    st.tuples(st.just("cmd"), command, st.booleans()),
+    st.tuples(st.just("raw"), st.sampled_from(OTHER_ENTRIES + list(CORRUPT_ENTRIES.values())
+                                              + [entry(messages.ENTRY_NORMAL, payload(0x88, [b"x"])),
+                                                 entry(messages.ENTRY_NORMAL, payload(0x80, [b"x"]))]),
+              st.just(False)))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(block_items, max_size=12), max_size=6))
+def test_apply_replies_match_apply_and_encode_replies(batches):
+    """Entry by entry, in the protocol each entry asks for: the bytes of
+    encode_replies over apply()'s results (empty for no-op and config
+    entries), with the same effect on the store."""
+    by_objects, by_wire = KVStore(), KVStore()
+    for batch in batches:
+        block, expect_resp3, plain = b"", [], []
+        for kind, item, resp3 in batch:
+            if kind == "cmd":
+                block += encode_commands([item], resp3)
+            else:
+                block += item
+            expect_resp3.append(resp3)
+            plain.append(kind == "raw" and item in OTHER_ENTRIES)
+        results = by_objects.apply(block, True)
+        replies, offsets = by_wire.apply_replies(block)
+        assert len(offsets) == len(batch) + 1
+        expected = [b"" if skip else encode_replies([r], resp3)
+                    for r, resp3, skip in zip(results, expect_resp3, plain)]
+        assert reply_slices(replies, offsets) == expected
+        assert replies == b"".join(expected)
+    assert dict(by_wire.items()) == dict(by_objects.items())
+
+
+@pytest.mark.parametrize("resp3", [False, True])
+def test_apply_replies_golden(resp3):
+    kv = KVStore()
+    kv.apply(encode_commands([(OP_SET, [b"s", b"abc"]), (OP_SET, [b"big", b"9223372036854775807"])]),
+             False)
+    block = (encode_commands([(OP_SET, [b"k", b"v"]), (OP_GET, [b"k"]), (OP_GET, [b"nope"]),
+                              (OP_MGET, [b"k", b"nope", b"k"]), (OP_EXISTS, [b"k", b"k", b"z"]),
+                              (OP_DEL, [b"k", b"k"]), (OP_APPEND, [b"a", b"xyz"]),
+                              (OP_INCR, [b"n"]), (OP_INCR, [b"s"]), (OP_INCR, [b"big"])], resp3)
+             + entry(messages.ENTRY_NOOP, b""))
+    replies, offsets = kv.apply_replies(block)
+    null = b"_\r\n" if resp3 else b"$-1\r\n"
+    assert reply_slices(replies, offsets) == [
+        b"+OK\r\n", b"$1\r\nv\r\n", null, b"*3\r\n$1\r\nv\r\n" + null + b"$1\r\nv\r\n",
+        b":2\r\n", b":1\r\n", b":3\r\n", b":1\r\n",
+        b"-ERR value is not an integer or out of range\r\n",
+        b"-ERR increment or decrement would overflow\r\n", b""]
+
+
+def test_apply_replies_mixed_protocols_in_one_block():
+    block = (encode_commands([(OP_GET, [b"k"])], resp3=True) + encode_commands([(OP_GET, [b"k"])])
+             + encode_commands([(OP_MGET, [b"k"])], resp3=True))
+    replies, offsets = KVStore().apply_replies(block)
+    assert reply_slices(replies, offsets) == [b"_\r\n", b"$-1\r\n", b"*1\r\n_\r\n"]
+
+
+def test_apply_replies_empty_block_and_any_buffer():
+    replies, offsets = KVStore().apply_replies(b"")
+    assert replies == b"" and offsets.tolist() == [0]
+    block = encode_commands([(OP_SET, [b"k", b"v"]), (OP_GET, [b"k"])])
+    for buf in (bytearray(block), memoryview(block)):
+        replies, offsets = KVStore().apply_replies(buf)
+        assert replies == b"+OK\r\n$1\r\nv\r\n" and offsets.tolist() == [0, 5, 12]
+
+
+def test_apply_replies_corrupt_entry_is_logged_and_answered(caplog):
+    kv = KVStore()
+    block = (encode_commands([(OP_SET, [b"x", b"1"])]) + CORRUPT_ENTRIES["huge argc"]
+             + encode_commands([(OP_INCR, [b"x"])], resp3=True))
+    with caplog.at_level(logging.ERROR, logger="raftfast.kv"):
+        replies, offsets = kv.apply_replies(block)
+    assert reply_slices(replies, offsets) == [b"+OK\r\n", b"-ERR corrupt command in log\r\n", b":2\r\n"]
+    assert [r.name for r in caplog.records] == ["raftfast.kv"]
+
+
+@pytest.mark.parametrize("cut", [1, 12, 13, 20])
+def test_apply_replies_broken_framing_raises_before_applying_anything(cut):
+    kv = KVStore()
+    tail = encode_commands([(OP_SET, [b"b", b"2"])])
+    with pytest.raises(ValueError):
+        kv.apply_replies(encode_commands([(OP_SET, [b"a", b"1"])]) + tail[:cut])
+    assert len(kv) == 0

@@ -1,6 +1,7 @@
 """RESP parser and reply encoder: raftfast._resp against its pure-Python twin
 (tests/reference/resp_py.py), Redis's request syntax and error wording, and
 hand-written golden replies."""
+import struct
 import types
 
 import pytest
@@ -320,3 +321,253 @@ def test_unencodable_values_raise(impl):
         nested = [nested]
     with pytest.raises(ValueError):
         impl.encode([nested], True)
+
+
+# ---- parse_kv: the KV fast path ---------------------------------------------
+
+from raftfast._kv import encode_commands  # noqa: E402
+from tests.reference import kv_py  # noqa: E402
+
+KV_NAMES = [b"get", b"set", b"mget", b"exists", b"del", b"append", b"incr"]
+
+
+def entries(block):
+    """(opcode with its RESP3 bit, args) per entry of a block; checks the
+    entry header on the way."""
+    out, off = [], 0
+    while off < len(block):
+        dlen, term, etype = struct.unpack_from("<IQB", block, off)
+        assert (term, etype) == (0, 0)
+        op, argc = struct.unpack_from("<BI", block, off + 13)
+        p, args = off + 18, []
+        for _ in range(argc):
+            (n,) = struct.unpack_from("<I", block, p)
+            args.append(bytes(block[p + 4:p + 4 + n]))
+            p += 4 + n
+        assert p == off + 13 + dlen
+        out.append((op, args))
+        off = p
+    return out
+
+
+def mixed_case(name, draw):
+    return bytes(c ^ 0x20 if 97 <= c <= 122 and draw(st.booleans()) else c for c in name)
+
+
+def inline_safe(arg):
+    """Whether an argument reads back unchanged from an inline request."""
+    return arg and not any(c in arg for c in b" \t\n\r\v\f\"'\\")
+
+
+@st.composite
+def kv_pipelines(draw):
+    """A client stream: KV commands (right and wrong arity, any case, SET
+    with options), other commands (PING, HELLO 2/3, ECHO, unknown), blank
+    and empty requests, multibulk or inline, with some garbage."""
+    parts = []
+    for _ in range(draw(st.integers(0, 14))):
+        kind = draw(st.sampled_from(["kv", "kv", "kv", "kv", "set_ex", "other", "hello",
+                                     "blank", "garbage"]))
+        if kind == "garbage":
+            if draw(st.integers(0, 3)) == 0:
+                parts.append(draw(st.sampled_from(GARBAGE_TOKENS) | st.binary(max_size=4)))
+            continue
+        if kind == "blank":
+            parts.append(draw(st.sampled_from([b"\r\n", b"\n", b"*0\r\n", b"*-1\r\n"])))
+            continue
+        if kind == "kv":
+            name = draw(st.sampled_from(KV_NAMES))
+            lo, hi = kv_py.ARITY[kv_py.OPCODES[name]]
+            size = (draw(st.integers(lo, hi or 4)) if draw(st.integers(0, 3))
+                    else draw(st.integers(0, 4)))   # mostly the right arity
+            args = [draw(st.sampled_from([b"k", b"v", b"", b"10"]) | st.binary(max_size=12))
+                    for _ in range(size)]
+        elif kind == "set_ex":
+            name, args = b"set", [b"k", b"v", b"EX", b"10"]
+        elif kind == "hello":
+            name, args = b"hello", [draw(st.sampled_from([b"2", b"3"]))]
+        else:
+            name = draw(st.sampled_from([b"ping", b"echo", b"foo", b"getx", b"ge", b"sets"]))
+            args = draw(st.lists(st.binary(max_size=5), max_size=2))
+        req = [mixed_case(name, draw)] + args
+        if all(map(inline_safe, req)) and draw(st.booleans()):
+            parts.append(b" ".join(req) + draw(st.sampled_from([b"\r\n", b"\n"])))
+        else:
+            parts.append(multibulk(req))
+    return b"".join(parts)
+
+
+kv_limits = st.fixed_dictionaries({}, optional={
+    "max_entries": st.integers(1, 3), "max_bytes": st.integers(0, 80),
+    "max_command_bytes": st.integers(0, 40)})
+
+
+def normalize(req, max_command_bytes):
+    """What parse_kv makes of a request parse() returned."""
+    op = kv_py.fast_opcode(req, max_command_bytes)
+    return ("req", req) if op is None else ("kv", op, req[1:])
+
+
+def drive_kv(parser, wire, cuts, limits, plain_calls):
+    """Feed wire cut at `cuts`, after each read calling parse_kv until it
+    waits for data (or parse() when plain_calls says so), as a server would:
+    HELLO switches the protocol the following entries carry.  Returns every
+    call's outcome and the stream as normalized requests, each entry tagged
+    with the protocol it was encoded for."""
+    calls, stream, resp3, prev, i = [], [], False, 0, 0
+    max_cmd = limits.get("max_command_bytes", 32 << 20)
+    for cut in sorted(set(cuts)) + [len(wire)]:
+        parser.feed(wire[prev:cut])
+        prev = cut
+        while True:
+            i += 1
+            if plain_calls and i % plain_calls == 0:
+                reqs = parser.parse()
+                calls.append(("parse", reqs, parser.error))
+                for req in reqs:
+                    stream.append(normalize(req, max_cmd))
+                    if req[0].lower() == b"hello" and req[1:] in ([b"2"], [b"3"]):
+                        resp3 = req[1] == b"3"
+                break
+            out = bytearray(b"prefix")
+            n, stop = parser.parse_kv(out, resp3, **limits)
+            assert out[:6] == b"prefix"
+            calls.append((n, bytes(out), stop, parser.stopped_at_limit, parser.error))
+            got = entries(out[6:])
+            assert len(got) == n
+            # The block is what encode_commands makes of the same commands.
+            assert bytes(out[6:]) == encode_commands([(op & 0x7F, args) for op, args in got], resp3)
+            stream.extend(("kv", op & 0x7F, args) for op, args in got)
+            assert all(op & 0x80 == (0x80 if resp3 else 0) for op, _ in got)
+            if stop is not None:
+                stream.append(("req", stop))
+                if stop[0].lower() == b"hello" and stop[1:] in ([b"2"], [b"3"]):
+                    resp3 = stop[1] == b"3"
+            elif not parser.stopped_at_limit:
+                break
+    return calls, stream, parser.error
+
+
+@SETTINGS
+@given(kv_pipelines(), kv_limits, small_limits, st.sampled_from([0, 0, 2, 3]), st.data())
+def test_parse_kv_c_matches_twin_and_parse(wire, limits, parser_limits, plain_calls, data):
+    cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=6))
+    got_c = drive_kv(C.Parser(**parser_limits), wire, cuts, limits, plain_calls)
+    got_py = drive_kv(PY.Parser(**parser_limits), wire, cuts, limits, plain_calls)
+    assert got_c == got_py
+    # The same requests as parse() finds in the stream read in one piece.
+    reqs, error = parse_all(PY, wire, **parser_limits)
+    max_cmd = limits.get("max_command_bytes", 32 << 20)
+    assert got_c[1:] == ([normalize(r, max_cmd) for r in reqs], error)
+    # Cut somewhere else, the stream gives the same requests.
+    other = drive_kv(C.Parser(**parser_limits), wire,
+                     data.draw(st.lists(st.integers(0, len(wire)), max_size=8)), limits, 0)
+    assert other[1:] == got_c[1:]
+
+
+@SETTINGS
+@given(garbage, small_limits, st.data())
+def test_parse_kv_on_garbage_c_matches_twin(wire, parser_limits, data):
+    cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=8))
+    got_c = drive_kv(C.Parser(**parser_limits), wire, cuts, {}, 0)
+    assert got_c == drive_kv(PY.Parser(**parser_limits), wire, cuts, {}, 0)
+    reqs, error = parse_all(PY, wire, **parser_limits)
+    assert got_c[1:] == ([normalize(r, 32 << 20) for r in reqs], error)
+
+
+def test_parse_kv_pipeline(impl):
+    p = impl.Parser()
+    p.feed(multibulk([b"SET", b"a", b"1"]) + multibulk([b"gEt", b"a"]) + b"incr n\r\n"
+           + multibulk([b"MGET", b"a", b"b"]) + multibulk([b"PING"]) + multibulk([b"DEL", b"a"]))
+    out = bytearray()
+    assert p.parse_kv(out, False) == (4, [b"PING"])
+    assert out == encode_commands([(kv_py.OP_SET, [b"a", b"1"]), (kv_py.OP_GET, [b"a"]),
+                                   (kv_py.OP_INCR, [b"n"]), (kv_py.OP_MGET, [b"a", b"b"])])
+    out = bytearray()
+    assert p.parse_kv(out, True) == (1, None)
+    assert out == encode_commands([(kv_py.OP_DEL, [b"a"])], resp3=True)
+    assert out[13] == kv_py.OP_DEL | 0x80
+    assert not p.stopped_at_limit and p.error is None
+
+
+@pytest.mark.parametrize("req", [
+    [b"SET", b"k", b"v", b"EX", b"10"], [b"SET", b"k"], [b"GET"], [b"GET", b"a", b"b"],
+    [b"INCR", b"a", b"b"], [b"APPEND", b"k"], [b"MGET"], [b"DEL"], [b"EXISTS"],
+    [b"GETX", b"k"], [b"GE", b"k"], [b"SETNX", b"k", b"v"], [b"HELLO", b"3"], [b"PING"],
+])
+def test_parse_kv_returns_other_requests(impl, req):
+    p = impl.Parser()
+    p.feed(multibulk([b"GET", b"a"]) + multibulk(req) + multibulk([b"GET", b"b"]))
+    out = bytearray()
+    assert p.parse_kv(out, False) == (1, req)
+    assert p.parse_kv(out, False) == (1, None)
+    assert out == encode_commands([(kv_py.OP_GET, [b"a"]), (kv_py.OP_GET, [b"b"])])
+
+
+def test_parse_kv_command_size_limit(impl):
+    # arguments' bytes + 8 per argument: SET k vvvv is 1 + 4 + 16 = 21
+    p = impl.Parser()
+    p.feed(multibulk([b"SET", b"k", b"vvvv"]))
+    out = bytearray()
+    assert p.parse_kv(out, False, max_command_bytes=21) == (1, None)
+    p.feed(multibulk([b"SET", b"k", b"vvvv"]))
+    assert p.parse_kv(out, False, max_command_bytes=20) == (0, [b"SET", b"k", b"vvvv"])
+    assert out == encode_commands([(kv_py.OP_SET, [b"k", b"vvvv"])])
+
+
+def test_parse_kv_limits_leave_the_request_buffered(impl):
+    get = multibulk([b"GET", b"k"])
+    size = len(encode_commands([(kv_py.OP_GET, [b"k"])]))     # 23
+    p = impl.Parser()
+    p.feed(get * 6 + b"PING\r\n")
+    out = bytearray()
+    assert p.parse_kv(out, False, max_entries=2) == (2, None) and p.stopped_at_limit
+    assert p.parse_kv(out, False, max_bytes=2 * size + 1) == (2, None) and p.stopped_at_limit
+    # The first entry of a call goes in whatever its size.
+    assert p.parse_kv(out, False, max_bytes=1) == (1, None) and p.stopped_at_limit
+    assert p.parse_kv(out, False) == (1, [b"PING"]) and not p.stopped_at_limit
+    assert out == encode_commands([(kv_py.OP_GET, [b"k"])] * 6)
+    # A request that is not a KV command is returned even at the limit.
+    p.feed(b"PING\r\n" + get)
+    assert p.parse_kv(out, False, max_entries=0) == (0, [b"PING"]) and not p.stopped_at_limit
+    assert p.parse_kv(out, False, max_entries=0) == (0, None) and p.stopped_at_limit
+    assert p.parse_kv(out, False) == (1, None) and not p.stopped_at_limit
+    assert p.parse_kv(out, False) == (0, None) and not p.stopped_at_limit
+    assert len(out) == 7 * size
+
+
+def test_parse_kv_zero_entries_and_parse_takes_the_held_request(impl):
+    p = impl.Parser()
+    p.feed(b"GET k\r\n" + multibulk([b"GET", b"j"]))
+    out = bytearray()
+    assert p.parse_kv(out, False, max_entries=0) == (0, None) and p.stopped_at_limit
+    assert p.parse_kv(out, False, max_entries=0) == (0, None) and p.stopped_at_limit
+    assert out == b""
+    assert p.parse() == [[b"GET", b"k"], [b"GET", b"j"]]
+
+
+def test_parse_kv_large_value_across_reads(impl):
+    value = bytes(range(256)) * 400
+    wire = multibulk([b"SET", b"k", value]) + multibulk([b"APPEND", b"k", b"x"])
+    p, out, n = impl.Parser(), bytearray(), 0
+    for at in range(0, len(wire), 997):
+        p.feed(wire[at:at + 997])
+        n += p.parse_kv(out, False)[0]
+    assert n == 2
+    assert out == encode_commands([(kv_py.OP_SET, [b"k", value]), (kv_py.OP_APPEND, [b"k", b"x"])])
+
+
+def test_parse_kv_protocol_error_keeps_earlier_entries(impl):
+    p = impl.Parser()
+    p.feed(multibulk([b"SET", b"a", b"1"]) + b"*1\r\n$x\r\n" + multibulk([b"GET", b"a"]))
+    out = bytearray()
+    assert p.parse_kv(out, False) == (1, None)
+    assert p.error == "Protocol error: invalid bulk length"
+    assert out == encode_commands([(kv_py.OP_SET, [b"a", b"1"])])
+    p.feed(multibulk([b"GET", b"a"]))
+    assert p.parse_kv(out, False) == (0, None)
+
+
+def test_parse_kv_needs_a_bytearray():
+    with pytest.raises(TypeError):
+        C.Parser().parse_kv(b"", False)

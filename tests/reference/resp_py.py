@@ -16,7 +16,11 @@ cut into reads:
 
 NUL bytes in an inline line are ordinary characters (Redis's C-string scan
 would stall on them).
+
+parse_kv is the client fast path: KV commands go straight into an entry
+block (tests/reference/kv_py.py), the first other request stops it.
 """
+from . import kv_py
 
 PROTO_MAX_BULK_LEN = 512 * 1024 * 1024
 PROTO_INLINE_MAX_SIZE = 64 * 1024
@@ -127,7 +131,9 @@ class RespParserPy:
         self._mb_left = 0       # arguments still due in the multibulk request being read
         self._bulk_len = -1     # length of the bulk being read, -1 while its $ line is due
         self._args = []
+        self._pending = None    # a KV request parse_kv left for the next call
         self.error = None
+        self.stopped_at_limit = False
 
     def feed(self, data):
         if self.error is None:
@@ -137,6 +143,9 @@ class RespParserPy:
         out = []
         if self.error is not None:
             return out
+        if self._pending is not None:
+            out.append(self._pending)
+            self._pending = None
         while True:
             if self._mb_left:
                 progressed = self._bulk(out)
@@ -151,6 +160,56 @@ class RespParserPy:
         del self._buf[:self._pos]
         self._pos = 0
         return out
+
+    def parse_kv(self, out, resp3, max_entries=1 << 30, max_bytes=1 << 62,
+                 max_command_bytes=32 << 20):
+        """Append the entries of the complete KV requests buffered, in
+        order, onto the bytearray out; stop at the first other request and
+        return it: (entries appended, request or None).  None: nothing
+        complete is buffered, a protocol error (`error` set), or the next KV
+        command would pass max_entries or max_bytes appended bytes (it stays
+        for the next call; stopped_at_limit).  The first entry of a call is
+        accepted whatever its size."""
+        self.stopped_at_limit = False
+        if self.error is not None:
+            return 0, None
+        n = added = 0
+        while True:
+            if self._pending is not None:
+                req, self._pending = self._pending, None
+            else:
+                req = self._next_request()
+            if req is None:
+                return n, None
+            op = kv_py.fast_opcode(req, max_command_bytes)
+            if op is None:
+                return n, req
+            entry = kv_py.encode_entry(op, req[1:], resp3)
+            if n >= max_entries or (n > 0 and added + len(entry) > max_bytes):
+                self._pending = req
+                self.stopped_at_limit = True
+                return n, None
+            out += entry
+            n += 1
+            added += len(entry)
+
+    def _next_request(self):
+        """parse(), up to one complete request."""
+        out = []
+        while not out:
+            if self._mb_left:
+                progressed = self._bulk(out)
+            elif self._pos >= len(self._buf):
+                break
+            elif self._buf[self._pos] == ord("*"):
+                progressed = self._multibulk_header()
+            else:
+                progressed = self._inline(out)
+            if not progressed:
+                break
+        del self._buf[:self._pos]
+        self._pos = 0
+        return out[0] if out else None
 
     def _fail(self, what):
         self.error = "Protocol error: " + what

@@ -1,0 +1,93 @@
+/* The KV command payload, shared by kv.pyx (encode_commands, KVStore) and
+ * resp.pyx (RespParser.parse_kv, which encodes client requests straight
+ * into entries).  Header-only, like rfstr.h: each extension compiles its
+ * own copy.  The format itself is documented in kv.pyx; the entry header
+ * in raftfast/messages.py (kv.pyx checks these numbers against it).
+ */
+#ifndef RAFTFAST_KVCMD_H
+#define RAFTFAST_KVCMD_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define RF_ENTRY_HEADER 13       /* u32 data_len, u64 term, u8 type */
+#define RF_ENTRY_NORMAL 0
+#define RF_CMD_HEADER 5          /* u8 opcode, u32 argc */
+
+/* Opcodes are part of the log format: never reuse a number. */
+#define RF_OP_SET 1
+#define RF_OP_GET 2
+#define RF_OP_MGET 3
+#define RF_OP_EXISTS 4
+#define RF_OP_DEL 5
+#define RF_OP_APPEND 6
+#define RF_OP_INCR 7
+/* High bit of the opcode byte: the client that sent the command reads
+ * RESP3, so its reply is encoded in RESP3.  Apply ignores it otherwise. */
+#define RF_OP_RESP3 0x80
+#define RF_OP_MASK 0x7F
+
+static inline uint32_t rf_get_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16)
+           | ((uint32_t)p[3] << 24);
+}
+
+static inline void rf_put_u32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+/* Entry header (term 0: the core stamps it) plus command header. */
+static inline void rf_put_command_header(uint8_t *p, uint32_t data_len, uint8_t opcode,
+                                         uint32_t argc) {
+    rf_put_u32(p, data_len);
+    memset(p + 4, 0, 8);
+    p[12] = RF_ENTRY_NORMAL;
+    p[13] = opcode;
+    rf_put_u32(p + 14, argc);
+}
+
+/* Arguments (excluding the command name) each opcode takes. */
+static inline int rf_kv_arity_ok(unsigned op, uint64_t argc) {
+    switch (op) {
+    case RF_OP_GET: case RF_OP_INCR: return argc == 1;
+    case RF_OP_SET: case RF_OP_APPEND: return argc == 2;
+    case RF_OP_MGET: case RF_OP_EXISTS: case RF_OP_DEL: return argc >= 1;
+    default: return 0;
+    }
+}
+
+/* The opcode of a command name (ASCII case-insensitive), or 0.  c | 0x20
+ * equals a lowercase letter only for that letter in either case. */
+static inline int rf_kv_opcode(const unsigned char *s, size_t n) {
+    unsigned char b[6];
+    size_t i;
+    if (n < 3 || n > 6)
+        return 0;
+    for (i = 0; i < n; i++)
+        b[i] = s[i] | 0x20;
+#define RF_IS(lit) (memcmp(b, lit, n) == 0)
+    switch (n) {
+    case 3:
+        if (RF_IS("get")) return RF_OP_GET;
+        if (RF_IS("set")) return RF_OP_SET;
+        if (RF_IS("del")) return RF_OP_DEL;
+        return 0;
+    case 4:
+        if (RF_IS("mget")) return RF_OP_MGET;
+        if (RF_IS("incr")) return RF_OP_INCR;
+        return 0;
+    case 6:
+        if (RF_IS("exists")) return RF_OP_EXISTS;
+        if (RF_IS("append")) return RF_OP_APPEND;
+        return 0;
+    default:
+        return 0;
+    }
+#undef RF_IS
+}
+
+#endif /* RAFTFAST_KVCMD_H */
