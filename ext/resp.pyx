@@ -178,6 +178,7 @@ cdef struct KvOut:
     Py_ssize_t n            # entries appended by this call
     Py_ssize_t added        # bytes appended by this call
     Py_ssize_t max_entries, max_bytes, max_cmd
+    Py_ssize_t forced       # entries that fit whatever their size (1, or 0 with force_first=False)
     uint8_t flag            # OP_RESP3 or 0
 
 
@@ -265,7 +266,8 @@ cdef class RespParser:
     # ---- the KV fast path ----------------------------------------------
 
     def parse_kv(self, bytearray out, bint resp3, Py_ssize_t max_entries=1 << 30,
-                 Py_ssize_t max_bytes=1 << 62, Py_ssize_t max_command_bytes=32 << 20):
+                 Py_ssize_t max_bytes=1 << 62, Py_ssize_t max_command_bytes=32 << 20,
+                 bint force_first=True):
         """Consume, in order, the complete buffered requests that are
         well-formed KV commands (GET, SET, MGET, EXISTS, DEL, APPEND, INCR,
         any case, right arity, arguments' bytes + 8 per argument within
@@ -280,7 +282,8 @@ cdef class RespParser:
         max_entries entries or max_bytes appended bytes (it stays buffered
         and `stopped_at_limit` is True).  Like etcd's limitSize, the first
         entry of a call is accepted whatever its size, so a call with
-        max_entries >= 1 always makes progress.
+        max_entries >= 1 always makes progress; force_first=False lifts that
+        exception (a batcher adding to a batch that already holds entries).
 
         Requests wholly inside the first buffered chunk are encoded
         straight from it, with no Python object; the rest (inline requests,
@@ -300,6 +303,7 @@ cdef class RespParser:
         o.max_entries = max_entries
         o.max_bytes = max_bytes
         o.max_cmd = max_command_bytes
+        o.forced = 1 if force_first else 0
         o.flag = OP_RESP3 if resp3 else 0
         try:
             while True:
@@ -318,7 +322,7 @@ cdef class RespParser:
                 if op == 0:
                     stop = req
                     break
-                if o.n >= max_entries or (o.n > 0 and o.added + size > max_bytes):
+                if o.n >= max_entries or (o.n >= o.forced and o.added + size > max_bytes):
                     self._pending = req
                     self.stopped_at_limit = True
                     break
@@ -392,7 +396,7 @@ cdef class RespParser:
                 memcpy(dst + 4, p + d, <size_t>blen)
                 w += 4 + blen
                 q = d + blen + 2
-            if o.n >= o.max_entries or (o.n > 0 and o.added + w > o.max_bytes):
+            if o.n >= o.max_entries or (o.n >= o.forced and o.added + w > o.max_bytes):
                 return True
             _put_command_header(<uint8_t *>PyByteArray_AS_STRING(<object>o.ba) + o.used,
                                 <uint32_t>(w - ENTRY_HEADER), <uint8_t>(op | o.flag),

@@ -135,6 +135,15 @@ class RaftDriver:
         self._expire_waiters()
         self.schedule()
 
+    def on_peer_state(self, peer, writable, lost):
+        """The transport's flow-control callback."""
+        if self._stopped:
+            return
+        if lost:
+            self.core.report_unreachable(peer)  # what was in that socket may be gone
+        self.core.set_flow_paused(peer, not writable)
+        self.schedule()
+
     def step(self, msg):
         """A message from a peer (the transport's callback)."""
         if self._stopped:

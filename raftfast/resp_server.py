@@ -92,11 +92,11 @@ class Batcher:
         self.entries_proposed = 0
 
     def room(self):
-        """(entries, bytes) that still fit; with an empty batch, any one
-        command fits whatever its size."""
-        if not self.count:
-            return self.max_entries, 1 << 62
-        return self.max_entries - self.count, self.max_bytes - len(self.buf)
+        """(entries, bytes) that still fit, and whether the next command
+        must be taken whatever its size (only into an empty batch: a
+        command larger than the byte limit then goes alone)."""
+        return (self.max_entries - self.count, max(0, self.max_bytes - len(self.buf)),
+                self.count == 0)
 
     def added(self, conn, n):
         self.count += n
@@ -188,9 +188,9 @@ class ClientProtocol(asyncio.Protocol):
         while not self.closing:
             if server.driver.is_leader:
                 # The fast path: KV commands go straight into the batch.
-                room_entries, room_bytes = batcher.room()
-                n, stop = parser.parse_kv(batcher.buf, self.resp3, room_entries,
-                                          len(batcher.buf) + room_bytes, max_cmd)
+                room_entries, room_bytes, empty = batcher.room()
+                n, stop = parser.parse_kv(batcher.buf, self.resp3, room_entries, room_bytes,
+                                          max_cmd, empty)
                 if n:
                     batcher.added(self, n)
                 if stop is None:

@@ -72,6 +72,10 @@ class PeerTransport:
         self._closed = False
         self.listen_address = None
         self.client_url = client_url
+        # on_peer_state(peer_id, writable, lost): flow control for the
+        # driver - a paused socket stops the sender before it has to drop,
+        # and a lost connection means what was written may be gone.
+        self.on_peer_state = None
         self._client_urls = {}  # node id -> advertised client URL from its handshake
         self._handshake = encode_handshake(cluster_id, node_id, client_url=client_url)
         self.frames_sent = self.bytes_sent = self.frames_dropped = 0
@@ -308,6 +312,8 @@ class PeerTransport:
         peer.backoff = BACKOFF_MIN
         peer.failing = False
         peer.writable = not proto.paused
+        if self.on_peer_state is not None:
+            self.on_peer_state(peer.id, peer.writable, False)
         self.log.info("connected to peer %d at %s (protocol v%d)", peer.id, peer.addr, version)
 
     def _outbound_lost(self, peer, proto, exc):
@@ -315,6 +321,8 @@ class PeerTransport:
             return  # an older connection, already replaced or reset
         peer.proto = None
         peer.writable = False
+        if proto.acked and self.on_peer_state is not None:
+            self.on_peer_state(peer.id, False, True)
         if proto.acked:
             self.log.info("lost connection to peer %d at %s%s", peer.id, peer.addr,
                           f": {exc}" if exc else "")
@@ -385,11 +393,17 @@ class _OutboundProtocol(asyncio.Protocol):
     def pause_writing(self):
         self.paused = True
         self.peer.writable = False
+        owner = self.owner
+        if self.acked and self.peer.proto is self and owner.on_peer_state is not None:
+            owner.on_peer_state(self.peer.id, False, False)
 
     def resume_writing(self):
         self.paused = False
         if self.acked and self.peer.proto is self:
             self.peer.writable = True
+            owner = self.owner
+            if owner.on_peer_state is not None:
+                owner.on_peer_state(self.peer.id, True, False)
 
     def connection_lost(self, exc):
         if self.timer is not None:

@@ -571,3 +571,15 @@ def test_parse_kv_protocol_error_keeps_earlier_entries(impl):
 def test_parse_kv_needs_a_bytearray():
     with pytest.raises(TypeError):
         C.Parser().parse_kv(b"", False)
+
+
+@pytest.mark.parametrize("impl", ["c", "py"])
+def test_parse_kv_without_force_first_respects_the_byte_limit_from_the_first_entry(impl):
+    from tests.reference.resp_py import RespParserPy
+    from raftfast._resp import RespParser
+    p = RespParser() if impl == "c" else RespParserPy()
+    p.feed(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$40\r\n" + b"v" * 40 + b"\r\n")
+    out = bytearray()
+    assert p.parse_kv(out, False, 10, 20, 1 << 20, False) == (0, None)
+    assert p.stopped_at_limit and out == bytearray()
+    assert p.parse_kv(out, False, 10, 20, 1 << 20, True)[0] == 1  # forced: taken alone

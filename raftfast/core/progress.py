@@ -53,7 +53,7 @@ class Inflights:
 
 class Progress:
     __slots__ = ("match", "next", "state", "probe_sent", "inflights", "recent_active",
-                 "stalled_beats")
+                 "stalled_beats", "flow_paused")
 
     def __init__(self, next_index, max_inflight, max_inflight_bytes):
         self.match = 0
@@ -65,6 +65,9 @@ class Progress:
         # Heartbeat answers that arrived while appends were outstanding and
         # nothing was acknowledged: enough of them means appends were lost.
         self.stalled_beats = 0
+        # The runtime's socket to this follower is full or down: send
+        # nothing until it says otherwise (back-pressure, not dropping).
+        self.flow_paused = False
 
     def become_probe(self):
         self.state = PROBE
@@ -113,6 +116,8 @@ class Progress:
             self.probe_sent = True
 
     def is_paused(self):
+        if self.flow_paused:
+            return True
         if self.state == PROBE:
             return self.probe_sent
         if self.state == REPLICATE:

@@ -111,6 +111,23 @@ class Ready:
                 f"committed={self.committed and (self.committed[0], self.committed[2])})")
 
 
+def _coalesce_acks(msgs, me):
+    """Followers ack a batch at once: of several append acknowledgements to
+    one leader in one term, only the highest index needs to go (within a
+    term a leader's entries never change under it); of this node's own
+    durability notes, the last one."""
+    best = {}
+    for i, m in enumerate(msgs):
+        if m.type == MSG_APPEND_RESP and not m.reject:
+            key = (m.to, m.term)
+            j = best.get(key)
+            if j is None or m.to == me or m.index >= msgs[j].index:
+                best[key] = i
+    keep = set(best.values())
+    return [m for i, m in enumerate(msgs)
+            if i in keep or m.type != MSG_APPEND_RESP or m.reject]
+
+
 class Raft:
     def __init__(self, cfg, entry_log, hard_state=None, snap_index=0, snap_term=0):
         hs = hard_state or HardState()
@@ -236,6 +253,17 @@ class Raft:
         pr = self.progress.get(peer)
         if self.role == LEADER and pr is not None and pr.state == REPLICATE:
             pr.become_probe()
+
+    def set_flow_paused(self, peer, paused):
+        """The runtime's connection to peer cannot take more (paused=True)
+        or can again.  Appends wait rather than being sent into a full
+        socket; heartbeats still go (the runtime may drop them)."""
+        pr = self.progress.get(peer)
+        if pr is None or pr.flow_paused == paused:
+            return
+        pr.flow_paused = paused
+        if not paused and self.role == LEADER:
+            self._send_appends_to(peer)
 
     def step(self, m):
         if m.frm == self.id:
@@ -476,7 +504,8 @@ class Raft:
         if self._hard_state_changed():
             rd.hard_state = HardState(self.term, self.vote, log.committed)
         rd.messages, self._msgs = self._msgs, []
-        rd.persist_messages, self._persist_msgs = self._persist_msgs, []
+        persist, self._persist_msgs = self._persist_msgs, []
+        rd.persist_messages = _coalesce_acks(persist, self.id) if len(persist) > 1 else persist
         hi = min(log.committed, written_to) + 1
         if log.applied + 1 < hi:
             block, count = log.slice(log.applied + 1, hi, self.cfg.max_apply_bytes)

@@ -162,7 +162,7 @@ class RespParserPy:
         return out
 
     def parse_kv(self, out, resp3, max_entries=1 << 30, max_bytes=1 << 62,
-                 max_command_bytes=32 << 20):
+                 max_command_bytes=32 << 20, force_first=True):
         """Append the entries of the complete KV requests buffered, in
         order, onto the bytearray out; stop at the first other request and
         return it: (entries appended, request or None).  None: nothing
@@ -185,7 +185,7 @@ class RespParserPy:
             if op is None:
                 return n, req
             entry = kv_py.encode_entry(op, req[1:], resp3)
-            if n >= max_entries or (n > 0 and added + len(entry) > max_bytes):
+            if n >= max_entries or (n >= (1 if force_first else 0) and added + len(entry) > max_bytes):
                 self._pending = req
                 self.stopped_at_limit = True
                 return n, None
