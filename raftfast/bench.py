@@ -2,9 +2,9 @@
 
     python -m raftfast.bench run [--nodes 3] [--transport unix|tcp] [--fsync always|never]
         [--seconds 10] [--clients 50] [--pipeline 16] [--value-size 64] [--rate R]
-        [node tunables as in raftfast.cluster]
+        [--count-calls] [node tunables as in raftfast.cluster]
     python -m raftfast.bench core [--nodes 3] [--seconds 5] [--batch 256]
-        [--value-size 64] [--window 8]
+        [--value-size 64] [--window 8] [--count-calls]
     python -m raftfast.bench compare [--quick | --full] [--against pysyncobj]
         [--out DIR] [--seconds S]
 
@@ -14,6 +14,11 @@ latency percentiles and the nodes' own figures for the run.  `core` asks the
 leader to propose blocks of entries itself (RAFTFAST.BENCH), no RESP per
 entry: the replication core's ceiling.  `compare` sweeps configurations and
 writes a table, CSV, JSON and plots (bench_compare.py).
+
+`--count-calls` (run, core) starts the nodes with RAFTFAST_COUNT_CALLS=1:
+each counts its Python-level function calls (sys.setprofile `call` events,
+every thread) and reports them in INFO stats; the command prints the calls
+per SET (run) or per committed entry (core) of every node.
 """
 import argparse
 import asyncio
@@ -28,6 +33,7 @@ from .config import ArgumentParser, Config, ConfigError, add_node_arguments
 
 BASE_PORT = 7300  # away from raftfast.cluster's 7000, so both can run at once
 INSTALL_HINT = 'pip install -e ".[bench]"'
+COUNT_CALLS_ENV = {"RAFTFAST_COUNT_CALLS": "1"}
 
 
 def build_parser():
@@ -102,6 +108,10 @@ def _cluster_args(p):
     p.add_argument("--target", metavar="URL",
                    help="drive this already running node (tcp://HOST:PORT) instead of "
                         "starting a cluster; server figures then come from it alone")
+    p.add_argument("--count-calls", action="store_true",
+                   help="start the nodes with RAFTFAST_COUNT_CALLS=1 and print every node's "
+                        "Python-level function calls per SET (run) or per committed entry "
+                        "(core); slows the nodes down (a profile hook)")
     p.set_defaults(data_dir=None)
     add_node_arguments(p, cluster=True)
 
@@ -142,6 +152,15 @@ async def measure(target, seconds, clients, pipeline, value_size, rate=None, war
     The same load runs untimed for `warmup` seconds first (default: a
     quarter of the run, at most 1 s), so that the figures are not those of
     a cluster that has just elected its leader and has empty buffers."""
+    result, before, after = await measure_snapshots(target, seconds, clients, pipeline,
+                                                    value_size, rate, warmup)
+    return result, bench_stats.figures(before, after, target.leader_id)
+
+
+async def measure_snapshots(target, seconds, clients, pipeline, value_size, rate=None,
+                            warmup=None):
+    """measure(), with the nodes' snapshots instead of the figures:
+    (Result, before, after)."""
     if warmup is None:
         warmup = min(seconds / 4, 1.0)
     if warmup > 0:
@@ -150,7 +169,7 @@ async def measure(target, seconds, clients, pipeline, value_size, rate=None, war
     result = await loadgen.run_async(target.url, seconds, clients, pipeline, value_size,
                                      rate=rate)
     after = await bench_stats.snapshot(target.nodes)
-    return result, bench_stats.figures(before, after, target.leader_id)
+    return result, before, after
 
 
 def format_figures(figs):
@@ -167,18 +186,42 @@ async def _with_target(ns, body):
     if ns.target:
         url = str(await loadgen.find_leader(ns.target))
         return await body(Target(url, {0: (url, None)}, 0))
-    async with LocalCluster(ns) as c:
+    env = COUNT_CALLS_ENV if getattr(ns, "count_calls", False) else None
+    async with LocalCluster(ns, env=env) as c:
         print(f"cluster: {describe_settings(cluster_settings(ns))}; "
               f"leader node {c.leader_id}", flush=True)
         return await body(Target.of_cluster(c))
 
 
+def check_counting(before):
+    """--count-calls: every node must report its Python calls (a node started
+    by hand needs RAFTFAST_COUNT_CALLS=1 in its environment)."""
+    missing = sorted(i for i, st in before.items() if bench_stats.CALLS_FIELD not in st)
+    if missing:
+        raise RuntimeError(
+            f"--count-calls: node(s) {', '.join(map(str, missing))} do not report "
+            f"{bench_stats.CALLS_FIELD} in INFO stats; start them with RAFTFAST_COUNT_CALLS=1")
+
+
+def print_python_calls(before, after, entries, leader_id, unit):
+    rows = bench_stats.python_calls(before, after, entries, leader_id)
+    print("\n".join(bench_stats.format_python_calls(rows, unit)))
+    print("(counted with a profile hook in every node: the figures above are not "
+          "speed figures)")
+    return rows
+
+
 async def cmd_run(ns):
     async def body(target):
-        result, figs = await measure(target, ns.seconds, ns.clients, ns.pipeline,
-                                     ns.value_size, ns.rate)
+        if ns.count_calls:
+            check_counting(await bench_stats.snapshot(target.nodes))
+        result, before, after = await measure_snapshots(target, ns.seconds, ns.clients,
+                                                        ns.pipeline, ns.value_size, ns.rate)
+        figs = bench_stats.figures(before, after, target.leader_id)
         print(result.format())
         print(format_figures(figs))
+        if ns.count_calls:
+            print_python_calls(before, after, result.ops, target.leader_id, "SET")
         if ns.json:
             from .bench_report import make_row
             row = make_row("raftfast", cluster_settings(ns), result, figs)
@@ -210,6 +253,8 @@ async def core_bench(url, seconds, batch, value_size, window):
 async def cmd_core(ns):
     async def body(target):
         before = await bench_stats.snapshot(target.nodes)
+        if ns.count_calls:
+            check_counting(before)
         r = await core_bench(target.url, ns.seconds, ns.batch, ns.value_size, ns.window)
         after = await bench_stats.snapshot(target.nodes)
         figs = bench_stats.figures(before, after, target.leader_id)
@@ -219,6 +264,9 @@ async def cmd_core(ns):
               f"{r['fsyncs']:,} fsyncs on the leader "
               f"({bench_stats.fmt(r['entries_per_fsync'])} entries per fsync)")
         print(format_figures(figs))
+        if ns.count_calls:
+            print_python_calls(before, after, r["entries"], target.leader_id,
+                               "committed entry")
         return 0
     return await _with_target(ns, body)
 

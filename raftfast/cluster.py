@@ -183,8 +183,10 @@ def child_setup(parent_pid):
     return setup
 
 
-def node_env():
+def node_env(extra=None):
+    """The nodes' environment: ours, with `extra` (a dict) on top."""
     env = dict(os.environ)
+    env.update(extra or {})
     env["PYTHONUNBUFFERED"] = "1"  # the ready line must not wait in a buffer
     # Nodes import the same raftfast as the launcher, installed or not.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,12 +229,13 @@ class Node:
         self.log.close()
 
 
-async def spawn(spec, log_path):
+async def spawn(spec, log_path, env=None):
+    """Start one node; `env` (a dict) is added to its environment."""
     os.makedirs(spec.data_dir, exist_ok=True)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", NODE_MODULE, *spec.argv,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=node_env(),
+        stderr=asyncio.subprocess.PIPE, env=node_env(env),
         preexec_fn=child_setup(os.getpid()))
     return Node(spec, proc, log_path)
 
@@ -378,13 +381,15 @@ class LocalCluster:
             url = c.client_url(c.leader_id)
 
     Without ns.data_dir a fresh temporary directory is used and removed on
-    stop.  Raises ConfigError (bad settings) or ClusterError (a node exited,
+    stop.  `env` (a dict) is added to every node's environment, e.g.
+    {"RAFTFAST_COUNT_CALLS": "1"}.  Raises ConfigError (bad settings) or ClusterError (a node exited,
     or no leader within leader_wait seconds; the nodes are stopped first).
     """
 
-    def __init__(self, ns, leader_wait=LEADER_WAIT):
+    def __init__(self, ns, leader_wait=LEADER_WAIT, env=None):
         self.ns = ns
         self.leader_wait = leader_wait
+        self.env = dict(env or {})
         self.temp = getattr(ns, "data_dir", None) is None
         # Short and under /tmp: unix socket paths are limited to 107 bytes.
         self.data_dir = (tempfile.mkdtemp(prefix="rf-", dir="/tmp" if os.path.isdir("/tmp")
@@ -413,7 +418,8 @@ class LocalCluster:
             os.makedirs(self.data_dir, exist_ok=True)
             for spec in specs:
                 self.nodes.append(await spawn(spec, os.path.join(self.data_dir,
-                                                                 f"node{spec.id}.log")))
+                                                                 f"node{spec.id}.log"),
+                                              self.env))
             await self.wait_leader(self.leader_wait)
         except BaseException:
             await self.stop()

@@ -68,8 +68,21 @@ def test_core_and_compare_defaults():
     assert (ns.grid, ns.against, ns.out, ns.seconds) == ("full", ["pysyncobj"], "x", 3.0)
 
 
+def test_count_calls_flag():
+    p = bench.build_parser()
+    assert p.parse_args(["run"]).count_calls is False
+    assert p.parse_args(["core"]).count_calls is False
+    assert p.parse_args(["run", "--count-calls"]).count_calls is True
+    ns = p.parse_args(["core", "--count-calls", "--batch", "1024"])
+    assert ns.count_calls is True and ns.batch == 1024
+    # A flag of the benchmark, not a node tunable: no node's command line has it.
+    assert "--count-calls" not in cluster.plan(ns, "/tmp/rf-plan")[0].argv
+    assert bench.COUNT_CALLS_ENV == {"RAFTFAST_COUNT_CALLS": "1"}
+
+
 @pytest.mark.parametrize("argv,fragment", [
     ([], "required"),
+    (["compare", "--count-calls"], "unrecognized arguments"),
     (["run", "--nodes", "0"], "--nodes"),
     (["run", "--seconds", "0"], "--seconds"),
     (["run", "--rate", "-5"], "--rate"),
@@ -146,6 +159,68 @@ def test_info_parsing_and_proc_cpu():
     sum(i * i for i in range(300_000))
     assert t0 is not None and bench_stats.proc_cpu_seconds(os.getpid()) >= t0
     assert bench_stats.proc_cpu_seconds(2**22 + 12345) is None
+
+
+def info_text(calls=None, top=None, commit=0):
+    text = f"# Stats\r\nraftfast_fsyncs:3\r\nraftfast_entries_applied:{commit}\r\n"
+    if calls is not None:
+        text += f"raftfast_python_calls:{calls}\r\n"
+    if top is not None:
+        text += f"raftfast_python_calls_top:{top}\r\n"
+    return text + f"\r\n# Raft\r\nraft_commit_index:{commit}\r\n"
+
+
+def snap(**texts):
+    """{node id: node_stats} from INFO texts, as snapshot() makes it."""
+    return {int(k[1:]): bench_stats.node_stats(bench_stats.parse_info(v.encode()))
+            for k, v in texts.items()}
+
+
+def test_python_calls_per_entry_from_info():
+    before = snap(n1=info_text(1000, "driver.py:_tick=40,resp_server.py:_info=10"),
+                  n2=info_text(500, "driver.py:_tick=40"),
+                  n3=info_text(700))
+    after = snap(n1=info_text(1000 + 12_800, "driver.py:_tick=90,resp_server.py:_info=12,"
+                                             "driver.py:_flush=12000"),
+                 n2=info_text(500 + 256, "driver.py:_tick=296"),
+                 n3=info_text(700))
+    assert before[1]["raftfast_python_calls"] == 1000.0
+    assert before[1]["python_calls_top"] == {"driver.py:_tick": 40, "resp_server.py:_info": 10}
+    rows = bench_stats.python_calls(before, after, 256_000, leader_id=2)
+    assert [(r["node"], r["role"]) for r in rows] == [(2, "leader"), (1, "follower"),
+                                                      (3, "follower")]
+    leader, f1, f3 = rows
+    assert (leader["calls"], leader["per_entry"]) == (256, 0.001)
+    assert leader["top"] == [("driver.py:_tick", 256)]
+    assert (f1["calls"], f1["per_entry"]) == (12_800, 0.05)
+    # The run's calls by function: differences; a function new to the top list counts
+    # from 0; an unchanged one is left out.
+    assert f1["top"] == [("driver.py:_flush", 12000), ("driver.py:_tick", 50),
+                         ("resp_server.py:_info", 2)]
+    assert (f3["calls"], f3["per_entry"], f3["top"]) == (0, 0.0, [])
+    lines = bench_stats.format_python_calls(rows, "committed entry")
+    assert lines[0].startswith("Python calls per committed entry")
+    assert lines[1].split() == ["node", "2", "(leader)", "0.001000", "(256", "calls", "/",
+                                "256,000)"]
+    assert lines[2].split() == ["most:", "driver.py:_tick", "256"]
+    assert "0.050000" in lines[3] and "driver.py:_flush 12,000" in lines[4]
+    assert lines[5].split()[3] == "0.000000" and len(lines) == 6
+
+
+def test_python_calls_missing_or_no_entries():
+    before = snap(n1=info_text(10), n2=info_text(None))
+    after = snap(n1=info_text(30), n2=info_text(5))   # node 2 was not counting at first
+    rows = bench_stats.python_calls(before, after, 0, leader_id=1)
+    assert rows[0]["calls"] == 20 and rows[0]["per_entry"] is None   # no entries: n/a
+    assert rows[1]["calls"] is None and rows[1]["per_entry"] is None
+    lines = bench_stats.format_python_calls(rows, "SET")
+    assert lines[0].startswith("Python calls per SET")
+    assert lines[1].split()[3] == "n/a" and "does not report raftfast_python_calls" in lines[2]
+    assert bench_stats.parse_calls_top("a.py:f=3,bad,b.py:g=x,c.py:h=1") == \
+        {"a.py:f": 3, "c.py:h": 1}
+    with pytest.raises(RuntimeError, match=r"node\(s\) 2 do not report .*RAFTFAST_COUNT_CALLS=1"):
+        bench.check_counting(before)
+    bench.check_counting(after)
 
 
 # ---- writers ----------------------------------------------------------------------
@@ -294,6 +369,53 @@ def test_core_command_against_a_running_node(capsys):
     assert "500.0 entries per fsync" in out and "entries per AppendEntries n/a" in out
 
 
+class CountingCore(FakeCore):
+    """FakeCore that also reports Python calls the way a node started with
+    RAFTFAST_COUNT_CALLS=1 does: 100 before RAFTFAST.BENCH, 600 after."""
+
+    bench_done = False
+
+    def data_received(self, data):
+        if b"RAFTFAST.BENCH" in data:
+            CountingCore.bench_done = True
+        if b"INFO" not in data:
+            return super().data_received(data)
+        calls = 600 if CountingCore.bench_done else 100
+        body = (f"raft_role:leader\r\nraft_commit_index:1\r\nraftfast_python_calls:{calls}\r\n"
+                f"raftfast_python_calls_top:driver.py:_tick={calls // 2}\r\n").encode()
+        self.transport.write(b"$%d\r\n%s\r\n" % (len(body), body))
+
+
+def run_core_against(fake, extra, capsys):
+    argv = ["core", "--seconds", "0.5", "--batch", "128", "--value-size", "32", "--window", "4"]
+
+    async def drive(url):
+        return await asyncio.get_running_loop().run_in_executor(
+            None, bench.main, argv + extra + ["--target", url])
+    code = run_async(with_fake(fake, drive))
+    return code, capsys.readouterr()
+
+
+def test_core_count_calls_against_a_running_node(capsys):
+    CountingCore.bench_done = False
+    code, out = run_core_against(CountingCore, ["--count-calls"], capsys)
+    assert code == 0, out.err
+    lines = out.out.splitlines()
+    i = lines.index("Python calls per committed entry (sys.setprofile call events, "
+                    "every thread):")
+    # 500 calls over the 500,000 entries RAFTFAST.BENCH committed.
+    assert lines[i + 1].split() == ["node", "0", "(leader)", "0.001000", "(500", "calls", "/",
+                                    "500,000)"]
+    assert lines[i + 2].split() == ["most:", "driver.py:_tick", "250"]
+
+
+def test_count_calls_needs_a_counting_node(capsys):
+    code, out = run_core_against(FakeCore, ["--count-calls"], capsys)
+    assert code == 1 and "committed" not in out.out
+    assert "node(s) 0 do not report raftfast_python_calls" in out.err
+    assert "RAFTFAST_COUNT_CALLS=1" in out.err
+
+
 # ---- LocalCluster with stand-in nodes ---------------------------------------------------
 
 def free_base_port(n):
@@ -344,7 +466,36 @@ def test_local_cluster_reports_a_node_that_fails(monkeypatch):
         run_async(cluster.LocalCluster(ns, leader_wait=20).start())
 
 
+def test_local_cluster_passes_extra_environment(monkeypatch):
+    """LocalCluster(env=...) reaches every node process (the stand-in node
+    fails on FAKE_FAIL_ID), on top of the launcher's own environment."""
+    monkeypatch.setattr(cluster, "NODE_MODULE", "cluster_fake_node")
+    monkeypatch.setenv("PYTHONPATH", TESTS)
+    monkeypatch.delenv("FAKE_FAIL_ID", raising=False)
+    env = cluster.node_env({"FAKE_FAIL_ID": "3", "PYTHONUNBUFFERED": "0"})
+    assert env["FAKE_FAIL_ID"] == "3" and env["PYTHONPATH"].endswith(TESTS)
+    assert "FAKE_FAIL_ID" not in cluster.node_env()
+    ns = bench.build_parser().parse_args(["run", "--base-port", str(free_base_port(3))])
+    with pytest.raises(cluster.ClusterError, match="node 3 .* exited with code 1"):
+        run_async(cluster.LocalCluster(ns, leader_wait=20, env={"FAKE_FAIL_ID": "3"}).start())
+
+
 # ---- a real cluster --------------------------------------------------------------------
+
+@pytest.mark.multiprocess
+def test_bench_core_count_calls_on_a_real_cluster():
+    """The nodes count their calls when started with --count-calls, and every
+    node's line carries a figure (its size is the benchmark's business)."""
+    argv = [sys.executable, "-m", "raftfast.bench", "core", "--seconds", "0.5",
+            "--count-calls", "--base-port", str(free_base_port(3))]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=90, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    rows = [ln.split() for ln in lines if ln.startswith("  node ")]
+    assert [r[2] for r in rows] == ["(leader)", "(follower)", "(follower)"], p.stdout
+    for r in rows:
+        assert float(r[3]) >= 0 and int(r[4].strip("(").replace(",", "")) > 0
+
 
 @pytest.mark.multiprocess
 def test_bench_run_against_a_real_cluster(tmp_path):
