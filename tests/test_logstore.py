@@ -1,6 +1,11 @@
 """raftfast._logstore: the segmented write-ahead log, checked against the
-pure-Python record format in tests/reference/logrecord_py.py."""
+pure-Python record format in tests/reference/logrecord_py.py.
+
+Stores here use small segments (SEG bytes) so that preallocating one --
+zero-filling and fsyncing it -- costs next to nothing.
+"""
 import errno
+import gc
 import logging
 import os
 import random
@@ -13,6 +18,7 @@ import pytest
 from raftfast._logstore import LogCorruptError, LogStore, LogStoreError
 from tests.reference import logrecord_py as ref
 
+SEG = 4096
 
 def block(*entries):
     """An entry block (raftfast.messages format) of (term, data) pairs."""
@@ -33,7 +39,7 @@ def replayed(store):
 def on_disk(path):
     """Every record of every segment, decoded by the reference twin."""
     recs = []
-    for name in sorted(os.listdir(path)):
+    for name in sorted(n for n in os.listdir(path) if n.endswith(".wal")):
         with open(os.path.join(path, name), "rb") as f:
             recs.extend(ref.decode_all(f.read()))
     return recs
@@ -52,6 +58,10 @@ def wal_fds(path):
     return fds
 
 
+def tmp_files(path):
+    return sorted(n for n in os.listdir(path) if n.endswith(".tmp"))
+
+
 @pytest.fixture
 def wal(tmp_path):
     return tmp_path / "wal"
@@ -66,7 +76,7 @@ def test_round_trip_with_truncating_overwrite(wal):
         ("hard_state", (3, 0, 6)),
         ("entries", (7, batch(3, 1, size=300), 1)),
     ]
-    with LogStore(wal) as s:
+    with LogStore(wal, segment_bytes=SEG) as s:
         assert s.hard_state == (0, 0, 0)
         for kind, f in ops:
             if kind == "entries":
@@ -76,25 +86,27 @@ def test_round_trip_with_truncating_overwrite(wal):
         s.sync()
     expected = [("hard_state", (0, 0, 0))] + ops  # a new segment starts with the hard state
     assert on_disk(wal) == expected
-    with LogStore(wal) as s:
+    assert os.path.getsize(wal / ref.segment_name(1)) == SEG  # preallocated
+    with LogStore(wal, segment_bytes=SEG) as s:
         assert s.hard_state == (3, 0, 6)
         assert replayed(s) == expected
         assert len(s.segments) == 1
 
 
 def test_replay_hands_blocks_per_record(wal):
-    with LogStore(wal) as s:
+    with LogStore(wal, segment_bytes=SEG) as s:
         s.append_entries(1, batch(1, 100), 100)
         calls = []
         s.replay(lambda f, b, c: calls.append((f, c, len(b))), lambda *hs: None)
     assert calls == [(1, 100, len(batch(1, 100)))]
 
 
+@pytest.mark.parametrize("fsync", [True, False])
 @pytest.mark.parametrize("seed", range(20))
-def test_c_bytes_match_twin_encoding(wal, seed):
+def test_c_bytes_match_twin_encoding(wal, seed, fsync):
     rng = random.Random(seed)
     written = []
-    with LogStore(wal, segment_bytes=1 << 20) as s:
+    with LogStore(wal, fsync=fsync, segment_bytes=64 << 10) as s:
         nxt = 1
         for _ in range(30):
             if rng.random() < 0.3:
@@ -109,23 +121,32 @@ def test_c_bytes_match_twin_encoding(wal, seed):
                 s.append_entries(first, b, n)
                 written.append(ref.encode_entries(first, b, n))
                 nxt = first + n
+    records = ref.encode_hard_state(0, 0, 0) + b"".join(written)
     with open(wal / ref.segment_name(1), "rb") as f:
-        assert f.read() == ref.encode_hard_state(0, 0, 0) + b"".join(written)
+        # With fsync on the segment is preallocated: zeros after the records.
+        assert f.read() == (ref.preallocated(records, 64 << 10) if fsync else records)
 
 
-def test_twin_written_log_opens(wal):
+@pytest.mark.parametrize("size", [None, SEG, 1000], ids=["plain", "preallocated", "smaller"])
+def test_twin_written_log_opens(wal, size):
+    # Plain segments are what an older raftfast (or fsync off) wrote.
     b1, b2 = batch(1, 2), batch(2, 3)
     ref.write_segment(wal, 5, [ref.encode_hard_state(0, 0, 0), ref.encode_entries(1, b1, 2),
-                               ref.encode_hard_state(2, 7, 1)])
-    ref.write_segment(wal, 6, [ref.encode_hard_state(2, 7, 1), ref.encode_entries(2, b2, 3)])
-    with LogStore(wal) as s:
+                               ref.encode_hard_state(2, 7, 1)], size=size)
+    ref.write_segment(wal, 6, [ref.encode_hard_state(2, 7, 1), ref.encode_entries(2, b2, 3)], size=size)
+    with LogStore(wal, segment_bytes=SEG) as s:
         assert s.hard_state == (2, 7, 1)
         assert replayed(s) == [
             ("hard_state", (0, 0, 0)), ("entries", (1, b1, 2)), ("hard_state", (2, 7, 1)),
             ("hard_state", (2, 7, 1)), ("entries", (2, b2, 3))]
-        s.append_entries(5, b1, 2)  # appends go on in the last segment
+        # The last segment is preallocated at open (fsync on), so appends
+        # go on in it overwriting zeros.
+        assert os.path.getsize(wal / ref.segment_name(6)) == SEG
+        s.append_entries(5, b1, 2)
         assert [os.path.basename(p) for p in s.segments] == [ref.segment_name(5), ref.segment_name(6)]
     assert on_disk(wal)[-1] == ("entries", (5, b1, 2))
+    seg5 = (wal / ref.segment_name(5)).read_bytes()
+    assert len(seg5) == (size or ref.records_end(seg5))  # only the last segment is extended
 
 
 def test_segments_roll_and_each_starts_with_the_hard_state(wal):
@@ -176,85 +197,140 @@ def test_record_larger_than_a_segment_gets_its_own(wal):
 
 
 def _three_records(wal):
-    with LogStore(wal) as s:
+    """A preallocated segment: hard state, entries, hard state, entries,
+    then zeros.  Returns (path, its bytes, where the last record starts,
+    where the records end)."""
+    with LogStore(wal, segment_bytes=SEG) as s:
         s.append_entries(1, batch(1, 2), 2)
         s.save_hard_state(1, 1, 2)
         s.append_entries(3, batch(1, 3), 3)
     path = wal / ref.segment_name(1)
     data = path.read_bytes()
-    last = len(data) - len(ref.encode_entries(3, batch(1, 3), 3))
-    return path, data, last
+    end = ref.records_end(data)
+    assert len(data) == SEG and end < SEG
+    return path, data, end - len(ref.encode_entries(3, batch(1, 3), 3)), end
 
 
-def test_torn_tail_cut_at_every_offset_is_repaired(wal, caplog):
-    path, data, last = _three_records(wal)
-    kept = [("hard_state", (0, 0, 0)), ("entries", (1, batch(1, 2), 2)), ("hard_state", (1, 1, 2))]
-    for cut in range(last, len(data)):
-        path.write_bytes(data[:cut])
+KEPT = [("hard_state", (0, 0, 0)), ("entries", (1, batch(1, 2), 2)), ("hard_state", (1, 1, 2))]
+
+
+@pytest.mark.parametrize("layout", ["preallocated", "plain"])
+def test_torn_tail_cut_at_every_offset_is_repaired(wal, caplog, layout):
+    # preallocated: the last write reached the disk only up to `cut`, zeros
+    # after; plain: an appending writer's file ends at `cut` (older raftfast,
+    # or a segment created while the preparer was behind).
+    path, data, last, end = _three_records(wal)
+    for cut in range(last, end):
+        path.write_bytes(data[:cut] + (bytes(SEG - cut) if layout == "preallocated" else b""))
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="raftfast.storage"):
-            s = LogStore(wal)
+            s = LogStore(wal, segment_bytes=SEG)
         try:
-            if cut > last:
-                assert any("torn" in r.getMessage() and str(path) in r.getMessage()
-                           for r in caplog.records), cut
-            assert os.path.getsize(path) == last
-            assert replayed(s) == kept
+            torn = [r.getMessage() for r in caplog.records if "torn" in r.getMessage()]
+            if any(data[last:cut]):  # (a cut inside the crc may leave only zeros: no record begun)
+                assert torn and str(path) in torn[0] and f"offset {last}" in torn[0], cut
+            else:
+                assert not torn
+            # Zeroed from the torn record on, and preallocated: the size is kept.
+            assert path.read_bytes() == ref.preallocated(data[:last], SEG)
+            assert replayed(s) == KEPT
             assert s.hard_state == (1, 1, 2)
             s.append_entries(3, batch(4, 1), 1)  # the repaired store takes appends
             s.sync()
         finally:
             s.close()
-        with LogStore(wal) as s:
-            assert replayed(s) == kept + [("entries", (3, batch(4, 1), 1))]
+        with LogStore(wal, segment_bytes=SEG) as s:
+            assert replayed(s) == KEPT + [("entries", (3, batch(4, 1), 1))]
+
+
+def test_torn_record_with_garbage_after_it_is_zeroed_to_the_garbage_end(wal, caplog):
+    path, data, last, end = _three_records(wal)
+    # The torn record's first 40 bytes arrived, then nothing, then a stretch
+    # of its later bytes (written back out of order).
+    damaged = bytearray(data)
+    damaged[last + 40:end] = bytes(end - last - 40)
+    damaged[end + 500:end + 800] = os.urandom(300)
+    damaged[end + 799] = 0xAA  # where the garbage ends, whatever urandom gave
+    path.write_bytes(bytes(damaged))
+    with caplog.at_level(logging.WARNING, logger="raftfast.storage"):
+        with LogStore(wal, segment_bytes=SEG) as s:
+            assert replayed(s) == KEPT
+    assert f"offset {last} ({end + 800 - last} bytes) zeroed" in caplog.text
+    assert path.read_bytes() == ref.preallocated(data[:last], SEG)
 
 
 @pytest.mark.parametrize("tail", ["flip", "zeros"])
-def test_damaged_last_record_with_nothing_after_is_repaired(wal, caplog, tail):
-    path, data, last = _three_records(wal)
-    if tail == "flip":
-        damaged = data[:-5] + bytes([data[-5] ^ 0x40]) + data[-4:]
-    else:  # a crash that extended the file but never wrote its data
-        damaged = data[:last] + bytes(len(data) - last)
+def test_damaged_last_record_with_nothing_after(wal, caplog, tail):
+    path, data, last, end = _three_records(wal)
+    if tail == "flip":  # a torn record: repaired
+        damaged = data[:end - 5] + bytes([data[end - 5] ^ 0x40]) + data[end - 4:]
+    else:  # never written: the end marker is where the record would have begun
+        damaged = data[:last] + bytes(SEG - last)
     path.write_bytes(damaged)
     with caplog.at_level(logging.WARNING, logger="raftfast.storage"):
-        with LogStore(wal) as s:
-            assert [r[0] for r in replayed(s)] == ["hard_state", "entries", "hard_state"]
-    assert "torn" in caplog.text
-    assert os.path.getsize(path) == last
+        with LogStore(wal, segment_bytes=SEG) as s:
+            assert replayed(s) == KEPT
+    assert ("torn" in caplog.text) == (tail == "flip")
+    assert path.read_bytes() == ref.preallocated(data[:last], SEG)
 
 
 def test_flipped_byte_in_a_middle_record_is_refused(wal):
-    path, data, _ = _three_records(wal)
+    path, data, _, _ = _three_records(wal)
     start = ref.HEADER_SIZE + 24  # after the leading hard state record
     end = start + len(ref.encode_entries(1, batch(1, 2), 2))
     for pos in range(start, end):
         path.write_bytes(data[:pos] + bytes([data[pos] ^ 0x01]) + data[pos + 1:])
         with pytest.raises(LogCorruptError) as ei:
-            LogStore(wal)
+            LogStore(wal, segment_bytes=SEG)
         assert ei.value.offset == start, pos
         assert str(path) in str(ei.value) and f"offset {start}" in str(ei.value)
     assert path.read_bytes() != data  # nothing was "repaired"
 
 
-def test_damage_in_a_segment_that_is_not_the_last_is_refused(wal):
+@pytest.mark.parametrize("where", ["marker+24", "middle", "file end"])
+def test_garbage_after_the_end_marker_is_refused(wal, where):
+    path, data, _, end = _three_records(wal)
+    pos = {"marker+24": end + 24, "middle": (end + SEG) // 2, "file end": SEG - 1}[where]
+    path.write_bytes(data[:pos] + b"\x01" + data[pos + 1:])
+    with pytest.raises(LogCorruptError, match="after the end of the log") as ei:
+        LogStore(wal, segment_bytes=SEG)
+    assert ei.value.offset == pos and str(path) in str(ei.value)
+    assert path.read_bytes()[pos] == 1  # left alone
+
+
+def _rolled(wal):
+    """A log of several preallocated segments; returns the segment paths."""
     with LogStore(wal, segment_bytes=200) as s:
         for i in range(1, 10):
+            s._wait_prepared()  # every roll takes a prepared segment
             s.append_entries(i, batch(1, 1, size=60), 1)
         segs = s.segments
-    assert len(segs) >= 3
-    first = segs[0]
+    assert len(segs) >= 3 and all(os.path.getsize(p) == 200 for p in segs)
+    return segs
+
+
+def test_damage_in_a_segment_that_is_not_the_last_is_refused(wal):
+    first = _rolled(wal)[0]
     data = open(first, "rb").read()
+    end = ref.records_end(data)
+    last = end - len(ref.encode_entries(1, batch(1, 1, size=60), 1))
+    assert 0 < end < len(data)  # it rolled before filling up: an end marker, then zeros
     with open(first, "wb") as f:  # even its last record: only the log's tail may be torn
-        f.write(data[:-1] + bytes([data[-1] ^ 0xff]))
+        f.write(data[:end - 1] + bytes([data[end - 1] ^ 0xff]) + data[end:])
     with pytest.raises(LogCorruptError) as ei:
         LogStore(wal, segment_bytes=200)
-    assert first in str(ei.value)
-    assert ei.value.offset == len(data) - len(ref.encode_entries(1, batch(1, 1, size=60), 1))
-    with open(first, "wb") as f:
-        f.write(data[:-3])
-    with pytest.raises(LogCorruptError):
+    assert first in str(ei.value) and "not the last" in str(ei.value)
+    assert ei.value.offset == last
+    with open(first, "wb") as f:  # torn: its last bytes never written
+        f.write(data[:end - 3] + bytes(len(data) - end + 3))
+    with pytest.raises(LogCorruptError) as ei:
         LogStore(wal, segment_bytes=200)
+    assert ei.value.offset == last
+    with open(first, "wb") as f:  # garbage after its end marker
+        f.write(data[:-1] + b"\x07")
+    with pytest.raises(LogCorruptError, match="after the end of the log") as ei:
+        LogStore(wal, segment_bytes=200)
+    assert ei.value.offset == len(data) - 1 and first in str(ei.value)
 
 
 @pytest.mark.parametrize("rec,why", [
@@ -262,18 +338,32 @@ def test_damage_in_a_segment_that_is_not_the_last_is_refused(wal):
     (ref.encode(7, 1, 1, batch(1, 1)), "type 7"),
     (ref.encode(ref.HARD_STATE, 0, 0, b"\0" * 8), "hard state"),
 ])
-def test_intact_record_of_unknown_kind_is_refused_even_at_the_tail(wal, rec, why):
-    ref.write_segment(wal, 1, [ref.encode_hard_state(0, 0, 0), rec])
+@pytest.mark.parametrize("size", [None, SEG], ids=["plain", "preallocated"])
+def test_intact_record_of_unknown_kind_is_refused_even_at_the_tail(wal, rec, why, size):
+    ref.write_segment(wal, 1, [ref.encode_hard_state(0, 0, 0), rec], size=size)
     with pytest.raises(LogCorruptError, match=why) as ei:
-        LogStore(wal)
+        LogStore(wal, segment_bytes=SEG)
     assert ei.value.offset == 48
 
 
-def test_garbage_then_valid_record_is_refused(wal):
-    ref.write_segment(wal, 1, [ref.encode_hard_state(0, 0, 0), os.urandom(40),
-                               ref.encode_hard_state(1, 0, 0)])
+@pytest.mark.parametrize("size", [None, SEG], ids=["plain", "preallocated"])
+def test_garbage_then_valid_record_is_refused(wal, size):
+    garbage = b"\xff" + os.urandom(39)
+    ref.write_segment(wal, 1, [ref.encode_hard_state(0, 0, 0), garbage,
+                               ref.encode_hard_state(1, 0, 0)], size=size)
     with pytest.raises(LogCorruptError) as ei:
-        LogStore(wal)
+        LogStore(wal, segment_bytes=SEG)
+    assert ei.value.offset == 48
+
+
+def test_torn_record_then_an_intact_one_far_behind_is_refused(wal):
+    # Past zeros, too: an intact record anywhere after a bad one is damage.
+    hs = ref.encode_hard_state(1, 0, 0)
+    data = bytearray(ref.preallocated(ref.encode_hard_state(0, 0, 0) + b"\x01" * 30, SEG))
+    data[3000:3000 + len(hs)] = hs
+    ref.write_segment(wal, 1, [bytes(data)])
+    with pytest.raises(LogCorruptError, match="an intact record follows at 3000") as ei:
+        LogStore(wal, segment_bytes=SEG)
     assert ei.value.offset == 48
 
 
@@ -284,13 +374,173 @@ def test_missing_segment_is_refused(wal):
         LogStore(wal)
 
 
-def test_empty_last_segment_gets_the_hard_state(wal):
+@pytest.mark.parametrize("size", [None, SEG], ids=["plain", "preallocated"])
+def test_empty_last_segment_gets_the_hard_state(wal, size):
     ref.write_segment(wal, 1, [ref.encode_hard_state(4, 2, 0), ref.encode_entries(1, batch(4, 1), 1)])
-    ref.write_segment(wal, 2, [])  # created by a roll just before a crash
-    with LogStore(wal) as s:
+    ref.write_segment(wal, 2, [], size=size)  # created by a roll just before a crash
+    with LogStore(wal, segment_bytes=SEG) as s:
         s.append_entries(2, batch(4, 1), 1)
     assert ref.decode_all((wal / ref.segment_name(2)).read_bytes()) == [
         ("hard_state", (4, 2, 0)), ("entries", (2, batch(4, 1), 1))]
+    assert os.path.getsize(wal / ref.segment_name(2)) == SEG
+
+
+def test_segments_are_preallocated_and_the_next_one_prepared(wal):
+    with LogStore(wal, segment_bytes=SEG) as s:
+        # The first segment is zero-filled before its first record.
+        first = wal / ref.segment_name(1)
+        assert first.read_bytes() == ref.preallocated(ref.encode_hard_state(0, 0, 0), SEG)
+        assert s._wait_prepared()
+        # The next one waits under a .tmp name, zeros, fsynced.
+        assert tmp_files(wal) == ["0000000000000002.tmp"]
+        assert (wal / "0000000000000002.tmp").read_bytes() == bytes(SEG)
+        assert [os.path.basename(p) for p in s.segments] == [ref.segment_name(1)]
+    assert tmp_files(wal) == []  # close deletes the prepared segment
+
+
+def test_fsync_never_preallocates_nothing(wal):
+    with LogStore(wal, fsync=False, segment_bytes=SEG) as s:
+        s.append_entries(1, batch(1, 1), 1)
+        assert not s._wait_prepared()
+        assert tmp_files(wal) == []
+        assert os.path.getsize(s.segments[0]) == 48 + len(ref.encode_entries(1, batch(1, 1), 1))
+
+
+def test_rolls_with_and_without_a_prepared_segment(wal, caplog):
+    rec = ref.encode_entries(1, batch(1, 1, size=1000), 1)
+    per_seg = (SEG - 48) // len(rec)  # records that fit after the leading hard state
+    idx = [0]
+
+    def fill_segment(s):
+        for _ in range(per_seg):
+            idx[0] += 1
+            s.append_entries(idx[0], batch(1, 1, size=1000), 1)
+
+    with LogStore(wal, segment_bytes=SEG) as s:
+        fill_segment(s)
+        assert s._wait_prepared()
+        s._hold_preparer(True)  # from here the disk is "slow": nothing new gets prepared
+        fill_segment(s)  # rolls into the prepared segment 2
+        assert os.path.getsize(wal / ref.segment_name(2)) == SEG
+        assert tmp_files(wal) == []  # 2.tmp was renamed; 3.tmp is asked for, not begun
+        fill_segment(s)  # the writer outruns the preparer: segment 3 is plain
+        assert os.path.getsize(wal / ref.segment_name(3)) == 48 + per_seg * len(rec)
+        s._hold_preparer(False)
+        assert s._wait_prepared()
+        assert tmp_files(wal) == ["0000000000000003.tmp"]  # prepared late, serves the next roll
+        fill_segment(s)
+        assert os.path.getsize(wal / ref.segment_name(4)) == SEG
+        assert s._wait_prepared()
+        assert tmp_files(wal) == ["0000000000000005.tmp"]
+        s.sync()
+        assert len(s.segments) == 4
+    with LogStore(wal, segment_bytes=SEG) as s:
+        assert [r[1][0] for r in replayed(s) if r[0] == "entries"] == list(range(1, idx[0] + 1))
+    assert "torn" not in caplog.text
+
+
+def test_plain_last_segment_is_preallocated_at_open(wal):
+    with LogStore(wal, segment_bytes=SEG) as s:
+        assert s._wait_prepared()
+        s._hold_preparer(True)
+        for i in range(1, 6):  # two records a segment: 3 rolls into prepared 2, 5 into plain 3
+            s.append_entries(i, batch(1, 1, size=1500), 1)
+        plain = (wal / ref.segment_name(3)).read_bytes()
+        assert len(plain) < SEG
+    with LogStore(wal, segment_bytes=SEG) as s:
+        assert (wal / ref.segment_name(3)).read_bytes() == ref.preallocated(plain, SEG)
+        s.append_entries(6, batch(1, 1), 1)
+    assert [r[1][0] for r in on_disk(wal) if r[0] == "entries"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_failed_preparation_falls_back_to_a_plain_segment(wal, caplog):
+    with LogStore(wal, segment_bytes=SEG) as s:
+        assert s._wait_prepared()
+        s._hold_preparer(True)
+        os.mkdir(wal / "0000000000000003.tmp")  # the preparer cannot create its file
+        for i in range(1, 4):
+            s.append_entries(i, batch(1, 1, size=1500), 1)  # rolls into the prepared segment 2
+        s._hold_preparer(False)
+        assert not s._wait_prepared()
+        with caplog.at_level(logging.WARNING, logger="raftfast.storage"):
+            for i in range(4, 6):
+                s.append_entries(i, batch(1, 1, size=1500), 1)  # rolls into segment 3
+        assert "preparing the next log segment failed" in caplog.text
+        assert "segment 3 is not preallocated" in caplog.text
+        assert os.path.getsize(wal / ref.segment_name(3)) < SEG
+        assert s._wait_prepared()  # asked again after the failure, and made
+        assert not s.failed
+    os.rmdir(wal / "0000000000000003.tmp")
+    assert [r[1][0] for r in on_disk(wal) if r[0] == "entries"] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+def test_a_roll_never_replaces_an_existing_file(wal, prepared):
+    s = LogStore(wal, segment_bytes=SEG)
+    try:
+        if prepared:
+            assert s._wait_prepared()
+        else:
+            s._hold_preparer(True)
+        (wal / ref.segment_name(2)).write_bytes(b"someone else's")
+        s.append_entries(1, batch(1, 1, size=2000), 1)
+        with pytest.raises(LogStoreError) as ei:
+            s.append_entries(2, batch(1, 1, size=2000), 1)
+        assert ei.value.errno == errno.EEXIST and "segment create" in str(ei.value)
+        assert s.failed
+    finally:
+        s.close()
+    assert (wal / ref.segment_name(2)).read_bytes() == b"someone else's"
+    assert tmp_files(wal) == []
+
+
+def test_no_room_to_preallocate_falls_back_to_plain_segments(wal, caplog):
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (SEG // 2, hard))  # files stop at SEG/2 bytes (EFBIG)
+    try:
+        with caplog.at_level(logging.WARNING, logger="raftfast.storage"):
+            with LogStore(wal, segment_bytes=SEG) as s:
+                s.append_entries(1, batch(1, 1), 1)
+                s.sync()
+                assert not s._wait_prepared()  # no room for the next one either
+                assert os.path.getsize(s.segments[0]) == 48 + len(ref.encode_entries(1, batch(1, 1), 1))
+            assert "cannot preallocate log segment 1" in caplog.text
+            caplog.clear()
+            with LogStore(wal, segment_bytes=SEG) as s:  # nor to extend the last one at open
+                s.append_entries(2, batch(1, 1), 1)
+                s.sync()
+            assert "cannot preallocate the last log segment" in caplog.text
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert os.path.getsize(wal / ref.segment_name(1)) == SEG // 2  # zeros as far as they got
+    assert [r[1][0] for r in on_disk(wal) if r[0] == "entries"] == [1, 2]
+    assert tmp_files(wal) == []
+
+
+def test_stray_tmp_files_are_removed_at_open(wal):
+    ref.write_segment(wal, 1, [ref.encode_hard_state(3, 1, 0)], size=SEG)
+    (wal / "0000000000000002.tmp").write_bytes(bytes(100))  # half zero-filled at a crash
+    (wal / "0000000000000009.tmp").write_bytes(b"x")
+    (wal / "notes.tmp").write_bytes(b"not ours")
+    with LogStore(wal, segment_bytes=SEG) as s:
+        assert "0000000000000009.tmp" not in tmp_files(wal)
+        assert s._wait_prepared()
+        assert tmp_files(wal) == ["0000000000000002.tmp", "notes.tmp"]
+        assert (wal / "0000000000000002.tmp").read_bytes() == bytes(SEG)  # made afresh
+        assert s.hard_state == (3, 1, 0)
+    assert tmp_files(wal) == ["notes.tmp"]
+
+
+def test_a_store_dropped_without_close_stops_its_preparer(wal):
+    s = LogStore(wal, segment_bytes=1 << 20)
+    s.append_entries(1, batch(1, 1), 1)
+    threads = len(os.listdir("/proc/self/task"))
+    del s
+    gc.collect()
+    assert len(os.listdir("/proc/self/task")) == threads - 1
+    assert tmp_files(wal) == []
+    with LogStore(wal, segment_bytes=1 << 20) as s:
+        assert [r[0] for r in replayed(s)] == ["hard_state", "entries"]
 
 
 def test_rolled_segments_stay_open_until_a_sync_and_fsync_never_keeps_none(wal, tmp_path):
@@ -348,27 +598,30 @@ def test_sync_from_a_thread_while_appending(wal):
     assert errors == [] and syncs[0] > 0
     assert len(s.segments) > 3
     s.close()
-    with LogStore(wal) as s:
+    with LogStore(wal, segment_bytes=2000) as s:
         assert [r[1] for r in replayed(s) if r[0] == "entries"] == \
             [(i, batch(i, 1), 1) for i in range(1, 600)]
         assert s.hard_state == (550, 1, 549)
 
 
-def test_failed_write_raises_and_the_store_stays_failed(wal, caplog):
-    s = LogStore(wal)
+@pytest.mark.parametrize("fsync", [True, False], ids=["preallocated", "plain"])
+def test_failed_write_raises_and_the_store_stays_failed(wal, caplog, fsync):
+    s = LogStore(wal, fsync=fsync, segment_bytes=SEG)
     s.append_entries(1, batch(1, 1), 1)
     s.sync()
-    seg = s.segments[-1]
-    size = os.path.getsize(seg)
+    s._wait_prepared()
+    big = batch(1, 4, size=SEG // 4)  # bigger than a segment: rolls, then runs past its end
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     # A file-size limit makes the kernel refuse the write for real (EFBIG);
     # Python ignores SIGXFSZ, so the error comes back from write(2).
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 30, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (SEG + 30, hard))
     try:
         with pytest.raises(LogStoreError) as ei:
-            s.append_entries(2, batch(1, 4, size=20), 4)  # half fits: a short write, then EFBIG
+            s.append_entries(2, big, 4)  # part fits: a short write, then EFBIG
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    seg = s.segments[-1]
+    assert seg.endswith(ref.segment_name(2))
     assert ei.value.errno == errno.EFBIG and ei.value.filename == seg
     assert s.failed
     for call in (lambda: s.append_entries(2, batch(1, 1), 1), lambda: s.save_hard_state(1, 1, 1),
@@ -376,15 +629,17 @@ def test_failed_write_raises_and_the_store_stays_failed(wal, caplog):
         with pytest.raises(LogStoreError, match="earlier failure"):
             call()
     s.close()
-    assert os.path.getsize(seg) == size + 30  # the partial record is on disk...
+    assert os.path.getsize(seg) == SEG + 30  # the partial record is on disk...
     with caplog.at_level(logging.WARNING, logger="raftfast.storage"):
-        with LogStore(wal) as s:  # ...and is cut back as a torn tail
+        with LogStore(wal, segment_bytes=SEG) as s:  # ...and is zeroed as a torn tail
             assert [r[1][0] for r in replayed(s) if r[0] == "entries"] == [1]
     assert "torn" in caplog.text
+    with open(seg, "rb") as f:
+        assert f.read() == ref.preallocated(ref.encode_hard_state(0, 0, 0), SEG + 30)
 
 
 def test_failed_fsync_raises_and_the_store_stays_failed(wal):
-    s = LogStore(wal)
+    s = LogStore(wal, segment_bytes=SEG)
     s.append_entries(1, batch(1, 1), 1)
     (fd,) = wal_fds(wal)
     r, w = os.pipe()
@@ -405,7 +660,7 @@ def test_failed_fsync_raises_and_the_store_stays_failed(wal):
 
 
 def test_bad_arguments_and_closed_store(wal):
-    s = LogStore(wal)
+    s = LogStore(wal, segment_bytes=SEG)
     for args in ((0, batch(1, 1), 1), (1, batch(1, 1), 0), (1, b"", 1)):
         with pytest.raises(ValueError):
             s.append_entries(*args)

@@ -5,6 +5,10 @@ ext/logstore.pyx is tested against (see that module's docstring).
     | u64 first_index | u32 count | payload
 
 little-endian; the CRC32C covers everything after itself.
+
+A segment's records end at the end of its file or at an end marker: a
+24-byte header of zeros (no record has version 0), after which the file
+holds only zeros -- the unused rest of a preallocated segment.
 """
 import os
 import struct
@@ -62,10 +66,32 @@ def decode(buf, offset=0):
     raise RecordError(f"bad record type {rtype} at {offset}")
 
 
-def decode_all(buf):
-    """Every record of a segment's bytes, in order; RecordError at the first bad one."""
-    out, off = [], 0
+def is_end_marker(buf, offset):
+    """An all-zero header (or the file's last, fewer than 24, bytes all zero) at offset."""
+    return not any(bytes(buf[offset:offset + HEADER_SIZE]))
+
+
+def records_end(buf):
+    """Where a segment's records end: the file's end or its end marker.
+    RecordError at the first bad record or at a non-zero byte after the marker."""
+    buf, off = bytes(buf), 0
     while off < len(buf):
+        if is_end_marker(buf, off):
+            rest = buf[off:]
+            if any(rest):
+                nz = len(rest) - len(rest.lstrip(b"\0"))
+                raise RecordError(f"non-zero byte at {off + nz} after the end marker at {off}")
+            return off
+        off = decode(buf, off)[2]
+    return off
+
+
+def decode_all(buf):
+    """Every record of a segment's bytes, in order, up to the end (see
+    records_end); RecordError at the first bad one."""
+    buf = bytes(buf)
+    end, out, off = records_end(buf), [], 0
+    while off < end:
         kind, fields, off = decode(buf, off)
         out.append((kind, fields))
     return out
@@ -75,8 +101,18 @@ def segment_name(seq):
     return "%016d.wal" % seq
 
 
-def write_segment(dirpath, seq, records):
-    """Write encoded records as segment `seq` of a log directory."""
+def preallocated(data, size):
+    """A segment's bytes zero-filled to `size`, as a preallocated segment is."""
+    assert len(data) <= size
+    return bytes(data) + bytes(size - len(data))
+
+
+def write_segment(dirpath, seq, records, size=None):
+    """Write encoded records as segment `seq` of a log directory, zero-filled
+    to `size` bytes when given (a preallocated segment)."""
     os.makedirs(dirpath, exist_ok=True)
+    data = b"".join(records)
+    if size is not None:
+        data = preallocated(data, size)
     with open(os.path.join(dirpath, segment_name(seq)), "wb") as f:
-        f.write(b"".join(records))
+        f.write(data)
