@@ -68,13 +68,19 @@ so a record of an unknown version is still recognised as a whole, intact
 record and refused by name rather than mistaken for damage.  Per-entry
 terms live in the block; the record adds no per-entry data.
 
-Opening verifies every record in order.  Only a torn tail -- in the last
-segment, a record (not an end marker) that is incomplete or fails its CRC,
-with no intact record anywhere after it -- is repaired: overwritten with
-zeros from its start to the last non-zero byte of the file, keeping the
-file's size (logged as a warning).  Any other damage raises
-LogCorruptError naming the file and byte offset, among it any non-zero
-byte after an end marker.
+Opening verifies every record in order.  Only a torn tail is repaired.
+In the last segment, that is a record (not an end marker) that is
+incomplete or fails its CRC, or an end marker followed by non-zero bytes
+(a last write spanning pages, of which a later page reached the disk and
+the one holding its header did not), in either case with no intact
+record (whole, CRC matching) anywhere after it.  It is overwritten with
+zeros from the bad record or the end marker to the last non-zero byte of
+the file, keeping the file's size, fsynced (with fsync on) and logged as
+a warning.  Any other damage raises LogCorruptError naming the file and
+byte offset: an intact record after the bad one or after the end marker
+(zeroing it could withdraw an acknowledged entry), and any damage,
+non-zero bytes after an end marker among it, in a segment that is not
+the last.
 
 Durability: append_entries / save_hard_state write(2) into the page cache
 on the caller's thread; sync() fdatasyncs every segment written since the
@@ -285,13 +291,32 @@ cdef size_t _nonzero_end(const uint8_t *b, size_t lo, size_t n) noexcept nogil:
     return lo
 
 
+cdef size_t _intact_after(const uint8_t *base, size_t lo, size_t z, size_t n) noexcept nogil:
+    """The offset of the first intact record starting in (lo, z), or n if
+    none (z: just past the last non-zero byte of base[lo:n]; a record that
+    starts at or after z would be all zeros, so never intact).  A window of
+    HDR zero bytes holds no record's start: zero runs are skipped."""
+    cdef size_t y = lo + 1, k
+    while y < z:
+        k = _first_nonzero(base, y, z)
+        if k >= z:
+            break
+        if k >= y + HDR:
+            y = k - HDR + 1
+        if _intact_at(base + y, n - y):
+            return y
+        y += 1
+    return n
+
+
 cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
                       object on_hard_state, list hs, Py_ssize_t *damaged_end) except -2:
     """Verify (and with callbacks, replay) one segment's bytes.
 
     Returns where the segment's records end (the file's end, an end marker,
-    or -- only possible when `last` -- a torn tail, in which case
-    *damaged_end is set to the end of the torn extent; else it is -1).
+    or -- only possible when `last` -- a torn tail: a bad record, or an end
+    marker with non-zero bytes after it, in which case *damaged_end is set
+    to the end of the torn extent; else it is -1).
     `hs` receives the last hard state.
     """
     cdef const uint8_t[::1] buf = data
@@ -311,8 +336,21 @@ cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
             # The end marker: the rest of a preallocated segment, zeros to
             # the end of the file.
             y = _first_nonzero(base, off + k, n)
-            if y < n:
-                raise LogCorruptError(path, y, f"non-zero byte after the end of the log at {off}")
+            if y == n:
+                return <Py_ssize_t>off
+            if not last:
+                raise LogCorruptError(path, y, f"non-zero byte after the end of the log at {off}"
+                                               " in a segment that is not the last")
+            # In the last segment: a multi-page write whose later pages
+            # reached the disk but whose first page (the header) did not.
+            # Torn like any other last write -- unless an intact record
+            # lies behind it, which would be an acknowledged entry.
+            z = _nonzero_end(base, off, n)
+            k = _intact_after(base, off, z, n)
+            if k < n:
+                raise LogCorruptError(path, off, f"non-zero bytes after the end of the log at {off}"
+                                                 f" (from {y}; an intact record follows at {k})")
+            damaged_end[0] = <Py_ssize_t>z
             return <Py_ssize_t>off
         if not _intact_at(p, n - off):
             reason = "incomplete record" if (n - off < HDR or _ld32(p + 8) > n - off - HDR) \
@@ -321,18 +359,10 @@ cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
                 raise LogCorruptError(path, off, reason + " in a segment that is not the last")
             # A torn write leaves nothing intact behind it; an intact record
             # after a bad one means damage inside the log, not a torn tail.
-            # (A window of HDR zero bytes holds no record: skip zero runs.)
             z = _nonzero_end(base, off, n)
-            y = off + 1
-            while y < z:
-                k = _first_nonzero(base, y, z)
-                if k >= z:
-                    break
-                if k >= y + HDR:
-                    y = k - HDR + 1
-                if _intact_at(base + y, n - y):
-                    raise LogCorruptError(path, off, reason + f" (an intact record follows at {y})")
-                y += 1
+            y = _intact_after(base, off, z, n)
+            if y < n:
+                raise LogCorruptError(path, off, reason + f" (an intact record follows at {y})")
             damaged_end[0] = <Py_ssize_t>z
             return <Py_ssize_t>off
         version = p[4]

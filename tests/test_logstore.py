@@ -287,15 +287,127 @@ def test_flipped_byte_in_a_middle_record_is_refused(wal):
     assert path.read_bytes() != data  # nothing was "repaired"
 
 
+def _torn_tail_repaired(wal, caplog, path, damaged, end, kept, zeroed_end):
+    """Open a log whose last segment is `damaged`; it must be repaired as a
+    torn tail from `end` to `zeroed_end` (as the twin says too), keeping
+    the records `kept`, then take appends and reopen cleanly."""
+    assert ref.last_segment_repair(damaged) == (end, zeroed_end)
+    path.write_bytes(damaged)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="raftfast.storage"):
+        s = LogStore(wal, segment_bytes=SEG)
+    try:
+        torn = [r.getMessage() for r in caplog.records if "torn" in r.getMessage()]
+        assert len(torn) == 1 and str(path) in torn[0]
+        assert f"offset {end} ({zeroed_end - end} bytes) zeroed" in torn[0]
+        # Zeroed from the torn tail's start on, and preallocated: the size is kept.
+        assert path.read_bytes() == ref.preallocated(damaged[:end], SEG)
+        assert replayed(s) == kept
+        nxt = 1 + sum(r[1][2] for r in kept if r[0] == "entries")
+        s.append_entries(nxt, batch(5, 2), 2)  # the repaired store takes appends
+        s.sync()
+    finally:
+        s.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="raftfast.storage"):
+        with LogStore(wal, segment_bytes=SEG) as s:
+            assert replayed(s) == kept + [("entries", (nxt, batch(5, 2), 2))]
+    assert "torn" not in caplog.text  # nothing left to repair
+    assert ref.last_segment_repair(path.read_bytes())[1] is None
+
+
 @pytest.mark.parametrize("where", ["marker+24", "middle", "file end"])
-def test_garbage_after_the_end_marker_is_refused(wal, where):
+def test_garbage_after_the_end_marker_is_zeroed_as_a_torn_tail(wal, caplog, where):
+    # In the last segment, non-zero bytes after the end marker with no
+    # intact record among them are a torn last write, never acknowledged.
     path, data, _, end = _three_records(wal)
     pos = {"marker+24": end + 24, "middle": (end + SEG) // 2, "file end": SEG - 1}[where]
-    path.write_bytes(data[:pos] + b"\x01" + data[pos + 1:])
-    with pytest.raises(LogCorruptError, match="after the end of the log") as ei:
+    damaged = data[:pos] + b"\x01" + data[pos + 1:]
+    _torn_tail_repaired(wal, caplog, path, damaged, end,
+                        KEPT + [("entries", (3, batch(1, 3), 3))], pos + 1)
+
+
+@pytest.mark.parametrize("layout", ["preallocated", "plain"])
+@pytest.mark.parametrize("lost", [24, 40, "all but its last byte"])
+def test_last_write_whose_header_page_was_lost_is_zeroed_as_a_torn_tail(wal, caplog, layout, lost):
+    # The last record's first `lost` bytes (its header's page) never reached
+    # the disk, its later bytes did: an end marker, then non-zero bytes.
+    path, data, last, end = _three_records(wal)
+    if not isinstance(lost, int):
+        lost = end - last - 1
+    damaged = data[:last] + bytes(lost) + data[last + lost:end]
+    if layout == "preallocated":
+        damaged += bytes(SEG - end)
+    zeroed_end = len(damaged.rstrip(b"\0"))
+    assert zeroed_end > last + lost
+    _torn_tail_repaired(wal, caplog, path, damaged, last, KEPT, zeroed_end)
+
+
+@pytest.mark.parametrize("behind", ["lost record, then an intact one",
+                                    "header page lost, intact record far behind",
+                                    "garbage after the marker, intact record far behind"])
+def test_intact_record_behind_garbage_after_the_end_marker_is_refused(wal, behind):
+    # An intact record after the end marker may be an acknowledged entry:
+    # zeroing it would withdraw it, so this is damage, not a torn tail.
+    path, data, last, end = _three_records(wal)
+    hs = ref.encode_hard_state(7, 1, 5)
+    damaged = bytearray(data)
+    if behind == "lost record, then an intact one":
+        damaged[last:end] = bytes(end - last)
+        marker, at = last, end
+    elif behind == "header page lost, intact record far behind":
+        damaged[last:last + 40] = bytes(40)
+        marker, at = last, 3000
+    else:
+        damaged[end + 100:end + 140] = b"\xff" + os.urandom(39)
+        marker, at = end, 3000
+    damaged[at:at + len(hs)] = hs
+    damaged = bytes(damaged)
+    with pytest.raises(ref.RecordError, match=f"intact record at {at}"):
+        ref.last_segment_repair(damaged)
+    path.write_bytes(damaged)
+    with pytest.raises(LogCorruptError, match=f"after the end of the log at {marker}.*"
+                                              f"an intact record follows at {at}") as ei:
         LogStore(wal, segment_bytes=SEG)
-    assert ei.value.offset == pos and str(path) in str(ei.value)
-    assert path.read_bytes()[pos] == 1  # left alone
+    assert ei.value.offset == marker and str(path) in str(ei.value)
+    assert path.read_bytes() == damaged  # left alone
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_last_segment_repair_matches_the_twin(wal, seed):
+    # Random damage to the last write and after it: the store repairs or
+    # refuses exactly as the twin's last_segment_repair says.
+    rng = random.Random(seed)
+    path, data, last, end = _three_records(wal)
+    damaged = bytearray(data)
+    if rng.random() < 0.4:  # its header lost: an end marker where it began
+        lo, hi = last, rng.randint(last + ref.HEADER_SIZE, end)
+    else:
+        lo = rng.randint(last, end)
+        hi = rng.randint(lo, end)
+    damaged[lo:hi] = bytes(hi - lo)  # a stretch of the last write lost
+    for _ in range(rng.randint(0, 3)):  # stray non-zero bytes behind it
+        at, n = rng.randrange(end, SEG - 8), rng.randint(1, 8)
+        damaged[at:at + n] = rng.randbytes(n)
+    if rng.random() < 0.3:  # an intact record behind it all
+        hs = ref.encode_hard_state(9, 9, 9)
+        at = rng.randrange(end, SEG - len(hs))
+        damaged[at:at + len(hs)] = hs
+    damaged = bytes(damaged)
+    assert len(damaged) == SEG
+    path.write_bytes(damaged)
+    try:
+        want = ref.last_segment_repair(damaged)
+    except ref.RecordError:
+        with pytest.raises(LogCorruptError):
+            LogStore(wal, segment_bytes=SEG)
+        assert path.read_bytes() == damaged
+        return
+    records_end, zeroed_end = want
+    repaired = damaged[:records_end] + bytes(SEG - records_end) if zeroed_end else damaged
+    with LogStore(wal, segment_bytes=SEG) as s:
+        assert replayed(s) == ref.decode_all(repaired)
+    assert path.read_bytes() == repaired
 
 
 def _rolled(wal):

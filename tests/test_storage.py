@@ -13,6 +13,10 @@ from tests.reference import logrecord_py as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Small segments: every open with fsync on preallocates one (zero-filled and
+# fsynced), which at the default 64 MiB would dominate these tests' time.
+SEG = 4096
+
 
 def ents(term, *datas):
     return encode_entries([(term, ENTRY_NORMAL, d) for d in datas]), len(datas)
@@ -20,7 +24,7 @@ def ents(term, *datas):
 
 def test_fresh_dir_is_created_and_new(tmp_path):
     d = tmp_path / "a" / "b"
-    with Storage.open(d, 1, "raftfast") as st:
+    with Storage.open(d, 1, "raftfast", segment_bytes=SEG) as st:
         assert st.is_new
         assert st.hard_state == HardState()
         assert (st.entry_log.first_index, st.entry_log.last_index) == (1, 0)
@@ -29,12 +33,12 @@ def test_fresh_dir_is_created_and_new(tmp_path):
             {"format": 1, "node_id": 1, "cluster_id": "raftfast"}
         assert (d / "LOCK").read_text() == f"{os.getpid()}\n"
     # Reopened with nothing persisted since: still no Raft state, still new.
-    with Storage.open(d, 1, "raftfast") as st:
+    with Storage.open(d, 1, "raftfast", segment_bytes=SEG) as st:
         assert st.is_new
 
 
 def test_recovery_into_entry_log(tmp_path):
-    with Storage.open(tmp_path, 3, "c") as st:
+    with Storage.open(tmp_path, 3, "c", segment_bytes=SEG) as st:
         st.append(1, *ents(1, b"a", b"b", b"c"))
         st.save_hard_state(HardState(2, 3, 1))
         st.append(4, *ents(1, b"d", b"e"))
@@ -42,7 +46,7 @@ def test_recovery_into_entry_log(tmp_path):
         st.save_hard_state(HardState(2, 3, 5))
         assert st.hard_state == HardState(2, 3, 5)
         st.sync()
-    with Storage.open(tmp_path, 3, "c") as st:
+    with Storage.open(tmp_path, 3, "c", segment_bytes=SEG) as st:
         assert not st.is_new
         assert st.hard_state == HardState(2, 3, 5)
         log = st.entry_log
@@ -66,19 +70,19 @@ def test_recovery_across_segments_with_fsync_never(tmp_path):
 
 
 def test_second_open_in_process_is_refused_until_close(tmp_path):
-    st = Storage.open(tmp_path, 1, "c")
+    st = Storage.open(tmp_path, 1, "c", segment_bytes=SEG)
     with pytest.raises(StorageError, match=f"data dir {tmp_path} is locked by another running node"):
-        Storage.open(tmp_path, 1, "c")
+        Storage.open(tmp_path, 1, "c", segment_bytes=SEG)
     st.close()
     st.close()
-    Storage.open(tmp_path, 1, "c").close()
+    Storage.open(tmp_path, 1, "c", segment_bytes=SEG).close()
 
 
 def test_open_from_another_process_is_refused(tmp_path):
     code = ("import sys; from raftfast.storage import Storage, StorageError\n"
-            "try: Storage.open(sys.argv[1], 1, 'c')\n"
+            "try: Storage.open(sys.argv[1], 1, 'c', segment_bytes=4096)\n"
             "except StorageError as e: print(e); sys.exit(1)\n")
-    with Storage.open(tmp_path, 1, "c"):
+    with Storage.open(tmp_path, 1, "c", segment_bytes=SEG):
         p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert p.returncode == 1, p.stderr
@@ -86,13 +90,13 @@ def test_open_from_another_process_is_refused(tmp_path):
 
 
 def test_another_nodes_dir_is_refused(tmp_path):
-    Storage.open(tmp_path, 1, "blue").close()
+    Storage.open(tmp_path, 1, "blue", segment_bytes=SEG).close()
     with pytest.raises(StorageError, match="belongs to node 1 of cluster 'blue', not node 2 of cluster 'blue'"):
-        Storage.open(tmp_path, 2, "blue")
+        Storage.open(tmp_path, 2, "blue", segment_bytes=SEG)
     with pytest.raises(StorageError, match="belongs to node 1 of cluster 'blue', not node 1 of cluster 'green'"):
-        Storage.open(tmp_path, 1, "green")
+        Storage.open(tmp_path, 1, "green", segment_bytes=SEG)
     assert json.loads((tmp_path / "meta").read_text())["node_id"] == 1
-    Storage.open(tmp_path, 1, "blue").close()  # a refusal leaves the lock free
+    Storage.open(tmp_path, 1, "blue", segment_bytes=SEG).close()  # a refusal leaves the lock free
 
 
 @pytest.mark.parametrize("content,why", [
@@ -103,17 +107,17 @@ def test_another_nodes_dir_is_refused(tmp_path):
 def test_bad_meta_is_refused(tmp_path, content, why):
     (tmp_path / "meta").write_bytes(content)
     with pytest.raises(StorageError, match=why):
-        Storage.open(tmp_path, 1, "c")
+        Storage.open(tmp_path, 1, "c", segment_bytes=SEG)
 
 
 def test_log_without_meta_is_refused(tmp_path):
     ref.write_segment(tmp_path / "wal", 1, [ref.encode_hard_state(5, 1, 0)])
     with pytest.raises(StorageError, match="no meta file"):
-        Storage.open(tmp_path, 1, "c")
+        Storage.open(tmp_path, 1, "c", segment_bytes=SEG)
 
 
 def _dir_with_records(path, records):
-    Storage.open(path, 1, "c").close()
+    Storage.open(path, 1, "c", segment_bytes=SEG).close()
     for name in os.listdir(path / "wal"):
         os.unlink(path / "wal" / name)
     ref.write_segment(path / "wal", 1, records)
@@ -128,11 +132,11 @@ def _dir_with_records(path, records):
 def test_inconsistent_log_is_refused(tmp_path, records, why):
     _dir_with_records(tmp_path, records)
     with pytest.raises(StorageError, match=why):
-        Storage.open(tmp_path, 1, "c")
+        Storage.open(tmp_path, 1, "c", segment_bytes=SEG)
 
 
 def test_damaged_log_is_refused_naming_file_and_offset(tmp_path):
-    with Storage.open(tmp_path, 1, "c") as st:
+    with Storage.open(tmp_path, 1, "c", segment_bytes=SEG) as st:
         st.append(1, *ents(1, b"a"))
         st.append(2, *ents(1, b"b"))
     seg = tmp_path / "wal" / ref.segment_name(1)
@@ -140,26 +144,26 @@ def test_damaged_log_is_refused_naming_file_and_offset(tmp_path):
     data[60] ^= 0xff  # inside the first entries record, which starts at 48
     seg.write_bytes(bytes(data))
     with pytest.raises(StorageError, match=f"damaged log.*{seg}.*offset 48"):
-        Storage.open(tmp_path, 1, "c")
-    Storage.open(tmp_path / "other", 1, "c").close()
+        Storage.open(tmp_path, 1, "c", segment_bytes=SEG)
+    Storage.open(tmp_path / "other", 1, "c", segment_bytes=SEG).close()
 
 
 def test_initial_members_are_recorded_once_and_recovered(tmp_path):
-    st = Storage.open(tmp_path / "d", 1, "c")
+    st = Storage.open(tmp_path / "d", 1, "c", segment_bytes=SEG)
     assert st.members() is None
     st.save_members([3, 1, 2])
     st.close()
-    st = Storage.open(tmp_path / "d", 1, "c")
+    st = Storage.open(tmp_path / "d", 1, "c", segment_bytes=SEG)
     assert st.members() == [1, 2, 3]
     st.close()
 
 
 def test_a_data_dir_with_state_but_no_members_is_refused(tmp_path):
-    st = Storage.open(tmp_path / "d", 1, "c")
+    st = Storage.open(tmp_path / "d", 1, "c", segment_bytes=SEG)
     st.save_hard_state(HardState(2, 1, 0))
     st.sync()
     st.close()
-    st = Storage.open(tmp_path / "d", 1, "c")
+    st = Storage.open(tmp_path / "d", 1, "c", segment_bytes=SEG)
     with pytest.raises(StorageError, match="members"):
         st.members()
     st.close()

@@ -8,7 +8,9 @@ little-endian; the CRC32C covers everything after itself.
 
 A segment's records end at the end of its file or at an end marker: a
 24-byte header of zeros (no record has version 0), after which the file
-holds only zeros -- the unused rest of a preallocated segment.
+holds only zeros -- the unused rest of a preallocated segment.  In the
+log's last segment a torn tail is repaired rather than refused: see
+last_segment_repair.
 """
 import os
 import struct
@@ -84,6 +86,44 @@ def records_end(buf):
             return off
         off = decode(buf, off)[2]
     return off
+
+
+def is_intact(buf, offset):
+    """A whole record starts at offset and its CRC matches, whatever its
+    version or type (so an unknown kind is refused by name, not repaired)."""
+    if len(buf) - offset < HEADER_SIZE:
+        return False
+    (crc,) = struct.unpack_from("<I", buf, offset)
+    (plen,) = struct.unpack_from("<I", buf, offset + 8)
+    end = offset + HEADER_SIZE + plen
+    return end <= len(buf) and crc32c(buf[offset + 4:end]) == crc
+
+
+def last_segment_repair(buf):
+    """What opening does with the log's LAST segment: (end, damaged_end).
+    end is where its records end; damaged_end is None when nothing needs
+    repair, else bytes [end, damaged_end) are a torn tail to zero.
+
+    A torn tail starts at a record that is not intact, or at an end marker
+    with non-zero bytes after it (the header's page of a last multi-page
+    write lost, a later page kept); it runs to the last non-zero byte, and
+    it is torn only if no intact record starts anywhere after its start.
+    RecordError otherwise: an intact record after it, or an intact record
+    of an unknown version or type on the way.  Segments that are not the
+    last are never repaired: see records_end."""
+    buf, off = bytes(buf), 0
+    while off < len(buf):
+        marker = is_end_marker(buf, off)
+        if marker and not any(buf[off:]):
+            return off, None
+        if marker or not is_intact(buf, off):
+            z = len(buf.rstrip(b"\0"))
+            for y in range(off + 1, z):
+                if is_intact(buf, y):
+                    raise RecordError(f"intact record at {y} after the torn tail at {off}")
+            return off, z
+        off = decode(buf, off)[2]
+    return off, None
 
 
 def decode_all(buf):
