@@ -26,6 +26,10 @@ class SafetyViolation(AssertionError):
     pass
 
 
+class LivenessFailure(AssertionError):
+    """The schedule stopped making progress (not a safety violation)."""
+
+
 def make_block(payloads):
     out = bytearray()
     for p in payloads:
@@ -348,8 +352,13 @@ class SimNet:
         for n in range(max_rounds):
             if n % 3 == 0:
                 self.tick_all()
+            delivered = 0
             while self.inflight:
                 self.deliver_one()
+                delivered += 1
+                if delivered > 100000:
+                    raise LivenessFailure(f"seed {self.seed}: message storm: deliveries keep "
+                                          f"producing messages without a tick")
             for node in self.nodes.values():
                 node.sync()
             self.check()

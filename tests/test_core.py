@@ -293,3 +293,58 @@ def test_a_leader_without_commits_stops_taking_proposals_at_its_cap():
     with pytest.raises(ProposalDropped):
         r.propose(make_block([b"y"]))
     assert r.log.last_index == 5
+
+
+def test_prevote_keeps_a_cut_off_node_from_bumping_its_term_and_deposing_the_leader():
+    net = quiet_net(3, seed=21)
+    assert run_until(net, lambda: leader_of(net) is not None)
+    ld = leader_of(net)
+    lead_term = ld.raft.term
+    victim = next(n for n in net.nodes.values() if n.id != ld.id)
+    net.isolate(victim.id)
+    for _ in range(100):  # many election timeouts alone
+        net.tick_all()
+        while net.inflight:
+            net.deliver_one()
+        for node in net.nodes.values():
+            node.sync()
+    assert victim.raft.term == lead_term  # asked, never campaigned
+    assert victim.raft.role in ("precandidate", "follower")
+    net.heal()
+    for _ in range(50):
+        net.tick_all()
+        while net.inflight:
+            net.deliver_one()
+        for node in net.nodes.values():
+            node.sync()
+    assert leader_of(net).id == ld.id and leader_of(net).raft.term == lead_term
+
+
+def test_check_quorum_makes_a_cut_off_leader_step_down_within_two_timeouts():
+    net = quiet_net(3, seed=22)
+    assert run_until(net, lambda: leader_of(net) is not None)
+    ld = leader_of(net)
+    net.isolate(ld.id)
+    for _ in range(2 * 10):  # two election timeouts, in ticks
+        net.tick_all()
+        while net.inflight:
+            net.deliver_one()
+    assert ld.raft.role != LEADER
+
+
+def test_a_follower_hearing_its_leader_ignores_a_higher_term_vote_request():
+    r = new_raft(node_id=2)
+    r.step(Message(MSG_HEARTBEAT, to=2, frm=1, term=3))
+    drain(r)
+    r.step(Message(MSG_VOTE, to=2, frm=3, term=9, index=100, log_term=9))
+    assert r.term == 3 and r.vote == 0 and not any(m.type == MSG_VOTE_RESP for m in
+                                                    r.ready().persist_messages)
+
+
+def test_a_prevote_is_answered_with_the_future_term_and_changes_nothing():
+    from raftfast.messages import MSG_PREVOTE, MSG_PREVOTE_RESP
+    r = new_raft(node_id=2, hs=HardState(4, 0, 0))
+    r.step(Message(MSG_PREVOTE, to=2, frm=3, term=5, index=0, log_term=0))
+    rd = r.ready()
+    assert rd.hard_state is None and r.term == 4 and r.vote == 0
+    assert [(m.type, m.term, m.reject) for m in rd.messages] == [(MSG_PREVOTE_RESP, 5, False)]

@@ -1,8 +1,8 @@
 """The sans-IO Raft core: no sockets, files or clocks; see raft.py."""
 from .log import LogPanic, RaftLog
 from .progress import PROBE, REPLICATE, SNAPSHOT, Inflights, Progress
-from .raft import (CANDIDATE, FOLLOWER, LEADER, CoreConfig, NotLeader, ProposalDropped, Raft,
+from .raft import (CANDIDATE, FOLLOWER, LEADER, PRECANDIDATE, CoreConfig, NotLeader, ProposalDropped, Raft,
                    Ready)
 
 __all__ = ["Raft", "Ready", "CoreConfig", "NotLeader", "ProposalDropped", "LogPanic", "RaftLog", "Progress",
-           "Inflights", "FOLLOWER", "CANDIDATE", "LEADER", "PROBE", "REPLICATE", "SNAPSHOT"]
+           "Inflights", "FOLLOWER", "PRECANDIDATE", "CANDIDATE", "LEADER", "PROBE", "REPLICATE", "SNAPSHOT"]

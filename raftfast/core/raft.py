@@ -21,13 +21,15 @@ import random
 
 from raftfast.messages import (
     ENTRY_HEADER_SIZE, ENTRY_NOOP, MSG_APPEND, MSG_APPEND_RESP, MSG_HEARTBEAT,
-    MSG_HEARTBEAT_RESP, MSG_VOTE, MSG_VOTE_RESP, HardState, Message)
+    MSG_HEARTBEAT_RESP, MSG_PREVOTE, MSG_PREVOTE_RESP, MSG_VOTE, MSG_VOTE_RESP, HardState,
+    Message)
 
 from .log import LogPanic, RaftLog
 from .progress import PROBE, REPLICATE, Progress
 from .quorum import VOTE_LOST, VOTE_WON, committed_index, vote_result
 
 FOLLOWER = "follower"
+PRECANDIDATE = "precandidate"
 CANDIDATE = "candidate"
 LEADER = "leader"
 
@@ -53,11 +55,13 @@ class CoreConfig:
 
     __slots__ = ("id", "voters", "learners", "election_ticks", "heartbeat_ticks",
                  "max_msg_bytes", "max_inflight", "max_inflight_bytes",
-                 "max_apply_bytes", "max_uncommitted_entries", "seed")
+                 "max_apply_bytes", "max_uncommitted_entries", "pre_vote", "check_quorum",
+                 "seed")
 
     def __init__(self, id, voters, learners=(), election_ticks=10, heartbeat_ticks=1,
                  max_msg_bytes=1 << 20, max_inflight=64, max_inflight_bytes=0,
-                 max_apply_bytes=64 << 20, max_uncommitted_entries=1 << 20, seed=None):
+                 max_apply_bytes=64 << 20, max_uncommitted_entries=1 << 20, pre_vote=True,
+                 check_quorum=True, seed=None):
         if heartbeat_ticks <= 0 or election_ticks <= heartbeat_ticks:
             raise ValueError("need 0 < heartbeat_ticks < election_ticks")
         self.id = id
@@ -72,6 +76,13 @@ class CoreConfig:
         # Bounds a leader's memory when commits stop (etcd's
         # MaxUncommittedEntriesSize, in entries).
         self.max_uncommitted_entries = max_uncommitted_entries
+        # PreVote (thesis 9.6): a node asks whether it could win before it
+        # bumps its term, so a node cut off and back cannot depose a healthy
+        # leader.  CheckQuorum: a leader that has not heard from a majority
+        # for an election timeout steps down, and a follower that hears
+        # from its leader ignores vote requests meanwhile (leader lease).
+        self.pre_vote = pre_vote
+        self.check_quorum = check_quorum
         self.seed = seed
 
 
@@ -171,6 +182,16 @@ class Raft:
         self._step = self._step_follower
         self._tick = self._tick_election
 
+    def become_pre_candidate(self):
+        # Neither term nor vote changes: nothing to persist, nobody disturbed.
+        if self.role == LEADER:
+            raise LogPanic("a leader cannot become a pre-candidate directly")
+        self.role = PRECANDIDATE
+        self.leader_id = 0
+        self.votes = {}
+        self._step = self._step_candidate
+        self._tick = self._tick_election
+
     def become_candidate(self):
         if self.role == LEADER:
             raise LogPanic("a leader cannot become a candidate directly")
@@ -209,16 +230,51 @@ class Raft:
     def _tick_election(self):
         self.election_elapsed += 1
         if self.election_elapsed >= self.randomized_timeout and self.id in self.voters:
-            self.campaign()
+            self.election_elapsed = 0
+            if self.cfg.pre_vote:
+                self.pre_campaign()
+            else:
+                self.campaign()
 
     def _tick_heartbeat(self):
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        if self.election_elapsed >= self.cfg.election_ticks:
+            self.election_elapsed = 0
+            if self.cfg.check_quorum and not self._quorum_recently_active():
+                # Cut off from a majority: stop serving as leader (clients
+                # waiting on it hear that the outcome is unknown).
+                self.become_follower(self.term, 0)
+                return
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
             self.heartbeat_elapsed = 0
             self._broadcast_heartbeat()
-        if self.election_elapsed >= self.cfg.election_ticks:
-            self.election_elapsed = 0
+
+    def _quorum_recently_active(self):
+        """Did a majority of voters answer since the last check?  Resets
+        the marks for the next election timeout."""
+        active = 0
+        for peer, pr in self.progress.items():
+            if peer == self.id or pr.recent_active:
+                if peer in self.voters:
+                    active += 1
+            if peer != self.id:
+                pr.recent_active = False
+        return active >= len(self.voters) // 2 + 1
+
+    def pre_campaign(self):
+        """Ask the voters whether they would elect us in term+1, without
+        changing anything; campaign for real only with a majority's yes."""
+        self.become_pre_candidate()
+        self.votes[self.id] = True
+        if vote_result(self.voters, self.votes) == VOTE_WON:
+            self.campaign()
+            return
+        last_index, last_term = self.log.last_index, self.log.last_term()
+        for peer in self.voters:
+            if peer != self.id:
+                self._send(Message(MSG_PREVOTE, to=peer, term=self.term + 1,
+                                   index=last_index, log_term=last_term))
 
     def campaign(self):
         self.become_candidate()
@@ -271,17 +327,26 @@ class Raft:
             return
         if m.frm not in self.voters and m.frm not in self.learners:
             return  # not a member: a later issue admits nodes being added
+        t = m.type
         if m.term > self.term:
-            if m.type in (MSG_APPEND, MSG_HEARTBEAT):
+            if (t == MSG_VOTE or t == MSG_PREVOTE) and self.cfg.check_quorum and \
+                    self.leader_id != 0 and self.election_elapsed < self.cfg.election_ticks:
+                return  # we heard from a leader within the timeout: it stands
+            if t == MSG_PREVOTE or (t == MSG_PREVOTE_RESP and not m.reject):
+                pass  # a pre-vote speaks of a term nobody has entered yet
+            elif t == MSG_APPEND or t == MSG_HEARTBEAT:
                 self.become_follower(m.term, m.frm)
             else:
                 self.become_follower(m.term, 0)
         elif m.term < self.term:
-            if m.type in (MSG_APPEND, MSG_HEARTBEAT):
+            if t == MSG_APPEND or t == MSG_HEARTBEAT:
                 # Tell a deposed leader about the newer term so it steps down.
                 self._send(Message(MSG_APPEND_RESP, to=m.frm, term=self.term))
+            elif t == MSG_PREVOTE:
+                # So a node asking with a stale term learns the current one.
+                self._send(Message(MSG_PREVOTE_RESP, to=m.frm, term=self.term, reject=True))
             return
-        if m.type == MSG_VOTE:
+        if t == MSG_VOTE or t == MSG_PREVOTE:
             self._handle_vote(m)
         else:
             self._step(m)
@@ -301,8 +366,15 @@ class Raft:
             self._step_candidate(m)
 
     def _handle_vote(self, m):
-        can_vote = (self.vote == m.frm or (self.vote == 0 and self.leader_id == 0))
+        pre = m.type == MSG_PREVOTE
+        can_vote = (self.vote == m.frm or (self.vote == 0 and self.leader_id == 0)
+                    or (pre and m.term > self.term))
         grant = can_vote and self.log.is_up_to_date(m.index, m.log_term)
+        if pre:
+            # Nothing changes here, so nothing to persist before answering.
+            self._send(Message(MSG_PREVOTE_RESP, to=m.frm, term=m.term if grant else self.term,
+                               reject=not grant))
+            return
         if grant:
             self.vote = m.frm
             self.election_elapsed = 0
@@ -328,11 +400,15 @@ class Raft:
         if t in (MSG_APPEND, MSG_HEARTBEAT):
             self.become_follower(m.term, m.frm)
             self._step_follower(m)
-        elif t == MSG_VOTE_RESP:
+        elif (t == MSG_VOTE_RESP and self.role == CANDIDATE) or \
+                (t == MSG_PREVOTE_RESP and self.role == PRECANDIDATE):
             self.votes[m.frm] = not m.reject
             res = vote_result(self.voters, self.votes)
             if res == VOTE_WON:
-                self.become_leader()
+                if self.role == PRECANDIDATE:
+                    self.campaign()
+                else:
+                    self.become_leader()
             elif res == VOTE_LOST:
                 self.become_follower(self.term, 0)
 
