@@ -348,3 +348,26 @@ def test_a_prevote_is_answered_with_the_future_term_and_changes_nothing():
     rd = r.ready()
     assert rd.hard_state is None and r.term == 4 and r.vote == 0
     assert [(m.type, m.term, m.reject) for m in rd.messages] == [(MSG_PREVOTE_RESP, 5, False)]
+
+
+def test_messages_from_outside_the_configuration_are_dropped():
+    r = new_raft(node_id=1)
+    r.step(Message(MSG_VOTE, to=1, frm=99, term=10**9, index=10**6, log_term=10**9))
+    r.step(Message(MSG_APPEND, to=1, frm=77, term=10**9, index=0, log_term=0))
+    assert r.term == 0 and r.leader_id == 0 and not r.has_ready()
+
+
+def test_a_slow_disk_does_not_cause_an_election():
+    """Appends reset the election timer when they arrive, not when their
+    fsync finishes: a follower whose disk never completes keeps following."""
+    r = new_raft(node_id=2)
+    for i in range(200):  # twenty election timeouts of heartbeats, no fsync ever
+        r.step(Message(MSG_HEARTBEAT, to=2, frm=1, term=1))
+        if i % 3 == 0:
+            r.step(Message(MSG_APPEND, to=2, frm=1, term=1, index=r.log.last_index,
+                           log_term=r.log.last_term(),
+                           entries=encode_entries([(1, ENTRY_NORMAL, b"w")]), count=1))
+        r.tick()
+        rd = r.ready()  # written, never synced: acks stay held
+        r.advance(rd)
+    assert r.role == FOLLOWER and r.term == 1 and r.leader_id == 1

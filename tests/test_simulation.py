@@ -3,7 +3,7 @@
 A failing seed prints the events before the violation and the command that
 replays it, e.g.
     python -m pytest "tests/test_simulation.py::test_chaos_is_safe_and_live[n3-seed17]"
-Set RAFTFAST_SIM_SEEDS=N to widen the sweep (the default covers 500 seeds).
+Set RAFTFAST_SIM_SEEDS=N to widen the sweep (the default covers 1,000 seeds).
 """
 import os
 
@@ -12,7 +12,7 @@ import pytest
 from raftfast._entrylog import EntryLog
 from simnet import SimNet
 
-SEEDS = int(os.environ.get("RAFTFAST_SIM_SEEDS", "500"))
+SEEDS = int(os.environ.get("RAFTFAST_SIM_SEEDS", "1000"))
 STEPS = int(os.environ.get("RAFTFAST_SIM_STEPS", "1500"))
 
 CASES = [(3 if seed % 5 else 5, seed) for seed in range(SEEDS)]
