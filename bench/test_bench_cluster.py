@@ -24,9 +24,7 @@ is set, else under /tmp.
 """
 import asyncio
 import os
-import random
 import shutil
-import socket
 import tempfile
 
 import pytest
@@ -37,6 +35,7 @@ from benchutil import VALUE_SIZE, filesystem_of, planned_rounds
 from raftfast import bench, bench_stats, loadgen
 from raftfast.bench_histogram import Histogram
 from raftfast.cluster import LocalCluster
+from harness import free_base_port  # tests/ is on sys.path (conftest)
 
 SECONDS = float(os.environ.get("RAFTFAST_BENCH_SECONDS", "3"))
 CLIENTS = 50
@@ -55,25 +54,6 @@ CONFIGS = [pytest.param(THREE_ALWAYS, id="3nodes-always"),
            pytest.param(FIVE_ALWAYS, id="5nodes-always")]
 
 
-def free_base_port(n):
-    """A base port whose next n ports are free (racy, like any such probe):
-    other clusters may be running on this machine, e.g. raftfast.cluster's
-    default 7001..., so take a random range."""
-    for _ in range(100):
-        base = random.randrange(20000, 40000)
-        socks = []
-        try:
-            for i in range(1, n + 1):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 class RunningCluster:

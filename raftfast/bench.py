@@ -20,7 +20,6 @@ each counts its Python-level function calls (sys.setprofile `call` events,
 every thread) and reports them in INFO stats; the command prints the calls
 per SET (run) or per committed entry (core) of every node.
 """
-import argparse
 import asyncio
 import json
 import sys

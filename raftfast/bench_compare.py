@@ -19,7 +19,7 @@ import time
 import uvloop
 
 from . import bench_report
-from .bench import Target, build_parser, cluster_settings, measure
+from .bench import Target, build_parser, measure
 from .cluster import ClusterError, LocalCluster, child_setup, node_env, stop_all, Node
 from .cluster import NodeSpec, find_leader, poll_all
 from .config import Config

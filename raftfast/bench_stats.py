@@ -23,6 +23,7 @@ that it is measured the same way for any process, PySyncObj's included.
 import asyncio
 import os
 
+from .cluster import parse_info  # noqa: F401  (re-exported for the bench modules)
 from .loadgen import resp_call
 
 __all__ = ["STAT_FIELDS", "parse_info", "node_stats", "proc_cpu_seconds", "snapshot",
@@ -40,16 +41,6 @@ CALLS_TOP = "python_calls_top"  # node_stats' key: {"file:function": count}
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def parse_info(text):
-    """`field:value` lines of an INFO reply as a dict (section headers skipped)."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#") and ":" in line:
-            k, v = line.split(":", 1)
-            out[k.strip()] = v.strip()
-    return out
 
 
 def node_stats(info):

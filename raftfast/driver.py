@@ -25,7 +25,7 @@ import random
 import time
 
 from ._codec import encode_message
-from .core import LEADER, CoreConfig, NotLeader, Raft
+from .core import LEADER, CoreConfig, Raft
 from .messages import MSG_APPEND
 
 log = logging.getLogger("raftfast.driver")

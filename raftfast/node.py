@@ -16,9 +16,9 @@ import sys
 import uvloop
 
 from ._kv import KVStore
-from .address import AddressError, AddressInUse
+from .address import AddressError
 from .config import parse_node_config
-from .core import CANDIDATE, FOLLOWER, LEADER
+from .core import FOLLOWER
 from .driver import RaftDriver
 from .resp_server import RespServer
 from .storage import Storage, StorageError

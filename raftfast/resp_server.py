@@ -19,7 +19,7 @@ import time
 from . import __version__
 from ._kv import (OPCODES, OP_APPEND, OP_DEL, OP_EXISTS, OP_GET, OP_INCR, OP_MGET, OP_SET,
                   encode_commands)
-from ._resp import OK, PONG, ErrorReply, RespParser, SimpleString, encode_replies
+from ._resp import OK, PONG, ErrorReply, RespParser, encode_replies
 from .address import create_server, parse_address, set_nodelay
 from .core import NotLeader, ProposalDropped
 

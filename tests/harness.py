@@ -1,6 +1,7 @@
 """Real node processes for multi-process tests: start, kill, restart, and
 ask each node over RESP what it knows.  Every process is ended by its PID."""
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,6 +21,27 @@ def free_ports(n):
     for s in socks:
         s.close()
     return ports
+
+
+def free_base_port(n):
+    """A base port whose next n ports are free on 127.0.0.1 (racy, like any
+    such probe): other clusters may run on this machine, e.g. on
+    raftfast.cluster's default 7001..., so take a random range."""
+    for _ in range(100):
+        base = random.randrange(20000, 40000)
+        socks = []
+        try:
+            for i in range(1, n + 1):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
 
 
 class NodeProc:

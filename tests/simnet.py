@@ -19,7 +19,7 @@ The run is reproducible from its seed alone.
 import random
 
 from raftfast.core import LEADER, CoreConfig, NotLeader, Raft
-from raftfast.messages import ENTRY_NORMAL, MSG_APPEND_RESP, HardState
+from raftfast.messages import ENTRY_NORMAL, HardState
 
 
 class SafetyViolation(AssertionError):

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ import uvloop
 from raftfast import bench, bench_report, bench_stats, cluster
 from raftfast.bench_histogram import Histogram
 from raftfast.loadgen import RespReplyParser, Result
+from harness import free_base_port
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -418,23 +418,6 @@ def test_count_calls_needs_a_counting_node(capsys):
 
 # ---- LocalCluster with stand-in nodes ---------------------------------------------------
 
-def free_base_port(n):
-    """A base port whose next n ports are free (racy, as any such probe)."""
-    for _ in range(100):
-        base = random.randrange(20000, 40000)
-        socks = []
-        try:
-            for i in range(1, n + 1):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 def test_local_cluster_starts_measures_and_stops(monkeypatch):

@@ -4,9 +4,7 @@ node's side of the contract: the ready line, INFO raft, SET."""
 import asyncio
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,8 @@ import uvloop
 from raftfast import cluster
 from raftfast.config import ConfigError
 from raftfast.loadgen import RespError
+
+from harness import free_base_port
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 DEADLINE = 30.0  # liveness bound for waits, not a timing assertion
@@ -170,23 +170,6 @@ def test_resp_client_against_a_tiny_server():
 
 # ---- the whole launcher, with stand-in nodes ------------------------------------
 
-def free_base(n):
-    """A base port with base+1..base+n free on 127.0.0.1."""
-    for _ in range(100):
-        base = random.randrange(20000, 40000)
-        socks = []
-        try:
-            for i in range(1, n + 1):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 def alive(pid):
@@ -210,7 +193,7 @@ class Launch:
                    TMPDIR=str(tmp_path))
         if fail_id:
             env["FAKE_FAIL_ID"] = str(fail_id)
-        self.base = free_base(3)
+        self.base = free_base_port(3)
         self.p = subprocess.Popen(
             [sys.executable, "-m", "raftfast.cluster", "--nodes", "3",
              "--base-port", str(self.base), *argv],

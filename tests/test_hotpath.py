@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from raftfast._entrylog import EntryLog, block_count
-from raftfast.core import LEADER, REPLICATE, CoreConfig, Raft
+from raftfast.core import REPLICATE, CoreConfig, Raft
 from raftfast.messages import MSG_APPEND, MSG_APPEND_RESP, Message
 from simnet import make_block
 
