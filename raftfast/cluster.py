@@ -30,7 +30,8 @@ import uvloop
 
 from . import loadgen
 from .address import AddressError, parse_address
-from .config import ArgumentParser, Config, ConfigError, add_node_arguments, tunable_argv
+from .config import (ArgumentParser, Config, ConfigError, _int_at_least, add_node_arguments,
+                     tunable_argv)
 
 # Tests swap in a stand-in node; everything else runs the real one.
 NODE_MODULE = os.environ.get("RAFTFAST_NODE_MODULE", "raftfast.node")
@@ -68,26 +69,13 @@ def build_parser():
     return p
 
 
-def _int_arg(s, lo, what):
-    try:
-        v = int(s)
-    except ValueError:
-        raise _argerr(f"{s!r} is not an integer") from None
-    if v < lo:
-        raise _argerr(f"must be {what}, got {v}")
-    return v
-
-
 def _argerr(msg):
     return argparse.ArgumentTypeError(msg)
 
 
-def _positive(s):
-    return _int_arg(s, 1, ">= 1")
-
-
-def _nonnegative(s):
-    return _int_arg(s, 0, ">= 0")
+# The node flags' own integer checks, so both commands word errors alike.
+_positive = _int_at_least(1)
+_nonnegative = _int_at_least(0)
 
 
 def _positive_float(s):
