@@ -26,14 +26,21 @@ ENTRY_CONFIG = 2  # a membership change (data is the new configuration)
 MSG_APPEND = 1           # leader -> follower: index=prev index, log_term=prev term, commit, entries
 MSG_APPEND_RESP = 2      # index=last index now known to match (or, with reject, the rejected prev index);
                          # hint=follower's suggested next probe index, log_term=term at hint
-MSG_VOTE = 3             # candidate: index=last log index, log_term=its term
+MSG_VOTE = 3             # candidate: index=last log index, log_term=its term;
+                         # context=VOTE_TRANSFER when a leadership transfer asked for it
 MSG_VOTE_RESP = 4        # reject=True when the vote is refused
 MSG_PREVOTE = 5          # reserved for PreVote
 MSG_PREVOTE_RESP = 6
-MSG_HEARTBEAT = 7        # leader: commit (capped at what the follower is known to have), context
+MSG_HEARTBEAT = 7        # leader: commit (capped at what the follower is known to have),
+                         # context=the heartbeat round (confirms ReadIndex reads)
 MSG_HEARTBEAT_RESP = 8   # context echoed
-MSG_TIMEOUT_NOW = 9      # reserved for leadership transfer
+MSG_TIMEOUT_NOW = 9      # leader -> the transfer target: campaign now (no PreVote)
 MSG_SNAPSHOT = 10        # reserved for InstallSnapshot
+
+# MSG_VOTE's context when a leadership transfer started the election: voters
+# grant it even while they still hear from the current leader (which asked
+# for it), where they would otherwise ignore a vote request.
+VOTE_TRANSFER = 1
 
 MSG_NAMES = {
     MSG_APPEND: "append", MSG_APPEND_RESP: "append_resp", MSG_VOTE: "vote",

@@ -12,13 +12,15 @@ properties of Raft are checked:
   identical up to it;
 - leader completeness: a leader holds every entry committed in its term or
   before;
-- state machine safety: every node applies the same entry at each index.
+- state machine safety: every node applies the same entry at each index;
+- linearizable reads: a read index handed out (ReadIndex) covers every
+  entry any node knew committed when the read was asked for.
 
 The run is reproducible from its seed alone.
 """
 import random
 
-from raftfast.core import LEADER, CoreConfig, NotLeader, Raft
+from raftfast.core import LEADER, CoreConfig, NotLeader, Raft, TransferInProgress
 from raftfast.messages import ENTRY_NORMAL, HardState
 
 
@@ -81,6 +83,7 @@ class SimNode:
         hs, log = self.storage.recover(self.net.entry_log_cls)
         cfg = CoreConfig(self.id, self.net.ids, election_ticks=10, heartbeat_ticks=1,
                          max_msg_bytes=self.net.max_msg_bytes, max_inflight=self.net.max_inflight,
+                         read_mode=self.net.read_mode,
                          seed=self.net.rng.randrange(1 << 30))
         self.raft = Raft(cfg, log, hs)
         self.pending = []  # (records needed durable, messages)
@@ -100,6 +103,8 @@ class SimNode:
             if rd.committed is not None:
                 self.net.check_apply(self, *rd.committed)
             raft.advance(rd)
+            for ctx, index in rd.read_states:
+                self.net.check_read(self, ctx, index)
         self.net.observe(self)
 
     def sync(self):
@@ -122,14 +127,21 @@ class SimNode:
 
 class SimNet:
     def __init__(self, n, seed, entry_log_cls, drop=0.05, dup=0.03, crash=0.01,
-                 partition=0.02, max_msg_bytes=256, max_inflight=4):
+                 partition=0.02, pause=0.004, max_msg_bytes=256, max_inflight=4,
+                 read_mode="readindex"):
         self.rng = random.Random(seed)
         self.seed = seed
         self.entry_log_cls = entry_log_cls
         self.ids = list(range(1, n + 1))
         self.max_msg_bytes = max_msg_bytes
         self.max_inflight = max_inflight
+        self.read_mode = read_mode
         self.p_drop, self.p_dup, self.p_crash, self.p_partition = drop, dup, crash, partition
+        self.p_pause = pause
+        # node id -> steps it stays frozen (a stopped process or a long GC
+        # pause): no ticks, no deliveries, no fsyncs; then it carries on
+        # believing what it believed, e.g. that it still leads.
+        self.paused = {}
         self.inflight = []
         self.cut = set()  # (from, to) pairs that drop everything
         self.leaders = {}  # term -> leader id, ever seen
@@ -137,6 +149,11 @@ class SimNet:
         self.created = {}  # (term, index) -> payload proposed there
         self.commit_terms = []  # (index, term in which it was first seen committed)
         self.proposed = 0
+        self.reads = {}  # read context -> (node asked, committed index when asked)
+        self.reads_asked = 0
+        self.reads_served = 0
+        self.released = []  # (node, context, index) of every read released
+        self.transfers = 0
         self.trace = []
         self.nodes = {}
         for i in self.ids:
@@ -160,6 +177,8 @@ class SimNet:
             return
         i = self.rng.randrange(len(self.inflight))
         m = self.inflight[i]
+        if m.to in self.paused:
+            return  # it waits in the socket until the process runs again
         if self.rng.random() < self.p_dup:
             self.trace.append(f"dup {m!r}")
         else:
@@ -200,17 +219,19 @@ class SimNet:
     def tick_all(self):
         self.trace.append("tick")
         for node in self.nodes.values():
-            node.raft.tick()
-            node.process()
+            if node.id not in self.paused:
+                node.raft.tick()
+                node.process()
 
     def propose(self, payloads):
-        leaders = [n for n in self.nodes.values() if n.raft.role == LEADER]
+        leaders = [n for n in self.nodes.values()
+                   if n.raft.role == LEADER and n.id not in self.paused]
         if not leaders:
             return False
         node = self.rng.choice(leaders)
         try:
             first, last = node.raft.propose(make_block(payloads))
-        except NotLeader:
+        except (NotLeader, TransferInProgress):
             return False
         self.trace.append(f"propose {node.id} [{first},{last}]")
         # Log matching at its root: (term, index) names one entry, ever.
@@ -222,16 +243,56 @@ class SimNet:
         node.process()
         return True
 
+    def read(self, node=None):
+        """A client read at a node that believes it leads (a deposed leader
+        too: ReadIndex must not let it answer)."""
+        if node is None:
+            leaders = [n for n in self.nodes.values()
+                       if n.raft.role == LEADER and n.id not in self.paused]
+            if not leaders:
+                return
+            node = self.rng.choice(leaders)
+        self.reads_asked += 1
+        ctx = self.reads_asked
+        self.reads[ctx] = (node.id, self.committed.last_index)
+        self.trace.append(f"read {node.id} ctx={ctx} known-committed={self.committed.last_index}")
+        node.raft.read_index(ctx)
+        node.process()
+
+    def transfer(self):
+        leaders = [n for n in self.nodes.values()
+                   if n.raft.role == LEADER and n.id not in self.paused]
+        if not leaders:
+            return
+        node = self.rng.choice(leaders)
+        target = self.rng.choice(self.ids)
+        self.transfers += 1
+        self.trace.append(f"transfer {node.id} -> {target}")
+        node.raft.transfer_leadership(target)
+        node.process()
+
     def step(self):
+        for i in list(self.paused):
+            self.paused[i] -= 1
+            if self.paused[i] <= 0:
+                del self.paused[i]
+                self.trace.append(f"resume {i}")
+                if self.nodes[i].raft.role == LEADER:
+                    self.read(self.nodes[i])  # a client request that waited in its socket
         r = self.rng.random()
         if r < 0.12:
             self.tick_all()
+        elif r < 0.15:
+            self.read()
+        elif r < 0.152:
+            self.transfer()
         elif r < 0.62:
             self.deliver_one()
         elif r < 0.82:
             node = self.nodes[self.rng.choice(self.ids)]
-            self.trace.append(f"sync {node.id}")
-            node.sync()
+            if node.id not in self.paused:
+                self.trace.append(f"sync {node.id}")
+                node.sync()
         elif r < 0.90:
             self.proposed += 1
             k = self.rng.randrange(1, 4)
@@ -240,14 +301,23 @@ class SimNet:
             # Half the crashes hit the worst moment on purpose: a leader with
             # writes not yet durable (power lost before its fsync).
             exposed = [n for n in self.nodes.values()
-                       if n.raft.role == LEADER and n.storage.durable < len(n.storage.records)]
+                       if n.raft.role == LEADER and n.storage.durable < len(n.storage.records)
+                       and n.id not in self.paused]
             if exposed and self.rng.random() < 0.5:
                 node = self.rng.choice(exposed)
             else:
                 node = self.nodes[self.rng.choice(self.ids)]
             self.trace.append(f"crash {node.id}")
             self.crash(node)
-        elif r < 0.90 + self.p_crash + self.p_partition:
+        elif r < 0.90 + self.p_crash + self.p_pause:
+            # Pauses hit leaders more often: a leader that wakes up after a
+            # new one was elected is where stale reads come from.
+            leaders = [i for i in self.ids if self.nodes[i].raft.role == LEADER]
+            victim = self.rng.choice(leaders if leaders and self.rng.random() < 0.9 else self.ids)
+            if not self.paused:  # one at a time, so the others can elect meanwhile
+                self.paused[victim] = self.rng.randrange(60, 400)
+                self.trace.append(f"pause {victim} for {self.paused[victim]} steps")
+        elif r < 0.90 + self.p_crash + self.p_pause + self.p_partition:
             what = self.rng.random()
             if what < 0.4:
                 self.heal()
@@ -284,6 +354,19 @@ class SimNet:
             block, _ = log.slice(lo, c + 1)
             self.committed.append(lo, block)
             self.commit_terms.append((c, raft.term))
+
+    def check_read(self, node, ctx, index):
+        asked_at, known = self.reads.pop(ctx, (None, None))
+        if asked_at != node.id:
+            self.fail(f"node {node.id} released read {ctx} it was not asked for")
+        if index < known:
+            self.fail(f"stale read: node {node.id} (term {node.raft.term}) released read {ctx} "
+                      f"at index {index}, but {known} was already committed when it was asked")
+        if index > node.raft.log.committed:
+            self.fail(f"node {node.id} released read {ctx} at {index} beyond its commit index")
+        self.reads_served += 1
+        self.released.append((node.id, ctx, index))
+        self.trace.append(f"read-ok {node.id} ctx={ctx} index={index}")
 
     def check_apply(self, node, first, block, count):
         if first != node.applied + 1:
@@ -347,6 +430,7 @@ class SimNet:
         committed a fresh entry and every node applied everything.
         Returns the number of rounds it took, or None."""
         self.heal()
+        self.paused.clear()
         self.p_drop = self.p_dup = 0.0
         marker = None  # (term, index) of the entry we wait to see committed
         for n in range(max_rounds):
@@ -369,7 +453,10 @@ class SimNet:
                 leaders = [x for x in self.nodes.values() if x.raft.role == LEADER]
                 if leaders and (marker is None or all(x.raft.term > marker[0] for x in leaders)):
                     x = leaders[0]
-                    first, last = x.raft.propose(make_block([b"settle-marker"]))
+                    try:
+                        first, last = x.raft.propose(make_block([b"settle-marker"]))
+                    except TransferInProgress:
+                        continue  # it gives up within an election timeout, or hands over
                     marker = (x.raft.term, last)
                     x.process()
                 continue
@@ -385,4 +472,5 @@ def describe(net):
     return {"terms": len(net.leaders), "committed": net.committed.last_index,
             "crashes": sum(1 for t in net.trace if t.startswith("crash")),
             "drops": sum(1 for t in net.trace if t.startswith("drop")),
-            "proposals": sum(1 for t in net.trace if t.startswith("propose"))}
+            "proposals": sum(1 for t in net.trace if t.startswith("propose")),
+            "reads": net.reads_served, "transfers": net.transfers}

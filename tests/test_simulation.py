@@ -36,9 +36,11 @@ def test_chaos_is_safe_and_live(n, seed):
     assert net.committed.last_index >= 2
 
 
-# Committing an older term's entry by counting replicas (Raft's Figure 8)
-# needs a schedule too rare for a short sweep; test_core.py pins it down.
-@pytest.mark.parametrize("mutation", ["vote_ignores_log", "ack_before_fsync"])
+# Committing an older term's entry by counting replicas (Raft's Figure 8),
+# and a read joining a heartbeat round already under way, need schedules
+# too rare for a short sweep; test_core.py pins them down.
+@pytest.mark.parametrize("mutation", ["vote_ignores_log", "ack_before_fsync",
+                                      "read_without_round", "read_before_own_commit"])
 def test_the_checker_catches_a_broken_core(monkeypatch, mutation):
     """The sweep is only worth something if it fails on a broken protocol:
     break one rule at a time and expect a violation within a few seeds."""
@@ -48,6 +50,18 @@ def test_the_checker_catches_a_broken_core(monkeypatch, mutation):
 
     if mutation == "vote_ignores_log":
         monkeypatch.setattr(RaftLog, "is_up_to_date", lambda self, i, t: True)
+    elif mutation == "read_without_round":
+        # Serve a read at the commit index without asking anyone.
+        monkeypatch.setattr(raft_mod.Raft, "_queue_read",
+                            lambda self, ctx: self._reads_ready.append((ctx, self.log.committed)))
+    elif mutation == "read_before_own_commit":
+        # Trust a new leader's commit index before its own term commits.
+        orig_read_index = raft_mod.Raft.read_index
+
+        def eager_read(self, ctx):
+            self._committed_in_term = True
+            orig_read_index(self, ctx)
+        monkeypatch.setattr(raft_mod.Raft, "read_index", eager_read)
     else:
         # Acknowledge appends and votes at once instead of after the fsync.
         orig = raft_mod.Raft._send_after_persist

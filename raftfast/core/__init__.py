@@ -2,7 +2,7 @@
 from .log import LogPanic, RaftLog
 from .progress import PROBE, REPLICATE, SNAPSHOT, Inflights, Progress
 from .raft import (CANDIDATE, FOLLOWER, LEADER, PRECANDIDATE, CoreConfig, NotLeader, ProposalDropped, Raft,
-                   Ready)
+                   Ready, TransferInProgress)
 
-__all__ = ["Raft", "Ready", "CoreConfig", "NotLeader", "ProposalDropped", "LogPanic", "RaftLog", "Progress",
+__all__ = ["Raft", "Ready", "CoreConfig", "NotLeader", "ProposalDropped", "TransferInProgress", "LogPanic", "RaftLog", "Progress",
            "Inflights", "FOLLOWER", "PRECANDIDATE", "CANDIDATE", "LEADER", "PROBE", "REPLICATE", "SNAPSHOT"]

@@ -53,7 +53,7 @@ class Inflights:
 
 class Progress:
     __slots__ = ("match", "next", "state", "probe_sent", "inflights", "recent_active",
-                 "stalled_beats", "flow_paused")
+                 "stalled_beats", "flow_paused", "acked_round")
 
     def __init__(self, next_index, max_inflight, max_inflight_bytes):
         self.match = 0
@@ -68,6 +68,9 @@ class Progress:
         # The runtime's socket to this follower is full or down: send
         # nothing until it says otherwise (back-pressure, not dropping).
         self.flow_paused = False
+        # The newest heartbeat round this follower answered in this term:
+        # a read queued before that round was sent is confirmed by it.
+        self.acked_round = 0
 
     def become_probe(self):
         self.state = PROBE

@@ -17,12 +17,13 @@ itself toward a commit only once its own log is on disk (Raft thesis
 Entries are never Python objects here: the log is an EntryLog (a C index
 over one buffer); messages carry entry blocks and counts.
 """
+import collections
 import random
 
 from raftfast.messages import (
     ENTRY_HEADER_SIZE, ENTRY_NOOP, MSG_APPEND, MSG_APPEND_RESP, MSG_HEARTBEAT,
-    MSG_HEARTBEAT_RESP, MSG_PREVOTE, MSG_PREVOTE_RESP, MSG_VOTE, MSG_VOTE_RESP, HardState,
-    Message)
+    MSG_HEARTBEAT_RESP, MSG_PREVOTE, MSG_PREVOTE_RESP, MSG_TIMEOUT_NOW, MSG_VOTE, MSG_VOTE_RESP,
+    VOTE_TRANSFER, HardState, Message)
 
 from .log import LogPanic, RaftLog
 from .progress import PROBE, REPLICATE, Progress
@@ -50,20 +51,34 @@ class ProposalDropped(Exception):
     have lost its quorum); nothing was proposed."""
 
 
+class TransferInProgress(Exception):
+    """The leader is handing leadership over and takes no proposals until
+    that completes or is abandoned; nothing was proposed."""
+
+    def __init__(self, target):
+        super().__init__(f"leadership transfer to node {target} in progress")
+        self.target = target
+
+
 class CoreConfig:
     """The knobs the protocol itself needs (the runtime's Config maps onto it)."""
 
     __slots__ = ("id", "voters", "learners", "election_ticks", "heartbeat_ticks",
                  "max_msg_bytes", "max_inflight", "max_inflight_bytes",
                  "max_apply_bytes", "max_uncommitted_entries", "pre_vote", "check_quorum",
-                 "seed")
+                 "read_mode", "seed")
 
     def __init__(self, id, voters, learners=(), election_ticks=10, heartbeat_ticks=1,
                  max_msg_bytes=1 << 20, max_inflight=64, max_inflight_bytes=0,
                  max_apply_bytes=64 << 20, max_uncommitted_entries=1 << 20, pre_vote=True,
-                 check_quorum=True, seed=None):
+                 check_quorum=True, read_mode="readindex", seed=None):
         if heartbeat_ticks <= 0 or election_ticks <= heartbeat_ticks:
             raise ValueError("need 0 < heartbeat_ticks < election_ticks")
+        if read_mode not in ("readindex", "lease"):
+            raise ValueError(f"unknown read mode {read_mode!r}")
+        if read_mode == "lease" and not check_quorum:
+            raise ValueError("lease reads need check_quorum: the lease is the time in which "
+                             "followers refuse to vote for anyone else")
         self.id = id
         self.voters = frozenset(voters)
         self.learners = frozenset(learners)
@@ -83,6 +98,10 @@ class CoreConfig:
         # from its leader ignores vote requests meanwhile (leader lease).
         self.pre_vote = pre_vote
         self.check_quorum = check_quorum
+        # "readindex": a read is served once a heartbeat round sent after it
+        # arrived is answered by a majority.  "lease": served at once while
+        # the lease holds (see Raft._lease_valid for its clock assumption).
+        self.read_mode = read_mode
         self.seed = seed
 
 
@@ -98,11 +117,14 @@ class Ready:
        node itself are stepped back into it at that moment;
     4. apply `committed` ((first_index, block, count) or None) to the
        state machine;
-    5. call advance(ready).
+    5. call advance(ready);
+    6. serve each of `read_states` ((context, index): a read confirmed
+       linearizable at that commit index) once the state machine has
+       applied through its index.
     """
 
     __slots__ = ("hard_state", "entries", "messages", "persist_messages", "committed",
-                 "_written_to", "_applied_to")
+                 "read_states", "_written_to", "_applied_to")
 
     def __init__(self):
         self.hard_state = None
@@ -110,6 +132,7 @@ class Ready:
         self.messages = []
         self.persist_messages = []
         self.committed = None
+        self.read_states = []
         self._written_to = 0
         self._applied_to = 0
 
@@ -160,6 +183,24 @@ class Raft:
         self._msgs = []
         self._persist_msgs = []
         self._prev_hs = HardState(hs.term, hs.vote, self.log.committed)
+        self.tick_count = 0
+        # Linearizable reads (leader only; thesis 6.4).  A read waits for an
+        # entry of the leader's own term to commit, then for a heartbeat
+        # round sent after it arrived to be answered by a majority.  Rounds
+        # are numbered; heartbeats carry the number as their context.
+        self.read_round = 0
+        self._committed_in_term = False
+        self._reads_before_commit = []                # contexts
+        self._read_queue = collections.deque()        # (round, context, read index)
+        self._reads_ready = []                        # (context, read index)
+        self._read_round_wanted = False
+        self._round_ticks = {}                        # round -> tick sent (lease mode)
+        self._lease_until = 0
+        self._lease_blocked_until = 0
+        # Leadership transfer (thesis 3.10).
+        self.lead_transferee = 0
+        self._transfer_elapsed = 0
+        self._timeout_now_sent = False
         self.become_follower(self.term, 0)
 
     # ----------------------------------------------------------- roles
@@ -174,6 +215,18 @@ class Raft:
         self.randomized_timeout = self.cfg.election_ticks + self.rng.randrange(self.cfg.election_ticks)
         self.votes = {}
         self.progress = {}
+        # Reads a former leader had queued die with its leadership (the
+        # runtime tells their clients); a new leader starts clean.
+        self._committed_in_term = False
+        self._reads_before_commit = []
+        self._read_queue.clear()
+        self._reads_ready = []
+        self._read_round_wanted = False
+        self._round_ticks = {}
+        self._lease_until = 0
+        self.lead_transferee = 0
+        self._transfer_elapsed = 0
+        self._timeout_now_sent = False
 
     def become_follower(self, term, leader_id):
         self._reset(term)
@@ -225,6 +278,7 @@ class Raft:
     # ------------------------------------------------------------ inputs
 
     def tick(self):
+        self.tick_count += 1
         self._tick()
 
     def _tick_election(self):
@@ -239,6 +293,10 @@ class Raft:
     def _tick_heartbeat(self):
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        if self.lead_transferee:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self.cfg.election_ticks:
+                self.abort_transfer()
         if self.election_elapsed >= self.cfg.election_ticks:
             self.election_elapsed = 0
             if self.cfg.check_quorum and not self._quorum_recently_active():
@@ -276,7 +334,9 @@ class Raft:
                 self._send(Message(MSG_PREVOTE, to=peer, term=self.term + 1,
                                    index=last_index, log_term=last_term))
 
-    def campaign(self):
+    def campaign(self, transfer=False):
+        """Stand for election in term+1.  transfer: a leader handed over
+        leadership (TimeoutNow), so voters that still hear from it vote."""
         self.become_candidate()
         last_index, last_term = self.log.last_index, self.log.last_term()
         # The new term and our vote for ourselves must be durable before
@@ -288,19 +348,125 @@ class Raft:
         for peer in self.voters:
             if peer != self.id:
                 self._send_after_persist(Message(MSG_VOTE, to=peer, term=self.term,
-                                                 index=last_index, log_term=last_term))
+                                                 index=last_index, log_term=last_term,
+                                                 context=VOTE_TRANSFER if transfer else 0))
 
     def propose(self, block):
         """Append a block of entries (built with term 0) to the leader's log.
         Returns (first_index, last_index).  Raises NotLeader elsewhere."""
         if self.role != LEADER:
             raise NotLeader(self.leader_id)
+        if self.lead_transferee:
+            raise TransferInProgress(self.lead_transferee)
         if self.log.last_index - self.log.committed >= self.cfg.max_uncommitted_entries:
             raise ProposalDropped(f"{self.log.last_index - self.log.committed} entries "
                                   f"are not yet committed")
         first, last = self.log.append_proposal(block, self.term)
         self._broadcast_append()
         return first, last
+
+    def read_index(self, ctx):
+        """Ask for a linearizable read; ctx is the runtime's token for it.
+        It comes back in a later Ready's read_states as (ctx, index): the
+        read may be served once the state machine has applied through
+        index.  A read that cannot be confirmed (leadership lost) never
+        comes back.  Raises NotLeader elsewhere."""
+        if self.role != LEADER:
+            raise NotLeader(self.leader_id)
+        if not self._committed_in_term:
+            # Our commit index may lag what earlier leaders committed until
+            # an entry of our own term commits (thesis 6.4, step 1).
+            self._reads_before_commit.append(ctx)
+        elif self.cfg.read_mode == "lease" and self._lease_valid():
+            self._reads_ready.append((ctx, self.log.committed))
+        else:
+            self._queue_read(ctx)
+
+    def _queue_read(self, ctx):
+        # Confirmed by the next round to be sent, never by one already under
+        # way: a majority's answer to an earlier round could predate a newer
+        # leader's election.
+        self._read_queue.append((self.read_round + 1, ctx, self.log.committed))
+        self._read_round_wanted = True
+
+    def _confirm_reads(self):
+        """Release the reads whose round a majority of voters answered
+        (answering round r also answers every round before it)."""
+        rnd = self.read_round
+        progress = self.progress
+        me = self.id
+
+        def acked(v):
+            if v == me:
+                return rnd
+            pr = progress.get(v)
+            return pr.acked_round if pr is not None else 0
+
+        confirmed = committed_index(self.voters, acked)
+        if self.cfg.read_mode == "lease" and self._round_ticks:
+            sent = self._round_ticks.get(confirmed)
+            if sent is not None:
+                self._lease_until = max(self._lease_until, sent + self._lease_ticks())
+            for r in list(self._round_ticks):
+                if r > confirmed:
+                    break
+                del self._round_ticks[r]
+        queue = self._read_queue
+        while queue and queue[0][0] <= confirmed:
+            r, ctx, index = queue.popleft()
+            self._reads_ready.append((ctx, index))
+
+    def _lease_ticks(self):
+        """How long a round answered by a majority lets this leader serve
+        reads alone, counted from when the round was SENT.  Each voter that
+        answered got it after that and refuses other candidates for an
+        election timeout after (CheckQuorum's rule in step()).  The clock
+        assumption: nodes' ticks run at the same rate within 10%; two ticks
+        go to their granularity.  Never longer than election_ticks - 2."""
+        e = self.cfg.election_ticks
+        return max(0, e - 2 - e // 10)
+
+    def _lease_valid(self):
+        return (self.lead_transferee == 0 and self.tick_count < self._lease_until
+                and self.tick_count >= self._lease_blocked_until)
+
+    def transfer_leadership(self, target):
+        """Hand leadership to voter `target` (thesis 3.10): stop taking
+        proposals, bring it up to date, then tell it to campaign at once.
+        Abandoned after an election timeout (proposals resume).  Raises
+        NotLeader elsewhere, ValueError for a target that is not a voter."""
+        if self.role != LEADER:
+            raise NotLeader(self.leader_id)
+        if target == self.id:
+            return
+        if target not in self.voters or target not in self.progress:
+            raise ValueError(f"node {target} is not a voter")
+        if self.lead_transferee == target:
+            return
+        self.lead_transferee = target
+        self._transfer_elapsed = 0
+        self._timeout_now_sent = False
+        # Lease reads stop now, and stay off for an election timeout after
+        # an abandoned transfer: a TimeoutNow still in flight can elect the
+        # target past every voter's lease.
+        self._lease_blocked_until = self.tick_count + 2 * self.cfg.election_ticks + 1
+        self._maybe_send_timeout_now()
+
+    def _maybe_send_timeout_now(self):
+        target = self.lead_transferee
+        pr = self.progress[target]
+        if pr.match == self.log.last_index:
+            if not self._timeout_now_sent:
+                self._timeout_now_sent = True
+                self._send(Message(MSG_TIMEOUT_NOW, to=target, term=self.term))
+        else:
+            self._send_appends_to(target)
+
+    def abort_transfer(self):
+        if self.lead_transferee:
+            self.lead_transferee = 0
+            self._transfer_elapsed = 0
+            self._timeout_now_sent = False
 
     def report_unreachable(self, peer):
         """The runtime could not deliver a message to peer (connection down,
@@ -330,8 +496,11 @@ class Raft:
         t = m.type
         if m.term > self.term:
             if (t == MSG_VOTE or t == MSG_PREVOTE) and self.cfg.check_quorum and \
-                    self.leader_id != 0 and self.election_elapsed < self.cfg.election_ticks:
-                return  # we heard from a leader within the timeout: it stands
+                    self.leader_id != 0 and self.election_elapsed < self.cfg.election_ticks \
+                    and not (t == MSG_VOTE and m.context == VOTE_TRANSFER):
+                # We heard from a leader within the timeout: it stands (a
+                # transfer it asked for aside).  Lease reads rely on this.
+                return
             if t == MSG_PREVOTE or (t == MSG_PREVOTE_RESP and not m.reject):
                 pass  # a pre-vote speaks of a term nobody has entered yet
             elif t == MSG_APPEND or t == MSG_HEARTBEAT:
@@ -394,6 +563,9 @@ class Raft:
             self.election_elapsed = 0
             self.leader_id = m.frm
             self._handle_heartbeat(m)
+        elif t == MSG_TIMEOUT_NOW:
+            if self.id in self.voters:
+                self.campaign(transfer=True)  # no PreVote: our leader asked for it
 
     def _step_candidate(self, m):
         t = m.type
@@ -435,6 +607,8 @@ class Raft:
                     pr.inflights.free_le(m.index)
                 if not self._maybe_commit():
                     self._send_appends_to(m.frm)
+                if m.frm == self.lead_transferee:
+                    self._maybe_send_timeout_now()
             elif pr.state == REPLICATE:
                 pr.inflights.free_le(m.index)
                 self._send_appends_to(m.frm)
@@ -443,6 +617,10 @@ class Raft:
             if pr is None:
                 return
             pr.recent_active = True
+            if pr.acked_round < m.context <= self.read_round:
+                pr.acked_round = m.context
+                if self._read_queue or self._round_ticks:
+                    self._confirm_reads()
             if pr.state == PROBE:
                 pr.probe_sent = False
             elif pr.state == REPLICATE and len(pr.inflights):
@@ -494,6 +672,11 @@ class Raft:
         idx = committed_index(self.voters, lambda v: progress[v].match if v in progress else 0)
         if idx > self.log.committed and self.log.term(idx) == self.term:
             self.log.commit_to(idx)
+            if not self._committed_in_term:
+                self._committed_in_term = True
+                waiting, self._reads_before_commit = self._reads_before_commit, []
+                for ctx in waiting:
+                    self._queue_read(ctx)
             self._broadcast_append(send_empty=True)
             return True
         return False
@@ -539,10 +722,19 @@ class Raft:
         return count > 0
 
     def _broadcast_heartbeat(self):
+        """One heartbeat round: every read queued so far is confirmed once a
+        majority answers it."""
+        self.read_round += 1
+        rnd = self.read_round
+        self._read_round_wanted = False
+        if self.cfg.read_mode == "lease":
+            self._round_ticks[rnd] = self.tick_count
         for peer, pr in self.progress.items():
             if peer != self.id:
                 self._send(Message(MSG_HEARTBEAT, to=peer, term=self.term,
-                                   commit=min(pr.match, self.log.committed)))
+                                   commit=min(pr.match, self.log.committed), context=rnd))
+        if self._read_queue or self.cfg.read_mode == "lease":
+            self._confirm_reads()  # a single voter confirms its own rounds
 
     def _send(self, m):
         m.frm = self.id
@@ -557,6 +749,7 @@ class Raft:
     def has_ready(self):
         log = self.log
         return bool(self._msgs or self._persist_msgs or log.written < log.last_index
+                    or self._reads_ready or self._read_round_wanted
                     or self._hard_state_changed()
                     or min(log.committed, log.last_index) > log.applied)
 
@@ -567,6 +760,11 @@ class Raft:
     def ready(self):
         rd = Ready()
         log = self.log
+        if self._read_round_wanted and self.role == LEADER:
+            # Reads arrived since the last round: one round for all of them.
+            self._broadcast_heartbeat()
+        if self._reads_ready:
+            rd.read_states, self._reads_ready = self._reads_ready, []
         unwritten = log.unwritten()
         written_to = log.written
         if unwritten is not None:
