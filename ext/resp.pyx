@@ -47,6 +47,9 @@ cdef extern from "kvcmd.h":
         ENTRY_HEADER "RF_ENTRY_HEADER"
         CMD_HEADER "RF_CMD_HEADER"
         OP_RESP3 "RF_OP_RESP3"
+        OP_GET "RF_OP_GET"
+        OP_MGET "RF_OP_MGET"
+        OP_EXISTS "RF_OP_EXISTS"
     int _kv_opcode "rf_kv_opcode" (const unsigned char *s, size_t n) noexcept nogil
     bint _kv_arity_ok "rf_kv_arity_ok" (unsigned op, uint64_t argc) noexcept nogil
     void _put_u32 "rf_put_u32" (uint8_t *p, uint32_t v) noexcept nogil
@@ -180,6 +183,22 @@ cdef struct KvOut:
     Py_ssize_t max_entries, max_bytes, max_cmd
     Py_ssize_t forced       # entries that fit whatever their size (1, or 0 with force_first=False)
     uint8_t flag            # OP_RESP3 or 0
+    int kind                # KIND_ANY, or only KIND_READS / KIND_WRITES
+
+
+# parse_kv's `reads` argument: which KV commands one call takes.
+cdef enum:
+    KIND_ANY = 0
+    KIND_READS = 1
+    KIND_WRITES = 2
+
+
+cdef inline int _kind_of(int op) noexcept:
+    """GET, MGET and EXISTS change nothing: a leader serves them without
+    the log (ReadIndex); the rest are writes."""
+    if op == OP_GET or op == OP_MGET or op == OP_EXISTS:
+        return KIND_READS
+    return KIND_WRITES
 
 
 cdef class RespParser:
@@ -210,6 +229,7 @@ cdef class RespParser:
     # Whether the last parse_kv stopped because the next KV command would
     # have gone past max_entries / max_bytes (it stays buffered).
     cdef readonly bint stopped_at_limit
+    cdef readonly bint stopped_at_kind
     cdef readonly Py_ssize_t max_bulk_len, max_inline_len, max_multibulk_len
 
     def __cinit__(self, Py_ssize_t max_bulk_len=512 * 1024 * 1024,
@@ -267,7 +287,7 @@ cdef class RespParser:
 
     def parse_kv(self, bytearray out, bint resp3, Py_ssize_t max_entries=1 << 30,
                  Py_ssize_t max_bytes=1 << 62, Py_ssize_t max_command_bytes=32 << 20,
-                 bint force_first=True):
+                 bint force_first=True, reads=None):
         """Consume, in order, the complete buffered requests that are
         well-formed KV commands (GET, SET, MGET, EXISTS, DEL, APPEND, INCR,
         any case, right arity, arguments' bytes + 8 per argument within
@@ -284,6 +304,10 @@ cdef class RespParser:
         entry of a call is accepted whatever its size, so a call with
         max_entries >= 1 always makes progress; force_first=False lifts that
         exception (a batcher adding to a batch that already holds entries).
+        reads=True takes only reads (GET, MGET, EXISTS), reads=False only
+        writes: the call stops before a KV command of the other kind, leaving
+        it buffered, with `stopped_at_kind` True (so reads and writes can
+        go to different batches without losing their order).
 
         Requests wholly inside the first buffered chunk are encoded
         straight from it, with no Python object; the rest (inline requests,
@@ -295,6 +319,7 @@ cdef class RespParser:
         cdef Py_ssize_t size
         cdef int op
         self.stopped_at_limit = False
+        self.stopped_at_kind = False
         if self.error is not None:
             return 0, None
         o.ba = <PyObject *>out
@@ -305,6 +330,8 @@ cdef class RespParser:
         o.max_cmd = max_command_bytes
         o.forced = 1 if force_first else 0
         o.flag = OP_RESP3 if resp3 else 0
+        o.kind = KIND_ANY if reads is None else (KIND_READS if reads else KIND_WRITES)
+        cdef int fast
         try:
             while True:
                 if self._pending is not None:
@@ -312,8 +339,12 @@ cdef class RespParser:
                     self._pending = None
                 else:
                     if self._mb_left == 0 and self._avail:
-                        if self._kv_fast(&o):
+                        fast = self._kv_fast(&o)
+                        if fast == 1:
                             self.stopped_at_limit = True
+                            break
+                        if fast == 2:
+                            self.stopped_at_kind = True
                             break
                     req = self._next_request()
                 if req is None:
@@ -321,6 +352,10 @@ cdef class RespParser:
                 op = _kv_command(req, max_command_bytes, &size)
                 if op == 0:
                     stop = req
+                    break
+                if o.kind != KIND_ANY and _kind_of(op) != o.kind:
+                    self._pending = req
+                    self.stopped_at_kind = True
                     break
                 if o.n >= max_entries or (o.n >= o.forced and o.added + size > max_bytes):
                     self._pending = req
@@ -351,10 +386,11 @@ cdef class RespParser:
                 break
         return out[0] if out else None
 
-    cdef bint _kv_fast(self, KvOut *o) except -1:
+    cdef int _kv_fast(self, KvOut *o) except -1:
         """Encode the KV requests that lie wholly inside the head chunk,
-        straight from it; stop at the first that does not (False) or that
-        would pass the limits (True).  Only called between requests.
+        straight from it; stop at the first that does not (0), that would
+        pass the limits (1) or that is of the other kind (2).  Only called
+        between requests.
 
         A request is taken here only when parse() would return it with no
         error (same limits, same strict header syntax); everything else is
@@ -369,35 +405,37 @@ cdef class RespParser:
         while self._avail:
             p = self._chunk(self._head, &size)
             if p[0] != b'*':
-                return False
+                return 0
             q = self._kv_line(p, 0, size, &count)
             if q < 0 or count < 2 or count > self.max_multibulk_len:
-                return False
+                return 0
             d = self._kv_bulk(p, q, size, &blen)
             if d < 0:
-                return False
+                return 0
             op = _kv_opcode(p + d, <size_t>blen)
             argc = <Py_ssize_t>count - 1
             if op == 0 or not _kv_arity_ok(op, argc):
-                return False
+                return 0
             q = d + blen + 2
             w = ENTRY_HEADER + CMD_HEADER        # write offset inside the entry
             cmd = 0
             for i in range(argc):
                 d = self._kv_bulk(p, q, size, &blen)
                 if d < 0:
-                    return False
+                    return 0
                 cmd += blen + 8
                 if cmd > o.max_cmd or w - ENTRY_HEADER + 4 + blen > 0xFFFFFFFF:
-                    return False
+                    return 0
                 _kv_reserve(o, w + 4 + blen)
                 dst = <uint8_t *>PyByteArray_AS_STRING(<object>o.ba) + o.used + w
                 _put_u32(dst, <uint32_t>blen)
                 memcpy(dst + 4, p + d, <size_t>blen)
                 w += 4 + blen
                 q = d + blen + 2
+            if o.kind != KIND_ANY and _kind_of(op) != o.kind:
+                return 2    # checked last: parse_kv decides the same on the parsed request
             if o.n >= o.max_entries or (o.n >= o.forced and o.added + w > o.max_bytes):
-                return True
+                return 1
             _put_command_header(<uint8_t *>PyByteArray_AS_STRING(<object>o.ba) + o.used,
                                 <uint32_t>(w - ENTRY_HEADER), <uint8_t>(op | o.flag),
                                 <uint32_t>argc)
@@ -413,7 +451,7 @@ cdef class RespParser:
                 self._pos += q
             self._scan_idx = self._head
             self._scan_base = self._scanned = 0
-        return False
+        return 0
 
     cdef inline Py_ssize_t _kv_line(self, const unsigned char *p, Py_ssize_t start,
                                     Py_ssize_t size, long long *v) noexcept:

@@ -19,6 +19,7 @@ stops rather than retry (the page cache may have dropped the data).
 """
 import _thread
 import collections
+import heapq
 import logging
 import threading
 import random
@@ -45,6 +46,36 @@ class Waiter:
         self.results = []
 
 
+class ReadWaiter:
+    """A batch of reads waiting to be confirmed (ReadIndex), then for the
+    state machine to apply through `index`.  `floor`: the last write its
+    connections proposed, which the reads must see."""
+
+    __slots__ = ("floor", "callback", "deadline", "index")
+
+    def __init__(self, floor, callback, deadline):
+        self.floor = floor
+        self.callback = callback  # callback(None) to serve, or callback(error)
+        self.deadline = deadline
+        self.index = 0
+
+    def __lt__(self, other):  # heap order among equal indexes: any
+        return self.deadline < other.deadline
+
+
+class TransferWaiter:
+    __slots__ = ("target", "callback", "deadline")
+
+    def __init__(self, target, callback, deadline):
+        self.target = target
+        self.callback = callback  # callback(None) once target leads, or callback(error)
+        self.deadline = deadline
+
+
+# A read that lost its leader is answered with a redirect by the caller.
+NOT_LEADER = "not leader"
+
+
 class OutcomeUnknown(Exception):
     """The proposal's fate is not known (leadership lost, or no quorum in time)."""
 
@@ -66,12 +97,19 @@ class RaftDriver:
             cfg.node_id, members, election_ticks=election_ticks,
             heartbeat_ticks=heartbeat_ticks, max_msg_bytes=cfg.max_batch_bytes,
             max_inflight=cfg.max_inflight, max_inflight_bytes=cfg.max_inflight_bytes,
-            seed=random.SystemRandom().randrange(1 << 62))
+            read_mode=cfg.read_mode, seed=random.SystemRandom().randrange(1 << 62))
         self.core = Raft(core_cfg, storage.entry_log, storage.hard_state)
         self.fsync = cfg.fsync == "always"
         # Client proposals waiting to be applied, in index order.
         self.waiters = collections.deque()
         self.request_timeout = max(5.0, 4 * cfg.election_timeout_ms / 1000.0)
+        # Reads: token -> waiter until confirmed (in arrival order, which is
+        # deadline order), then a heap by the index they wait to see applied.
+        self.read_waiters = collections.OrderedDict()
+        self.reads_to_apply = []
+        self._read_tokens = 0
+        self.transfers = []
+        self.transfer_timeout = 2 * cfg.election_timeout_ms / 1000.0
         # Group commit state: writes are numbered; `synced` is the newest
         # write known durable.  held: (write number, messages) in order.
         self.written = 0
@@ -96,6 +134,8 @@ class RaftDriver:
         self.entries_sent = 0
         self.append_frames_encoded = 0
         self.entries_written = 0
+        self.reads_served = 0
+        self.read_batches = 0
 
     # ------------------------------------------------------------ running
 
@@ -112,6 +152,8 @@ class RaftDriver:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         self._fail_waiters("TIMEOUT outcome unknown")
+        self._fail_reads(NOT_LEADER)
+        self._end_transfers("TIMEOUT transfer did not complete")
         if self._sync_thread is not None:
             try:
                 self._sync_wakeup.release()  # wake it, if idle, to see _stopped and exit
@@ -133,6 +175,7 @@ class RaftDriver:
         self._tick_handle = self.loop.call_later(self.tick_s, self._on_tick)
         self.core.tick()
         self._expire_waiters()
+        self._expire_reads()
         self.schedule()
 
     def on_peer_state(self, peer, writable, lost):
@@ -172,6 +215,93 @@ class RaftDriver:
         self.waiters.append(Waiter(first, last, self.core.term, callback,
                                    time.monotonic() + self.request_timeout))
         self.schedule()
+        return last
+
+    def read(self, floor, callback):
+        """Linearizable reads (ReadIndex, or a lease read): callback(None)
+        once they may be served from the state machine as it stands, which
+        will have applied every write committed before they arrived and
+        the log through `floor`; callback(NOT_LEADER) if leadership is lost
+        first, callback("TIMEOUT ...") if not confirmed in time.  Raises
+        NotLeader when this node cannot serve them."""
+        self._read_tokens += 1
+        token = self._read_tokens
+        self.core.read_index(token)
+        self.read_waiters[token] = ReadWaiter(min(floor, self.core.log.last_index), callback,
+                                              time.monotonic() + self.request_timeout)
+        self.read_batches += 1
+        self.schedule()
+
+    def transfer_leadership(self, target, callback):
+        """RAFT.TRANSFER_LEADER: callback(None) once `target` leads,
+        callback(error) when the transfer is abandoned or times out.
+        Raises NotLeader or ValueError (not a voter)."""
+        core = self.core
+        core.transfer_leadership(target)
+        if target == core.id:
+            callback(None)
+            return
+        self.transfers.append(TransferWaiter(target, callback,
+                                             time.monotonic() + self.transfer_timeout))
+        self.schedule()
+
+    def _serve_reads(self, read_states):
+        applied = self.core.log.applied
+        for token, index in read_states:
+            w = self.read_waiters.pop(token, None)
+            if w is None:
+                continue  # timed out meanwhile
+            w.index = max(index, w.floor)
+            if w.index <= applied:
+                self.reads_served += 1
+                w.callback(None)
+            else:
+                heapq.heappush(self.reads_to_apply, (w.index, w))
+
+    def _serve_applied_reads(self):
+        heap, applied = self.reads_to_apply, self.core.log.applied
+        while heap and heap[0][0] <= applied:
+            self.reads_served += 1
+            heapq.heappop(heap)[1].callback(None)
+
+    def _fail_reads(self, error):
+        waiters = list(self.read_waiters.values()) + [w for _, w in self.reads_to_apply]
+        self.read_waiters.clear()
+        self.reads_to_apply = []
+        for w in waiters:
+            w.callback(error)
+
+    def _expire_reads(self):
+        now = time.monotonic()
+        rw = self.read_waiters
+        while rw:
+            token, w = next(iter(rw.items()))
+            if w.deadline >= now:
+                break
+            del rw[token]
+            w.callback("TIMEOUT outcome unknown")
+        if self.transfers:
+            self._check_transfers()
+
+    def _check_transfers(self):
+        """Answer the transfers whose fate is known: the target leads (OK),
+        or the leader took writes again / someone else leads / time is up."""
+        core, now, still = self.core, time.monotonic(), []
+        for t in self.transfers:
+            if core.role != LEADER and core.leader_id == t.target:
+                t.callback(None)
+            elif ((core.role == LEADER and core.lead_transferee != t.target)
+                  or (core.role != LEADER and core.leader_id not in (0, t.target))
+                  or t.deadline < now):
+                t.callback("TIMEOUT transfer did not complete")
+            else:
+                still.append(t)
+        self.transfers = still
+
+    def _end_transfers(self, error):
+        transfers, self.transfers = self.transfers, []
+        for t in transfers:
+            t.callback(error)
 
     def _fail_waiters(self, error):
         waiters, self.waiters = self.waiters, collections.deque()
@@ -208,6 +338,10 @@ class RaftDriver:
                 if rd.committed is not None:
                     self._apply(*rd.committed)
                 core.advance(rd)
+                if rd.read_states:
+                    self._serve_reads(rd.read_states)
+                if self.reads_to_apply:
+                    self._serve_applied_reads()
         except OSError as e:
             self._fatal(f"storage write failed: {e}")
             return
@@ -219,7 +353,10 @@ class RaftDriver:
             # Deposed: whatever is pending may or may not commit under the
             # next leader.  Say so rather than guess.
             self._fail_waiters("TIMEOUT outcome unknown")
+            self._fail_reads(NOT_LEADER)
         self._was_leader = core.role == LEADER
+        if self.transfers:
+            self._check_transfers()
         if not self.fsync:
             self.synced = self.written  # --fsync never: as durable as it gets
         if self.held and self.held[0][0] <= self.synced:

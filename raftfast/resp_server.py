@@ -2,11 +2,17 @@
 
 Each connection parses whatever arrived into a batch of commands (the
 parser is compiled), answers the ones any node can answer at once, and
-hands writes and linearizable reads to the Batcher, which proposes every
-command gathered in one loop iteration as one entry block.  Replies are
+hands KV commands to the Batcher: writes gathered in one loop iteration go
+into one entry block proposed to the log; reads (GET, MGET, EXISTS) go into
+a block of their own that is served from the state machine once a
+ReadIndex confirmation says it may be, never through the log.  Replies are
 slots in arrival order: a slot filled early (a PING behind a pending SET)
 waits for the slots before it, so replies leave in the order commands came,
 one write per connection per flush.
+
+Order within a connection: a read waits for the connection's earlier writes
+to be applied (its floor), and a write that follows reads waits, unparsed,
+until those reads were served, so neither sees the other out of order.
 """
 import asyncio
 import collections
@@ -21,7 +27,8 @@ from ._kv import (OPCODES, OP_APPEND, OP_DEL, OP_EXISTS, OP_GET, OP_INCR, OP_MGE
                   encode_commands)
 from ._resp import OK, PONG, ErrorReply, RespParser, encode_replies
 from .address import create_server, parse_address, set_nodelay
-from .core import NotLeader, ProposalDropped
+from .core import NotLeader, ProposalDropped, TransferInProgress
+from .driver import NOT_LEADER
 
 log = logging.getLogger("raftfast.client")
 
@@ -87,6 +94,10 @@ class Batcher:
         self.buf = bytearray()
         self.count = 0
         self.runs = []  # (conn, slot, number of entries)
+        # Reads of this iteration: the same block format, never proposed.
+        self.read_buf = bytearray()
+        self.read_count = 0
+        self.read_runs = []
         self._handle = None
         self.proposals = 0
         self.entries_proposed = 0
@@ -103,7 +114,20 @@ class Batcher:
         self.runs.append((conn, conn.pending(), n))
         if self.count >= self.max_entries or len(self.buf) >= self.max_bytes:
             self.flush()
-        elif self._handle is None:
+        else:
+            self._arm()
+
+    def added_reads(self, conn, n):
+        self.read_count += n
+        conn.reads_in_flight += n
+        self.read_runs.append((conn, conn.pending(), n))
+        if self.read_count >= self.max_entries or len(self.read_buf) >= self.max_bytes:
+            self.flush()
+        else:
+            self._arm()
+
+    def _arm(self):
+        if self._handle is None:
             if self.linger > 0:
                 self._handle = self.loop.call_later(self.linger, self.flush)
             else:
@@ -113,8 +137,41 @@ class Batcher:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if not self.count:
-            return
+        # Writes first: reads of the same connections must see them.
+        if self.count:
+            self._flush_writes()
+        if self.read_count:
+            self._flush_reads()
+
+    def _flush_reads(self):
+        block, runs = self.read_buf, self.read_runs
+        self.read_buf, self.read_runs, self.read_count = bytearray(), [], 0
+        server = self.server
+
+        def served(result):
+            if result is None:
+                # Confirmed: answer from the state machine as it stands.
+                replies, offsets = server.driver.kv.apply_replies(block)
+                parts = [[replies, offsets, 0, len(offsets) - 1]]
+                for conn, slot, n in runs:
+                    slot.value, slot.raw = take_replies(parts, n), True
+            else:
+                err = server.redirect_error() if result == NOT_LEADER else ErrorReply(result)
+                for conn, slot, n in runs:
+                    slot.value, slot.raw = _encoded_error(str(err), n), True
+            for conn, slot, n in runs:
+                conn.reads_served(n)
+
+        floor = 0
+        for conn, slot, n in runs:
+            if conn.last_write > floor:
+                floor = conn.last_write
+        try:
+            self.driver.read(floor, served)
+        except NotLeader:
+            served(NOT_LEADER)
+
+    def _flush_writes(self):
         block, runs, count = self.buf, self.runs, self.count
         self.buf, self.runs, self.count = bytearray(), [], 0
 
@@ -129,13 +186,17 @@ class Batcher:
                 conn.flush()
 
         try:
-            self.driver.propose(block, count, done)
+            last = self.driver.propose(block, count, done)
             self.proposals += 1
             self.entries_proposed += count
+            for conn, slot, n in runs:
+                conn.last_write = last
         except NotLeader:
             # Leadership moved between the check and the flush: nothing was
             # proposed, so the redirect is the honest answer.
             done(str(self.server.redirect_error()))
+        except TransferInProgress:
+            done("TRYAGAIN leadership transfer in progress")
         except ProposalDropped:
             done("TRYAGAIN too many uncommitted commands; the leader may have lost its quorum")
 
@@ -144,11 +205,13 @@ class Batcher:
             self._handle.cancel()
             self._handle = None
         self.buf, self.runs, self.count = bytearray(), [], 0
+        self.read_buf, self.read_runs, self.read_count = bytearray(), [], 0
 
 
 class ClientProtocol(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "replies", "resp3", "name", "id",
-                 "closing")
+                 "closing", "last_write", "reads_in_flight", "parsing_reads", "held",
+                 "paused_by_client")
 
     def __init__(self, server):
         self.server = server
@@ -159,6 +222,11 @@ class ClientProtocol(asyncio.Protocol):
         self.name = None
         self.id = next(_client_ids)
         self.closing = False
+        self.last_write = 0        # log index of this connection's last proposed write
+        self.reads_in_flight = 0   # its reads batched or waiting for confirmation
+        self.parsing_reads = False  # which kind the next parse_kv call takes
+        self.held = False          # a write waits, unparsed, for earlier reads
+        self.paused_by_client = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -168,10 +236,24 @@ class ClientProtocol(asyncio.Protocol):
     # A client that sends without reading must not grow our buffers without
     # bound: stop reading it while its replies cannot be written.
     def pause_writing(self):
+        self.paused_by_client = True
         self.transport.pause_reading()
 
     def resume_writing(self):
-        self.transport.resume_reading()
+        self.paused_by_client = False
+        if not self.held:
+            self.transport.resume_reading()
+
+    def reads_served(self, n):
+        """n of this connection's reads were answered (or failed)."""
+        self.reads_in_flight -= n
+        if self.held and self.reads_in_flight == 0:
+            self.held = False
+            if not self.paused_by_client and self.transport is not None:
+                self.transport.resume_reading()
+            self._parse_buffered()  # the write that waited, and what follows it
+        else:
+            self.flush()
 
     def connection_lost(self, exc):
         self.server.connections.discard(self)
@@ -180,20 +262,40 @@ class ClientProtocol(asyncio.Protocol):
     def data_received(self, data):
         if self.closing:
             return
+        self.parser.feed(data)
+        if not self.held:
+            self._parse_buffered()
+
+    def _parse_buffered(self):
         parser = self.parser
-        parser.feed(data)
         server = self.server
         batcher = server.batcher
         max_cmd = server.max_command_bytes
         while not self.closing:
             if server.driver.is_leader:
-                # The fast path: KV commands go straight into the batch.
-                room_entries, room_bytes, empty = batcher.room()
-                n, stop = parser.parse_kv(batcher.buf, self.resp3, room_entries, room_bytes,
-                                          max_cmd, empty)
-                if n:
-                    batcher.added(self, n)
+                # The fast path: KV commands go straight into a batch, reads
+                # and writes into separate ones, switching as the stream does.
+                if self.parsing_reads:
+                    n, stop = parser.parse_kv(batcher.read_buf, self.resp3, 1 << 30, 1 << 62,
+                                              max_cmd, True, True)
+                    if n:
+                        batcher.added_reads(self, n)
+                else:
+                    room_entries, room_bytes, empty = batcher.room()
+                    n, stop = parser.parse_kv(batcher.buf, self.resp3, room_entries,
+                                              room_bytes, max_cmd, empty, False)
+                    if n:
+                        batcher.added(self, n)
                 if stop is None:
+                    if parser.stopped_at_kind:
+                        self.parsing_reads = not self.parsing_reads
+                        if not self.parsing_reads and self.reads_in_flight:
+                            # A write after reads: it must not be applied
+                            # before they are served.  Stop reading until then.
+                            self.held = True
+                            self.transport.pause_reading()
+                            break
+                        continue
                     if parser.stopped_at_limit:
                         batcher.flush()
                         continue
@@ -353,6 +455,9 @@ class RespServer:
             "raftfast_entries_applied": d.applied_entries,
             "raftfast_proposals": self.batcher.proposals,
             "raftfast_entries_proposed": self.batcher.entries_proposed,
+            "raftfast_reads_served": d.reads_served,
+            "raftfast_read_batches": d.read_batches,
+            "raftfast_read_rounds": d.core.read_round,
             "raftfast_cpu_seconds": f"{_cpu_seconds():.3f}",
             **self.extra_stats(),
         }
@@ -557,7 +662,7 @@ def _bench(server, conn, cmd):
         while state["inflight"] < window and state["failed"] is None:
             try:
                 driver.propose(block, batch, done)
-            except (NotLeader, ProposalDropped) as e:
+            except (NotLeader, ProposalDropped, TransferInProgress) as e:
                 state["failed"] = f"TIMEOUT bench stopped: {e}"
                 break
             state["inflight"] += 1
@@ -567,8 +672,39 @@ def _bench(server, conn, cmd):
     top_up()
 
 
+def _transfer_leader(server, conn, cmd):
+    """RAFT.TRANSFER_LEADER id: +OK once that node leads."""
+    if len(cmd) != 2:
+        _wrong_args(conn, "raft.transfer_leader")
+        return
+    try:
+        target = int(bytes(cmd[1]))
+        if not 0 < target < 1 << 63:
+            raise ValueError
+    except ValueError:
+        conn.reply(ErrorReply("ERR node id must be an integer from 1 to 2^63-1"))
+        return
+    if not server.driver.is_leader:
+        conn.reply(server.redirect_error())
+        return
+    slot = conn.pending()
+
+    def done(error):
+        slot.value = OK if error is None else ErrorReply(error)
+        conn.flush()
+
+    try:
+        server.driver.transfer_leadership(target, done)
+    except NotLeader:
+        slot.value = server.redirect_error()
+        conn.flush()
+    except ValueError as e:
+        slot.value = ErrorReply(f"ERR {e}")
+        conn.flush()
+
+
 _LOCAL = {
     b"ping": _ping, b"echo": _echo, b"hello": _hello, b"client": _client,
     b"command": _command, b"config": _config, b"select": _select, b"quit": _quit,
-    b"info": _info, b"raftfast.bench": _bench,
+    b"info": _info, b"raftfast.bench": _bench, b"raft.transfer_leader": _transfer_leader,
 }

@@ -408,13 +408,16 @@ def normalize(req, max_command_bytes):
     return ("req", req) if op is None else ("kv", op, req[1:])
 
 
-def drive_kv(parser, wire, cuts, limits, plain_calls):
+def drive_kv(parser, wire, cuts, limits, plain_calls, split_reads=False):
     """Feed wire cut at `cuts`, after each read calling parse_kv until it
     waits for data (or parse() when plain_calls says so), as a server would:
     HELLO switches the protocol the following entries carry.  Returns every
     call's outcome and the stream as normalized requests, each entry tagged
-    with the protocol it was encoded for."""
+    with the protocol it was encoded for.  split_reads: as the server does,
+    reads and writes are taken by separate calls, switching kind whenever a
+    call stops at the other kind."""
     calls, stream, resp3, prev, i = [], [], False, 0, 0
+    kind = {"reads": False} if split_reads else {}
     max_cmd = limits.get("max_command_bytes", 32 << 20)
     for cut in sorted(set(cuts)) + [len(wire)]:
         parser.feed(wire[prev:cut])
@@ -430,15 +433,22 @@ def drive_kv(parser, wire, cuts, limits, plain_calls):
                         resp3 = req[1] == b"3"
                 break
             out = bytearray(b"prefix")
-            n, stop = parser.parse_kv(out, resp3, **limits)
+            n, stop = parser.parse_kv(out, resp3, **limits, **kind)
             assert out[:6] == b"prefix"
-            calls.append((n, bytes(out), stop, parser.stopped_at_limit, parser.error))
+            calls.append((n, bytes(out), stop, parser.stopped_at_limit, parser.stopped_at_kind,
+                          parser.error))
             got = entries(out[6:])
             assert len(got) == n
             # The block is what encode_commands makes of the same commands.
             assert bytes(out[6:]) == encode_commands([(op & 0x7F, args) for op, args in got], resp3)
             stream.extend(("kv", op & 0x7F, args) for op, args in got)
             assert all(op & 0x80 == (0x80 if resp3 else 0) for op, _ in got)
+            if split_reads:
+                assert all(((op & 0x7F) in kv_py.READ_OPCODES) == kind["reads"] for op, _ in got)
+            if parser.stopped_at_kind:
+                assert stop is None and not parser.stopped_at_limit
+                kind["reads"] = not kind["reads"]
+                continue
             if stop is not None:
                 stream.append(("req", stop))
                 if stop[0].lower() == b"hello" and stop[1:] in ([b"2"], [b"3"]):
@@ -449,11 +459,13 @@ def drive_kv(parser, wire, cuts, limits, plain_calls):
 
 
 @SETTINGS
-@given(kv_pipelines(), kv_limits, small_limits, st.sampled_from([0, 0, 2, 3]), st.data())
-def test_parse_kv_c_matches_twin_and_parse(wire, limits, parser_limits, plain_calls, data):
+@given(kv_pipelines(), kv_limits, small_limits, st.sampled_from([0, 0, 2, 3]), st.booleans(),
+       st.data())
+def test_parse_kv_c_matches_twin_and_parse(wire, limits, parser_limits, plain_calls, split_reads,
+                                           data):
     cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=6))
-    got_c = drive_kv(C.Parser(**parser_limits), wire, cuts, limits, plain_calls)
-    got_py = drive_kv(PY.Parser(**parser_limits), wire, cuts, limits, plain_calls)
+    got_c = drive_kv(C.Parser(**parser_limits), wire, cuts, limits, plain_calls, split_reads)
+    got_py = drive_kv(PY.Parser(**parser_limits), wire, cuts, limits, plain_calls, split_reads)
     assert got_c == got_py
     # The same requests as parse() finds in the stream read in one piece.
     reqs, error = parse_all(PY, wire, **parser_limits)

@@ -12,6 +12,8 @@ import struct
 ENTRY_NORMAL = 0
 OP_SET, OP_GET, OP_MGET, OP_EXISTS, OP_DEL, OP_APPEND, OP_INCR = range(1, 8)
 OP_RESP3 = 0x80
+# Commands that change nothing: a leader answers them without the log (ReadIndex).
+READ_OPCODES = frozenset({OP_GET, OP_MGET, OP_EXISTS})
 OPCODES = {b"set": OP_SET, b"get": OP_GET, b"mget": OP_MGET, b"exists": OP_EXISTS,
            b"del": OP_DEL, b"append": OP_APPEND, b"incr": OP_INCR}
 # opcode -> (min args, max args or None), args excluding the command name

@@ -162,15 +162,18 @@ class RespParserPy:
         return out
 
     def parse_kv(self, out, resp3, max_entries=1 << 30, max_bytes=1 << 62,
-                 max_command_bytes=32 << 20, force_first=True):
+                 max_command_bytes=32 << 20, force_first=True, reads=None):
         """Append the entries of the complete KV requests buffered, in
         order, onto the bytearray out; stop at the first other request and
         return it: (entries appended, request or None).  None: nothing
         complete is buffered, a protocol error (`error` set), or the next KV
         command would pass max_entries or max_bytes appended bytes (it stays
         for the next call; stopped_at_limit).  The first entry of a call is
-        accepted whatever its size."""
+        accepted whatever its size.  reads=True takes only GET/MGET/EXISTS,
+        reads=False only the other KV commands; a KV command of the other
+        kind stays for the next call (stopped_at_kind)."""
         self.stopped_at_limit = False
+        self.stopped_at_kind = False
         if self.error is not None:
             return 0, None
         n = added = 0
@@ -184,6 +187,10 @@ class RespParserPy:
             op = kv_py.fast_opcode(req, max_command_bytes)
             if op is None:
                 return n, req
+            if reads is not None and (op in kv_py.READ_OPCODES) != reads:
+                self._pending = req
+                self.stopped_at_kind = True
+                return n, None
             entry = kv_py.encode_entry(op, req[1:], resp3)
             if n >= max_entries or (n >= (1 if force_first else 0) and added + len(entry) > max_bytes):
                 self._pending = req
