@@ -4,7 +4,10 @@ A failing seed prints the events before the violation and the command that
 replays it, e.g.
     python -m pytest "tests/test_simulation.py::test_chaos_is_safe_and_live[n3-seed17]"
 Set RAFTFAST_SIM_SEEDS=N to widen the sweep (the default covers 1,000 seeds).
+The long sweep, `python -m pytest -m slow tests/test_simulation.py`, runs
+100,000 seeds (RAFTFAST_SIM_SWEEP=N to change) on every core.
 """
+import concurrent.futures
 import os
 
 import pytest
@@ -34,6 +37,39 @@ def test_chaos_is_safe_and_live(n, seed):
         f"\"tests/test_simulation.py::test_chaos_is_safe_and_live[n{n}-seed{seed}]\"")
     # Something was actually replicated under chaos, not just the marker.
     assert net.committed.last_index >= 2
+
+
+def _run_seed(seed):
+    """One schedule in a worker process; returns (seed, failure text or None, counts)."""
+    from simnet import describe
+    n = 3 if seed % 5 else 5
+    net = SimNet(n, seed, EntryLog)
+    try:
+        for _ in range(STEPS):
+            net.step()
+        if net.settle() is None:
+            return seed, "no progress after healing", None
+    except AssertionError as e:
+        return seed, str(e).splitlines()[0], None
+    return seed, None, describe(net)
+
+
+@pytest.mark.slow
+def test_chaos_sweep_of_a_hundred_thousand_seeds():
+    seeds = range(SEEDS, SEEDS + int(os.environ.get("RAFTFAST_SIM_SWEEP", "100000")))
+    failures, totals = [], {}
+    with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        for seed, failure, counts in pool.map(_run_seed, seeds, chunksize=64):
+            if failure:
+                failures.append((seed, failure))
+            else:
+                for k, v in counts.items():
+                    totals[k] = totals.get(k, 0) + v
+    print(f"\n{len(seeds)} seeds, totals: {totals}")
+    assert not failures, "\n".join(
+        f"seed {s}: {f}\n  replay: RAFTFAST_SIM_SEEDS={s + 1} python -m pytest "
+        f"\"tests/test_simulation.py::test_chaos_is_safe_and_live[n{3 if s % 5 else 5}-seed{s}]\""
+        for s, f in failures[:10])
 
 
 # Committing an older term's entry by counting replicas (Raft's Figure 8),
