@@ -95,7 +95,8 @@ class ScheduleConfig:
 @dataclass
 class ScheduleResult:
     config: dict
-    faults: dict
+    faults: dict                # injected, by kind
+    overlaps: int = 0           # nemesis rounds whose network and process faults overlapped
     ops_recorded: int = 0
     ops_ok: int = 0
     ops_unknown: int = 0
@@ -108,6 +109,7 @@ class ScheduleResult:
     unexpected: list = field(default_factory=list)     # tokens no client appended
     unknown_applied: int = 0    # unknown APPENDs that did take effect (allowed)
     replicas_agree: bool = True
+    seconds: float = 0.0        # the whole schedule, start to stop
     check_seconds: float = 0.0  # time the checks took (the checker is pure Python)
     errors: list = field(default_factory=list)         # client, nemesis or harness failures
     outcomes: dict = field(default_factory=dict)       # per attempt: done, unknown, redirected...
@@ -174,6 +176,7 @@ def run_schedule(cfg, root=None):
     cluster = ProxiedCluster(root, n=cfg.nodes, transport=cfg.transport,
                              heartbeat_ms=cfg.heartbeat_ms, election_ms=cfg.election_ms)
     result = ScheduleResult(config=asdict(cfg), faults={})
+    started = time.monotonic()
     stop = threading.Event()
     clients, nemesis = [], None
     try:
@@ -216,9 +219,11 @@ def run_schedule(cfg, root=None):
             result.outcomes = dict(Counter(result.outcomes) + c.outcomes)
         if nemesis is not None:
             result.faults = dict(nemesis.counts)
+            result.overlaps = nemesis.overlaps
             result.fault_log = nemesis.log
             result.errors += nemesis.errors
         cluster.stop()
+        result.seconds = round(time.monotonic() - started, 1)
         if result.clean:
             shutil.rmtree(root, ignore_errors=True)
         else:
@@ -230,8 +235,10 @@ def run_schedule(cfg, root=None):
 class Report:
     """What a chaos run did and found, summed over its schedules."""
     schedules: int = 0
-    seconds: float = 0.0
+    chaos_seconds: float = 0.0                        # under faults, with clients at work
+    seconds: float = 0.0                              # wall time, start-up and checks included
     faults: dict = field(default_factory=dict)        # injected, by kind
+    overlapping: int = 0                              # network and process faults at once
     ops_recorded: int = 0
     ops_ok: int = 0
     ops_unknown: int = 0
@@ -251,7 +258,10 @@ class Report:
     def add(self, r):
         cfg = r.config
         self.schedules += 1
+        self.chaos_seconds += cfg["seconds"]
+        self.seconds += r.seconds
         self.faults = dict(Counter(self.faults) + Counter(r.faults))
+        self.overlapping += r.overlaps
         self.ops_recorded += r.ops_recorded
         self.ops_ok += r.ops_ok
         self.ops_unknown += r.ops_unknown
@@ -289,8 +299,10 @@ class Report:
     def text(self):
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))
         lines = [
-            f"chaos: {self.schedules} schedules in {self.seconds:.0f} s",
-            f"  faults injected ({sum(self.faults.values())}): {faults}",
+            f"chaos: {self.schedules} schedules, {self.chaos_seconds:.0f} s under faults "
+            f"({self.seconds:.0f} s in all)",
+            f"  faults injected ({sum(self.faults.values())}, {self.overlapping} times a "
+            f"network and a process fault at once): {faults}",
             f"  operations recorded {self.ops_recorded} (ok {self.ops_ok}, unknown "
             f"{self.ops_unknown}); checked {self.ops_checked} over {self.keys_checked} keys",
             f"  violations {self.violations}, acknowledged writes lost {self.lost}, "
@@ -311,18 +323,17 @@ class Report:
 def run_chaos(seconds, sizes=((3, "unix"), (5, "tcp")), schedule_seconds=60.0, seed=1,
               **config):
     """Schedules back to back, cycling through `sizes`, until `seconds` of
-    chaos have run; each schedule gets its own seed (seed, seed+1, ...)."""
+    chaos (faults and clients at work; start-up and checks not counted) have
+    run.  Each schedule gets its own seed: seed, seed+1, ..."""
     report = Report()
-    started = time.monotonic()
     i = 0
-    while time.monotonic() - started < seconds or i == 0:
+    while report.chaos_seconds < seconds - 1:
         nodes, transport = sizes[i % len(sizes)]
-        left = seconds - (time.monotonic() - started)
+        left = seconds - report.chaos_seconds
         cfg = ScheduleConfig(nodes=nodes, transport=transport, seed=seed + i,
-                             seconds=max(5.0, min(schedule_seconds, left)), **config)
+                             seconds=max(10.0, min(schedule_seconds, left)), **config)
         report.add(run_schedule(cfg))
         i += 1
-    report.seconds = time.monotonic() - started
     return report
 
 

@@ -1,15 +1,19 @@
-"""The nemesis of a chaos run: a thread that injects one fault at a time into
-a proxied cluster, holds it, undoes it, and lets the cluster recover.
+"""The nemesis of a chaos run: a thread that injects faults into a proxied
+cluster, holds them, undoes them, and lets the cluster recover.
 
 The schedule is drawn from a seeded generator: which fault, which nodes,
 how long.  Faults aimed at "the leader" ask the nodes at that moment, so a
 replay with the same seed makes the same choices only as far as the
 cluster elects the same leaders; the log says what was actually done.
 
-Network and process faults alternate, each kind dealt from its own
-shuffled deck (every kind comes up once before any comes up twice), from a
-generator of its own: the sequence of kinds depends on the seed alone, and
-even a short run injects most kinds.
+The schedule goes in rounds of one network fault and one process fault,
+each kind dealt from its own shuffled deck (every kind comes up once before
+any comes up twice) by a generator of its own, so the sequence of kinds
+depends on the seed alone and even a short run injects most kinds.  In half
+the rounds the two faults follow each other; in the other half they
+overlap (a node killed inside a partition, a leader paused while its links
+are slow...), and are undone in a random order: a node may come back to a
+network that is still split, or a network heal while a node is still down.
 """
 import random
 import signal
@@ -33,6 +37,7 @@ PROCESS_FAULTS = (
     "kill_leader",
     "pause",            # SIGSTOP a random node, SIGCONT when the fault ends
     "pause_leader",
+    "kill_all",         # SIGKILL every node at once (fsync always: nothing acknowledged may go)
 )
 FAULT_KINDS = NETWORK_FAULTS + PROCESS_FAULTS
 
@@ -42,11 +47,12 @@ class Nemesis(threading.Thread):
         super().__init__(name="chaos-nemesis", daemon=True)
         self.cluster, self.proxy = cluster, cluster.proxy
         self.rng = random.Random(seed)                    # targets and durations
-        self.kinds = self._deal(random.Random(f"{seed}-kinds"))
+        self.rounds = self._deal(random.Random(f"{seed}-kinds"))
         self.stop, self.hold, self.recover = stop, hold, recover
         self.started = time.monotonic()
         self.log = []                 # (seconds since start, kind, what was done)
         self.counts = Counter()       # faults injected, by kind
+        self.overlaps = 0             # rounds whose two faults overlapped
         self.errors = []
         self.paused = set()
         self.killed = set()
@@ -54,29 +60,50 @@ class Nemesis(threading.Thread):
     def run(self):
         try:
             while not self.stop.is_set():
-                self._one_fault()
+                self._one_round()
         except Exception:  # noqa: BLE001 - reported by the run, not lost in a thread
             self.errors.append(traceback.format_exc())
 
     @staticmethod
     def _deal(rng):
-        """Kinds forever: network, process, network, process..."""
-        decks = {NETWORK_FAULTS: [], PROCESS_FAULTS: []}
+        """Rounds forever: (network kind, process kind, overlap or not)."""
+        network, process = [], []
         while True:
-            for kinds, deck in decks.items():
+            for deck, kinds in ((network, NETWORK_FAULTS), (process, PROCESS_FAULTS)):
                 if not deck:
                     deck.extend(kinds)
                     rng.shuffle(deck)
-                yield deck.pop()
+            yield network.pop(), process.pop(), rng.random() < 0.5
 
-    def _one_fault(self):
-        kind = next(self.kinds)
+    def _one_round(self):
+        net_kind, proc_kind, overlap = next(self.rounds)
+        if not overlap:
+            self._hold(self._inject(net_kind))
+            if not self.stop.is_set():
+                self._hold(self._inject(proc_kind))
+            return
+        self.overlaps += 1
+        undos = [self._inject(net_kind)]
+        try:
+            self.stop.wait(self.rng.uniform(0.1, 0.6))
+            undos.append(self._inject(proc_kind))
+        finally:
+            self.rng.shuffle(undos)
+            self._hold(*undos)
+
+    def _inject(self, kind):
         undo = getattr(self, "_" + kind)()
         self.counts[kind] += 1
+        return undo
+
+    def _hold(self, *undos):
+        """Keep the faults for a while, undo them in order, then let the
+        cluster recover."""
         try:
             self.stop.wait(self.rng.uniform(*self.hold))
         finally:
-            undo()
+            for undo in undos:
+                undo()
         self.stop.wait(self.rng.uniform(*self.recover))
 
     def _note(self, kind, what):
@@ -181,6 +208,19 @@ class Nemesis(threading.Thread):
 
     def _kill_leader(self):
         return self._kill_one("kill_leader", self._leader_or_random())
+
+    def _kill_all(self):
+        nodes = self._live_ids()
+        for node in nodes:
+            self.cluster.nodes[node].kill(signal.SIGKILL)
+            self.killed.add(node)
+        self._note("kill_all", f"nodes {nodes} SIGKILL")
+
+        def undo():
+            for node in nodes:
+                self.restart(node)
+            self._note("kill_all", f"nodes {nodes} restarted")
+        return undo
 
     def _pause_one(self, kind, node):
         self.cluster.nodes[node].proc.send_signal(signal.SIGSTOP)
