@@ -167,11 +167,12 @@ class FaultProxy:
 
     # -- links -----------------------------------------------------------
 
-    def add_link(self, src, dst, target_url):
+    def add_link(self, src, dst, target_url, port=0):
         """Start proxying link src->dst to `target_url`; returns the URL src
-        must dial (same scheme as the target; TCP ports are chosen freely)."""
+        must dial: a Unix socket in `socket_dir` for a Unix target, else
+        127.0.0.1:`port` (0: any free port)."""
         link = _Link(src, dst, target_url)
-        self._call(self._listen(link))
+        self._call(self._listen(link, port))
         self._links[src, dst] = link
         return link.listen
 
@@ -244,14 +245,14 @@ class FaultProxy:
 
     # -- on the proxy's loop ---------------------------------------------
 
-    async def _listen(self, link):
+    async def _listen(self, link, port):
         target = parse_address(link.target)
 
         async def on_accept(reader, writer):
             await self._accept(link, reader, writer)
 
         if target.scheme == "tcp":
-            link.server = await asyncio.start_server(on_accept, "127.0.0.1", 0)
+            link.server = await asyncio.start_server(on_accept, "127.0.0.1", port)
             port = link.server.sockets[0].getsockname()[1]
             link.listen = f"tcp://127.0.0.1:{port}"
         else:
