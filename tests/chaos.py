@@ -170,6 +170,22 @@ def replicas_agree(cluster, timeout=30):
     return len({node.keys() for node in cluster.nodes.values()}) == 1
 
 
+def node_log_errors(cluster, limit=10):
+    """ERROR and CRITICAL lines and tracebacks from the nodes' logs: a node
+    that hit one under faults it is built to survive has a bug, even when
+    the clients saw nothing wrong."""
+    found = []
+    for node in cluster.nodes.values():
+        try:
+            with open(node.log_path, errors="replace") as f:
+                found += [f"node {node.id} log: {line.rstrip()}" for line in f
+                          if " ERROR " in line or " CRITICAL " in line
+                          or line.startswith("Traceback")]
+        except OSError:
+            pass
+    return found[:limit]
+
+
 def run_schedule(cfg, root=None):
     """One schedule, start to finish; never leaves a process behind."""
     root = root or tempfile.mkdtemp(prefix="rfc")  # short: unix socket paths are limited
@@ -222,7 +238,10 @@ def run_schedule(cfg, root=None):
             result.overlaps = nemesis.overlaps
             result.fault_log = nemesis.log
             result.errors += nemesis.errors
-        cluster.stop()
+        exit_codes = cluster.stop()
+        result.errors += [f"node {i} exited with {code} on SIGTERM (a clean stop is 0)"
+                          for i, code in sorted(exit_codes.items()) if code != 0]
+        result.errors += node_log_errors(cluster)
         result.seconds = round(time.monotonic() - started, 1)
         if result.clean:
             shutil.rmtree(root, ignore_errors=True)

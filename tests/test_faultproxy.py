@@ -182,7 +182,8 @@ def test_blackhole_swallows_bytes_and_healing_drops_the_broken_stream(proxy, ech
     with dial(url) as fresh:  # new connections are accepted and silent too
         fresh.sendall(b"hello?")
         assert not is_closed(fresh, within=0.3)
-        assert wait_for(lambda: proxy.stats(1, 2).bytes_dropped >= len(b"into the void" + b"hello?"))
+        swallowed = len(b"into the void") + len(b"hello?")
+        assert wait_for(lambda: proxy.stats(1, 2).bytes_dropped >= swallowed)
         # Healing: both streams lost bytes, so both are closed, as a stalled
         # TCP connection would end; a new connection works.
         proxy.heal(1, 2)
