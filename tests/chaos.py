@@ -102,7 +102,7 @@ class ScheduleResult:
     ops_unknown: int = 0
     ops_checked: int = 0
     keys: int = 0
-    violations: list = field(default_factory=list)     # (key, explanation)
+    violations: list = field(default_factory=list)     # "key: the checker's explanation"
     inconclusive: list = field(default_factory=list)   # keys the checker's budget could not settle
     lost: list = field(default_factory=list)           # acknowledged writes not in the final state
     duplicated: list = field(default_factory=list)     # APPEND tokens applied more than once
@@ -147,7 +147,7 @@ def check(result, ops, finals):
         if verdict.explanation.startswith("inconclusive"):
             result.inconclusive.append(key)
         elif not verdict.ok:
-            result.violations.append((key, verdict.explanation))
+            result.violations.append(f"{key}: {verdict.explanation}")
         else:
             result.ops_checked += verdict.ops_checked
         final = finals[key]
@@ -194,7 +194,7 @@ def run_schedule(cfg, root=None):
     result = ScheduleResult(config=asdict(cfg), faults={})
     started = time.monotonic()
     stop = threading.Event()
-    clients, nemesis = [], None
+    clients, nemesis, ops = [], None, []
     try:
         cluster.start()
         cluster.wait_leader()
@@ -246,7 +246,13 @@ def run_schedule(cfg, root=None):
         if result.clean:
             shutil.rmtree(root, ignore_errors=True)
         else:
-            result.errors.append(f"node logs and data kept in {root}")
+            # Everything needed to look again: the history (rerun the checker
+            # on it with check_history([Op(**o) for o in doc["ops"]])), the
+            # faults, the nodes' logs and data.
+            with open(os.path.join(root, "history.json"), "w") as f:
+                json.dump({"ops": [asdict(op) for op in ops], "fault_log": result.fault_log,
+                           "config": result.config}, f)
+            result.errors.append(f"history, node logs and data kept in {root}")
     return result
 
 
