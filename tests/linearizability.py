@@ -73,7 +73,7 @@ def check_key(ops: list[Op], budget: int = 2_000_000) -> CheckResult:
     """Check the ops of one key.  `budget` bounds the search steps; when it
     runs out the result is ok=False with an "inconclusive" explanation,
     because success is only reported when a linearization was found."""
-    return _check_one_key(list(ops), list(range(len(ops))), budget)
+    return _check_one_key(list(ops), list(range(len(ops))), budget)[0]
 
 
 def check_history(ops: list[Op], budget_per_key: int = 2_000_000) -> CheckResult:
@@ -91,14 +91,13 @@ def check_history(ops: list[Op], budget_per_key: int = 2_000_000) -> CheckResult
     first_inconclusive = None
     for key in sorted(by_key):
         indices = by_key[key]
-        result = _check_one_key([ops[i] for i in indices], indices, budget_per_key)
+        result, inconclusive = _check_one_key([ops[i] for i in indices], indices, budget_per_key)
         checked += len(indices)
-        if not result.ok:
-            if not result.explanation.startswith("inconclusive"):
-                result.ops_checked = checked
-                return result
-            if first_inconclusive is None:
-                first_inconclusive = result
+        if not result.ok and not inconclusive:
+            result.ops_checked = checked
+            return result
+        if inconclusive and first_inconclusive is None:
+            first_inconclusive = result
     if first_inconclusive is not None:
         first_inconclusive.ops_checked = checked
         return first_inconclusive
@@ -136,17 +135,20 @@ def append_anomalies(final_value: str | None, ops: list[Op], sep: str = ";") -> 
     }
 
 
-def _check_one_key(ops: list[Op], labels: list[int], budget: int) -> CheckResult:
-    """`labels` are the ops' positions in the caller's list, for explanations."""
+def _check_one_key(ops: list[Op], labels: list[int], budget: int) -> tuple[CheckResult, bool]:
+    """The result, and whether it is inconclusive (the budget ran out).
+    `labels` are the ops' positions in the caller's list, for explanations."""
     if not ops:
-        return CheckResult(ok=True, key=None, ops_checked=0, explanation="")
+        return CheckResult(ok=True, key=None, ops_checked=0, explanation=""), False
     _validate(ops)
     search = _Search(ops, labels)
     verdict = search.run(budget)
     if verdict is True:
-        return CheckResult(ok=True, key=None, ops_checked=len(ops), explanation="")
+        return CheckResult(ok=True, key=None, ops_checked=len(ops), explanation=""), False
+    inconclusive = verdict is None
+    explanation = search.explain(inconclusive=inconclusive, budget=budget)
     return CheckResult(ok=False, key=ops[0].key, ops_checked=len(ops),
-                       explanation=search.explain(inconclusive=verdict is None, budget=budget))
+                       explanation=explanation), inconclusive
 
 
 def _validate(ops: list[Op]) -> None:
@@ -188,18 +190,19 @@ class _Search:
         self.expected = [op.result if op.ret is not None else None for op in self.ops]
 
         # The linearized set is two bitsets: known ops numbered by return
-        # time and unknown ops on their own.  Known ops tend to be linearized
-        # in return order, so the known bitset is a long run of low 1 bits
-        # plus a few bits above it; the cache stores it as (run length, bits
-        # above the run), which keeps a cache entry small however long the
-        # history is (a cache of a million entries must fit in memory).
-        self.bit = [0] * n
+        # time, and unknown ops on their own.  Every known op that returns
+        # before the first one still unplaced is linearized, so the known
+        # bitset is a long run of low 1 bits plus a few bits above it; the
+        # cache stores it as (run length, bits above the run), which keeps an
+        # entry small however long the history is (a cache of a million
+        # entries must fit in memory).
         known_ops = sorted((i for i in range(n) if self.known[i]),
                            key=lambda i: (self.ops[i].ret, self.ops[i].call, i))
-        for position, i in enumerate(known_ops):
-            self.bit[i] = 1 << position
-        for position, i in enumerate(i for i in range(n) if not self.known[i]):
-            self.bit[i] = 1 << position
+        unknown_ops = [i for i in range(n) if not self.known[i]]
+        self.bit = [0] * n
+        for numbering in (known_ops, unknown_ops):
+            for position, op_index in enumerate(numbering):
+                self.bit[op_index] = 1 << position
         self.known_count = len(known_ops)
 
         # Calls sort before returns at the same instant: equal times are
@@ -357,8 +360,9 @@ class _Search:
         means), so no real-time order is broken; and a get changes nothing, so
         every other reply stays the same.  Hence if the search fails after
         the get, the configuration before it fails too (the frame is marked
-        forced), and a fitting get whose configuration is already in the
-        cache, i.e. already failed, dooms this one.
+        forced).  A fitting get whose configuration after it is already in
+        the cache (so it was explored and failed: it cannot be an ancestor,
+        which would lack this get) dooms the configuration it is found in.
 
         Returns (doomed, how many gets were placed, the known-ops bitset
         with them); every get here is known, unknown gets were dropped."""
@@ -369,14 +373,15 @@ class _Search:
         while is_call[entry]:
             op = entry_op[entry]
             if kind[op] == GET and expected[op] == state:
-                known_bits |= bit[op]
-                run = (known_bits ^ (known_bits + 1)).bit_length() - 1
-                config = (run, known_bits >> run, unknown_bits, state)
+                with_get = known_bits | bit[op]
+                run = (with_get ^ (with_get + 1)).bit_length() - 1
+                config = (run, with_get >> run, unknown_bits, state)
                 if config in cache:
                     return True, placed, known_bits
                 cache.add(config)
                 stack.append((entry, state, True))
                 self._lift(entry)
+                known_bits = with_get
                 placed += 1
                 entry = nxt[prv[entry]]        # the lifted entry's place, now filled
             else:
@@ -418,10 +423,15 @@ class _Search:
         if first_return is None:
             return "\n".join(lines)
         candidates = [i for i in remaining if ops[i].call <= first_return]
-        lines.append("None of these could be placed next (the earliest-returning must take "
-                     f"effect by t={first_return - self.t0:.6f}):")
+        if inconclusive:
+            lines.append("The candidates to place next there (the search had not finished "
+                         "with them):")
+        else:
+            lines.append("None of these could be placed next (the earliest-returning must "
+                         f"take effect by t={first_return - self.t0:.6f}):")
         for i in candidates[:20]:
-            lines.append(f"  {self._describe(i)}: {self._why_not(i)}")
+            lines.append(f"  {self._describe(i)}"
+                         + ("" if inconclusive else f": {self._why_not(i)}"))
         if len(candidates) > 20:
             lines.append(f"  ... and {len(candidates) - 20} more")
         return "\n".join(lines)
