@@ -36,6 +36,7 @@ from harness import Cluster, free_ports
 from linearizability import append_anomalies, check_history
 
 SEPARATOR = ";"
+TEXT_ANOMALIES = 25  # anomalies listed in the printed report; the JSON has them all
 
 
 class ProxiedCluster(Cluster):
@@ -336,8 +337,12 @@ class Report:
             f"  keys the checker could not settle {self.inconclusive}, "
             f"unknown appends that took effect {self.unknown_applied}",
             *(f"  - {line}" for line in self.runs),
-            *(f"  ! {line}" for line in self.findings + self.errors),
         ]
+        anomalies = self.errors + self.findings
+        lines += [f"  ! {line}" for line in anomalies[:TEXT_ANOMALIES]]
+        if len(anomalies) > TEXT_ANOMALIES:
+            lines.append(f"  ! ... and {len(anomalies) - TEXT_ANOMALIES} more (all of them in "
+                         "the JSON report)")
         return "\n".join(lines)
 
     def write_json(self, path):
