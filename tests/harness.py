@@ -67,7 +67,7 @@ class NodeProc:
                 "--fsync", c.fsync]
         for j in c.ids:
             if j != self.id:
-                args += ["--peer", f"{j}={c.peer_url(j)}"]
+                args += ["--peer", f"{j}={c.dial_url(self.id, j)}"]
         return args + self.extra
 
     def start(self, wait_ready=True):
@@ -185,6 +185,11 @@ class Cluster:
         if self.transport == "unix":
             return f"unix://{self.root}/node{i}.sock"
         return f"tcp://127.0.0.1:{self.peer_ports[i]}"
+
+    def dial_url(self, src, dst):
+        """What node `src` is told (`--peer`) to dial for node `dst`: `dst`'s
+        own address here; a subclass may route the link through a proxy."""
+        return self.peer_url(dst)
 
     def start(self):
         for node in self.nodes.values():
