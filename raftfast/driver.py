@@ -118,6 +118,7 @@ class RaftDriver:
         self.syncing = False
         self._scheduled = False
         self._tick_handle = None
+        self._ticks_due_from = time.monotonic()  # ticks are counted from here
         self._stopped = False
         self._was_leader = False
         # The fsync thread: woken through a raw lock, reporting back with
@@ -144,6 +145,7 @@ class RaftDriver:
             self._sync_thread = threading.Thread(target=self._sync_worker, name="fsync",
                                                  daemon=True)
             self._sync_thread.start()
+        self._ticks_due_from = time.monotonic()
         self._tick_handle = self.loop.call_later(self.tick_s, self._on_tick)
         self.schedule()
 
@@ -173,10 +175,25 @@ class RaftDriver:
         if self._stopped:
             return
         self._tick_handle = self.loop.call_later(self.tick_s, self._on_tick)
-        self.core.tick()
+        self._catch_up_ticks()
         self._expire_waiters()
         self._expire_reads()
         self.schedule()
+
+    def _catch_up_ticks(self):
+        """Tick the core once per tick period that has passed on the
+        monotonic clock: after a stall (a stopped process, a long pause)
+        the core learns at once how much time went by, rather than one tick
+        per callback.  A lease read relies on this: a leader that was
+        stopped must see its lease as expired before it answers."""
+        now = time.monotonic()
+        due = int((now - self._ticks_due_from) / self.tick_s)
+        if due <= 0:
+            return
+        self._ticks_due_from += due * self.tick_s
+        # Bounded: beyond a few election timeouts, more ticks change nothing.
+        for _ in range(min(due, 1000)):
+            self.core.tick()
 
     def on_peer_state(self, peer, writable, lost):
         """The transport's flow-control callback."""
@@ -224,6 +241,8 @@ class RaftDriver:
         the log through `floor`; callback(NOT_LEADER) if leadership is lost
         first, callback("TIMEOUT ...") if not confirmed in time.  Raises
         NotLeader when this node cannot serve them."""
+        if self.cfg.read_mode == "lease":
+            self._catch_up_ticks()  # time passed while we were not running counts
         self._read_tokens += 1
         token = self._read_tokens
         self.core.read_index(token)

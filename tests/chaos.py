@@ -91,6 +91,7 @@ class ScheduleConfig:
     socket_timeout: float = 2.5
     heartbeat_ms: int = 50
     election_ms: int = 500
+    read_mode: str = "readindex"  # the nodes' --read-mode
 
 
 @dataclass
@@ -191,7 +192,8 @@ def run_schedule(cfg, root=None):
     """One schedule, start to finish; never leaves a process behind."""
     root = root or tempfile.mkdtemp(prefix="rfc")  # short: unix socket paths are limited
     cluster = ProxiedCluster(root, n=cfg.nodes, transport=cfg.transport,
-                             heartbeat_ms=cfg.heartbeat_ms, election_ms=cfg.election_ms)
+                             heartbeat_ms=cfg.heartbeat_ms, election_ms=cfg.election_ms,
+                             extra_args=("--read-mode", cfg.read_mode))
     result = ScheduleResult(config=asdict(cfg), faults={})
     started = time.monotonic()
     stop = threading.Event()
@@ -350,17 +352,17 @@ class Report:
             json.dump(asdict(self) | {"clean": self.clean}, f, indent=2, default=str)
 
 
-def run_chaos(seconds, sizes=((3, "unix"), (5, "tcp")), schedule_seconds=60.0, seed=1,
-              **config):
+def run_chaos(seconds, sizes=((3, "unix", "readindex"), (5, "tcp", "readindex"),
+                              (3, "unix", "lease")), schedule_seconds=60.0, seed=1, **config):
     """Schedules back to back, cycling through `sizes`, until `seconds` of
     chaos (faults and clients at work; start-up and checks not counted) have
     run.  Each schedule gets its own seed: seed, seed+1, ..."""
     report = Report()
     i = 0
     while report.chaos_seconds < seconds - 1:
-        nodes, transport = sizes[i % len(sizes)]
+        nodes, transport, read_mode = sizes[i % len(sizes)]
         left = seconds - report.chaos_seconds
-        cfg = ScheduleConfig(nodes=nodes, transport=transport, seed=seed + i,
+        cfg = ScheduleConfig(nodes=nodes, transport=transport, read_mode=read_mode, seed=seed + i,
                              seconds=max(10.0, min(schedule_seconds, left)), **config)
         report.add(run_schedule(cfg))
         i += 1

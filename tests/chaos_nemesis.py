@@ -17,6 +17,7 @@ network that is still split, or a network heal while a node is still down.
 """
 import random
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -38,6 +39,7 @@ PROCESS_FAULTS = (
     "pause",            # SIGSTOP a random node, SIGCONT when the fault ends
     "pause_leader",
     "kill_all",         # SIGKILL every node at once (fsync always: nothing acknowledged may go)
+    "transfer",         # RAFT.TRANSFER_LEADER to a random other node (it may be cut off or stopped)
 )
 FAULT_KINDS = NETWORK_FAULTS + PROCESS_FAULTS
 
@@ -237,6 +239,37 @@ class Nemesis(threading.Thread):
 
     def _pause_leader(self):
         return self._pause_one("pause_leader", self._leader_or_random())
+
+    def _transfer(self):
+        """Ask the leader to hand over to a random other node, without
+        waiting for the answer (it comes when the target leads, or after an
+        election timeout): writes meet -TRYAGAIN meanwhile."""
+        leader = self._leader()
+        others = [i for i in self._live_ids() if i != leader]
+        if leader is None or not others:
+            self._note("transfer", "no leader to ask")
+            return lambda: None
+        target = self.rng.choice(others)
+        port = self.cluster.nodes[leader].client_port
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+            s.sendall(b"*2\r\n$20\r\nRAFT.TRANSFER_LEADER\r\n$%d\r\n%d\r\n"
+                      % (len(str(target)), target))
+        except OSError as e:
+            self._note("transfer", f"leader {leader} unreachable: {e}")
+            return lambda: None
+        self._note("transfer", f"leader {leader} -> node {target}")
+
+        def undo():
+            try:
+                s.settimeout(0.2)
+                reply = s.recv(256).split(b"\r\n")[0].decode(errors="replace")
+            except OSError:
+                reply = "no answer yet"
+            finally:
+                s.close()
+            self._note("transfer", f"to node {target}: {reply}")
+        return undo
 
     # -- undoing -------------------------------------------------------------
 
