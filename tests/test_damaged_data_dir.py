@@ -465,3 +465,93 @@ def test_full_disk_stops_the_node_and_loses_no_acknowledged_write(small_disk):
     finally:
         rc, err = node.stop()
     assert rc == 0, err
+
+
+# ---- a failed fsync ------------------------------------------------------------------
+
+FAILING_FDATASYNC = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* fdatasync, but from call number RF_FDATASYNC_OK + 1 on it fails with EIO,
+   as a disk does when it cannot write back, and says so on stderr. */
+static int calls;
+
+int fdatasync(int fd) {
+    static int (*real)(int);
+    const char *ok = getenv("RF_FDATASYNC_OK");
+    if (!real)
+        real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    if (ok && __atomic_add_fetch(&calls, 1, __ATOMIC_SEQ_CST) > atoi(ok)) {
+        static const char msg[] = "shim: fdatasync fails with EIO\n";
+        (void)!write(2, msg, strlen(msg));
+        errno = EIO;
+        return -1;
+    }
+    return real(fd);
+}
+"""
+
+
+@pytest.fixture
+def failing_fdatasync(tmp_path):
+    """A shared object to LD_PRELOAD that makes fdatasync fail after a while."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the failing-fdatasync shim")
+    src = tmp_path / "shim.c"
+    src.write_text(FAILING_FDATASYNC)
+    so = tmp_path / "shim.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(so), str(src), "-ldl"], check=True)
+    return str(so)
+
+
+def test_failed_fsync_stops_the_node_and_is_never_retried(data_dir, failing_fdatasync):
+    """The disk reports EIO on an fdatasync of the log.  The kernel may have
+    dropped the dirty pages by then, so a retry that succeeded would claim
+    durability for data that is gone: the node stops (exit 1) and says why,
+    and the failing call is made exactly once.  The writes it acknowledged
+    before were on disk, and a restart finds them all."""
+    env = {**ENV, "LD_PRELOAD": failing_fdatasync, "RF_FDATASYNC_OK": "40"}
+    node = OneNode(data_dir, env=env).start()
+    node.redis = redis.Redis(host="127.0.0.1", port=node.client, socket_timeout=10,
+                             retry=Retry(NoBackoff(), 0))
+    acknowledged = []
+    try:
+        for i in range(100):  # one fdatasync per SET: well past the 40 that succeed
+            try:
+                assert node.redis.set(f"k{i}", value(i)) is True
+            except (redis.ConnectionError, redis.ResponseError) as e:
+                assert isinstance(e, redis.ConnectionError) or "TIMEOUT" in str(e), e
+                break
+            acknowledged.append(i)
+        else:
+            pytest.fail("fdatasync never failed: is the shim loaded?")
+        rc = node.proc.wait(timeout=30)
+        err = node.proc.stderr.read().decode()
+    finally:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait()
+        node.redis.close()
+        node._close_pipes()
+    assert rc == 1, err
+    assert "Traceback" not in err, err
+    assert err.count("shim: fdatasync fails with EIO") == 1, err  # never retried
+    stops = [ln for ln in err.splitlines() if "CRITICAL" in ln]
+    assert len(stops) == 1 and "fsync failed" in stops[0], err
+    assert "Input/output error" in stops[0] and "never retried" in stops[0]
+    assert acknowledged, "nothing was acknowledged before the failure"
+
+    node = OneNode(data_dir).start()  # the disk is well again
+    try:
+        got = node.redis.mget([f"k{i}" for i in acknowledged])
+        assert got == [value(i) for i in acknowledged]
+    finally:
+        rc, err = node.stop()
+    assert rc == 0, err
