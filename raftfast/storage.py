@@ -23,9 +23,11 @@ dir, damaged log, unreadable meta or members, a missing file) is a
 StorageError whose message is fit for the operator: one line naming the
 file and what is wrong.  Refusals leave the data dir as they found it:
 everything that can be checked before the log is opened (which may repair
-a torn last record) is checked first.  A failed write or fsync at run time raises LogStoreError
-(an OSError naming the file and errno); the store then refuses every later
-call, because the data may already be lost from the page cache.
+a torn last record) is checked first.  docs/faults.md lists them all.
+
+A failed write or fsync at run time raises LogStoreError (an OSError naming
+the file and errno); the store then refuses every later call, because the
+data may already be lost from the page cache.
 """
 import fcntl
 import json
