@@ -34,6 +34,8 @@ cdef enum:
     _F_MESSAGE = 3
 
 cdef uint64_t _ID_MAX = 0x7FFFFFFFFFFFFFFFULL
+# MESSAGE fields a receiver refuses at 2**63 and above, in wire order.
+cdef tuple _BOUNDED_FIELDS = ("term", "index", "log_term", "commit", "hint")
 cdef uint64_t _U32_MAX = 0xFFFFFFFFULL
 
 PROTOCOL_MIN = _PROTOCOL_MIN
@@ -420,6 +422,7 @@ cdef class FrameDecoder:
         cdef uint32_t blen = self._body_len
         cdef uint64_t walked = 0
         cdef BlockStatus st
+        cdef int k
         if blen < _MSG_FIXED:
             raise self._fail(FrameMalformed(
                 f"message body of {blen} bytes is shorter than its {_MSG_FIXED} fixed bytes"))
@@ -437,6 +440,13 @@ cdef class FrameDecoder:
             raise self._fail(FrameMalformed("reserved message bits are set"))
         if frm == 0 or frm > _ID_MAX:
             raise self._fail(FrameMalformed(f"frm={frm} is not a node id"))
+        # term, index, log_term, commit and hint (offsets 12..44): no node
+        # reaches 2**63 of them, and one pushed that far could not take the
+        # next term (term + 1 would not fit in u64).  context is opaque.
+        for k in range(5):
+            if _ld64(f + 12 + 8 * k) > _ID_MAX:
+                raise self._fail(FrameMalformed(
+                    f"{_BOUNDED_FIELDS[k]}={_ld64(f + 12 + 8 * k)} is not below 2**63"))
         if elen != blen - _MSG_FIXED:
             raise self._fail(FrameMalformed(
                 f"entries_len={elen} but {blen - _MSG_FIXED} bytes follow"))

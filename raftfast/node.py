@@ -4,6 +4,11 @@ Wires storage, the Raft driver, the peer transport and the RESP server
 onto one uvloop event loop.  Exit codes (contract.md): 0 after
 SIGTERM/SIGINT, 1 when the node refuses to start or stops on an error,
 2 for bad usage.
+
+RAFTFAST_WAL_SEGMENT_BYTES in the environment sets the size of a WAL
+segment (default 64 MiB).  It is for tests, which need logs of several
+segments without writing hundreds of megabytes; it changes nothing about
+what the node promises.
 """
 import asyncio
 import collections
@@ -16,6 +21,7 @@ import sys
 import uvloop
 
 from ._kv import KVStore
+from ._logstore import DEFAULT_SEGMENT_BYTES
 from .address import AddressError
 from .config import parse_node_config
 from .core import FOLLOWER
@@ -147,8 +153,34 @@ class CallCounter:
         sys.setprofile(self)
 
 
+SEGMENT_BYTES_ENV = "RAFTFAST_WAL_SEGMENT_BYTES"
+MIN_SEGMENT_BYTES = 4096
+
+
+def segment_bytes_from_env():
+    """The WAL segment size: RAFTFAST_WAL_SEGMENT_BYTES, or the default.
+    ValueError (bad usage) when it is set to something else than a whole
+    number of at least MIN_SEGMENT_BYTES."""
+    raw = os.environ.get(SEGMENT_BYTES_ENV)
+    if raw is None:
+        return DEFAULT_SEGMENT_BYTES
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < MIN_SEGMENT_BYTES:
+        raise ValueError(f"{SEGMENT_BYTES_ENV}={raw!r}: must be a whole number of bytes, "
+                         f"at least {MIN_SEGMENT_BYTES}")
+    return n
+
+
 def main(argv=None):
     cfg = parse_node_config(argv)  # bad usage exits 2
+    try:
+        segment_bytes = segment_bytes_from_env()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), stream=sys.stderr,
                         format=f"%(asctime)s node{cfg.node_id} %(levelname)s %(name)s: %(message)s")
     if cfg.join:
@@ -157,7 +189,7 @@ def main(argv=None):
         return 1
     try:
         storage = Storage.open(cfg.data_dir, cfg.node_id, cfg.cluster_id,
-                               fsync=cfg.fsync == "always")
+                               fsync=cfg.fsync == "always", segment_bytes=segment_bytes)
     except StorageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -19,10 +19,15 @@ and Storage only makes the core's Ready durable:
     await loop.run_in_executor(None, storage.sync)  # GIL released while fsyncing
 
 Errors: every refusal to start (locked dir, another node's or cluster's
-dir, damaged log, unreadable meta) is a StorageError whose message is fit
-for the operator.  A failed write or fsync at run time raises LogStoreError
-(an OSError naming the file and errno); the store then refuses every later
-call, because the data may already be lost from the page cache.
+dir, damaged log, unreadable meta or members, a missing file) is a
+StorageError whose message is fit for the operator: one line naming the
+file and what is wrong.  Refusals leave the data dir as they found it:
+everything that can be checked before the log is opened (which may repair
+a torn last record) is checked first.  docs/faults.md lists them all.
+
+A failed write or fsync at run time raises LogStoreError (an OSError naming
+the file and errno); the store then refuses every later call, because the
+data may already be lost from the page cache.
 """
 import fcntl
 import json
@@ -30,7 +35,7 @@ import os
 
 from raftfast._entrylog import BlockError, EntryLog, block_count
 from raftfast._logstore import (DEFAULT_SEGMENT_BYTES, LogCorruptError, LogStore,
-                                LogStoreError)
+                                LogStoreError, segment_name)
 from raftfast.messages import HardState
 
 __all__ = ["Storage", "StorageError", "LogStoreError", "LogCorruptError", "META_FORMAT"]
@@ -87,6 +92,48 @@ def _lock(data_dir):
     return fd
 
 
+def _wal_segments(data_dir):
+    """Sequence numbers of the WAL segments present, sorted."""
+    wal = os.path.join(data_dir, WAL_DIR)
+    try:
+        names = os.listdir(wal)
+    except FileNotFoundError:
+        return []
+    return sorted(int(n[:16]) for n in names
+                  if len(n) == 20 and n.endswith(".wal") and n[:16].isdigit())
+
+
+def _check_files(data_dir):
+    """Refuse a data dir whose files cannot belong together, before anything
+    in it is written.
+
+    Bootstrap writes meta, then the log's first segment (made durable), then
+    members; so members imply a log, and a log implies meta.  With no
+    snapshots yet, the log starts at index 1, in segment 1, and segments
+    are numbered without gaps.  (Once compaction drops old segments, a log
+    may start later: then a snapshot must cover what it dropped.)
+    """
+    wal = os.path.join(data_dir, WAL_DIR)
+    seqs = _wal_segments(data_dir)
+    has_members = os.path.exists(os.path.join(data_dir, MEMBERS_FILE))
+    if not os.path.exists(os.path.join(data_dir, META_FILE)) and (seqs or has_members):
+        raise StorageError(f"{os.path.join(data_dir, META_FILE)}: no meta file, but the data dir "
+                           "holds Raft state; refusing to guess whose it is")
+    if not seqs:
+        if has_members:
+            raise StorageError(f"{wal}: the log is missing (no segment), but the data dir was "
+                               "bootstrapped; starting afresh could make this node vote twice")
+        return
+    last = seqs[len(seqs) - 1]  # compiled with wraparound off: no negative indexes
+    for want, have in enumerate(seqs, seqs[0]):
+        if want != have:
+            raise StorageError(f"{os.path.join(wal, segment_name(want))}: log segment missing "
+                               f"(the log has segments {seqs[0]}..{want - 1} and {have}..{last})")
+    if seqs[0] != 1:
+        raise StorageError(f"{os.path.join(wal, segment_name(1))}: log segment missing (the log "
+                           f"starts at segment {seqs[0]}, and no snapshot covers what is before)")
+
+
 def _check_meta(data_dir, node_id, cluster_id):
     """Verify the dir's identity, or write it on first use."""
     path = os.path.join(data_dir, META_FILE)
@@ -94,23 +141,29 @@ def _check_meta(data_dir, node_id, cluster_id):
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        wal = os.path.join(data_dir, WAL_DIR)
-        if os.path.isdir(wal) and any(n.endswith(".wal") for n in os.listdir(wal)):
-            raise StorageError(f"data dir {data_dir} has a log but no {META_FILE} file; "
-                               "refusing to guess whose it is") from None
+        # _check_files refused a dir holding state without its meta.
         meta = {"format": META_FORMAT, "node_id": node_id, "cluster_id": cluster_id}
         _write_atomically(path, json.dumps(meta, sort_keys=True).encode() + b"\n")
         return
     try:
-        meta = json.loads(raw)
+        meta = json.loads(raw.decode("utf-8"))
         fmt, stored_id, stored_cluster = meta["format"], meta["node_id"], meta["cluster_id"]
     except (ValueError, TypeError, KeyError) as e:
-        raise StorageError(f"{path}: unreadable meta file ({e!r})") from None
+        raise StorageError(f"{path}: damaged meta file ({_why(e)})") from None
     if fmt != META_FORMAT:
         raise StorageError(f"{path}: data dir format {fmt!r}, this raftfast reads {META_FORMAT}")
     if stored_cluster != cluster_id or stored_id != node_id:
         raise StorageError(f"data dir {data_dir} belongs to node {stored_id} of cluster "
                            f"{stored_cluster!r}, not node {node_id} of cluster {cluster_id!r}")
+
+
+def _why(e):
+    """What a JSON or lookup error says, in words."""
+    if isinstance(e, KeyError):
+        return f"no {e.args[0]!r} field"
+    if isinstance(e, TypeError):
+        return "not a JSON object"
+    return str(e) or type(e).__name__
 
 
 def _recover(log):
@@ -137,6 +190,12 @@ def _recover(log):
         hs.term, hs.vote, hs.commit = term, vote, commit
 
     log.replay(on_entries, on_hard_state)
+    if hs.commit > entries.last_index:
+        # Entries reach the log before the hard state that commits them, so
+        # a log that ends below its commit index has lost its tail.
+        raise StorageError(f"log in {log.path} ends at index {entries.last_index}, but its "
+                           f"hard state says {hs.commit} entries are committed: "
+                           "the end of the log is missing")
     return hs, entries
 
 
@@ -173,6 +232,7 @@ class Storage:
         lock_fd = _lock(data_dir)
         log = None
         try:
+            _check_files(data_dir)
             _check_meta(data_dir, node_id, cluster_id)
             log = LogStore(os.path.join(data_dir, WAL_DIR), fsync=fsync, segment_bytes=segment_bytes)
             hs, entries = _recover(log)
@@ -211,20 +271,27 @@ class Storage:
         path = os.path.join(self.data_dir, MEMBERS_FILE)
         try:
             with open(path, "rb") as f:
-                voters = json.loads(f.read())["voters"]
+                voters = json.loads(f.read().decode("utf-8"))["voters"]
         except FileNotFoundError:
             if not self.is_new:
-                raise StorageError(f"{path} is missing but the data dir holds Raft state") from None
+                raise StorageError(f"{path}: members file missing, but the data dir holds "
+                                   "Raft state") from None
             return None
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise StorageError(f"unreadable {path}: {e}") from None
+        except OSError as e:
+            raise StorageError(f"{path}: cannot read the members file: {e.strerror}") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise StorageError(f"{path}: damaged members file ({_why(e)})") from None
         if (not isinstance(voters, list) or not voters
                 or not all(isinstance(v, int) and 0 < v < 1 << 63 for v in voters)):
-            raise StorageError(f"{path}: voters must be a non-empty list of node ids")
+            raise StorageError(f"{path}: damaged members file (voters must be a non-empty "
+                               "list of node ids)")
         return sorted(voters)
 
     def save_members(self, voters):
-        """Record the initial voters (once, at bootstrap; atomically)."""
+        """Record the initial voters (once, at bootstrap; atomically).  The
+        log is made durable first, so that members on disk imply a log on
+        disk: a dir with members and no log is refused as damaged."""
+        self._log.sync()
         _write_atomically(os.path.join(self.data_dir, MEMBERS_FILE),
                           json.dumps({"voters": sorted(voters)}).encode())
 

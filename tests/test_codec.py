@@ -43,14 +43,14 @@ def raw_frame(frame_type, body, version=1, reserved=0, crc=None):
 
 
 def msg_body(mtype=MSG_APPEND, flags=0, reserved=0, frm=1, count=None, entries_len=None,
-             block=b"", trailing=b""):
+             block=b"", trailing=b"", term=2, index=3, log_term=4, commit=5, hint=6):
     """A MESSAGE body with any field set, lengths derived unless overridden."""
     if count is None:
         count = codec_py.count_entries(block)
     if entries_len is None:
         entries_len = len(block)
-    return struct.pack("<BBHQQQQQQQII", mtype, flags, reserved, frm, 2, 3, 4, 5, 6, 7,
-                       count, entries_len) + block + trailing
+    return struct.pack("<BBHQQQQQQQII", mtype, flags, reserved, frm, term, index, log_term,
+                       commit, hint, 7, count, entries_len) + block + trailing
 
 
 def hs_body(vmin=1, vmax=1, node_id=1, cid=b"raftfast", cid_len=None, url=b"", url_len=None,
@@ -78,6 +78,8 @@ def drain(dec):
 
 
 u64 = st.integers(0, U64_MAX)
+# term, index, log_term, commit, hint: a receiver refuses 2**63 and above.
+below_2_63 = st.integers(0, ID_MAX)
 node_ids = st.integers(1, ID_MAX)
 entry_lists = st.lists(st.tuples(u64, st.integers(0, 2), st.binary(max_size=40)),
                        min_size=1, max_size=6)
@@ -88,8 +90,9 @@ def messages(draw):
     ents = draw(st.none() | entry_lists)
     block = make_block(ents) if ents else None
     return Message(draw(st.sampled_from(sorted(MSG_NAMES))), to=draw(st.integers(0, ID_MAX)),
-                   frm=draw(node_ids), term=draw(u64), index=draw(u64), log_term=draw(u64),
-                   commit=draw(u64), reject=draw(st.booleans()), hint=draw(u64),
+                   frm=draw(node_ids), term=draw(below_2_63), index=draw(below_2_63),
+                   log_term=draw(below_2_63), commit=draw(below_2_63),
+                   reject=draw(st.booleans()), hint=draw(below_2_63),
                    context=draw(u64), entries=block, count=len(ents) if ents else 0)
 
 
@@ -271,7 +274,7 @@ def test_split_at_random_points_yields_the_same_frames(mod, msgs, url, data):
 def test_many_frames_in_one_feed(mod):
     rng = random.Random(5)
     msgs = [Message(rng.choice(sorted(MSG_NAMES)), frm=rng.randint(1, ID_MAX),
-                    term=rng.randint(0, U64_MAX), index=i, commit=rng.randint(0, 99),
+                    term=rng.randint(0, ID_MAX), index=i, commit=rng.randint(0, 99),
                     entries=SAMPLE_BLOCK if i % 3 == 0 else None, count=3 if i % 3 == 0 else 0)
             for i in range(200)]
     dec = new_decoder(mod)
@@ -420,6 +423,15 @@ BAD_MESSAGE_BODIES = {
     "reserved msg bits": (msg_body(reserved=1), "reserved message bits"),
     "frm 0": (msg_body(frm=0), "frm=0 is not a node id"),
     "frm 2**63": (msg_body(frm=1 << 63), f"frm={1 << 63} is not a node id"),
+    # No node reaches a term or an index of 2**63; one pushed that far by a
+    # forged frame could not take term + 1 (it would not fit in u64).
+    "term 2**63": (msg_body(term=1 << 63), f"term={1 << 63} is not below 2**63"),
+    "term 2**64-1": (msg_body(term=U64_MAX), f"term={U64_MAX} is not below 2**63"),
+    "index 2**64-1": (msg_body(index=U64_MAX), f"index={U64_MAX} is not below 2**63"),
+    "log_term 2**63": (msg_body(log_term=1 << 63), f"log_term={1 << 63} is not below 2**63"),
+    "commit 2**63": (msg_body(commit=1 << 63), f"commit={1 << 63} is not below 2**63"),
+    "hint 2**63": (msg_body(hint=1 << 63), f"hint={1 << 63} is not below 2**63"),
+    "index and term": (msg_body(term=U64_MAX, index=U64_MAX), f"term={U64_MAX} is not"),
     "shorter than fixed part": (msg_body()[:67], "67 bytes is shorter"),
     "count 2, block of 1": (msg_body(block=ONE, count=2), "count=2 but the entry block holds 1"),
     "count 1, block of 2": (msg_body(block=TWO, count=1), "count=1 but the entry block holds 2"),

@@ -53,6 +53,18 @@ def test_bad_usage_is_one_line_and_exit_2(root, args, words):
     assert len(lines) == 1 and words in lines[0], out.stderr
 
 
+@pytest.mark.parametrize("value", ["", "lots", "100"])
+def test_bad_segment_size_from_the_environment_is_exit_2(root, value):
+    """RAFTFAST_WAL_SEGMENT_BYTES (for tests) is checked like a flag."""
+    out = subprocess.run([sys.executable, "-m", "raftfast.node", *node_args(root)],
+                         capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+                         env={**ENV, "RAFTFAST_WAL_SEGMENT_BYTES": value})
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 2
+    assert len(lines) == 1 and "RAFTFAST_WAL_SEGMENT_BYTES" in lines[0], out.stderr
+    assert not os.path.exists(f"{root}/data")  # refused before the data dir is touched
+
+
 def node_args(root, node_id=1, ports=None):
     ports = ports or free_ports(2)
     return ["--id", str(node_id), "--data-dir", f"{root}/data",

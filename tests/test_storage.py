@@ -100,8 +100,9 @@ def test_another_nodes_dir_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("content,why", [
-    (b"{not json", "unreadable meta"),
-    (b'{"format": 1, "node_id": 1}', "unreadable meta"),
+    (b"{not json", "damaged meta file"),
+    (b'{"format": 1, "node_id": 1}', "damaged meta file .no 'cluster_id' field"),
+    (b'[1, 2]', "damaged meta file .not a JSON object"),
     (b'{"format": 9, "node_id": 1, "cluster_id": "c"}', "format 9"),
 ])
 def test_bad_meta_is_refused(tmp_path, content, why):
@@ -128,6 +129,10 @@ def _dir_with_records(path, records):
      "skips from index 1 to 3"),
     ([ref.encode_entries(1, ents(1, b"a", b"b")[0], 3)], "says 3 entries, its block holds 2"),
     ([ref.encode_entries(1, ents(1, b"abc")[0][:-1], 1)], "bad entry block at index 1"),
+    # Entries are written before the hard state that commits them: a commit
+    # index past the end of the log means the log lost its tail.
+    ([ref.encode_entries(1, ents(1, b"a")[0], 1), ref.encode_hard_state(1, 1, 2)],
+     "ends at index 1, but its hard state says 2 entries are committed"),
 ])
 def test_inconsistent_log_is_refused(tmp_path, records, why):
     _dir_with_records(tmp_path, records)

@@ -17,6 +17,9 @@ HEADER_SIZE = 12
 DEFAULT_MAX_FRAME = 64 << 20
 
 ID_MAX = (1 << 63) - 1
+# Message fields no node can take to 2**63 (terms and indexes grow by one);
+# a receiver refuses a frame with a larger one.  The encoder writes any u64.
+BOUNDED_FIELDS = ("term", "index", "log_term", "commit", "hint")
 MSG_TYPES = range(1, 11)      # protocol v1: MSG_APPEND .. MSG_SNAPSHOT
 ENTRY_TYPES = range(0, 3)     # ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG
 
@@ -176,6 +179,9 @@ def decode_message_body(body):
         raise FrameMalformed("reserved message bits are set")
     if not 1 <= frm <= ID_MAX:
         raise FrameMalformed(f"frm={frm} is not a node id")
+    for name, value in zip(BOUNDED_FIELDS, (term, index, log_term, commit, hint)):
+        if value > ID_MAX:
+            raise FrameMalformed(f"{name}={value} is not below 2**63")
     if entries_len != len(body) - MSG_FIXED.size:
         raise FrameMalformed(f"entries_len={entries_len} but {len(body) - MSG_FIXED.size} "
                              "bytes follow")
