@@ -371,3 +371,19 @@ def test_a_slow_disk_does_not_cause_an_election():
         rd = r.ready()  # written, never synced: acks stay held
         r.advance(rd)
     assert r.role == FOLLOWER and r.term == 1 and r.leader_id == 1
+
+
+def test_an_acknowledgement_beyond_the_leaders_log_is_ignored():
+    """A follower cannot acknowledge entries the leader never had: counting
+    such an ack (forged, or corrupt) could commit what no majority holds."""
+    net = quiet_net(3, seed=23)
+    assert run_until(net, lambda: leader_of(net) is not None)
+    ld = leader_of(net)
+    last = ld.raft.log.last_index
+    committed = ld.raft.log.committed
+    follower = next(i for i in net.ids if i != ld.id)
+    ld.raft.propose(make_block([b"pending"]))  # not yet acknowledged by anyone else
+    ld.raft.step(Message(MSG_APPEND_RESP, to=ld.id, frm=follower, term=ld.raft.term,
+                         index=last + 1000))
+    assert ld.raft.progress[follower].match <= last
+    assert ld.raft.log.committed == committed

@@ -600,6 +600,10 @@ class Raft:
                         pr.become_probe()
                     self._send_append(m.frm)
                 return
+            if m.index > self.log.last_index:
+                # Acknowledges entries we never sent (a forged or corrupt
+                # message): counting it could commit what no majority holds.
+                return
             if pr.maybe_update(m.index):
                 if pr.state == PROBE:
                     pr.become_replicate()
