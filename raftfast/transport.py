@@ -223,7 +223,10 @@ class PeerTransport:
         return self._client_urls.get(node_id)
 
     def _learn_client_url(self, node_id, url):
-        if not url:
+        if not url or node_id not in self._addresses:
+            # Only nodes we dial (configured peers, members) name where
+            # clients go: a stranger's handshake must not steer MOVED, nor
+            # grow this table one id at a time.
             return
         try:
             parse_address(url)
