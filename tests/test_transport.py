@@ -432,20 +432,24 @@ def test_set_address_moves_the_connection(tmp_path):
     run(main())
 
 
-def test_handshakes_carry_client_urls(tmp_path):
+def test_handshakes_carry_client_urls_of_known_peers_only(tmp_path):
     async def main():
-        b = Node(2, client_url="tcp://10.0.0.2:7002")
+        # b knows how to dial node 1 (a), not node 3 (a stranger).
+        b = Node(2, addresses={1: f"unix://{tmp_path}/a.sock"}, client_url="tcp://10.0.0.2:7002")
         url = await b.start(f"unix://{tmp_path}/b.sock")
         a = Node(1, addresses={2: url}, client_url="tcp://10.0.0.1:7001")
+        stranger = Node(3, addresses={2: url}, client_url="tcp://10.6.6.6:6666")
         try:
             assert a.t.peer_client_url(2) is None
             await a.connect(2)  # a learns b's from the ack, b learns a's from the handshake
+            await stranger.connect(2)
             await until(lambda: b.t.peer_client_url(1) is not None, "b to learn a's url")
-            return a.t.peer_client_url(2), b.t.peer_client_url(1), b.t.peer_client_url(9)
+            return (a.t.peer_client_url(2), b.t.peer_client_url(1), b.t.peer_client_url(3),
+                    b.t.peer_client_url(9))
         finally:
-            await a.t.close()
-            await b.t.close()
-    assert run(main()) == ("tcp://10.0.0.2:7002", "tcp://10.0.0.1:7001", None)
+            for nd in (a, b, stranger):
+                await nd.t.close()
+    assert run(main()) == ("tcp://10.0.0.2:7002", "tcp://10.0.0.1:7001", None, None)
 
 
 def test_send_rejects_a_foreign_sender_id():
