@@ -249,7 +249,8 @@ class ClientProtocol(asyncio.Protocol):
         self.reads_in_flight -= n
         if self.held and self.reads_in_flight == 0:
             self.held = False
-            if not self.paused_by_client and self.transport is not None:
+            if (not self.paused_by_client and self.transport is not None
+                    and not self.transport.is_closing()):
                 self.transport.resume_reading()
             self._parse_buffered()  # the write that waited, and what follows it
         else:

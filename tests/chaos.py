@@ -302,7 +302,8 @@ class Report:
         self.unexpected += len(r.unexpected)
         self.unknown_applied += r.unknown_applied
         self.replica_disagreements += not r.replicas_agree
-        where = f"{cfg['nodes']} nodes/{cfg['transport']} seed {cfg['seed']}"
+        where = (f"{cfg['nodes']} nodes/{cfg['transport']}/{cfg.get('read_mode', 'readindex')} "
+                 f"seed {cfg['seed']}")
         self.errors += [f"{where}: {e}" for e in r.errors]
         for label, items in (("violation", r.violations), ("inconclusive", r.inconclusive),
                              ("lost", r.lost),
