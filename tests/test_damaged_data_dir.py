@@ -311,16 +311,26 @@ def test_missing_only_segment_after_state_was_written_is_refused(data_dir):
 
 # ---- refusals: meta and members -------------------------------------------
 
-@pytest.mark.parametrize("damage", ["truncated", "not json", "wrong shape", "empty"])
-def test_damaged_meta_is_refused(written, damage):
-    path = os.path.join(written, "meta")
+# What each damage writes over the file (None: keep the first half).
+IDENTITY_DAMAGE = {
+    "meta": {"truncated": None, "not json": b"\x00\xffgarbage",
+             "wrong shape": b'{"format": 1, "cluster_id": "raftfast"}', "empty": b""},
+    "members": {"truncated": None, "not json": b"\x00\xffgarbage",
+                "no voters": b'{"voters": []}', "bad id": b'{"voters": [0]}'},
+}
+
+
+@pytest.mark.parametrize("name,damage", [(n, d) for n, ds in IDENTITY_DAMAGE.items() for d in ds])
+def test_a_damaged_identity_file_is_refused(written, name, damage):
+    """meta says whose dir this is, members what a majority is: neither is
+    guessed."""
+    path = os.path.join(written, name)
     with open(path, "rb") as f:
         raw = f.read()
-    new = {"truncated": raw[:len(raw) // 2], "not json": b"\x00\xffgarbage",
-           "wrong shape": b'{"format": 1, "cluster_id": "raftfast"}', "empty": b""}[damage]
+    new = IDENTITY_DAMAGE[name][damage]
     with open(path, "wb") as f:
-        f.write(new)
-    assert_refused(written, path, "meta")
+        f.write(raw[:len(raw) // 2] if new is None else new)
+    assert_refused(written, path, name)
 
 
 def test_missing_meta_is_refused(written):
@@ -328,18 +338,6 @@ def test_missing_meta_is_refused(written):
     node 1's votes to node 2."""
     os.unlink(os.path.join(written, "meta"))
     assert_refused(written, os.path.join(written, "meta"), "no meta file")
-
-
-@pytest.mark.parametrize("damage", ["truncated", "not json", "no voters", "bad id"])
-def test_damaged_members_is_refused(written, damage):
-    path = os.path.join(written, "members")
-    with open(path, "rb") as f:
-        raw = f.read()
-    new = {"truncated": raw[:len(raw) // 2], "not json": b"\x00\xffgarbage",
-           "no voters": b'{"voters": []}', "bad id": b'{"voters": [0]}'}[damage]
-    with open(path, "wb") as f:
-        f.write(new)
-    assert_refused(written, path, "members")
 
 
 def test_missing_members_is_refused(written):
