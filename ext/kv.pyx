@@ -236,7 +236,10 @@ cdef class KVStore:
     cdef dict _overlay
     cdef bint _frozen
     cdef Py_ssize_t _delta
-    cdef KVSnapshot _snap
+    # The current KVSnapshot's token: the store holds no reference to the
+    # snapshot itself, so a snapshot dropped by its owner is freed, and its
+    # __dealloc__ releases the store.
+    cdef object _snap_token
 
     def __cinit__(self):
         self._data = {}
@@ -278,9 +281,7 @@ cdef class KVStore:
         """Empty the store.  A snapshot in progress is detached, not
         spoiled: it keeps its frozen base (the base is replaced here, never
         emptied in place) and its release no longer touches this store."""
-        if self._snap is not None:
-            self._snap._store = None
-            self._snap = None
+        self._snap_token = None
         self._data = {}
         self._overlay = None
         self._frozen = False
@@ -374,15 +375,16 @@ cdef class KVStore:
         snap._store = self
         snap._base = self._data
         snap._count = PyDict_Size(self._data)
+        snap._token = object()
         self._overlay = {}
         self._delta = 0
         self._frozen = True
-        self._snap = snap
+        self._snap_token = snap._token
         return snap
 
     cdef int _end_freeze(self) except -1:
         self._frozen = False
-        self._snap = None
+        self._snap_token = None
         if PyDict_Size(self._overlay) == 0:
             self._overlay = None
             self._delta = 0
@@ -604,10 +606,12 @@ cdef class KVSnapshot:
     overlay back); a snapshot dropped without release is released then."""
     cdef KVStore _store
     cdef dict _base
+    cdef object _token
     cdef Py_ssize_t _pos, _count, _written
 
     def __dealloc__(self):
-        if self._store is not None and self._store._snap is self:
+        if self._store is not None and self._token is not None \
+                and self._store._snap_token is self._token:
             self._store._end_freeze()
 
     @property
@@ -627,7 +631,7 @@ cdef class KVSnapshot:
     def release(self):
         """End the freeze (idempotent): the walk stops, the store starts
         merging its overlay back."""
-        if self._store is not None and self._store._snap is self:
+        if self._store is not None and self._store._snap_token is self._token:
             self._store._end_freeze()
         self._store = None
         self._base = None
