@@ -27,7 +27,9 @@ overlay dict (key -> new value, or None for a deleted key) that reads consult
 first.  The KVSnapshot walks the frozen base in bounded chunks
 (next_chunk), so the event loop interleaves; once released, the overlay is
 merged back into the base in bounded steps (merge_step, and a few entries on
-every apply), writes meanwhile going straight to the base.
+every apply), writes meanwhile going straight to the base.  Why this and
+not a copy (O(n) in one call) or fork() (unsafe beside the fsync threads):
+an O(1) freeze, bounded steps, all in one process and testable.
 """
 import logging
 
