@@ -24,6 +24,13 @@ past ``segment_bytes``; every segment begins with a hard-state record
 carrying the state current at its creation, so older segments can be
 deleted without losing term and vote.
 
+Compaction (``compact(upto_index)``) deletes the oldest segments while
+every entry they hold is at or below ``upto_index``, never the current
+one; a crash part-way leaves a contiguous suffix.  Opening and replaying
+with ``snap_index`` (what a snapshot covers) skips entries records wholly
+at or below it and refuses a log whose first kept record starts after
+``snap_index + 1``: the entries between would be missing.
+
 Segments are preallocated: with fsync on, a segment is a file of
 ``segment_bytes`` zeros (written, not just fallocated, and fsynced) before
 its first record goes in, and records overwrite those zeros from the
@@ -309,9 +316,24 @@ cdef size_t _intact_after(const uint8_t *base, size_t lo, size_t z, size_t n) no
     return n
 
 
+cdef struct Cover:
+    uint64_t top        # the highest entry index seen in the segment
+    bint check          # skip records at or below skip_upto, check the first kept one
+    uint64_t skip_upto
+    bint kept           # an entries record above skip_upto was seen
+
+
 cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
-                      object on_hard_state, list hs, Py_ssize_t *damaged_end) except -2:
+                      object on_hard_state, list hs, Py_ssize_t *damaged_end,
+                      Cover *cover) except -2:
     """Verify (and with callbacks, replay) one segment's bytes.
+
+    `cover` carries what the segments scanned so far said about entry
+    indexes: cover.top is raised to the last index of every entries record
+    (of this segment: the caller resets it); when cover.check is set,
+    entries records wholly at or below cover.skip_upto (a snapshot's index)
+    are not handed to on_entries, and the first record that is not must
+    start at or below skip_upto + 1 (else the entries between are missing).
 
     Returns where the segment's records end (the file's end, an end marker,
     or -- only possible when `last` -- a torn tail: a bad record, or an end
@@ -375,8 +397,21 @@ cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
         if p[6] != 0 or p[7] != 0:
             raise LogCorruptError(path, off, "reserved header bytes are not zero")
         if rtype == 1:
-            if count == 0 or first == 0:
+            if count == 0 or first == 0 or first + count - 1 < first:
                 raise LogCorruptError(path, off, f"entries record with first_index={first} count={count}")
+            if first + count - 1 > cover.top:
+                cover.top = first + count - 1
+            if cover.check:
+                if first + count - 1 <= cover.skip_upto:
+                    off += HDR + plen
+                    continue  # wholly covered by the snapshot
+                if not cover.kept:
+                    if first > cover.skip_upto + 1:
+                        raise LogCorruptError(
+                            path, off, f"the log resumes at index {first}, but only indexes up to "
+                            f"{cover.skip_upto} are covered (by a snapshot, or none when 0): "
+                            f"entries {cover.skip_upto + 1}..{first - 1} are missing")
+                    cover.kept = True
             if on_entries is not None:
                 on_entries(first, view[off + HDR:off + HDR + plen], count)
         elif rtype == 2:
@@ -595,6 +630,8 @@ cdef class LogStore:
     cdef Py_ssize_t _seg_size  # where the current segment's records end
     cdef uint64_t _term, _vote, _commit
     cdef list _seqs         # every segment's sequence number, oldest first
+    cdef list _tops         # for each of _seqs, the highest entry index it holds (0: none)
+    cdef object _compact_lock  # one compact() at a time
     cdef list _retired      # (fd, path) of rolled-over segments not yet synced
     cdef object _failure    # the LogStoreError that made the store unusable
     cdef Prep *_prep        # the next segment's preparer (fsync on only)
@@ -608,8 +645,10 @@ cdef class LogStore:
         if self._mu == NULL:
             raise MemoryError()
 
-    def __init__(self, path, bint fsync=True, Py_ssize_t segment_bytes=DEFAULT_SEGMENT_BYTES):
+    def __init__(self, path, bint fsync=True, Py_ssize_t segment_bytes=DEFAULT_SEGMENT_BYTES,
+                 snap_index=None):
         cdef Py_ssize_t end = 0, file_size = 0, damaged = -1
+        cdef Cover cover
         if segment_bytes < HS_RECORD + HDR:
             raise ValueError(f"segment_bytes must be at least {HS_RECORD + HDR}")
         self.path = os.fspath(path)
@@ -618,6 +657,7 @@ cdef class LogStore:
         self._retired = []
         self._failure = None
         self._sync_lock = threading.Lock()
+        self._compact_lock = threading.Lock()
         if not os.path.isdir(self.path):
             os.makedirs(self.path)
             if fsync:
@@ -626,16 +666,25 @@ cdef class LogStore:
             if _TMP_RE.match(name):  # a segment being prepared when the last run ended
                 os.unlink(os.path.join(self.path, name))
         self._seqs = _list_segments(self.path)
+        self._tops = []
         hs = [0, 0, 0]
         last_seq = self._seqs[len(self._seqs) - 1] if self._seqs else None
+        memset(&cover, 0, sizeof(Cover))
+        if snap_index is not None:
+            cover.check = True
+            cover.skip_upto = snap_index
         for seq in self._seqs:
             name = self._file(seq)
             data = _read_file(name)
-            end = _scan(data, name, seq == last_seq, None, None, hs, &damaged)
-            if damaged >= 0:
-                self._repair(name, end, damaged)
+            cover.top = 0
+            end = _scan(data, name, seq == last_seq, None, None, hs, &damaged, &cover)
+            self._tops.append(cover.top)
             file_size = len(data)
             del data
+        if damaged >= 0:
+            # Only the last segment can be torn; repaired once every segment
+            # checked out, so a refusal leaves the files as they were.
+            self._repair(self._file(last_seq), end, damaged)
         self._term, self._vote, self._commit = hs
         self._dirfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._closed = False
@@ -792,6 +841,7 @@ cdef class LogStore:
         self._name = name
         self._seg_size = 0
         self._seqs.append(seq)
+        self._tops.append(0)
         self._dir_dirty = True
         self._write_hard_state()
 
@@ -867,6 +917,9 @@ cdef class LogStore:
                 self._roll()
             _fill_header(hdr, 1, <uint32_t>n, first_index, count, &block[0])
             self._write(hdr, &block[0], n)
+            last = len(self._tops) - 1
+            if first_index + count - 1 > <uint64_t>self._tops[last]:
+                self._tops[last] = first_index + count - 1
         finally:
             PyThread_release_lock(self._mu)
 
@@ -937,11 +990,22 @@ cdef class LogStore:
             for fd, name in retired:
                 os.close(fd)
 
-    def replay(self, on_entries, on_hard_state):
+    def replay(self, on_entries, on_hard_state, snap_index=None):
         """Read the whole log back in order: on_entries(first_index, block,
         count) once per entries record (block is a read-only memoryview),
-        on_hard_state(term, vote, commit) once per hard-state record."""
+        on_hard_state(term, vote, commit) once per hard-state record.
+
+        With snap_index (the index a snapshot covers; 0 for none), entries
+        records wholly at or below it are skipped, and the first record
+        kept must start at or below snap_index + 1, else LogCorruptError
+        (the entries between are missing).  A kept record may still begin
+        at or below snap_index: the caller drops those entries."""
         cdef Py_ssize_t damaged
+        cdef Cover cover
+        memset(&cover, 0, sizeof(Cover))
+        if snap_index is not None:
+            cover.check = True
+            cover.skip_upto = snap_index
         _lock(self._mu)
         try:
             self._check()
@@ -951,7 +1015,71 @@ cdef class LogStore:
         hs = [0, 0, 0]
         for name in names:
             # Repaired at open, so any damage now is damage, even at the tail.
-            _scan(_read_file(name), name, False, on_entries, on_hard_state, hs, &damaged)
+            _scan(_read_file(name), name, False, on_entries, on_hard_state, hs, &damaged, &cover)
+
+    def compact(self, uint64_t upto_index):
+        """Delete the oldest segments while every entry they hold is at or
+        below upto_index (a snapshot covers them); returns their paths.
+
+        Never the segment being written: it holds the latest hard state
+        (every segment starts with the hard state current at its creation,
+        and every later change is written to the current one), so the
+        segments kept always recover term, vote and commit.  Segments go
+        oldest first, each unlink before the next, then the directory is
+        fsynced (with fsync on): a crash at any point leaves a contiguous
+        suffix of the log, and a segment whose unlink was lost comes back
+        only as entries the snapshot covers, which recovery skips.  A
+        segment's highest index is what was ever written to it (a later
+        truncation does not lower it), so this errs on keeping.
+
+        Safe to call from a worker thread while the event loop appends (the
+        unlinks and the fsync run without the store's lock and without the
+        GIL).  A failed unlink raises OSError and changes nothing more: the
+        segment stays part of the log (no data is at risk, so the store is
+        not marked failed)."""
+        cdef uint64_t top
+        dropped = []
+        with self._compact_lock:
+            while True:
+                _lock(self._mu)
+                try:
+                    self._check()
+                    # Never the last (current) segment.
+                    if len(self._seqs) < 2:
+                        break
+                    top = self._tops[0]
+                    if top > upto_index:
+                        break
+                    name = self._file(self._seqs[0])
+                finally:
+                    PyThread_release_lock(self._mu)
+                try:
+                    os.unlink(name)
+                except FileNotFoundError:
+                    pass
+                _lock(self._mu)
+                try:
+                    del self._seqs[0]
+                    del self._tops[0]
+                finally:
+                    PyThread_release_lock(self._mu)
+                dropped.append(name)
+            if dropped and self.fsync:
+                _fsync_dir(self.path)
+        if dropped:
+            _log.info("%s: compacted: %d segment(s) up to index %d deleted, the log starts at "
+                      "segment %s", self.path, len(dropped), upto_index,
+                      os.path.basename(self.segments[0]))
+        return dropped
+
+    @property
+    def segment_tops(self):
+        """(segment path, highest entry index it holds, 0 for none), oldest first."""
+        _lock(self._mu)
+        try:
+            return [(self._file(s), t) for s, t in zip(self._seqs, self._tops)]
+        finally:
+            PyThread_release_lock(self._mu)
 
     @property
     def hard_state(self):

@@ -45,7 +45,9 @@ class Node:
         self.storage = storage
         self.members = members
         self.exit_code = 0
-        self.kv = KVStore()
+        # The state the newest snapshot held, or empty; the driver applies
+        # from storage.snap_index + 1.
+        self.kv = storage.kv if storage.kv is not None else KVStore()
 
     async def run(self):
         cfg = self.cfg

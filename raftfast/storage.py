@@ -8,7 +8,8 @@ Data-dir layout::
         members   JSON {"voters": [...]}: the initial configuration, written once at
                   bootstrap (later configurations live in the log and snapshots)
         wal/      the write-ahead log: hard state and entry batches (raftfast._logstore)
-        snap/     (reserved) snapshots, once log compaction arrives
+        snap/     snapshots of the state machine, snap-<index, 16 hex digits>.snap
+                  (raftfast.snapshot's format); .<name>.<random>.tmp while one is written
 
 Storage wires these together and recovers the node's state at open.  It is
 thin on purpose: the Raft core keeps its entries in memory (an EntryLog),
@@ -17,6 +18,13 @@ and Storage only makes the core's Ready durable:
     storage.append(first_index, block, count)   # per Ready entries batch
     storage.save_hard_state(hs)                  # when the Ready has one
     await loop.run_in_executor(None, storage.sync)  # GIL released while fsyncing
+
+Snapshots and compaction (docs/snapshots.md): recovery loads the newest
+snapshot (every byte verified) and replays the log after its index, so the
+log may begin in a segment above 1.  compact(snap_index, trailing) drops
+the WAL segments the snapshot covers (less a trailing margin) and the
+older snapshot files.  A damaged newest snapshot is a refusal to start,
+even if an older one and the log could stand in for it (see _load_snapshot).
 
 Errors: every refusal to start (locked dir, another node's or cluster's
 dir, damaged log, unreadable meta or members, a missing file) is a
@@ -37,15 +45,18 @@ from raftfast._entrylog import BlockError, EntryLog, block_count
 from raftfast._logstore import (DEFAULT_SEGMENT_BYTES, LogCorruptError, LogStore,
                                 LogStoreError, segment_name)
 from raftfast.messages import HardState
+from raftfast.snapshot import SnapshotError, load_snapshot, read_snapshot_meta
 
-__all__ = ["Storage", "StorageError", "LogStoreError", "LogCorruptError", "META_FORMAT"]
+__all__ = ["Storage", "StorageError", "LogStoreError", "LogCorruptError", "META_FORMAT",
+           "snapshot_name"]
 
 META_FORMAT = 1
 LOCK_FILE = "LOCK"
 META_FILE = "meta"
 MEMBERS_FILE = "members"
 WAL_DIR = "wal"
-SNAP_DIR = "snap"  # reserved for the snapshot store
+SNAP_DIR = "snap"
+DEFAULT_KEEP_SNAPSHOTS = 2  # the newest, and the one before (may still be being sent)
 
 
 class StorageError(Exception):
@@ -103,20 +114,57 @@ def _wal_segments(data_dir):
                   if len(n) == 20 and n.endswith(".wal") and n[:16].isdigit())
 
 
+def snapshot_name(index):
+    return "snap-%016x.snap" % index
+
+
+def _snapshot_files(data_dir):
+    """[(index, path)] of the snapshot files in <data_dir>/snap, oldest first."""
+    snap = os.path.join(data_dir, SNAP_DIR)
+    try:
+        names = os.listdir(snap)
+    except FileNotFoundError:
+        return []
+    out = []
+    for n in names:
+        if len(n) == 26 and n.startswith("snap-") and n.endswith(".snap"):
+            try:
+                index = int(n[5:21], 16)
+            except ValueError:
+                continue
+            if snapshot_name(index) == n:  # int() also takes "+", "_", spaces
+                out.append((index, os.path.join(snap, n)))
+    out.sort()
+    return out
+
+
+def _snapshot_temps(data_dir):
+    """Temporary files of snapshot writes that never finished (a crash)."""
+    snap = os.path.join(data_dir, SNAP_DIR)
+    try:
+        names = os.listdir(snap)
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.join(snap, n) for n in names
+                  if n.startswith(".snap-") and n.endswith(".tmp"))
+
+
 def _check_files(data_dir):
     """Refuse a data dir whose files cannot belong together, before anything
     in it is written.
 
     Bootstrap writes meta, then the log's first segment (made durable), then
-    members; so members imply a log, and a log implies meta.  With no
-    snapshots yet, the log starts at index 1, in segment 1, and segments
-    are numbered without gaps.  (Once compaction drops old segments, a log
-    may start later: then a snapshot must cover what it dropped.)
+    members; so members imply a log, and a log implies meta.  Segments are
+    numbered without gaps.  Without a snapshot the log starts at index 1,
+    in segment 1; compaction drops old segments only once a snapshot covers
+    them, so a log starting later needs a snapshot.  Whether the snapshot
+    reaches far enough is checked by index when the log is opened.
     """
     wal = os.path.join(data_dir, WAL_DIR)
     seqs = _wal_segments(data_dir)
+    snaps = _snapshot_files(data_dir)
     has_members = os.path.exists(os.path.join(data_dir, MEMBERS_FILE))
-    if not os.path.exists(os.path.join(data_dir, META_FILE)) and (seqs or has_members):
+    if not os.path.exists(os.path.join(data_dir, META_FILE)) and (seqs or has_members or snaps):
         raise StorageError(f"{os.path.join(data_dir, META_FILE)}: no meta file, but the data dir "
                            "holds Raft state; refusing to guess whose it is")
     if not seqs:
@@ -129,7 +177,7 @@ def _check_files(data_dir):
         if want != have:
             raise StorageError(f"{os.path.join(wal, segment_name(want))}: log segment missing "
                                f"(the log has segments {seqs[0]}..{want - 1} and {have}..{last})")
-    if seqs[0] != 1:
+    if seqs[0] != 1 and not snaps:
         raise StorageError(f"{os.path.join(wal, segment_name(1))}: log segment missing (the log "
                            f"starts at segment {seqs[0]}, and no snapshot covers what is before)")
 
@@ -157,6 +205,16 @@ def _check_meta(data_dir, node_id, cluster_id):
                            f"{stored_cluster!r}, not node {node_id} of cluster {cluster_id!r}")
 
 
+def _remove_snapshot_temps(data_dir, fsync):
+    """Delete what snapshot writes cut short by a crash left (only once
+    every check passed: a refused start changes nothing)."""
+    temps = _snapshot_temps(data_dir)
+    for path in temps:
+        os.unlink(path)
+    if temps and fsync:
+        _fsync_dir(os.path.join(data_dir, SNAP_DIR))
+
+
 def _why(e):
     """What a JSON or lookup error says, in words."""
     if isinstance(e, KeyError):
@@ -166,17 +224,43 @@ def _why(e):
     return str(e) or type(e).__name__
 
 
-def _recover(log):
-    """Replay the log into (HardState, EntryLog)."""
-    # When snapshots arrive, the EntryLog starts after the snapshot's index
-    # and records wholly below it are skipped.
-    entries = EntryLog(1)
+def _load_snapshot(data_dir):
+    """(path, SnapshotMeta, KVStore) of the newest snapshot, every byte
+    verified, or (None, None, None) when there is none.
+
+    A damaged newest snapshot is a refusal to start, naming the file, even
+    when an older snapshot and the log would cover what it held.  It was
+    complete and fsynced before it was renamed into place, so damage to it
+    is not a crash's doing but a disk's (principle 5: only a torn last log
+    record is repaired); and compaction keeps the log only from the newest
+    snapshot's index less the trailing margin, so an older one rarely has
+    the log it needs.  An operator who moves the damaged file out of snap/
+    gets exactly that fallback, checked: the older snapshot is then the
+    newest, and the log must reach back to it or the start is refused."""
+    snaps = _snapshot_files(data_dir)
+    if not snaps:
+        return None, None, None
+    index, path = snaps[len(snaps) - 1]
+    try:
+        kv, meta = load_snapshot(path)
+    except SnapshotError as e:
+        raise StorageError(f"damaged snapshot, refusing to start: {e} (an older snapshot is "
+                           "not used in its place; see docs/faults.md)") from None
+    if meta.index != index:
+        raise StorageError(f"{path}: damaged snapshot, refusing to start: named for index "
+                           f"{index}, its header says {meta.index}")
+    return path, meta, kv
+
+
+def _recover(log, snap_index=0, snap_term=0, snap_path=None):
+    """Replay the log after snap_index into (HardState, EntryLog)."""
+    # The EntryLog starts after the snapshot; the log store skips records
+    # wholly at or below snap_index and refuses a gap after it.
+    entries = EntryLog(snap_index + 1)
     hs = HardState()
+    seen_term = [None]  # the log's term at snap_index, where a kept record holds it
 
     def on_entries(first, block, count):
-        last = entries.last_index
-        if first > last + 1:
-            raise StorageError(f"log in {log.path} skips from index {last} to {first}")
         try:
             n = block_count(block)
         except BlockError as e:
@@ -184,12 +268,28 @@ def _recover(log):
         if n != count:
             raise StorageError(f"log in {log.path}: record at index {first} says {count} "
                                f"entries, its block holds {n}")
+        if first <= snap_index:
+            # Straddles the snapshot: keep only the entries after it (the
+            # replay hands over no record that ends at or below it).
+            part = EntryLog(first)
+            part.append(first, block)
+            seen_term[0] = part.term(snap_index)
+            block, count = part.slice(snap_index + 1, first + count)
+            first = snap_index + 1
+        last = entries.last_index
+        if first > last + 1:
+            raise StorageError(f"log in {log.path} skips from index {last} to {first}")
         entries.append(first, block)  # also cuts any suffix from `first` on
 
     def on_hard_state(term, vote, commit):
         hs.term, hs.vote, hs.commit = term, vote, commit
 
-    log.replay(on_entries, on_hard_state)
+    log.replay(on_entries, on_hard_state, snap_index)
+    if seen_term[0] is not None and seen_term[0] != snap_term:
+        # A snapshot holds committed state only, and committed entries are
+        # never overwritten: the log and the snapshot disagree.
+        raise StorageError(f"log in {log.path} has entry {snap_index} at term {seen_term[0]}, "
+                           f"but snapshot {snap_path} says term {snap_term}")
     if hs.commit > entries.last_index:
         # Entries reach the log before the hard state that commits them, so
         # a log that ends below its commit index has lost its tail.
@@ -204,18 +304,33 @@ class Storage:
 
     Attributes after open:
         hard_state  HardState: recovered at open, then the last one saved
-        entry_log   EntryLog: the recovered entries, for the core to own
+        entry_log   EntryLog: the recovered entries after the snapshot
+                    (first_index == snap_index + 1), for the core to own
+        snap_index, snap_term
+                    what the newest snapshot covers (0, 0 without one):
+                    Raft(cfg, entry_log, hard_state, snap_index, snap_term)
+        snapshot    its SnapshotMeta (with .meta, the opaque bytes the
+                    membership will travel in), or None
+        snapshot_file  its path, or None
+        kv          the KVStore loaded from it, or None (start empty); the
+                    node takes it, and applies from snap_index + 1
         is_new      True when the dir held no Raft state (term, vote, commit
-                    all 0 and no entries): the node should bootstrap
+                    all 0, no entries, no snapshot): the node should bootstrap
     """
 
-    def __init__(self, data_dir, node_id, cluster_id, lock_fd, log, hard_state, entry_log):
+    def __init__(self, data_dir, node_id, cluster_id, lock_fd, log, hard_state, entry_log,
+                 snapshot_file=None, snapshot=None, kv=None):
         self.data_dir = data_dir
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.hard_state = hard_state
         self.entry_log = entry_log
-        self.is_new = hard_state == HardState() and len(entry_log) == 0
+        self.snapshot_file = snapshot_file
+        self.snapshot = snapshot
+        self.snap_index = snapshot.index if snapshot is not None else 0
+        self.snap_term = snapshot.term if snapshot is not None else 0
+        self.kv = kv
+        self.is_new = hard_state == HardState() and len(entry_log) == 0 and snapshot is None
         self._lock_fd = lock_fd
         self._log = log
 
@@ -231,18 +346,28 @@ class Storage:
             raise StorageError(f"cannot create data dir {data_dir}: {e}") from None
         lock_fd = _lock(data_dir)
         log = None
+        snap_path, snap_index = None, 0
         try:
             _check_files(data_dir)
             _check_meta(data_dir, node_id, cluster_id)
-            log = LogStore(os.path.join(data_dir, WAL_DIR), fsync=fsync, segment_bytes=segment_bytes)
-            hs, entries = _recover(log)
-            return cls(data_dir, node_id, cluster_id, lock_fd, log, hs, entries)
+            snap_path, snap, kv = _load_snapshot(data_dir)
+            snap_index = snap.index if snap is not None else 0
+            snap_term = snap.term if snap is not None else 0
+            # The store checks, before it repairs anything, that the log
+            # reaches back to snap_index + 1.
+            log = LogStore(os.path.join(data_dir, WAL_DIR), fsync=fsync, segment_bytes=segment_bytes,
+                           snap_index=snap_index)
+            hs, entries = _recover(log, snap_index, snap_term, snap_path)
+            _remove_snapshot_temps(data_dir, fsync)
+            return cls(data_dir, node_id, cluster_id, lock_fd, log, hs, entries, snap_path, snap, kv)
         except BaseException as e:
             if log is not None:
                 log.close()
             os.close(lock_fd)
             if isinstance(e, LogCorruptError):
-                raise StorageError(f"damaged log, refusing to start: {e}") from None
+                covered = (f"; the newest snapshot, {snap_path}, covers up to index {snap_index}"
+                           if snap_path else "; there is no snapshot")
+                raise StorageError(f"damaged log, refusing to start: {e}{covered}") from None
             if isinstance(e, OSError):
                 raise StorageError(f"cannot open data dir {data_dir}: {e}") from None
             raise
@@ -265,6 +390,70 @@ class Storage:
         """Make everything appended and saved so far durable.  Thread-safe
         and GIL-free while waiting on the disk: meant for run_in_executor."""
         self._log.sync()
+
+    def snapshot_path(self, index):
+        """Where the snapshot at `index` goes: hand it to SnapshotWriter(kv,
+        path, index, term, meta), which writes a temporary file beside it
+        and renames it into place once fsynced.  Creates snap/ the first
+        time (made durable in the data dir)."""
+        snap = os.path.join(self.data_dir, SNAP_DIR)
+        if not os.path.isdir(snap):
+            os.mkdir(snap)
+            if self.fsync:
+                _fsync_dir(self.data_dir)
+        return os.path.join(snap, snapshot_name(index))
+
+    def latest_snapshot(self):
+        """(path, SnapshotMeta) of the newest snapshot file, its header
+        checked (read_snapshot_meta), or None when there is none.  A damaged
+        newest one raises StorageError naming it: an older one is not
+        silently offered in its place (to send, or to compact against)."""
+        snaps = _snapshot_files(self.data_dir)
+        if not snaps:
+            return None
+        index, path = snaps[len(snaps) - 1]
+        try:
+            meta = read_snapshot_meta(path)
+        except SnapshotError as e:
+            raise StorageError(f"damaged snapshot: {e}") from None
+        if meta.index != index:
+            raise StorageError(f"{path}: damaged snapshot: named for index {index}, its header "
+                               f"says {meta.index}")
+        return path, meta
+
+    def compact(self, snap_index, trailing=0, keep_snapshots=DEFAULT_KEEP_SNAPSHOTS):
+        """After a snapshot at snap_index is durable (SnapshotWriter.sync()
+        returned): delete the WAL segments whose entries are all at or
+        below snap_index - trailing (the margin keeps entries for slow
+        followers, so they need not get a snapshot), and every snapshot
+        file but the newest keep_snapshots (the newest, for recovery; the
+        one before, which a follower may still be receiving).
+
+        Returns (deleted segment paths, deleted snapshot paths).  StorageError
+        when no snapshot on disk covers snap_index (the log is not touched).
+        Blocking file I/O: run it off the event loop (the log store is
+        thread-safe; it may run while the loop appends).  Crash-safe at
+        every step: segments go oldest first and the newest snapshot stays,
+        so a restart finds the snapshot and a contiguous log after it."""
+        latest = self.latest_snapshot()
+        if latest is None or latest[1].index < snap_index:
+            raise StorageError(f"cannot compact the log up to index {snap_index}: no snapshot "
+                               f"in {os.path.join(self.data_dir, SNAP_DIR)} covers it "
+                               f"(newest: {latest[0] if latest else 'none'})")
+        upto = snap_index - trailing if snap_index > trailing else 0
+        dropped = self._log.compact(upto) if upto > 0 else []
+        removed = []
+        snaps = _snapshot_files(self.data_dir)
+        keep = max(1, keep_snapshots)
+        for _, path in snaps[:max(0, len(snaps) - keep)]:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+        if removed and self.fsync:
+            _fsync_dir(os.path.join(self.data_dir, SNAP_DIR))
+        return dropped, removed
 
     def members(self):
         """The initial voters recorded at bootstrap, or None before that."""

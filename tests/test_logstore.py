@@ -15,6 +15,7 @@ import threading
 
 import pytest
 
+from raftfast._entrylog import decode_entries
 from raftfast._logstore import LogCorruptError, LogStore, LogStoreError
 from tests.reference import logrecord_py as ref
 
@@ -784,3 +785,137 @@ def test_bad_arguments_and_closed_store(wal):
         s.append_entries(1, batch(1, 1), 1)
     with pytest.raises(ValueError):
         LogStore(wal, segment_bytes=10)
+
+
+# ---------------------------------------------------------------------------
+# Compaction: dropping whole segments a snapshot covers
+
+def _fill(s, upto, size=400, term=1):
+    """Append entries 1..upto one per record, big enough to roll SEG segments."""
+    for i in range(1, upto + 1):
+        s.append_entries(i, batch(term, 1, size=size), 1)
+
+
+def _entries_after(store, snap_index):
+    """The indexes the log holds after snap_index (a record cuts the suffix
+    from its first index, as replay semantics say)."""
+    got = {}
+
+    def on_entries(first, b, count):
+        for j in [j for j in got if j >= first]:
+            del got[j]
+        for k, e in enumerate(decode_entries(bytes(b))):
+            if first + k > snap_index:
+                got[first + k] = e
+
+    store.replay(on_entries, lambda *hs: None, snap_index=snap_index)
+    return sorted(got)
+
+
+def test_compact_drops_only_whole_covered_segments_oldest_first(wal):
+    with LogStore(wal, segment_bytes=SEG) as s:
+        _fill(s, 60)
+        s.save_hard_state(7, 2, 60)
+        s.sync()
+        tops = s.segment_tops
+        assert len(tops) > 4
+        # Every segment's highest index, oldest first (the last: the current one).
+        upto = tops[2][1] + 1  # covers segments 1..3 wholly, and part of segment 4
+        dropped = s.compact(upto)
+        assert dropped == [t[0] for t in tops[:3]]
+        assert [os.path.basename(p) for p in s.segments] == \
+            [os.path.basename(t[0]) for t in tops[3:]]
+        assert s.compact(upto) == []  # nothing more is wholly covered
+        # Never the segment being written, even when everything is covered.
+        s.compact(10 ** 9)
+        assert len(s.segments) == 1
+        assert s.hard_state == (7, 2, 60)
+    with LogStore(wal, segment_bytes=SEG, snap_index=60) as s:
+        assert s.hard_state == (7, 2, 60)  # the current segment starts with it
+        assert _entries_after(s, 60) == []
+
+
+def test_compacted_log_replays_after_the_snapshot(wal):
+    with LogStore(wal, segment_bytes=SEG) as s:
+        _fill(s, 60)
+        s.save_hard_state(1, 1, 55)
+        s.sync()
+        s.compact(40)
+        first_seq = int(os.path.basename(s.segments[0])[:16])
+        assert first_seq > 1
+    with LogStore(wal, segment_bytes=SEG, snap_index=40) as s:
+        assert _entries_after(s, 40) == list(range(41, 61))
+        assert s.hard_state == (1, 1, 55)
+        # Without a snapshot index, replay hands every record (the old behaviour).
+        assert replayed(s)[1][1][0] > 1
+
+
+def test_a_segment_holding_a_later_entry_stops_compaction(wal):
+    with LogStore(wal, segment_bytes=SEG) as s:
+        _fill(s, 30)
+        tops = s.segment_tops
+        # Rewrite an early index in a later segment: that segment's top is
+        # high even though its records start low.
+        s.append_entries(5, batch(2, 1, size=200), 1)
+        assert s.segment_tops[len(s.segment_tops) - 1][1] >= 5
+        dropped = s.compact(tops[0][1])
+        assert dropped == [tops[0][0]]
+
+
+def test_replay_refuses_a_log_that_resumes_after_the_snapshot_index(wal):
+    with LogStore(wal, segment_bytes=SEG) as s:
+        _fill(s, 60)
+        s.sync()
+        tops = s.segment_tops
+        s.compact(tops[1][1])
+        first_kept = tops[1][1] + 1
+        seg = s.segments[0]
+    # A snapshot at least as far as the dropped segments: accepted.
+    LogStore(wal, segment_bytes=SEG, snap_index=first_kept - 1).close()
+    LogStore(wal, segment_bytes=SEG, snap_index=first_kept + 3).close()
+    # A snapshot short of them (or none): the entries between are missing.
+    for snap in (0, first_kept - 2):
+        with pytest.raises(LogCorruptError, match=f"{seg}.*resumes at index {first_kept}.*"
+                           f"entries {snap + 1}..{first_kept - 1} are missing"):
+            LogStore(wal, segment_bytes=SEG, snap_index=snap)
+    with LogStore(wal, segment_bytes=SEG) as s:  # no check asked
+        with pytest.raises(LogCorruptError, match="resumes at index"):
+            s.replay(None, None, snap_index=0)
+
+
+def test_a_gap_is_refused_before_a_torn_tail_is_repaired(wal):
+    with LogStore(wal, fsync=False, segment_bytes=SEG) as s:
+        _fill(s, 40)
+        s.compact(s.segment_tops[1][1])
+        last = s.segments[len(s.segments) - 1]
+    with open(last, "ab") as f:
+        f.write(b"\x01" * 30)  # a torn last record
+    before = open(last, "rb").read()
+    with pytest.raises(LogCorruptError, match="are missing"):
+        LogStore(wal, fsync=False, segment_bytes=SEG, snap_index=0)
+    assert open(last, "rb").read() == before
+
+
+def test_interrupted_compaction_leaves_a_log_that_recovers(wal):
+    """A crash part-way through compact(): only the oldest of the segments
+    it would drop are gone.  What is left is a contiguous suffix, and the
+    snapshot covers the rest."""
+    with LogStore(wal, segment_bytes=SEG) as s:
+        _fill(s, 60)
+        s.save_hard_state(3, 1, 60)
+        s.sync()
+        tops = s.segment_tops
+    upto = tops[3][1]
+    os.unlink(tops[0][0])  # as if the crash came after the first unlink
+    with LogStore(wal, segment_bytes=SEG, snap_index=upto) as s:
+        assert _entries_after(s, upto) == list(range(upto + 1, 61))
+        assert s.hard_state == (3, 1, 60)
+        assert len(s.compact(upto)) == 3  # finishing the job later is fine
+        assert _entries_after(s, upto) == list(range(upto + 1, 61))
+
+
+def test_compact_after_close_or_failure_raises(wal):
+    s = LogStore(wal, segment_bytes=SEG)
+    s.close()
+    with pytest.raises(ValueError, match="closed"):
+        s.compact(5)

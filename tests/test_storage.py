@@ -172,3 +172,25 @@ def test_a_data_dir_with_state_but_no_members_is_refused(tmp_path):
     with pytest.raises(StorageError, match="members"):
         st.members()
     st.close()
+
+
+def test_recovery_after_a_snapshot_trims_a_record_that_straddles_it(tmp_path):
+    """A batch reaching across the snapshot's index: the entries up to it
+    are in the snapshot, the rest start the recovered EntryLog; a later
+    conflicting suffix still replaces what it replaces."""
+    from raftfast._kv import KVStore
+    from raftfast.snapshot import write_snapshot
+    with Storage.open(tmp_path, 1, "c", segment_bytes=SEG) as st:
+        st.append(1, *ents(1, b"a", b"b", b"c", b"d", b"e"))   # 1..5
+        st.append(5, *ents(2, b"E", b"F"))                     # 5..6 replace 5
+        st.save_hard_state(HardState(2, 1, 4))
+        st.sync()
+        write_snapshot(KVStore.from_dict({b"x": b"y"}), st.snapshot_path(3), 3, 1)
+    with Storage.open(tmp_path, 1, "c", segment_bytes=SEG) as st:
+        assert (st.snap_index, st.snap_term) == (3, 1)
+        assert st.kv.get(b"x") == b"y"
+        log = st.entry_log
+        assert (log.first_index, log.last_index) == (4, 6)
+        assert [log.term(i) for i in range(4, 7)] == [1, 2, 2]
+        assert log.slice(4, 7) == (ents(1, b"d")[0] + ents(2, b"E", b"F")[0], 3)
+        assert st.hard_state == HardState(2, 1, 4)
