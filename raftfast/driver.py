@@ -98,7 +98,8 @@ class RaftDriver:
             heartbeat_ticks=heartbeat_ticks, max_msg_bytes=cfg.max_batch_bytes,
             max_inflight=cfg.max_inflight, max_inflight_bytes=cfg.max_inflight_bytes,
             read_mode=cfg.read_mode, seed=random.SystemRandom().randrange(1 << 62))
-        self.core = Raft(core_cfg, storage.entry_log, storage.hard_state)
+        self.core = Raft(core_cfg, storage.entry_log, storage.hard_state, storage.snap_index,
+                         storage.snap_term)
         self.fsync = cfg.fsync == "always"
         # Client proposals waiting to be applied, in index order.
         self.waiters = collections.deque()

@@ -553,3 +553,43 @@ def test_failed_fsync_stops_the_node_and_is_never_retried(data_dir, failing_fdat
     finally:
         rc, err = node.stop()
     assert rc == 0, err
+
+
+# ---- a data dir that holds a snapshot ----------------------------------------
+
+def test_a_node_restarts_from_a_snapshot_plus_the_log_after_it(data_dir):
+    """Snapshot the state machine offline at the commit index, compact the
+    log behind it, restart: every key is back, from the snapshot and the
+    entries after it, and INFO says where the log now begins.  (The node
+    does not yet take snapshots itself: that is issue 5's wiring.)"""
+    from raftfast.snapshot import write_snapshot
+    from raftfast.storage import Storage
+
+    node = OneNode(data_dir).start()
+    try:
+        for i in range(400):  # about 40 KiB of records: several 16 KiB segments
+            assert node.redis.set(f"k{i}", "x" * 64) is True
+    finally:
+        assert node.stop()[0] == 0
+    with Storage.open(data_dir, 1, "raftfast", segment_bytes=SEGMENT) as st:
+        # Every entry was acknowledged, so committed: the hard state's commit
+        # field is only rewritten with a term or vote, so do not rely on it.
+        index = st.entry_log.last_index
+        term = st.entry_log.term(index)
+        # Replay the committed entries into a state machine, as the node would.
+        from raftfast._kv import KVStore
+        kv = KVStore()
+        block, count = st.entry_log.slice(1, index + 1, 1 << 40)
+        kv.apply(block, False)
+        write_snapshot(kv, st.snapshot_path(index), index, term)
+        dropped, _ = st.compact(index)
+        assert dropped, "the log had whole segments behind the snapshot to drop"
+    node = OneNode(data_dir).start()
+    try:
+        assert node.redis.get("k0") == b"x" * 64 and node.redis.get("k399") == b"x" * 64
+        info = node.redis.info("raft")
+        assert int(info["raft_snapshot_index"]) == index
+        assert int(info["raft_first_log_index"]) == index + 1
+        assert node.redis.set("after", "1") is True and node.redis.get("after") == b"1"
+    finally:
+        assert node.stop()[0] == 0
