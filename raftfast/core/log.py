@@ -124,6 +124,23 @@ class RaftLog:
         block, count = self.entries.slice(lo, hi, max_bytes)
         return lo, block, count
 
+    def compact(self, index):
+        """Drop the entries through `index` from memory: a snapshot of the
+        state machine now covers them.  Only applied entries may go (the
+        snapshot was taken from the applied state), and only entries
+        already durable (storage must still be able to replay the rest).
+        Compacting at or below the current snapshot changes nothing."""
+        if index <= self.snap_index:
+            return
+        if index > self.applied:
+            raise LogPanic(f"compacting through {index}, but only {self.applied} is applied")
+        if index > self.persisted:
+            raise LogPanic(f"compacting through {index}, but only {self.persisted} is durable")
+        self.snap_term = self.entries.term(index)
+        self.entries.compact(index)
+        self.snap_index = index
+        self._slice_key = None  # slices may have pointed into dropped entries
+
     def slice(self, lo, hi, max_bytes=0):
         # Entries at or below last_index never change without a truncation,
         # and a truncation resets the cache; so (lo, hi, max_bytes) names

@@ -468,6 +468,13 @@ class Raft:
             self._transfer_elapsed = 0
             self._timeout_now_sent = False
 
+    def compact(self, index):
+        """A snapshot of the state machine covers the log through `index`:
+        drop those entries from memory (see RaftLog.compact).  A follower
+        that still needs them cannot be served from the log any more; until
+        InstallSnapshot exists, the runtime keeps a trailing margin."""
+        self.log.compact(index)
+
     def report_unreachable(self, peer):
         """The runtime could not deliver a message to peer (connection down,
         or dropped under back-pressure).  Appends sent optimistically in the
