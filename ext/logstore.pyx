@@ -441,9 +441,14 @@ def _fsync_dir(str path):
         os.close(fd)
 
 
+def segment_numbers(str path):
+    """Sequence numbers of the segment files in `path`, sorted (unchecked)."""
+    return sorted(int(m.group(1)) for m in map(_SEG_RE.match, os.listdir(path)) if m)
+
+
 def _list_segments(str path):
     """Sequence numbers of the segments in `path`, checked to be contiguous."""
-    seqs = sorted(int(m.group(1)) for m in map(_SEG_RE.match, os.listdir(path)) if m)
+    seqs = segment_numbers(path)
     for a, b in zip(seqs, seqs[1:]):
         if b != a + 1:
             raise LogCorruptError(os.path.join(path, segment_name(b)), 0,

@@ -43,7 +43,7 @@ import os
 
 from raftfast._entrylog import BlockError, EntryLog, block_count
 from raftfast._logstore import (DEFAULT_SEGMENT_BYTES, LogCorruptError, LogStore,
-                                LogStoreError, segment_name)
+                                LogStoreError, segment_name, segment_numbers)
 from raftfast.messages import HardState
 from raftfast.snapshot import SnapshotError, load_snapshot, read_snapshot_meta
 
@@ -103,15 +103,18 @@ def _lock(data_dir):
     return fd
 
 
+def _listdir(path):
+    """The names in a directory, none when it does not exist (yet)."""
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
 def _wal_segments(data_dir):
     """Sequence numbers of the WAL segments present, sorted."""
     wal = os.path.join(data_dir, WAL_DIR)
-    try:
-        names = os.listdir(wal)
-    except FileNotFoundError:
-        return []
-    return sorted(int(n[:16]) for n in names
-                  if len(n) == 20 and n.endswith(".wal") and n[:16].isdigit())
+    return segment_numbers(wal) if os.path.isdir(wal) else []
 
 
 def snapshot_name(index):
@@ -121,12 +124,8 @@ def snapshot_name(index):
 def _snapshot_files(data_dir):
     """[(index, path)] of the snapshot files in <data_dir>/snap, oldest first."""
     snap = os.path.join(data_dir, SNAP_DIR)
-    try:
-        names = os.listdir(snap)
-    except FileNotFoundError:
-        return []
     out = []
-    for n in names:
+    for n in _listdir(snap):
         if len(n) == 26 and n.startswith("snap-") and n.endswith(".snap"):
             try:
                 index = int(n[5:21], 16)
@@ -141,11 +140,7 @@ def _snapshot_files(data_dir):
 def _snapshot_temps(data_dir):
     """Temporary files of snapshot writes that never finished (a crash)."""
     snap = os.path.join(data_dir, SNAP_DIR)
-    try:
-        names = os.listdir(snap)
-    except FileNotFoundError:
-        return []
-    return sorted(os.path.join(snap, n) for n in names
+    return sorted(os.path.join(snap, n) for n in _listdir(snap)
                   if n.startswith(".snap-") and n.endswith(".tmp"))
 
 
