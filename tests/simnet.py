@@ -20,6 +20,7 @@ The run is reproducible from its seed alone.
 """
 import random
 
+from raftfast._entrylog import EntryLog
 from raftfast.core import LEADER, CoreConfig, NotLeader, Raft, TransferInProgress
 from raftfast.messages import ENTRY_NORMAL, HardState
 
@@ -425,6 +426,22 @@ class SimNet:
 
     # ----------------------------------------------------------- liveness
 
+    def run_round(self, tick=True):
+        """One round as a fault-free scheduler runs it: a tick (if asked),
+        every message in flight delivered, every node's writes made durable.
+        Safety is not checked here (the caller decides when)."""
+        if tick:
+            self.tick_all()
+        delivered = 0
+        while self.inflight:
+            self.deliver_one()
+            delivered += 1
+            if delivered > 100000:
+                raise LivenessFailure(f"seed {self.seed}: message storm: deliveries keep "
+                                      f"producing messages without a tick")
+        for node in self.nodes.values():
+            node.sync()
+
     def settle(self, max_rounds=3000):
         """Heal everything and run without faults until a leader has
         committed a fresh entry and every node applied everything.
@@ -434,17 +451,7 @@ class SimNet:
         self.p_drop = self.p_dup = 0.0
         marker = None  # (term, index) of the entry we wait to see committed
         for n in range(max_rounds):
-            if n % 3 == 0:
-                self.tick_all()
-            delivered = 0
-            while self.inflight:
-                self.deliver_one()
-                delivered += 1
-                if delivered > 100000:
-                    raise LivenessFailure(f"seed {self.seed}: message storm: deliveries keep "
-                                          f"producing messages without a tick")
-            for node in self.nodes.values():
-                node.sync()
+            self.run_round(tick=n % 3 == 0)
             self.check()
             reg = self.committed
             done = (marker is not None and reg.last_index >= marker[1]
@@ -465,6 +472,11 @@ class SimNet:
                 if all(x.applied == top for x in self.nodes.values()):
                     return n
         return None
+
+
+def quiet_net(n=3, seed=0, **kw):
+    """A network without faults, for targeted scenarios steered by hand."""
+    return SimNet(n, seed, EntryLog, drop=0, dup=0, crash=0, partition=0, pause=0, **kw)
 
 
 def describe(net):

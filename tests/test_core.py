@@ -6,7 +6,7 @@ from raftfast._entrylog import EntryLog, decode_entries, encode_entries
 from raftfast.core import CANDIDATE, FOLLOWER, LEADER, CoreConfig, LogPanic, NotLeader, Raft
 from raftfast.messages import (ENTRY_NOOP, ENTRY_NORMAL, MSG_APPEND, MSG_APPEND_RESP,
                                MSG_HEARTBEAT, MSG_VOTE, MSG_VOTE_RESP, HardState, Message)
-from simnet import SimNet, make_block
+from simnet import make_block, quiet_net
 
 
 def new_raft(node_id=1, voters=(1, 2, 3), entries=(), hs=None, seed=1):
@@ -42,17 +42,9 @@ def release(raft, msgs):
     return out
 
 
-def quiet_net(n=3, seed=0):
-    return SimNet(n, seed, EntryLog, drop=0, dup=0, crash=0, partition=0)
-
-
 def run_until(net, cond, rounds=500):
     for _ in range(rounds):
-        net.tick_all()
-        while net.inflight:
-            net.deliver_one()
-        for node in net.nodes.values():
-            node.sync()
+        net.run_round()
         net.check()
         if cond():
             return True
@@ -185,11 +177,7 @@ def test_idle_leader_keeps_leadership_through_heartbeats():
     assert run_until(net, lambda: leader_of(net) is not None)
     leader, term = leader_of(net).id, leader_of(net).raft.term
     for _ in range(300):  # thirty election timeouts with no client traffic
-        net.tick_all()
-        while net.inflight:
-            net.deliver_one()
-        for node in net.nodes.values():
-            node.sync()
+        net.run_round()
     assert leader_of(net).id == leader and leader_of(net).raft.term == term
 
 
@@ -303,20 +291,12 @@ def test_prevote_keeps_a_cut_off_node_from_bumping_its_term_and_deposing_the_lea
     victim = next(n for n in net.nodes.values() if n.id != ld.id)
     net.isolate(victim.id)
     for _ in range(100):  # many election timeouts alone
-        net.tick_all()
-        while net.inflight:
-            net.deliver_one()
-        for node in net.nodes.values():
-            node.sync()
+        net.run_round()
     assert victim.raft.term == lead_term  # asked, never campaigned
     assert victim.raft.role in ("precandidate", "follower")
     net.heal()
     for _ in range(50):
-        net.tick_all()
-        while net.inflight:
-            net.deliver_one()
-        for node in net.nodes.values():
-            node.sync()
+        net.run_round()
     assert leader_of(net).id == ld.id and leader_of(net).raft.term == lead_term
 
 
@@ -413,11 +393,7 @@ def test_compaction_drops_applied_entries_and_replication_goes_on():
     net.propose([b"after"])
     # (The simulator's checks read logs from index 1, so run it by hand.)
     for _ in range(20):
-        net.tick_all()
-        while net.inflight:
-            net.deliver_one()
-        for node in net.nodes.values():
-            node.sync()
+        net.run_round()
     assert all(n.raft.log.last_index == ld.raft.log.last_index and n.applied == n.raft.log.last_index
                for n in net.nodes.values())
 

@@ -5,25 +5,17 @@ with faults off, steering delivery by hand where the point is an ordering.
 """
 import pytest
 
-from raftfast._entrylog import EntryLog
 from raftfast.core import FOLLOWER, LEADER, NotLeader, TransferInProgress
 from raftfast.messages import (MSG_HEARTBEAT, MSG_HEARTBEAT_RESP, MSG_PREVOTE, MSG_TIMEOUT_NOW,
                                MSG_VOTE)
-from simnet import SimNet, make_block
-
-
-def quiet_net(n=3, seed=0, read_mode="readindex"):
-    return SimNet(n, seed, EntryLog, drop=0, dup=0, crash=0, partition=0, pause=0,
-                  read_mode=read_mode)
+from simnet import make_block, quiet_net
 
 
 def settle_round(net):
-    """Deliver everything in flight and make every write durable."""
+    """Deliver everything in flight and make every write durable, until
+    the syncs release nothing more."""
     for _ in range(50):
-        while net.inflight:
-            net.deliver_one()
-        for node in net.nodes.values():
-            node.sync()
+        net.run_round(tick=False)
         if not net.inflight:
             return
     raise AssertionError("messages keep flowing")
