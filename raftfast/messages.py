@@ -35,7 +35,12 @@ MSG_HEARTBEAT = 7        # leader: commit (capped at what the follower is known 
                          # context=the heartbeat round (confirms ReadIndex reads)
 MSG_HEARTBEAT_RESP = 8   # context echoed
 MSG_TIMEOUT_NOW = 9      # leader -> the transfer target: campaign now (no PreVote)
-MSG_SNAPSHOT = 10        # reserved for InstallSnapshot
+MSG_SNAPSHOT = 10        # InstallSnapshot between core and runtime, never on the wire as such:
+                         # leader core -> runtime: "stream the snapshot at index (log_term) to `to`";
+                         # runtime -> follower core: "the snapshot at index (log_term) from `frm`
+                         # is received, checked and loaded"; entries = its meta (a configuration)
+MSG_SNAPSHOT_CHUNK = 11  # leader -> follower, on the wire: a piece of the snapshot file
+MSG_SNAPSHOT_ACK = 12    # follower -> leader: how far the snapshot file has arrived
 
 # MSG_VOTE's context when a leadership transfer started the election: voters
 # grant it even while they still hear from the current leader (which asked
@@ -47,6 +52,7 @@ MSG_NAMES = {
     MSG_VOTE_RESP: "vote_resp", MSG_PREVOTE: "prevote", MSG_PREVOTE_RESP: "prevote_resp",
     MSG_HEARTBEAT: "heartbeat", MSG_HEARTBEAT_RESP: "heartbeat_resp",
     MSG_TIMEOUT_NOW: "timeout_now", MSG_SNAPSHOT: "snapshot",
+    MSG_SNAPSHOT_CHUNK: "snapshot_chunk", MSG_SNAPSHOT_ACK: "snapshot_ack",
 }
 RESPONSE_TYPES = frozenset({MSG_APPEND_RESP, MSG_VOTE_RESP, MSG_PREVOTE_RESP, MSG_HEARTBEAT_RESP})
 
@@ -103,3 +109,94 @@ class HardState:
 
     def __repr__(self):
         return f"HardState(term={self.term}, vote={self.vote}, commit={self.commit})"
+
+
+# ------------------------------------------------------------ configuration
+#
+# A membership configuration: the data of an ENTRY_CONFIG entry, and the
+# opaque `meta` of a snapshot (the configuration in effect at its index).
+# Always the whole configuration, never a delta: applying one twice, or
+# after a restart, gives the same result.  Version 1, little-endian:
+#
+#     u8 version (1) | u32 member count
+#     member*: u64 id | u8 role (CONF_VOTER, CONF_LEARNER) | u16 url length | url (UTF-8)
+#
+# Members come sorted by id; `url` is the default address for dialing the
+# member's --listen ("" when the configuration does not know it, e.g. the
+# founding members, which every node dials by its --peer flags).
+
+CONF_FORMAT = 1
+CONF_VOTER = 1
+CONF_LEARNER = 2
+_ID_LIMIT = 1 << 63
+
+
+class ConfigFormatError(ValueError):
+    """Bytes that are not a well-formed configuration."""
+
+
+def encode_config(voters, learners=(), urls=None):
+    """The configuration as bytes (see above).  A node may not be a voter
+    and a learner at once; ids are 1..2^63-1."""
+    voters = frozenset(voters)
+    learners = frozenset(learners)
+    both = voters & learners
+    if both:
+        raise ValueError(f"node {min(both)} cannot be a voter and a learner at once")
+    urls = urls or {}
+    out = [CONF_FORMAT.to_bytes(1, "little"), (len(voters) + len(learners)).to_bytes(4, "little")]
+    for nid in sorted(voters | learners):
+        if not 0 < nid < _ID_LIMIT:
+            raise ValueError(f"node id {nid} is out of range 1..2^63-1")
+        url = urls.get(nid, "").encode("utf-8")
+        if len(url) > 0xFFFF:
+            raise ValueError(f"node {nid}: address is longer than 65535 bytes")
+        out.append(nid.to_bytes(8, "little"))
+        out.append((CONF_VOTER if nid in voters else CONF_LEARNER).to_bytes(1, "little"))
+        out.append(len(url).to_bytes(2, "little"))
+        out.append(url)
+    return b"".join(out)
+
+
+def decode_config(data):
+    """(voters, learners, urls) from encode_config's bytes: two frozensets
+    and a dict id -> url holding only the urls that were given.  Raises
+    ConfigFormatError on anything else."""
+    data = bytes(data)
+    n = len(data)
+    if n < 5:
+        raise ConfigFormatError(f"configuration of {n} bytes is too short")
+    if data[0] != CONF_FORMAT:
+        raise ConfigFormatError(f"configuration format {data[0]} is not supported "
+                                f"(this build reads {CONF_FORMAT})")
+    count = int.from_bytes(data[1:5], "little")
+    voters, learners, urls = set(), set(), {}
+    pos = 5
+    prev = 0
+    for _ in range(count):
+        if pos + 11 > n:
+            raise ConfigFormatError("configuration ends inside a member")
+        nid = int.from_bytes(data[pos:pos + 8], "little")
+        role = data[pos + 8]
+        ulen = int.from_bytes(data[pos + 9:pos + 11], "little")
+        pos += 11
+        if not prev < nid < _ID_LIMIT:
+            raise ConfigFormatError(f"member id {nid} is out of order or out of range")
+        prev = nid
+        if pos + ulen > n:
+            raise ConfigFormatError("configuration ends inside an address")
+        if ulen:
+            try:
+                urls[nid] = data[pos:pos + ulen].decode("utf-8")
+            except UnicodeDecodeError:
+                raise ConfigFormatError(f"member {nid}: address is not UTF-8") from None
+        pos += ulen
+        if role == CONF_VOTER:
+            voters.add(nid)
+        elif role == CONF_LEARNER:
+            learners.add(nid)
+        else:
+            raise ConfigFormatError(f"member {nid}: unknown role {role}")
+    if pos != n:
+        raise ConfigFormatError(f"{n - pos} bytes after the last member")
+    return frozenset(voters), frozenset(learners), urls
