@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Peer frame codec, protocol version 1 (docs/protocol.md is the spec;
+"""Peer frame codec, protocol versions 1 and 2 (docs/protocol.md is the spec;
 tests/reference/codec_py.py is the same codec in plain Python).
 
 Encoding builds a whole frame in one bytes object: fixed fields, then the
@@ -20,14 +20,18 @@ cdef extern from "crc32c.h":
 
 cdef enum:
     _PROTOCOL_MIN = 1
-    _PROTOCOL_MAX = 1
-    _V1 = 1               # the layout this module writes
+    _PROTOCOL_MAX = 2
+    _V1 = 1               # the frame version of message types 1..10
+    _V2 = 2               # the frame version of the snapshot transfer types
     _HDR = 12             # frame header
     _MSG_FIXED = 68       # MESSAGE body before the entry block
     _HS_FIXED = 14        # HANDSHAKE body before the cluster id
     _HS_URL_LEN = 2       # the u16 client_url_len after the cluster id
     _ENT_HDR = 13         # entry header in a block
-    _MSG_TYPE_MAX = 10    # v1 message types are 1..10; a new type needs a new version
+    _MSG_TYPE_MAX_V1 = 10  # v1 message types are 1..10; a new type needs a new version
+    _MSG_TYPE_MAX = 12    # v2 adds 11 SNAPSHOT_CHUNK and 12 SNAPSHOT_ACK
+    _MSG_CHUNK = 11
+    _MSG_ACK = 12
     _ENTRY_TYPE_MAX = 2
     _F_HANDSHAKE = 1
     _F_HANDSHAKE_ACK = 2
@@ -44,6 +48,7 @@ FRAME_HANDSHAKE = _F_HANDSHAKE
 FRAME_HANDSHAKE_ACK = _F_HANDSHAKE_ACK
 FRAME_MESSAGE = _F_MESSAGE
 HEADER_SIZE = _HDR
+MSG_TYPE_MAX_V1 = _MSG_TYPE_MAX_V1
 DEFAULT_MAX_FRAME = 64 << 20
 
 # object.__new__ skips Message.__init__: the decoder sets every slot itself.
@@ -97,6 +102,14 @@ class Handshake:
         return (f"Handshake(cluster_id={self.cluster_id!r}, node_id={self.node_id}, "
                 f"versions={self.min_version}..{self.max_version}, "
                 f"client_url={self.client_url!r})")
+
+
+def message_version(mtype):
+    """The protocol version a message type first appears in, which is the
+    version its frames carry: 1 for types 1..10, 2 for the snapshot
+    transfer types.  A v1 message is written as a v1 frame on every
+    connection, so one encoding serves peers of either version."""
+    return _V2 if mtype > _MSG_TYPE_MAX_V1 else _V1
 
 
 def choose_version(int peer_min, int peer_max):
@@ -178,6 +191,31 @@ cdef inline void _put_header(uint8_t *p, uint8_t version, uint8_t ftype,
     _st32(p + 8, rf_crc32c(0, p + _HDR, body_len))
 
 
+cdef object _chunk_problem(uint64_t mtype, uint64_t count, uint64_t elen, uint64_t offset,
+                          uint64_t total, uint64_t last):
+    """What is wrong with a SNAPSHOT_CHUNK or SNAPSHOT_ACK's fields, or
+    None.  A chunk's data is raw snapshot file bytes (never walked as an
+    entry block): commit is its byte offset, hint the file's total size,
+    context 1 on the last chunk, which ends exactly at the total.  An ack
+    carries no data.  Written so that no sum can overflow (an encoder's
+    fields may be any u64)."""
+    if mtype == _MSG_ACK:
+        if elen != 0:
+            return f"snapshot ack with {elen} bytes of data"
+        return None
+    if count != 0:
+        return f"snapshot chunk with count={count} (its data is raw bytes, not entries)"
+    if last > 1:
+        return f"snapshot chunk last flag (context) is {last}, not 0 or 1"
+    if offset > total or elen > total - offset:
+        return (f"snapshot chunk of {elen} bytes at offset {offset} runs past its total "
+                f"size {total}")
+    if (last == 1) != (offset + elen == total):
+        return (f"snapshot chunk last flag is {last} but it ends at {offset + elen} "
+                f"of {total} bytes")
+    return None
+
+
 _MSG_U64_FIELDS = ("frm", "term", "index", "log_term", "commit", "hint", "context")
 
 cdef object _field_range_error(msg):
@@ -217,7 +255,7 @@ def encode_message(msg):
         raise _field_range_error(msg) from None
     reject = msg.reject
     if mtype < 1 or mtype > _MSG_TYPE_MAX:
-        raise ValueError(f"Message.type={mtype} is not a protocol v1 message type")
+        raise ValueError(f"Message.type={mtype} is not a message type (1..{_MSG_TYPE_MAX})")
     if frm == 0 or frm > _ID_MAX:
         raise ValueError(f"Message.frm={frm} is not a node id (1..2**63-1)")
     if count > _U32_MAX:
@@ -230,7 +268,11 @@ def encode_message(msg):
     try:
         if elen > _U32_MAX - _MSG_FIXED:
             raise ValueError(f"entry block of {elen} bytes does not fit in one frame")
-        if elen == 0:
+        if mtype == _MSG_CHUNK or mtype == _MSG_ACK:
+            problem = _chunk_problem(mtype, count, elen, commit, hint, context)
+            if problem is not None:
+                raise ValueError(problem)
+        elif elen == 0:
             if count != 0:
                 raise ValueError(f"Message.count={count} but there is no entry block")
         else:
@@ -258,7 +300,8 @@ def encode_message(msg):
         _st32(b + 64, <uint32_t>elen)
         if elen:
             memcpy(b + _MSG_FIXED, view.buf, elen)
-        _put_header(p, _V1, _F_MESSAGE, <uint32_t>(_MSG_FIXED + elen))
+        _put_header(p, _V2 if mtype > _MSG_TYPE_MAX_V1 else _V1, _F_MESSAGE,
+                    <uint32_t>(_MSG_FIXED + elen))
     finally:
         if have_view:
             PyBuffer_Release(&view)
@@ -328,6 +371,7 @@ cdef class FrameDecoder:
     # The header of the frame whose body is awaited, validated once.
     cdef bint _have_header
     cdef uint8_t _ftype
+    cdef uint8_t _version
     cdef uint32_t _body_len
     cdef uint32_t _crc
 
@@ -390,6 +434,7 @@ cdef class FrameDecoder:
             version = h[4]
             reserved = _ld16(h + 6)
             self._ftype = h[5]
+            self._version = version
             self._body_len = _ld32(h)
             self._crc = _ld32(h + 8)
             if version < _PROTOCOL_MIN or version > _PROTOCOL_MAX:
@@ -432,8 +477,9 @@ cdef class FrameDecoder:
         cdef uint64_t frm = _ld64(f + 4)
         cdef uint32_t count = _ld32(f + 60)
         cdef uint32_t elen = _ld32(f + 64)
-        if mtype < 1 or mtype > _MSG_TYPE_MAX:
-            raise self._fail(FrameMalformed(f"unknown message type {mtype}"))
+        if mtype < 1 or mtype > (_MSG_TYPE_MAX if self._version >= _V2 else _MSG_TYPE_MAX_V1):
+            raise self._fail(FrameMalformed(
+                f"unknown message type {mtype} (protocol v{self._version})"))
         if flags & 0xFE:
             raise self._fail(FrameMalformed(f"reserved message flags set: {flags:#04x}"))
         if _ld16(f + 2) != 0:
@@ -450,7 +496,16 @@ cdef class FrameDecoder:
         if elen != blen - _MSG_FIXED:
             raise self._fail(FrameMalformed(
                 f"entries_len={elen} but {blen - _MSG_FIXED} bytes follow"))
-        if elen == 0:
+        if mtype == _MSG_CHUNK or mtype == _MSG_ACK:
+            problem = _chunk_problem(mtype, count, elen, _ld64(f + 36), _ld64(f + 44),
+                                     _ld64(f + 52))
+            if problem is not None:
+                raise self._fail(FrameMalformed(problem))
+            entries = None
+            if elen:
+                entries = PyBytes_FromStringAndSize(NULL, elen)
+                self._gather(_HDR + _MSG_FIXED, <uint8_t *>PyBytes_AS_STRING(entries), elen)
+        elif elen == 0:
             if count != 0:
                 raise self._fail(FrameMalformed(f"count={count} without an entry block"))
             entries = None

@@ -18,8 +18,8 @@ import asyncio
 import os
 import random
 
-from ._codec import (FRAME_HANDSHAKE, FRAME_HANDSHAKE_ACK, FRAME_MESSAGE, PROTOCOL_MAX,
-                     PROTOCOL_MIN, FrameDecoder, FrameError, choose_version,
+from ._codec import (FRAME_HANDSHAKE, FRAME_HANDSHAKE_ACK, FRAME_MESSAGE, MSG_TYPE_MAX_V1,
+                     PROTOCOL_MAX, PROTOCOL_MIN, FrameDecoder, FrameError, choose_version,
                      encode_handshake, encode_handshake_ack, encode_message)
 from .address import create_server, open_connection, parse_address, set_nodelay
 
@@ -40,7 +40,7 @@ class _Peer:
     """The connection this node dials to one peer, and its retry state."""
 
     __slots__ = ("id", "addr", "proto", "writable", "task", "timer", "backoff",
-                 "dialed", "failing")
+                 "dialed", "failing", "version")
 
     def __init__(self, peer_id, addr):
         self.id = peer_id
@@ -52,6 +52,7 @@ class _Peer:
         self.backoff = BACKOFF_MIN
         self.dialed = False
         self.failing = False    # a failure was logged; later ones go to debug
+        self.version = 0        # the protocol version its handshake ack chose
 
 
 class PeerTransport:
@@ -138,6 +139,10 @@ class PeerTransport:
             raise ValueError(f"message from {msg.frm} sent by node {self.node_id}: {msg!r}")
         peer = self._peers.get(msg.to)
         if peer is not None and peer.writable:
+            if msg.type > MSG_TYPE_MAX_V1 and peer.version < 2:
+                # A v1 peer could not decode it: never send it one.
+                self.frames_dropped += 1
+                return False
             # Encoded only once the peer can take it: a dropped message
             # (say a large append under back-pressure) costs no encoding.
             return self._write(peer, encode_message(msg))
@@ -174,6 +179,10 @@ class PeerTransport:
         for to, batch in by_peer.items():
             peer = self._peers.get(to)
             if peer is not None and peer.writable:
+                if peer.version < 2:
+                    kept = [m for m in batch if m.type <= MSG_TYPE_MAX_V1]
+                    self.frames_dropped += len(batch) - len(kept)
+                    batch = kept
                 frames = [encode_message(m) for m in batch]
                 try:
                     peer.proto.transport.writelines(frames)
@@ -217,6 +226,12 @@ class PeerTransport:
         peer = self._peers.get(node_id)
         return (peer is not None and peer.proto is not None and peer.proto.acked
                 and not peer.proto.transport.is_closing())
+
+    def peer_version(self, node_id):
+        """The protocol version of the connection dialed to node_id, or 0
+        while there is none (the snapshot transfer needs version 2)."""
+        peer = self._peers.get(node_id)
+        return peer.version if peer is not None and peer.proto is not None else 0
 
     def peer_client_url(self, node_id):
         """The client URL node_id advertised in its last handshake, or None."""
@@ -312,6 +327,7 @@ class PeerTransport:
         return tasks
 
     def _outbound_ready(self, peer, proto, version):
+        peer.version = version
         peer.backoff = BACKOFF_MIN
         peer.failing = False
         peer.writable = not proto.paused

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from raftfast import _codec as codec_c
 from raftfast._crc import crc32c as crc32c_c
 from raftfast.messages import (MSG_APPEND, MSG_APPEND_RESP, MSG_HEARTBEAT, MSG_NAMES,
-                               Message)
+                               MSG_SNAPSHOT_ACK, MSG_SNAPSHOT_CHUNK, Message)
 from reference import codec_py
 
 ID_MAX = (1 << 63) - 1
@@ -86,10 +86,29 @@ entry_lists = st.lists(st.tuples(u64, st.integers(0, 2), st.binary(max_size=40))
 
 
 @st.composite
+def snapshot_messages(draw):
+    """SNAPSHOT_CHUNK (raw bytes at an offset of a total size, last flag in
+    context) and SNAPSHOT_ACK (no data) with well-formed fields."""
+    common = dict(to=draw(st.integers(0, ID_MAX)), frm=draw(node_ids), term=draw(below_2_63),
+                  index=draw(below_2_63), log_term=draw(below_2_63))
+    if draw(st.booleans()):
+        return Message(MSG_SNAPSHOT_ACK, commit=draw(below_2_63), reject=draw(st.booleans()),
+                       hint=draw(below_2_63), context=draw(u64), **common)
+    data = draw(st.binary(max_size=60))
+    offset = draw(st.integers(0, ID_MAX - len(data) - 1000))
+    total = offset + len(data) + draw(st.sampled_from([0, 0, 1, 999]))
+    return Message(MSG_SNAPSHOT_CHUNK, commit=offset, hint=total,
+                   context=int(offset + len(data) == total), entries=data or None,
+                   reject=draw(st.booleans()), **common)
+
+
+@st.composite
 def messages(draw):
+    if draw(st.integers(0, 5)) == 0:
+        return draw(snapshot_messages())
     ents = draw(st.none() | entry_lists)
     block = make_block(ents) if ents else None
-    return Message(draw(st.sampled_from(sorted(MSG_NAMES))), to=draw(st.integers(0, ID_MAX)),
+    return Message(draw(st.integers(1, 10)), to=draw(st.integers(0, ID_MAX)),
                    frm=draw(node_ids), term=draw(below_2_63), index=draw(below_2_63),
                    log_term=draw(below_2_63), commit=draw(below_2_63),
                    reject=draw(st.booleans()), hint=draw(below_2_63),
@@ -132,13 +151,16 @@ def test_constants_match_the_twin():
     for name in ("PROTOCOL_MIN", "PROTOCOL_MAX", "FRAME_HANDSHAKE", "FRAME_HANDSHAKE_ACK",
                  "FRAME_MESSAGE", "HEADER_SIZE", "DEFAULT_MAX_FRAME"):
         assert getattr(codec_c, name) == getattr(codec_py, name), name
-    assert (codec_c.PROTOCOL_MIN, codec_c.PROTOCOL_MAX, codec_c.HEADER_SIZE) == (1, 1, 12)
+    assert (codec_c.PROTOCOL_MIN, codec_c.PROTOCOL_MAX, codec_c.HEADER_SIZE) == (1, 2, 12)
     assert codec_c.DEFAULT_MAX_FRAME == 64 << 20
 
 
-def test_message_types_are_pinned_to_protocol_v1():
+def test_message_types_are_pinned_to_protocol_versions():
     # A new message type changes the wire format: it needs a protocol version.
-    assert set(MSG_NAMES) == set(range(1, 11))
+    assert set(MSG_NAMES) == set(range(1, 13))
+    assert codec_c.MSG_TYPE_MAX_V1 == 10
+    assert [codec_c.message_version(t) for t in range(1, 13)] == [1] * 10 + [2, 2]
+    assert [codec_py.message_version(t) for t in range(1, 13)] == [1] * 10 + [2, 2]
 
 
 @CODEC_SETTINGS
@@ -172,14 +194,16 @@ def test_frame_layout_is_as_documented():
                                         3, len(SAMPLE_BLOCK))
     assert f[12 + 68:] == SAMPLE_BLOCK
     h = codec_c.encode_handshake("c1", 7)
-    assert h == raw_frame(1, struct.pack("<HHQH", 1, 1, 7, 2) + b"c1" + b"\x00\x00")
-    assert codec_c.encode_handshake_ack("c1", 7, 1) == raw_frame(2, h[12:])
+    assert h == raw_frame(1, struct.pack("<HHQH", 1, 2, 7, 2) + b"c1" + b"\x00\x00")
+    assert codec_c.encode_handshake_ack("c1", 7, 1) == raw_frame(
+        2, struct.pack("<HHQH", 1, 1, 7, 2) + b"c1" + b"\x00\x00")
     url = "tcp://hôst:7001"
     h = codec_c.encode_handshake("c1", 7, client_url=url)
-    assert h == raw_frame(1, struct.pack("<HHQH", 1, 1, 7, 2) + b"c1"
+    assert h == raw_frame(1, struct.pack("<HHQH", 1, 2, 7, 2) + b"c1"
                           + struct.pack("<H", len(url.encode())) + url.encode())
     assert len(url.encode()) == len(url) + 1  # the length counts bytes, not characters
-    assert codec_c.encode_handshake_ack("c1", 7, 1, client_url=url) == raw_frame(2, h[12:])
+    assert codec_c.encode_handshake_ack("c1", 7, 1, client_url=url) == raw_frame(
+        2, struct.pack("<HHQH", 1, 1, 7, 2) + h[12 + 14:])
 
 
 def test_reject_is_flag_bit_zero():
@@ -265,7 +289,7 @@ def test_split_at_random_points_yields_the_same_frames(mod, msgs, url, data):
         start = end
         got += drain(dec)
         assert dec.pending_bytes == fed - sum(map(len, frames[:len(got)]))
-    assert got[0] == (mod.FRAME_HANDSHAKE, mod.Handshake("raftfast", 9, 1, 1, url))
+    assert got[0] == (mod.FRAME_HANDSHAKE, mod.Handshake("raftfast", 9, 1, 2, url))
     assert got[1:] == [(mod.FRAME_MESSAGE, received(m)) for m in msgs]
     assert dec.pending_bytes == 0
 
@@ -273,7 +297,7 @@ def test_split_at_random_points_yields_the_same_frames(mod, msgs, url, data):
 @pytest.mark.parametrize("mod", IMPLS)
 def test_many_frames_in_one_feed(mod):
     rng = random.Random(5)
-    msgs = [Message(rng.choice(sorted(MSG_NAMES)), frm=rng.randint(1, ID_MAX),
+    msgs = [Message(rng.randint(1, 10), frm=rng.randint(1, ID_MAX),
                     term=rng.randint(0, ID_MAX), index=i, commit=rng.randint(0, 99),
                     entries=SAMPLE_BLOCK if i % 3 == 0 else None, count=3 if i % 3 == 0 else 0)
             for i in range(200)]
@@ -392,7 +416,7 @@ def test_any_flipped_body_bit_is_a_checksum_error(mod):
 
 
 @pytest.mark.parametrize("mod", IMPLS)
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 3, 255])
 def test_unknown_header_version(mod, version):
     expect_error(mod, raw_frame(3, msg_body(), version=version), "FrameVersionError")
 
@@ -455,6 +479,83 @@ def test_malformed_message_bodies(mod, case):
     body, phrase = BAD_MESSAGE_BODIES[case]
     _, err = expect_error(mod, raw_frame(3, body), "FrameMalformed")
     assert phrase in str(err)
+
+
+def chunk_body(data=b"xyz", offset=0, total=None, last=None, count=0, entries_len=None,
+               mtype=MSG_SNAPSHOT_CHUNK, frm=1, term=2):
+    """A SNAPSHOT_CHUNK (or, with mtype, SNAPSHOT_ACK) body with any field."""
+    if total is None:
+        total = offset + len(data)
+    if last is None:
+        last = int(offset + len(data) == total)
+    return struct.pack("<BBHQQQQQQQII", mtype, 0, 0, frm, term, 9, 3, offset, total, last,
+                       count, len(data) if entries_len is None else entries_len) + data
+
+
+# Protocol v2 frames (the snapshot transfer types), one defect each.
+BAD_V2_BODIES = {
+    "msg type 13": (msg_body(mtype=13), "unknown message type 13 (protocol v2)"),
+    "chunk with a count": (chunk_body(count=1), "snapshot chunk with count=1"),
+    "chunk past its total": (chunk_body(offset=5, total=6),
+                             "snapshot chunk of 3 bytes at offset 5 runs past its total size 6"),
+    "last chunk short of its total": (chunk_body(total=4, last=1),
+                                      "last flag is 1 but it ends at 3 of 4 bytes"),
+    "chunk at its total not last": (chunk_body(last=0), "last flag is 0 but it ends at 3 of 3"),
+    "last flag 2": (chunk_body(last=2), "last flag (context) is 2, not 0 or 1"),
+    "chunk offset 2**63": (chunk_body(offset=1 << 63, total=(1 << 63) + 3),
+                           f"commit={1 << 63} is not below 2**63"),
+    "chunk entries_len short": (chunk_body(entries_len=2), "entries_len=2 but 3 bytes follow"),
+    "ack with data": (chunk_body(mtype=MSG_SNAPSHOT_ACK, total=3, last=0),
+                      "snapshot ack with 3 bytes of data"),
+}
+
+
+@pytest.mark.parametrize("mod", IMPLS)
+@pytest.mark.parametrize("case", sorted(BAD_V2_BODIES))
+def test_malformed_v2_message_bodies(mod, case):
+    body, phrase = BAD_V2_BODIES[case]
+    _, err = expect_error(mod, raw_frame(3, body, version=2), "FrameMalformed")
+    assert phrase in str(err)
+
+
+@pytest.mark.parametrize("mod", IMPLS)
+@pytest.mark.parametrize("mtype", [MSG_SNAPSHOT_CHUNK, MSG_SNAPSHOT_ACK])
+def test_snapshot_types_need_a_v2_frame(mod, mtype):
+    # A v1 peer never receives them; one arriving in a v1 frame is malformed.
+    body = chunk_body(mtype=mtype, data=b"" if mtype == MSG_SNAPSHOT_ACK else b"xyz")
+    _, err = expect_error(mod, raw_frame(3, body, version=1), "FrameMalformed")
+    assert f"unknown message type {mtype} (protocol v1)" in str(err)
+    dec = new_decoder(mod)
+    dec.feed(raw_frame(3, body, version=2))
+    assert dec.next()[1].type == mtype
+
+
+def test_v1_messages_keep_v1_frames_and_chunks_are_v2():
+    # One encoding of an append serves v1 and v2 peers alike.
+    assert codec_c.encode_message(SAMPLE)[4] == 1
+    chunk = Message(MSG_SNAPSHOT_CHUNK, frm=1, term=2, index=9, log_term=3, commit=4, hint=7,
+                    context=1, entries=b"abc")
+    f = codec_c.encode_message(chunk)
+    assert f[4] == 2 and f == codec_py.encode_message(chunk)
+    assert f[12:12 + 68] == struct.pack("<BBHQQQQQQQII", MSG_SNAPSHOT_CHUNK, 0, 0, 1, 2, 9, 3,
+                                        4, 7, 1, 0, 3)
+    assert f[12 + 68:] == b"abc"
+    ack = Message(MSG_SNAPSHOT_ACK, frm=2, term=2, index=9, log_term=3, commit=7, reject=True)
+    f = codec_c.encode_message(ack)
+    assert f[4] == 2 and f[13] == 1 and len(f) == 12 + 68
+
+
+@pytest.mark.parametrize("mod", IMPLS)
+def test_chunk_data_is_not_read_as_an_entry_block(mod):
+    # Raw file bytes: a header announcing more data than follows, an entry
+    # type of 255 - nonsense as entries, fine as a piece of a file.
+    data = struct.pack("<IQB", 1 << 20, 5, 255) + b"\xff" * 40
+    m = Message(MSG_SNAPSHOT_CHUNK, frm=3, term=1, index=2, log_term=1, commit=100,
+                hint=100 + len(data) + 1, entries=data)
+    dec = new_decoder(mod)
+    dec.feed(mod.encode_message(m))
+    got = dec.next()[1]
+    assert got == received(m) and got.entries == data and got.count == 0
 
 
 BAD_HANDSHAKE_BODIES = {
@@ -571,7 +672,7 @@ def mutated_frames(recompute_crc):
             return f[:pos % len(f)] + bytes([val]) + f[pos % len(f) + 1:]
         body = bytearray(f[12:])
         body[pos % len(body)] = val
-        return raw_frame(f[5], bytes(body))
+        return raw_frame(f[5], bytes(body), version=f[4])
     base = st.one_of(messages().map(codec_py.encode_message),
                      handshakes.map(lambda h: codec_py.encode_handshake(*h)))
     return st.tuples(base, st.integers(0, 10_000), st.integers(0, 255)).map(mutate)
@@ -624,7 +725,18 @@ BAD_MESSAGES = {
     "frm 0": Message(MSG_APPEND, frm=0),
     "frm 2**63": Message(MSG_APPEND, frm=1 << 63),
     "type 0": Message(0, frm=1),
-    "type 11": Message(11, frm=1),
+    "type 13": Message(13, frm=1),
+    "chunk with an entry count": Message(MSG_SNAPSHOT_CHUNK, frm=1, hint=1, context=1,
+                                         entries=b"x", count=1),
+    "chunk past its total": Message(MSG_SNAPSHOT_CHUNK, frm=1, commit=5, hint=6, context=1,
+                                    entries=b"xy"),
+    "chunk offset 2**64-1": Message(MSG_SNAPSHOT_CHUNK, frm=1, commit=U64_MAX, hint=6,
+                                    entries=b"xy"),
+    "last chunk short of its total": Message(MSG_SNAPSHOT_CHUNK, frm=1, hint=3, context=1,
+                                             entries=b"xy"),
+    "chunk at the total not last": Message(MSG_SNAPSHOT_CHUNK, frm=1, hint=2, entries=b"xy"),
+    "chunk last flag 2": Message(MSG_SNAPSHOT_CHUNK, frm=1, hint=2, context=2, entries=b"xy"),
+    "ack with data": Message(MSG_SNAPSHOT_ACK, frm=1, entries=ONE, count=1),
     "negative term": Message(MSG_APPEND, frm=1, term=-1),
     "commit 2**64": Message(MSG_APPEND, frm=1, commit=1 << 64),
     "count without a block": Message(MSG_APPEND, frm=1, count=2),
@@ -675,9 +787,11 @@ def test_client_url_of_65535_bytes_is_accepted(mod):
 
 @pytest.mark.parametrize("mod", IMPLS)
 def test_choose_version_takes_the_highest_common(mod):
-    assert mod.choose_version(1, 1) == 1
-    assert mod.choose_version(1, 9) == 1
-    assert mod.choose_version(2, 9) is None
+    assert mod.choose_version(1, 1) == 1   # a v1-only peer gets v1: no snapshot types
+    assert mod.choose_version(1, 2) == 2
+    assert mod.choose_version(1, 9) == 2
+    assert mod.choose_version(2, 9) == 2
+    assert mod.choose_version(3, 9) is None
 
 
 def test_decoder_rejects_a_non_positive_limit():

@@ -7,10 +7,11 @@ import struct
 import pytest
 import uvloop
 
-from raftfast._codec import (FRAME_HANDSHAKE_ACK, FrameDecoder, encode_handshake,
-                             encode_message)
+from raftfast._codec import (FRAME_HANDSHAKE_ACK, FRAME_MESSAGE, FrameDecoder,
+                             encode_handshake, encode_handshake_ack, encode_message)
 from raftfast.address import AddressInUse
-from raftfast.messages import MSG_APPEND, MSG_APPEND_RESP, MSG_HEARTBEAT, Message
+from raftfast.messages import (MSG_APPEND, MSG_APPEND_RESP, MSG_HEARTBEAT, MSG_SNAPSHOT_ACK,
+                               MSG_SNAPSHOT_CHUNK, Message)
 from raftfast.transport import PeerTransport
 
 LOG = logging.getLogger("test.transport")
@@ -193,7 +194,7 @@ def run_raw(tmp_path, caplog, client):
 def test_version_mismatch_refused(tmp_path, caplog):
     def client(url):
         with raw_client(url) as s:
-            s.sendall(encode_handshake("raftfast", 9, min_version=2, max_version=3))
+            s.sendall(encode_handshake("raftfast", 9, min_version=3, max_version=4))
             return read_until_closed(s)
     data, got, warnings = run_raw(tmp_path, caplog, client)
     assert data == b""  # closed without an ack
@@ -211,7 +212,7 @@ def test_overlapping_version_range_gets_highest_common(tmp_path, caplog):
     (ftype, ack), _, warnings = run_raw(tmp_path, caplog, client)
     assert ftype == FRAME_HANDSHAKE_ACK
     assert (ack.cluster_id, ack.node_id, ack.min_version, ack.max_version) == \
-        ("raftfast", 2, 1, 1)
+        ("raftfast", 2, 2, 2)
     assert warnings == []
 
 
@@ -471,3 +472,69 @@ def test_a_huge_frame_before_the_handshake_is_refused_from_its_header(tmp_path, 
     data, got, warnings = run_raw(tmp_path, caplog, client)
     assert data == b""
     assert any("exceeds the limit" in w for w in warnings), warnings
+
+
+def chunk_msg(frm, to, data=b"snapshot bytes"):
+    return Message(MSG_SNAPSHOT_CHUNK, to=to, frm=frm, term=3, index=40, log_term=2, commit=0,
+                   hint=len(data), context=1, entries=data)
+
+
+def test_v2_peers_exchange_snapshot_messages(tmp_path):
+    async def main():
+        (a, b), _ = await cluster("unix", tmp_path, 2)
+        try:
+            await a.connect(2)
+            await b.connect(1)
+            assert a.t.peer_version(2) == 2 and b.t.peer_version(1) == 2
+            del a.got[:], b.got[:]
+            assert a.t.send(chunk_msg(1, 2))
+            assert b.t.send(Message(MSG_SNAPSHOT_ACK, to=1, frm=2, term=3, index=40,
+                                    log_term=2, commit=14))
+            await until(lambda: b.got and a.got, "deliveries")
+            assert b.got == [chunk_msg(1, 2)]
+            assert a.got[0].type == MSG_SNAPSHOT_ACK and a.got[0].commit == 14
+        finally:
+            await a.t.close()
+            await b.t.close()
+    run(main())
+
+
+def test_a_v1_peer_never_receives_snapshot_messages(tmp_path):
+    """A peer of the previous release acks the handshake with version 1:
+    the snapshot transfer types are dropped at the sender, everything else
+    still goes, in v1 frames."""
+    async def main():
+        frames = []
+
+        async def v1_peer(reader, writer):
+            dec = FrameDecoder(1 << 20)
+            acked = False
+            while data := await reader.read(65536):
+                dec.feed(data)
+                while (f := dec.next()) is not None:
+                    if not acked:
+                        writer.write(encode_handshake_ack("raftfast", 2, 1))
+                        acked = True
+                    else:
+                        frames.append(f)
+            writer.close()
+
+        path = str(tmp_path / "v1.sock")
+        server = await asyncio.start_unix_server(v1_peer, path)
+        a = Node(1, addresses={2: f"unix://{path}"})
+        try:
+            await a.connect(2)
+            assert a.t.peer_version(2) == 1
+            dropped = a.t.stats()["frames_dropped"]
+            assert not a.t.send(chunk_msg(1, 2))
+            assert a.t.send_many([chunk_msg(1, 2), a.msg(2, 5)]) == 1
+            assert a.t.send(a.msg(2, 6))
+            assert a.t.stats()["frames_dropped"] == dropped + 2
+            await until(lambda: sum(m.context in (5, 6) for _, m in frames) == 2,
+                        "the heartbeats")
+            assert all(ft == FRAME_MESSAGE and m.type == MSG_HEARTBEAT for ft, m in frames)
+        finally:
+            await a.t.close()
+            server.close()
+            await server.wait_closed()
+    run(main())

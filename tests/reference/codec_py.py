@@ -1,4 +1,4 @@
-"""The peer frame codec, protocol version 1, in plain Python: the readable
+"""The peer frame codec, protocol versions 1 and 2, in plain Python: the readable
 specification that raftfast._codec (ext/codec.pyx) is tested against.
 docs/protocol.md describes the same format in prose.
 
@@ -9,7 +9,7 @@ import struct
 from raftfast.messages import ENTRY_HEADER_SIZE, Message
 
 PROTOCOL_MIN = 1
-PROTOCOL_MAX = 1
+PROTOCOL_MAX = 2
 FRAME_HANDSHAKE = 1
 FRAME_HANDSHAKE_ACK = 2
 FRAME_MESSAGE = 3
@@ -20,7 +20,12 @@ ID_MAX = (1 << 63) - 1
 # Message fields no node can take to 2**63 (terms and indexes grow by one);
 # a receiver refuses a frame with a larger one.  The encoder writes any u64.
 BOUNDED_FIELDS = ("term", "index", "log_term", "commit", "hint")
-MSG_TYPES = range(1, 11)      # protocol v1: MSG_APPEND .. MSG_SNAPSHOT
+MSG_TYPE_MAX_V1 = 10
+# The message types of each frame version: v2 adds 11 SNAPSHOT_CHUNK and
+# 12 SNAPSHOT_ACK; a v1 type is written as a v1 frame on any connection.
+MSG_TYPES = {1: range(1, 11), 2: range(1, 13)}
+MSG_CHUNK = 11
+MSG_ACK = 12
 ENTRY_TYPES = range(0, 3)     # ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG
 
 HEADER = struct.Struct("<IBBHI")
@@ -119,24 +124,56 @@ def frame(frame_type, body, version=1):
     return HEADER.pack(len(body), version, frame_type, 0, crc32c(body)) + body
 
 
+def message_version(mtype):
+    return 2 if mtype > MSG_TYPE_MAX_V1 else 1
+
+
+def chunk_problem(mtype, count, data_len, offset, total, last):
+    """What is wrong with a SNAPSHOT_CHUNK's or SNAPSHOT_ACK's fields, or
+    None.  A chunk's data is raw snapshot file bytes: commit = its offset,
+    hint = the file's total size, context = 1 on the last chunk (which ends
+    exactly at the total).  An ack carries no data."""
+    if mtype == MSG_ACK:
+        return f"snapshot ack with {data_len} bytes of data" if data_len else None
+    if count:
+        return f"snapshot chunk with count={count} (its data is raw bytes, not entries)"
+    if last > 1:
+        return f"snapshot chunk last flag (context) is {last}, not 0 or 1"
+    if offset + data_len > total:
+        return (f"snapshot chunk of {data_len} bytes at offset {offset} runs past its total "
+                f"size {total}")
+    if (last == 1) != (offset + data_len == total):
+        return (f"snapshot chunk last flag is {last} but it ends at {offset + data_len} "
+                f"of {total} bytes")
+    return None
+
+
 def encode_message(msg):
-    if msg.type not in MSG_TYPES:
-        raise ValueError(f"Message.type={msg.type} is not a protocol v1 message type")
+    if msg.type not in MSG_TYPES[2]:
+        raise ValueError(f"Message.type={msg.type} is not a message type (1..12)")
     if not 1 <= msg.frm <= ID_MAX:
         raise ValueError(f"Message.frm={msg.frm} is not a node id")
     block = bytes(msg.entries) if msg.entries is not None else b""
-    found = count_entries(block)
-    if isinstance(found, str):
-        raise ValueError("bad entry block: " + found)
-    if found != msg.count:
-        raise ValueError(f"Message.count={msg.count} but the block holds {found} entries")
+    if msg.type in (MSG_CHUNK, MSG_ACK):
+        if not 0 <= msg.count < 1 << 32:
+            raise ValueError(f"Message.count={msg.count} does not fit in u32")
+        problem = chunk_problem(msg.type, msg.count, len(block), msg.commit, msg.hint,
+                                msg.context)
+        if problem is not None:
+            raise ValueError(problem)
+    else:
+        found = count_entries(block)
+        if isinstance(found, str):
+            raise ValueError("bad entry block: " + found)
+        if found != msg.count:
+            raise ValueError(f"Message.count={msg.count} but the block holds {found} entries")
     try:
         fixed = MSG_FIXED.pack(msg.type, 1 if msg.reject else 0, 0, msg.frm, msg.term,
                                msg.index, msg.log_term, msg.commit, msg.hint, msg.context,
                                msg.count, len(block))
     except struct.error as e:
         raise ValueError(f"a Message field does not fit: {e}") from None
-    return frame(FRAME_MESSAGE, fixed + block)
+    return frame(FRAME_MESSAGE, fixed + block, version=message_version(msg.type))
 
 
 def _encode_hs(frame_type, cluster_id, node_id, min_version, max_version, client_url):
@@ -165,14 +202,14 @@ def encode_handshake_ack(cluster_id, node_id, version, client_url=""):
     return _encode_hs(FRAME_HANDSHAKE_ACK, cluster_id, node_id, version, version, client_url)
 
 
-def decode_message_body(body):
+def decode_message_body(body, version=1):
     if len(body) < MSG_FIXED.size:
         raise FrameMalformed(f"message body of {len(body)} bytes is shorter than its "
                              f"{MSG_FIXED.size} fixed bytes")
     (mtype, flags, reserved, frm, term, index, log_term, commit, hint, context,
      count, entries_len) = MSG_FIXED.unpack_from(body)
-    if mtype not in MSG_TYPES:
-        raise FrameMalformed(f"unknown message type {mtype}")
+    if mtype not in MSG_TYPES[version]:
+        raise FrameMalformed(f"unknown message type {mtype} (protocol v{version})")
     if flags & 0xFE:
         raise FrameMalformed(f"reserved message flags set: {flags:#04x}")
     if reserved:
@@ -186,7 +223,12 @@ def decode_message_body(body):
         raise FrameMalformed(f"entries_len={entries_len} but {len(body) - MSG_FIXED.size} "
                              "bytes follow")
     entries = None
-    if entries_len == 0:
+    if mtype in (MSG_CHUNK, MSG_ACK):
+        problem = chunk_problem(mtype, count, entries_len, commit, hint, context)
+        if problem is not None:
+            raise FrameMalformed(problem)
+        entries = body[MSG_FIXED.size:] or None
+    elif entries_len == 0:
         if count != 0:
             raise FrameMalformed(f"count={count} without an entry block")
     else:
@@ -303,7 +345,7 @@ class FrameDecoderPy:
         if crc32c(body) != crc:
             raise FrameChecksumError("frame body does not match its CRC32C")
         if frame_type == FRAME_MESSAGE:
-            obj = decode_message_body(body)
+            obj = decode_message_body(body, version)
         else:
             obj = decode_handshake_body(frame_type, body)
         self._consume(HEADER_SIZE + body_len)
