@@ -21,13 +21,19 @@ import _thread
 import collections
 import heapq
 import logging
+import os
+import secrets
 import threading
 import random
 import time
 
 from ._codec import encode_message
+from ._kv import SnapshotBusy
 from .core import LEADER, CoreConfig, Raft
-from .messages import MSG_APPEND
+from .messages import MSG_APPEND, MSG_SNAPSHOT, MSG_SNAPSHOT_ACK, MSG_SNAPSHOT_CHUNK, Message
+from .snapshot import SnapshotError, SnapshotWriter
+from .snapshot_transfer import Receiver, Sender
+from .storage import StorageError
 
 log = logging.getLogger("raftfast.driver")
 
@@ -138,6 +144,7 @@ class RaftDriver:
         self.entries_written = 0
         self.reads_served = 0
         self.read_batches = 0
+        self._snap_init()
 
     # ------------------------------------------------------------ running
 
@@ -157,6 +164,7 @@ class RaftDriver:
         self._fail_waiters("TIMEOUT outcome unknown")
         self._fail_reads(NOT_LEADER)
         self._end_transfers("TIMEOUT transfer did not complete")
+        self._snap_stop()
         if self._sync_thread is not None:
             try:
                 self._sync_wakeup.release()  # wake it, if idle, to see _stopped and exit
@@ -177,6 +185,7 @@ class RaftDriver:
             return
         self._tick_handle = self.loop.call_later(self.tick_s, self._on_tick)
         self._catch_up_ticks()
+        self._snap_tick()
         self._expire_waiters()
         self._expire_reads()
         self.schedule()
@@ -203,11 +212,15 @@ class RaftDriver:
         if lost:
             self.core.report_unreachable(peer)  # what was in that socket may be gone
         self.core.set_flow_paused(peer, not writable)
+        self._snap_peer_state(peer, writable, lost)
         self.schedule()
 
     def step(self, msg):
         """A message from a peer (the transport's callback)."""
         if self._stopped:
+            return
+        if msg.type >= MSG_SNAPSHOT:
+            self._snap_message(msg)  # runtime-level: never stepped into the core as is
             return
         try:
             self.core.step(msg)
@@ -344,6 +357,8 @@ class RaftDriver:
         try:
             while core.has_ready():
                 rd = core.ready()
+                if rd.snapshot is not None or self._install is not None:
+                    self._snap_ready(rd)  # before anything else of this Ready
                 if rd.entries or rd.hard_state is not None:
                     for first, block, count in rd.entries:
                         self.storage.append(first, block, count)
@@ -375,6 +390,7 @@ class RaftDriver:
             self._fail_waiters("TIMEOUT outcome unknown")
             self._fail_reads(NOT_LEADER)
         self._was_leader = core.role == LEADER
+        self._snap_after_process()
         if self.transfers:
             self._check_transfers()
         if not self.fsync:
@@ -397,6 +413,9 @@ class RaftDriver:
                     frame = frames[key] = encode_message(m)
                     self.append_frames_encoded += 1
                 ok = transport.send_frame(m.to, frame)
+            elif m.type == MSG_SNAPSHOT:
+                self._snap_send(m)  # streamed by a Sender, never encoded as is
+                continue
             else:
                 if m.type == MSG_APPEND:
                     self.appends_sent += 1
@@ -491,6 +510,393 @@ class RaftDriver:
                 break  # the rest arrives with the next committed block
             waiters.popleft()
             w.callback(w.results)
+
+    # ---------------------------------------------------------- snapshots
+    #
+    # Everything about snapshots lives in this section; elsewhere one-line
+    # hooks call in (step, on_peer_state, _on_tick, _process, _send, stop).
+    #   taking:     every --snapshot-entries applied entries, a SnapshotWriter
+    #               stepped from the loop, sync() in a thread, then the log
+    #               compacted behind it (storage in a thread, then the core);
+    #   sending:    the core's MSG_SNAPSHOT starts a Sender to that follower;
+    #   installing: a Receiver collects the leader's chunks; the complete
+    #               file is fsynced in a thread, loaded in steps from the
+    #               loop, stepped into the core as MSG_SNAPSHOT, and if the
+    #               next Ready says rd.snapshot, made the node's snapshot.
+    # A failure to take or compact is logged and retried later; only a
+    # failed install (the core already moved on) stops the node.
+
+    SNAP_STEP_KEYS = 8192        # keys per write/merge step: ~1 ms each
+    SNAP_RETRY_S = 5.0           # after a failed snapshot or compaction
+
+    def _snap_init(self):
+        timeout_s = self.cfg.election_timeout_ms / 1000.0
+        self.snap_resend_after = max(1.0, timeout_s)
+        self.snap_give_up_after = max(10.0, 10 * timeout_s)
+        self.senders = {}               # peer -> Sender
+        self.receiver = Receiver(self.core.id, self._incoming_snapshot_path,
+                                 stall_after=2 * self.snap_give_up_after)
+        self._received = None           # ReceivedSnapshot being synced or loaded
+        self._install = None            # ... stepped into the core, awaiting its Ready
+        self._snap_offer_waiting = False
+        self._snap_writer = None
+        self._snap_jobs = 0             # worker-thread jobs running (sync, compaction)
+        self._snap_retry_at = 0.0
+        self._snap_base = self.core.snapshot_index  # applied index of the newest snapshot
+        self._v1_warned = set()
+        # node.py's hook: called with the new KVStore once one is installed.
+        self.on_kv_replaced = None
+        self.snapshots_taken = 0
+        self.snapshot_failures = 0
+        self.compactions = 0
+        self.snapshots_sent = 0
+        self.snapshot_sends_failed = 0
+        self.snapshot_bytes_sent = 0
+        self.snapshots_installed = 0
+
+    def snapshot_stats(self):
+        """Counters for INFO stats."""
+        return {
+            "raftfast_snapshots_taken": self.snapshots_taken,
+            "raftfast_snapshot_failures": self.snapshot_failures,
+            "raftfast_compactions": self.compactions,
+            "raftfast_snapshots_sent": self.snapshots_sent,
+            "raftfast_snapshot_sends_failed": self.snapshot_sends_failed,
+            "raftfast_snapshot_bytes_sent": self.snapshot_bytes_sent,
+            "raftfast_snapshot_bytes_received": self.receiver.bytes_received,
+            "raftfast_snapshots_installed": self.snapshots_installed,
+        }
+
+    def _incoming_snapshot_path(self):
+        make = getattr(self.storage, "incoming_snapshot_path", None)
+        if make is not None:
+            return make()
+        # A temporary name recovery deletes (.snap-*.tmp in snap/).
+        snap_dir = os.path.dirname(self.storage.snapshot_path(0))
+        return os.path.join(snap_dir, f".snap-{secrets.token_hex(8)}.tmp")
+
+    def _snap_in_thread(self, fn, then, *args):
+        """Run fn() in a worker thread, then then(error, result, *args) on
+        the loop.  Nothing else touches what fn uses meanwhile."""
+        self._snap_jobs += 1
+
+        def done(fut):
+            self._snap_jobs -= 1
+            if self._stopped:
+                return
+            error = fut.exception()
+            try:
+                then(error, None if error is not None else fut.result(), *args)
+            except Exception as e:
+                self._internal_error(e)
+                return
+            if self._snap_jobs == 0 and self._snap_offer_waiting:
+                self._snap_offer_waiting = False
+                self._snap_offer()
+
+        self.loop.run_in_executor(None, fn).add_done_callback(done)
+
+    # ---- taking snapshots and compacting
+
+    def _snap_after_process(self):
+        core = self.core
+        if self.senders:
+            for peer, s in list(self.senders.items()):
+                if core.role != LEADER or s.term != core.term:
+                    s.close()  # the leader of the day decides what a follower needs
+                    del self.senders[peer]
+        if (self.cfg.snapshot_entries
+                and core.log.applied - self._snap_base >= self.cfg.snapshot_entries):
+            self._snap_maybe_take()
+
+    def _snap_maybe_take(self):
+        if (self._snap_writer is not None or self._snap_jobs or self._received is not None
+                or self._install is not None or time.monotonic() < self._snap_retry_at):
+            return
+        core = self.core
+        index = core.log.applied
+        if index <= core.snapshot_index:
+            return
+        try:
+            writer = SnapshotWriter(self.kv, self.storage.snapshot_path(index), index,
+                                    core.log.term(index), meta=core.config_at(index))
+        except SnapshotBusy:
+            # The last snapshot's overlay is still merging back; help it along.
+            self.kv.merge_step(self.SNAP_STEP_KEYS)
+            return
+        except (SnapshotError, OSError, ValueError) as e:
+            self._snap_failed(e)
+            return
+        self._snap_writer = writer
+        self.loop.call_soon(self._snap_write_step, writer)
+
+    def _snap_write_step(self, writer):
+        if self._snap_writer is not writer or self._stopped:
+            return
+        try:
+            if not writer.write_step(self.SNAP_STEP_KEYS):
+                self.loop.call_soon(self._snap_write_step, writer)  # yield to the loop
+                return
+        except SnapshotError as e:
+            self._snap_writer = None
+            self._snap_failed(e)
+            return
+        # Every key is in the file; fsync off the loop while the overlay
+        # merges back on it (sync touches only the file).
+        self._snap_in_thread(writer.sync, self._snap_synced, writer)
+        self.loop.call_soon(self._snap_merge_step, writer)
+
+    def _snap_merge_step(self, writer):
+        if not self._stopped and writer.kv is self.kv and not writer.merge_step(
+                self.SNAP_STEP_KEYS):
+            self.loop.call_soon(self._snap_merge_step, writer)
+
+    def _snap_synced(self, error, _, writer):
+        self._snap_writer = None
+        if error is not None:
+            writer.abort()
+            self._snap_failed(error)
+            return
+        core = self.core
+        self.snapshots_taken += 1
+        self._snap_base = max(self._snap_base, writer.index)
+        if writer.index > core.snapshot_index:
+            core.snapshot_taken(writer.index, writer.term)
+        log.info("snapshot at index %d (term %d, %d keys, %d bytes) taken", writer.index,
+                 writer.term, writer.count, writer.bytes)
+        self._snap_compact()
+
+    def _snap_compact(self):
+        core = self.core
+        upto = core.compactable(self.cfg.snapshot_trailing)
+        if upto <= core.log.snap_index:
+            return
+        snap = core.snapshot_index
+        self._snap_in_thread(lambda: self.storage.compact(snap, trailing=snap - upto),
+                             self._snap_compacted, upto)
+
+    def _snap_compacted(self, error, result, upto):
+        if error is not None:
+            self._snap_failed(error, "compaction")
+            return
+        self.core.compact(upto)
+        self.compactions += 1
+        segments, snapshots = result
+        log.info("log compacted through index %d (%d segment(s), %d old snapshot(s) "
+                 "deleted)", upto, len(segments), len(snapshots))
+
+    def _snap_failed(self, error, what="snapshot"):
+        self.snapshot_failures += 1
+        self._snap_retry_at = time.monotonic() + self.SNAP_RETRY_S
+        log.warning("%s failed: %s; retrying in %g s", what, error, self.SNAP_RETRY_S)
+
+    # ---- sending a snapshot to a follower
+
+    def _snap_send(self, m):
+        """The core wants follower m.to to get the snapshot at m.index."""
+        peer = m.to
+        s = self.senders.get(peer)
+        if s is not None:
+            if s.term == m.term and s.index == m.index:
+                return  # already on its way
+            s.close()
+            del self.senders[peer]
+        if self.transport.peer_version(peer) == 1 and peer not in self._v1_warned:
+            self._v1_warned.add(peer)
+            log.warning("node %d speaks protocol v1 only and cannot receive a snapshot; "
+                        "it stays behind until it is upgraded", peer)
+        transport = self.transport
+
+        def send(chunk):
+            ok = transport.send(chunk)
+            if ok:
+                self.snapshot_bytes_sent += len(chunk.entries or b"")
+            return ok
+
+        try:
+            s = Sender(self.core.id, peer, m.term, m.index, m.log_term,
+                       self.storage.snapshot_path(m.index), send,
+                       lambda: transport.can_send(peer), time.monotonic(),
+                       resend_after=self.snap_resend_after,
+                       give_up_after=self.snap_give_up_after)
+        except (SnapshotError, OSError) as e:
+            log.error("cannot send node %d the snapshot at %d: %s", peer, m.index, e)
+            # Reported later, not now: the core would ask again at once.
+            self.loop.call_later(self.snap_resend_after, self._snap_report, peer, m.term, False)
+            return
+        log.info("sending node %d the snapshot at index %d (%d bytes)", peer, m.index, s.size)
+        self.senders[peer] = s
+        s.pump()
+
+    def _snap_report(self, peer, term, ok):
+        if not self._stopped and self.core.term == term:
+            self.core.report_snapshot(peer, ok)
+            self.schedule()
+
+    def _snap_sender_check(self, s):
+        if s.result is None:
+            return
+        if self.senders.get(s.peer) is s:
+            del self.senders[s.peer]
+        if s.result:
+            self.snapshots_sent += 1
+            log.info("node %d has the snapshot at index %d", s.peer, s.index)
+        else:
+            self.snapshot_sends_failed += 1
+            log.warning("sending node %d the snapshot at %d failed: %s", s.peer, s.index, s.why)
+        self._snap_report(s.peer, s.term, s.result)
+
+    def _snap_peer_state(self, peer, writable, lost):
+        s = self.senders.get(peer)
+        if s is None:
+            return
+        if lost:
+            s.on_peer_lost()
+        if writable:
+            s.pump()
+
+    def _snap_tick(self):
+        if self.senders:
+            now = time.monotonic()
+            for s in list(self.senders.values()):
+                s.tick(now)
+                self._snap_sender_check(s)
+        if self.receiver.cur is not None:
+            self.receiver.tick(time.monotonic())
+
+    # ---- receiving and installing the leader's snapshot
+
+    def _snap_message(self, m):
+        if m.type == MSG_SNAPSHOT_ACK:
+            s = self.senders.get(m.frm)
+            if s is not None:
+                s.on_ack(m, time.monotonic())
+                self._snap_sender_check(s)
+        elif m.type == MSG_SNAPSHOT_CHUNK:
+            core = self.core
+            ack, done = self.receiver.on_chunk(m, core.term, core.log.committed,
+                                               time.monotonic())
+            if ack is not None:
+                self.transport.send(ack)
+            if done is not None:
+                self._snap_received(done)
+        else:
+            # MSG_SNAPSHOT is the runtime's word to its own core, never a
+            # peer's: stepping one would restore a snapshot nobody sent.
+            log.debug("dropped a %r from the wire", m)
+
+    def _snap_received(self, done):
+        if self._received is not None:
+            self._received.discard()  # superseded by a newer one
+        self._received = done
+        log.info("snapshot at index %d (%d bytes) received from node %d; loading it",
+                 done.index, done.size, done.leader)
+        if self.fsync:
+            self._snap_in_thread(done.sync, self._snap_file_synced, done)
+        else:
+            done.sync(fsync=False)  # --fsync never: closing it is all
+            self._snap_file_synced(None, None, done)
+
+    def _snap_file_synced(self, error, _, done):
+        if self._received is not done:
+            done.discard()
+            return
+        if error is not None:
+            log.error("snapshot from node %d: fsync of %s failed: %s", done.leader, done.path,
+                      error)
+            self._snap_drop_received()
+            return
+        self.loop.call_soon(self._snap_load_step, done)
+
+    def _snap_load_step(self, done):
+        if self._received is not done or self._stopped:
+            return
+        try:
+            if not done.load_step(1):
+                self.loop.call_soon(self._snap_load_step, done)  # yield to the loop
+                return
+        except SnapshotError as e:
+            log.error("snapshot from node %d is unusable: %s", done.leader, e)
+            self._snap_drop_received()
+            return
+        self._snap_offer()
+
+    def _snap_drop_received(self):
+        done, self._received = self._received, None
+        if done is not None:
+            done.discard()
+        self.receiver.forget_done()
+
+    def _snap_offer(self):
+        """Step the loaded snapshot into the core; the next Ready says
+        whether it took it (rd.snapshot)."""
+        done = self._received
+        if done is None or self._stopped:
+            return
+        if self._snap_jobs:
+            # A snapshot sync or compaction of our own is touching storage;
+            # install after it.
+            self._snap_offer_waiting = True
+            return
+        if self._snap_writer is not None:
+            self._snap_writer.abort()  # of a state about to be replaced
+            self._snap_writer = None
+        self._received = None
+        self._install = done
+        core = self.core
+        try:
+            core.step(Message(MSG_SNAPSHOT, frm=done.leader, to=core.id, term=done.term,
+                              index=done.index, log_term=done.snap_term,
+                              entries=done.meta.meta))
+        except Exception as e:
+            self._internal_error(e)
+            return
+        if core.has_ready():
+            self.schedule()
+        else:
+            self._snap_ready(None)  # ignored (stale), and no Ready will say so
+
+    def _snap_ready(self, rd):
+        """The first Ready after the snapshot was stepped in: install it if
+        the core restored from it, else drop the file."""
+        done, self._install = self._install, None
+        taken = rd.snapshot if rd is not None else None
+        self.receiver.forget_done()
+        if taken is None:
+            if done is not None:
+                log.info("snapshot at index %d not needed any more; dropped", done.index)
+                done.discard()
+            return
+        if done is None or taken != (done.index, done.snap_term):
+            raise AssertionError(f"the core restored a snapshot at {taken}, but the runtime "
+                                 f"offered {done and (done.index, done.snap_term)}")
+        try:
+            self.storage.install_snapshot(done.path, done.index, done.snap_term)
+        except (OSError, StorageError) as e:
+            # The core moved on already: going on would diverge from disk.
+            # _process stops the node on an OSError.
+            done.discard()
+            raise OSError(f"installing the snapshot at {done.index} failed: {e}") from e
+        self.kv = done.store
+        if self.on_kv_replaced is not None:
+            self.on_kv_replaced(done.store)
+        self._snap_base = done.index
+        self.snapshots_installed += 1
+        log.info("installed the snapshot at index %d (term %d, %d keys) from node %d",
+                 done.index, done.snap_term, len(done.store), done.leader)
+
+    def _snap_stop(self):
+        for s in self.senders.values():
+            s.close()
+        self.senders.clear()
+        self.receiver.abort()
+        for done in (self._received, self._install):
+            if done is not None:
+                done.discard()
+        self._received = self._install = None
+        if self._snap_writer is not None and not self._snap_jobs:
+            self._snap_writer.abort()
+        self._snap_writer = None
 
     def _internal_error(self, e):
         log.critical("internal error, stopping this node", exc_info=e)

@@ -65,6 +65,7 @@ class Node:
         self.driver = RaftDriver(loop, cfg, self.storage, self.kv, self.transport,
                                  self.members, self._on_fatal, tick_ms(cfg))
         self.transport.on_message = self.driver.step  # no wrapper on the hot path
+        self.driver.on_kv_replaced = self._kv_replaced
         self.transport.on_peer_state = self.driver.on_peer_state
         self.resp = RespServer(loop, cfg, self.driver, self.info_fields)
         self.resp.leader_client_url = self.client_url_of
@@ -88,6 +89,11 @@ class Node:
 
     def _on_peer_message(self, msg):
         self.driver.step(msg)
+
+    def _kv_replaced(self, kv):
+        # A snapshot from the leader was installed: the driver (which the
+        # RESP server reads through) already holds the new store.
+        self.kv = kv
 
     def _on_fatal(self, why):
         self.exit_code = 1
@@ -120,7 +126,7 @@ class Node:
             "raft_last_applied": lg.applied,
             "raft_first_log_index": lg.snap_index + 1,
             "raft_last_log_index": lg.last_index,
-            "raft_snapshot_index": lg.snap_index,
+            "raft_snapshot_index": core.snapshot_index,
             "raft_voters": ",".join(map(str, sorted(core.voters))),
             "raft_learners": ",".join(map(str, sorted(core.learners))),
             "raft_cluster_id": self.cfg.cluster_id,

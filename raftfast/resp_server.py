@@ -460,6 +460,7 @@ class RespServer:
             "raftfast_read_batches": d.read_batches,
             "raftfast_read_rounds": d.core.read_round,
             "raftfast_cpu_seconds": f"{_cpu_seconds():.3f}",
+            **d.snapshot_stats(),
             **self.extra_stats(),
         }
 

@@ -376,15 +376,39 @@ def load_snapshot(path):
     return loader.store, loader.meta
 
 
-def read_chunks(path, chunk_bytes, offset=0):
+def read_chunks(path, chunk_bytes, offset=0, fd=None):
     """The raw bytes of a snapshot file, chunk_bytes at a time from offset
     (InstallSnapshot streams these; a lost chunk resumes from its offset).
     The file is opened once: a newer snapshot renamed over `path` meanwhile
     does not change what this generator yields (POSIX keeps the old inode
-    until it is closed), so a snapshot being sent stays valid until sent."""
+    until it is closed), so a snapshot being sent stays valid until sent.
+
+    With fd, an open descriptor of that file which the caller keeps (and
+    closes), the bytes come from it (os.pread, so several generators over
+    one descriptor do not disturb each other) and `path` only names it in
+    errors: a sender holding the descriptor resumes at any offset, however
+    often, even after compaction deleted the file."""
     if chunk_bytes < 1:
         raise ValueError("chunk_bytes must be at least 1")
     path = os.fspath(path)
+    if fd is not None:
+        return _pread_chunks(path, fd, chunk_bytes, offset)
+    return _file_chunks(path, chunk_bytes, offset)
+
+
+def _pread_chunks(path, fd, chunk_bytes, offset):
+    while True:
+        try:
+            data = os.pread(fd, chunk_bytes, offset)
+        except OSError as e:
+            raise SnapshotError(f"snapshot {path}: cannot read at offset {offset}: {e}") from e
+        if not data:
+            return
+        offset += len(data)
+        yield data
+
+
+def _file_chunks(path, chunk_bytes, offset):
     try:
         f = open(path, "rb")
     except OSError as e:
