@@ -312,11 +312,12 @@ class Receiver:
         return self._ack(m, m.term, cur.size), done
 
     def _start(self, m, now):
-        path = self._new_path()
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            # The storage may create the file empty, to own the name.
+            path = self._new_path()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as e:
-            log.error("snapshot from node %d: cannot create %s: %s", m.frm, path, e)
+            log.error("snapshot from node %d: cannot create a file for it: %s", m.frm, e)
             return None
         cur = _Incoming()
         cur.leader, cur.term, cur.index, cur.snap_term, cur.size = (m.frm, m.term, m.index,
