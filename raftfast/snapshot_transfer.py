@@ -248,9 +248,9 @@ class Receiver:
     send back (or None), and a ReceivedSnapshot once the last byte is in.
     new_path() names a fresh temporary file in snap/ (recovery deletes
     leftovers).  A chunk of a new (index, term), a new size, or from a newer
-    term restarts the transfer; one of a term older than the node's core, or
-    of a snapshot that would bring nothing (its index is committed here),
-    is refused with reject."""
+    term restarts the transfer; one of a term older than the node's core is
+    refused with reject.  One of a snapshot that brings nothing (its index
+    is committed here) is acked as complete: this node has all it holds."""
 
     def __init__(self, me, new_path, stall_after=30.0):
         self.me = me
@@ -281,9 +281,9 @@ class Receiver:
             cur = None
         if cur is None:
             if m.index <= committed:
-                # We already hold everything it covers; the core answers the
-                # leader's probe from the log.
-                return self._ack(m, core_term, 0, reject=True), None
+                # We hold everything it covers already (installed meanwhile,
+                # or caught up from the log): say the whole file is here.
+                return self._ack(m, m.term, m.hint), None
             if m.commit != 0:
                 return self._ack(m, m.term, 0), None  # it must start from the beginning
             cur = self._start(m, now)

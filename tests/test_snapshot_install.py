@@ -1,0 +1,113 @@
+"""InstallSnapshot end to end with real node processes: the nodes take
+snapshots every few hundred entries and compact their logs behind them; a
+follower that was down while the log moved far past it catches up through
+the leader's snapshot, streamed in chunks, and then from the log."""
+import time
+
+import pytest
+
+from harness import Cluster
+
+SNAPSHOT_ENTRIES = 150
+TRAILING = 40
+# Values of about 1 KiB: the snapshot is several 256 KiB chunks.
+PAD = b"x" * 1000
+
+
+def stats(node):
+    text = node.raw_bulk("INFO", "stats")
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def wait_for(pred, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def write(client, model, lo, hi):
+    """SET key-i for i in [lo, hi), with some DELs and APPENDs mixed in, in
+    pipelines; the model tracks what the cluster must hold."""
+    for start in range(lo, hi, 100):
+        pipe = client.pipeline(transaction=False)
+        for i in range(start, min(start + 100, hi)):
+            k = b"key-%d" % (i % 700)
+            if i % 11 == 0 and k in model:
+                pipe.delete(k)
+                model.pop(k)
+            elif i % 7 == 0 and k in model:
+                pipe.append(k, b"+%d" % i)
+                model[k] += b"+%d" % i
+            else:
+                pipe.set(k, b"v%d" % i + PAD)
+                model[k] = b"v%d" % i + PAD
+        pipe.execute()
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    # Small WAL segments, so compaction really deletes some.
+    monkeypatch.setenv("RAFTFAST_WAL_SEGMENT_BYTES", "65536")
+    c = Cluster(str(tmp_path), n=3, extra_args=[
+        "--snapshot-entries", str(SNAPSHOT_ENTRIES), "--snapshot-trailing", str(TRAILING)])
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+def test_a_follower_far_behind_catches_up_through_a_snapshot(cluster):
+    leader_id = cluster.wait_leader()
+    leader = cluster.nodes[leader_id]
+    model = {}
+    write(leader.client(), model, 0, 100)
+    follower = cluster.nodes[next(i for i in cluster.ids if i != leader_id)]
+    behind = int(cluster.wait_applied(int(leader.info()["raft_commit_index"]),
+                                      ids=[follower.id])[follower.id]["raft_last_applied"])
+    follower.kill()
+
+    write(leader.client(), model, 100, 2500)
+    # The leader's log no longer reaches back to what the follower has.
+    info = wait_for(lambda: (lambda inf: inf if int(inf["raft_first_log_index"]) > behind + 1
+                             else None)(leader.info()), "the leader to compact its log")
+    assert int(info["raft_snapshot_index"]) >= SNAPSHOT_ENTRIES
+    assert int(stats(leader)["raftfast_snapshots_taken"]) >= 1
+
+    follower.start()
+    commit = int(leader.info()["raft_commit_index"])
+    got = cluster.wait_applied(commit, ids=[follower.id], timeout=60)[follower.id]
+    assert int(got["raft_snapshot_index"]) > behind
+    assert int(got["raft_first_log_index"]) > behind + 1
+    st = stats(follower)
+    assert int(st["raftfast_snapshots_installed"]) >= 1
+    assert int(st["raftfast_snapshot_bytes_received"]) > 2 * 256 * 1024  # several chunks
+    wait_for(lambda: int(stats(leader)["raftfast_snapshots_sent"]) >= 1,
+             "the leader to hear that the snapshot is in")
+
+    # It goes on from the log after the snapshot.
+    write(leader.client(), model, 2500, 2700)
+    commit = int(leader.info()["raft_commit_index"])
+    cluster.wait_applied(commit, timeout=60)
+    assert follower.keys() == leader.keys() == len(model)
+
+    # Its data is the leader's: let it lead and read everything back.
+    assert leader.client().execute_command("RAFT.TRANSFER_LEADER", follower.id) in (b"OK", "OK",
+                                                                                     True)
+    assert cluster.wait_leader() == follower.id
+    c = follower.client()
+    keys = sorted(model)
+    for start in range(0, len(keys), 200):
+        part = keys[start:start + 200]
+        assert c.mget(part) == [model[k] for k in part]
+    assert c.exists(b"key-never-written") == 0
+
+    # A restart keeps it all: it recovers from its installed snapshot plus log.
+    follower.kill()
+    follower.start()
+    cluster.wait_leader()
+    got = cluster.wait_applied(commit, ids=[follower.id], timeout=60)[follower.id]
+    assert int(got["raft_snapshot_index"]) > behind
