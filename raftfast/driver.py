@@ -786,18 +786,21 @@ class RaftDriver:
             log.debug("dropped a %r from the wire", m)
 
     def _snap_received(self, done):
-        if self._received is not None:
-            self._received.discard()  # superseded by a newer one
+        old = self._received
+        if old is not None and not old.syncing:
+            old.discard()  # superseded by a newer one (if syncing: once its thread is done)
         self._received = done
         log.info("snapshot at index %d (%d bytes) received from node %d; loading it",
                  done.index, done.size, done.leader)
         if self.fsync:
+            done.syncing = True
             self._snap_in_thread(done.sync, self._snap_file_synced, done)
         else:
             done.sync(fsync=False)  # --fsync never: closing it is all
             self._snap_file_synced(None, None, done)
 
     def _snap_file_synced(self, error, _, done):
+        done.syncing = False
         if self._received is not done:
             done.discard()
             return
@@ -891,8 +894,8 @@ class RaftDriver:
         self.senders.clear()
         self.receiver.abort()
         for done in (self._received, self._install):
-            if done is not None:
-                done.discard()
+            if done is not None and not done.syncing:
+                done.discard()  # (one being synced is left to recovery, which deletes it)
         self._received = self._install = None
         if self._snap_writer is not None and not self._snap_jobs:
             self._snap_writer.abort()

@@ -190,6 +190,9 @@ class ReceivedSnapshot:
         self._loader = None
         self.store = None
         self.meta = None
+        # While sync() runs in a thread it owns the descriptor: the caller
+        # must not discard() until it returned.
+        self.syncing = False
 
     def sync(self, fsync=True):
         """fsync (unless told not to: --fsync never) and close the file;
