@@ -73,6 +73,7 @@ class Sender:
         self.acked = 0          # the offset the follower last said it wants
         self.sent = 0           # the offset of the next chunk to send
         self._reader = None     # read_chunks from `sent`, made on demand
+        self._heard = False     # an ack came from the follower
         self._progress_at = now  # when `acked` last moved forward
         self._rewound_at = now
         self.result = None
@@ -82,8 +83,11 @@ class Sender:
         self.resends = 0
 
     def pump(self):
-        """Send chunks while the window has room and the peer can take them."""
-        limit = self.window * self.chunk_bytes
+        """Send chunks while the window has room and the peer can take them.
+        Until the follower's first ack, one chunk only: it may have all or
+        part of the file already (a transfer asked for again while it was
+        still loading the last one), and says so in that ack."""
+        limit = self.chunk_bytes if self._heard is False else self.window * self.chunk_bytes
         while (self.result is None and self.sent < self.size
                and self.sent - self.acked < limit and self._can_send()):
             if self._reader is None:
@@ -118,6 +122,7 @@ class Sender:
             return
         if m.commit > self.size:
             return  # no follower wants bytes past the end; ignore rather than trust it
+        self._heard = True
         if m.commit == self.size:
             self.acked = self.size
             self._finish(True, "")

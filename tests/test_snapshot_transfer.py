@@ -79,6 +79,16 @@ class Pair:
         self.made.append(p)
         return p
 
+    def open_window(self):
+        """The first chunk goes alone; once the follower answered it, a
+        window of them.  Returns that window (taken off the link)."""
+        self.sender.pump()
+        (first,) = self.to_follower.take()
+        assert first.commit == 0
+        self.deliver([first])
+        self.acks_back()
+        return self.to_follower.take()
+
     def deliver(self, chunks):
         for m in chunks:
             ack, done = self.receiver.on_chunk(m, self.core_term, self.committed, self.now)
@@ -120,10 +130,13 @@ def test_whole_file_arrives_in_windows_and_loads(tmp_path):
     path, data = snapshot_file(tmp_path)
     p = Pair(tmp_path, path)
     p.sender.pump()
-    first = p.to_follower.queue
-    assert [m.commit for m in first] == [0, CHUNK, 2 * CHUNK]  # the window, no more
+    assert [m.commit for m in p.to_follower.queue] == [0]  # alone until the follower answers
+    window = p.open_window()
+    assert [m.commit for m in window] == [CHUNK, 2 * CHUNK, 3 * CHUNK]  # the window, no more
     assert all(m.type == MSG_SNAPSHOT_CHUNK and m.term == 7 and m.index == 50
-               and m.log_term == 3 and m.hint == p.sender.size for m in first)
+               and m.log_term == 3 and m.hint == p.sender.size for m in window)
+    p.deliver(window)
+    p.acks_back()
     p.run()
     assert p.sender.result is True
     assert p.done is not None and p.receiver.cur is None
@@ -153,14 +166,13 @@ def test_last_chunk_carries_the_last_flag(tmp_path):
 def test_lost_chunk_is_resent_from_the_follower_offset_after_a_silence(tmp_path):
     path, data = snapshot_file(tmp_path)
     p = Pair(tmp_path, path)
-    p.sender.pump()
-    chunks = p.to_follower.take()
+    chunks = p.open_window()
     del chunks[1]                       # lost
     p.deliver(chunks)
     acks = p.to_leader.queue
-    assert [a.commit for a in acks] == [CHUNK, CHUNK]  # the third is out of order
+    assert [a.commit for a in acks] == [2 * CHUNK, 2 * CHUNK]  # the third is out of order
     p.acks_back()
-    assert p.sender.acked == CHUNK and p.sender.result is None
+    assert p.sender.acked == 2 * CHUNK and p.sender.result is None
     p.run()                             # nothing more moves: the window waits
     assert p.sender.result is None
     p.now += RESEND / 2
@@ -168,7 +180,7 @@ def test_lost_chunk_is_resent_from_the_follower_offset_after_a_silence(tmp_path)
     assert p.to_follower.queue == []    # not silent long enough yet
     p.now += RESEND
     p.sender.tick(p.now)
-    assert p.to_follower.queue[0].commit == CHUNK
+    assert p.to_follower.queue[0].commit == 2 * CHUNK
     p.run()
     assert p.sender.result is True and p.sender.resends == 1
     assert dict(loaded(p.done).items()) == data
@@ -177,11 +189,10 @@ def test_lost_chunk_is_resent_from_the_follower_offset_after_a_silence(tmp_path)
 def test_duplicate_chunk_is_written_once(tmp_path):
     path, data = snapshot_file(tmp_path)
     p = Pair(tmp_path, path)
-    p.sender.pump()
-    chunks = p.to_follower.take()
+    chunks = p.open_window()
     p.deliver([chunks[0], chunks[0], chunks[1], chunks[0], chunks[2]])
-    assert [a.commit for a in p.to_leader.queue] == [CHUNK, CHUNK, 2 * CHUNK, 2 * CHUNK,
-                                                     3 * CHUNK]
+    assert [a.commit for a in p.to_leader.queue] == [2 * CHUNK, 2 * CHUNK, 3 * CHUNK,
+                                                     3 * CHUNK, 4 * CHUNK]
     p.acks_back()
     p.run()
     assert p.sender.result is True
@@ -191,11 +202,9 @@ def test_duplicate_chunk_is_written_once(tmp_path):
 def test_reordered_chunks_are_asked_for_again(tmp_path):
     path, data = snapshot_file(tmp_path)
     p = Pair(tmp_path, path)
-    p.sender.pump()
-    c0, c1, c2 = p.to_follower.take()
+    c0, c1, c2 = p.open_window()
     p.deliver([c0, c2, c1])
-    assert [a.commit for a in p.to_follower.queue + p.to_leader.queue] == [CHUNK, CHUNK,
-                                                                          2 * CHUNK]
+    assert [a.commit for a in p.to_leader.queue] == [2 * CHUNK, 2 * CHUNK, 3 * CHUNK]
     p.acks_back()
     p.now += RESEND
     p.sender.tick(p.now)                # c2 went missing for the follower: resend it
@@ -317,8 +326,9 @@ def test_no_chunk_goes_while_the_peer_is_not_writable(tmp_path):
     p.sender.tick(p.now + RESEND)
     assert p.to_follower.queue == [] and p.sender.sent == 0
     p.to_follower.writable = True
-    p.sender.pump()                     # the driver calls it when the peer is writable
-    assert len(p.to_follower.queue) == WINDOW
+    assert len(p.open_window()) == WINDOW  # the driver pumps when the peer is writable
+    p.sender.on_peer_lost()             # (the test dropped that window)
+    p.sender.pump()
     p.run()
     assert p.sender.result is True
 
@@ -359,14 +369,13 @@ def test_a_new_sender_continues_where_the_follower_is(tmp_path):
 def test_a_follower_that_lost_its_partial_file_is_resent_from_the_start(tmp_path):
     path, _ = snapshot_file(tmp_path)
     p = Pair(tmp_path, path)
-    p.sender.pump()
-    p.deliver(p.to_follower.take())
+    p.deliver(p.open_window())
     p.acks_back()
     p.to_follower.take()                # lost with the follower's process
     p.receiver.abort()                  # a restarted follower
     p.now += RESEND
-    p.sender.tick(p.now)                # silence: resend from its last word, 3 chunks in
-    assert p.to_follower.queue[0].commit == 3 * CHUNK
+    p.sender.tick(p.now)                # silence: resend from its last word, 4 chunks in
+    assert p.to_follower.queue[0].commit == 4 * CHUNK
     p.deliver(p.to_follower.take())     # mid-file chunks: it wants offset 0
     assert {a.commit for a in p.to_leader.queue} == {0}
     p.acks_back()
@@ -464,3 +473,17 @@ def test_read_chunks_from_a_held_descriptor(tmp_path):
         assert b"".join(read_chunks(path, 100, offset=250, fd=fd)) == good[250:]
     finally:
         os.close(fd)
+
+
+def test_asked_again_while_the_follower_loads_it_costs_one_chunk(tmp_path):
+    # The leader reported success, probed, and the follower (still loading
+    # the file) could not answer from its log yet: the core asks again.
+    path, _ = snapshot_file(tmp_path)
+    p = Pair(tmp_path, path)
+    p.sender.pump()
+    p.run()
+    assert p.sender.result is True and p.done is not None
+    again = p.new_sender(path)
+    again.pump()
+    p.run(sender=again)
+    assert again.result is True and again.chunks_sent == 1
