@@ -747,6 +747,10 @@ class RaftDriver:
         self._snap_report(s.peer, s.term, s.result)
 
     def _snap_peer_state(self, peer, writable, lost):
+        if writable and self.receiver.cur is not None:
+            ack = self.receiver.ack_again(peer)
+            if ack is not None:
+                self.transport.send(ack)
         s = self.senders.get(peer)
         if s is None:
             return

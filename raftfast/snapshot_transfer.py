@@ -166,6 +166,8 @@ class Sender:
     def _rewind(self):
         if self.sent != self.acked:
             self.resends += 1
+            log.info("snapshot at %d to node %d: resending from offset %d of %d", self.index,
+                     self.peer, self.acked, self.size)
         self.sent = self.acked
         self._reader = None
 
@@ -335,6 +337,16 @@ class Receiver:
         log.info("receiving the snapshot at index %d (term %d, %d bytes) from node %d",
                  m.index, m.log_term, m.hint, m.frm)
         return cur
+
+    def ack_again(self, peer):
+        """The ack of the transfer from `peer` in progress, again (the
+        connection to it just came up: the last one may have been dropped,
+        as happens to the first ack of a node that just started), or None."""
+        cur = self.cur
+        if cur is None or cur.leader != peer:
+            return None
+        return Message(MSG_SNAPSHOT_ACK, to=peer, frm=self.me, term=cur.term, index=cur.index,
+                       log_term=cur.snap_term, commit=cur.offset)
 
     def tick(self, now):
         """Drop a transfer the leader stopped sending (it gave up, or lost

@@ -2,10 +2,12 @@
 snapshots every few hundred entries and compact their logs behind them; a
 follower that was down while the log moved far past it catches up through
 the leader's snapshot, streamed in chunks, and then from the log."""
+import os
 import time
 
 import pytest
 
+from chaos import ProxiedCluster
 from harness import Cluster
 
 SNAPSHOT_ENTRIES = 150
@@ -29,7 +31,7 @@ def wait_for(pred, what, timeout=60):
     raise AssertionError(f"gave up waiting for {what}")
 
 
-def write(client, model, lo, hi):
+def write(client, model, lo, hi, pad=PAD):
     """SET key-i for i in [lo, hi), with some DELs and APPENDs mixed in, in
     pipelines; the model tracks what the cluster must hold."""
     for start in range(lo, hi, 100):
@@ -43,8 +45,8 @@ def write(client, model, lo, hi):
                 pipe.append(k, b"+%d" % i)
                 model[k] += b"+%d" % i
             else:
-                pipe.set(k, b"v%d" % i + PAD)
-                model[k] = b"v%d" % i + PAD
+                pipe.set(k, b"v%d" % i + pad)
+                model[k] = b"v%d" % i + pad
         pipe.execute()
 
 
@@ -111,3 +113,63 @@ def test_a_follower_far_behind_catches_up_through_a_snapshot(cluster):
     cluster.wait_leader()
     got = cluster.wait_applied(commit, ids=[follower.id], timeout=60)[follower.id]
     assert int(got["raft_snapshot_index"]) > behind
+
+
+@pytest.fixture
+def proxied(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAFTFAST_WAL_SEGMENT_BYTES", "1048576")
+    c = ProxiedCluster(str(tmp_path), n=3, extra_args=[
+        "--snapshot-entries", str(SNAPSHOT_ENTRIES), "--snapshot-trailing", str(TRAILING)])
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+def log_has(node, text):
+    try:
+        with open(node.log_path, "rb") as f:
+            return text.encode() in f.read()
+    except OSError:
+        return False
+
+
+def test_a_transfer_cut_off_midway_resumes(proxied):
+    """A snapshot of several MB crosses a slow link from the leader that is
+    cut for a while once the follower has started receiving it: the leader
+    goes on from what the follower has (a transfer does not restart from
+    zero because a connection dropped), and the follower catches up."""
+    c = proxied
+    leader_id = c.wait_leader()
+    leader = c.nodes[leader_id]
+    follower = c.nodes[next(i for i in c.ids if i != leader_id)]
+    model = {}
+    pad = os.urandom(8000)  # ~8 KB a value: the file is ~5.5 MB
+    write(leader.client(), model, 0, 50, pad)
+    c.wait_applied(int(leader.info()["raft_commit_index"]), ids=[follower.id])
+    follower.kill()
+    write(leader.client(), model, 50, 1200, pad)
+    wait_for(lambda: int(leader.info()["raft_first_log_index"]) > 60,
+             "the leader to compact its log")
+    # Slow both directions so the transfer takes a while (acks come back
+    # 2 x 60 ms after each chunk: the window of 1 MiB moves ~8 MB/s).
+    c.proxy.delay(leader_id, follower.id, 60)
+    c.proxy.delay(follower.id, leader_id, 60)
+    follower.start()
+    # Cut once the follower holds more than a window: the leader has heard
+    # an ack by then (the window opens only after the first one).
+    wait_for(lambda: int(stats(follower).get("raftfast_snapshot_bytes_received", 0)) > 1 << 20,
+             "the transfer to be under way")
+    c.proxy.cut(leader_id, follower.id)
+    time.sleep(0.5)
+    c.proxy.heal(leader_id, follower.id)
+    c.proxy.heal(follower.id, leader_id)
+    commit = int(leader.info()["raft_commit_index"])
+    got = c.wait_applied(commit, ids=[follower.id], timeout=90)[follower.id]
+    assert int(got["raft_snapshot_index"]) > 50
+    assert follower.keys() == len(model)
+    assert int(stats(follower)["raftfast_snapshots_installed"]) >= 1
+    with open(leader.log_path) as f:
+        resumed = [int(line.split("resending from offset ")[1].split()[0])
+                   for line in f if "resending from offset" in line]
+    assert resumed and max(resumed) > 0, resumed

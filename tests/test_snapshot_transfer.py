@@ -487,3 +487,17 @@ def test_asked_again_while_the_follower_loads_it_costs_one_chunk(tmp_path):
     again.pump()
     p.run(sender=again)
     assert again.result is True and again.chunks_sent == 1
+
+
+def test_the_ack_is_repeated_when_the_connection_to_the_leader_comes_up(tmp_path):
+    path, _ = snapshot_file(tmp_path)
+    p = Pair(tmp_path, path)
+    p.sender.pump()
+    p.deliver(p.to_follower.take())
+    p.to_leader.take()                  # dropped: our connection was not up yet
+    assert p.receiver.ack_again(3) is None   # not the leader of this transfer
+    again = p.receiver.ack_again(LEADER)
+    assert (again.type, again.to, again.commit, again.index) == (MSG_SNAPSHOT_ACK, LEADER,
+                                                                 CHUNK, 50)
+    p.sender.on_ack(wire(again), p.now)
+    assert len(p.to_follower.queue) == WINDOW  # the window opens without a resend timer
