@@ -684,6 +684,11 @@ garbage = st.one_of(
     st.tuples(st.integers(1, 3), st.binary(max_size=120)).map(lambda t: raw_frame(*t)),
     mutated_frames(recompute_crc=True),
     mutated_frames(recompute_crc=False),
+    # v2 snapshot chunks and acks with any offsets, sizes and flags
+    st.tuples(st.binary(max_size=40), u64, u64, st.integers(0, 3),
+              st.sampled_from([MSG_SNAPSHOT_CHUNK, MSG_SNAPSHOT_ACK]), st.integers(1, 2)).map(
+        lambda t: raw_frame(3, chunk_body(data=t[0], offset=t[1], total=t[2], last=t[3],
+                                          mtype=t[4]), version=t[5])),
 )
 
 
