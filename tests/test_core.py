@@ -333,10 +333,21 @@ def test_a_prevote_is_answered_with_the_future_term_and_changes_nothing():
 def test_votes_from_outside_the_configuration_are_dropped():
     from raftfast.messages import MSG_PREVOTE
     r = new_raft(node_id=1)
-    r.step(Message(MSG_VOTE, to=1, frm=99, term=10**9, index=10**6, log_term=10**9))
-    r.step(Message(MSG_PREVOTE, to=1, frm=99, term=10**9, index=10**6, log_term=10**9))
+    r.step(Message(MSG_APPEND, to=1, frm=2, term=3, index=0, log_term=0,
+                   entries=make_block([b"a"]), count=1))
+    drain(r)
+    # A stranger whose log is not ahead of ours: nothing it says counts.
+    r.step(Message(MSG_VOTE, to=1, frm=99, term=10**9, index=0, log_term=0))
+    r.step(Message(MSG_PREVOTE, to=1, frm=99, term=10**9, index=1, log_term=3))
     r.step(Message(MSG_VOTE_RESP, to=1, frm=99, term=10**9))
-    assert r.term == 0 and r.leader_id == 0 and not r.has_ready()
+    assert r.term == 3 and r.vote == 0 and not r.has_ready()
+
+
+def test_a_vote_request_from_a_node_ahead_of_our_configurations_is_heard():
+    # A voter added in entries this node lacks: its log is ahead of ours.
+    r = new_raft(node_id=1)
+    r.step(Message(MSG_VOTE, to=1, frm=99, term=4, index=7, log_term=3))
+    assert r.term == 4 and r.vote == 99
 
 
 def test_a_leader_outside_the_configuration_is_followed():

@@ -72,10 +72,15 @@ class ConfChangeInvalid(ValueError):
     a stranger, removing the only voter); nothing was proposed."""
 
 
-# Messages a node accepts from ids outside its configuration: only what a
-# leader sends.  A node being added does not know its leader's configuration
-# yet (nor does a member whose log lags a leader added later); votes from
-# strangers are dropped, so a removed node cannot disrupt anyone.
+# Messages a node accepts from ids in none of the configurations it holds:
+# what a leader sends (a node being added does not know its leader's
+# configuration yet, nor does a member whose log lags a leader added later),
+# and a vote request whose log is ahead of ours (it may come from a voter
+# added in entries we lack; dropping it could leave no electable majority).
+# The rest is dropped.  Not what keeps a removed node from disrupting: it
+# never campaigns once it has its removal in its log, and before that its
+# log lacks a committed entry, so PreVote fails it (and CheckQuorum makes
+# members that hear their leader ignore it).
 _FROM_ANY_LEADER = frozenset({MSG_APPEND, MSG_HEARTBEAT, MSG_SNAPSHOT})
 
 
@@ -208,6 +213,7 @@ class Raft:
         self.voters = set()
         self.learners = set()
         self.urls = {}
+        self._known_ids = set()  # members of any configuration in the history
         self.conf_version = 0
         self._conf_hist = [(snap_index, snap_term, frozenset(cfg.voters),
                             frozenset(cfg.learners), dict(cfg.urls))]
@@ -521,8 +527,19 @@ class Raft:
         starting one's index when no config entry follows it)."""
         return self._conf_hist[len(self._conf_hist) - 1][0]
 
+    def _log_behind(self, m):
+        """Is the sender's last entry (m.index, m.log_term) ahead of ours?"""
+        last_term = self.log.last_term()
+        return m.log_term > last_term or (m.log_term == last_term
+                                          and m.index > self.log.last_index)
+
     def _use_conf(self, item):
         _, _, voters, learners, urls = item
+        known = set()
+        for h in self._conf_hist:
+            known.update(h[2])
+            known.update(h[3])
+        self._known_ids = known
         self.voters = set(voters)
         self.learners = set(learners)
         self.urls = dict(urls)
@@ -608,7 +625,7 @@ class Raft:
             # term commits, a change from a previous term may be pending in
             # a log we have not seen, and two changes could overlap.
             raise ConfChangeBusy("the leader has not yet committed an entry of its term")
-        if self.conf_index > self.log.committed:
+        if self._conf_change_pending():
             raise ConfChangeBusy("a membership change is in progress")
         voters, learners, urls = set(self.voters), set(self.learners), dict(self.urls)
         if op == "add":
@@ -641,11 +658,16 @@ class Raft:
         self._broadcast_append()
         return last
 
+    def _conf_change_pending(self):
+        """One change at a time: the last one must commit before the next
+        (two uncommitted single-server changes could make disjoint majorities)."""
+        return self.conf_index > self.log.committed
+
     def _maybe_promote(self, peer, pr):
         """A learner whose log reached our commit index is caught up: make
         it a voter (any leader does this, so it survives a change of leader)."""
         if (pr.match >= self.log.committed and self._committed_in_term
-                and not self.lead_transferee and self.conf_index <= self.log.committed):
+                and not self.lead_transferee and not self._conf_change_pending()):
             self.propose_conf_change("promote", peer)
 
     def _step_down_if_removed(self):
@@ -742,8 +764,9 @@ class Raft:
             self._step_self(m)
             return
         t = m.type
-        if m.frm not in self.voters and m.frm not in self.learners and t not in _FROM_ANY_LEADER:
-            return
+        if m.frm not in self._known_ids and t not in _FROM_ANY_LEADER:
+            if not ((t == MSG_VOTE or t == MSG_PREVOTE) and self._log_behind(m)):
+                return
         if m.term > self.term:
             if (t == MSG_VOTE or t == MSG_PREVOTE) and self.cfg.check_quorum and \
                     self.leader_id != 0 and self.election_elapsed < self.cfg.election_ticks \
