@@ -187,3 +187,81 @@ def test_the_cluster_command_adds_a_node_and_removes_the_leader(tmp_path):
             launcher.wait()
         launcher.stdout.close()
         launcher.stderr.close()
+
+
+# ---- the driver's peer addresses (no processes) ------------------------------------
+
+class _Transport:
+    def __init__(self, addresses):
+        self.addresses = dict(addresses)
+
+    def set_address(self, node_id, url):
+        if url is None:
+            self.addresses.pop(node_id, None)
+        else:
+            self.addresses[node_id] = url
+
+    def dialed_ids(self):
+        return list(self.addresses)
+
+
+class _Core:
+    def __init__(self, voters, learners, urls, leader_id=0):
+        self.id = 1
+        self.voters, self.learners, self.urls = set(voters), set(learners), urls
+        self.leader_id = leader_id
+        self.conf_version = 3
+
+
+class _Cfg:
+    def __init__(self, peers):
+        self.peers = peers
+
+
+def _driver(core, peers, addresses):
+    from raftfast.driver import RaftDriver
+    d = RaftDriver.__new__(RaftDriver)
+    d.core, d.cfg, d.transport = core, _Cfg(peers), _Transport(addresses)
+    return d
+
+
+def test_members_are_dialed_as_the_configuration_says_and_peer_flags_win():
+    core = _Core({1, 2, 3}, {4}, {2: "tcp://127.0.0.1:9002", 3: "tcp://127.0.0.1:9003",
+                                 4: "tcp://127.0.0.1:9004"})
+    d = _driver(core, {3: "unix:///flag3.sock"}, {3: "unix:///flag3.sock"})
+    d._refresh_peer_addresses()
+    assert d.transport.addresses == {2: "tcp://127.0.0.1:9002", 3: "unix:///flag3.sock",
+                                     4: "tcp://127.0.0.1:9004"}
+    assert (d._conf_seen, d._leader_seen) == (3, 0)
+
+
+def test_addresses_of_ids_no_longer_members_are_forgotten_but_the_leader_is_kept():
+    """Node 5, removed, is forgotten; node 6 is no member either but leads
+    (a leader removing itself leads until that change commits); node 7 is
+    --peer'd and may not be a member yet."""
+    core = _Core({1, 2}, (), {2: "tcp://127.0.0.1:9002"}, leader_id=6)
+    d = _driver(core, {7: "tcp://127.0.0.1:9007"},
+                {5: "tcp://127.0.0.1:9005", 6: "tcp://127.0.0.1:9006",
+                 7: "tcp://127.0.0.1:9007"})
+    d._refresh_peer_addresses()
+    assert d.transport.addresses == {2: "tcp://127.0.0.1:9002", 6: "tcp://127.0.0.1:9006",
+                                     7: "tcp://127.0.0.1:9007"}
+    core.leader_id = 2
+    d._refresh_peer_addresses()
+    assert 6 not in d.transport.addresses
+
+
+def test_a_bad_address_in_the_configuration_does_not_stop_the_node():
+    from raftfast.address import parse_address
+
+    class Strict(_Transport):
+        def set_address(self, node_id, url):
+            if url is not None:
+                parse_address(url)
+            super().set_address(node_id, url)
+
+    core = _Core({1, 2, 3}, (), {2: "ftp://nowhere", 3: "tcp://127.0.0.1:9003"})
+    d = _driver(core, {}, {})
+    d.transport = Strict({})
+    d._refresh_peer_addresses()
+    assert d.transport.addresses == {3: "tcp://127.0.0.1:9003"}
