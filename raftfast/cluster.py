@@ -759,8 +759,14 @@ class Launcher:
             else:
                 raise ChangeFailed(f"another launcher is running on {self.data_dir} "
                                    f"(it answers on {path})")
-        server = await asyncio.start_unix_server(self._on_control, path)
-        os.chmod(path, 0o600)  # the operator's, like the nodes' data
+        try:
+            server = await asyncio.start_unix_server(self._on_control, path)
+            os.chmod(path, 0o600)  # the operator's, like the nodes' data
+        except OSError as e:
+            # The cluster itself does not need it: serve without add/remove.
+            self.say(f"warning: cannot listen on {path} ({e}): `add` and `remove` will not "
+                     "reach this launcher", err=True)
+            return None
         return server
 
     def _close_control(self):
