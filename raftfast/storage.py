@@ -6,7 +6,9 @@ Data-dir layout::
         LOCK      flock(2)ed exclusively while a node uses the dir (holds its pid, for operators)
         meta      JSON {"format": 1, "node_id": N, "cluster_id": "..."}; written once, atomically
         members   JSON {"voters": [...]}: the initial configuration, written once at
-                  bootstrap (later configurations live in the log and snapshots)
+                  bootstrap (later configurations live in the log and snapshots);
+                  {"voters": [], "join": true} for a node started with --join,
+                  which begins outside the configuration and waits to be added
         wal/      the write-ahead log: hard state and entry batches (raftfast._logstore)
         snap/     snapshots of the state machine, snap-<index, 16 hex digits>.snap
                   (raftfast.snapshot's format); .<name>.<random>.tmp while one is written
@@ -44,7 +46,7 @@ import os
 from raftfast._entrylog import BlockError, EntryLog, block_count
 from raftfast._logstore import (DEFAULT_SEGMENT_BYTES, LogCorruptError, LogStore,
                                 LogStoreError, segment_name, segment_numbers)
-from raftfast.messages import HardState
+from raftfast.messages import ConfigFormatError, HardState, decode_config
 from raftfast.snapshot import SnapshotError, load_snapshot, read_snapshot_meta
 
 __all__ = ["Storage", "StorageError", "LogStoreError", "LogCorruptError", "META_FORMAT",
@@ -451,11 +453,14 @@ class Storage:
         return dropped, removed
 
     def members(self):
-        """The initial voters recorded at bootstrap, or None before that."""
+        """The initial voters recorded at bootstrap (an empty list for a node
+        that started with --join), or None before that."""
         path = os.path.join(self.data_dir, MEMBERS_FILE)
         try:
             with open(path, "rb") as f:
-                voters = json.loads(f.read().decode("utf-8"))["voters"]
+                doc = json.loads(f.read().decode("utf-8"))
+            voters = doc["voters"]
+            joining = doc.get("join", False)
         except FileNotFoundError:
             if not self.is_new:
                 raise StorageError(f"{path}: members file missing, but the data dir holds "
@@ -465,19 +470,48 @@ class Storage:
             raise StorageError(f"{path}: cannot read the members file: {e.strerror}") from None
         except (ValueError, KeyError, TypeError) as e:
             raise StorageError(f"{path}: damaged members file ({_why(e)})") from None
-        if (not isinstance(voters, list) or not voters
-                or not all(isinstance(v, int) and 0 < v < 1 << 63 for v in voters)):
+        if joining is True:
+            # Started with --join: no voters at all, by design.
+            if voters != []:
+                raise StorageError(f"{path}: damaged members file (a joining node records "
+                                   "no voters)")
+            return []
+        if (joining is not False or not isinstance(voters, list) or not voters
+                or not all(type(v) is int and 0 < v < 1 << 63 for v in voters)):
             raise StorageError(f"{path}: damaged members file (voters must be a non-empty "
                                "list of node ids)")
         return sorted(voters)
 
-    def save_members(self, voters):
-        """Record the initial voters (once, at bootstrap; atomically).  The
-        log is made durable first, so that members on disk imply a log on
-        disk: a dir with members and no log is refused as damaged."""
+    def save_members(self, voters, join=False):
+        """Record the initial voters (once, at bootstrap; atomically), or with
+        join=True that this node starts outside the configuration.  The log
+        is made durable first, so that members on disk imply a log on disk:
+        a dir with members and no log is refused as damaged."""
+        if join and voters:
+            raise ValueError("a joining node records no voters")
         self._log.sync()
-        _write_atomically(os.path.join(self.data_dir, MEMBERS_FILE),
-                          json.dumps({"voters": sorted(voters)}).encode())
+        doc = {"voters": sorted(voters)}
+        if join:
+            doc["join"] = True
+        _write_atomically(os.path.join(self.data_dir, MEMBERS_FILE), json.dumps(doc).encode())
+
+    def configuration(self):
+        """(voters, learners, urls): the configuration the core starts from.
+        The newest snapshot's (its meta is the configuration in effect at
+        its index) when the dir holds one, else the members file's; the
+        core itself then takes the latest configuration entry in its log.
+        StorageError when neither can be read."""
+        if self.snapshot is not None:
+            try:
+                return decode_config(self.snapshot.meta)
+            except ConfigFormatError as e:
+                raise StorageError(f"{self.snapshot_file}: damaged snapshot, refusing to start: "
+                                   f"its configuration is unreadable ({e})") from None
+        voters = self.members()
+        if voters is None:
+            raise StorageError(f"{os.path.join(self.data_dir, MEMBERS_FILE)}: the data dir was "
+                               "never bootstrapped (no members file)")
+        return frozenset(voters), frozenset(), {}
 
     def close(self):
         """Close the log and release the data-dir lock.  Does not sync."""
