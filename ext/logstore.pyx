@@ -448,14 +448,17 @@ cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
             if void:
                 off += HDR + plen
                 continue
+            if cover.has_reset and first <= cover.floor:
+                raise LogCorruptError(path, off, f"entries record at index {first}, at or below "
+                                      f"{cover.floor}, where the log was reset")
             if cover.fresh:
-                if first != cover.floor + 1:
+                # Right after a reset the log continues at floor + 1 -- or,
+                # seen with a newer snapshot (an install cut short after its
+                # rename), anywhere up to just after it: the gap check below.
+                if not cover.check and first != cover.floor + 1:
                     raise LogCorruptError(path, off, f"entries record at index {first} right after "
                                           f"the log was reset to continue after {cover.floor}")
                 cover.fresh = False
-            elif cover.has_reset and first <= cover.floor:
-                raise LogCorruptError(path, off, f"entries record at index {first}, at or below "
-                                      f"{cover.floor}, where the log was reset")
             if cover.check:
                 if top_i < cover.skip_upto:
                     if not cover.kept:
@@ -809,8 +812,9 @@ cdef class LogStore:
             del data
         _cover_done(&cover, names)
         if cover.has_reset:
+            # Appends go above the reset; where exactly the log continues
+            # (after it, or after a newer snapshot) is the caller's to say.
             self._floor = cover.floor
-            self._expect = cover.floor + 1 if cover.fresh else 0
             self._reset_seq = self._seqs[cover.reset_seg]
             self._reset_off = cover.reset_off
             self._reset_index = cover.floor

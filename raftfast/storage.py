@@ -316,8 +316,11 @@ def _recover(log, snap_index=0, snap_term=0, snap_path=None):
             raise StorageError(f"log in {log.path} has entry {snap_index} at term {seen_term[0]}, "
                                f"committed (commit index {hs.commit}), but snapshot {snap_path} "
                                f"says term {snap_term}")
-        entries[0] = _stale_after_snapshot(log, entries[0], snap_index, snap_term, snap_path,
-                                           seen_term[0])
+        _stale_after_snapshot(log, entries[0], snap_index, snap_term, snap_path, seen_term[0])
+        entries[0] = EntryLog(snap_index + 1)
+        finish_install = True
+    else:
+        finish_install = False
     entries = entries[0]
     if hs.commit > entries.last_index:
         # Entries reach the log before the hard state that commits them, so
@@ -325,7 +328,7 @@ def _recover(log, snap_index=0, snap_term=0, snap_path=None):
         raise StorageError(f"log in {log.path} ends at index {entries.last_index}, but its "
                            f"hard state says {hs.commit} entries are committed: "
                            "the end of the log is missing")
-    return hs, entries
+    return hs, entries, finish_install
 
 
 def _stale_after_snapshot(log, entries, snap_index, snap_term, snap_path, log_term):
@@ -342,13 +345,18 @@ def _stale_after_snapshot(log, entries, snap_index, snap_term, snap_path, log_te
     snap_term.  It is not, so none of them is committed, and none ever will
     be: a leader holding one would hold the log's entry at snap_index too,
     which Leader Completeness rules out once snap_index is committed.
-    Their acknowledgements counted for nothing that can commit."""
+    Their acknowledgements counted for nothing that can commit.
+
+    The caller then finishes the install (a reset record at the snapshot):
+    the stale entry at snap_index stays in the WAL until compaction, and
+    without the reset every later recovery would find it again and drop
+    the good entries appended after it."""
     n = entries.last_index - snap_index
     _log.warning("log in %s has entry %d at term %d, but snapshot %s (installed from the leader, "
                  "its log reset not yet written) says term %d: entries %d..%d are stale and "
-                 "uncommitted, dropped (docs/snapshots.md)", log.path, snap_index, log_term,
-                 snap_path, snap_term, snap_index, snap_index + n)
-    return EntryLog(snap_index + 1)
+                 "uncommitted, dropped; the log now restarts after the snapshot "
+                 "(docs/snapshots.md)", log.path, snap_index, log_term, snap_path, snap_term,
+                 snap_index, snap_index + n)
 
 
 class Storage:
@@ -409,7 +417,11 @@ class Storage:
             # reaches back to snap_index + 1.
             log = LogStore(os.path.join(data_dir, WAL_DIR), fsync=fsync, segment_bytes=segment_bytes,
                            snap_index=snap_index)
-            hs, entries = _recover(log, snap_index, snap_term, snap_path)
+            hs, entries, finish_install = _recover(log, snap_index, snap_term, snap_path)
+            if finish_install:
+                # Durable before anything is appended after the snapshot.
+                log.reset_log(snap_index, snap_term)
+                log.sync()
             _remove_snapshot_temps(data_dir, fsync)
             return cls(data_dir, node_id, cluster_id, lock_fd, log, hs, entries, snap_path, snap, kv)
         except BaseException as e:
