@@ -306,6 +306,21 @@ cdef class EntryLog:
         self.first = index + 1
         self._shrink()
 
+    def find_type(self, uint64_t lo, uint64_t hi, uint8_t etype):
+        """[(index, data), ...] of the entries in [lo, hi) whose type is
+        etype.  The walk over headers stays in C: only matches (membership
+        changes, which are rare) become Python objects."""
+        self._check_range(lo, hi)
+        cdef list found = []
+        cdef size_t i
+        cdef const uint8_t *p
+        for i in range(lo - self.first, hi - self.first):
+            p = self.buf + self.offs[i]
+            if p[12] == etype:
+                found.append((self.first + i,
+                              PyBytes_FromStringAndSize(<char *>p + HEADER, _ld32(p))))
+        return found
+
     def scan_terms(self, uint64_t lo, uint64_t hi):
         """[(start_index, term), ...]: one pair per run of equal terms in [lo, hi)."""
         self._check_range(lo, hi)

@@ -16,13 +16,22 @@ properties of Raft are checked:
 - linearizable reads: a read index handed out (ReadIndex) covers every
   entry any node knew committed when the read was asked for.
 
+With `membership=True` spare nodes start outside the cluster and members
+are added (as learners, promoted by the leader) and removed (the leader
+too) at random; with `snapshots=True` nodes take snapshots and compact
+their logs at random, and a follower behind a leader's log gets the
+snapshot (the runtime's stream is one message here, which can be lost).
+The properties above then hold across configurations, over whatever part
+of each log is still held.
+
 The run is reproducible from its seed alone.
 """
 import random
 
 from raftfast._entrylog import EntryLog
-from raftfast.core import LEADER, CoreConfig, NotLeader, Raft, TransferInProgress
-from raftfast.messages import ENTRY_NORMAL, HardState
+from raftfast.core import (LEADER, ConfChangeBusy, ConfChangeInvalid, CoreConfig, NotLeader, Raft,
+                           TransferInProgress)
+from raftfast.messages import MSG_SNAPSHOT, ENTRY_NORMAL, HardState, Message, decode_config
 
 
 class SafetyViolation(AssertionError):
@@ -46,6 +55,7 @@ class SimStorage:
     def __init__(self):
         self.records = []
         self.durable = 0
+        self.snaps = []  # (index, term, meta): durable when taken, as the runtime's are
 
     def write(self, rd):
         for first, block, count in rd.entries:
@@ -61,34 +71,82 @@ class SimStorage:
     def crash(self):
         del self.records[self.durable:]
 
+    def install(self, index, term, meta):
+        """A snapshot from the leader: durable at once, with a record that
+        voids the log before it (as Storage.install_snapshot does)."""
+        self.snaps.append((index, term, meta))
+        self.records.append(("reset", index, term))
+        self.durable = len(self.records)
+
     def recover(self, entry_log_cls):
+        """(hard state, entry log after the snapshot, snapshot or None),
+        by the rules of Storage.open."""
         log = entry_log_cls(1)
         hs = HardState()
+        snap = self.snaps[-1] if self.snaps else None
         for rec in self.records:
             if rec[0] == "entries":
+                if rec[1] > log.last_index + 1:
+                    # Entries applied and snapshotted here but never made
+                    # durable: the snapshot covers the gap (Storage.open
+                    # skips what it covers), or the log is broken.
+                    if snap is None or rec[1] > snap[0] + 1:
+                        raise SafetyViolation(f"gap in the log before {rec[1]}")
+                    log = entry_log_cls(rec[1])
                 log.append(rec[1], rec[2])
+            elif rec[0] == "reset":
+                log = entry_log_cls(rec[1] + 1)
             else:
                 hs = rec[1]
-        return hs, log
+        if snap is None:
+            return hs, log, None
+        index, term, _ = snap
+        after = entry_log_cls(index + 1)
+        if log.first_index > index + 1:
+            raise SafetyViolation(f"log starts at {log.first_index}, snapshot ends at {index}")
+        if log.last_index > index and (index < log.first_index or log.term(index) == term):
+            block, _ = log.slice(index + 1, log.last_index + 1)
+            after.append(index + 1, block)
+        return hs, after, snap
 
 
 class SimNode:
-    def __init__(self, net, node_id):
+    def __init__(self, net, node_id, boot_voters):
         self.net = net
         self.id = node_id
+        self.boot_voters = boot_voters  # empty: a spare that waits to be added (--join)
         self.storage = SimStorage()
         self.applied = 0
         self.start()
 
     def start(self):
-        hs, log = self.storage.recover(self.net.entry_log_cls)
-        cfg = CoreConfig(self.id, self.net.ids, election_ticks=10, heartbeat_ticks=1,
+        hs, log, snap = self.storage.recover(self.net.entry_log_cls)
+        voters, learners, urls = self.boot_voters, (), {}
+        snap_index = snap_term = 0
+        if snap is not None:
+            snap_index, snap_term, meta = snap
+            voters, learners, urls = decode_config(meta)
+        cfg = CoreConfig(self.id, voters, learners, election_ticks=10, heartbeat_ticks=1,
                          max_msg_bytes=self.net.max_msg_bytes, max_inflight=self.net.max_inflight,
-                         read_mode=self.net.read_mode,
+                         read_mode=self.net.read_mode, urls=urls,
                          seed=self.net.rng.randrange(1 << 30))
-        self.raft = Raft(cfg, log, hs)
+        self.raft = Raft(cfg, log, hs, snap_index, snap_term)
         self.pending = []  # (records needed durable, messages)
-        self.applied = 0   # the state machine is rebuilt from the log on restart
+        # The state machine is the snapshot's, then rebuilt from the log.
+        self.applied = snap_index
+
+    def take_snapshot(self, trailing):
+        """Snapshot the applied state (durable at once) and compact the
+        log, keeping `trailing` entries, as the runtime does."""
+        raft = self.raft
+        index = raft.log.applied
+        if index <= raft.snapshot_index:
+            return
+        term = raft.log.term(index)
+        self.storage.snaps.append((index, term, raft.config_at(index)))
+        raft.snapshot_taken(index, term)
+        raft.compact(raft.compactable(trailing))
+        self.net.trace.append(f"snapshot {self.id} at {index} (log from {raft.log.snap_index + 1})")
 
     def process(self):
         """What the runtime does after every input: drain the Ready loop."""
@@ -96,6 +154,11 @@ class SimNode:
         while raft.has_ready():
             self.net.observe(self)  # record the commit index before applying
             rd = raft.ready()
+            if rd.snapshot is not None:
+                index, term = rd.snapshot
+                self.storage.install(index, term, raft.config_at(index))
+                self.net.check_install(self, index, term)
+                self.applied = index
             n = self.storage.write(rd)
             for m in rd.messages:
                 self.net.send(m)
@@ -129,11 +192,14 @@ class SimNode:
 class SimNet:
     def __init__(self, n, seed, entry_log_cls, drop=0.05, dup=0.03, crash=0.01,
                  partition=0.02, pause=0.004, max_msg_bytes=256, max_inflight=4,
-                 read_mode="readindex"):
+                 read_mode="readindex", membership=False, snapshots=False, spares=2):
         self.rng = random.Random(seed)
         self.seed = seed
         self.entry_log_cls = entry_log_cls
-        self.ids = list(range(1, n + 1))
+        self.membership = membership
+        self.snapshots = snapshots
+        founders = list(range(1, n + 1))
+        self.ids = founders + (list(range(n + 1, n + 1 + spares)) if membership else [])
         self.max_msg_bytes = max_msg_bytes
         self.max_inflight = max_inflight
         self.read_mode = read_mode
@@ -155,14 +221,23 @@ class SimNet:
         self.reads_served = 0
         self.released = []  # (node, context, index) of every read released
         self.transfers = 0
+        self.conf_changes = 0
+        self.installs = 0
         self.trace = []
         self.nodes = {}
         for i in self.ids:
-            self.nodes[i] = SimNode(self, i)
+            self.nodes[i] = SimNode(self, i, founders if i in founders else [])
 
     # ------------------------------------------------------------ network
 
     def send(self, m):
+        if m.type == MSG_SNAPSHOT:
+            # The runtime streams the snapshot file; here the whole stream
+            # is one message carrying the snapshot's meta, lost or not.
+            metas = [meta for i, _, meta in self.nodes[m.frm].storage.snaps if i == m.index]
+            if not metas:
+                self.fail(f"node {m.frm} asked to send a snapshot at {m.index} it never took")
+            m.entries = metas[-1]
         if (m.frm, m.to) in self.cut:
             self.lost(m)
             return
@@ -171,7 +246,10 @@ class SimNet:
     def lost(self, m):
         # The runtime learns of a loss when the transport drops a message or
         # its connection breaks; tell the sender as the runtime would.
-        self.nodes[m.frm].raft.report_unreachable(m.to)
+        raft = self.nodes[m.frm].raft
+        raft.report_unreachable(m.to)
+        if m.type == MSG_SNAPSHOT:
+            raft.report_snapshot(m.to, False)
 
     def deliver_one(self):
         if not self.inflight:
@@ -196,10 +274,17 @@ class SimNet:
         node = self.nodes[m.to]
         node.raft.step(m)
         node.process()
+        if m.type == MSG_SNAPSHOT:
+            sender = self.nodes[m.frm]
+            sender.raft.report_snapshot(m.to, True)
+            sender.process()
 
     def crash(self, node):
         # Its connections break: what was in flight to or from it is gone,
         # and every peer's transport notices.
+        for m in self.inflight:
+            if m.type == MSG_SNAPSHOT and m.to == node.id and m.frm != node.id:
+                self.nodes[m.frm].raft.report_snapshot(m.to, False)  # the stream broke
         self.inflight = [m for m in self.inflight if node.id not in (m.to, m.frm)]
         for other in self.nodes.values():
             if other is not node:
@@ -266,7 +351,7 @@ class SimNet:
         if not leaders:
             return
         node = self.rng.choice(leaders)
-        target = self.rng.choice(self.ids)
+        target = self.rng.choice(sorted(node.raft.voters))
         self.transfers += 1
         self.trace.append(f"transfer {node.id} -> {target}")
         node.raft.transfer_leadership(target)
@@ -331,9 +416,47 @@ class SimNet:
                 a, b = self.rng.sample(self.ids, 2)
                 self.cut.add((a, b))
                 self.trace.append(f"cut {a}->{b}")
+        elif self.snapshots and self.rng.random() < 0.3:
+            node = self.nodes[self.rng.choice(self.ids)]
+            if node.id not in self.paused:
+                node.take_snapshot(self.rng.choice((0, 2, 8)))
+        elif self.membership and self.rng.random() < 0.3:
+            self.change_membership()
         else:
             self.tick_all()
         self.check()
+
+    def change_membership(self):
+        """Add a node that is not a member, or remove a member (the leader
+        included), through whichever node believes it leads."""
+        leaders = [n for n in self.nodes.values()
+                   if n.raft.role == LEADER and n.id not in self.paused]
+        if not leaders:
+            return
+        node = self.rng.choice(leaders)
+        raft = node.raft
+        members = raft.voters | raft.learners
+        outsiders = [i for i in self.ids if i not in members]
+        if outsiders and (self.rng.random() < 0.5 or len(raft.voters) <= 2):
+            op, target = "add", self.rng.choice(outsiders)
+        else:
+            op, target = "remove", self.rng.choice(sorted(members))
+        try:
+            index = raft.propose_conf_change(op, target, f"sim://{target}")
+        except (ConfChangeBusy, ConfChangeInvalid, NotLeader, TransferInProgress) as e:
+            self.trace.append(f"conf {op} {target} at {node.id} refused: {e}")
+            return
+        self.conf_changes += 1
+        self.trace.append(f"conf {op} {target} at {node.id} -> index {index}")
+        node.process()
+
+    def members(self):
+        """The members as the current leader sees them (all nodes if none)."""
+        leaders = [n for n in self.nodes.values() if n.raft.role == LEADER]
+        if not leaders:
+            return list(self.nodes.values())
+        raft = max(leaders, key=lambda n: n.raft.term).raft
+        return [self.nodes[i] for i in sorted(raft.voters | raft.learners)]
 
     # ---------------------------------------------------------- checking
 
@@ -352,6 +475,9 @@ class SimNet:
         c = log.committed
         if c > self.committed.last_index:
             lo = self.committed.last_index + 1
+            if lo <= log.snap_index:
+                self.fail(f"node {node.id} holds a snapshot through {log.snap_index} "
+                          f"of entries nobody was seen committing (from {lo})")
             block, _ = log.slice(lo, c + 1)
             self.committed.append(lo, block)
             self.commit_terms.append((c, raft.term))
@@ -369,6 +495,15 @@ class SimNet:
         self.released.append((node.id, ctx, index))
         self.trace.append(f"read-ok {node.id} ctx={ctx} index={index}")
 
+    def check_install(self, node, index, term):
+        """A snapshot taken from the leader holds committed entries only."""
+        reg = self.committed
+        if index > reg.last_index or reg.term(index) != term:
+            self.fail(f"node {node.id} installed a snapshot at ({index}, {term}) that is not "
+                      f"a committed entry (committed through {reg.last_index})")
+        self.installs += 1
+        self.trace.append(f"install {node.id} at {index}")
+
     def check_apply(self, node, first, block, count):
         if first != node.applied + 1:
             self.fail(f"node {node.id} applied from {first} after {node.applied}")
@@ -385,11 +520,12 @@ class SimNet:
         reg = self.committed
         for node in nodes:
             log = node.raft.log
+            lo = log.snap_index + 1  # what the log still holds (the rest is in a snapshot)
             # Committed prefix agrees with the registry.
             c = log.committed
-            if c:
-                mine, _ = log.slice(1, c + 1)
-                theirs, _ = reg.slice(1, c + 1)
+            if c >= lo:
+                mine, _ = log.slice(lo, c + 1)
+                theirs, _ = reg.slice(lo, c + 1)
                 if bytes(mine) != bytes(theirs):
                     self.fail(f"node {node.id}: committed prefix [1,{c}] differs from what was committed")
             # Leader completeness: a leader has every entry committed in its
@@ -400,12 +536,12 @@ class SimNet:
                 for idx, term in self.commit_terms:
                     if term <= node.raft.term:
                         upto = idx
-                if upto:
+                if upto >= lo:
                     if log.last_index < upto:
                         self.fail(f"leader completeness: leader {node.id} (term {node.raft.term}) "
                                   f"lacks committed entries up to {upto}")
-                    mine, _ = log.slice(1, upto + 1)
-                    theirs, _ = reg.slice(1, upto + 1)
+                    mine, _ = log.slice(lo, upto + 1)
+                    theirs, _ = reg.slice(lo, upto + 1)
                     if bytes(mine) != bytes(theirs):
                         self.fail(f"leader completeness: leader {node.id} differs on committed [1,{upto}]")
         # Log matching: for each pair, the highest index with equal terms
@@ -415,10 +551,11 @@ class SimNet:
             for b in nodes[i + 1:]:
                 lb = b.raft.log
                 top = min(la.last_index, lb.last_index)
-                for idx in range(top, 0, -1):
+                lo = max(la.snap_index, lb.snap_index) + 1
+                for idx in range(top, lo - 1, -1):
                     if la.term(idx) == lb.term(idx):
-                        pa, _ = la.slice(1, idx + 1)
-                        pb, _ = lb.slice(1, idx + 1)
+                        pa, _ = la.slice(lo, idx + 1)
+                        pb, _ = lb.slice(lo, idx + 1)
                         if bytes(pa) != bytes(pb):
                             self.fail(f"log matching: nodes {a.id},{b.id} agree on term at {idx} "
                                       f"but differ before it")
@@ -468,9 +605,9 @@ class SimNet:
                     x.process()
                 continue
             top = reg.last_index
-            if True:
-                if all(x.applied == top for x in self.nodes.values()):
-                    return n
+            # Nodes removed (or never added) are not kept up to date.
+            if all(x.applied == top for x in self.members()):
+                return n
         return None
 
 
@@ -485,4 +622,6 @@ def describe(net):
             "crashes": sum(1 for t in net.trace if t.startswith("crash")),
             "drops": sum(1 for t in net.trace if t.startswith("drop")),
             "proposals": sum(1 for t in net.trace if t.startswith("propose")),
-            "reads": net.reads_served, "transfers": net.transfers}
+            "reads": net.reads_served, "transfers": net.transfers,
+            "conf_changes": net.conf_changes, "installs": net.installs,
+            "snapshots": sum(1 for t in net.trace if t.startswith("snapshot"))}

@@ -330,11 +330,32 @@ def test_a_prevote_is_answered_with_the_future_term_and_changes_nothing():
     assert [(m.type, m.term, m.reject) for m in rd.messages] == [(MSG_PREVOTE_RESP, 5, False)]
 
 
-def test_messages_from_outside_the_configuration_are_dropped():
+def test_votes_from_outside_the_configuration_are_dropped():
+    from raftfast.messages import MSG_PREVOTE
     r = new_raft(node_id=1)
-    r.step(Message(MSG_VOTE, to=1, frm=99, term=10**9, index=10**6, log_term=10**9))
-    r.step(Message(MSG_APPEND, to=1, frm=77, term=10**9, index=0, log_term=0))
-    assert r.term == 0 and r.leader_id == 0 and not r.has_ready()
+    r.step(Message(MSG_APPEND, to=1, frm=2, term=3, index=0, log_term=0,
+                   entries=make_block([b"a"]), count=1))
+    drain(r)
+    # A stranger whose log is not ahead of ours: nothing it says counts.
+    r.step(Message(MSG_VOTE, to=1, frm=99, term=10**9, index=0, log_term=0))
+    r.step(Message(MSG_PREVOTE, to=1, frm=99, term=10**9, index=1, log_term=3))
+    r.step(Message(MSG_VOTE_RESP, to=1, frm=99, term=10**9))
+    assert r.term == 3 and r.vote == 0 and not r.has_ready()
+
+
+def test_a_vote_request_from_a_node_ahead_of_our_configurations_is_heard():
+    # A voter added in entries this node lacks: its log is ahead of ours.
+    r = new_raft(node_id=1)
+    r.step(Message(MSG_VOTE, to=1, frm=99, term=4, index=7, log_term=3))
+    assert r.term == 4 and r.vote == 99
+
+
+def test_a_leader_outside_the_configuration_is_followed():
+    # A node being added, or a member whose log lags a leader added after
+    # its last configuration entry, must hear the leader it does not know.
+    r = new_raft(node_id=1)
+    r.step(Message(MSG_APPEND, to=1, frm=77, term=5, index=0, log_term=0))
+    assert r.term == 5 and r.leader_id == 77
 
 
 def test_a_slow_disk_does_not_cause_an_election():
@@ -383,6 +404,7 @@ def test_compaction_drops_applied_entries_and_replication_goes_on():
     log = ld.raft.log
     upto = log.applied - 2
     term, committed, applied = log.term(upto), log.committed, log.applied
+    ld.raft.snapshot_taken(upto, term)
     ld.raft.compact(upto)
     assert log.snap_index == upto and log.snap_term == term
     assert log.entries.first_index == upto + 1 and log.term(upto) == term
@@ -408,4 +430,6 @@ def test_compaction_refuses_entries_not_yet_applied():
     drain(r)
     r.propose(make_block([b"x"]))
     with pytest.raises(LogPanic, match="applied"):
+        r.snapshot_taken(r.log.last_index, r.term)
+    with pytest.raises(LogPanic, match="newest snapshot"):
         r.compact(r.log.last_index)

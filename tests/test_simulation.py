@@ -3,9 +3,12 @@
 A failing seed prints the events before the violation and the command that
 replays it, e.g.
     python -m pytest "tests/test_simulation.py::test_chaos_is_safe_and_live[n3-seed17]"
-Set RAFTFAST_SIM_SEEDS=N to widen the sweep (the default covers 1,000 seeds).
+Set RAFTFAST_SIM_SEEDS=N to widen the sweep (the default covers 1,000 seeds),
+RAFTFAST_SIM_MEMBERSHIP_SEEDS=N for the schedules that also change the
+membership and take, compact and install snapshots (default 300).
 The long sweep, `python -m pytest -m slow tests/test_simulation.py`, runs
-100,000 seeds (RAFTFAST_SIM_SWEEP=N to change) on every core.
+100,000 seeds (RAFTFAST_SIM_SWEEP=N to change) on every core, every other
+one with membership changes and snapshots.
 """
 import concurrent.futures
 import os
@@ -18,7 +21,10 @@ from simnet import SimNet
 SEEDS = int(os.environ.get("RAFTFAST_SIM_SEEDS", "1000"))
 STEPS = int(os.environ.get("RAFTFAST_SIM_STEPS", "1500"))
 
+MEMBERSHIP_SEEDS = int(os.environ.get("RAFTFAST_SIM_MEMBERSHIP_SEEDS", "300"))
+
 CASES = [(3 if seed % 5 else 5, seed) for seed in range(SEEDS)]
+MEMBERSHIP_CASES = [(3 if seed % 5 else 5, seed) for seed in range(MEMBERSHIP_SEEDS)]
 
 
 @pytest.mark.parametrize("n,seed", CASES, ids=[f"n{n}-seed{s}" for n, s in CASES])
@@ -39,11 +45,33 @@ def test_chaos_is_safe_and_live(n, seed):
     assert net.committed.last_index >= 2
 
 
+@pytest.mark.parametrize("n,seed", MEMBERSHIP_CASES,
+                         ids=[f"n{n}-seed{s}" for n, s in MEMBERSHIP_CASES])
+def test_membership_changes_and_snapshots_under_chaos(n, seed):
+    """Two spare nodes start outside the cluster; members are added and
+    removed (the leader too) at random among the crashes, partitions and
+    pauses; nodes snapshot and compact; laggards get snapshots.  Every step
+    checks the properties above, including one leader per term across
+    configurations."""
+    net = SimNet(n, seed, EntryLog, membership=True, snapshots=True)
+    replay = (f"replay: python -m pytest \"tests/test_simulation.py::"
+              f"test_membership_changes_and_snapshots_under_chaos[n{n}-seed{seed}]\"")
+    try:
+        for _ in range(STEPS):
+            net.step()
+        rounds = net.settle()
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{replay}") from None
+    assert rounds is not None, f"seed {seed}: no progress after healing; {replay}"
+    assert net.committed.last_index >= 2
+
+
 def _run_seed(seed):
-    """One schedule in a worker process; returns (seed, failure text or None, counts)."""
+    """One schedule in a worker process; returns (seed, failure text or None, counts).
+    Odd seeds also change the membership and take and install snapshots."""
     from simnet import describe
     n = 3 if seed % 5 else 5
-    net = SimNet(n, seed, EntryLog)
+    net = SimNet(n, seed, EntryLog, membership=seed % 2 == 1, snapshots=seed % 2 == 1)
     try:
         for _ in range(STEPS):
             net.step()
@@ -67,8 +95,10 @@ def test_chaos_sweep_of_a_hundred_thousand_seeds():
                     totals[k] = totals.get(k, 0) + v
     print(f"\n{len(seeds)} seeds, totals: {totals}")
     assert not failures, "\n".join(
-        f"seed {s}: {f}\n  replay: RAFTFAST_SIM_SEEDS={s + 1} python -m pytest "
-        f"\"tests/test_simulation.py::test_chaos_is_safe_and_live[n{3 if s % 5 else 5}-seed{s}]\""
+        f"seed {s}: {f}\n  replay: RAFTFAST_SIM_{'MEMBERSHIP_' if s % 2 else ''}SEEDS={s + 1} "
+        f"python -m pytest \"tests/test_simulation.py::"
+        f"{'test_membership_changes_and_snapshots_under_chaos' if s % 2 else 'test_chaos_is_safe_and_live'}"
+        f"[n{3 if s % 5 else 5}-seed{s}]\""
         for s, f in failures[:10])
 
 

@@ -1,8 +1,9 @@
 """The sans-IO Raft core: no sockets, files or clocks; see raft.py."""
 from .log import LogPanic, RaftLog
 from .progress import PROBE, REPLICATE, SNAPSHOT, Inflights, Progress
-from .raft import (CANDIDATE, FOLLOWER, LEADER, PRECANDIDATE, CoreConfig, NotLeader, ProposalDropped, Raft,
+from .raft import (CANDIDATE, FOLLOWER, LEADER, PRECANDIDATE, ConfChangeBusy, ConfChangeInvalid,
+                   CoreConfig, NotLeader, ProposalDropped, Raft,
                    Ready, TransferInProgress)
 
-__all__ = ["Raft", "Ready", "CoreConfig", "NotLeader", "ProposalDropped", "TransferInProgress", "LogPanic", "RaftLog", "Progress",
+__all__ = ["Raft", "Ready", "CoreConfig", "ConfChangeBusy", "ConfChangeInvalid", "NotLeader", "ProposalDropped", "TransferInProgress", "LogPanic", "RaftLog", "Progress",
            "Inflights", "FOLLOWER", "PRECANDIDATE", "CANDIDATE", "LEADER", "PROBE", "REPLICATE", "SNAPSHOT"]

@@ -141,6 +141,20 @@ class RaftLog:
         self.snap_index = index
         self._slice_key = None  # slices may have pointed into dropped entries
 
+    def restore(self, index, term):
+        """Start over after a snapshot at (index, term) received from the
+        leader: whatever this log held is either covered by it or stale, so
+        it empties and begins at index + 1.  The runtime makes the snapshot
+        durable (and the stored log restart there) before anything this
+        node says next, so it counts as written and durable."""
+        if index <= self.committed:
+            raise LogPanic(f"restoring a snapshot at {index}, but {self.committed} is committed")
+        self.entries = type(self.entries)(index + 1)
+        self.snap_index = index
+        self.snap_term = term
+        self.committed = self.applied = self.written = self.persisted = index
+        self._slice_key = None
+
     def slice(self, lo, hi, max_bytes=0):
         # Entries at or below last_index never change without a truncation,
         # and a truncation resets the cache; so (lo, hi, max_bytes) names

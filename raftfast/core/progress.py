@@ -7,7 +7,10 @@ States, as in etcd's tracker:
   sends one append at a time and waits for the answer.
 - REPLICATE: the follower is known to match; appends are pipelined up to
   the inflight window.
-- SNAPSHOT: reserved for InstallSnapshot (a later issue).
+- SNAPSHOT: the entries the follower needs were compacted away; the
+  runtime is streaming it the snapshot at `pending_snapshot`.  Nothing
+  else is sent meanwhile but heartbeats; the follower's acknowledgement
+  of the installed snapshot (or the runtime's report) ends the state.
 """
 from collections import deque
 
@@ -53,7 +56,7 @@ class Inflights:
 
 class Progress:
     __slots__ = ("match", "next", "state", "probe_sent", "inflights", "recent_active",
-                 "stalled_beats", "flow_paused", "acked_round")
+                 "stalled_beats", "flow_paused", "acked_round", "pending_snapshot")
 
     def __init__(self, next_index, max_inflight, max_inflight_bytes):
         self.match = 0
@@ -71,6 +74,7 @@ class Progress:
         # The newest heartbeat round this follower answered in this term:
         # a read queued before that round was sent is confirmed by it.
         self.acked_round = 0
+        self.pending_snapshot = 0
 
     def become_probe(self):
         self.state = PROBE
@@ -81,6 +85,12 @@ class Progress:
     def become_replicate(self):
         self.state = REPLICATE
         self.next = self.match + 1
+        self.probe_sent = False
+        self.inflights.reset()
+
+    def become_snapshot(self, index):
+        self.state = SNAPSHOT
+        self.pending_snapshot = index
         self.probe_sent = False
         self.inflights.reset()
 
@@ -128,6 +138,7 @@ class Progress:
         return True
 
     def __repr__(self):
-        return (f"{STATE_NAMES[self.state]} match={self.match} next={self.next}"
+        snap = f" snapshot={self.pending_snapshot}" if self.state == SNAPSHOT else ""
+        return (f"{STATE_NAMES[self.state]}{snap} match={self.match} next={self.next}"
                 f" inflight={len(self.inflights)}{'[full]' if self.inflights.full() else ''}"
                 f"{' paused' if self.is_paused() else ''}")

@@ -21,12 +21,13 @@ import collections
 import random
 
 from raftfast.messages import (
-    ENTRY_HEADER_SIZE, ENTRY_NOOP, MSG_APPEND, MSG_APPEND_RESP, MSG_HEARTBEAT,
-    MSG_HEARTBEAT_RESP, MSG_PREVOTE, MSG_PREVOTE_RESP, MSG_TIMEOUT_NOW, MSG_VOTE, MSG_VOTE_RESP,
-    VOTE_TRANSFER, HardState, Message)
+    ENTRY_CONFIG, ENTRY_HEADER_SIZE, ENTRY_NOOP, MSG_APPEND, MSG_APPEND_RESP, MSG_HEARTBEAT,
+    MSG_HEARTBEAT_RESP, MSG_PREVOTE, MSG_PREVOTE_RESP, MSG_SNAPSHOT, MSG_TIMEOUT_NOW, MSG_VOTE,
+    MSG_VOTE_RESP, VOTE_TRANSFER, ConfigFormatError, HardState, Message, decode_config,
+    encode_config)
 
 from .log import LogPanic, RaftLog
-from .progress import PROBE, REPLICATE, Progress
+from .progress import PROBE, REPLICATE, SNAPSHOT, Progress
 from .quorum import VOTE_LOST, VOTE_WON, committed_index, vote_result
 
 FOLLOWER = "follower"
@@ -60,18 +61,41 @@ class TransferInProgress(Exception):
         self.target = target
 
 
+class ConfChangeBusy(Exception):
+    """A membership change cannot start now (one is still uncommitted, or
+    the leader has not yet committed an entry of its own term); nothing
+    was proposed.  Retrying later is right."""
+
+
+class ConfChangeInvalid(ValueError):
+    """A membership change that makes no sense (adding a member, removing
+    a stranger, removing the only voter); nothing was proposed."""
+
+
+# Messages a node accepts from ids in none of the configurations it holds:
+# what a leader sends (a node being added does not know its leader's
+# configuration yet, nor does a member whose log lags a leader added later),
+# and a vote request whose log is ahead of ours (it may come from a voter
+# added in entries we lack; dropping it could leave no electable majority).
+# The rest is dropped.  Not what keeps a removed node from disrupting: it
+# never campaigns once it has its removal in its log, and before that its
+# log lacks a committed entry, so PreVote fails it (and CheckQuorum makes
+# members that hear their leader ignore it).
+_FROM_ANY_LEADER = frozenset({MSG_APPEND, MSG_HEARTBEAT, MSG_SNAPSHOT})
+
+
 class CoreConfig:
     """The knobs the protocol itself needs (the runtime's Config maps onto it)."""
 
     __slots__ = ("id", "voters", "learners", "election_ticks", "heartbeat_ticks",
                  "max_msg_bytes", "max_inflight", "max_inflight_bytes",
                  "max_apply_bytes", "max_uncommitted_entries", "pre_vote", "check_quorum",
-                 "read_mode", "seed")
+                 "read_mode", "seed", "urls")
 
     def __init__(self, id, voters, learners=(), election_ticks=10, heartbeat_ticks=1,
                  max_msg_bytes=1 << 20, max_inflight=64, max_inflight_bytes=0,
                  max_apply_bytes=64 << 20, max_uncommitted_entries=1 << 20, pre_vote=True,
-                 check_quorum=True, read_mode="readindex", seed=None):
+                 check_quorum=True, read_mode="readindex", seed=None, urls=None):
         if heartbeat_ticks <= 0 or election_ticks <= heartbeat_ticks:
             raise ValueError("need 0 < heartbeat_ticks < election_ticks")
         if read_mode not in ("readindex", "lease"):
@@ -103,6 +127,9 @@ class CoreConfig:
         # the lease holds (see Raft._lease_valid for its clock assumption).
         self.read_mode = read_mode
         self.seed = seed
+        # Default dial addresses of members (id -> url) as the configuration
+        # the node starts from knows them; --peer flags win in the runtime.
+        self.urls = dict(urls or {})
 
 
 class Ready:
@@ -121,12 +148,18 @@ class Ready:
     6. serve each of `read_states` ((context, index): a read confirmed
        linearizable at that commit index) once the state machine has
        applied through its index.
+
+    Before all of that, when `snapshot` is (index, term): this node took
+    the leader's snapshot at that point (the one the runtime stepped in
+    with MSG_SNAPSHOT).  Make it the node's durable snapshot, restart the
+    stored log after (index, term), and replace the state machine with it.
     """
 
     __slots__ = ("hard_state", "entries", "messages", "persist_messages", "committed",
-                 "read_states", "_written_to", "_applied_to")
+                 "read_states", "snapshot", "_written_to", "_applied_to")
 
     def __init__(self):
+        self.snapshot = None
         self.hard_state = None
         self.entries = []
         self.messages = []
@@ -167,9 +200,23 @@ class Raft:
         hs = hard_state or HardState()
         self.id = cfg.id
         self.cfg = cfg
-        self.voters = set(cfg.voters)
-        self.learners = set(cfg.learners)
         self.log = RaftLog(entry_log, snap_index, snap_term, hs.commit)
+        # The newest durable snapshot (the log may keep a margin before it).
+        self.snapshot_index = snap_index
+        self.snapshot_term = snap_term
+        self._restored = None  # (index, term) of a snapshot taken from the leader, for ready()
+        # Membership (thesis ch. 4, single-server changes): a configuration
+        # is in effect from the moment its entry is in the log, committed or
+        # not, and falls back when that entry is truncated away.  History:
+        # (index, term, voters, learners, urls) of the configuration the log
+        # starts with, then of each ENTRY_CONFIG entry still in the log.
+        self.voters = set()
+        self.learners = set()
+        self.urls = {}
+        self._known_ids = set()  # members of any configuration in the history
+        self.conf_version = 0
+        self._conf_hist = [(snap_index, snap_term, frozenset(cfg.voters),
+                            frozenset(cfg.learners), dict(cfg.urls))]
         self.term = hs.term
         self.vote = hs.vote
         self.leader_id = 0
@@ -201,6 +248,10 @@ class Raft:
         self.lead_transferee = 0
         self._transfer_elapsed = 0
         self._timeout_now_sent = False
+        self.role = FOLLOWER
+        if self.log.last_index > snap_index:
+            self._scan_configs(snap_index + 1, self.log.last_index)
+        self._use_conf(self._conf_hist[len(self._conf_hist) - 1])
         self.become_follower(self.term, 0)
 
     # ----------------------------------------------------------- roles
@@ -468,12 +519,226 @@ class Raft:
             self._transfer_elapsed = 0
             self._timeout_now_sent = False
 
+    # ------------------------------------------------------ membership
+
+    @property
+    def conf_index(self):
+        """Log index of the configuration in effect (the snapshot's or the
+        starting one's index when no config entry follows it)."""
+        return self._conf_hist[len(self._conf_hist) - 1][0]
+
+    def _log_behind(self, m):
+        """Is the sender's last entry (m.index, m.log_term) ahead of ours?"""
+        last_term = self.log.last_term()
+        return m.log_term > last_term or (m.log_term == last_term
+                                          and m.index > self.log.last_index)
+
+    def _use_conf(self, item):
+        _, _, voters, learners, urls = item
+        known = set()
+        for h in self._conf_hist:
+            known.update(h[2])
+            known.update(h[3])
+        self._known_ids = known
+        self.voters = set(voters)
+        self.learners = set(learners)
+        self.urls = dict(urls)
+        self.conf_version += 1
+        if self.role != LEADER:
+            return
+        members = self.voters | self.learners
+        for peer in list(self.progress):
+            if peer != self.id and peer not in members:
+                del self.progress[peer]
+        nxt = self.log.last_index + 1
+        for peer in members:
+            if peer not in self.progress:
+                self.progress[peer] = Progress(nxt, self.cfg.max_inflight,
+                                               self.cfg.max_inflight_bytes)
+        if self.lead_transferee and self.lead_transferee not in self.voters:
+            self.abort_transfer()
+        # A lease was earned from the old voters; let it lapse rather than
+        # reason about which majority promised what across the change.
+        self._lease_until = 0
+        self._lease_blocked_until = self.tick_count + 2 * self.cfg.election_ticks + 1
+
+    def _scan_configs(self, lo, hi):
+        """Add the ENTRY_CONFIG entries in [lo, hi] to the history.  One
+        that does not decode, or names no voter, came from a forged or
+        broken leader: every node skips it alike, so they still agree."""
+        hist = self._conf_hist
+        for index, data in self.log.entries.find_type(lo, hi + 1, ENTRY_CONFIG):
+            if index <= hist[len(hist) - 1][0]:
+                continue
+            try:
+                voters, learners, urls = decode_config(data)
+            except ConfigFormatError:
+                continue
+            if voters:
+                hist.append((index, self.log.term(index), voters, learners, urls))
+
+    def _conf_after_write(self, lo, hi):
+        """Entries [lo, hi] were just written to the log (a follower's
+        append, which may have truncated a suffix first): drop the
+        configurations whose entries are gone, pick up new ones, and switch
+        if the one in effect changed.  Entries are identified by (index,
+        term): by Log Matching an entry still holding its term is the same."""
+        hist = self._conf_hist
+        before = hist[len(hist) - 1]
+        log = self.log
+        while len(hist) > 1:
+            index, term = hist[len(hist) - 1][0], hist[len(hist) - 1][1]
+            if index <= log.last_index and log.term(index) == term:
+                break
+            hist.pop()
+        self._scan_configs(lo, hi)
+        if hist[len(hist) - 1] is not before:
+            self._use_conf(hist[len(hist) - 1])
+
+    def config_at(self, index):
+        """The configuration in effect once the log through `index` is
+        applied, as encode_config bytes: the meta of a snapshot at index."""
+        hist = self._conf_hist
+        if index < hist[0][0]:
+            raise ValueError(f"no configuration known at {index} (the log starts after "
+                             f"{hist[0][0]})")
+        for i in range(len(hist) - 1, -1, -1):
+            if hist[i][0] <= index:
+                _, _, voters, learners, urls = hist[i]
+                return encode_config(voters, learners, urls)
+        raise AssertionError("unreachable")
+
+    def propose_conf_change(self, op, node_id, url=""):
+        """Change the membership by one server (thesis 4.1): op "add" makes
+        node_id a learner dialed at url, "promote" makes a learner a voter,
+        "remove" removes any member, this leader included.  Appends one
+        ENTRY_CONFIG entry holding the whole new configuration, in effect at
+        once; returns its index (the change is done once that commits).
+        Raises NotLeader, TransferInProgress, ConfChangeBusy or
+        ConfChangeInvalid."""
+        if self.role != LEADER:
+            raise NotLeader(self.leader_id)
+        if self.lead_transferee:
+            raise TransferInProgress(self.lead_transferee)
+        if not self._committed_in_term:
+            # Ongaro's fix for single-server changes: until an entry of this
+            # term commits, a change from a previous term may be pending in
+            # a log we have not seen, and two changes could overlap.
+            raise ConfChangeBusy("the leader has not yet committed an entry of its term")
+        if self._conf_change_pending():
+            raise ConfChangeBusy("a membership change is in progress")
+        voters, learners, urls = set(self.voters), set(self.learners), dict(self.urls)
+        if op == "add":
+            if node_id in voters or node_id in learners:
+                raise ConfChangeInvalid(f"node {node_id} is already a member")
+            learners.add(node_id)
+            if url:
+                urls[node_id] = url
+        elif op == "promote":
+            if node_id not in learners:
+                raise ConfChangeInvalid(f"node {node_id} is not a learner")
+            learners.discard(node_id)
+            voters.add(node_id)
+        elif op == "remove":
+            if node_id not in voters and node_id not in learners:
+                raise ConfChangeInvalid(f"node {node_id} is not a member")
+            if voters == {node_id}:
+                raise ConfChangeInvalid(f"node {node_id} is the only voter; it cannot be removed")
+            voters.discard(node_id)
+            learners.discard(node_id)
+            urls.pop(node_id, None)
+        else:
+            raise ValueError(f"unknown membership change {op!r}")
+        data = encode_config(voters, learners, urls)
+        block = (len(data).to_bytes(4, "little") + bytes(8) + bytes([ENTRY_CONFIG]) + data)
+        _, last = self.log.append_proposal(block, self.term)
+        item = (last, self.term, frozenset(voters), frozenset(learners), urls)
+        self._conf_hist.append(item)
+        self._use_conf(item)
+        self._broadcast_append()
+        return last
+
+    def _conf_change_pending(self):
+        """One change at a time: the last one must commit before the next
+        (two uncommitted single-server changes could make disjoint majorities)."""
+        return self.conf_index > self.log.committed
+
+    def _maybe_promote(self, peer, pr):
+        """A learner whose log reached our commit index is caught up: make
+        it a voter (any leader does this, so it survives a change of leader)."""
+        if (pr.match >= self.log.committed and self._committed_in_term
+                and not self.lead_transferee and not self._conf_change_pending()):
+            self.propose_conf_change("promote", peer)
+
+    def _step_down_if_removed(self):
+        """A leader that removed itself leads until that change commits,
+        then hands over: TimeoutNow to the most up-to-date voter (if it has
+        everything), so the cluster need not wait out an election timeout."""
+        if self.role != LEADER or self.id in self.voters or self.log.committed < self.conf_index:
+            return
+        best, best_match = 0, -1
+        for peer in sorted(self.voters):
+            pr = self.progress.get(peer)
+            if pr is not None and pr.match > best_match:
+                best, best_match = peer, pr.match
+        if best and best_match == self.log.last_index:
+            self._send(Message(MSG_TIMEOUT_NOW, to=best, term=self.term))
+        self.become_follower(self.term, 0)
+
+    # ------------------------------------------------------- snapshots
+
+    def snapshot_taken(self, index, term):
+        """The runtime's snapshot through `index` is durable: it is what a
+        follower behind the log gets from now on."""
+        if index > self.snapshot_index:
+            if index > self.log.applied:
+                raise LogPanic(f"snapshot at {index}, but only {self.log.applied} is applied")
+            self.snapshot_index = index
+            self.snapshot_term = term
+
+    def compactable(self, trailing=0):
+        """How far the log may be compacted now: `trailing` entries behind
+        the newest snapshot, never past what is applied and durable, and
+        never past the snapshot a follower is being sent (it continues from
+        the log after it: without this it could need a newer snapshot each
+        time it finished one, and never catch up)."""
+        log = self.log
+        upto = self.snapshot_index - trailing if self.snapshot_index > trailing else 0
+        upto = min(upto, log.applied, log.persisted)
+        if self.role == LEADER:
+            for pr in self.progress.values():
+                if pr.state == SNAPSHOT and pr.pending_snapshot < upto:
+                    upto = pr.pending_snapshot
+        return max(upto, log.snap_index)
+
     def compact(self, index):
         """A snapshot of the state machine covers the log through `index`:
         drop those entries from memory (see RaftLog.compact).  A follower
-        that still needs them cannot be served from the log any more; until
-        InstallSnapshot exists, the runtime keeps a trailing margin."""
+        that still needs them gets the snapshot instead."""
+        if index > self.snapshot_index:
+            raise LogPanic(f"compacting through {index}, past the newest snapshot "
+                           f"({self.snapshot_index})")
         self.log.compact(index)
+        hist = self._conf_hist
+        keep = 0
+        while keep + 1 < len(hist) and hist[keep + 1][0] <= index:
+            keep += 1
+        if keep:
+            del hist[:keep]
+
+    def report_snapshot(self, peer, ok):
+        """The runtime's stream of a snapshot to peer ended: all of it was
+        acknowledged (ok), or it failed or was given up.  Either way, probe:
+        after a success the probe lands right after the snapshot; after a
+        failure the next heartbeat answer asks for a snapshot again."""
+        pr = self.progress.get(peer)
+        if self.role != LEADER or pr is None or pr.state != SNAPSHOT:
+            return
+        pending = pr.pending_snapshot
+        pr.become_probe()
+        if ok:
+            pr.next = max(pr.next, pending + 1)
+        pr.pending_snapshot = 0
 
     def report_unreachable(self, peer):
         """The runtime could not deliver a message to peer (connection down,
@@ -498,9 +763,10 @@ class Raft:
         if m.frm == self.id:
             self._step_self(m)
             return
-        if m.frm not in self.voters and m.frm not in self.learners:
-            return  # not a member: a later issue admits nodes being added
         t = m.type
+        if m.frm not in self._known_ids and t not in _FROM_ANY_LEADER:
+            if not ((t == MSG_VOTE or t == MSG_PREVOTE) and self._log_behind(m)):
+                return
         if m.term > self.term:
             if (t == MSG_VOTE or t == MSG_PREVOTE) and self.cfg.check_quorum and \
                     self.leader_id != 0 and self.election_elapsed < self.cfg.election_ticks \
@@ -510,12 +776,12 @@ class Raft:
                 return
             if t == MSG_PREVOTE or (t == MSG_PREVOTE_RESP and not m.reject):
                 pass  # a pre-vote speaks of a term nobody has entered yet
-            elif t == MSG_APPEND or t == MSG_HEARTBEAT:
+            elif t == MSG_APPEND or t == MSG_HEARTBEAT or t == MSG_SNAPSHOT:
                 self.become_follower(m.term, m.frm)
             else:
                 self.become_follower(m.term, 0)
         elif m.term < self.term:
-            if t == MSG_APPEND or t == MSG_HEARTBEAT:
+            if t == MSG_APPEND or t == MSG_HEARTBEAT or t == MSG_SNAPSHOT:
                 # Tell a deposed leader about the newer term so it steps down.
                 self._send(Message(MSG_APPEND_RESP, to=m.frm, term=self.term))
             elif t == MSG_PREVOTE:
@@ -570,13 +836,17 @@ class Raft:
             self.election_elapsed = 0
             self.leader_id = m.frm
             self._handle_heartbeat(m)
+        elif t == MSG_SNAPSHOT:
+            self.election_elapsed = 0
+            self.leader_id = m.frm
+            self._handle_snapshot(m)
         elif t == MSG_TIMEOUT_NOW:
             if self.id in self.voters:
                 self.campaign(transfer=True)  # no PreVote: our leader asked for it
 
     def _step_candidate(self, m):
         t = m.type
-        if t in (MSG_APPEND, MSG_HEARTBEAT):
+        if t == MSG_APPEND or t == MSG_HEARTBEAT or t == MSG_SNAPSHOT:
             self.become_follower(m.term, m.frm)
             self._step_follower(m)
         elif (t == MSG_VOTE_RESP and self.role == CANDIDATE) or \
@@ -614,12 +884,17 @@ class Raft:
             if pr.maybe_update(m.index):
                 if pr.state == PROBE:
                     pr.become_replicate()
+                elif pr.state == SNAPSHOT:
+                    if pr.match >= pr.pending_snapshot:
+                        pr.become_replicate()  # the snapshot is in: back to the log
                 else:
                     pr.inflights.free_le(m.index)
                 if not self._maybe_commit():
                     self._send_appends_to(m.frm)
                 if m.frm == self.lead_transferee:
                     self._maybe_send_timeout_now()
+                if m.frm in self.learners:
+                    self._maybe_promote(m.frm, pr)
             elif pr.state == REPLICATE:
                 pr.inflights.free_le(m.index)
                 self._send_appends_to(m.frm)
@@ -643,6 +918,8 @@ class Raft:
                     pr.become_probe()
             if pr.match < self.log.last_index:
                 self._send_appends_to(m.frm)
+            if m.frm in self.learners:
+                self._maybe_promote(m.frm, pr)
 
     # ------------------------------------------------- follower helpers
 
@@ -655,6 +932,8 @@ class Raft:
             return
         last_new = log.maybe_append(m.index, m.log_term, m.commit, m.entries, m.count)
         if last_new is not None:
+            if m.count:
+                self._conf_after_write(m.index + 1, last_new)
             # Acknowledged only once the entries are durable here.
             self._send_after_persist(Message(MSG_APPEND_RESP, to=m.frm, term=self.term,
                                               index=last_new))
@@ -662,6 +941,36 @@ class Raft:
         hint = log.conflict_hint(m.index, m.log_term)
         self._send(Message(MSG_APPEND_RESP, to=m.frm, term=self.term, index=m.index,
                            reject=True, hint=hint, log_term=log.term(hint) or 0))
+
+    def _handle_snapshot(self, m):
+        """The runtime received, checked and loaded the leader's snapshot at
+        (m.index, m.log_term); m.entries is its configuration."""
+        log = self.log
+        index, term = m.index, m.log_term
+        if index <= log.committed:
+            # Nothing new in it (a duplicate, or we caught up meanwhile).
+            self._send_after_persist(Message(MSG_APPEND_RESP, to=m.frm, term=self.term,
+                                              index=log.committed))
+            return
+        if log.match_term(index, term):
+            # Our log holds its last entry: keep the log (the entries after
+            # it too, thesis 5.3) and apply up to it from there.
+            log.commit_to(index)
+            self._send_after_persist(Message(MSG_APPEND_RESP, to=m.frm, term=self.term,
+                                              index=index))
+            return
+        try:
+            voters, learners, urls = decode_config(m.entries or b"")
+        except ConfigFormatError:
+            return  # the runtime checked the file; a bad meta is a forged message
+        if not voters:
+            return
+        log.restore(index, term)
+        self.snapshot_index, self.snapshot_term = index, term
+        self._conf_hist = [(index, term, voters, learners, urls)]
+        self._use_conf(self._conf_hist[0])
+        self._restored = (index, term)
+        self._send_after_persist(Message(MSG_APPEND_RESP, to=m.frm, term=self.term, index=index))
 
     def _handle_heartbeat(self, m):
         # The leader caps the commit index it sends at what it knows we have.
@@ -717,8 +1026,12 @@ class Raft:
         prev = pr.next - 1
         prev_term = log.term(prev)
         if prev_term is None:
-            # The entries this follower needs were compacted away; a later
-            # issue sends a snapshot here.  Until then nothing to send.
+            # The entries this follower needs were compacted away: the
+            # runtime streams it the newest snapshot instead.
+            if self.snapshot_index >= pr.next:
+                pr.become_snapshot(self.snapshot_index)
+                self._send(Message(MSG_SNAPSHOT, to=peer, term=self.term,
+                                   index=self.snapshot_index, log_term=self.snapshot_term))
             return False
         if pr.next <= last:
             block, count = log.slice(pr.next, last + 1, self.cfg.max_msg_bytes)
@@ -760,6 +1073,7 @@ class Raft:
     def has_ready(self):
         log = self.log
         return bool(self._msgs or self._persist_msgs or log.written < log.last_index
+                    or self._restored is not None
                     or self._reads_ready or self._read_round_wanted
                     or self._hard_state_changed()
                     or min(log.committed, log.last_index) > log.applied)
@@ -771,6 +1085,10 @@ class Raft:
     def ready(self):
         rd = Ready()
         log = self.log
+        if self._restored is not None:
+            rd.snapshot, self._restored = self._restored, None
+        if self.role == LEADER and self.id not in self.voters:
+            self._step_down_if_removed()
         if self._read_round_wanted and self.role == LEADER:
             # Reads arrived since the last round: one round for all of them.
             self._broadcast_heartbeat()
@@ -817,7 +1135,7 @@ class Raft:
             "id": self.id, "role": self.role, "term": self.term, "vote": self.vote,
             "leader_id": self.leader_id, "commit_index": log.committed,
             "last_applied": log.applied, "first_log_index": log.snap_index + 1,
-            "last_log_index": log.last_index, "snapshot_index": log.snap_index,
+            "last_log_index": log.last_index, "snapshot_index": self.snapshot_index,
             "persisted_index": log.persisted,
             "voters": sorted(self.voters), "learners": sorted(self.learners),
         }
