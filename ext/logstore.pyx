@@ -16,9 +16,11 @@ first_index, then append" -- that is how a conflicting suffix is cut
 durably without an ftruncate on the hot path.  The last hard-state record
 wins.  A log reset voids every entry before it, whatever they were (a
 longer log, a shorter one, other terms): the log continues after its
-index, and the entries records after it start at index + 1 and never go
-at or below it (append_entries refuses that, and replay calls it damage).
-Only the newest reset matters; replay starts there.
+index.  The entries records after it never go at or below it, and the
+first starts at index + 1 (append_entries refuses anything else; replay
+calls it damage, except that a newer snapshot may move the start up to
+just after the snapshot).  Only the newest reset matters; replay starts
+there.
 
 Files
 -----
@@ -364,7 +366,10 @@ cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
     resets it).  Records before (cover.void_seg, cover.void_off) -- the
     newest reset, when replaying -- are verified but not handed over (a
     hard state still is).  A reset record restarts the log: entries records
-    after it must start at its index + 1 and never go at or below it.
+    after it never go at or below its index, and the first one starts right
+    after it -- or, with cover.check, anywhere the snapshot reaches (an
+    install cut short after its rename leaves a newer snapshot than the
+    reset, and recovery continues the log after that).
 
     When cover.check is set (a snapshot covers up to S = cover.skip_upto),
     entries records wholly below S are not handed to on_entries unless they

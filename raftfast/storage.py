@@ -9,7 +9,8 @@ Data-dir layout::
                   bootstrap (later configurations live in the log and snapshots)
         wal/      the write-ahead log: hard state and entry batches (raftfast._logstore)
         snap/     snapshots of the state machine, snap-<index, 16 hex digits>.snap
-                  (raftfast.snapshot's format); .<name>.<random>.tmp while one is written
+                  (raftfast.snapshot's format); .<name>.<random>.tmp while one is written,
+                  .snap-incoming.<random>.tmp while one is received from the leader
 
 Storage wires these together and recovers the node's state at open.  It is
 thin on purpose: the Raft core keeps its entries in memory (an EntryLog),
@@ -25,6 +26,10 @@ log may begin in a segment above 1.  compact(snap_index, trailing) drops
 the WAL segments the snapshot covers (less a trailing margin) and the
 older snapshot files.  A damaged newest snapshot is a refusal to start,
 even if an older one and the log could stand in for it (see _load_snapshot).
+install_snapshot(path, index, term) makes a snapshot received from the
+leader the node's state: renamed into place, then a log reset record (the
+log restarts after it) made durable; recovery finishes an install a crash
+cut short between the two (see _stale_after_snapshot).
 
 Errors: every refusal to start (locked dir, another node's or cluster's
 dir, damaged log, unreadable meta or members, a missing file) is a
