@@ -107,7 +107,8 @@ def test_replay_starts_at_the_newest_reset(tmp_path, reset_at):
         fill(s, 4, 12, term=1)
         s.reset_log(reset_at, 2)
         fill(s, reset_at + 1, reset_at + 3, term=2)
-        want = [("reset", reset_at, 2)] + [("entries", i, 1) for i in range(reset_at + 1, reset_at + 4)]
+        want = [("reset", reset_at, 2)] + [("entries", i, 1)
+                                           for i in range(reset_at + 1, reset_at + 4)]
         assert replayed(s) == want
         s.sync()
     with LogStore(wal, segment_bytes=SEG) as s:
@@ -190,7 +191,8 @@ def test_a_gap_before_a_reset_is_voided_by_it(tmp_path):
     wal = tmp_path / "wal"
     hs = ref.encode_hard_state(1, 0, 0)
     ref.write_segment(wal, 1, [hs, ref.encode_entries(50, ent(50, 1), 1)])
-    ref.write_segment(wal, 2, [hs, ref.encode_log_reset(20, 2), ref.encode_entries(21, ent(21, 2), 1)])
+    ref.write_segment(wal, 2, [hs, ref.encode_log_reset(20, 2),
+                               ref.encode_entries(21, ent(21, 2), 1)])
     with LogStore(wal, segment_bytes=SEG, snap_index=20) as s:
         assert replayed(s, 20) == [("reset", 20, 2), ("entries", 21, 1)]
     os.unlink(os.path.join(wal, ref.segment_name(2)))
@@ -239,6 +241,22 @@ def test_voided_segments_go_once_the_reset_is_durable_and_covered(tmp_path, fsyn
         kept = replayed(s, snap_index=reset_top)
         assert kept[0] == ("entries", reset_top + 1, 1)
         assert kept[len(kept) - 1] == ("entries", 45, 1)
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_a_reset_found_at_open_lowers_the_void_segments(tmp_path, fsync):
+    wal = tmp_path / "wal"
+    with LogStore(wal, fsync=fsync, segment_bytes=SEG) as s:
+        fill(s, 1, 40, term=1)
+        s.reset_log(10, 2)
+        fill(s, 11, 12, term=2)
+        s.sync()
+        n = len(s.segments)
+    with LogStore(wal, fsync=fsync, segment_bytes=SEG, snap_index=10) as s:
+        tops = [t for _, t in s.segment_tops]
+        assert len(tops) == n and tops[:-1] == [min(t, 10) for t in tops[:-1]]
+        assert max(tops[:-1]) == 10 and tops[-1] == 12
+        assert len(s.compact(10)) == n - 1
 
 
 def test_a_torn_reset_record_is_repaired_like_any_torn_tail(tmp_path, caplog):
@@ -535,7 +553,8 @@ ops = hst.lists(hst.one_of(
 ), max_size=25)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=ops, fsync=hst.booleans())
 def test_random_installs_appends_and_compactions_recover_as_the_model(tmp_path_factory, ops, fsync):
     d = tmp_path_factory.mktemp("d")
