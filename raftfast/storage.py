@@ -378,7 +378,9 @@ class Storage:
                     membership will travel in), or None
         snapshot_file  its path, or None
         kv          the KVStore loaded from it, or None (start empty); the
-                    node takes it, and applies from snap_index + 1
+                    node takes it, and applies from snap_index + 1 (set at
+                    open only: install_snapshot moves snap_index, snap_term,
+                    snapshot and snapshot_file, the node swaps its own store)
         is_new      True when the dir held no Raft state (term, vote, commit
                     all 0, no entries, no snapshot): the node should bootstrap
     """
@@ -568,9 +570,11 @@ class Storage:
         Returns (deleted segment paths, deleted snapshot paths).  StorageError
         when no snapshot on disk covers snap_index (the log is not touched).
         Blocking file I/O: run it off the event loop (the log store is
-        thread-safe; it may run while the loop appends).  Crash-safe at
-        every step: segments go oldest first and the newest snapshot stays,
-        so a restart finds the snapshot and a contiguous log after it."""
+        thread-safe; it may run while the loop appends; it syncs the log
+        first).  Crash-safe at every step: segments go oldest first and the
+        newest snapshot stays, so a restart finds the snapshot and a
+        contiguous log after it.  Segments before a durable log reset count
+        at most the reset's index (docs/snapshots.md)."""
         latest = self.latest_snapshot()
         if latest is None or latest[1].index < snap_index:
             raise StorageError(f"cannot compact the log up to index {snap_index}: no snapshot "
