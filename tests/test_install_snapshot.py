@@ -610,3 +610,90 @@ def test_random_installs_appends_and_compactions_recover_as_the_model(tmp_path_f
             assert st.kv.get(b"at") == b"%d" % m.snap[0]
     finally:
         st.close()
+
+
+log_ops = hst.lists(hst.one_of(
+    hst.tuples(hst.just("append"), hst.integers(0, 5), hst.integers(1, 6), hst.integers(1, 3)),
+    hst.tuples(hst.just("reset"), hst.integers(-5, 15), hst.integers(1, 3)),
+    hst.tuples(hst.just("hard_state"), hst.integers(1, 9)),
+    hst.tuples(hst.just("compact"), hst.integers(0, 30)),
+    hst.tuples(hst.just("sync"),),
+    hst.tuples(hst.just("reopen"),),
+), max_size=30)
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=log_ops, fsync=hst.booleans())
+def test_random_log_with_resets_replays_as_the_model(tmp_path_factory, ops, fsync):
+    """The log store alone: appends (with truncations), resets anywhere
+    (below, inside or past the log), hard states, compactions and reopens.
+    What replay gives, past what compaction was allowed to drop, is the
+    model's log; the hard state is the last one saved."""
+    from raftfast.storage import _recover
+    wal = tmp_path_factory.mktemp("wal")
+    seg = 600  # a few entries per segment
+    terms = {}        # the model: index -> term of the live log (after the reset, if any)
+    reset = None      # (index, term) of the newest reset
+    covered = 0       # the highest upto compacted (a snapshot would cover it)
+    hs = (0, 0, 0)
+    s = LogStore(wal, fsync=fsync, segment_bytes=seg)
+
+    def last():
+        return max(terms) if terms else (reset[0] if reset else 0)
+
+    def check(store):
+        # What a snapshot at `snap` would recover: covered by compaction or a reset.
+        snap = max(covered, reset[0] if reset else 0)
+        if snap and snap not in terms and (reset is None or reset[0] != snap):
+            event("check skipped")
+            return  # no term known there (a gap, compacted away): nothing to compare
+        event("checked" + (" after a reset" if reset else "")
+              + (" and compaction" if covered else ""))
+        snap_term = terms[snap] if snap in terms else reset[1] if snap else 0
+        got_hs, log, finish = _recover(store, snap, snap_term, "snap")
+        assert not finish
+        assert (got_hs.term, got_hs.vote, got_hs.commit) == hs
+        assert [(i, log.term(i)) for i in range(log.first_index, log.last_index + 1)] == \
+            [(i, terms[i]) for i in range(snap + 1, last() + 1)]
+
+    try:
+        for op in ops:
+            if op[0] == "append":
+                lo = reset[0] + 1 if reset else 1
+                first = max(lo, last() + 1 - op[1], covered + 1)
+                if reset and not any(i > reset[0] for i in terms):
+                    first = reset[0] + 1  # right after a reset
+                if first > last() + 1:
+                    continue  # compacted past the end: nothing to append to
+                n, term = op[2], op[3]
+                blk = encode_entries([(term, ENTRY_NORMAL, b"x%d" % k) for k in range(n)])
+                s.append_entries(first, blk, n)
+                for i in [i for i in terms if i >= first]:
+                    del terms[i]
+                terms.update({first + k: term for k in range(n)})
+            elif op[0] == "reset":
+                index = max(1, last() + op[1], covered)
+                s.reset_log(index, op[2])
+                reset, terms = (index, op[2]), {}
+            elif op[0] == "hard_state":
+                hs = (op[1], 1, 0)
+                s.save_hard_state(*hs)
+            elif op[0] == "compact":
+                # A snapshot may cover only what the log holds (or a reset).
+                upto = min(op[1], last())
+                if upto <= covered or (upto not in terms and (reset is None or upto != reset[0])):
+                    continue
+                if s.compact(upto):
+                    event("segments compacted")
+                covered = upto
+            elif op[0] == "sync":
+                s.sync()
+            else:
+                s.sync()
+                s.close()
+                snap = max(covered, reset[0] if reset else 0)
+                s = LogStore(wal, fsync=fsync, segment_bytes=seg, snap_index=snap)
+            check(s)
+    finally:
+        s.close()
