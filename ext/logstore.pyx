@@ -1348,7 +1348,9 @@ cdef class LogStore:
 
     @property
     def segment_tops(self):
-        """(segment path, highest entry index it holds, 0 for none), oldest first."""
+        """(segment path, its compaction top), oldest first: the highest
+        entry index ever written to it, or a reset's index (0 for none);
+        at most the newest durable reset's index for the segments before it."""
         _lock(self._mu)
         try:
             return [(self._file(s), t) for s, t in zip(self._seqs, self._tops)]
