@@ -257,16 +257,18 @@ def _load_snapshot(data_dir):
 
 
 def _recover(log, snap_index=0, snap_term=0, snap_path=None):
-    """Replay the log after snap_index into (HardState, EntryLog).
+    """Replay the log after snap_index into (HardState, EntryLog,
+    finish_install).
 
     The log store hands over only what follows its newest reset record
     (a snapshot installed from the leader: everything before it is void),
     skips records wholly below snap_index, and refuses a gap after it.
-    The log's term at snap_index, where a record still holds that entry,
-    must be the snapshot's -- except in InstallSnapshot's crash window
-    (the snapshot renamed into place, the reset record not yet written):
-    there entries from snap_index on that disagree are stale and are
-    dropped (see _stale_after_snapshot)."""
+    Where a record still holds the entry at snap_index with another term
+    than the snapshot's: refused if the hard state says it is committed;
+    otherwise it is InstallSnapshot's crash window (the snapshot renamed
+    into place, the reset record not yet written), the entries from
+    snap_index on are stale and dropped (_stale_after_snapshot), and
+    finish_install tells the caller to write the reset now."""
     entries = [EntryLog(snap_index + 1)]  # a list: the callbacks may start it afresh
     hs = HardState()
     seen_term = [None]  # the log's term at snap_index, where a kept record holds it
