@@ -6,13 +6,21 @@ entries in memory; this store only persists what the core hands it:
 
 * an *entries* record per appended batch: (first_index, count, the entry
   block exactly as raftfast.messages describes it), and
-* a *hard-state* record per change of (term, vote, commit).
+* a *hard-state* record per change of (term, vote, commit), and
+* a *log reset* record when a snapshot from the leader replaces the log
+  (InstallSnapshot): "the log restarts after (index, term)".
 
 Replay semantics: records are replayed in file order.  An entries record
 whose first_index <= the current last index means "truncate from
 first_index, then append" -- that is how a conflicting suffix is cut
 durably without an ftruncate on the hot path.  The last hard-state record
-wins.
+wins.  A log reset voids every entry before it, whatever they were (a
+longer log, a shorter one, other terms): the log continues after its
+index.  The entries records after it never go at or below it, and the
+first starts at index + 1 (append_entries refuses anything else; replay
+calls it damage, except that a newer snapshot may move the start up to
+just after the snapshot).  Only the newest reset matters; replay starts
+there.
 
 Files
 -----
@@ -26,10 +34,13 @@ deleted without losing term and vote.
 
 Compaction (``compact(upto_index)``) deletes the oldest segments while
 every entry they hold is at or below ``upto_index``, never the current
-one; a crash part-way leaves a contiguous suffix.  Opening and replaying
-with ``snap_index`` (what a snapshot covers) skips entries records wholly
-at or below it and refuses a log whose first kept record starts after
-``snap_index + 1``: the entries between would be missing.
+one; a crash part-way leaves a contiguous suffix.  A reset record counts
+as its index; the segments before a durable reset hold only void entries
+and count at most its index (see compact()).  Opening and replaying with
+``snap_index`` (what a snapshot covers) skips entries records wholly below
+it and refuses a log whose first kept record (after the newest reset)
+starts after ``snap_index + 1``, or whose newest reset is above
+``snap_index``: the entries between would be missing.
 
 Segments are preallocated: with fsync on, a segment is a file of
 ``segment_bytes`` zeros (written, not just fallocated, and fsynced) before
@@ -62,17 +73,21 @@ Record format, version 1 (all integers little-endian)
     offset size field
     0      4    crc32c       CRC32C (Castagnoli) of bytes [4, 24 + payload_len)
     4      1    version      1
-    5      1    type         1 = entries, 2 = hard state
+    5      1    type         1 = entries, 2 = hard state, 3 = log reset
     6      2    reserved     0
     8      4    payload_len  bytes of payload after the header
-    12     8    first_index  entries: index of the first entry; hard state: 0
-    20     4    count        entries: number of entries (>= 1); hard state: 0
+    12     8    first_index  entries: index of the first entry; hard state: 0;
+                             log reset: the index the log restarts after (>= 1)
+    20     4    count        entries: number of entries (>= 1); others: 0
     24     ...  payload      entries: the entry block as-is
                              hard state: u64 term, u64 vote, u64 commit (24 bytes)
+                             log reset: u64 term at that index (>= 1; 8 bytes)
 
 The 24-byte header size and the CRC coverage are fixed for every version,
 so a record of an unknown version is still recognised as a whole, intact
-record and refused by name rather than mistaken for damage.  Per-entry
+record and refused by name rather than mistaken for damage; likewise a
+record of an unknown type (builds before the log reset refuse a log
+holding one: "unknown record type 3").  Per-entry
 terms live in the block; the record adds no per-entry data.
 
 Opening verifies every record in order.  Only a torn tail is repaired.
@@ -179,12 +194,14 @@ cdef enum:
     HDR = 24                      # record header size, every version
     HS_PAYLOAD = 24               # term, vote, commit
     HS_RECORD = HDR + HS_PAYLOAD
+    RESET_PAYLOAD = 8             # the term at the reset's index
     ZCHUNK = 1 << 20              # zero-filling writes this much per call
     TMP_NAME = 32                 # "<16 digits>.tmp" and its NUL, with room
 
 RECORD_VERSION = 1
 REC_ENTRIES = 1
 REC_HARD_STATE = 2
+REC_LOG_RESET = 3
 HEADER_SIZE = HDR
 DEFAULT_SEGMENT_BYTES = 64 << 20
 
@@ -317,23 +334,51 @@ cdef size_t _intact_after(const uint8_t *base, size_t lo, size_t z, size_t n) no
 
 
 cdef struct Cover:
-    uint64_t top        # the highest entry index seen in the segment
-    bint check          # skip records at or below skip_upto, check the first kept one
+    # What the records scanned so far (in log order, across segments) say
+    # about entry indexes.  The caller sets seg (the segment's ordinal) and
+    # resets top before each segment.
+    Py_ssize_t seg
+    uint64_t top        # the highest index in the segment: of an entry, or of a log reset
+    bint check          # a snapshot covers up to skip_upto: skip what it covers, check the rest
     uint64_t skip_upto
-    bint kept           # an entries record above skip_upto was seen
+    bint kept           # since the start or the newest reset: an entries record reaching
+                        # past skip_upto - 1 was handed over (its suffix is the log)
+    bint defer          # a gap may still be voided by a later reset: report it at the end
+    bint gap            # deferred: the first kept record started past skip_upto + 1
+    uint64_t gap_first
+    Py_ssize_t gap_seg, gap_off
+    bint has_reset      # a log reset record was seen (not voided)
+    uint64_t floor      # the newest reset's index: no entries record at or below it may follow
+    uint64_t reset_term
+    Py_ssize_t reset_seg, reset_off
+    bint fresh          # no entries record since the newest reset
+    Py_ssize_t void_seg, void_off  # replay: records before this place are voided by a reset
 
 
 cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
-                      object on_hard_state, list hs, Py_ssize_t *damaged_end,
-                      Cover *cover) except -2:
+                      object on_hard_state, object on_reset, list hs,
+                      Py_ssize_t *damaged_end, Cover *cover) except -2:
     """Verify (and with callbacks, replay) one segment's bytes.
 
     `cover` carries what the segments scanned so far said about entry
     indexes: cover.top is raised to the last index of every entries record
-    (of this segment: the caller resets it); when cover.check is set,
-    entries records wholly at or below cover.skip_upto (a snapshot's index)
-    are not handed to on_entries, and the first record that is not must
-    start at or below skip_upto + 1 (else the entries between are missing).
+    and to the index of every reset record (of this segment: the caller
+    resets it).  Records before (cover.void_seg, cover.void_off) -- the
+    newest reset, when replaying -- are verified but not handed over (a
+    hard state still is).  A reset record restarts the log: entries records
+    after it never go at or below its index, and the first one starts right
+    after it -- or, with cover.check, anywhere the snapshot reaches (an
+    install cut short after its rename leaves a newer snapshot than the
+    reset, and recovery continues the log after that).
+
+    When cover.check is set (a snapshot covers up to S = cover.skip_upto),
+    entries records wholly below S are not handed to on_entries unless they
+    cut a suffix already handed over (a truncation below S); a record
+    holding S is handed over, so the caller sees the log's term at S; and
+    the first record kept (since the start or the newest reset) must start
+    at or below S + 1, else the entries between are missing: raised at
+    once, or with cover.defer noted for _cover_done (a later reset may
+    void it).
 
     Returns where the segment's records end (the file's end, an end marker,
     or -- only possible when `last` -- a torn tail: a bad record, or an end
@@ -347,8 +392,9 @@ cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
     cdef const uint8_t *base = &buf[0] if n else NULL
     cdef const uint8_t *p
     cdef uint32_t plen, count
-    cdef uint64_t first
+    cdef uint64_t first, top_i, rterm
     cdef uint8_t version, rtype
+    cdef bint void
     cdef object view = memoryview(data) if on_entries is not None else None
     damaged_end[0] = -1
     while off < n:
@@ -396,21 +442,46 @@ cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
             raise LogCorruptError(path, off, f"unknown record version {version}")
         if p[6] != 0 or p[7] != 0:
             raise LogCorruptError(path, off, "reserved header bytes are not zero")
+        void = cover.seg < cover.void_seg or (cover.seg == cover.void_seg
+                                              and <Py_ssize_t>off < cover.void_off)
         if rtype == 1:
             if count == 0 or first == 0 or first + count - 1 < first:
                 raise LogCorruptError(path, off, f"entries record with first_index={first} count={count}")
-            if first + count - 1 > cover.top:
-                cover.top = first + count - 1
+            top_i = first + count - 1
+            if top_i > cover.top:
+                cover.top = top_i
+            if void:
+                off += HDR + plen
+                continue
+            if cover.has_reset and first <= cover.floor:
+                raise LogCorruptError(path, off, f"entries record at index {first}, at or below "
+                                      f"{cover.floor}, where the log was reset")
+            if cover.fresh:
+                # Right after a reset the log continues at floor + 1 -- or,
+                # seen with a newer snapshot (an install cut short after its
+                # rename), anywhere up to just after it: the gap check below.
+                if not cover.check and first != cover.floor + 1:
+                    raise LogCorruptError(path, off, f"entries record at index {first} right after "
+                                          f"the log was reset to continue after {cover.floor}")
+                cover.fresh = False
             if cover.check:
-                if first + count - 1 <= cover.skip_upto:
-                    off += HDR + plen
-                    continue  # wholly covered by the snapshot
-                if not cover.kept:
-                    if first > cover.skip_upto + 1:
-                        raise LogCorruptError(
-                            path, off, f"the log resumes at index {first}, but only indexes up to "
-                            f"{cover.skip_upto} are covered (by a snapshot, or none when 0): "
-                            f"entries {cover.skip_upto + 1}..{first - 1} are missing")
+                if top_i < cover.skip_upto:
+                    if not cover.kept:
+                        off += HDR + plen
+                        continue  # wholly covered by the snapshot
+                    # Cuts what was kept back below the snapshot's index:
+                    # the caller drops it; what comes next is checked anew.
+                    cover.kept = False
+                elif first <= cover.skip_upto + 1:
+                    cover.kept = True
+                elif not cover.kept:
+                    if not cover.defer:
+                        _raise_gap(path, <Py_ssize_t>off, first, cover.skip_upto)
+                    if not cover.gap:
+                        cover.gap = True
+                        cover.gap_first = first
+                        cover.gap_seg = cover.seg
+                        cover.gap_off = <Py_ssize_t>off
                     cover.kept = True
             if on_entries is not None:
                 on_entries(first, view[off + HDR:off + HDR + plen], count)
@@ -422,10 +493,50 @@ cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
             hs[2] = _ld64(p + HDR + 16)
             if on_hard_state is not None:
                 on_hard_state(hs[0], hs[1], hs[2])
+        elif rtype == 3:
+            rterm = _ld64(p + HDR) if plen == RESET_PAYLOAD else 0
+            if plen != RESET_PAYLOAD or first == 0 or count != 0 or rterm == 0:
+                raise LogCorruptError(path, off, "malformed log reset record")
+            if first > cover.top:
+                cover.top = first
+            if not void:
+                # Everything before is void: the log continues after (first, rterm).
+                cover.has_reset = True
+                cover.floor = first
+                cover.reset_term = rterm
+                cover.reset_seg = cover.seg
+                cover.reset_off = <Py_ssize_t>off
+                cover.fresh = True
+                cover.kept = False
+                cover.gap = False
+                if on_reset is not None:
+                    on_reset(first, rterm)
         else:
             raise LogCorruptError(path, off, f"unknown record type {rtype}")
         off += HDR + plen
     return <Py_ssize_t>off
+
+
+cdef _raise_gap(str path, Py_ssize_t off, uint64_t first, uint64_t covered):
+    raise LogCorruptError(
+        path, off, f"the log resumes at index {first}, but only indexes up to {covered} are "
+        f"covered (by a snapshot, or none when 0): entries {covered + 1}..{first - 1} are missing")
+
+
+cdef _cover_done(Cover *cover, list names):
+    """The checks that wait for the end of the log: the newest reset must
+    not leave entries the snapshot does not cover, and a gap not voided by
+    a later reset is one."""
+    if not cover.check:
+        return
+    if cover.has_reset and cover.floor > cover.skip_upto:
+        raise LogCorruptError(
+            names[cover.reset_seg], cover.reset_off,
+            f"the log restarts after index {cover.floor} (a snapshot was installed there), but "
+            f"only indexes up to {cover.skip_upto} are covered (by a snapshot, or none when 0): "
+            f"entries {cover.skip_upto + 1}..{cover.floor} are missing")
+    if cover.gap:
+        _raise_gap(names[cover.gap_seg], cover.gap_off, cover.gap_first, cover.skip_upto)
 
 
 def _read_file(str path):
@@ -640,6 +751,18 @@ cdef class LogStore:
     cdef list _retired      # (fd, path) of rolled-over segments not yet synced
     cdef object _failure    # the LogStoreError that made the store unusable
     cdef Prep *_prep        # the next segment's preparer (fsync on only)
+    # Log resets (reset_log).  The newest reset's index is the floor: every
+    # later batch goes above it, the first one at exactly floor + 1.
+    cdef uint64_t _floor        # 0: no reset known
+    cdef uint64_t _expect       # floor + 1 until a batch follows the reset; else 0
+    cdef uint64_t _reset_seq    # the segment holding the newest reset record (0: none left)
+    cdef Py_ssize_t _reset_off  # and where in it
+    cdef uint64_t _reset_index, _reset_term
+    # Compaction deletes a segment only once its successor's leading hard
+    # state is durable, and lowers voided segments' tops only once the reset
+    # record that voids them is durable (see compact()).
+    cdef uint64_t _synced_seq   # the current segment when the last sync began
+    cdef list _lower_pending    # [(reset index, its segment)] written, not yet synced
 
     def __cinit__(self):
         self._fd = -1
@@ -660,6 +783,7 @@ cdef class LogStore:
         self.fsync = fsync
         self.segment_bytes = segment_bytes
         self._retired = []
+        self._lower_pending = []
         self._failure = None
         self._sync_lock = threading.Lock()
         self._compact_lock = threading.Lock()
@@ -678,14 +802,39 @@ cdef class LogStore:
         if snap_index is not None:
             cover.check = True
             cover.skip_upto = snap_index
-        for seq in self._seqs:
-            name = self._file(seq)
+        # A gap may be voided by a reset further on: judged at the end.
+        cover.defer = True
+        cover.void_seg = -1
+        names = [self._file(seq) for seq in self._seqs]
+        for i, seq in enumerate(self._seqs):
+            name = names[i]
             data = _read_file(name)
+            cover.seg = i
             cover.top = 0
-            end = _scan(data, name, seq == last_seq, None, None, hs, &damaged, &cover)
+            end = _scan(data, name, seq == last_seq, None, None, None, hs, &damaged, &cover)
             self._tops.append(cover.top)
             file_size = len(data)
             del data
+        _cover_done(&cover, names)
+        if cover.has_reset:
+            # Appends go above the reset; where exactly the log continues
+            # (after it, or after a newer snapshot) is the caller's to say.
+            self._floor = cover.floor
+            self._reset_seq = self._seqs[cover.reset_seg]
+            self._reset_off = cover.reset_off
+            self._reset_index = cover.floor
+            self._reset_term = cover.reset_term
+            if fsync:
+                # Read from the page cache, maybe written just before a
+                # process crash: made durable before it lets compaction
+                # delete what it voids.
+                fd = os.open(names[cover.reset_seg], os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            self._lower_tops(cover.floor, self._reset_seq)
+        self._synced_seq = last_seq if last_seq is not None else 0
         if damaged >= 0:
             # Only the last segment can be torn; repaired once every segment
             # checked out, so a refusal leaves the files as they were.
@@ -721,6 +870,16 @@ cdef class LogStore:
 
     cdef str _file(self, uint64_t seq):
         return os.path.join(self.path, segment_name(seq))
+
+    cdef _lower_tops(self, uint64_t index, uint64_t seq):
+        """A durable reset at `index` in segment `seq` voids every entry in
+        the segments before it: what matters in them is covered once a
+        snapshot covers `index` (caller holds _mu, or is __init__)."""
+        for i, s in enumerate(self._seqs):
+            if s >= seq:
+                break
+            if self._tops[i] > index:
+                self._tops[i] = index
 
     cdef _repair(self, str name, Py_ssize_t torn, Py_ssize_t damaged_end):
         cdef int fd, err = 0
@@ -918,13 +1077,76 @@ cdef class LogStore:
         _lock(self._mu)
         try:
             self._check()
+            if self._expect:
+                if first_index != self._expect:
+                    raise ValueError(f"the log was reset to continue after index {self._floor}: "
+                                     f"the next batch must start at {self._expect}, not {first_index}")
+            elif first_index <= self._floor:
+                raise ValueError(f"batch at index {first_index}: the log was reset to continue "
+                                 f"after index {self._floor}")
             if self._full(HDR + n):
                 self._roll()
             _fill_header(hdr, 1, <uint32_t>n, first_index, count, &block[0])
             self._write(hdr, &block[0], n)
+            self._expect = 0
             last = len(self._tops) - 1
             if first_index + count - 1 > <uint64_t>self._tops[last]:
                 self._tops[last] = first_index + count - 1
+        finally:
+            PyThread_release_lock(self._mu)
+
+    def reset_log(self, uint64_t index, uint64_t term):
+        """Write a log reset record: the log restarts after (index, term),
+        every entry written before it is void, whatever the store held (a
+        longer log, a shorter one, another term at `index`).  The next
+        append_entries must start at index + 1.  Page cache; durable after
+        sync().
+
+        The record starts a segment of its own (after the leading hard
+        state), so every earlier segment holds only voided entries: once
+        the record is durable, their compaction tops drop to `index`, and
+        they go as soon as a snapshot covers it.  For InstallSnapshot: the
+        snapshot at (index, term) is durable before this is called."""
+        cdef uint8_t rec[HDR + RESET_PAYLOAD]
+        cdef Py_ssize_t at
+        if index == 0 or term == 0:
+            raise ValueError(f"log reset to index {index}, term {term}: both must be at least 1")
+        _lock(self._mu)
+        try:
+            self._check()
+            if self._seg_size > HS_RECORD:
+                self._roll()
+            at = self._seg_size
+            _st64(rec + HDR, term)
+            _fill_header(rec, 3, RESET_PAYLOAD, index, 0, rec + HDR)
+            self._write(rec, rec + HDR, RESET_PAYLOAD)
+            last = len(self._tops) - 1
+            if index > <uint64_t>self._tops[last]:
+                self._tops[last] = index
+            self._floor = index
+            self._expect = index + 1
+            self._reset_seq = self._seq
+            self._reset_off = at
+            self._reset_index = index
+            self._reset_term = term
+            if self.fsync:
+                self._lower_pending.append((index, self._seq))
+            else:
+                # Nothing is ever durable beyond the page cache, which keeps
+                # the record as surely as the unlinks.
+                self._lower_tops(index, self._seq)
+        finally:
+            PyThread_release_lock(self._mu)
+
+    @property
+    def log_reset(self):
+        """(index, term) of the newest log reset record still in the log
+        (replay starts there), or None."""
+        _lock(self._mu)
+        try:
+            if self._reset_seq and self._reset_seq in self._seqs:
+                return (self._reset_index, self._reset_term)
+            return None
         finally:
             PyThread_release_lock(self._mu)
 
@@ -967,6 +1189,9 @@ cdef class LogStore:
                 dir_dirty = self._dir_dirty
                 self._dir_dirty = False
                 dirfd = self._dirfd
+                cur_seq = self._seq
+                lower = self._lower_pending
+                self._lower_pending = []
             finally:
                 PyThread_release_lock(self._mu)
             # Oldest segment first, so a durable segment implies durable
@@ -994,33 +1219,59 @@ cdef class LogStore:
                     PyThread_release_lock(self._mu)
             for fd, name in retired:
                 os.close(fd)
+            _lock(self._mu)
+            try:
+                # Every segment up to cur_seq is now durable from its start
+                # (its leading hard state included), and so is every reset
+                # record written before this sync began.
+                self._synced_seq = cur_seq
+                for index, seq in lower:
+                    self._lower_tops(index, seq)
+            finally:
+                PyThread_release_lock(self._mu)
 
-    def replay(self, on_entries, on_hard_state, snap_index=None):
-        """Read the whole log back in order: on_entries(first_index, block,
-        count) once per entries record (block is a read-only memoryview),
+    def replay(self, on_entries, on_hard_state, snap_index=None, on_reset=None):
+        """Read the log back in order: on_entries(first_index, block, count)
+        once per entries record (block is a read-only memoryview),
         on_hard_state(term, vote, commit) once per hard-state record.
 
+        The log starts at its newest reset record, if one is left: what
+        comes before is void and not handed over (hard states still are),
+        and on_reset(index, term) is called once, before the entries after
+        it (which start at index + 1).
+
         With snap_index (the index a snapshot covers; 0 for none), entries
-        records wholly at or below it are skipped, and the first record
-        kept must start at or below snap_index + 1, else LogCorruptError
-        (the entries between are missing).  A kept record may still begin
-        at or below snap_index: the caller drops those entries."""
+        records wholly below it are skipped unless they cut back a suffix
+        already handed over (the caller then drops the entries it kept
+        above the snapshot); a record holding snap_index is handed over, so
+        the caller learns the log's term there; the first record kept must
+        start at or below snap_index + 1, and a reset must not be above
+        snap_index, else LogCorruptError (the entries between are missing).
+        A kept record may begin at or below snap_index: the caller drops
+        those entries."""
         cdef Py_ssize_t damaged
         cdef Cover cover
         memset(&cover, 0, sizeof(Cover))
         if snap_index is not None:
             cover.check = True
             cover.skip_upto = snap_index
+        cover.void_seg = -1
         _lock(self._mu)
         try:
             self._check()
             names = [self._file(s) for s in self._seqs]
+            if self._reset_seq and self._reset_seq in self._seqs:
+                cover.void_seg = self._seqs.index(self._reset_seq)
+                cover.void_off = self._reset_off
         finally:
             PyThread_release_lock(self._mu)
         hs = [0, 0, 0]
-        for name in names:
+        for i, name in enumerate(names):
+            cover.seg = i
             # Repaired at open, so any damage now is damage, even at the tail.
-            _scan(_read_file(name), name, False, on_entries, on_hard_state, hs, &damaged, &cover)
+            _scan(_read_file(name), name, False, on_entries, on_hard_state, on_reset, hs,
+                  &damaged, &cover)
+        _cover_done(&cover, names)
 
     def compact(self, uint64_t upto_index):
         """Delete the oldest segments while every entry they hold is at or
@@ -1037,6 +1288,19 @@ cdef class LogStore:
         segment's highest index is what was ever written to it (a later
         truncation does not lower it), so this errs on keeping.
 
+        Log resets: a reset record counts as its index in its segment's
+        top, and once it is durable the segments before it (all void) count
+        at most its index.  So they go once a snapshot covers the reset,
+        and the segment holding the newest reset goes only when its top
+        (the reset and the entries after it there) is covered too; the log
+        left then starts after the reset, within what the snapshot covers,
+        and needs no record to say what went before.
+
+        A segment is deleted only when the segments after it are durable
+        from their start (this syncs first): the kept log must begin with a
+        durable hard state, and a reset that voids a deleted segment must
+        not be lost with the page cache.
+
         Safe to call from a worker thread while the event loop appends (the
         unlinks and the fsync run without the store's lock and without the
         GIL).  A failed unlink raises OSError and changes nothing more: the
@@ -1045,12 +1309,17 @@ cdef class LogStore:
         cdef uint64_t top
         dropped = []
         with self._compact_lock:
+            self.sync()
             while True:
                 _lock(self._mu)
                 try:
                     self._check()
-                    # Never the last (current) segment.
+                    # Never the last (current) segment, nor one whose
+                    # successor is not durable yet (with fsync off nothing
+                    # is, beyond the page cache).
                     if len(self._seqs) < 2:
+                        break
+                    if self.fsync and self._seqs[0] >= self._synced_seq:
                         break
                     top = self._tops[0]
                     if top > upto_index:
@@ -1079,7 +1348,9 @@ cdef class LogStore:
 
     @property
     def segment_tops(self):
-        """(segment path, highest entry index it holds, 0 for none), oldest first."""
+        """(segment path, its compaction top), oldest first: the highest
+        entry index ever written to it, or a reset's index (0 for none);
+        at most the newest durable reset's index for the segments before it."""
         _lock(self._mu)
         try:
             return [(self._file(s), t) for s, t in zip(self._seqs, self._tops)]

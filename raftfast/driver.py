@@ -21,14 +21,13 @@ import _thread
 import collections
 import heapq
 import logging
-import os
-import secrets
 import threading
 import random
 import time
 
 from ._codec import encode_message
 from ._kv import SnapshotBusy
+from .address import AddressError
 from .core import LEADER, CoreConfig, Raft
 from .messages import MSG_APPEND, MSG_SNAPSHOT, MSG_SNAPSHOT_ACK, MSG_SNAPSHOT_CHUNK, Message
 from .snapshot import SnapshotError, SnapshotWriter
@@ -87,7 +86,9 @@ class OutcomeUnknown(Exception):
 
 
 class RaftDriver:
-    def __init__(self, loop, cfg, storage, kv, transport, members, on_fatal, tick_ms):
+    def __init__(self, loop, cfg, storage, kv, transport, conf, on_fatal, tick_ms):
+        """conf: (voters, learners, urls), the configuration the core starts
+        from (Storage.configuration())."""
         self.loop = loop
         self.cfg = cfg
         self.storage = storage
@@ -99,8 +100,9 @@ class RaftDriver:
         heartbeat_ticks = max(1, cfg.heartbeat_interval_ms // tick_ms)
         if heartbeat_ticks >= election_ticks:
             heartbeat_ticks = election_ticks - 1
+        voters, learners, urls = conf
         core_cfg = CoreConfig(
-            cfg.node_id, members, election_ticks=election_ticks,
+            cfg.node_id, voters, learners, urls=urls, election_ticks=election_ticks,
             heartbeat_ticks=heartbeat_ticks, max_msg_bytes=cfg.max_batch_bytes,
             max_inflight=cfg.max_inflight, max_inflight_bytes=cfg.max_inflight_bytes,
             read_mode=cfg.read_mode, seed=random.SystemRandom().randrange(1 << 62))
@@ -144,6 +146,9 @@ class RaftDriver:
         self.entries_written = 0
         self.reads_served = 0
         self.read_batches = 0
+        # Membership: what the peer addresses were last derived from.
+        self._conf_seen = -1
+        self._leader_seen = -1
         self._snap_init()
 
     # ------------------------------------------------------------ running
@@ -155,6 +160,7 @@ class RaftDriver:
             self._sync_thread.start()
         self._ticks_due_from = time.monotonic()
         self._tick_handle = self.loop.call_later(self.tick_s, self._on_tick)
+        self._refresh_peer_addresses()  # membership: dial the starting configuration
         self.schedule()
 
     def stop(self):
@@ -359,6 +365,8 @@ class RaftDriver:
                 rd = core.ready()
                 if rd.snapshot is not None or self._install is not None:
                     self._snap_ready(rd)  # before anything else of this Ready
+                if core.conf_version != self._conf_seen or core.leader_id != self._leader_seen:
+                    self._refresh_peer_addresses()  # membership: before sending to new members
                 if rd.entries or rd.hard_state is not None:
                     for first, block, count in rd.entries:
                         self.storage.append(first, block, count)
@@ -511,6 +519,54 @@ class RaftDriver:
             waiters.popleft()
             w.callback(w.results)
 
+    # -------------------------------------------------------- membership
+
+    def change_membership(self, op, node_id, url, callback):
+        """RAFT.NODE ADD/REMOVE: propose the change ("add": as a learner
+        dialed at `url`; "remove"); callback(None) once its entry is applied,
+        callback(error_text) if its fate becomes unknown (leadership lost,
+        no quorum in time).  Raises what core.propose_conf_change raises:
+        NotLeader, TransferInProgress, ConfChangeBusy, ConfChangeInvalid."""
+        index = self.core.propose_conf_change(op, node_id, url)
+
+        def applied(result):
+            # The state machine gives a configuration entry an empty reply:
+            # being applied is the whole answer.
+            callback(result if isinstance(result, str) else None)
+
+        # A client write's waiter: the same answers on apply, on a lost
+        # leadership and on timeout.
+        self.waiters.append(Waiter(index, index, self.core.term, applied,
+                                   time.monotonic() + self.request_timeout))
+        self.schedule()
+        return index
+
+    def _refresh_peer_addresses(self):
+        """The configuration or the leader changed: dial every member at the
+        address the configuration names for it, unless --peer names one
+        (--peer always wins, contract.md), and forget the addresses of ids
+        that are neither members, --peer'd, nor the leader.  The leader is
+        kept even outside the configuration: a leader removing itself leads
+        until that change commits, and its followers must still answer it."""
+        core, transport, flags = self.core, self.transport, self.cfg.peers
+        self._conf_seen = core.conf_version
+        self._leader_seen = core.leader_id
+        members = core.voters | core.learners
+        urls = core.urls
+        for nid in members:
+            url = urls.get(nid)
+            if nid == core.id or nid in flags or not url:
+                continue
+            try:
+                transport.set_address(nid, url)
+            except AddressError as e:
+                # A configuration from the log is data: a bad address in it
+                # must not stop the node; that member just cannot be dialed.
+                log.warning("member %d: cannot dial it: %s", nid, e)
+        for nid in transport.dialed_ids():
+            if nid not in members and nid not in flags and nid != core.leader_id:
+                transport.set_address(nid, None)
+
     # ---------------------------------------------------------- snapshots
     #
     # Everything about snapshots lives in this section; elsewhere one-line
@@ -534,7 +590,7 @@ class RaftDriver:
         self.snap_resend_after = max(1.0, timeout_s)
         self.snap_give_up_after = max(10.0, 10 * timeout_s)
         self.senders = {}               # peer -> Sender
-        self.receiver = Receiver(self.core.id, self._incoming_snapshot_path,
+        self.receiver = Receiver(self.core.id, self.storage.incoming_snapshot_path,
                                  stall_after=2 * self.snap_give_up_after)
         self._received = None           # ReceivedSnapshot being synced or loaded
         self._install = None            # ... stepped into the core, awaiting its Ready
@@ -566,14 +622,6 @@ class RaftDriver:
             "raftfast_snapshot_bytes_received": self.receiver.bytes_received,
             "raftfast_snapshots_installed": self.snapshots_installed,
         }
-
-    def _incoming_snapshot_path(self):
-        make = getattr(self.storage, "incoming_snapshot_path", None)
-        if make is not None:
-            return make()
-        # A temporary name recovery deletes (.snap-*.tmp in snap/).
-        snap_dir = os.path.dirname(self.storage.snapshot_path(0))
-        return os.path.join(snap_dir, f".snap-{secrets.token_hex(8)}.tmp")
 
     def _snap_in_thread(self, fn, then, *args):
         """Run fn() in a worker thread, then then(error, result, *args) on

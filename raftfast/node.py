@@ -40,10 +40,10 @@ def tick_ms(cfg):
 
 
 class Node:
-    def __init__(self, cfg, storage, members):
+    def __init__(self, cfg, storage, conf):
         self.cfg = cfg
         self.storage = storage
-        self.members = members
+        self.conf = conf  # (voters, learners, urls) the core starts from
         self.exit_code = 0
         # The state the newest snapshot held, or empty; the driver applies
         # from storage.snap_index + 1.
@@ -63,7 +63,7 @@ class Node:
             # the transport would drop appends that flow control allowed.
             write_buffer_limit=max(4 << 20, 2 * cfg.max_inflight_bytes))
         self.driver = RaftDriver(loop, cfg, self.storage, self.kv, self.transport,
-                                 self.members, self._on_fatal, tick_ms(cfg))
+                                 self.conf, self._on_fatal, tick_ms(cfg))
         self.transport.on_message = self.driver.step  # no wrapper on the hot path
         self.driver.on_kv_replaced = self._kv_replaced
         self.transport.on_peer_state = self.driver.on_peer_state
@@ -124,6 +124,7 @@ class Node:
             "raft_leader_id": core.leader_id,
             "raft_commit_index": lg.committed,
             "raft_last_applied": lg.applied,
+            # The log may keep a trailing margin before the newest snapshot.
             "raft_first_log_index": lg.snap_index + 1,
             "raft_last_log_index": lg.last_index,
             "raft_snapshot_index": core.snapshot_index,
@@ -182,6 +183,22 @@ def segment_bytes_from_env():
     return n
 
 
+def bootstrap(storage, cfg):
+    """The configuration the core starts from; on a new data dir, first
+    record the initial members durably.  Without --join they are this node
+    and its --peer ids (every node of a new cluster gets the same set); with
+    --join none at all: the node waits, outside the configuration, to be
+    added, and a restart finds it the same.  From then on the members come
+    from the data dir (members file, snapshot, log), never from flags, so a
+    --join on a data dir that holds state is just a restart."""
+    if storage.members() is None:
+        if cfg.join:
+            storage.save_members([], join=True)
+        else:
+            storage.save_members(sorted({cfg.node_id, *cfg.peers}))
+    return storage.configuration()
+
+
 def main(argv=None):
     cfg = parse_node_config(argv)  # bad usage exits 2
     try:
@@ -191,10 +208,6 @@ def main(argv=None):
         return 2
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), stream=sys.stderr,
                         format=f"%(asctime)s node{cfg.node_id} %(levelname)s %(name)s: %(message)s")
-    if cfg.join:
-        print("error: refusing to start: --join needs membership changes, which this "
-              "version does not have yet", file=sys.stderr)
-        return 1
     try:
         storage = Storage.open(cfg.data_dir, cfg.node_id, cfg.cluster_id,
                                fsync=cfg.fsync == "always", segment_bytes=segment_bytes)
@@ -202,18 +215,12 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
-        members = storage.members()
-        if members is None:
-            # A new data dir: the initial members are this node and its peers
-            # (every node of a new cluster gets the same set).  From now on
-            # they come from the data dir, never from flags.
-            members = sorted({cfg.node_id, *cfg.peers})
-            storage.save_members(members)
+        conf = bootstrap(storage, cfg)
     except StorageError as e:
         print(f"error: {e}", file=sys.stderr)
         storage.close()
         return 1
-    node = Node(cfg, storage, members)
+    node = Node(cfg, storage, conf)
     if os.environ.get("RAFTFAST_COUNT_CALLS") == "1":
         node.call_counter = CallCounter()
         node.call_counter.install()

@@ -26,8 +26,9 @@ from . import __version__
 from ._kv import (OPCODES, OP_APPEND, OP_DEL, OP_EXISTS, OP_GET, OP_INCR, OP_MGET, OP_SET,
                   encode_commands)
 from ._resp import OK, PONG, ErrorReply, RespParser, encode_replies
-from .address import create_server, parse_address, set_nodelay
-from .core import NotLeader, ProposalDropped, TransferInProgress
+from .address import AddressError, create_server, parse_address, set_nodelay
+from .core import (ConfChangeBusy, ConfChangeInvalid, NotLeader, ProposalDropped,
+                   TransferInProgress)
 from .driver import NOT_LEADER
 
 log = logging.getLogger("raftfast.client")
@@ -705,8 +706,75 @@ def _transfer_leader(server, conn, cmd):
         conn.flush()
 
 
+def _node_id_arg(conn, raw):
+    """A node id argument, or None after answering the client why not."""
+    try:
+        node_id = int(bytes(raw))
+        if not 0 < node_id < 1 << 63:
+            raise ValueError
+    except ValueError:
+        conn.reply(ErrorReply("ERR node id must be an integer from 1 to 2^63-1"))
+        return None
+    return node_id
+
+
+def _raft_node(server, conn, cmd):
+    """RAFT.NODE ADD id url | RAFT.NODE REMOVE id: +OK once the change is
+    committed and applied (an added node is a learner; the leader promotes
+    it once it has caught up)."""
+    if len(cmd) < 2:
+        _wrong_args(conn, "raft.node")
+        return
+    sub = bytes(cmd[1]).lower()
+    if sub == b"add":
+        if len(cmd) != 4:
+            _wrong_args(conn, "raft.node|add")
+            return
+        node_id = _node_id_arg(conn, cmd[2])
+        if node_id is None:
+            return
+        url = bytes(cmd[3]).decode("utf-8", "replace")
+        try:
+            parse_address(url)
+        except AddressError as e:
+            conn.reply(ErrorReply(f"ERR {e}"))
+            return
+    elif sub == b"remove":
+        if len(cmd) != 3:
+            _wrong_args(conn, "raft.node|remove")
+            return
+        node_id = _node_id_arg(conn, cmd[2])
+        if node_id is None:
+            return
+        url = ""
+    else:
+        conn.reply(ErrorReply(f"ERR unknown subcommand '{_printable(cmd[1])}'. "
+                              "Try RAFT.NODE ADD id url or RAFT.NODE REMOVE id."))
+        return
+    if not server.driver.is_leader:
+        conn.reply(server.redirect_error())
+        return
+    slot = conn.pending()
+
+    def done(error):
+        slot.value = OK if error is None else ErrorReply(error)
+        conn.flush()
+
+    try:
+        server.driver.change_membership(sub.decode(), node_id, url, done)
+    except NotLeader:
+        done(str(server.redirect_error()))
+    except TransferInProgress:
+        done("TRYAGAIN leadership transfer in progress")
+    except ConfChangeBusy as e:
+        done(f"TRYAGAIN {e}")  # nothing was proposed: the client may simply retry
+    except ConfChangeInvalid as e:
+        done(f"ERR {e}")
+
+
 _LOCAL = {
     b"ping": _ping, b"echo": _echo, b"hello": _hello, b"client": _client,
     b"command": _command, b"config": _config, b"select": _select, b"quit": _quit,
     b"info": _info, b"raftfast.bench": _bench, b"raft.transfer_leader": _transfer_leader,
+    b"raft.node": _raft_node,
 }

@@ -6,10 +6,13 @@ Data-dir layout::
         LOCK      flock(2)ed exclusively while a node uses the dir (holds its pid, for operators)
         meta      JSON {"format": 1, "node_id": N, "cluster_id": "..."}; written once, atomically
         members   JSON {"voters": [...]}: the initial configuration, written once at
-                  bootstrap (later configurations live in the log and snapshots)
+                  bootstrap (later configurations live in the log and snapshots);
+                  {"voters": [], "join": true} for a node started with --join,
+                  which begins outside the configuration and waits to be added
         wal/      the write-ahead log: hard state and entry batches (raftfast._logstore)
         snap/     snapshots of the state machine, snap-<index, 16 hex digits>.snap
-                  (raftfast.snapshot's format); .<name>.<random>.tmp while one is written
+                  (raftfast.snapshot's format); .<name>.<random>.tmp while one is written,
+                  .snap-incoming.<random>.tmp while one is received from the leader
 
 Storage wires these together and recovers the node's state at open.  It is
 thin on purpose: the Raft core keeps its entries in memory (an EntryLog),
@@ -25,6 +28,10 @@ log may begin in a segment above 1.  compact(snap_index, trailing) drops
 the WAL segments the snapshot covers (less a trailing margin) and the
 older snapshot files.  A damaged newest snapshot is a refusal to start,
 even if an older one and the log could stand in for it (see _load_snapshot).
+install_snapshot(path, index, term) makes a snapshot received from the
+leader the node's state: renamed into place, then a log reset record (the
+log restarts after it) made durable; recovery finishes an install a crash
+cut short between the two (see _stale_after_snapshot).
 
 Errors: every refusal to start (locked dir, another node's or cluster's
 dir, damaged log, unreadable meta or members, a missing file) is a
@@ -39,12 +46,14 @@ data may already be lost from the page cache.
 """
 import fcntl
 import json
+import logging
 import os
+import tempfile
 
 from raftfast._entrylog import BlockError, EntryLog, block_count
 from raftfast._logstore import (DEFAULT_SEGMENT_BYTES, LogCorruptError, LogStore,
                                 LogStoreError, segment_name, segment_numbers)
-from raftfast.messages import HardState
+from raftfast.messages import ConfigFormatError, HardState, decode_config
 from raftfast.snapshot import SnapshotError, load_snapshot, read_snapshot_meta
 
 __all__ = ["Storage", "StorageError", "LogStoreError", "LogCorruptError", "META_FORMAT",
@@ -57,6 +66,8 @@ MEMBERS_FILE = "members"
 WAL_DIR = "wal"
 SNAP_DIR = "snap"
 DEFAULT_KEEP_SNAPSHOTS = 2  # the newest, and the one before (may still be being sent)
+
+_log = logging.getLogger("raftfast.storage")
 
 
 class StorageError(Exception):
@@ -248,12 +259,26 @@ def _load_snapshot(data_dir):
 
 
 def _recover(log, snap_index=0, snap_term=0, snap_path=None):
-    """Replay the log after snap_index into (HardState, EntryLog)."""
-    # The EntryLog starts after the snapshot; the log store skips records
-    # wholly at or below snap_index and refuses a gap after it.
-    entries = EntryLog(snap_index + 1)
+    """Replay the log after snap_index into (HardState, EntryLog,
+    finish_install).
+
+    The log store hands over only what follows its newest reset record
+    (a snapshot installed from the leader: everything before it is void),
+    skips records wholly below snap_index, and refuses a gap after it.
+    Where a record still holds the entry at snap_index with another term
+    than the snapshot's: refused if the hard state says it is committed;
+    otherwise it is InstallSnapshot's crash window (the snapshot renamed
+    into place, the reset record not yet written), the entries from
+    snap_index on are stale and dropped (_stale_after_snapshot), and
+    finish_install tells the caller to write the reset now."""
+    entries = [EntryLog(snap_index + 1)]  # a list: the callbacks may start it afresh
     hs = HardState()
     seen_term = [None]  # the log's term at snap_index, where a kept record holds it
+    reset = [None]
+
+    def on_reset(index, term):
+        # Replay starts here: nothing before it was handed over.
+        reset[0] = (index, term)
 
     def on_entries(first, block, count):
         try:
@@ -263,35 +288,84 @@ def _recover(log, snap_index=0, snap_term=0, snap_path=None):
         if n != count:
             raise StorageError(f"log in {log.path}: record at index {first} says {count} "
                                f"entries, its block holds {n}")
+        last = first + count - 1
+        if last < snap_index:
+            # Cuts the log back below the snapshot (the store hands such a
+            # record over only then): nothing above it is left.
+            entries[0] = EntryLog(snap_index + 1)
+            seen_term[0] = None
+            return
         if first <= snap_index:
-            # Straddles the snapshot: keep only the entries after it (the
-            # replay hands over no record that ends at or below it).
+            # Holds the snapshot's index: keep only the entries after it.
             part = EntryLog(first)
             part.append(first, block)
             seen_term[0] = part.term(snap_index)
-            block, count = part.slice(snap_index + 1, first + count)
+            if last == snap_index:
+                entries[0] = EntryLog(snap_index + 1)
+                return
+            block, count = part.slice(snap_index + 1, last + 1)
             first = snap_index + 1
-        last = entries.last_index
-        if first > last + 1:
-            raise StorageError(f"log in {log.path} skips from index {last} to {first}")
-        entries.append(first, block)  # also cuts any suffix from `first` on
+        top = entries[0].last_index
+        if first > top + 1:
+            raise StorageError(f"log in {log.path} skips from index {top} to {first}")
+        entries[0].append(first, block)  # also cuts any suffix from `first` on
 
     def on_hard_state(term, vote, commit):
         hs.term, hs.vote, hs.commit = term, vote, commit
 
-    log.replay(on_entries, on_hard_state, snap_index)
+    log.replay(on_entries, on_hard_state, snap_index, on_reset)
+    if reset[0] is not None and reset[0][0] == snap_index and reset[0][1] != snap_term:
+        raise StorageError(f"log in {log.path} was reset to continue after index {snap_index} "
+                           f"at term {reset[0][1]}, but snapshot {snap_path} says term {snap_term}")
     if seen_term[0] is not None and seen_term[0] != snap_term:
-        # A snapshot holds committed state only, and committed entries are
-        # never overwritten: the log and the snapshot disagree.
-        raise StorageError(f"log in {log.path} has entry {snap_index} at term {seen_term[0]}, "
-                           f"but snapshot {snap_path} says term {snap_term}")
+        if hs.commit >= snap_index:
+            # The log's own entry at snap_index is committed: a snapshot
+            # holds committed state only, and committed entries are never
+            # overwritten, so the two disagree about committed state.
+            raise StorageError(f"log in {log.path} has entry {snap_index} at term {seen_term[0]}, "
+                               f"committed (commit index {hs.commit}), but snapshot {snap_path} "
+                               f"says term {snap_term}")
+        _stale_after_snapshot(log, entries[0], snap_index, snap_term, snap_path, seen_term[0])
+        entries[0] = EntryLog(snap_index + 1)
+        finish_install = True
+    else:
+        finish_install = False
+    entries = entries[0]
     if hs.commit > entries.last_index:
         # Entries reach the log before the hard state that commits them, so
         # a log that ends below its commit index has lost its tail.
         raise StorageError(f"log in {log.path} ends at index {entries.last_index}, but its "
                            f"hard state says {hs.commit} entries are committed: "
                            "the end of the log is missing")
-    return hs, entries
+    return hs, entries, finish_install
+
+
+def _stale_after_snapshot(log, entries, snap_index, snap_term, snap_path, log_term):
+    """The log's entry at snap_index has another term than the snapshot,
+    and no reset record says the log restarts there: InstallSnapshot's crash
+    window (the snapshot renamed into place, the reset not yet durable).
+
+    Every entry from snap_index on is stale and uncommitted, so it is
+    dropped: the snapshot holds committed state, so the committed entry at
+    snap_index has snap_term; were the log's entry at any index i >=
+    snap_index committed, the committed log would hold that same entry,
+    and by Log Matching two logs sharing an entry (index and term) agree
+    on every entry before it -- so the log's term at snap_index would be
+    snap_term.  It is not, so none of them is committed, and none ever will
+    be: a leader holding one would hold the log's entry at snap_index too,
+    which Leader Completeness rules out once snap_index is committed.
+    Their acknowledgements counted for nothing that can commit.
+
+    The caller then finishes the install (a reset record at the snapshot):
+    the stale entry at snap_index stays in the WAL until compaction, and
+    without the reset every later recovery would find it again and drop
+    the good entries appended after it."""
+    n = entries.last_index - snap_index
+    _log.warning("log in %s has entry %d at term %d, but snapshot %s (installed from the leader, "
+                 "its log reset not yet written) says term %d: entries %d..%d are stale and "
+                 "uncommitted, dropped; the log now restarts after the snapshot "
+                 "(docs/snapshots.md)", log.path, snap_index, log_term, snap_path, snap_term,
+                 snap_index, snap_index + n)
 
 
 class Storage:
@@ -308,7 +382,9 @@ class Storage:
                     membership will travel in), or None
         snapshot_file  its path, or None
         kv          the KVStore loaded from it, or None (start empty); the
-                    node takes it, and applies from snap_index + 1
+                    node takes it, and applies from snap_index + 1 (set at
+                    open only: install_snapshot moves snap_index, snap_term,
+                    snapshot and snapshot_file, the node swaps its own store)
         is_new      True when the dir held no Raft state (term, vote, commit
                     all 0, no entries, no snapshot): the node should bootstrap
     """
@@ -352,7 +428,11 @@ class Storage:
             # reaches back to snap_index + 1.
             log = LogStore(os.path.join(data_dir, WAL_DIR), fsync=fsync, segment_bytes=segment_bytes,
                            snap_index=snap_index)
-            hs, entries = _recover(log, snap_index, snap_term, snap_path)
+            hs, entries, finish_install = _recover(log, snap_index, snap_term, snap_path)
+            if finish_install:
+                # Durable before anything is appended after the snapshot.
+                log.reset_log(snap_index, snap_term)
+                log.sync()
             _remove_snapshot_temps(data_dir, fsync)
             return cls(data_dir, node_id, cluster_id, lock_fd, log, hs, entries, snap_path, snap, kv)
         except BaseException as e:
@@ -386,17 +466,84 @@ class Storage:
         and GIL-free while waiting on the disk: meant for run_in_executor."""
         self._log.sync()
 
-    def snapshot_path(self, index):
-        """Where the snapshot at `index` goes: hand it to SnapshotWriter(kv,
-        path, index, term, meta), which writes a temporary file beside it
-        and renames it into place once fsynced.  Creates snap/ the first
-        time (made durable in the data dir)."""
+    def _snap_dir(self):
+        """<data-dir>/snap, created the first time (made durable in the data dir)."""
         snap = os.path.join(self.data_dir, SNAP_DIR)
         if not os.path.isdir(snap):
             os.mkdir(snap)
             if self.fsync:
                 _fsync_dir(self.data_dir)
-        return os.path.join(snap, snapshot_name(index))
+        return snap
+
+    def snapshot_path(self, index):
+        """Where the snapshot at `index` goes: hand it to SnapshotWriter(kv,
+        path, index, term, meta), which writes a temporary file beside it
+        and renames it into place once fsynced.  Creates snap/ the first
+        time (made durable in the data dir)."""
+        return os.path.join(self._snap_dir(), snapshot_name(index))
+
+    def incoming_snapshot_path(self):
+        """A fresh temporary path in snap/ for a snapshot being received
+        from the leader (created empty, so no other caller gets it; open it
+        with "wb").  Its name, .snap-incoming.<random>.tmp, is one recovery
+        deletes: a transfer cut short by a crash leaves nothing behind.
+        Write, fsync and check it (raftfast.snapshot), then install_snapshot;
+        on an abandoned transfer, unlink it."""
+        fd, path = tempfile.mkstemp(dir=self._snap_dir(), prefix=".snap-incoming.", suffix=".tmp")
+        os.close(fd)
+        return path
+
+    def install_snapshot(self, received_path, index, term):
+        """Make the snapshot received from the leader this node's state:
+        the file at received_path (complete, fsynced and checked by the
+        caller; from incoming_snapshot_path, so on the same filesystem) is
+        renamed into place as snapshot_path(index), snap/ is fsynced, then
+        the log is reset to continue after (index, term) and synced: the
+        entries the log held before are void, whatever they were.  Then
+        what is no longer needed goes: every WAL segment before the reset
+        and the snapshot files but the newest two (compact(index)).
+        Returns compact's (deleted segments, deleted snapshots).
+
+        A crash between the rename and the durable reset leaves the new
+        snapshot with the old log: recovery keeps the log after the
+        snapshot only if its entry at `index` has `term`, else drops it as
+        stale (_stale_after_snapshot).
+
+        StorageError, changing nothing, when the file's header does not say
+        (index, term), cannot be read, or the data dir already holds a
+        snapshot at or after `index`.  A failed rename, write or fsync
+        raises OSError (LogStoreError from the log): stop the node, as for
+        any failed write.
+
+        Blocking I/O on the caller's thread: a rename, three fsyncs of
+        directories or the log (four when compaction deletes something),
+        the unlinks -- a few milliseconds on an SSD, tens on a slow disk.
+        The runtime calls it from the event loop for now (an install is
+        rare: a follower too far behind), which stalls heartbeats for that
+        long; moving it to a thread needs the loop to hold appends until it
+        returns."""
+        received_path = os.fspath(received_path)
+        try:
+            meta = read_snapshot_meta(received_path)
+        except SnapshotError as e:
+            raise StorageError(f"cannot install the snapshot received: {e}") from None
+        if (meta.index, meta.term) != (index, term):
+            raise StorageError(f"{received_path}: cannot install it as the snapshot at index "
+                               f"{index}, term {term}: its header says index {meta.index}, "
+                               f"term {meta.term}")
+        if index <= self.snap_index:
+            raise StorageError(f"cannot install the snapshot at index {index}: the data dir "
+                               f"already holds one at index {self.snap_index} "
+                               f"({self.snapshot_file})")
+        path = self.snapshot_path(index)
+        os.rename(received_path, path)
+        if self.fsync:
+            _fsync_dir(os.path.dirname(path))
+        self._log.reset_log(index, term)
+        self._log.sync()
+        self.snap_index, self.snap_term = index, term
+        self.snapshot, self.snapshot_file = meta, path
+        return self.compact(index)
 
     def latest_snapshot(self):
         """(path, SnapshotMeta) of the newest snapshot file, its header
@@ -427,9 +574,11 @@ class Storage:
         Returns (deleted segment paths, deleted snapshot paths).  StorageError
         when no snapshot on disk covers snap_index (the log is not touched).
         Blocking file I/O: run it off the event loop (the log store is
-        thread-safe; it may run while the loop appends).  Crash-safe at
-        every step: segments go oldest first and the newest snapshot stays,
-        so a restart finds the snapshot and a contiguous log after it."""
+        thread-safe; it may run while the loop appends; it syncs the log
+        first).  Crash-safe at every step: segments go oldest first and the
+        newest snapshot stays, so a restart finds the snapshot and a
+        contiguous log after it.  Segments before a durable log reset count
+        at most the reset's index (docs/snapshots.md)."""
         latest = self.latest_snapshot()
         if latest is None or latest[1].index < snap_index:
             raise StorageError(f"cannot compact the log up to index {snap_index}: no snapshot "
@@ -451,11 +600,14 @@ class Storage:
         return dropped, removed
 
     def members(self):
-        """The initial voters recorded at bootstrap, or None before that."""
+        """The initial voters recorded at bootstrap (an empty list for a node
+        that started with --join), or None before that."""
         path = os.path.join(self.data_dir, MEMBERS_FILE)
         try:
             with open(path, "rb") as f:
-                voters = json.loads(f.read().decode("utf-8"))["voters"]
+                doc = json.loads(f.read().decode("utf-8"))
+            voters = doc["voters"]
+            joining = doc.get("join", False)
         except FileNotFoundError:
             if not self.is_new:
                 raise StorageError(f"{path}: members file missing, but the data dir holds "
@@ -465,19 +617,48 @@ class Storage:
             raise StorageError(f"{path}: cannot read the members file: {e.strerror}") from None
         except (ValueError, KeyError, TypeError) as e:
             raise StorageError(f"{path}: damaged members file ({_why(e)})") from None
-        if (not isinstance(voters, list) or not voters
-                or not all(isinstance(v, int) and 0 < v < 1 << 63 for v in voters)):
+        if joining is True:
+            # Started with --join: no voters at all, by design.
+            if voters != []:
+                raise StorageError(f"{path}: damaged members file (a joining node records "
+                                   "no voters)")
+            return []
+        if (joining is not False or not isinstance(voters, list) or not voters
+                or not all(type(v) is int and 0 < v < 1 << 63 for v in voters)):
             raise StorageError(f"{path}: damaged members file (voters must be a non-empty "
                                "list of node ids)")
         return sorted(voters)
 
-    def save_members(self, voters):
-        """Record the initial voters (once, at bootstrap; atomically).  The
-        log is made durable first, so that members on disk imply a log on
-        disk: a dir with members and no log is refused as damaged."""
+    def save_members(self, voters, join=False):
+        """Record the initial voters (once, at bootstrap; atomically), or with
+        join=True that this node starts outside the configuration.  The log
+        is made durable first, so that members on disk imply a log on disk:
+        a dir with members and no log is refused as damaged."""
+        if join and voters:
+            raise ValueError("a joining node records no voters")
         self._log.sync()
-        _write_atomically(os.path.join(self.data_dir, MEMBERS_FILE),
-                          json.dumps({"voters": sorted(voters)}).encode())
+        doc = {"voters": sorted(voters)}
+        if join:
+            doc["join"] = True
+        _write_atomically(os.path.join(self.data_dir, MEMBERS_FILE), json.dumps(doc).encode())
+
+    def configuration(self):
+        """(voters, learners, urls): the configuration the core starts from.
+        The newest snapshot's (its meta is the configuration in effect at
+        its index) when the dir holds one, else the members file's; the
+        core itself then takes the latest configuration entry in its log.
+        StorageError when neither can be read."""
+        if self.snapshot is not None:
+            try:
+                return decode_config(self.snapshot.meta)
+            except ConfigFormatError as e:
+                raise StorageError(f"{self.snapshot_file}: damaged snapshot, refusing to start: "
+                                   f"its configuration is unreadable ({e})") from None
+        voters = self.members()
+        if voters is None:
+            raise StorageError(f"{os.path.join(self.data_dir, MEMBERS_FILE)}: the data dir was "
+                               "never bootstrapped (no members file)")
+        return frozenset(voters), frozenset(), {}
 
     def close(self):
         """Close the log and release the data-dir lock.  Does not sync."""

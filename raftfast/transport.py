@@ -265,6 +265,10 @@ class PeerTransport:
         if peer is not None:
             self._reset_peer(peer)
 
+    def dialed_ids(self):
+        """The ids this transport has an address for (a copy)."""
+        return list(self._addresses)
+
     def stats(self):
         return {
             "frames_sent": self.frames_sent, "bytes_sent": self.bytes_sent,

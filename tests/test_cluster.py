@@ -188,12 +188,12 @@ def wait_gone(pids):
 
 
 class Launch:
-    def __init__(self, tmp_path, *argv, fail_id=None):
+    def __init__(self, tmp_path, *argv, fail_id=None, base=None, env=None):
         env = dict(os.environ, RAFTFAST_NODE_MODULE="cluster_fake_node", PYTHONPATH=TESTS,
-                   TMPDIR=str(tmp_path))
+                   TMPDIR=str(tmp_path), **(env or {}))
         if fail_id:
             env["FAKE_FAIL_ID"] = str(fail_id)
-        self.base = free_base_port(3)
+        self.base = base or free_base_port(6)
         self.p = subprocess.Popen(
             [sys.executable, "-m", "raftfast.cluster", "--nodes", "3",
              "--base-port", str(self.base), *argv],
@@ -300,3 +300,130 @@ def test_a_node_dying_is_reported_and_the_rest_keep_serving(tmp_path):
         wait_gone(pids)
     finally:
         run.kill()
+
+
+# ---- growing and shrinking ------------------------------------------------------
+
+def test_plan_of_a_grown_and_shrunk_layout(tmp_path):
+    """Added nodes join; every live node dials every other live one; a
+    removed node is neither started nor dialed."""
+    layout = cluster.Layout(3, "tcp", 9000, added=[4, 5], removed=[2])
+    specs = cluster.plan(parse(["--fsync", "never"]), str(tmp_path), layout)
+    assert [s.id for s in specs] == [1, 3, 4, 5]
+    by_id = {s.id: s for s in specs}
+    assert by_id[4].argv == [
+        "--id", "4", "--data-dir", f"{tmp_path}/node4", "--listen", "tcp://127.0.0.1:9104",
+        "--client", "tcp://127.0.0.1:9004",
+        "--peer", "1=tcp://127.0.0.1:9101", "--peer", "3=tcp://127.0.0.1:9103",
+        "--peer", "5=tcp://127.0.0.1:9105", "--join", "--fsync", "never"]
+    assert "--join" not in by_id[1].argv
+    assert [a for a in by_id[1].argv if "=" in a] == [
+        "3=tcp://127.0.0.1:9103", "4=tcp://127.0.0.1:9104", "5=tcp://127.0.0.1:9105"]
+    assert layout.next_id() == 6  # never a removed id again
+
+
+def test_layout_is_kept_in_the_data_dir(tmp_path):
+    assert cluster.Layout.load(str(tmp_path)) is None
+    cluster.Layout(5, "unix", 7100, added=[6], removed=[3]).save(str(tmp_path))
+    back = cluster.Layout.load(str(tmp_path))
+    assert (back.founders, back.transport, back.base_port, back.added, back.removed) == (
+        5, "unix", 7100, [6], {3})
+    (tmp_path / "cluster.json").write_text('{"format": 1, "founders": "x"}')
+    with pytest.raises(ConfigError, match="cluster.json"):
+        cluster.Layout.load(str(tmp_path))
+
+
+def test_a_layout_past_the_port_range_is_refused():
+    with pytest.raises(ConfigError, match="up to 99"):
+        cluster.Layout(3, "tcp", 7000, added=list(range(4, 100))).check_ports(100)
+    with pytest.raises(ConfigError, match="past 65535"):
+        cluster.Layout(3, "unix", 65530).check_ports(6)
+
+
+def control(*argv):
+    return subprocess.run([sys.executable, "-m", "raftfast.cluster", *argv],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(TESTS))
+
+
+@pytest.mark.parametrize("argv", [["add"], ["remove", "2"]])
+def test_add_and_remove_without_a_launcher_say_so(tmp_path, argv):
+    r = control(*argv, "--data-dir", str(tmp_path))
+    assert r.returncode == 1
+    assert f"no launcher is running on {tmp_path}" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["add"], "--data-dir"),
+    (["remove", "--data-dir", "d"], "ID"),
+    (["remove", "0", "--data-dir", "d"], "must be >= 1"),
+])
+def test_add_and_remove_bad_usage_exits_2(argv, fragment):
+    r = control(*argv)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and fragment in r.stderr, r.stderr
+
+
+def rows(text):
+    """{id: pid} of the table rows in text."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0].isdigit():
+            out[int(parts[0])] = int(parts[1])
+    return out
+
+
+def test_add_then_remove_then_a_restart_keeps_the_layout(tmp_path):
+    data = tmp_path / "d"
+    run = Launch(tmp_path, "--data-dir", str(data), env={"FAKE_ADD_TRYAGAIN": "1"})
+    try:
+        run.read_until("serving")
+        pids = run.table_pids()
+        added = control("add", "--data-dir", str(data))
+        assert added.returncode == 0, added.stderr
+        # A TRYAGAIN on the first ADD was retried; node 4 votes, and its row says so.
+        assert f"tcp://127.0.0.1:{run.base + 4}" in added.stdout
+        pid4 = rows(added.stdout)[4]
+        assert alive(pid4)
+        argv4 = json.load(open(data / "node4" / "argv.json"))["argv"]
+        assert "--join" in argv4 and f"1=unix://{data}/node1/raft.sock" in argv4
+        assert json.load(open(data / "node1" / "voters.json")) == [1, 2, 3, 4]
+
+        removed = control("remove", "2", "--data-dir", str(data))
+        assert removed.returncode == 0, removed.stderr
+        assert sorted(rows(removed.stdout)) == [1, 3, 4]
+        wait_gone([pids[1]])
+        assert json.load(open(data / "node1" / "voters.json")) == [1, 3, 4]
+        again = control("remove", "2", "--data-dir", str(data))
+        assert again.returncode == 1 and "not one of this cluster's nodes" in again.stderr
+
+        run.p.send_signal(signal.SIGTERM)
+        code, out, err = run.finish()
+        assert code == 0 and "exited unexpectedly" not in err, err
+        wait_gone([pids[0], pids[2], pid4])
+    finally:
+        run.kill()
+    # The same data dir again: node 4 starts (a restart, with --join), node 2 does not.
+    run = Launch(tmp_path, "--data-dir", str(data), base=run.base)
+    try:
+        run.read_until("serving")
+        head = next(i for i, l in enumerate(run.out) if l.startswith("id "))
+        assert sorted(rows("".join(run.out[head:]))) == [1, 3, 4]
+        argv1 = json.load(open(data / "node1" / "argv.json"))["argv"]
+        assert f"4=unix://{data}/node4/raft.sock" in argv1
+        assert not any(a.startswith("2=") for a in argv1)
+        run.p.send_signal(signal.SIGTERM)
+        assert run.finish()[0] == 0
+    finally:
+        run.kill()
+
+
+def test_a_restart_with_other_founding_flags_is_refused(tmp_path):
+    data = tmp_path / "d"
+    cluster.Layout(3, "unix", 7000).save(str(data.mkdir() or data))
+    r = subprocess.run([sys.executable, "-m", "raftfast.cluster", "--nodes", "5",
+                        "--data-dir", str(data)], capture_output=True, text=True, timeout=60,
+                       cwd=os.path.dirname(TESTS))
+    assert r.returncode == 2
+    assert "--nodes 5" in r.stderr and "--nodes 3" in r.stderr, r.stderr

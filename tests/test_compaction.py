@@ -247,14 +247,19 @@ def test_moving_a_damaged_snapshot_aside_falls_back_only_if_the_log_covers(tmp_p
         assert entries_of(st) == [(i, 1) for i in range(21, 61)]
 
 
-def test_a_snapshot_whose_term_disagrees_with_the_log_is_refused(tmp_path):
+def test_a_snapshot_whose_term_disagrees_with_a_committed_entry_is_refused(tmp_path):
+    """The log's entry at the snapshot's index is committed (its hard state
+    says so) and has another term: one of the two is wrong.  (Uncommitted,
+    it is InstallSnapshot's crash window: tests/test_install_snapshot.py.)"""
     d = tmp_path / "d"
     with open_(d) as st:
         fill(st, 1, 10)
         st.append(11, encode_entries([(1, ENTRY_NORMAL, b"a"), (1, ENTRY_NORMAL, b"b")]), 2)
+        st.save_hard_state(HardState(1, 1, 11))
         st.sync()
         write_snapshot(kv_at(11), st.snapshot_path(11), 11, 7)  # entry 11 is at term 1
-    assert_refused(d, "has entry 11 at term 1", snapshot_name(11), "says term 7")
+    assert_refused(d, "has entry 11 at term 1", "committed (commit index 11)", snapshot_name(11),
+                   "says term 7")
 
 
 def test_a_snapshot_alone_is_state(tmp_path):

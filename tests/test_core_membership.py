@@ -315,3 +315,17 @@ def test_a_snapshot_with_a_bad_configuration_is_ignored():
                         entries=encode_config([], [3])))
     f.process()
     assert (f.raft.log.committed, f.raft.voters) == before and net.installs == 0
+
+
+def test_an_idle_leader_probes_a_new_node_again_after_its_first_probe_was_lost():
+    net = quiet_net(3, seed=43, membership=True)
+    ld = elected(net)
+    net.cut.add((ld.id, 4))  # its connection is not up yet: the first probes are lost
+    index = ld.raft.propose_conf_change("add", 4)
+    for _ in range(5):
+        net.run_round(tick=False)
+    assert ld.raft.log.committed == index == ld.raft.log.last_index
+    net.cut.clear()
+    # No more writes: only heartbeats carry the leader on.
+    assert run_until(net, lambda: 4 in ld.raft.voters and net.nodes[4].applied
+                     == ld.raft.log.committed == ld.raft.log.last_index)

@@ -316,7 +316,9 @@ IDENTITY_DAMAGE = {
     "meta": {"truncated": None, "not json": b"\x00\xffgarbage",
              "wrong shape": b'{"format": 1, "cluster_id": "raftfast"}', "empty": b""},
     "members": {"truncated": None, "not json": b"\x00\xffgarbage",
-                "no voters": b'{"voters": []}', "bad id": b'{"voters": [0]}'},
+                "no voters": b'{"voters": []}', "bad id": b'{"voters": [0]}',
+                "joining with voters": b'{"voters": [1], "join": true}',
+                "join not true or false": b'{"voters": [], "join": 1}'},
 }
 
 
@@ -581,7 +583,9 @@ def test_a_node_restarts_from_a_snapshot_plus_the_log_after_it(data_dir):
         kv = KVStore()
         block, count = st.entry_log.slice(1, index + 1, 1 << 40)
         kv.apply(block, False)
-        write_snapshot(kv, st.snapshot_path(index), index, term)
+        # A snapshot's meta is the configuration in effect at its index.
+        from raftfast.messages import encode_config
+        write_snapshot(kv, st.snapshot_path(index), index, term, encode_config([1]))
         dropped, _ = st.compact(index)
         assert dropped, "the log had whole segments behind the snapshot to drop"
     node = OneNode(data_dir).start()
@@ -593,3 +597,16 @@ def test_a_node_restarts_from_a_snapshot_plus_the_log_after_it(data_dir):
         assert node.redis.set("after", "1") is True and node.redis.get("after") == b"1"
     finally:
         assert node.stop()[0] == 0
+
+
+def test_a_snapshot_whose_configuration_is_unreadable_is_refused(written):
+    """A snapshot's meta is the configuration in effect at its index: the
+    node would not know who votes, so it does not guess."""
+    from raftfast._kv import KVStore
+    from raftfast.snapshot import write_snapshot
+    from raftfast.storage import Storage
+    with Storage.open(written, 1, "raftfast", segment_bytes=SEGMENT) as st:
+        index = st.entry_log.last_index
+        path = st.snapshot_path(index)
+        write_snapshot(KVStore(), path, index, st.entry_log.term(index), b"\x07not a config")
+    assert_refused(written, path, "configuration")

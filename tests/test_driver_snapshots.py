@@ -31,6 +31,12 @@ class NoPeers:
     def peer_version(self, peer):
         return 0
 
+    def dialed_ids(self):
+        return []
+
+    def set_address(self, node_id, url):
+        pass
+
 
 async def until(pred, what):
     loop = asyncio.get_running_loop()
@@ -52,7 +58,8 @@ def run_node(tmp_path, body, **knobs):
 
     async def main():
         loop = asyncio.get_running_loop()
-        d = RaftDriver(loop, cfg, storage, storage.kv or _empty_kv(), NoPeers(), [1],
+        d = RaftDriver(loop, cfg, storage, storage.kv or _empty_kv(), NoPeers(),
+                       (frozenset({1}), frozenset(), {}),
                        fatal.append, tick_ms(cfg))
         d.start()
         try:

@@ -182,3 +182,159 @@ def test_a_command_too_large_for_one_frame_is_refused_and_nothing_stalls(tmp_pat
     finally:
         c.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ---- RAFT.NODE -------------------------------------------------------------------
+
+@pytest.mark.parametrize("cmd,reply", [
+    (req(b"RAFT.NODE"), b"-ERR wrong number of arguments for 'raft.node' command\r\n"),
+    (req(b"RAFT.NODE", b"ADD", b"2"),
+     b"-ERR wrong number of arguments for 'raft.node|add' command\r\n"),
+    (req(b"RAFT.NODE", b"add", b"2", b"tcp://127.0.0.1:1", b"x"),
+     b"-ERR wrong number of arguments for 'raft.node|add' command\r\n"),
+    (req(b"RAFT.NODE", b"REMOVE"),
+     b"-ERR wrong number of arguments for 'raft.node|remove' command\r\n"),
+    (req(b"RAFT.NODE", b"ADD", b"0", b"tcp://127.0.0.1:1"),
+     b"-ERR node id must be an integer from 1 to 2^63-1\r\n"),
+    (req(b"RAFT.NODE", b"REMOVE", b"9223372036854775808"),
+     b"-ERR node id must be an integer from 1 to 2^63-1\r\n"),
+    (req(b"RAFT.NODE", b"REMOVE", b"two"), b"-ERR node id must be an integer from 1 to 2^63-1\r\n"),
+    (req(b"RAFT.NODE", b"ADD", b"2", b"http://x:1"),
+     b"-ERR bad address 'http://x:1': unknown scheme 'http' (use tcp or unix)\r\n"),
+    (req(b"RAFT.NODE", b"PROMOTE", b"2"),
+     b"-ERR unknown subcommand 'PROMOTE'. Try RAFT.NODE ADD id url or RAFT.NODE REMOVE id.\r\n"),
+    # Refused by the core: nothing proposed.
+    (req(b"RAFT.NODE", b"ADD", b"1", b"tcp://127.0.0.1:1"), b"-ERR node 1 is already a member\r\n"),
+    (req(b"RAFT.NODE", b"REMOVE", b"9"), b"-ERR node 9 is not a member\r\n"),
+    (req(b"RAFT.NODE", b"REMOVE", b"1"),
+     b"-ERR node 1 is the only voter; it cannot be removed\r\n"),
+])
+def test_raft_node_arguments_and_refusals(conn, cmd, reply):
+    conn.send(cmd)
+    conn.expect(reply)
+
+
+def test_raft_node_add_then_remove_and_one_change_at_a_time(conn, tmp_path):
+    """A one-node cluster commits a change on its own; a second change
+    proposed before the first commits (same pipeline) is told to retry."""
+    far = f"unix://{tmp_path}/nobody.sock".encode()
+    conn.send(req(b"RAFT.NODE", b"ADD", b"5", far) + req(b"RAFT.NODE", b"ADD", b"6", far))
+    conn.expect(b"+OK\r\n-TRYAGAIN a membership change is in progress\r\n")
+    conn.send(req(b"INFO", b"raft") + req(b"PING"))
+    text = read_until(conn, b"+PONG\r\n").decode()
+    assert "raft_voters:1\r\n" in text and "raft_learners:5\r\n" in text
+    conn.send(req(b"RAFT.NODE", b"REMOVE", b"5") + req(b"INFO", b"raft") + req(b"PING"))
+    text = read_until(conn, b"+PONG\r\n").decode()
+    assert text.startswith("+OK\r\n")
+    assert "raft_voters:1\r\n" in text and "raft_learners:\r\n" in text
+
+
+class _FakeConnTransport:
+    def __init__(self):
+        self.out = []
+
+    def write(self, b):
+        self.out.append(bytes(b))
+
+    def writelines(self, bs):
+        self.out.extend(bytes(b) for b in bs)
+
+    def is_closing(self):
+        return False
+
+    def get_extra_info(self, name):
+        return None
+
+    def close(self):
+        pass
+
+
+class _FakeCore:
+    leader_id = 2
+
+
+class _FakeDriver:
+    """What RAFT.NODE needs of the driver: it raises `raises`, or keeps the
+    callback for the test to answer."""
+
+    def __init__(self, raises=None, is_leader=True):
+        self.raises = raises
+        self.is_leader = is_leader
+        self.core = _FakeCore()
+        self.calls = []
+
+    def change_membership(self, op, node_id, url, callback):
+        self.calls.append((op, node_id, url))
+        if self.raises is not None:
+            raise self.raises
+        self.callback = callback
+        return 7
+
+
+def _front_door(driver):
+    """A RespServer and one client connection on it, no sockets."""
+    import asyncio
+    from raftfast.config import Config
+    from raftfast.resp_server import ClientProtocol, RespServer
+    loop = asyncio.new_event_loop()
+    cfg = Config(node_id=1, data_dir="x", listen="tcp://127.0.0.1:1", client="tcp://127.0.0.1:2")
+    server = RespServer(loop, cfg, driver, dict)
+    server.leader_client_url = {2: "tcp://127.0.0.1:7002"}.get
+    conn = ClientProtocol(server)
+    out = _FakeConnTransport()
+    conn.connection_made(out)
+    return loop, conn, out
+
+
+def _error_cases():
+    from raftfast.core import ConfChangeBusy, ConfChangeInvalid, NotLeader, TransferInProgress
+    return [
+        (NotLeader(2), b"-MOVED 0 127.0.0.1:7002\r\n"),
+        (TransferInProgress(3), b"-TRYAGAIN leadership transfer in progress\r\n"),
+        (ConfChangeBusy("the leader has not yet committed an entry of its term"),
+         b"-TRYAGAIN the leader has not yet committed an entry of its term\r\n"),
+        (ConfChangeInvalid("node 4 is already a member"), b"-ERR node 4 is already a member\r\n"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_raft_node_maps_the_core_refusals_to_replies(case):
+    exc, reply = _error_cases()[case]
+    drv = _FakeDriver(raises=exc)
+    loop, conn, out = _front_door(drv)
+    try:
+        conn.data_received(req(b"RAFT.NODE", b"ADD", b"4", b"tcp://127.0.0.1:9") + req(b"PING"))
+        assert drv.calls == [("add", 4, "tcp://127.0.0.1:9")]
+        assert b"".join(out.out) == reply + b"+PONG\r\n"
+    finally:
+        loop.close()
+
+
+def test_raft_node_answers_when_applied_or_outcome_unknown():
+    drv = _FakeDriver()
+    loop, conn, out = _front_door(drv)
+    try:
+        conn.data_received(req(b"RAFT.NODE", b"REMOVE", b"3") + req(b"PING"))
+        assert drv.calls == [("remove", 3, "")]
+        assert out.out == []  # PING waits behind the pending change
+        drv.callback(None)
+        assert b"".join(out.out) == b"+OK\r\n+PONG\r\n"
+        out.out.clear()
+        conn.data_received(req(b"RAFT.NODE", b"REMOVE", b"3"))
+        drv.callback("TIMEOUT outcome unknown")  # leadership lost before it committed
+        assert b"".join(out.out) == b"-TIMEOUT outcome unknown\r\n"
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("leader,reply", [(2, b"-MOVED 0 127.0.0.1:7002\r\n"),
+                                          (0, b"-CLUSTERDOWN No raft leader\r\n")])
+def test_raft_node_on_a_follower_redirects(leader, reply):
+    drv = _FakeDriver(is_leader=False)
+    drv.core.leader_id = leader
+    loop, conn, out = _front_door(drv)
+    try:
+        conn.data_received(req(b"RAFT.NODE", b"ADD", b"4", b"tcp://127.0.0.1:9"))
+        assert drv.calls == [] and b"".join(out.out) == reply
+    finally:
+        loop.close()

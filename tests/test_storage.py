@@ -163,6 +163,32 @@ def test_initial_members_are_recorded_once_and_recovered(tmp_path):
     st.close()
 
 
+def test_a_joining_node_records_that_it_has_no_voters(tmp_path):
+    st = Storage.open(tmp_path / "d", 4, "c", segment_bytes=SEG)
+    st.save_members([], join=True)
+    st.close()
+    st = Storage.open(tmp_path / "d", 4, "c", segment_bytes=SEG)
+    assert st.members() == []
+    assert st.configuration() == (frozenset(), frozenset(), {})
+    st.close()
+
+
+def test_the_starting_configuration_is_the_snapshots_when_there_is_one(tmp_path):
+    from raftfast._kv import KVStore
+    from raftfast.messages import encode_config
+    from raftfast.snapshot import write_snapshot
+    st = Storage.open(tmp_path / "d", 1, "c", segment_bytes=SEG)
+    st.save_members([1, 2, 3])
+    assert st.configuration() == (frozenset({1, 2, 3}), frozenset(), {})
+    write_snapshot(KVStore(), st.snapshot_path(5), 5, 1,
+                   encode_config([1, 3, 4], [6], {4: "tcp://127.0.0.1:9004"}))
+    st.close()
+    st = Storage.open(tmp_path / "d", 1, "c", segment_bytes=SEG)
+    assert st.configuration() == (frozenset({1, 3, 4}), frozenset({6}),
+                                  {4: "tcp://127.0.0.1:9004"})
+    st.close()
+
+
 def test_a_data_dir_with_state_but_no_members_is_refused(tmp_path):
     st = Storage.open(tmp_path / "d", 1, "c", segment_bytes=SEG)
     st.save_hard_state(HardState(2, 1, 0))

@@ -917,7 +917,10 @@ class Raft:
                 if pr.stalled_beats * self.cfg.heartbeat_ticks >= self.cfg.election_ticks:
                     pr.become_probe()
             if pr.match < self.log.last_index:
-                self._send_appends_to(m.frm)
+                # A probe may have been lost with nothing new to send since
+                # (a node just added, before its connection was up): probe
+                # again even if empty, or an idle leader never would.
+                self._send_appends_to(m.frm, send_empty=pr.state == PROBE)
             if m.frm in self.learners:
                 self._maybe_promote(m.frm, pr)
 

@@ -20,9 +20,11 @@ from raftfast._crc import crc32c
 VERSION = 1
 ENTRIES = 1
 HARD_STATE = 2
+LOG_RESET = 3   # "the log restarts after (index, term)": first_index = index, payload u64 term
 
 _HEAD = struct.Struct("<BBHIQI")  # the header after the crc
 _HS = struct.Struct("<QQQ")
+_RESET = struct.Struct("<Q")
 HEADER_SIZE = 4 + _HEAD.size  # 24
 
 
@@ -43,10 +45,14 @@ def encode_hard_state(term, vote, commit):
     return encode(HARD_STATE, 0, 0, _HS.pack(term, vote, commit))
 
 
+def encode_log_reset(index, term):
+    return encode(LOG_RESET, index, 0, _RESET.pack(term))
+
+
 def decode(buf, offset=0):
     """The record at offset as (kind, fields, next_offset): kind "entries"
-    with fields (first_index, block, count), or "hard_state" with
-    (term, vote, commit).  RecordError if it is incomplete, fails its CRC
+    with fields (first_index, block, count), "hard_state" with
+    (term, vote, commit), or "log_reset" with (index, term).  RecordError if it is incomplete, fails its CRC
     or is not a version-1 record of a known type."""
     buf = bytes(buf)
     if len(buf) - offset < HEADER_SIZE:
@@ -65,6 +71,10 @@ def decode(buf, offset=0):
         return "entries", (first, payload, count), end
     if rtype == HARD_STATE and plen == _HS.size and first == 0 and count == 0:
         return "hard_state", _HS.unpack(payload), end
+    if rtype == LOG_RESET and plen == _RESET.size and first >= 1 and count == 0:
+        (term,) = _RESET.unpack(payload)
+        if term >= 1:
+            return "log_reset", (first, term), end
     raise RecordError(f"bad record type {rtype} at {offset}")
 
 
