@@ -173,3 +173,28 @@ def test_a_transfer_cut_off_midway_resumes(proxied):
         resumed = [int(line.split("resending from offset ")[1].split()[0])
                    for line in f if "resending from offset" in line]
     assert resumed and max(resumed) > 0, resumed
+
+
+def test_a_node_joining_a_compacted_cluster_starts_from_a_snapshot(cluster):
+    """RAFT.NODE ADD of a --join node when the log no longer starts at 1: the
+    learner gets the snapshot (a node outside its own configuration accepts
+    one from the leader), then the log, and is promoted."""
+    from test_membership_processes import add_node_slot, ids, leader_command, wait_info
+    leader_id = cluster.wait_leader()
+    leader = cluster.nodes[leader_id]
+    model = {}
+    write(leader.client(), model, 0, 1200)
+    wait_for(lambda: int(leader.info()["raft_first_log_index"]) > 1,
+             "the leader to compact its log")
+    newcomer = add_node_slot(cluster, 4, extra=(
+        "--join", "--snapshot-entries", str(SNAPSHOT_ENTRIES),
+        "--snapshot-trailing", str(TRAILING)))
+    newcomer.start()
+    _, reply = leader_command(cluster, "RAFT.NODE", "ADD", 4, cluster.peer_url(4), exclude=(4,))
+    assert reply == b"+OK", reply
+    info = wait_info(newcomer, lambda i: ids(i["raft_voters"]) == {1, 2, 3, 4}, timeout=60)
+    assert int(info["raft_snapshot_index"]) > 1
+    assert int(stats(newcomer)["raftfast_snapshots_installed"]) == 1
+    write(leader.client(), model, 1200, 1300)
+    cluster.wait_applied(int(leader.info()["raft_commit_index"]), timeout=60)
+    assert newcomer.keys() == leader.keys() == len(model)
