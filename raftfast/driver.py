@@ -19,6 +19,7 @@ stops rather than retry (the page cache may have dropped the data).
 """
 import _thread
 import collections
+import concurrent.futures
 import heapq
 import logging
 import threading
@@ -597,6 +598,9 @@ class RaftDriver:
         self._snap_offer_waiting = False
         self._snap_writer = None
         self._snap_jobs = 0             # worker-thread jobs running (sync, compaction)
+        # Their one thread (they run one after the other anyway); stop()
+        # waits for it, so no job touches storage after the node closed it.
+        self._snap_pool = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
         self._snap_retry_at = 0.0
         self._snap_base = self.core.snapshot_index  # applied index of the newest snapshot
         self._v1_warned = set()
@@ -642,7 +646,7 @@ class RaftDriver:
                 self._snap_offer_waiting = False
                 self._snap_offer()
 
-        self.loop.run_in_executor(None, fn).add_done_callback(done)
+        self.loop.run_in_executor(self._snap_pool, fn).add_done_callback(done)
 
     # ---- taking snapshots and compacting
 
@@ -952,6 +956,7 @@ class RaftDriver:
         if self._snap_writer is not None and not self._snap_jobs:
             self._snap_writer.abort()
         self._snap_writer = None
+        self._snap_pool.shutdown(wait=True)  # a running sync or compaction ends first
 
     def _internal_error(self, e):
         log.critical("internal error, stopping this node", exc_info=e)
