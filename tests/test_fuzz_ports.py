@@ -41,7 +41,8 @@ from redis.retry import Retry
 from harness import Cluster
 from raftfast._codec import encode_handshake, encode_message
 from raftfast._crc import crc32c
-from raftfast.messages import MSG_APPEND, MSG_HEARTBEAT, MSG_NAMES, Message
+from raftfast.messages import (MSG_APPEND, MSG_HEARTBEAT, MSG_NAMES, MSG_SNAPSHOT_ACK,
+                               MSG_SNAPSHOT_CHUNK, Message)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -344,9 +345,16 @@ def test_far_future_term_from_a_member_is_recovered_from(cluster, role, st_data,
     if mtype == MSG_APPEND:
         index = max(index, 1 << 32)  # no log here reaches it: the append cannot match
     block = entry_block([(min(t, term), k % 3, d) for t, k, d in ents])
+    count = len(ents)
+    if mtype == MSG_SNAPSHOT_CHUNK:
+        # Raw file bytes at an offset of a total size (protocol v2's rules).
+        count, hint = 0, commit + len(block) + hint % 2
+        context = int(commit + len(block) == hint)
+    elif mtype == MSG_SNAPSHOT_ACK:
+        block, count = b"", 0
     msg = Message(mtype, frm=member, term=term, index=index, log_term=log_term, commit=commit,
                   reject=bool(flags), hint=hint, context=context, entries=block or None,
-                  count=len(ents))
+                  count=count)
     send_peer(cluster, nid, encode_handshake(CLUSTER, member) + encode_message(msg))
     assert_serving(cluster)
     if mtype in ADOPTING:
