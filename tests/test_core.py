@@ -350,12 +350,21 @@ def test_a_vote_request_from_a_node_ahead_of_our_configurations_is_heard():
     assert r.term == 4 and r.vote == 99
 
 
-def test_a_leader_outside_the_configuration_is_followed():
+def test_a_leader_outside_the_configuration_is_followed_unless_another_one_is_heard():
     # A node being added, or a member whose log lags a leader added after
     # its last configuration entry, must hear the leader it does not know.
     r = new_raft(node_id=1)
     r.step(Message(MSG_APPEND, to=1, frm=77, term=5, index=0, log_term=0))
     assert r.term == 5 and r.leader_id == 77
+    # But while it hears a leader, a stranger claiming to lead is ignored.
+    r = new_raft(node_id=1)
+    r.step(Message(MSG_HEARTBEAT, to=1, frm=2, term=3))
+    r.step(Message(MSG_APPEND, to=1, frm=77, term=9, index=0, log_term=0))
+    assert r.term == 3 and r.leader_id == 2
+    for _ in range(r.cfg.election_ticks):
+        r.tick()
+    r.step(Message(MSG_APPEND, to=1, frm=77, term=9, index=0, log_term=0))
+    assert r.term == 9 and r.leader_id == 77
 
 
 def test_a_slow_disk_does_not_cause_an_election():

@@ -75,9 +75,10 @@ class ConfChangeInvalid(ValueError):
 # Messages a node accepts from ids in none of the configurations it holds:
 # what a leader sends (a node being added does not know its leader's
 # configuration yet, nor does a member whose log lags a leader added later),
-# and a vote request whose log is ahead of ours (it may come from a voter
-# added in entries we lack; dropping it could leave no electable majority).
-# The rest is dropped.  Not what keeps a removed node from disrupting: it
+# unless this node hears another leader (a stranger cannot take over a
+# healthy cluster); and a vote request whose log is ahead of ours (it may
+# come from a voter added in entries we lack; dropping it could leave no
+# electable majority).  The rest is dropped.  Not what keeps a removed node from disrupting: it
 # never campaigns once it has its removal in its log, and before that its
 # log lacks a committed entry, so PreVote fails it (and CheckQuorum makes
 # members that hear their leader ignore it).
@@ -764,8 +765,12 @@ class Raft:
             self._step_self(m)
             return
         t = m.type
-        if m.frm not in self._known_ids and t not in _FROM_ANY_LEADER:
-            if not ((t == MSG_VOTE or t == MSG_PREVOTE) and self._log_behind(m)):
+        if m.frm not in self._known_ids:
+            if t in _FROM_ANY_LEADER:
+                if m.frm != self.leader_id and self.leader_id != 0 and \
+                        self.election_elapsed < self.cfg.election_ticks:
+                    return
+            elif not ((t == MSG_VOTE or t == MSG_PREVOTE) and self._log_behind(m)):
                 return
         if m.term > self.term:
             if (t == MSG_VOTE or t == MSG_PREVOTE) and self.cfg.check_quorum and \
