@@ -584,6 +584,7 @@ class RaftDriver:
     # failed install (the core already moved on) stops the node.
 
     SNAP_STEP_KEYS = 8192        # keys per write/merge step: ~1 ms each
+    SNAP_FLUSH_BYTES = 1 << 20   # fdatasync the file being written this often (in a thread)
     SNAP_RETRY_S = 5.0           # after a failed snapshot or compaction
 
     def _snap_init(self):
@@ -597,6 +598,7 @@ class RaftDriver:
         self._install = None            # ... stepped into the core, awaiting its Ready
         self._snap_offer_waiting = False
         self._snap_writer = None
+        self._snap_started = 0.0        # monotonic time the writer began
         self._snap_jobs = 0             # worker-thread jobs running (sync, compaction)
         # Their one thread (they run one after the other anyway); stop()
         # waits for it, so no job touches storage after the node closed it.
@@ -680,6 +682,7 @@ class RaftDriver:
             self._snap_failed(e)
             return
         self._snap_writer = writer
+        self._snap_started = time.monotonic()
         self.loop.call_soon(self._snap_write_step, writer)
 
     def _snap_write_step(self, writer):
@@ -687,7 +690,12 @@ class RaftDriver:
             return
         try:
             if not writer.write_step(self.SNAP_STEP_KEYS):
-                self.loop.call_soon(self._snap_write_step, writer)  # yield to the loop
+                if writer.unflushed >= self.SNAP_FLUSH_BYTES:
+                    # Pace the file to the disk a few megabytes at a time,
+                    # so the log's fsyncs never queue behind all of it.
+                    self._snap_in_thread(writer.flush_to_disk, self._snap_flushed, writer)
+                else:
+                    self.loop.call_soon(self._snap_write_step, writer)  # yield to the loop
                 return
         except SnapshotError as e:
             self._snap_writer = None
@@ -697,6 +705,16 @@ class RaftDriver:
         # merges back on it (sync touches only the file).
         self._snap_in_thread(writer.sync, self._snap_synced, writer)
         self.loop.call_soon(self._snap_merge_step, writer)
+
+    def _snap_flushed(self, error, _, writer):
+        if self._snap_writer is not writer:
+            return
+        if error is not None:
+            self._snap_writer = None
+            writer.abort()
+            self._snap_failed(error)
+            return
+        self._snap_write_step(writer)
 
     def _snap_merge_step(self, writer):
         if not self._stopped and writer.kv is self.kv and not writer.merge_step(
@@ -714,8 +732,9 @@ class RaftDriver:
         self._snap_base = max(self._snap_base, writer.index)
         if writer.index > core.snapshot_index:
             core.snapshot_taken(writer.index, writer.term)
-        log.info("snapshot at index %d (term %d, %d keys, %d bytes) taken", writer.index,
-                 writer.term, writer.count, writer.bytes)
+        log.info("snapshot at index %d (term %d, %d keys, %d bytes) taken in %.0f ms",
+                 writer.index, writer.term, writer.count, writer.bytes,
+                 1000 * (time.monotonic() - self._snap_started))
         self._snap_compact()
 
     def _snap_compact(self):

@@ -128,6 +128,7 @@ class SnapshotWriter:
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._crc = 0
         self.bytes = 0
+        self._written_back = 0    # bytes made durable by flush_to_disk so far
         self._write(_header(index, term, self._snap.count, self.meta))
 
     @property
@@ -164,6 +165,22 @@ class SnapshotWriter:
         self._snap.release()      # the point in time is all in the file
         self.written = True
         return True
+
+    @property
+    def unflushed(self):
+        """Bytes written since the last flush_to_disk()."""
+        return self.bytes - self._written_back
+
+    def flush_to_disk(self):
+        """fdatasync what was written so far.  For the runtime to call from
+        a worker thread every few megabytes, never at the same time as
+        write_step: left to the final fsync, tens of megabytes reach the
+        disk at once, and every other fsync on that disk (the Raft log's,
+        which clients' writes wait for) queues behind them.  Raises OSError;
+        the caller aborts the writer (on its own thread)."""
+        self._file.flush()
+        os.fdatasync(self._file.fileno())
+        self._written_back = self.bytes
 
     def sync(self):
         if self.synced:
