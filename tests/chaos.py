@@ -92,6 +92,10 @@ class ScheduleConfig:
     heartbeat_ms: int = 50
     election_ms: int = 500
     read_mode: str = "readindex"  # the nodes' --read-mode
+    # Small, so that snapshots, compaction and InstallSnapshot to nodes that
+    # were killed, paused or cut off all happen under the faults.
+    snapshot_entries: int = 500
+    snapshot_trailing: int = 100
 
 
 @dataclass
@@ -111,6 +115,7 @@ class ScheduleResult:
     unexpected: list = field(default_factory=list)     # tokens no client appended
     unknown_applied: int = 0    # unknown APPENDs that did take effect (allowed)
     replicas_agree: bool = True
+    snapshots: dict = field(default_factory=dict)      # INFO stats summed over the nodes
     seconds: float = 0.0        # the whole schedule, start to stop
     check_seconds: float = 0.0  # time the checks took (the checker is pure Python)
     errors: list = field(default_factory=list)         # client, nemesis or harness failures
@@ -172,6 +177,21 @@ def replicas_agree(cluster, timeout=30):
     return len({node.keys() for node in cluster.nodes.values()}) == 1
 
 
+SNAPSHOT_COUNTERS = ("raftfast_snapshots_taken", "raftfast_snapshots_sent",
+                     "raftfast_snapshots_installed")
+
+
+def snapshot_counts(cluster):
+    """Snapshots taken, sent and installed, summed over the nodes (INFO stats)."""
+    counts = Counter()
+    for node in cluster.nodes.values():
+        for line in node.raw_bulk("INFO", "stats").splitlines():
+            name, _, value = line.partition(":")
+            if name in SNAPSHOT_COUNTERS:
+                counts[name.replace("raftfast_", "")] += int(value)
+    return dict(counts)
+
+
 def node_log_errors(cluster, limit=10):
     """ERROR and CRITICAL lines and tracebacks from the nodes' logs: a node
     that hit one under faults it is built to survive has a bug, even when
@@ -193,7 +213,9 @@ def run_schedule(cfg, root=None):
     root = root or tempfile.mkdtemp(prefix="rfc")  # short: unix socket paths are limited
     cluster = ProxiedCluster(root, n=cfg.nodes, transport=cfg.transport,
                              heartbeat_ms=cfg.heartbeat_ms, election_ms=cfg.election_ms,
-                             extra_args=("--read-mode", cfg.read_mode))
+                             extra_args=("--read-mode", cfg.read_mode,
+                                         "--snapshot-entries", str(cfg.snapshot_entries),
+                                         "--snapshot-trailing", str(cfg.snapshot_trailing)))
     result = ScheduleResult(config=asdict(cfg), faults={})
     started = time.monotonic()
     stop = threading.Event()
@@ -229,6 +251,7 @@ def run_schedule(cfg, root=None):
         check(result, ops, finals)
         result.check_seconds = round(time.monotonic() - checking, 2)
         result.replicas_agree = replicas_agree(cluster)
+        result.snapshots = snapshot_counts(cluster)
     except Exception as e:  # noqa: BLE001 - a harness failure is a failed schedule, reported
         result.errors.append(f"{type(e).__name__}: {e}")
     finally:
@@ -279,6 +302,7 @@ class Report:
     unexpected: int = 0
     unknown_applied: int = 0
     replica_disagreements: int = 0
+    snapshots: dict = field(default_factory=dict)     # taken, sent, installed
     errors: list = field(default_factory=list)
     findings: list = field(default_factory=list)      # every anomaly, with its schedule
     runs: list = field(default_factory=list)          # a line per schedule
@@ -302,6 +326,7 @@ class Report:
         self.unexpected += len(r.unexpected)
         self.unknown_applied += r.unknown_applied
         self.replica_disagreements += not r.replicas_agree
+        self.snapshots = dict(Counter(self.snapshots) + Counter(r.snapshots))
         where = (f"{cfg['nodes']} nodes/{cfg['transport']}/{cfg.get('read_mode', 'readindex')} "
                  f"seed {cfg['seed']}")
         self.errors += [f"{where}: {e}" for e in r.errors]
@@ -339,6 +364,7 @@ class Report:
             f"replica disagreements {self.replica_disagreements}",
             f"  keys the checker could not settle {self.inconclusive}, "
             f"unknown appends that took effect {self.unknown_applied}",
+            "  snapshots " + ", ".join(f"{k} {v}" for k, v in sorted(self.snapshots.items())),
             *(f"  - {line}" for line in self.runs),
         ]
         anomalies = self.errors + self.findings

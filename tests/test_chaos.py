@@ -46,6 +46,8 @@ def test_short_chaos_run_finds_no_anomaly(nodes, transport, seed):
     assert {"kill", "kill_leader", "kill_all"} & set(result.faults), result.faults
     assert report.ops_ok >= 500 and report.keys_checked >= 10, report.text()
     assert report.ops_checked >= report.ops_recorded, report.text()
+    # Snapshots were taken under the faults, and some node got one by InstallSnapshot.
+    assert report.snapshots.get("snapshots_taken", 0) > 0, report.text()
 
 
 @pytest.mark.chaos
