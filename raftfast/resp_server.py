@@ -675,35 +675,40 @@ def _bench(server, conn, cmd):
     top_up()
 
 
+def _answer_later(server, conn):
+    """For a request only the leader takes, answered once it completes:
+    None after answering with a redirect (this node does not lead), else a
+    done(error) callback that puts +OK (error None) or the error (text or an
+    ErrorReply) in this request's place among the connection's replies."""
+    if not server.driver.is_leader:
+        conn.reply(server.redirect_error())
+        return None
+    slot = conn.pending()
+
+    def done(error):
+        slot.value = OK if error is None else (
+            error if isinstance(error, ErrorReply) else ErrorReply(error))
+        conn.flush()
+    return done
+
+
 def _transfer_leader(server, conn, cmd):
     """RAFT.TRANSFER_LEADER id: +OK once that node leads."""
     if len(cmd) != 2:
         _wrong_args(conn, "raft.transfer_leader")
         return
-    try:
-        target = int(bytes(cmd[1]))
-        if not 0 < target < 1 << 63:
-            raise ValueError
-    except ValueError:
-        conn.reply(ErrorReply("ERR node id must be an integer from 1 to 2^63-1"))
+    target = _node_id_arg(conn, cmd[1])
+    if target is None:
         return
-    if not server.driver.is_leader:
-        conn.reply(server.redirect_error())
+    done = _answer_later(server, conn)
+    if done is None:
         return
-    slot = conn.pending()
-
-    def done(error):
-        slot.value = OK if error is None else ErrorReply(error)
-        conn.flush()
-
     try:
         server.driver.transfer_leadership(target, done)
     except NotLeader:
-        slot.value = server.redirect_error()
-        conn.flush()
+        done(server.redirect_error())
     except ValueError as e:
-        slot.value = ErrorReply(f"ERR {e}")
-        conn.flush()
+        done(f"ERR {e}")
 
 
 def _node_id_arg(conn, raw):
@@ -751,19 +756,13 @@ def _raft_node(server, conn, cmd):
         conn.reply(ErrorReply(f"ERR unknown subcommand '{_printable(cmd[1])}'. "
                               "Try RAFT.NODE ADD id url or RAFT.NODE REMOVE id."))
         return
-    if not server.driver.is_leader:
-        conn.reply(server.redirect_error())
+    done = _answer_later(server, conn)
+    if done is None:
         return
-    slot = conn.pending()
-
-    def done(error):
-        slot.value = OK if error is None else ErrorReply(error)
-        conn.flush()
-
     try:
         server.driver.change_membership(sub.decode(), node_id, url, done)
     except NotLeader:
-        done(str(server.redirect_error()))
+        done(server.redirect_error())
     except TransferInProgress:
         done("TRYAGAIN leadership transfer in progress")
     except ConfChangeBusy as e:

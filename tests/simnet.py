@@ -611,6 +611,17 @@ class SimNet:
         return None
 
 
+def run_until(net, cond, rounds=600):
+    """Fault-free rounds, safety checked after each, until cond() holds
+    (True) or `rounds` ran out (False)."""
+    for _ in range(rounds):
+        net.run_round()
+        net.check()
+        if cond():
+            return True
+    return False
+
+
 def quiet_net(n=3, seed=0, **kw):
     """A network without faults, for targeted scenarios steered by hand."""
     return SimNet(n, seed, EntryLog, drop=0, dup=0, crash=0, partition=0, pause=0, **kw)

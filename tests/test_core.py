@@ -6,7 +6,7 @@ from raftfast._entrylog import EntryLog, decode_entries, encode_entries
 from raftfast.core import CANDIDATE, FOLLOWER, LEADER, CoreConfig, LogPanic, NotLeader, Raft
 from raftfast.messages import (ENTRY_NOOP, ENTRY_NORMAL, MSG_APPEND, MSG_APPEND_RESP,
                                MSG_HEARTBEAT, MSG_VOTE, MSG_VOTE_RESP, HardState, Message)
-from simnet import make_block, quiet_net
+from simnet import make_block, quiet_net, run_until
 
 
 def new_raft(node_id=1, voters=(1, 2, 3), entries=(), hs=None, seed=1):
@@ -40,15 +40,6 @@ def release(raft, msgs):
         else:
             out.append(m)
     return out
-
-
-def run_until(net, cond, rounds=500):
-    for _ in range(rounds):
-        net.run_round()
-        net.check()
-        if cond():
-            return True
-    return False
 
 
 def leader_of(net):

@@ -6,16 +6,7 @@ import pytest
 from raftfast.core import (LEADER, ConfChangeBusy, ConfChangeInvalid, NotLeader, SNAPSHOT)
 from raftfast.messages import (MSG_SNAPSHOT, MSG_TIMEOUT_NOW, MSG_PREVOTE, Message,
                                decode_config, encode_config)
-from simnet import quiet_net
-
-
-def run_until(net, cond, rounds=600):
-    for _ in range(rounds):
-        net.run_round()
-        net.check()
-        if cond():
-            return True
-    return False
+from simnet import quiet_net, run_until
 
 
 def leader_of(net):

@@ -15,6 +15,8 @@ from raftfast.node import tick_ms
 from raftfast.snapshot import load_snapshot
 from raftfast.storage import Storage
 
+import asyncwait
+
 DEADLINE = 20.0  # liveness bound for waits, not a timing assertion
 
 
@@ -38,13 +40,8 @@ class NoPeers:
         pass
 
 
-async def until(pred, what):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + DEADLINE
-    while not pred():
-        if loop.time() > end:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.005)
+def until(pred, what):
+    return asyncwait.until(pred, what, DEADLINE)
 
 
 def run_node(tmp_path, body, **knobs):

@@ -14,6 +14,8 @@ from raftfast.messages import (MSG_APPEND, MSG_APPEND_RESP, MSG_HEARTBEAT, MSG_S
                                MSG_SNAPSHOT_CHUNK, Message)
 from raftfast.transport import PeerTransport
 
+import asyncwait
+
 LOG = logging.getLogger("test.transport")
 DEADLINE = 10.0  # liveness bound for waits, not a timing assertion
 
@@ -27,13 +29,8 @@ def block(*datas, term=1):
     return b"".join(struct.pack("<IQB", len(d), term, 0) + d for d in datas)
 
 
-async def until(pred, what):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + DEADLINE
-    while not pred():
-        if loop.time() > end:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.005)
+def until(pred, what):
+    return asyncwait.until(pred, what, DEADLINE)
 
 
 class Node:
