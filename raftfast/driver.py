@@ -972,10 +972,10 @@ class RaftDriver:
             if done is not None and not done.syncing:
                 done.discard()  # (one being synced is left to recovery, which deletes it)
         self._received = self._install = None
-        if self._snap_writer is not None and not self._snap_jobs:
-            self._snap_writer.abort()
-        self._snap_writer = None
-        self._snap_pool.shutdown(wait=True)  # a running sync or compaction ends first
+        writer, self._snap_writer = self._snap_writer, None
+        self._snap_pool.shutdown(wait=True)  # a running sync, flush or compaction ends first
+        if writer is not None:
+            writer.abort()  # its temporary file goes (harmless once it was synced)
 
     def _internal_error(self, e):
         log.critical("internal error, stopping this node", exc_info=e)

@@ -116,7 +116,12 @@ class Node:
         lg = core.log
         role = core.role
         if core.id not in core.voters and role == FOLLOWER:
-            role = "learner" if core.id in core.learners else "joining"
+            # A node removed and left running is a follower of nobody, not
+            # one waiting to join (raft_voters shows it is out).
+            if core.id in core.learners:
+                role = "learner"
+            elif not core.in_a_configuration:
+                role = "joining"
         return {
             "raft_node_id": core.id,
             "raft_role": role,

@@ -56,7 +56,8 @@ class Inflights:
 
 class Progress:
     __slots__ = ("match", "next", "state", "probe_sent", "inflights", "recent_active",
-                 "stalled_beats", "flow_paused", "acked_round", "pending_snapshot")
+                 "stalled_beats", "flow_paused", "acked_round", "pending_snapshot",
+                 "snapshot_delivered")
 
     def __init__(self, next_index, max_inflight, max_inflight_bytes):
         self.match = 0
@@ -75,6 +76,9 @@ class Progress:
         # a read queued before that round was sent is confirmed by it.
         self.acked_round = 0
         self.pending_snapshot = 0
+        # The runtime delivered the whole snapshot file; the follower has
+        # yet to load and install it and say so (an append acknowledgement).
+        self.snapshot_delivered = False
 
     def become_probe(self):
         self.state = PROBE
@@ -91,6 +95,8 @@ class Progress:
     def become_snapshot(self, index):
         self.state = SNAPSHOT
         self.pending_snapshot = index
+        self.snapshot_delivered = False
+        self.stalled_beats = 0
         self.probe_sent = False
         self.inflights.reset()
 

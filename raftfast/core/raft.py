@@ -528,6 +528,13 @@ class Raft:
         starting one's index when no config entry follows it)."""
         return self._conf_hist[len(self._conf_hist) - 1][0]
 
+    @property
+    def in_a_configuration(self):
+        """Is this node a member of any configuration it holds (the current
+        one, or one its log or snapshot starts with)?  False for a node
+        waiting to be added; True for one removed since."""
+        return self.id in self._known_ids
+
     def _log_behind(self, m):
         """Is the sender's last entry (m.index, m.log_term) ahead of ours?"""
         last_term = self.log.last_term()
@@ -728,17 +735,22 @@ class Raft:
             del hist[:keep]
 
     def report_snapshot(self, peer, ok):
-        """The runtime's stream of a snapshot to peer ended: all of it was
-        acknowledged (ok), or it failed or was given up.  Either way, probe:
-        after a success the probe lands right after the snapshot; after a
-        failure the next heartbeat answer asks for a snapshot again."""
+        """The runtime's stream of a snapshot to peer ended: every byte was
+        acknowledged (ok), or it failed or was given up.  A failure: probe,
+        and the next heartbeat answer asks for a snapshot again.  A success
+        only means the file arrived: the follower still loads and installs
+        it (seconds, for a big state), and its append acknowledgement ends
+        the SNAPSHOT state.  Until then nothing is sent and the log after the
+        snapshot is kept (compactable); probing at once would ask for the
+        same snapshot again and again meanwhile, and release that log."""
         pr = self.progress.get(peer)
         if self.role != LEADER or pr is None or pr.state != SNAPSHOT:
             return
-        pending = pr.pending_snapshot
-        pr.become_probe()
         if ok:
-            pr.next = max(pr.next, pending + 1)
+            pr.snapshot_delivered = True
+            pr.stalled_beats = 0
+            return
+        pr.become_probe()
         pr.pending_snapshot = 0
 
     def report_unreachable(self, peer):
@@ -914,6 +926,17 @@ class Raft:
                     self._confirm_reads()
             if pr.state == PROBE:
                 pr.probe_sent = False
+            elif pr.state == SNAPSHOT and pr.snapshot_delivered:
+                # Delivered, but no acknowledgement of the install for ten
+                # election timeouts: it was lost, or the follower dropped
+                # the file.  Probe right after the snapshot; a follower
+                # without it refuses, and gets a snapshot again.
+                pr.stalled_beats += 1
+                if pr.stalled_beats * self.cfg.heartbeat_ticks >= 10 * self.cfg.election_ticks:
+                    pending = pr.pending_snapshot
+                    pr.become_probe()
+                    pr.next = max(pr.next, pending + 1)
+                    pr.pending_snapshot = 0
             elif pr.state == REPLICATE and len(pr.inflights):
                 # The follower answers heartbeats but acknowledges none of the
                 # appends in flight for a whole election timeout: they were
