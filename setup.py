@@ -31,15 +31,15 @@ extensions = [
 # Python (RAFTFAST_PURE_PYTHON=1 builds without them, for debugging), but
 # compiled, a batch costs no interpreted function calls.
 COMPILED_PY = [
-    "raftfast/messages.py",
-    "raftfast/storage.py",
+    "raftfast/core/messages.py",
+    "raftfast/runtime/storage.py",
     "raftfast/core/quorum.py",
     "raftfast/core/progress.py",
     "raftfast/core/log.py",
     "raftfast/core/raft.py",
-    "raftfast/driver.py",
-    "raftfast/transport.py",
-    "raftfast/resp_server.py",
+    "raftfast/runtime/driver.py",
+    "raftfast/runtime/transport.py",
+    "raftfast/server/resp_server.py",
 ]
 if os.environ.get("RAFTFAST_PURE_PYTHON") != "1" and (not only or "py" in only):
     extensions += [

@@ -15,20 +15,12 @@ import pytest
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
-TESTS = os.path.join(ROOT, "tests")
 
-# benchutil (this directory) and the pure-Python twins in tests/reference,
-# imported as `reference` like tests/test_codec.py does.
-for _path in (BENCH, TESTS):
+# benchutil (this directory), and the repository root for tests.support and
+# the pure-Python twins in tests.reference.
+for _path in (BENCH, ROOT):
     if _path not in sys.path:
         sys.path.insert(0, _path)
-# `pytest bench/` (rather than `python -m pytest`) does not put the repo root
-# on sys.path; an installed raftfast does not need it, a source tree does.
-try:
-    import raftfast  # noqa: F401
-except ImportError:
-    sys.path.insert(0, ROOT)
-
 import benchutil  # noqa: E402
 
 

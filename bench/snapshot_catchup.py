@@ -27,8 +27,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(HERE, "tests"))
-from harness import free_ports  # noqa: E402  (the test harness's port probe)
+sys.path.insert(0, HERE)  # the repository root, for tests.support
+from tests.support.harness import free_ports  # noqa: E402  (the test harness's port probe)
 
 
 def resp(*args):

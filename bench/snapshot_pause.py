@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from raftfast._kv import OP_SET, KVStore, encode_commands
-from raftfast.snapshot import SnapshotWriter, load_snapshot
+from raftfast.runtime.snapshot import SnapshotWriter, load_snapshot
 
 
 def main():

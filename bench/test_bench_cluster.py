@@ -2,7 +2,7 @@
 LocalCluster, peers over Unix sockets, clients over TCP, 64-byte values.
 
 - test_cluster_set[NODES-FSYNC]: the built-in load generator
-  (raftfast.loadgen, the one `python -m raftfast.bench run` uses) drives the
+  (raftfast.bench.loadgen, the one `python -m raftfast.bench run` uses) drives the
   leader with 50 clients x pipeline 16 SETs for RAFTFAST_BENCH_SECONDS
   (default 3) per round.  3 nodes with fsync always and never, 5 nodes with
   fsync always.
@@ -18,7 +18,7 @@ time: the load plus connection set-up and drain.  The figures are in
 extra_info, taken over all rounds together.  For SET they are throughput,
 p50/p90/p99/p99.9/max, and the nodes' INFO-stats figures (entries per
 AppendEntries, entries per fsync, CPU seconds per million entries, from
-raftfast.bench_stats).  For the core they are entries/s committed and the
+raftfast.bench.stats).  For the core they are entries/s committed and the
 same INFO figures.  Data directories go under $RAFTFAST_BENCH_DIR when it
 is set, else under /tmp.
 """
@@ -32,10 +32,12 @@ import uvloop
 
 import benchutil
 from benchutil import VALUE_SIZE, filesystem_of, planned_rounds
-from raftfast import bench, bench_stats, loadgen
-from raftfast.bench_histogram import Histogram
-from raftfast.cluster import LocalCluster
-from harness import free_base_port  # tests/ is on sys.path (conftest)
+from raftfast.bench import cli as bench
+from raftfast.bench import stats as bench_stats
+from raftfast.bench import loadgen
+from raftfast.bench.histogram import Histogram
+from raftfast.launcher.launcher import LocalCluster
+from tests.support.harness import free_base_port
 
 SECONDS = float(os.environ.get("RAFTFAST_BENCH_SECONDS", "3"))
 CLIENTS = 50

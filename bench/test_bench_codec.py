@@ -12,8 +12,8 @@ import pytest
 from benchutil import VALUE_SIZE, report
 from raftfast import _codec as codec_c
 from raftfast._entrylog import encode_entries
-from raftfast.messages import ENTRY_NORMAL, MSG_APPEND, Message
-from reference import codec_py
+from raftfast.core.messages import ENTRY_NORMAL, MSG_APPEND, Message
+from tests.reference import codec_py
 
 SIZES = [1, 64, 256, 1024]
 CHUNK = 4096

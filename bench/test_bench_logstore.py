@@ -16,7 +16,7 @@ import pytest
 from benchutil import VALUE_SIZE, filesystem_of, planned_rounds, report
 from raftfast._entrylog import EntryLog, encode_entries
 from raftfast._logstore import LogStore
-from raftfast.messages import ENTRY_NORMAL
+from raftfast.core.messages import ENTRY_NORMAL
 
 BATCH = 256
 REPLAY_ENTRIES = 100_000

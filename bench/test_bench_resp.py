@@ -10,7 +10,7 @@ import pytest
 
 from benchutil import VALUE_SIZE, report
 from raftfast import _resp
-from reference import resp_py
+from tests.reference import resp_py
 
 PIPELINES = [16, 1024]
 REPLIES = 1024

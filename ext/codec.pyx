@@ -13,7 +13,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromSt
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from raftfast.messages import Message as _Message
+from raftfast.core.messages import Message as _Message
 
 cdef extern from "crc32c.h":
     uint32_t rf_crc32c(uint32_t crc, const uint8_t *p, size_t n) nogil

@@ -4,7 +4,7 @@ per-entry byte offsets and terms (etcd's MemoryStorage and unstable in one).
 
 Entries never become Python objects: blocks are copied in with one memcpy
 and handed out with one.  The block format is described in
-raftfast/messages.py; tests/reference/entrylog_py.py is the readable spec
+raftfast/core/messages.py; tests/reference/entrylog_py.py is the readable spec
 this module is tested against.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize

@@ -76,7 +76,7 @@ cdef extern from "rfstr.h":
     # Redis's strict string2ll, shared with resp.pyx (INCR's integer rule).
     bint _string2ll "rf_string2ll" (const unsigned char *s, size_t n, long long *out) noexcept nogil
 
-from raftfast import messages
+from raftfast.core import messages
 from raftfast._resp import OK, ErrorReply
 
 _log = logging.getLogger("raftfast.kv")

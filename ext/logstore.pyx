@@ -5,7 +5,7 @@ Written on the hot path, read only at start-up.  The Raft core keeps its
 entries in memory; this store only persists what the core hands it:
 
 * an *entries* record per appended batch: (first_index, count, the entry
-  block exactly as raftfast.messages describes it), and
+  block exactly as raftfast.core.messages describes it), and
 * a *hard-state* record per change of (term, vote, commit), and
 * a *log reset* record when a snapshot from the leader replaces the log
   (InstallSnapshot): "the log restarts after (index, term)".

@@ -4,7 +4,7 @@ replicated key-value service spoken over RESP."""
 __version__ = "0.1.0"
 
 try:
-    from . import _crc  # noqa: F401  (the smallest extension: are they built?)
+    from raftfast import _crc  # noqa: F401  (the smallest extension: are they built?)
 except ImportError as e:  # pragma: no cover - depends on how it was installed
     raise ImportError(
         "raftfast's compiled extensions are missing from " + __path__[0] + ": "

@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 
-from .address import AddressError, parse_address
+from raftfast.address import AddressError, parse_address
 
 __all__ = ["Config", "ConfigError", "ArgumentParser", "add_node_arguments",
            "parse_node_config", "tunable_argv", "NODE_ID_MAX"]

@@ -20,15 +20,15 @@ import sys
 
 import uvloop
 
-from ._kv import KVStore
-from ._logstore import DEFAULT_SEGMENT_BYTES
-from .address import AddressError
-from .config import parse_node_config
-from .core import FOLLOWER
-from .driver import RaftDriver
-from .resp_server import RespServer
-from .storage import Storage, StorageError
-from .transport import PeerTransport
+from raftfast._kv import KVStore
+from raftfast._logstore import DEFAULT_SEGMENT_BYTES
+from raftfast.address import AddressError
+from raftfast.config import parse_node_config
+from raftfast.core import FOLLOWER
+from raftfast.runtime.driver import RaftDriver
+from raftfast.server.resp_server import RespServer
+from raftfast.runtime.storage import Storage, StorageError
+from raftfast.runtime.transport import PeerTransport
 
 log = logging.getLogger("raftfast.node")
 

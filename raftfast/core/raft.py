@@ -20,15 +20,15 @@ over one buffer); messages carry entry blocks and counts.
 import collections
 import random
 
-from raftfast.messages import (
-    ENTRY_CONFIG, ENTRY_HEADER_SIZE, ENTRY_NOOP, MSG_APPEND, MSG_APPEND_RESP, MSG_HEARTBEAT,
-    MSG_HEARTBEAT_RESP, MSG_PREVOTE, MSG_PREVOTE_RESP, MSG_SNAPSHOT, MSG_TIMEOUT_NOW, MSG_VOTE,
-    MSG_VOTE_RESP, VOTE_TRANSFER, ConfigFormatError, HardState, Message, decode_config,
-    encode_config)
+from raftfast.core.messages import (ENTRY_CONFIG, ENTRY_HEADER_SIZE, ENTRY_NOOP, MSG_APPEND,
+                                    MSG_APPEND_RESP, MSG_HEARTBEAT, MSG_HEARTBEAT_RESP, MSG_PREVOTE,
+                                    MSG_PREVOTE_RESP, MSG_SNAPSHOT, MSG_TIMEOUT_NOW, MSG_VOTE,
+                                    MSG_VOTE_RESP, VOTE_TRANSFER, ConfigFormatError, HardState,
+                                    Message, decode_config, encode_config)
 
-from .log import LogPanic, RaftLog
-from .progress import PROBE, REPLICATE, SNAPSHOT, Progress
-from .quorum import VOTE_LOST, VOTE_WON, committed_index, vote_result
+from raftfast.core.log import LogPanic, RaftLog
+from raftfast.core.progress import PROBE, REPLICATE, SNAPSHOT, Progress
+from raftfast.core.quorum import VOTE_LOST, VOTE_WON, committed_index, vote_result
 
 FOLLOWER = "follower"
 PRECANDIDATE = "precandidate"

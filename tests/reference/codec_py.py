@@ -6,7 +6,7 @@ Frame:  u32 body_len | u8 version | u8 frame_type | u16 reserved | u32 crc32c(bo
 """
 import struct
 
-from raftfast.messages import ENTRY_HEADER_SIZE, Message
+from raftfast.core.messages import ENTRY_HEADER_SIZE, Message
 
 PROTOCOL_MIN = 1
 PROTOCOL_MAX = 2

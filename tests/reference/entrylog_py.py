@@ -3,7 +3,7 @@ in-memory Raft log that the Cython module is tested against.
 
 Entries are kept as a plain list of (term, type, data) tuples; blocks are
 decoded on the way in and re-encoded on the way out.  The block format
-(raftfast/messages.py) has exactly one encoding per entry list, so the bytes
+(raftfast/core/messages.py) has exactly one encoding per entry list, so the bytes
 this twin returns must equal the C module's bytes.
 """
 import struct

@@ -1,0 +1,5 @@
+import sys
+
+from raftfast.bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,532 @@
+"""Peer transport: Raft messages over TCP and Unix sockets.
+
+Messages are one-way (design principle 8).  A node sends everything it
+originates on the connection it dialed to that peer; connections it
+accepted only receive.  So each direction of a link fails on its own, and
+no reply is matched to a request.
+
+Every connection opens with a handshake (cluster id, sender id, protocol
+version range); the acceptor answers HANDSHAKE_ACK with the highest common
+version.  An accepted connection that fails any check is logged and closed;
+the node keeps serving.
+
+Sending never queues without bound: until the dialed connection's handshake
+is acknowledged, or while the socket is paused by flow control, messages
+are dropped and counted.  Raft tolerates loss and the core retries.
+"""
+import asyncio
+import os
+import random
+
+from raftfast._codec import (FRAME_HANDSHAKE, FRAME_HANDSHAKE_ACK, FRAME_MESSAGE, MSG_TYPE_MAX_V1,
+                             PROTOCOL_MAX, PROTOCOL_MIN, FrameDecoder, FrameError, choose_version,
+                             encode_handshake, encode_handshake_ack, encode_message)
+from raftfast.address import create_server, open_connection, parse_address, set_nodelay
+
+__all__ = ["PeerTransport"]
+
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+# Dial plus handshake; also how long an accepted connection may stay silent
+# before its handshake.  Generous: a peer under load may be slow to answer.
+HANDSHAKE_TIMEOUT = 5.0
+WRITE_BUFFER_LIMIT = 4 << 20
+# Before its handshake is accepted a connection may send only small frames:
+# a stranger must not make us buffer a 64 MiB "handshake".
+HANDSHAKE_MAX_FRAME = 160 << 10  # room for a cluster id and a 64 KiB client URL
+
+
+class _Peer:
+    """The connection this node dials to one peer, and its retry state."""
+
+    __slots__ = ("id", "addr", "proto", "writable", "task", "timer", "backoff",
+                 "dialed", "failing", "version")
+
+    def __init__(self, peer_id, addr):
+        self.id = peer_id
+        self.addr = addr
+        self.proto = None       # _OutboundProtocol once connected
+        self.writable = False   # acknowledged and not paused: the send fast path
+        self.task = None        # the dial in progress
+        self.timer = None       # the scheduled redial
+        self.backoff = BACKOFF_MIN
+        self.dialed = False
+        self.failing = False    # a failure was logged; later ones go to debug
+        self.version = 0        # the protocol version its handshake ack chose
+
+
+class PeerTransport:
+    def __init__(self, loop, node_id, cluster_id, on_message, addresses, max_frame_size,
+                 logger, *, client_url="", write_buffer_limit=WRITE_BUFFER_LIMIT):
+        self.loop = loop
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.on_message = on_message
+        self.max_frame_size = max_frame_size
+        self.log = logger
+        self.write_buffer_limit = write_buffer_limit
+        self._addresses = {pid: parse_address(url) for pid, url in addresses.items()}
+        self._peers = {}
+        self._inbound = set()
+        self._server = None
+        self._unix_inode = None
+        self._closed = False
+        self.listen_address = None
+        self.client_url = client_url
+        # on_peer_state(peer_id, writable, lost): flow control for the
+        # driver - a paused socket stops the sender before it has to drop,
+        # and a lost connection means what was written may be gone.
+        self.on_peer_state = None
+        self._client_urls = {}  # node id -> advertised client URL from its handshake
+        self._handshake = encode_handshake(cluster_id, node_id, client_url=client_url)
+        self.frames_sent = self.bytes_sent = self.frames_dropped = 0
+        self.frames_received = self.bytes_received = 0
+        self.dials = self.reconnects = 0
+        self.accepted = self.refused = 0
+
+    # ---- listening -------------------------------------------------------
+
+    async def start(self, listen_url):
+        """Listen for peers on listen_url.  With tcp port 0 the chosen port
+        is in self.listen_address."""
+        addr = parse_address(listen_url)
+        self._server = await create_server(self.loop, addr, lambda: _InboundProtocol(self))
+        if addr.is_unix:
+            self._unix_inode = os.stat(addr.path).st_ino
+        elif addr.port == 0:
+            addr = parse_address(f"tcp://{_bracket(addr.host)}:"
+                                 f"{self._server.sockets[0].getsockname()[1]}")
+        self.listen_address = addr
+        return addr
+
+    async def close(self):
+        """Stop listening, close every connection, cancel dials and timers."""
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        tasks = []
+        for peer in self._peers.values():
+            tasks += self._reset_peer(peer)
+        self._peers.clear()
+        for proto in list(self._inbound):
+            proto.transport.abort()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        if self._unix_inode is not None:
+            self._unlink_own_socket()
+        # Let the aborted transports deliver connection_lost before returning.
+        await asyncio.sleep(0)
+
+    def _unlink_own_socket(self):
+        path = self.listen_address.path
+        try:
+            # Only our own file: a successor may already listen at the path.
+            if os.stat(path).st_ino == self._unix_inode:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self._unix_inode = None
+
+    # ---- sending ---------------------------------------------------------
+
+    def send(self, msg):
+        """Send msg to msg.to; returns False when it was dropped."""
+        if msg.frm != self.node_id:
+            # A wrong sender id would make the receiver drop the connection.
+            raise ValueError(f"message from {msg.frm} sent by node {self.node_id}: {msg!r}")
+        peer = self._peers.get(msg.to)
+        if peer is not None and peer.writable:
+            if msg.type > MSG_TYPE_MAX_V1 and peer.version < 2:
+                # A v1 peer could not decode it: never send it one.
+                self.frames_dropped += 1
+                return False
+            # Encoded only once the peer can take it: a dropped message
+            # (say a large append under back-pressure) costs no encoding.
+            return self._write(peer, encode_message(msg))
+        self._drop(msg.to, peer, 1)
+        return False
+
+    def send_frame(self, to, frame):
+        """Send an already encoded frame (one AppendEntries, many followers)."""
+        peer = self._peers.get(to)
+        if peer is not None and peer.writable:
+            return self._write(peer, frame)
+        self._drop(to, peer, 1)
+        return False
+
+    def _write(self, peer, frame):
+        """Write one frame to a writable peer and count it; False when the
+        transport turned out to be closed."""
+        try:
+            peer.proto.transport.write(frame)
+        except RuntimeError:
+            return self._closed_under_us(peer, 1)
+        self.frames_sent += 1
+        self.bytes_sent += len(frame)
+        return True
+
+    def send_many(self, msgs):
+        """Send a batch with one writelines per peer; returns how many were sent."""
+        by_peer = {}
+        for m in msgs:
+            if m.frm != self.node_id:
+                raise ValueError(f"message from {m.frm} sent by node {self.node_id}: {m!r}")
+            by_peer.setdefault(m.to, []).append(m)
+        sent = 0
+        for to, batch in by_peer.items():
+            peer = self._peers.get(to)
+            if peer is not None and peer.writable:
+                if peer.version < 2:
+                    kept = [m for m in batch if m.type <= MSG_TYPE_MAX_V1]
+                    self.frames_dropped += len(batch) - len(kept)
+                    batch = kept
+                frames = [encode_message(m) for m in batch]
+                try:
+                    peer.proto.transport.writelines(frames)
+                except RuntimeError:
+                    self._closed_under_us(peer, len(frames))
+                    continue
+                sent += len(frames)
+                self.bytes_sent += sum(map(len, frames))
+            else:
+                self._drop(to, peer, len(batch))
+        self.frames_sent += sent
+        return sent
+
+    def _closed_under_us(self, peer, n):
+        # uvloop raises on a transport closed by a write error whose
+        # connection_lost has not run yet; that callback will redial.
+        peer.writable = False
+        self.frames_dropped += n
+        return False
+
+    def _drop(self, to, peer, n):
+        self.frames_dropped += n
+        if self._closed:
+            return
+        if peer is None:
+            addr = self._addresses.get(to)
+            if addr is None:
+                self.log.debug("no address for node %d: dropped %d message(s)", to, n)
+                return
+            peer = self._peers[to] = _Peer(to, addr)
+        if peer.proto is None and peer.task is None and peer.timer is None:
+            self._dial(peer)  # first use: dial lazily
+
+    def can_send(self, node_id):
+        """Whether a send to node_id would be written now, not dropped."""
+        peer = self._peers.get(node_id)
+        return peer is not None and peer.writable
+
+    def is_connected(self, node_id):
+        """The connection dialed to node_id is up and its handshake acknowledged."""
+        peer = self._peers.get(node_id)
+        return (peer is not None and peer.proto is not None and peer.proto.acked
+                and not peer.proto.transport.is_closing())
+
+    def peer_version(self, node_id):
+        """The protocol version of the connection dialed to node_id, or 0
+        while there is none (the snapshot transfer needs version 2)."""
+        peer = self._peers.get(node_id)
+        return peer.version if peer is not None and peer.proto is not None else 0
+
+    def peer_client_url(self, node_id):
+        """The client URL node_id advertised in its last handshake, or None."""
+        return self._client_urls.get(node_id)
+
+    def _learn_client_url(self, node_id, url):
+        if not url or node_id not in self._addresses:
+            # Only nodes we dial (configured peers, members) name where
+            # clients go: a stranger's handshake must not steer MOVED, nor
+            # grow this table one id at a time.
+            return
+        try:
+            parse_address(url)
+        except ValueError:
+            # Not worth closing a working link over; MOVED just cannot name it.
+            self.log.warning("node %d advertises a bad client address %r", node_id, url)
+            return
+        self._client_urls[node_id] = url
+
+    def set_address(self, node_id, url):
+        """Dial node_id at url from now on (None forgets it); an open
+        connection to an old address is closed."""
+        addr = None if url is None else parse_address(url)
+        if self._addresses.get(node_id) == addr:
+            return
+        if addr is None:
+            self._addresses.pop(node_id, None)
+        else:
+            self._addresses[node_id] = addr
+        peer = self._peers.pop(node_id, None)
+        if peer is not None:
+            self._reset_peer(peer)
+
+    def dialed_ids(self):
+        """The ids this transport has an address for (a copy)."""
+        return list(self._addresses)
+
+    def stats(self):
+        return {
+            "frames_sent": self.frames_sent, "bytes_sent": self.bytes_sent,
+            "frames_received": self.frames_received, "bytes_received": self.bytes_received,
+            "frames_dropped": self.frames_dropped, "dials": self.dials,
+            "reconnects": self.reconnects, "connections_accepted": self.accepted,
+            "connections_refused": self.refused,
+            "connected": sorted(p for p in self._peers if self.is_connected(p)),
+        }
+
+    # ---- dialing ---------------------------------------------------------
+
+    def _dial(self, peer):
+        peer.timer = None
+        self.dials += 1
+        if peer.dialed:
+            self.reconnects += 1
+        peer.dialed = True
+        peer.task = self.loop.create_task(self._connect(peer))
+
+    async def _connect(self, peer):
+        try:
+            await asyncio.wait_for(
+                open_connection(self.loop, peer.addr, lambda: _OutboundProtocol(self, peer)),
+                HANDSHAKE_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as e:
+            peer.task = None
+            self._dial_failed(peer, f"cannot connect: {e or 'timed out'}")
+        else:
+            peer.task = None
+
+    def _dial_failed(self, peer, why):
+        level = self.log.debug if peer.failing else self.log.info
+        level("peer %d at %s: %s (retrying)", peer.id, peer.addr, why)
+        peer.failing = True
+        self._schedule_redial(peer)
+
+    def _schedule_redial(self, peer):
+        if self._closed or self._peers.get(peer.id) is not peer:
+            return
+        # Jitter keeps nodes that lost the same peer from redialing in lockstep.
+        delay = random.uniform(peer.backoff / 2, peer.backoff)
+        peer.backoff = min(peer.backoff * 2, BACKOFF_MAX)
+        peer.timer = self.loop.call_later(delay, self._dial, peer)
+
+    def _reset_peer(self, peer):
+        """Close the peer's connection and stop retrying; returns tasks to await."""
+        peer.writable = False
+        if peer.timer is not None:
+            peer.timer.cancel()
+            peer.timer = None
+        tasks = []
+        if peer.task is not None:
+            peer.task.cancel()
+            tasks.append(peer.task)
+            peer.task = None
+        if peer.proto is not None:
+            peer.proto.transport.abort()
+            peer.proto = None
+        return tasks
+
+    def _outbound_ready(self, peer, proto, version):
+        peer.version = version
+        peer.backoff = BACKOFF_MIN
+        peer.failing = False
+        peer.writable = not proto.paused
+        if self.on_peer_state is not None:
+            self.on_peer_state(peer.id, peer.writable, False)
+        self.log.info("connected to peer %d at %s (protocol v%d)", peer.id, peer.addr, version)
+
+    def _outbound_lost(self, peer, proto, exc):
+        if peer.proto is not proto:
+            return  # an older connection, already replaced or reset
+        peer.proto = None
+        peer.writable = False
+        if proto.acked and self.on_peer_state is not None:
+            self.on_peer_state(peer.id, False, True)
+        if proto.acked:
+            self.log.info("lost connection to peer %d at %s%s", peer.id, peer.addr,
+                          f": {exc}" if exc else "")
+            self._schedule_redial(peer)
+        else:
+            self._dial_failed(peer, proto.failure or (
+                "closed by the peer before its handshake ack (another cluster id or "
+                "protocol version?)" if exc is None else f"connection lost: {exc}"))
+
+
+class _OutboundProtocol(asyncio.Protocol):
+    """The connection this node dialed: sends, and reads only the ack."""
+
+    __slots__ = ("owner", "peer", "transport", "decoder", "acked", "paused", "timer",
+                 "failure")
+
+    def __init__(self, owner, peer):
+        self.owner = owner
+        self.peer = peer
+        self.transport = None
+        self.decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)  # it only ever reads the ack
+        self.acked = False
+        self.paused = False
+        self.timer = None
+        self.failure = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        owner, peer = self.owner, self.peer
+        if owner._closed or owner._peers.get(peer.id) is not peer or peer.proto is not None:
+            transport.abort()  # reset or closed while dialing
+            return
+        peer.proto = self
+        set_nodelay(transport)
+        transport.set_write_buffer_limits(high=owner.write_buffer_limit)
+        transport.write(owner._handshake)
+        self.timer = owner.loop.call_later(HANDSHAKE_TIMEOUT, self._fail, "no handshake ack")
+
+    def _fail(self, why):
+        self.failure = why
+        self.transport.abort()
+
+    def data_received(self, data):
+        self.decoder.feed(data)
+        try:
+            frame = self.decoder.next()
+        except FrameError as e:
+            return self._fail(f"bad frame: {e}")
+        if frame is None:
+            return
+        owner = self.owner
+        ftype, hs = frame
+        if self.acked or ftype != FRAME_HANDSHAKE_ACK:
+            return self._fail("sent something other than one handshake ack")
+        if hs.cluster_id != owner.cluster_id:
+            return self._fail(f"it belongs to cluster {hs.cluster_id!r}, "
+                              f"not {owner.cluster_id!r}")
+        if hs.node_id != self.peer.id:
+            return self._fail(f"it is node {hs.node_id}, not {self.peer.id}")
+        if not PROTOCOL_MIN <= hs.min_version <= PROTOCOL_MAX:
+            return self._fail(f"it chose protocol v{hs.min_version}, "
+                              f"we speak v{PROTOCOL_MIN}..v{PROTOCOL_MAX}")
+        self.timer.cancel()
+        self.acked = True
+        owner._learn_client_url(hs.node_id, hs.client_url)
+        owner._outbound_ready(self.peer, self, hs.min_version)
+
+    def pause_writing(self):
+        self.paused = True
+        self.peer.writable = False
+        owner = self.owner
+        if self.acked and self.peer.proto is self and owner.on_peer_state is not None:
+            owner.on_peer_state(self.peer.id, False, False)
+
+    def resume_writing(self):
+        self.paused = False
+        if self.acked and self.peer.proto is self:
+            self.peer.writable = True
+            owner = self.owner
+            if owner.on_peer_state is not None:
+                owner.on_peer_state(self.peer.id, True, False)
+
+    def connection_lost(self, exc):
+        if self.timer is not None:
+            self.timer.cancel()
+        self.owner._outbound_lost(self.peer, self, exc)
+
+
+class _InboundProtocol(asyncio.Protocol):
+    """A connection a peer dialed to us: handshake, then receive only."""
+
+    __slots__ = ("owner", "transport", "decoder", "peer_id", "timer", "who")
+
+    def __init__(self, owner):
+        self.owner = owner
+        self.transport = None
+        self.decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
+        self.peer_id = 0
+        self.timer = None
+        self.who = "?"
+
+    def connection_made(self, transport):
+        self.transport = transport
+        owner = self.owner
+        if owner._closed:
+            transport.abort()
+            return
+        owner._inbound.add(self)
+        owner.accepted += 1
+        set_nodelay(transport)
+        peer = transport.get_extra_info("peername")
+        self.who = (f"{_bracket(peer[0])}:{peer[1]}" if isinstance(peer, tuple)
+                    else f"a unix socket client on {owner.listen_address}")
+        self.timer = owner.loop.call_later(HANDSHAKE_TIMEOUT, self._refuse,
+                                           f"no handshake within {HANDSHAKE_TIMEOUT:g} s")
+
+    def _refuse(self, why):
+        owner = self.owner
+        owner.refused += 1
+        who = f"node {self.peer_id} ({self.who})" if self.peer_id else self.who
+        owner.log.warning("closed peer connection from %s: %s", who, why)
+        self.transport.abort()
+
+    def data_received(self, data):
+        owner = self.owner
+        owner.bytes_received += len(data)
+        decoder = self.decoder
+        decoder.feed(data)
+        while not self.transport.is_closing():
+            try:
+                frame = decoder.next()
+            except FrameError as e:
+                return self._refuse(f"bad frame: {e}")
+            if frame is None:
+                return
+            ftype, obj = frame
+            if ftype == FRAME_MESSAGE and self.peer_id:
+                if obj.frm != self.peer_id:
+                    return self._refuse(f"message from {obj.frm} on node "
+                                        f"{self.peer_id}'s connection")
+                obj.to = owner.node_id
+                owner.frames_received += 1
+                owner.on_message(obj)  # in arrival order, synchronously
+            elif ftype == FRAME_HANDSHAKE and not self.peer_id:
+                if not self._accept(obj):
+                    return
+            elif ftype == FRAME_MESSAGE:
+                return self._refuse("message before the handshake")
+            else:
+                return self._refuse(f"unexpected frame type {ftype} after the handshake"
+                                    if self.peer_id else
+                                    f"frame type {ftype} where a handshake was expected")
+
+    def _accept(self, hs):
+        owner = self.owner
+        if hs.cluster_id != owner.cluster_id:
+            self._refuse(f"node {hs.node_id} is from cluster {hs.cluster_id!r}, "
+                         f"not {owner.cluster_id!r}")
+            return False
+        version = choose_version(hs.min_version, hs.max_version)
+        if version is None:
+            self._refuse(f"node {hs.node_id} speaks protocol v{hs.min_version}..v"
+                         f"{hs.max_version}, we speak v{PROTOCOL_MIN}..v{PROTOCOL_MAX}")
+            return False
+        if hs.node_id == owner.node_id:
+            self._refuse(f"the peer claims our own node id {hs.node_id}")
+            return False
+        self.timer.cancel()
+        self.peer_id = hs.node_id
+        self.decoder.set_max_frame_size(owner.max_frame_size)
+        owner._learn_client_url(hs.node_id, hs.client_url)
+        self.transport.write(encode_handshake_ack(owner.cluster_id, owner.node_id, version,
+                                                  owner.client_url))
+        owner.log.debug("accepted node %d from %s (protocol v%d)", hs.node_id, self.who, version)
+        return True
+
+    def connection_lost(self, exc):
+        if self.timer is not None:
+            self.timer.cancel()
+        self.owner._inbound.discard(self)
+
+
+def _bracket(host):
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,2 @@
+"""The RESP front door: client connections, the command table, batching
+commands into proposals and reads, ordered replies, INFO."""

@@ -1,0 +1,429 @@
+"""The launcher's own behaviour.  Runs that need real nodes belong to the
+multi-process tests; here a stand-in node (cluster_fake_node.py) plays the
+node's side of the contract: the ready line, INFO raft, SET."""
+from tests.support import REPO
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import uvloop
+
+from raftfast.launcher import launcher as cluster
+from raftfast.config import ConfigError
+from raftfast.bench.loadgen import RespError
+
+from tests.support.harness import free_base_port
+
+DEADLINE = 30.0  # liveness bound for waits, not a timing assertion
+
+
+def parse(argv):
+    return cluster.build_parser().parse_args(argv)
+
+
+def test_plan_unix_peers_and_client_ports(tmp_path):
+    specs = cluster.plan(parse(["--nodes", "3", "--fsync", "never"]), str(tmp_path))
+    assert [s.id for s in specs] == [1, 2, 3]
+    s2 = specs[1]
+    assert s2.client == "tcp://127.0.0.1:7002"
+    assert s2.listen == f"unix://{tmp_path}/node2/raft.sock"
+    assert s2.argv == [
+        "--id", "2", "--data-dir", f"{tmp_path}/node2", "--listen", s2.listen,
+        "--client", "tcp://127.0.0.1:7002",
+        "--peer", f"1=unix://{tmp_path}/node1/raft.sock",
+        "--peer", f"3=unix://{tmp_path}/node3/raft.sock",
+        "--fsync", "never"]
+
+
+def test_plan_tcp_peers(tmp_path):
+    specs = cluster.plan(parse(["--nodes", "5", "--transport", "tcp", "--base-port", "9000"]),
+                         str(tmp_path))
+    assert [s.listen for s in specs] == [f"tcp://127.0.0.1:{9100 + i}" for i in range(1, 6)]
+    assert [s.client for s in specs] == [f"tcp://127.0.0.1:{9000 + i}" for i in range(1, 6)]
+    peers = [a for a in specs[0].argv if "=" in a]
+    assert peers == [f"{j}=tcp://127.0.0.1:{9100 + j}" for j in range(2, 6)]
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--base-port", "65530", "--nodes", "10"], "past 65535"),
+    (["--heartbeat-interval", "500", "--election-timeout", "400"], "must be less than"),
+])
+def test_plan_rejects_impossible_settings(argv, fragment, tmp_path):
+    with pytest.raises(ConfigError, match=fragment):
+        cluster.plan(parse(argv), str(tmp_path))
+
+
+def test_plan_rejects_a_data_dir_too_long_for_unix_sockets(tmp_path):
+    with pytest.raises(ConfigError, match="--transport tcp"):
+        cluster.plan(parse([]), str(tmp_path / ("d" * 120)))
+    assert cluster.plan(parse(["--transport", "tcp"]), str(tmp_path / ("d" * 120)))
+
+
+def test_default_is_three_nodes_and_help_says_so():
+    assert parse([]).nodes == 3
+    assert "(default: 3)" in " ".join(cluster.build_parser().format_help().split())
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--nodes", "0"], "--nodes"),
+    (["--transport", "udp"], "invalid choice"),
+    (["--bench", "-1"], "--bench"),
+    (["--id", "1"], "unrecognized arguments"),
+    (["--base-port", "65530", "--nodes", "10"], "past 65535"),
+    (["--election-timeout", "50"], "less than --election-timeout"),
+])
+def test_bad_usage_exits_2_with_one_line(argv, fragment):
+    r = subprocess.run([sys.executable, "-m", "raftfast.cluster", *argv], capture_output=True,
+                       text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and fragment in r.stderr, r.stderr
+
+
+class Fake:
+    """A node as format_table and stop_all see it."""
+
+    class Proc:
+        def __init__(self, pid, rc=None):
+            self.pid, self.returncode = pid, rc
+
+    def __init__(self, nid, rc=None):
+        self.id = nid
+        self.proc = self.Proc(1000 + nid, rc)
+        self.spec = cluster.NodeSpec(nid, "", "", f"tcp://127.0.0.1:{7000 + nid}", [])
+
+
+def test_format_table():
+    infos = {1: {"raft_role": "leader", "raft_current_term": "12"},
+             2: {"raft_role": "follower", "raft_current_term": "12"}}
+    text = cluster.format_table([Fake(1), Fake(2), Fake(3, rc=1)], infos)
+    assert text.splitlines() == [
+        "id  pid   role       term  client",
+        "1   1001  leader     12    tcp://127.0.0.1:7001",
+        "2   1002  follower   12    tcp://127.0.0.1:7002",
+        "3   1003  exited(1)  ?     tcp://127.0.0.1:7003",
+    ]
+
+
+def test_find_leader_prefers_highest_term():
+    infos = {1: {"raft_role": "leader", "raft_current_term": "3"},
+             2: {"raft_role": "leader", "raft_current_term": "4"},
+             3: {"raft_role": "candidate", "raft_current_term": "5"}}
+    assert cluster.find_leader(infos) == 2
+    assert cluster.find_leader({1: {"raft_role": "follower"}}) is None
+
+
+def test_parse_info_and_status_line():
+    info = cluster.parse_info(b"# Raft\r\nraft_role:leader\r\nraft_current_term:7\r\n"
+                              b"raft_commit_index:100\r\nraft_voters:1,2,3\r\n")
+    assert info == {"raft_role": "leader", "raft_current_term": "7",
+                    "raft_commit_index": "100", "raft_voters": "1,2,3"}
+    st = cluster.StatusLine()
+    assert st.render(3, info, 10.0) == "leader 3  term 7  commit 100"
+    info2 = dict(info, raft_commit_index="2600")
+    assert st.render(3, info2, 11.0) == "leader 3  term 7  commit 2600  2,500 ops/s"
+    assert st.render(None, None, 12.0) == "no leader"
+
+
+class TinyServer(asyncio.Protocol):
+    """Answers each request with canned bytes, split in two writes."""
+
+    def __init__(self, replies):
+        self.replies = replies
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        reply = self.replies[data.split(b"\r\n")[2].decode()]
+        self.transport.write(reply[:3])
+        asyncio.get_running_loop().call_soon(self.transport.write, reply[3:])
+
+
+def test_resp_client_against_a_tiny_server():
+    replies = {"INFO": b"$34\r\nraft_role:leader\r\nraft_leader_id:1\r\n",
+               "SET": b"-MOVED 0 127.0.0.1:7001\r\n", "PING": b"+PONG\r\n"}
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: TinyServer(replies), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            info = await cluster.info_raft(f"tcp://127.0.0.1:{port}")
+            moved = await cluster.resp_call("127.0.0.1", port, "SET", "k", "v")
+            pong = await cluster.resp_call("127.0.0.1", port, "PING")
+        finally:
+            server.close()
+        # Nobody listens here any more: no answer, not an exception.
+        gone = await cluster.info_raft(f"tcp://127.0.0.1:{port}", timeout=1)
+        return info, moved, pong, gone
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+        info, moved, pong, gone = r.run(main())
+    assert info == {"raft_role": "leader", "raft_leader_id": "1"}
+    assert isinstance(moved, RespError) and moved.kind == "MOVED"
+    assert pong == "PONG" and gone is None
+
+
+# ---- the whole launcher, with stand-in nodes ------------------------------------
+
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pids):
+    end = time.monotonic() + DEADLINE
+    while any(alive(p) for p in pids):
+        assert time.monotonic() < end, [p for p in pids if alive(p)]
+        time.sleep(0.05)
+
+
+class Launch:
+    def __init__(self, tmp_path, *argv, fail_id=None, base=None, env=None):
+        env = dict(os.environ, RAFTFAST_NODE_MODULE="tests.support.cluster_fake_node", PYTHONPATH=REPO,
+                   TMPDIR=str(tmp_path), **(env or {}))
+        if fail_id:
+            env["FAKE_FAIL_ID"] = str(fail_id)
+        self.base = base or free_base_port(6)
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "raftfast.cluster", "--nodes", "3",
+             "--base-port", str(self.base), *argv],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            cwd=REPO, start_new_session=True)
+        self.out = []
+
+    def read_until(self, text):
+        for line in self.p.stdout:
+            self.out.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"no {text!r} in {self.out}")
+
+    def table_pids(self):
+        head = next(i for i, l in enumerate(self.out) if l.startswith("id "))
+        return [int(l.split()[1]) for l in self.out[head + 1:head + 4]]
+
+    def finish(self):
+        out, err = self.p.communicate(timeout=DEADLINE)
+        self.out.append(out)
+        return self.p.returncode, "".join(self.out), err
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_launcher_serves_then_stops_every_node(tmp_path, sig):
+    run = Launch(tmp_path, "--fsync", "never")
+    try:
+        run.read_until("serving")
+        pids = run.table_pids()
+        table = "".join(run.out)
+        assert "leader" in table and f"tcp://127.0.0.1:{run.base + 1}" in table
+        temp = [d for d in os.listdir(tmp_path) if d.startswith("raftfast-")]
+        assert len(temp) == 1
+        node2 = json.load(open(tmp_path / temp[0] / "node2" / "argv.json"))
+        assert node2["pgid"] == node2["pid"]  # its own process group
+        assert node2["argv"][-2:] == ["--fsync", "never"]
+        run.p.send_signal(sig)
+        code, out, err = run.finish()
+        assert code == 0, err
+        assert "killing" not in err  # every node stopped on SIGTERM
+        wait_gone(pids)
+        assert not os.path.exists(tmp_path / temp[0])  # the temporary dir is removed
+    finally:
+        run.kill()
+
+
+def test_no_node_outlives_a_killed_launcher(tmp_path):
+    run = Launch(tmp_path, "--data-dir", str(tmp_path / "d"))
+    try:
+        run.read_until("serving")
+        pids = run.table_pids()
+        assert all(alive(p) for p in pids)
+        run.p.send_signal(signal.SIGKILL)
+        run.p.wait()
+        wait_gone(pids)
+        assert (tmp_path / "d" / "node1.log").read_text().startswith("node 1 starting")
+    finally:
+        run.kill()
+
+
+def test_node_that_fails_to_start_exits_1_with_its_log(tmp_path):
+    run = Launch(tmp_path, fail_id=2)
+    try:
+        code, out, err = run.finish()
+        assert code == 1
+        assert "node 2" in err and "exited with code 1" in err
+        assert "cannot start (fake failure)" in err
+    finally:
+        run.kill()
+
+
+def test_bench_prints_results_and_exits_0(tmp_path):
+    run = Launch(tmp_path, "--bench", "0.5", "--bench-clients", "4")
+    try:
+        code, out, err = run.finish()
+        assert code == 0, err
+        assert "bench: 0.5 s against node 1" in out
+        assert "throughput" in out and "p99.9" in out
+        assert "killing" not in err
+    finally:
+        run.kill()
+
+
+def test_a_node_dying_is_reported_and_the_rest_keep_serving(tmp_path):
+    run = Launch(tmp_path)
+    try:
+        run.read_until("serving")
+        pids = run.table_pids()
+        os.kill(pids[1], signal.SIGKILL)
+        for line in run.p.stderr:
+            if "exited unexpectedly" in line:
+                break
+        assert f"node 2 (pid {pids[1]}) exited unexpectedly with code -9" in line
+        assert run.p.poll() is None and alive(pids[0]) and alive(pids[2])
+        run.p.send_signal(signal.SIGTERM)
+        code, out, err = run.finish()
+        assert code == 0 and "killing" not in err
+        wait_gone(pids)
+    finally:
+        run.kill()
+
+
+# ---- growing and shrinking ------------------------------------------------------
+
+def test_plan_of_a_grown_and_shrunk_layout(tmp_path):
+    """Added nodes join; every live node dials every other live one; a
+    removed node is neither started nor dialed."""
+    layout = cluster.Layout(3, "tcp", 9000, added=[4, 5], removed=[2])
+    specs = cluster.plan(parse(["--fsync", "never"]), str(tmp_path), layout)
+    assert [s.id for s in specs] == [1, 3, 4, 5]
+    by_id = {s.id: s for s in specs}
+    assert by_id[4].argv == [
+        "--id", "4", "--data-dir", f"{tmp_path}/node4", "--listen", "tcp://127.0.0.1:9104",
+        "--client", "tcp://127.0.0.1:9004",
+        "--peer", "1=tcp://127.0.0.1:9101", "--peer", "3=tcp://127.0.0.1:9103",
+        "--peer", "5=tcp://127.0.0.1:9105", "--join", "--fsync", "never"]
+    assert "--join" not in by_id[1].argv
+    assert [a for a in by_id[1].argv if "=" in a] == [
+        "3=tcp://127.0.0.1:9103", "4=tcp://127.0.0.1:9104", "5=tcp://127.0.0.1:9105"]
+    assert layout.next_id() == 6  # never a removed id again
+
+
+def test_layout_is_kept_in_the_data_dir(tmp_path):
+    assert cluster.Layout.load(str(tmp_path)) is None
+    cluster.Layout(5, "unix", 7100, added=[6], removed=[3]).save(str(tmp_path))
+    back = cluster.Layout.load(str(tmp_path))
+    assert (back.founders, back.transport, back.base_port, back.added, back.removed) == (
+        5, "unix", 7100, [6], {3})
+    (tmp_path / "cluster.json").write_text('{"format": 1, "founders": "x"}')
+    with pytest.raises(ConfigError, match="cluster.json"):
+        cluster.Layout.load(str(tmp_path))
+
+
+def test_a_layout_past_the_port_range_is_refused():
+    with pytest.raises(ConfigError, match="up to 99"):
+        cluster.Layout(3, "tcp", 7000, added=list(range(4, 100))).check_ports(100)
+    with pytest.raises(ConfigError, match="past 65535"):
+        cluster.Layout(3, "unix", 65530).check_ports(6)
+
+
+def control(*argv):
+    return subprocess.run([sys.executable, "-m", "raftfast.cluster", *argv],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+
+
+@pytest.mark.parametrize("argv", [["add"], ["remove", "2"]])
+def test_add_and_remove_without_a_launcher_say_so(tmp_path, argv):
+    r = control(*argv, "--data-dir", str(tmp_path))
+    assert r.returncode == 1
+    assert f"no launcher is running on {tmp_path}" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["add"], "--data-dir"),
+    (["remove", "--data-dir", "d"], "ID"),
+    (["remove", "0", "--data-dir", "d"], "must be >= 1"),
+])
+def test_add_and_remove_bad_usage_exits_2(argv, fragment):
+    r = control(*argv)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and fragment in r.stderr, r.stderr
+
+
+def rows(text):
+    """{id: pid} of the table rows in text."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0].isdigit():
+            out[int(parts[0])] = int(parts[1])
+    return out
+
+
+def test_add_then_remove_then_a_restart_keeps_the_layout(tmp_path):
+    data = tmp_path / "d"
+    run = Launch(tmp_path, "--data-dir", str(data), env={"FAKE_ADD_TRYAGAIN": "1"})
+    try:
+        run.read_until("serving")
+        pids = run.table_pids()
+        added = control("add", "--data-dir", str(data))
+        assert added.returncode == 0, added.stderr
+        # A TRYAGAIN on the first ADD was retried; node 4 votes, and its row says so.
+        assert f"tcp://127.0.0.1:{run.base + 4}" in added.stdout
+        pid4 = rows(added.stdout)[4]
+        assert alive(pid4)
+        argv4 = json.load(open(data / "node4" / "argv.json"))["argv"]
+        assert "--join" in argv4 and f"1=unix://{data}/node1/raft.sock" in argv4
+        assert json.load(open(data / "node1" / "voters.json")) == [1, 2, 3, 4]
+
+        removed = control("remove", "2", "--data-dir", str(data))
+        assert removed.returncode == 0, removed.stderr
+        assert sorted(rows(removed.stdout)) == [1, 3, 4]
+        wait_gone([pids[1]])
+        assert json.load(open(data / "node1" / "voters.json")) == [1, 3, 4]
+        again = control("remove", "2", "--data-dir", str(data))
+        assert again.returncode == 1 and "not one of this cluster's nodes" in again.stderr
+
+        run.p.send_signal(signal.SIGTERM)
+        code, out, err = run.finish()
+        assert code == 0 and "exited unexpectedly" not in err, err
+        wait_gone([pids[0], pids[2], pid4])
+    finally:
+        run.kill()
+    # The same data dir again: node 4 starts (a restart, with --join), node 2 does not.
+    run = Launch(tmp_path, "--data-dir", str(data), base=run.base)
+    try:
+        run.read_until("serving")
+        head = next(i for i, l in enumerate(run.out) if l.startswith("id "))
+        assert sorted(rows("".join(run.out[head:]))) == [1, 3, 4]
+        argv1 = json.load(open(data / "node1" / "argv.json"))["argv"]
+        assert f"4=unix://{data}/node4/raft.sock" in argv1
+        assert not any(a.startswith("2=") for a in argv1)
+        run.p.send_signal(signal.SIGTERM)
+        assert run.finish()[0] == 0
+    finally:
+        run.kill()
+
+
+def test_a_restart_with_other_founding_flags_is_refused(tmp_path):
+    data = tmp_path / "d"
+    cluster.Layout(3, "unix", 7000).save(str(data.mkdir() or data))
+    r = subprocess.run([sys.executable, "-m", "raftfast.cluster", "--nodes", "5",
+                        "--data-dir", str(data)], capture_output=True, text=True, timeout=60,
+                       cwd=REPO)
+    assert r.returncode == 2
+    assert "--nodes 5" in r.stderr and "--nodes 3" in r.stderr, r.stderr

@@ -1,0 +1,268 @@
+"""Membership changes with real node processes: a node started with --join
+waits outside the configuration, is added (learner, then voter once caught
+up) and removed with RAFT.NODE, and restarts as what its data dir says;
+`python -m raftfast.cluster add/remove` grows and shrinks a running cluster."""
+from tests.support import REPO
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from tests.support.harness import Cluster, NodeProc, free_base_port, free_ports
+
+pytestmark = pytest.mark.multiprocess
+
+
+DEADLINE = 30.0  # liveness bound for waits, not a timing assertion
+
+
+@pytest.fixture
+def root():
+    d = tempfile.mkdtemp(prefix="rfm")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Joiner(NodeProc):
+    """A node outside the cluster's founding set, started with --join; it
+    dials the founders by --peer, and they dial it by the address in the
+    configuration (no --peer for it)."""
+
+    def __init__(self, cluster, node_id):
+        super().__init__(cluster, node_id, ["--join"])
+        self.port = free_ports(1)[0]
+
+    @property
+    def client_port(self):
+        return self.port
+
+    @property
+    def listen(self):
+        return f"unix://{self.cluster.root}/node{self.id}.sock"
+
+    def argv(self):
+        c = self.cluster
+        args = [sys.executable, "-m", "raftfast.node", "--id", str(self.id),
+                "--data-dir", os.path.join(c.root, f"node{self.id}"), "--listen", self.listen,
+                "--client", f"tcp://127.0.0.1:{self.port}",
+                "--heartbeat-interval", str(c.heartbeat_ms),
+                "--election-timeout", str(c.election_ms), "--fsync", c.fsync]
+        for j in c.ids:
+            args += ["--peer", f"{j}={c.peer_url(j)}"]
+        return args + self.extra
+
+
+def wait_for(check, what):
+    end = time.monotonic() + DEADLINE
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < end, what
+        time.sleep(0.05)
+
+
+def test_a_joining_node_stays_outside_until_added_and_a_restart_is_the_same(root):
+    c = Cluster(root, n=1)
+    joiner = Joiner(c, 7)
+    try:
+        joiner.start()
+        info = joiner.info()
+        assert info["raft_role"] == "joining"
+        assert info["raft_voters"] == "" and info["raft_learners"] == ""
+        assert joiner.raw("SET", "k", "v") == b"-CLUSTERDOWN No raft leader"
+        assert joiner.kill(signal.SIGTERM) == 0
+        members = json.load(open(os.path.join(root, "node7", "members")))
+        assert members == {"voters": [], "join": True}
+        # Restarted, with or without --join: still waiting to be added.
+        joiner.extra = []
+        joiner.start()
+        assert joiner.info()["raft_role"] == "joining"
+    finally:
+        joiner.kill()
+
+
+def test_add_a_joining_node_then_remove_it(root):
+    c = Cluster(root, n=1).start()
+    joiner = Joiner(c, 2)
+    try:
+        leader = c.nodes[c.wait_leader()]
+        assert leader.raw("SET", "before", "1") == b"+OK"
+        joiner.start()
+        assert leader.raw("RAFT.NODE", "ADD", "2", joiner.listen) == b"+OK"
+        # Promoted once caught up: both nodes say so, and the joiner has
+        # the write from before it joined.
+        wait_for(lambda: leader.info()["raft_voters"] == "1,2", "node 2 never became a voter")
+        wait_for(lambda: (joiner.info() or {}).get("raft_voters") == "1,2",
+                 "node 2 never saw itself a voter")
+        assert joiner.info()["raft_role"] == "follower"
+        assert leader.raw("SET", "after", "2") == b"+OK"  # a quorum of two: node 2 acked it
+        applied = int(leader.info()["raft_last_applied"])
+        wait_for(lambda: int(joiner.info()["raft_last_applied"]) >= applied,
+                 "node 2 did not apply the log")
+
+        # A restart of the added node with --join is just a restart.
+        assert joiner.kill(signal.SIGTERM) == 0
+        joiner.start()
+        info = joiner.info()
+        assert info["raft_voters"] == "1,2" and int(info["raft_last_applied"]) >= 0
+        wait_for(lambda: int(joiner.info()["raft_last_applied"]) >= applied,
+                 "node 2 lost its log over a restart")
+
+        assert leader.raw("RAFT.NODE", "REMOVE", "2") == b"+OK"
+        info = leader.info()
+        assert info["raft_voters"] == "1" and info["raft_learners"] == ""
+        term = info["raft_current_term"]
+        assert leader.raw("SET", "alone", "3") == b"+OK"  # a quorum of one again
+        # The removed node may never hear of its removal; it campaigns, and
+        # the cluster ignores it: the leader keeps its term and its writes.
+        wait_for(lambda: joiner.info()["raft_role"] in ("precandidate", "candidate"),
+                 "the removed node never campaigned")
+        assert leader.raw("SET", "still", "4") == b"+OK"
+        info = leader.info()
+        assert info["raft_role"] == "leader" and info["raft_current_term"] == term
+    finally:
+        joiner.kill()
+        c.stop()
+
+
+def test_the_cluster_command_adds_a_node_and_removes_the_leader(tmp_path):
+    data = tmp_path / "d"
+    base = free_base_port(6)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "raftfast.cluster", "--nodes", "3", "--base-port", str(base),
+         "--data-dir", str(data), "--fsync", "never", "--heartbeat-interval", "50",
+         "--election-timeout", "500"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True)
+
+    def control(*argv):
+        r = subprocess.run([sys.executable, "-m", "raftfast.cluster", *argv,
+                            "--data-dir", str(data)], capture_output=True, text=True,
+                           timeout=120, env=env)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    class Client(NodeProc):
+        def __init__(self, i):
+            self.id, self.port = i, base + i
+
+        @property
+        def client_port(self):
+            return self.port
+
+    try:
+        for line in launcher.stdout:
+            if "serving" in line:
+                break
+        else:
+            raise AssertionError(launcher.stderr.read())
+        out = control("add")
+        assert f"tcp://127.0.0.1:{base + 4}" in out and out.splitlines()[1].split()[0] == "4"
+        nodes = {i: Client(i) for i in (1, 2, 3, 4)}
+        info4 = nodes[4].info()
+        assert info4["raft_voters"] == "1,2,3,4"
+        leader = int(info4["raft_leader_id"])
+        assert nodes[leader].raw("SET", "k", "v") == b"+OK"
+
+        out = control("remove", str(leader))
+        rest = sorted(int(l.split()[0]) for l in out.splitlines()[1:])
+        assert rest == sorted(set((1, 2, 3, 4)) - {leader})
+        # The remaining nodes elect a leader among themselves and keep the data.
+        new = wait_for(lambda: next((i for i in rest if (nodes[i].info() or {}).get(
+            "raft_role") == "leader"), None), "no leader after the old one was removed")
+        assert nodes[new].info()["raft_voters"] == ",".join(map(str, rest))
+        assert nodes[new].raw("GET", "k") == b"$1"
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=DEADLINE) == 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        launcher.stdout.close()
+        launcher.stderr.close()
+
+
+# ---- the driver's peer addresses (no processes) ------------------------------------
+
+class _Transport:
+    def __init__(self, addresses):
+        self.addresses = dict(addresses)
+
+    def set_address(self, node_id, url):
+        if url is None:
+            self.addresses.pop(node_id, None)
+        else:
+            self.addresses[node_id] = url
+
+    def dialed_ids(self):
+        return list(self.addresses)
+
+
+class _Core:
+    def __init__(self, voters, learners, urls, leader_id=0):
+        self.id = 1
+        self.voters, self.learners, self.urls = set(voters), set(learners), urls
+        self.leader_id = leader_id
+        self.conf_version = 3
+
+
+class _Cfg:
+    def __init__(self, peers):
+        self.peers = peers
+
+
+def _driver(core, peers, addresses):
+    from raftfast.runtime.driver import RaftDriver
+    d = RaftDriver.__new__(RaftDriver)
+    d.core, d.cfg, d.transport = core, _Cfg(peers), _Transport(addresses)
+    return d
+
+
+def test_members_are_dialed_as_the_configuration_says_and_peer_flags_win():
+    core = _Core({1, 2, 3}, {4}, {2: "tcp://127.0.0.1:9002", 3: "tcp://127.0.0.1:9003",
+                                 4: "tcp://127.0.0.1:9004"})
+    d = _driver(core, {3: "unix:///flag3.sock"}, {3: "unix:///flag3.sock"})
+    d._refresh_peer_addresses()
+    assert d.transport.addresses == {2: "tcp://127.0.0.1:9002", 3: "unix:///flag3.sock",
+                                     4: "tcp://127.0.0.1:9004"}
+    assert (d._conf_seen, d._leader_seen) == (3, 0)
+
+
+def test_addresses_of_ids_no_longer_members_are_forgotten_but_the_leader_is_kept():
+    """Node 5, removed, is forgotten; node 6 is no member either but leads
+    (a leader removing itself leads until that change commits); node 7 is
+    --peer'd and may not be a member yet."""
+    core = _Core({1, 2}, (), {2: "tcp://127.0.0.1:9002"}, leader_id=6)
+    d = _driver(core, {7: "tcp://127.0.0.1:9007"},
+                {5: "tcp://127.0.0.1:9005", 6: "tcp://127.0.0.1:9006",
+                 7: "tcp://127.0.0.1:9007"})
+    d._refresh_peer_addresses()
+    assert d.transport.addresses == {2: "tcp://127.0.0.1:9002", 6: "tcp://127.0.0.1:9006",
+                                     7: "tcp://127.0.0.1:9007"}
+    core.leader_id = 2
+    d._refresh_peer_addresses()
+    assert 6 not in d.transport.addresses
+
+
+def test_a_bad_address_in_the_configuration_does_not_stop_the_node():
+    from raftfast.address import parse_address
+
+    class Strict(_Transport):
+        def set_address(self, node_id, url):
+            if url is not None:
+                parse_address(url)
+            super().set_address(node_id, url)
+
+    core = _Core({1, 2, 3}, (), {2: "ftp://nowhere", 3: "tcp://127.0.0.1:9003"})
+    d = _driver(core, {}, {})
+    d.transport = Strict({})
+    d._refresh_peer_addresses()
+    assert d.transport.addresses == {3: "tcp://127.0.0.1:9003"}

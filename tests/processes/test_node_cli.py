@@ -1,0 +1,169 @@
+"""`python -m raftfast.node` as an operator sees it: exit codes, refusals,
+and what a client hears when the outcome of a write is unknown."""
+from tests.support import REPO
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from tests.support.harness import Cluster, free_ports
+
+pytestmark = pytest.mark.multiprocess
+
+
+
+ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def run_node(*args, timeout=30, **kw):
+    return subprocess.run([sys.executable, "-m", "raftfast.node", *args], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=ENV, **kw)
+
+
+@pytest.fixture
+def root():
+    d = tempfile.mkdtemp(prefix="rf")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--data-dir", "d", "--listen", "tcp://127.0.0.1:1", "--client", "tcp://127.0.0.1:2"], "--id"),
+    (["--id", "0", "--data-dir", "d", "--listen", "tcp://127.0.0.1:1",
+      "--client", "tcp://127.0.0.1:2"], "id"),
+    (["--id", "1", "--data-dir", "d", "--listen", "http://x:1", "--client", "tcp://127.0.0.1:2"],
+     "http://x:1"),
+    (["--id", "1", "--data-dir", "d", "--listen", "tcp://127.0.0.1:1",
+      "--client", "tcp://127.0.0.1:2", "--peer", "2=nonsense"], "nonsense"),
+    (["--id", "1", "--data-dir", "d", "--listen", "tcp://127.0.0.1:1",
+      "--client", "tcp://0.0.0.0:2"], "advertise"),
+    (["--id", "1", "--data-dir", "d", "--listen", "tcp://127.0.0.1:1",
+      "--client", "tcp://127.0.0.1:2", "--fsync", "sometimes"], "fsync"),
+])
+def test_bad_usage_is_one_line_and_exit_2(root, args, words):
+    out = run_node(*args, cwd=root)
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip() and not ln.startswith("usage:")]
+    assert len(lines) == 1 and words in lines[0], out.stderr
+
+
+@pytest.mark.parametrize("value", ["", "lots", "100"])
+def test_bad_segment_size_from_the_environment_is_exit_2(root, value):
+    """RAFTFAST_WAL_SEGMENT_BYTES (for tests) is checked like a flag."""
+    out = subprocess.run([sys.executable, "-m", "raftfast.node", *node_args(root)],
+                         capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+                         env={**ENV, "RAFTFAST_WAL_SEGMENT_BYTES": value})
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 2
+    assert len(lines) == 1 and "RAFTFAST_WAL_SEGMENT_BYTES" in lines[0], out.stderr
+    assert not os.path.exists(f"{root}/data")  # refused before the data dir is touched
+
+
+def node_args(root, node_id=1, ports=None):
+    ports = ports or free_ports(2)
+    return ["--id", str(node_id), "--data-dir", f"{root}/data",
+            "--listen", f"tcp://127.0.0.1:{ports[0]}", "--client", f"tcp://127.0.0.1:{ports[1]}"]
+
+
+def test_a_locked_data_dir_is_refused(root):
+    first = subprocess.Popen([sys.executable, "-m", "raftfast.node", *node_args(root)],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert first.stdout.readline().startswith(b"ready id=1 ")
+        out = run_node(*node_args(root))
+        assert out.returncode == 1 and "locked" in out.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=15) == 0
+        first.stdout.close()
+
+
+def test_a_data_dir_of_another_node_is_refused(root):
+    first = subprocess.Popen([sys.executable, "-m", "raftfast.node", *node_args(root)],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert first.stdout.readline().startswith(b"ready")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=15) == 0
+    first.stdout.close()
+    out = run_node(*node_args(root, node_id=2))
+    assert out.returncode == 1 and "node" in out.stderr and "1" in out.stderr
+    out = run_node(*node_args(root), "--cluster-id", "other")
+    assert out.returncode == 1 and "other" in out.stderr
+
+
+def wait_until_leader(port, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"INFO raft\r\n")
+            time.sleep(0.1)
+            if b"raft_role:leader" in s.recv(65536):
+                return
+    raise AssertionError("the node did not become leader")
+
+
+def test_a_failed_write_stops_the_node_with_exit_1(root):
+    ports = free_ports(2)
+    limit = 256 * 1024
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    node = subprocess.Popen([sys.executable, "-m", "raftfast.node", *node_args(root, ports=ports)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=small_files)
+    try:
+        assert node.stdout.readline().startswith(b"ready")
+        wait_until_leader(ports[1])
+        s = socket.create_connection(("127.0.0.1", ports[1]), timeout=10)
+        value = b"x" * 4096
+        cmd = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4096\r\n" + value + b"\r\n"
+        replies = b""
+        try:
+            for _ in range(200):  # 800 KiB: well past the file size limit
+                s.sendall(cmd)
+                replies += s.recv(65536)
+                assert replies.startswith(b"+OK")
+        except OSError:
+            pass  # the node went away mid-stream, as it should
+        s.close()
+        assert node.wait(timeout=30) == 1
+        err = node.stderr.read().decode()
+        assert "storage write failed" in err, err
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+        node.stdout.close()
+        node.stderr.close()
+
+
+def test_a_write_without_quorum_times_out_as_outcome_unknown(root):
+    c = Cluster(root, n=3).start()
+    try:
+        lid = c.wait_leader()
+        leader = c.nodes[lid]
+        assert leader.raw("SET", "a", "1") == b"+OK"
+        followers = [n for i, n in c.nodes.items() if i != lid]
+        for f in followers:
+            f.proc.send_signal(signal.SIGSTOP)
+        try:
+            assert leader.raw("SET", "a", "2") == b"-TIMEOUT outcome unknown"
+            # CheckQuorum: cut off from a majority, it stops acting as leader
+            # and refuses writes it could not commit.
+            deadline = time.monotonic() + 20
+            while leader.info()["raft_role"] == "leader" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert leader.info()["raft_role"] != "leader"
+            assert leader.raw("SET", "a", "3") == b"-CLUSTERDOWN No raft leader"
+        finally:
+            for f in followers:
+                f.proc.send_signal(signal.SIGCONT)
+    finally:
+        c.stop()

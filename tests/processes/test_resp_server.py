@@ -1,0 +1,340 @@
+"""The client front door of a real one-node cluster, over raw sockets, so
+every reply is checked byte for byte."""
+import shutil
+import socket
+import tempfile
+
+import pytest
+
+from tests.support.harness import Cluster
+
+pytestmark = pytest.mark.multiprocess
+
+
+@pytest.fixture(scope="module")
+def node():
+    root = tempfile.mkdtemp(prefix="rf")
+    c = Cluster(root, n=1).start()
+    c.wait_leader()
+    yield c.nodes[1]
+    c.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def req(*args):
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+class Conn:
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def read(self, n_bytes):
+        while len(self.buf) < n_bytes:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                break
+            self.buf += chunk
+        out, self.buf = self.buf[:n_bytes], self.buf[n_bytes:]
+        return out
+
+    def expect(self, want):
+        got = self.read(len(want))
+        assert got == want
+        return got
+
+    def closed(self):
+        return self.s.recv(1) == b""
+
+    def close(self):
+        self.s.close()
+
+
+@pytest.fixture
+def conn(node):
+    c = Conn(node.client_port)
+    yield c
+    c.close()
+
+
+def test_pipelined_replies_come_back_in_order(conn):
+    conn.send(req(b"SET", b"p", b"41") + req(b"PING") + req(b"INCR", b"p") + req(b"ECHO", b"hi")
+              + req(b"GET", b"p") + req(b"DEL", b"p", b"nope") + req(b"EXISTS", b"p"))
+    conn.expect(b"+OK\r\n+PONG\r\n:42\r\n$2\r\nhi\r\n$2\r\n42\r\n:1\r\n:0\r\n")
+
+
+def test_kv_commands(conn):
+    conn.send(req(b"APPEND", b"s", b"ab") + req(b"APPEND", b"s", b"cd") + req(b"MGET", b"s", b"missing")
+              + req(b"INCR", b"s"))
+    conn.expect(b":2\r\n:4\r\n*2\r\n$4\r\nabcd\r\n$-1\r\n"
+                b"-ERR value is not an integer or out of range\r\n")
+
+
+@pytest.mark.parametrize("cmd,reply", [
+    (req(b"GET"), b"-ERR wrong number of arguments for 'get' command\r\n"),
+    (req(b"SET", b"k"), b"-ERR wrong number of arguments for 'set' command\r\n"),
+    (req(b"SET", b"k", b"v", b"EX", b"10"), b"-ERR syntax error\r\n"),
+    (req(b"MGET"), b"-ERR wrong number of arguments for 'mget' command\r\n"),
+    (req(b"FLUSHALL"), b"-ERR unknown command 'FLUSHALL'\r\n"),
+    (req(b"SELECT", b"0"), b"+OK\r\n"),
+    (req(b"SELECT", b"3"), b"-ERR DB index is out of range\r\n"),
+    (req(b"COMMAND"), b"*0\r\n"),
+    (req(b"CONFIG", b"GET", b"*"), b"*0\r\n"),
+    (req(b"PING", b"x"), b"$1\r\nx\r\n"),
+    (b"PING\r\n", b"+PONG\r\n"),  # inline
+    (b"SET inl \"a b\"\r\nGET inl\r\n", b"+OK\r\n$3\r\na b\r\n"),
+    (req(b"HELLO", b"4"), b"-NOPROTO unsupported protocol version\r\n"),
+])
+def test_replies_and_errors_use_redis_wording(conn, cmd, reply):
+    conn.send(cmd)
+    conn.expect(reply)
+
+
+def read_until(conn, suffix):
+    data, conn.buf = conn.buf, b""
+    while not data.endswith(suffix):
+        chunk = conn.s.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def test_hello_3_switches_to_resp3_and_hello_2_back(conn):
+    conn.send(req(b"HELLO", b"3") + req(b"PING"))
+    data = read_until(conn, b"+PONG\r\n")
+    assert data.startswith(b"%7\r\n")  # a map of seven fields
+    assert b"$5\r\nproto\r\n:3\r\n" in data
+    conn.send(req(b"GET", b"no-such-key"))
+    conn.expect(b"_\r\n")
+    conn.send(req(b"HELLO", b"2") + req(b"GET", b"no-such-key"))
+    data = read_until(conn, b"$-1\r\n")
+    assert data.startswith(b"*14\r\n") and b"$5\r\nproto\r\n:2\r\n" in data
+
+
+def test_client_subcommands(conn):
+    conn.send(req(b"CLIENT", b"SETNAME", b"me") + req(b"CLIENT", b"GETNAME")
+              + req(b"CLIENT", b"SETINFO", b"LIB-NAME", b"x") + req(b"CLIENT", b"NOPE"))
+    conn.expect(b"+OK\r\n$2\r\nme\r\n+OK\r\n-ERR unknown subcommand 'NOPE'. Try CLIENT HELP.\r\n")
+    conn.send(req(b"CLIENT", b"ID"))
+    assert conn.read(1) == b":"
+
+
+def test_info_has_the_raft_section(conn):
+    conn.send(req(b"INFO", b"raft") + req(b"PING"))
+    text = read_until(conn, b"+PONG\r\n").decode()
+    for field in ("raft_node_id:1", "raft_role:leader", "raft_current_term:", "raft_leader_id:1",
+                  "raft_commit_index:", "raft_last_applied:", "raft_first_log_index:1",
+                  "raft_last_log_index:", "raft_snapshot_index:0", "raft_voters:1",
+                  "raft_learners:\r\n", "raft_cluster_id:raftfast"):
+        assert field in text, field
+    assert "# Server" not in text
+    conn.send(req(b"INFO") + req(b"PING"))
+    text = read_until(conn, b"+PONG\r\n").decode()
+    assert "# Server" in text and "# Raft" in text and "raft_role:leader" in text
+
+
+def test_quit_replies_then_closes(conn):
+    conn.send(req(b"QUIT") + req(b"PING"))
+    conn.expect(b"+OK\r\n")
+    assert conn.closed()
+
+
+def test_an_unparseable_stream_is_answered_and_closed(conn, node):
+    conn.send(req(b"SET", b"before", b"1") + b"*1\r\n$abc\r\n")
+    conn.expect(b"+OK\r\n-ERR Protocol error: invalid bulk length\r\n")
+    assert conn.closed()
+    other = Conn(node.client_port)
+    other.send(req(b"GET", b"before"))
+    other.expect(b"$1\r\n1\r\n")
+    other.close()
+
+
+def test_a_hello_later_in_the_pipeline_does_not_change_earlier_replies(conn):
+    conn.send(req(b"HELLO", b"3") + req(b"GET", b"no-such-key") + req(b"HELLO", b"2")
+              + req(b"GET", b"no-such-key"))
+    data = read_until(conn, b"$-1\r\n")
+    assert data.startswith(b"%7\r\n")            # HELLO 3 answered in RESP3
+    assert b"\r\n_\r\n*14\r\n" in data           # RESP3 null, then HELLO 2's RESP2 array
+
+
+def test_a_command_too_large_for_one_frame_is_refused_and_nothing_stalls(tmp_path):
+    from tests.support.harness import Cluster
+    import tempfile, shutil
+    root = tempfile.mkdtemp(prefix="rf")
+    c = Cluster(root, n=3, extra_args=["--max-frame-bytes", "200000", "--max-batch-bytes", "100000"])
+    try:
+        c.start()
+        leader = c.nodes[c.wait_leader()]
+        s = Conn(leader.client_port)
+        s.send(req(b"SET", b"big", b"x" * 150000))
+        s.expect(b"-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n")
+        s.send(req(b"DEL", b"a" * 60000, b"b" * 60000, b"c" * 60000))
+        s.expect(b"-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n")
+        s.send(req(b"SET", b"small", b"y" * 100000))  # fits: accepted and replicated
+        s.expect(b"+OK\r\n")
+        s.send(req(b"SET", b"after", b"1"))
+        s.expect(b"+OK\r\n")
+        s.close()
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---- RAFT.NODE -------------------------------------------------------------------
+
+@pytest.mark.parametrize("cmd,reply", [
+    (req(b"RAFT.NODE"), b"-ERR wrong number of arguments for 'raft.node' command\r\n"),
+    (req(b"RAFT.NODE", b"ADD", b"2"),
+     b"-ERR wrong number of arguments for 'raft.node|add' command\r\n"),
+    (req(b"RAFT.NODE", b"add", b"2", b"tcp://127.0.0.1:1", b"x"),
+     b"-ERR wrong number of arguments for 'raft.node|add' command\r\n"),
+    (req(b"RAFT.NODE", b"REMOVE"),
+     b"-ERR wrong number of arguments for 'raft.node|remove' command\r\n"),
+    (req(b"RAFT.NODE", b"ADD", b"0", b"tcp://127.0.0.1:1"),
+     b"-ERR node id must be an integer from 1 to 2^63-1\r\n"),
+    (req(b"RAFT.NODE", b"REMOVE", b"9223372036854775808"),
+     b"-ERR node id must be an integer from 1 to 2^63-1\r\n"),
+    (req(b"RAFT.NODE", b"REMOVE", b"two"), b"-ERR node id must be an integer from 1 to 2^63-1\r\n"),
+    (req(b"RAFT.NODE", b"ADD", b"2", b"http://x:1"),
+     b"-ERR bad address 'http://x:1': unknown scheme 'http' (use tcp or unix)\r\n"),
+    (req(b"RAFT.NODE", b"PROMOTE", b"2"),
+     b"-ERR unknown subcommand 'PROMOTE'. Try RAFT.NODE ADD id url or RAFT.NODE REMOVE id.\r\n"),
+    # Refused by the core: nothing proposed.
+    (req(b"RAFT.NODE", b"ADD", b"1", b"tcp://127.0.0.1:1"), b"-ERR node 1 is already a member\r\n"),
+    (req(b"RAFT.NODE", b"REMOVE", b"9"), b"-ERR node 9 is not a member\r\n"),
+    (req(b"RAFT.NODE", b"REMOVE", b"1"),
+     b"-ERR node 1 is the only voter; it cannot be removed\r\n"),
+])
+def test_raft_node_arguments_and_refusals(conn, cmd, reply):
+    conn.send(cmd)
+    conn.expect(reply)
+
+
+def test_raft_node_add_then_remove_and_one_change_at_a_time(conn, tmp_path):
+    """A one-node cluster commits a change on its own; a second change
+    proposed before the first commits (same pipeline) is told to retry."""
+    far = f"unix://{tmp_path}/nobody.sock".encode()
+    conn.send(req(b"RAFT.NODE", b"ADD", b"5", far) + req(b"RAFT.NODE", b"ADD", b"6", far))
+    conn.expect(b"+OK\r\n-TRYAGAIN a membership change is in progress\r\n")
+    conn.send(req(b"INFO", b"raft") + req(b"PING"))
+    text = read_until(conn, b"+PONG\r\n").decode()
+    assert "raft_voters:1\r\n" in text and "raft_learners:5\r\n" in text
+    conn.send(req(b"RAFT.NODE", b"REMOVE", b"5") + req(b"INFO", b"raft") + req(b"PING"))
+    text = read_until(conn, b"+PONG\r\n").decode()
+    assert text.startswith("+OK\r\n")
+    assert "raft_voters:1\r\n" in text and "raft_learners:\r\n" in text
+
+
+class _FakeConnTransport:
+    def __init__(self):
+        self.out = []
+
+    def write(self, b):
+        self.out.append(bytes(b))
+
+    def writelines(self, bs):
+        self.out.extend(bytes(b) for b in bs)
+
+    def is_closing(self):
+        return False
+
+    def get_extra_info(self, name):
+        return None
+
+    def close(self):
+        pass
+
+
+class _FakeCore:
+    leader_id = 2
+
+
+class _FakeDriver:
+    """What RAFT.NODE needs of the driver: it raises `raises`, or keeps the
+    callback for the test to answer."""
+
+    def __init__(self, raises=None, is_leader=True):
+        self.raises = raises
+        self.is_leader = is_leader
+        self.core = _FakeCore()
+        self.calls = []
+
+    def change_membership(self, op, node_id, url, callback):
+        self.calls.append((op, node_id, url))
+        if self.raises is not None:
+            raise self.raises
+        self.callback = callback
+        return 7
+
+
+def _front_door(driver):
+    """A RespServer and one client connection on it, no sockets."""
+    import asyncio
+    from raftfast.config import Config
+    from raftfast.server.resp_server import ClientProtocol, RespServer
+    loop = asyncio.new_event_loop()
+    cfg = Config(node_id=1, data_dir="x", listen="tcp://127.0.0.1:1", client="tcp://127.0.0.1:2")
+    server = RespServer(loop, cfg, driver, dict)
+    server.leader_client_url = {2: "tcp://127.0.0.1:7002"}.get
+    conn = ClientProtocol(server)
+    out = _FakeConnTransport()
+    conn.connection_made(out)
+    return loop, conn, out
+
+
+def _error_cases():
+    from raftfast.core import ConfChangeBusy, ConfChangeInvalid, NotLeader, TransferInProgress
+    return [
+        (NotLeader(2), b"-MOVED 0 127.0.0.1:7002\r\n"),
+        (TransferInProgress(3), b"-TRYAGAIN leadership transfer in progress\r\n"),
+        (ConfChangeBusy("the leader has not yet committed an entry of its term"),
+         b"-TRYAGAIN the leader has not yet committed an entry of its term\r\n"),
+        (ConfChangeInvalid("node 4 is already a member"), b"-ERR node 4 is already a member\r\n"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_raft_node_maps_the_core_refusals_to_replies(case):
+    exc, reply = _error_cases()[case]
+    drv = _FakeDriver(raises=exc)
+    loop, conn, out = _front_door(drv)
+    try:
+        conn.data_received(req(b"RAFT.NODE", b"ADD", b"4", b"tcp://127.0.0.1:9") + req(b"PING"))
+        assert drv.calls == [("add", 4, "tcp://127.0.0.1:9")]
+        assert b"".join(out.out) == reply + b"+PONG\r\n"
+    finally:
+        loop.close()
+
+
+def test_raft_node_answers_when_applied_or_outcome_unknown():
+    drv = _FakeDriver()
+    loop, conn, out = _front_door(drv)
+    try:
+        conn.data_received(req(b"RAFT.NODE", b"REMOVE", b"3") + req(b"PING"))
+        assert drv.calls == [("remove", 3, "")]
+        assert out.out == []  # PING waits behind the pending change
+        drv.callback(None)
+        assert b"".join(out.out) == b"+OK\r\n+PONG\r\n"
+        out.out.clear()
+        conn.data_received(req(b"RAFT.NODE", b"REMOVE", b"3"))
+        drv.callback("TIMEOUT outcome unknown")  # leadership lost before it committed
+        assert b"".join(out.out) == b"-TIMEOUT outcome unknown\r\n"
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("leader,reply", [(2, b"-MOVED 0 127.0.0.1:7002\r\n"),
+                                          (0, b"-CLUSTERDOWN No raft leader\r\n")])
+def test_raft_node_on_a_follower_redirects(leader, reply):
+    drv = _FakeDriver(is_leader=False)
+    drv.core.leader_id = leader
+    loop, conn, out = _front_door(drv)
+    try:
+        conn.data_received(req(b"RAFT.NODE", b"ADD", b"4", b"tcp://127.0.0.1:9"))
+        assert drv.calls == [] and b"".join(out.out) == reply
+    finally:
+        loop.close()
