@@ -16,6 +16,12 @@ itself toward a commit only once its own log is on disk (Raft thesis
 
 Entries are never Python objects here: the log is an EntryLog (a C index
 over one buffer); messages carry entry blocks and counts.
+
+Why it is long: the protocol's rules depend on one another (a vote on the
+log's last term, a commit on the quorum and the leader's own term, a
+transfer on the target's match, a configuration change on what is
+committed), and they read best side by side; what stands on its own
+already lives beside it (log.py, progress.py, quorum.py, messages.py).
 """
 import collections
 import random
