@@ -6,18 +6,25 @@
 Peer traffic and clients use the same forms, so the node, the transport and
 the cluster launcher all parse and bind through this module.
 """
+from __future__ import annotations
+
 import errno
 import ipaddress
 import os
 import re
 import socket
 import stat
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Address", "AddressError", "AddressInUse", "parse_address",
            "create_server", "open_connection", "set_nodelay"]
 
 # sun_path is 108 bytes on Linux, one of them the terminating NUL.
-UNIX_PATH_MAX = 107
+UNIX_PATH_MAX: int = 107
 
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 _WILDCARDS = ("0.0.0.0", "::")
@@ -26,7 +33,7 @@ _WILDCARDS = ("0.0.0.0", "::")
 class AddressError(ValueError):
     """A URL that is not a usable address; the message names it and says why."""
 
-    def __init__(self, url, why):
+    def __init__(self, url: object, why: str) -> None:
         super().__init__(f"bad address {url!r}: {why}")
         self.url = url
         self.why = why
@@ -37,39 +44,47 @@ class AddressInUse(OSError):
 
 
 class Address:
-    __slots__ = ("scheme", "host", "port", "path")
+    """A parsed URL: scheme "tcp" with host and port, or "unix" with path."""
 
-    def __init__(self, scheme, host=None, port=None, path=None):
+    __slots__ = ("scheme", "host", "port", "path")
+    scheme: str
+    host: str | None
+    port: int | None
+    path: str | None
+
+    def __init__(self, scheme: str, host: str | None = None, port: int | None = None,
+                 path: str | None = None) -> None:
         self.scheme = scheme
         self.host = host
         self.port = port
         self.path = path
 
     @property
-    def is_wildcard(self):
+    def is_wildcard(self) -> bool:
         return self.scheme == "tcp" and self.host in _WILDCARDS
 
     @property
-    def is_unix(self):
+    def is_unix(self) -> bool:
         return self.scheme == "unix"
 
-    def __str__(self):
+    def __str__(self) -> str:
         if self.scheme == "unix":
             return f"unix://{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = cast(str, self.host)  # a tcp Address always has host and port
+        host = f"[{host}]" if ":" in host else host
         return f"tcp://{host}:{self.port}"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Address({str(self)!r})"
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Address) and str(self) == str(other)
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(str(self))
 
 
-def parse_address(url):
+def parse_address(url: str | Address) -> Address:
     """Parse `url` into an Address, or raise AddressError saying what is wrong."""
     if isinstance(url, Address):
         return url
@@ -85,7 +100,7 @@ def parse_address(url):
     raise AddressError(url, f"unknown scheme {scheme!r} (use tcp or unix)")
 
 
-def _parse_unix(url, path):
+def _parse_unix(url: str, path: str) -> Address:
     if not path.startswith("/"):
         raise AddressError(url, "a unix socket path must be absolute (unix:///dir/name.sock)")
     if "\0" in path:
@@ -98,7 +113,7 @@ def _parse_unix(url, path):
     return Address("unix", path=path)
 
 
-def _parse_tcp(url, rest):
+def _parse_tcp(url: str, rest: str) -> Address:
     if any(c in rest for c in "/?#@"):
         raise AddressError(url, "only HOST:PORT may follow tcp:// (no path, query or user)")
     if rest.startswith("["):
@@ -130,7 +145,7 @@ def _parse_tcp(url, rest):
     return Address("tcp", host=host, port=port)
 
 
-def _check_host(url, host):
+def _check_host(url: str, host: str) -> None:
     # All-digit dotted names must be IPv4 literals; 300.1.1.1 is a typo, not a hostname.
     if re.fullmatch(r"[0-9.]+", host):
         try:
@@ -143,7 +158,7 @@ def _check_host(url, host):
         raise AddressError(url, f"{host!r} is not a valid hostname")
 
 
-def set_nodelay(transport):
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
     """Turn off Nagle on a TCP transport: Raft frames are latency-bound."""
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -153,7 +168,9 @@ def set_nodelay(transport):
             pass  # the connection may already be gone; nothing to tune then
 
 
-async def create_server(loop, addr, protocol_factory, **kwargs):
+async def create_server(loop: asyncio.AbstractEventLoop, addr: str | Address,
+                        protocol_factory: Callable[[], asyncio.BaseProtocol],
+                        **kwargs: Any) -> asyncio.AbstractServer:
     """Listen on `addr` (Address or URL); returns the asyncio Server.
 
     For unix addresses an existing socket file is removed only when
@@ -174,25 +191,26 @@ async def create_server(loop, addr, protocol_factory, **kwargs):
         raise
 
 
-def _bind_error(addr, e):
+def _bind_error(addr: Address, e: OSError) -> OSError:
     if e.errno == errno.EADDRINUSE:
         return AddressInUse(errno.EADDRINUSE, f"address in use: {addr}")
     return OSError(e.errno, f"cannot listen on {addr}: {e.strerror or e}")
 
 
-def _bind_unix(addr):
+def _bind_unix(addr: Address) -> socket.socket:
     # Bind the socket ourselves: loop.create_unix_server(path=...) deletes any
     # socket file at the path unconditionally, even one a live node listens on.
+    path = cast(str, addr.path)  # a unix Address always has a path
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
-            sock.bind(addr.path)
+            sock.bind(path)
         except OSError as e:
             if e.errno != errno.EADDRINUSE:
                 raise _bind_error(addr, e) from e
             _remove_if_stale(addr)
             try:
-                sock.bind(addr.path)
+                sock.bind(path)
             except OSError as e2:
                 raise _bind_error(addr, e2) from e2
         sock.listen(socket.SOMAXCONN)
@@ -203,9 +221,10 @@ def _bind_unix(addr):
         raise
 
 
-def _remove_if_stale(addr):
+def _remove_if_stale(addr: Address) -> None:
+    path = cast(str, addr.path)
     try:
-        st = os.lstat(addr.path)
+        st = os.lstat(path)
     except FileNotFoundError:
         return  # gone in the meantime; the retried bind will tell
     if not stat.S_ISSOCK(st.st_mode):
@@ -214,9 +233,9 @@ def _remove_if_stale(addr):
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
-        probe.connect(addr.path)
+        probe.connect(path)
     except ConnectionRefusedError:
-        os.unlink(addr.path)  # nobody listens: a stale file from a killed process
+        os.unlink(path)  # nobody listens: a stale file from a killed process
         return
     except OSError as e:
         # Anything but "refused" (a full backlog, a timeout) may mean a live owner.
@@ -227,12 +246,14 @@ def _remove_if_stale(addr):
                        f"address in use: {addr} (another process is listening on it)")
 
 
-async def open_connection(loop, addr, protocol_factory, **kwargs):
+async def open_connection(loop: asyncio.AbstractEventLoop, addr: str | Address,
+                          protocol_factory: Callable[[], asyncio.BaseProtocol],
+                          **kwargs: Any) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
     """Dial `addr` (Address or URL); returns (transport, protocol)."""
     addr = parse_address(addr)
     if addr.scheme == "tcp":
         transport, protocol = await loop.create_connection(
-            protocol_factory, addr.host, addr.port, **kwargs)
+            protocol_factory, cast(str, addr.host), cast(int, addr.port), **kwargs)
         set_nodelay(transport)
         return transport, protocol
     return await loop.create_unix_connection(protocol_factory, addr.path, **kwargs)

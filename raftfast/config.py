@@ -1,25 +1,29 @@
 """Every knob of a node in one place, shared by `python -m raftfast.node`,
 `python -m raftfast.cluster` and the benchmarks.
 
-The flag table is part of contract.md; a flag's default lives only in the
+docs/reference.md documents every flag; a flag's default lives only in the
 Config dataclass below (the parser's defaults are None so that the cluster
 launcher can tell which flags were given and pass exactly those on).
 """
+from __future__ import annotations
+
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
-from raftfast.address import AddressError, parse_address
+from raftfast.address import Address, AddressError, parse_address
 
 __all__ = ["Config", "ConfigError", "ArgumentParser", "add_node_arguments",
            "parse_node_config", "tunable_argv", "NODE_ID_MAX"]
 
-NODE_ID_MAX = 2**63 - 1
-CLUSTER_ID_MAX_BYTES = 255  # it travels in every handshake with a one-byte length
-LOG_LEVELS = ("debug", "info", "warning", "error")
+NODE_ID_MAX: int = 2**63 - 1
+CLUSTER_ID_MAX_BYTES: int = 255  # it travels in every handshake with a one-byte length
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 # Room for a frame's own header fields next to a full proposal batch.
-FRAME_OVERHEAD = 4096
+FRAME_OVERHEAD: int = 4096
 
 
 class ConfigError(ValueError):
@@ -55,11 +59,11 @@ class Config:
     log_level: str = "info"
     max_frame_bytes: int = 64 << 20
 
-    def client_advertised(self):
+    def client_advertised(self) -> str:
         """The client URL other nodes name in MOVED/NOTLEADER."""
         return self.advertise_client or self.client
 
-    def validate(self):
+    def validate(self) -> Config:
         """Raise ConfigError (one line) for the first bad setting; return self."""
         _check_node_id("--id", self.node_id)
         if not self.data_dir:
@@ -74,7 +78,7 @@ class Config:
         elif client.is_wildcard:
             raise ConfigError(f"--client {client} listens on a wildcard host; "
                               "give --advertise-client with an address clients can reach")
-        seen_urls = {}
+        seen_urls: dict[Address, int] = {}
         for pid, url in self.peers.items():
             _check_node_id(f"--peer {pid}", pid)
             if pid == self.node_id:
@@ -110,18 +114,18 @@ class Config:
         return self
 
     @classmethod
-    def from_args(cls, ns):
+    def from_args(cls, ns: argparse.Namespace) -> Config:
         """Build a Config from a namespace made by add_node_arguments().
 
         Flags left out take the dataclass defaults.  Raises ConfigError for
         duplicate --peer ids (the dict would silently keep only one).
         """
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             v = getattr(ns, f.name, None)
             if v is not None:
                 kwargs[f.name] = v
-        peers = {}
+        peers: dict[int, str] = {}
         for pid, url in getattr(ns, "peer", None) or ():
             if pid in peers:
                 raise ConfigError(f"--peer {pid}: given twice ({peers[pid]} and {url})")
@@ -132,12 +136,12 @@ class Config:
         return cls(**kwargs)
 
 
-def _check_node_id(flag, v):
+def _check_node_id(flag: str, v: object) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= NODE_ID_MAX:
         raise ConfigError(f"{flag}: node ids are integers from 1 to {NODE_ID_MAX}, got {v!r}")
 
 
-def _check_cluster_id(v):
+def _check_cluster_id(v: object) -> None:
     if not isinstance(v, str) or not v:
         raise ConfigError("--cluster-id: must not be empty")
     if len(v.encode("utf-8")) > CLUSTER_ID_MAX_BYTES:
@@ -147,19 +151,19 @@ def _check_cluster_id(v):
                           "no leading or trailing spaces")
 
 
-def _addr(flag, url):
+def _addr(flag: str, url: str) -> Address:
     try:
         return parse_address(url)
     except AddressError as e:
         raise ConfigError(f"{flag}: {e}") from None
 
 
-def _choice(flag, v, choices):
+def _choice(flag: str, v: object, choices: Sequence[str]) -> None:
     if v not in choices:
         raise ConfigError(f"{flag}: {v!r} is not one of {', '.join(choices)}")
 
 
-def _at_least(flag, v, lo):
+def _at_least(flag: str, v: object, lo: int) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ConfigError(f"{flag}: must be an integer >= {lo}, got {v!r}")
 
@@ -169,11 +173,11 @@ def _at_least(flag, v, lo):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line on stderr and exit code 2."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _type_node_id(s):
+def _type_node_id(s: str) -> int:
     try:
         v = int(s)
     except ValueError:
@@ -183,7 +187,7 @@ def _type_node_id(s):
     return v
 
 
-def _type_url(s):
+def _type_url(s: str) -> str:
     try:
         parse_address(s)
     except AddressError as e:
@@ -191,15 +195,15 @@ def _type_url(s):
     return s
 
 
-def _type_peer(s):
+def _type_peer(s: str) -> tuple[int, str]:
     pid, sep, url = s.partition("=")
     if not sep or not pid or not url:
         raise argparse.ArgumentTypeError(f"{s!r} is not ID=URL")
     return _type_node_id(pid.strip()), _type_url(url.strip())
 
 
-def _int_at_least(lo):
-    def conv(s):
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    def conv(s: str) -> int:
         try:
             v = int(s)
         except ValueError:
@@ -211,12 +215,12 @@ def _int_at_least(lo):
     return conv
 
 
-def _default(name):
+def _default(name: str) -> Any:
     return next(f.default for f in dataclasses.fields(Config) if f.name == name)
 
 
 # (flag, Config field, argparse kwargs) of the knobs the cluster passes through.
-_TUNABLES = [
+_TUNABLES: list[tuple[str, str, dict[str, Any]]] = [
     ("--cluster-id", "cluster_id", dict(metavar="NAME",
      help="cluster identity, checked in every handshake and stored in the data dir")),
     ("--fsync", "fsync", dict(choices=("always", "never"),
@@ -248,7 +252,8 @@ _TUNABLES = [
 ]
 
 
-def add_node_arguments(parser, cluster=False):
+def add_node_arguments(parser: argparse.ArgumentParser,
+                       cluster: bool = False) -> argparse.ArgumentParser:
     """Add the node flags to `parser`.
 
     With cluster=True only the tunables are added: the launcher chooses each
@@ -277,9 +282,9 @@ def add_node_arguments(parser, cluster=False):
     return parser
 
 
-def tunable_argv(ns):
+def tunable_argv(ns: argparse.Namespace) -> list[str]:
     """The tunable flags that were given in `ns`, as argv for a node process."""
-    argv = []
+    argv: list[str] = []
     for flag, name, _ in _TUNABLES:
         v = getattr(ns, name, None)
         if v is not None:
@@ -287,7 +292,8 @@ def tunable_argv(ns):
     return argv
 
 
-def parse_node_config(argv=None, prog="python -m raftfast.node"):
+def parse_node_config(argv: Sequence[str] | None = None,
+                      prog: str = "python -m raftfast.node") -> Config:
     """Parse and validate a node command line; bad usage exits 2 with one line."""
     parser = add_node_arguments(ArgumentParser(
         prog=prog, description="Run one raftfast node."))

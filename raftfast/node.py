@@ -1,7 +1,7 @@
 """One raftfast node: `python -m raftfast.node --id 1 --data-dir d --listen URL --client URL --peer 2=URL ...`
 
 Wires storage, the Raft driver, the peer transport and the RESP server
-onto one uvloop event loop.  Exit codes (contract.md): 0 after
+onto one uvloop event loop.  Exit codes (docs/reference.md): 0 after
 SIGTERM/SIGINT, 1 when the node refuses to start or stops on an error,
 2 for bad usage.
 

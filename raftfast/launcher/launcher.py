@@ -138,7 +138,7 @@ class Layout:
     """Which nodes a cluster has and where each listens: the founding nodes
     1..founders, the nodes added since, and the ids removed.  Ids are never
     reused: an added node gets one more than any id the cluster ever had
-    (a node that lost its state must come back under a new id: contract.md)."""
+    (a node that lost its state must come back under a new id: it may have voted)."""
 
     def __init__(self, founders, transport, base_port, added=(), removed=()):
         self.founders = founders

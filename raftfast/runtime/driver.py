@@ -546,7 +546,7 @@ class RaftDriver:
     def _refresh_peer_addresses(self):
         """The configuration or the leader changed: dial every member at the
         address the configuration names for it, unless --peer names one
-        (--peer always wins, contract.md), and forget the addresses of ids
+        (--peer always wins), and forget the addresses of ids
         that are neither members, --peer'd, nor the leader.  The leader is
         kept even outside the configuration: a leader removing itself leads
         until that change commits, and its followers must still answer it."""

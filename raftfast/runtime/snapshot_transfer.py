@@ -5,7 +5,7 @@ one, and what to do with the file once it is here.
 The core asks for a snapshot with MSG_SNAPSHOT; the runtime streams the
 file as MSG_SNAPSHOT_CHUNK messages (protocol v2, docs/protocol.md) and the
 follower answers each with MSG_SNAPSHOT_ACK naming the next byte offset it
-wants.  So nothing is matched by order (style.md 9): a lost, repeated or
+wants.  So nothing is matched by order: a lost, repeated or
 reordered chunk is answered with the offset the follower still wants, and
 the leader goes back to it.
 

@@ -1,6 +1,6 @@
 """The launcher's own behaviour.  Runs that need real nodes belong to the
 multi-process tests; here a stand-in node (cluster_fake_node.py) plays the
-node's side of the contract: the ready line, INFO raft, SET."""
+node's side: the ready line, INFO raft, SET."""
 from tests.support import REPO
 import asyncio
 import json

@@ -1,9 +1,9 @@
 """Hypothesis-driven input on a live 3-node cluster's peer and client ports.
 
-The contract: a peer connection "sending anything that is not a
-well-formed frame is closed and logged, and the node keeps serving";
-messages from ids outside the configuration are dropped; "no client input
-crashes a node".  So after every example, whatever it sent, every node
+What a node promises: a peer connection sending anything that is not a
+well-formed frame is closed and logged, and the node keeps serving;
+messages from ids outside the configuration are dropped; no client input
+crashes a node.  So after every example, whatever it sent, every node
 process must still be alive, the cluster must elect a leader that takes a
 SET and returns it, and the data written before the first example must
 be intact.
@@ -13,7 +13,7 @@ otherwise pay for three processes).  Inputs go to the leader's port or a
 follower's, chosen per example.
 
 What peers are trusted with.  The peer protocol has no authentication yet
-(TLS is issue 5), so a connection that says it is member 2 is member 2.
+(no TLS, no shared secret), so a connection that says it is member 2 is member 2.
 A far-future term from a member is legitimate Raft: every node that hears
 it steps down to that term, and the cluster must elect a leader again --
 that is tested.  What is not tested, because nothing can tell it from the

@@ -1,7 +1,7 @@
 """The clients of a chaos run: redis-py threads that record every operation
 whose outcome matters to the linearizability checker.
 
-Each operation ends in one of three ways (contract: Errors):
+Each operation ends in one of three ways (docs/reference.md, errors):
   - done: a reply; recorded with its return time and result;
   - not done: `-MOVED`, `-CLUSTERDOWN`, `-TRYAGAIN`, or no connection could
     be opened; the command had no effect, so it is dropped from the history

@@ -1,6 +1,6 @@
 """A stand-in for `python -m raftfast.node` in the launcher's tests: it takes
 the node's command line, prints the ready line, and answers INFO raft, SET
-and RAFT.NODE over RESP the way the contract says, with node 1 as the
+and RAFT.NODE over RESP the way a real node does, with node 1 as the
 leader.  The leader's voters start as itself and its --peer ids (less the
 ones that were started with --join); RAFT.NODE ADD makes a node a voter at
 once, REMOVE drops it.  Each node writes its command line to argv.json in

@@ -1,7 +1,7 @@
 """A fault-injecting proxy for the directed peer links of a test cluster.
 
 raftfast nodes send everything they originate on the connection they dialed
-(contract: Peers), and `--peer ID=URL` says where a node dials.  So if node
+(docs/protocol.md), and `--peer ID=URL` says where a node dials.  So if node
 i is started with `--peer j=<proxy listen address for link i->j>`, every
 byte i sends to j crosses this proxy, and each direction of a node pair is
 its own link that can fail on its own, as real networks do.
