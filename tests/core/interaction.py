@@ -335,6 +335,7 @@ class Env:
     def cmd_propose(self, args):
         node = self.node(args.pos[0])
         times = args.take_int("times", 1)
+        spans = []
         for k in range(times):
             data = []
             for word in args.pos[1:]:
@@ -345,7 +346,12 @@ class Env:
                 data.append(word.encode())
             span = self.attempt(node, node.raft.propose, make_block(data))
             if span is not None:
-                self.emit(f"{node.id}: proposed [{span[0]},{span[1]}]")
+                spans.append(span)
+        if len(spans) == 1:
+            self.emit(f"{node.id}: proposed [{spans[0][0]},{spans[0][1]}]")
+        elif spans:
+            self.emit(f"{node.id}: proposed [{spans[0][0]},{spans[-1][1]}] "
+                      f"in {len(spans)} proposals")
 
     def cmd_read_index(self, args):
         node = self.node(args.pos[0])

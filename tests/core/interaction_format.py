@@ -9,6 +9,8 @@ from tests.support.entrylog import decode_entries
 
 # Longer entry lists show their first and last entries only.
 _SHOWN_ENTRIES = 4
+# Longer data shows its beginning and its size.
+_SHOWN_BYTES = 12
 
 
 def ids(values):
@@ -25,6 +27,8 @@ def entry_data(etype, data):
         except ConfigFormatError:
             return "conf(undecodable)"
         return f"conf(v={','.join(map(str, sorted(voters)))};l={','.join(map(str, sorted(learners)))})"
+    if len(data) > _SHOWN_BYTES:
+        return f"{entry_data(etype, data[:_SHOWN_BYTES - 4])}..({len(data)}B)"
     if data and all(33 <= b < 127 and b != 44 for b in data):  # printable, no comma
         return data.decode("ascii")
     return "0x" + data.hex() if data else '""'
