@@ -124,6 +124,8 @@ class Env:
         return self.out or ["ok"]
 
     def emit(self, line, m=None):
+        """A line of output; while quiet, only a delivered or lost message
+        (m) of a shown type."""
         if self.quiet and (m is None or m.type not in self.shown):
             return
         self.out.append(self.indent() + line)
@@ -194,10 +196,10 @@ class Env:
                     self.emit(f"write {fmt.entries(first, block)}")
                 records = node.storage.write(rd)
                 for m in rd.messages:
-                    self.emit(f"send {fmt.message(m)}", m)
+                    self.emit(f"send {fmt.message(m)}")
                     self.send(m)
                 for m in rd.persist_messages:
-                    self.emit(f"on-sync {fmt.message(m)}", m)
+                    self.emit(f"on-sync {fmt.message(m)}")
                 if rd.persist_messages:
                     node.pending.append((records, rd.persist_messages))
                 if rd.committed is not None:
@@ -217,11 +219,11 @@ class Env:
             for msgs in now:
                 for m in msgs:
                     if m.to == node.id:
-                        self.emit(f"step {fmt.message(m)}", m)
+                        self.emit(f"step {fmt.message(m)}")
                         node.raft.step(m)
                         self.note(node)
                     else:
-                        self.emit(f"send {fmt.message(m)}", m)
+                        self.emit(f"send {fmt.message(m)}")
                         self.send(m)
 
     def deliver(self, m):

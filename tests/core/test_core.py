@@ -82,3 +82,10 @@ def test_compaction_refuses_entries_not_yet_applied():
         r.snapshot_taken(r.log.last_index, r.term)
     with pytest.raises(LogPanic, match="newest snapshot"):
         r.compact(r.log.last_index)
+
+
+def test_lease_reads_need_check_quorum():
+    """The lease is the time in which followers refuse other candidates,
+    which only CheckQuorum makes them do (lease_read.txt shows the lease)."""
+    with pytest.raises(ValueError, match="check_quorum"):
+        CoreConfig(1, (1, 2, 3), read_mode="lease", check_quorum=False)
