@@ -1,18 +1,14 @@
 """The interaction driver: runs the commands of a script (see datadriven.py)
 against real sans-IO cores and prints what they do.
 
-Each node is a `Raft` over an entry log with a simulated disk
-(tests/support/simnet.py's SimStorage: records are written, then made
-durable by a sync, and a crash keeps only what was durable).  The network
-is a queue of messages in the order they were sent; nothing moves unless a
-command says so, and nothing is random but the cores' own seeded
+The nodes and the network are interaction_cluster.py's: nothing moves
+unless a command says so, and nothing is random but the cores' own seeded
 generators, so every run prints the same lines.
 
-The runtime's duties are split into commands so a script can stop between
-them: `process-ready` (take each Ready: write, send, hold what waits for
-the sync, apply, advance), `sync` (make the writes durable and release
-what waited), `deliver-msgs`.  `stabilize` repeats all three until nothing
-moves.  Every change of a node's role or term is printed where it happens.
+The runtime's duties are commands of their own so a script can stop
+between them: `process-ready`, `sync`, `deliver-msgs`; `stabilize` repeats
+all three until nothing moves.  Every change of a node's role or term is
+printed where it happens.
 
 Commands (node ids are numbers; [..] is optional):
   add-nodes N [voters=(..)] [learners=(..)] [election=10] [heartbeat=1]
@@ -53,15 +49,13 @@ Commands (node ids are numbers; [..] is optional):
   crash ID                lose what was not durable, restart from the disk
   status [ID..] / log ID / raft-state
 """
-import contextlib
-
-from raftfast.core import (ConfChangeBusy, ConfChangeInvalid, CoreConfig, LogPanic, NotLeader,
-                           ProposalDropped, Raft, TransferInProgress)
-from raftfast.core.messages import (ENTRY_NORMAL, MSG_NAMES, MSG_SNAPSHOT, HardState, Message,
-                                    decode_config)
+from raftfast.core import (ConfChangeBusy, ConfChangeInvalid, LogPanic, NotLeader,
+                           ProposalDropped, TransferInProgress)
+from raftfast.core.messages import ENTRY_NORMAL, MSG_NAMES, VOTE_TRANSFER, HardState, Message
 from tests.core import interaction_format as fmt
 from tests.core.datadriven import Args, ScriptError
-from tests.support.entrylog import EntryLog, encode_entries
+from tests.core.interaction_cluster import Cluster, Node, Printer
+from tests.support.entrylog import encode_entries
 from tests.support.simnet import SimStorage, make_block
 
 MSG_TYPES = {name: t for t, name in MSG_NAMES.items()}
@@ -73,44 +67,13 @@ _KNOBS = (("election", "election_ticks"), ("heartbeat", "heartbeat_ticks"),
           ("max-msg-bytes", "max_msg_bytes"), ("max-uncommitted", "max_uncommitted_entries"))
 
 
-class Node:
-    """One core as the runtime drives it, over a simulated disk."""
-
-    def __init__(self, node_id, voters, learners, knobs, storage):
-        self.id = node_id
-        self.voters, self.learners = voters, learners  # the configuration it boots with
-        self.knobs = knobs
-        self.storage = storage
-        self.start()
-
-    def start(self):
-        hs, log, snap = self.storage.recover(EntryLog)
-        voters, learners, urls = self.voters, self.learners, {}
-        snap_index = snap_term = 0
-        if snap is not None:
-            snap_index, snap_term, meta = snap
-            voters, learners, urls = decode_config(meta)
-        cfg = CoreConfig(self.id, voters, learners, urls=urls, **self.knobs)
-        self.raft = Raft(cfg, log, hs, snap_index, snap_term)
-        self.pending = []  # (records that must be durable, messages they hold back)
-        self.seen = (self.raft.role, self.raft.term)
-
-    def needs_sync(self):
-        return bool(self.pending) or self.storage.durable < len(self.storage.records)
-
-
 class Env:
-    def __init__(self):
-        self.nodes = {}
-        self.queue = []   # messages sent and not yet delivered, in order
-        self.cut = set()  # (from, to) links that lose everything
-        self.out = []
-        self.depth = 0
-        self.quiet = False
-        self.shown = frozenset()  # message types printed while quiet
-        self.prefix = ""
+    """Runs script commands (`cmd_<name>`) against a Cluster."""
 
-    # ------------------------------------------------------------ output
+    def __init__(self):
+        self.out = Printer()
+        self.cluster = Cluster(self.out)
+        self.nodes = self.cluster.nodes
 
     def run(self, text):
         """Run one command line; returns its output lines."""
@@ -118,46 +81,20 @@ class Env:
         handler = getattr(self, "cmd_" + args.name.replace("-", "_"), None)
         if handler is None:
             raise ScriptError(f"unknown command {args.name!r}")
-        self.out = []
+        self.out.lines = []
         handler(args)
         args.done()
-        return self.out or ["ok"]
+        return self.out.lines or ["ok"]
 
-    def emit(self, line, m=None):
-        """A line of output; while quiet, only a delivered or lost message
-        (m) of a shown type."""
-        if self.quiet and (m is None or m.type not in self.shown):
-            return
-        self.out.append(self.indent() + line)
+    def emit(self, line):
+        self.out.emit(line)
 
-    def indent(self):
-        # Quiet output is a flat list of what changed.
-        return self.prefix if self.quiet else self.prefix + "  " * self.depth
-
-    def header(self, line):
-        self.emit(line)
-        return self.nested()
-
-    @contextlib.contextmanager
-    def nested(self):
-        self.depth += 1
+    def node(self, args, i=0):
+        """The node whose id is the i-th positional argument."""
         try:
-            yield
-        finally:
-            self.depth -= 1
-
-    def note(self, node):
-        """Print a change of role or term, where it happens."""
-        now = (node.raft.role, node.raft.term)
-        if now != node.seen:
-            node.seen = now
-            self.out.append(f"{self.indent()}{node.id} is {now[0]} at term {now[1]}")
-
-    def node(self, node_id):
-        try:
-            return self.nodes[int(node_id)]
-        except KeyError:
-            raise ScriptError(f"no node {node_id}") from None
+            return self.nodes[args.pos_int(i, "node id")]
+        except (KeyError, ValueError):
+            raise ScriptError(f"{args.name}: no node {args.pos[i]}") from None
 
     def ids_or_all(self, args):
         return [int(i) for i in args.pos] if args.pos else sorted(self.nodes)
@@ -169,116 +106,13 @@ class Env:
         except CORE_ERRORS as e:
             self.emit(f"error: {type(e).__name__}: {e}")
             result = None
-        self.note(node)
+        self.cluster.note(node)
         return result
 
-    # -------------------------------------------------- runtime duties
-
-    def send(self, m):
-        self.queue.append(m)
-
-    def process(self, node):
-        raft = node.raft
-        for _ in range(1000):
-            if not raft.has_ready():
-                return True
-            rd = raft.ready()
-            with self.header(f"> {node.id} ready"):
-                self.note(node)
-                if rd.snapshot is not None:
-                    index, term = rd.snapshot
-                    node.storage.install(index, term, raft.config_at(index))
-                    self.emit(f"install snapshot {index}@{term}")
-                if rd.hard_state is not None:
-                    hs = rd.hard_state
-                    self.emit(f"hard-state term={hs.term} vote={hs.vote} commit={hs.commit}")
-                for first, block, _ in rd.entries:
-                    self.emit(f"write {fmt.entries(first, block)}")
-                records = node.storage.write(rd)
-                for m in rd.messages:
-                    self.emit(f"send {fmt.message(m)}")
-                    self.send(m)
-                for m in rd.persist_messages:
-                    self.emit(f"on-sync {fmt.message(m)}")
-                if rd.persist_messages:
-                    node.pending.append((records, rd.persist_messages))
-                if rd.committed is not None:
-                    first, block, _ = rd.committed
-                    self.emit(f"apply {fmt.entries(first, block)}")
-                raft.advance(rd)
-                for ctx, index in rd.read_states:
-                    self.out.append(f"{self.indent()}read-state {ctx} index={index}")
-        raise ScriptError(f"node {node.id} keeps having a Ready")
-
-    def sync(self, node):
-        storage = node.storage
-        with self.header(f"> {node.id} sync"):
-            storage.sync()
-            now = [msgs for n, msgs in node.pending if n <= storage.durable]
-            node.pending = [p for p in node.pending if p[0] > storage.durable]
-            for msgs in now:
-                for m in msgs:
-                    if m.to == node.id:
-                        self.emit(f"step {fmt.message(m)}")
-                        node.raft.step(m)
-                        self.note(node)
-                    else:
-                        self.emit(f"send {fmt.message(m)}")
-                        self.send(m)
-
-    def deliver(self, m):
-        if (m.frm, m.to) in self.cut or m.to not in self.nodes:
-            self.emit(f"lost {fmt.message(m)}", m)
-            self.lost(m)
-            return
-        if m.type == MSG_SNAPSHOT:
-            # The runtime streams the snapshot file; here the stream is one
-            # message carrying the snapshot's configuration.
-            sender = self.nodes[m.frm].storage.snaps
-            m.entries = [meta for index, _, meta in sender if index == m.index].pop()
-        self.emit(fmt.message(m), m)
-        node = self.nodes[m.to]
-        node.raft.step(m)
-        self.note(node)
-        if m.type == MSG_SNAPSHOT:
-            self.nodes[m.frm].raft.report_snapshot(m.to, True)
-
-    def lost(self, m):
-        """The sender's transport notices what a dead link lost."""
-        sender = self.nodes.get(m.frm)
-        if sender is not None:
-            sender.raft.report_unreachable(m.to)
-            if m.type == MSG_SNAPSHOT:
-                sender.raft.report_snapshot(m.to, False)
-
-    def take(self, match):
-        taken = [m for m in self.queue if match(m)]
-        self.queue = [m for m in self.queue if not match(m)]
-        return taken
-
-    def stabilize(self, ids):
-        for _ in range(1000):
-            moved = False
-            for i in ids:
-                if self.nodes[i].raft.has_ready():
-                    self.process(self.nodes[i])
-                    moved = True
-            for i in ids:
-                if self.nodes[i].needs_sync():
-                    self.sync(self.nodes[i])
-                    moved = True
-            for i in ids:
-                msgs = self.take(lambda m: m.to == i)
-                if msgs:
-                    moved = True
-                    with self.header(f"> {i} receive"):
-                        for m in msgs:
-                            self.deliver(m)
-            if not moved:
-                return
-        raise ScriptError("stabilize: the nodes keep talking")
-
-    # --------------------------------------------------------- commands
+    def word(self, args, i, choices):
+        if i >= len(args.pos) or args.pos[i] not in choices:
+            raise ScriptError(f"{args.name}: expected one of {', '.join(choices)}")
+        return args.pos[i]
 
     def cmd_add_nodes(self, args):
         count = args.pos_int(0, "how many nodes")
@@ -307,35 +141,30 @@ class Env:
             self.emit(fmt.node_line(self.nodes[node_id].raft))
 
     def cmd_campaign(self, args):
-        node = self.node(args.pos[0])
+        node = self.node(args)
         raft = node.raft
         self.attempt(node, raft.pre_campaign if raft.cfg.pre_vote else raft.campaign)
 
     def cmd_tick(self, args):
-        node = self.node(args.pos[0])
+        node = self.node(args)
         for _ in range(args.pos_int(1, "ticks") if len(args.pos) > 1 else 1):
             node.raft.tick()
-            self.note(node)
+            self.cluster.note(node)
 
     def cmd_run(self, args):
         ticks = args.take_int("ticks", 1)
         show = args.take("show", [])
         show = [show] if isinstance(show, str) else show
-        self.shown = frozenset(MSG_TYPES.values()) if show == ["all"] else \
-            frozenset(MSG_TYPES[s] for s in show)
-        self.quiet = True
-        try:
-            for t in range(1, ticks + 1):
-                self.prefix = f"tick {t}: "
+        shown = MSG_TYPES.values() if show == ["all"] else [MSG_TYPES[s] for s in show]
+        for t in range(1, ticks + 1):
+            with self.out.quietly(shown, prefix=f"tick {t}: "):
                 for node in self.nodes.values():
                     node.raft.tick()
-                    self.note(node)
-                self.stabilize(sorted(self.nodes))
-        finally:
-            self.quiet, self.prefix, self.shown = False, "", frozenset()
+                    self.cluster.note(node)
+                self.cluster.stabilize(sorted(self.nodes))
 
     def cmd_propose(self, args):
-        node = self.node(args.pos[0])
+        node = self.node(args)
         times = args.take_int("times", 1)
         spans = []
         for k in range(times):
@@ -356,15 +185,17 @@ class Env:
                       f"in {len(spans)} proposals")
 
     def cmd_read_index(self, args):
-        node = self.node(args.pos[0])
+        node = self.node(args)
+        if len(args.pos) < 2:
+            raise ScriptError("read-index: missing the read's context")
         self.attempt(node, node.raft.read_index, args.pos[1])
 
     def cmd_transfer(self, args):
-        node = self.node(args.pos[0])
+        node = self.node(args)
         self.attempt(node, node.raft.transfer_leadership, args.pos_int(1, "target"))
 
     def _conf_change(self, args, op):
-        node = self.node(args.pos[0])
+        node = self.node(args)
         url = args.pos[2] if len(args.pos) > 2 else ""
         index = self.attempt(node, node.raft.propose_conf_change, op,
                              args.pos_int(1, "node"), url)
@@ -381,7 +212,7 @@ class Env:
         self._conf_change(args, "remove")
 
     def cmd_snapshot(self, args):
-        node = self.node(args.pos[0])
+        node = self.node(args)
         raft = node.raft
         index = raft.log.applied
         if index > raft.snapshot_index:
@@ -392,25 +223,30 @@ class Env:
         self.cmd_compact(args)
 
     def cmd_compact(self, args):
-        node = self.node(args.pos[0])
+        node = self.node(args)
         raft = node.raft
         self.attempt(node, raft.compact, raft.compactable(args.take_int("trailing", 0)))
         self.emit(f"{node.id}: log from {raft.log.snap_index + 1}")
 
     def cmd_report_snapshot(self, args):
-        node = self.node(args.pos[0])
-        node.raft.report_snapshot(args.pos_int(1, "peer"), args.pos[2] == "ok")
+        node = self.node(args)
+        ok = self.word(args, 2, ("ok", "fail")) == "ok"
+        node.raft.report_snapshot(args.pos_int(1, "peer"), ok)
 
     def cmd_report_unreachable(self, args):
-        self.node(args.pos[0]).raft.report_unreachable(args.pos_int(1, "peer"))
+        self.node(args).raft.report_unreachable(args.pos_int(1, "peer"))
 
     def cmd_flow(self, args):
-        node = self.node(args.pos[0])
-        node.raft.set_flow_paused(args.pos_int(1, "peer"), args.pos[2] == "paused")
+        node = self.node(args)
+        paused = self.word(args, 2, ("paused", "resumed")) == "paused"
+        node.raft.set_flow_paused(args.pos_int(1, "peer"), paused)
 
     def cmd_step(self, args):
-        node = self.node(args.pos[0])
-        m = Message(MSG_TYPES[args.take("type")], to=node.id, frm=args.take_int("from", 0),
+        node = self.node(args)
+        kind = args.take("type")
+        if kind not in MSG_TYPES:
+            raise ScriptError(f"step: type= one of {', '.join(sorted(MSG_TYPES))}")
+        m = Message(MSG_TYPES[kind], to=node.id, frm=args.take_int("from", 0),
                     term=args.take_int("term", 0), commit=args.take_int("commit", 0),
                     context=args.take_int("round", 0), reject="reject" in args.pos,
                     index=args.take_int("index", 0), log_term=args.take_int("log-term", 0))
@@ -420,23 +256,23 @@ class Env:
         if args.has("hint"):
             m.hint, m.log_term = map(int, args.take("hint").split("@"))
         if "transfer" in args.pos:
-            m.context = 1
+            m.context = VOTE_TRANSFER
         ents = args.take("ents")
         if ents is not None:
             ents = [e.split("/", 1) for e in ([ents] if isinstance(ents, str) else ents)]
             m.entries = encode_entries([(int(t), ENTRY_NORMAL, d.encode()) for t, d in ents])
             m.count = len(ents)
         self.emit(fmt.message(m))
-        with self.nested():
+        with self.out.nested():
             self.attempt(node, node.raft.step, m)
 
     def cmd_process_ready(self, args):
         for i in self.ids_or_all(args):
-            self.process(self.nodes[i])
+            self.cluster.process(self.nodes[i])
 
     def cmd_sync(self, args):
         for i in self.ids_or_all(args):
-            self.sync(self.nodes[i])
+            self.cluster.sync(self.nodes[i])
 
     def _matcher(self, args):
         frm, to, kind = args.take_int("from"), args.take_int("to"), args.take("type")
@@ -446,51 +282,41 @@ class Env:
 
     def cmd_deliver_msgs(self, args):
         drop = set(args.take_ids("drop", []))
-        for m in self.take(self._matcher(args)):
+        for m in self.cluster.take(self._matcher(args)):
             if m.to in drop:
                 self.emit(f"dropped {fmt.message(m)}")
             else:
-                self.deliver(m)
+                self.cluster.deliver(m)
 
     def cmd_drop_msgs(self, args):
-        for m in self.take(self._matcher(args)):
+        for m in self.cluster.take(self._matcher(args)):
             self.emit(f"dropped {fmt.message(m)}")
 
     def cmd_stabilize(self, args):
         quiet = "quiet" in args.pos
         ids = [int(i) for i in args.pos if i != "quiet"] or sorted(self.nodes)
-        self.quiet = quiet
-        try:
-            self.stabilize(ids)
-        finally:
-            self.quiet = False
+        if quiet:
+            with self.out.quietly():
+                self.cluster.stabilize(ids)
+        else:
+            self.cluster.stabilize(ids)
 
     def cmd_partition(self, args):
         inside = {int(i) for i in args.pos}
         for a in inside:
             for b in self.nodes:
                 if b not in inside:
-                    self.cut.update(((a, b), (b, a)))
+                    self.cluster.cut.update(((a, b), (b, a)))
 
     def cmd_cut(self, args):
-        self.cut.add((args.pos_int(0, "from"), args.pos_int(1, "to")))
+        self.cluster.cut.add((args.pos_int(0, "from"), args.pos_int(1, "to")))
 
     def cmd_heal(self, args):
-        self.cut.clear()
+        self.cluster.cut.clear()
 
     def cmd_crash(self, args):
-        node = self.node(args.pos[0])
-        # Its connections break: what was in flight to or from it is gone,
-        # and every peer's transport notices.
-        for m in self.take(lambda m: node.id in (m.to, m.frm)):
-            self.emit(f"lost {fmt.message(m)}")
-            if m.frm != node.id:
-                self.lost(m)
-        for other in self.nodes.values():
-            if other is not node:
-                other.raft.report_unreachable(node.id)
-        node.storage.crash()
-        node.start()
+        node = self.node(args)
+        self.cluster.crash(node)
         self.emit(fmt.node_line(node.raft))
 
     def cmd_status(self, args):
@@ -507,7 +333,7 @@ class Env:
                       f"commit={raft.log.committed}")
 
     def cmd_log(self, args):
-        raft = self.node(args.pos[0]).raft
+        raft = self.node(args).raft
         log = raft.log
         self.emit(fmt.log_header(raft))
         if log.last_index > log.snap_index:

@@ -26,7 +26,8 @@ def entry_data(etype, data):
             voters, learners, _ = decode_config(data)
         except ConfigFormatError:
             return "conf(undecodable)"
-        return f"conf(v={','.join(map(str, sorted(voters)))};l={','.join(map(str, sorted(learners)))})"
+        return (f"conf(v={','.join(map(str, sorted(voters)))};"
+                f"l={','.join(map(str, sorted(learners)))})")
     if len(data) > _SHOWN_BYTES:
         return f"{entry_data(etype, data[:_SHOWN_BYTES - 4])}..({len(data)}B)"
     if data and all(33 <= b < 127 and b != 44 for b in data):  # printable, no comma
