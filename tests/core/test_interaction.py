@@ -13,7 +13,7 @@ import pathlib
 
 import pytest
 
-from tests.core.datadriven import parse_script, render_script
+from tests.core.datadriven import Command, ScriptError, parse_script, render_script
 from tests.core.interaction import Env
 
 TESTDATA = pathlib.Path(__file__).parent / "testdata"
@@ -28,6 +28,20 @@ def rewrite(request):
 
 def test_there_are_scripts():
     assert len(SCRIPTS) >= 15
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_a_rewrite_keeps_what_it_does_not_own(path):
+    """Rendering a script with its own expected output gives the file back
+    (comments and blank lines included), so a rewrite changes outputs only."""
+    text = path.read_text()
+    items = parse_script(text)
+    assert render_script(items, [c.expected for c in items if isinstance(c, Command)]) == text
+
+
+def test_a_command_without_its_separator_is_refused():
+    with pytest.raises(ScriptError, match="line 2"):
+        parse_script("# comment\nstatus 1\nok\n")
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=[p.stem for p in SCRIPTS])
@@ -50,3 +64,8 @@ def test_script(path, rewrite):
             pytest.fail(f"{path.name}:{item.line_no}: {item.text}\n{diff}", pytrace=False)
     if rewrite:
         path.write_text(render_script(items, outputs))
+
+
+def test_a_misspelt_option_is_an_error_not_ignored():
+    with pytest.raises(ScriptError, match="votrs"):
+        Env().run("add-nodes 3 votrs=(1,2,3)")
