@@ -6,6 +6,9 @@ After a deliberate change of behaviour, regenerate the expected output and
 read the diff:
     RAFTFAST_REWRITE=1 python -m pytest tests/core/test_interaction.py
     python -m pytest tests/core/test_interaction.py --rewrite
+(--rewrite exists when pytest is pointed at tests/core or a file in it,
+where its conftest.py is read before the command line.)  The commands a
+script may use are listed in interaction.py.
 """
 import difflib
 import os
