@@ -1,108 +1,22 @@
-"""The hot path's flow control and batching, as behaviour: windows,
-back-pressure, batch limits, encode-once, one ack per batch."""
+"""The hot path's batching seen from the runtime and the server: one
+encoding of an append for every follower, proposals within the batch
+limits.  (Windows, back-pressure and one ack per batch are scripts in
+testdata/.)"""
 import asyncio
 
 import pytest
 
-from tests.support.entrylog import EntryLog, block_count
-from raftfast.core import REPLICATE, CoreConfig, Raft
-from raftfast.core.messages import MSG_APPEND, MSG_APPEND_RESP, Message
+from tests.core.interaction import Env
+from tests.support.entrylog import block_count
 from tests.support.simnet import make_block
 
 
-def leader(max_inflight=4, max_inflight_bytes=0, max_msg_bytes=1 << 20):
-    r = Raft(CoreConfig(1, (1, 2, 3), max_inflight=max_inflight,
-                        max_inflight_bytes=max_inflight_bytes, max_msg_bytes=max_msg_bytes,
-                        seed=1), EntryLog(1))
-    r.campaign()
-    r.votes = {1: True, 2: True}
-    r.become_leader()
-    drain(r)
-    for peer in (2, 3):  # both followers have the noop: pipelining on
-        r.progress[peer].match = r.log.last_index
-        r.progress[peer].become_replicate()
-    return r
-
-
-def drain(r):
-    sent = []
-    while r.has_ready():
-        rd = r.ready()
-        sent += rd.messages + [m for m in rd.persist_messages if m.to != r.id]
-        r.advance(rd)
-    return sent
-
-
-def appends_to(msgs, peer):
-    return [m for m in msgs if m.type == MSG_APPEND and m.to == peer and m.count]
-
-
-def test_the_inflight_window_caps_unacknowledged_appends():
-    r = leader(max_inflight=4)
-    sent = []
-    for i in range(20):
-        r.propose(make_block([b"x%d" % i]))
-        sent += drain(r)
-    assert len(appends_to(sent, 2)) == 4
-    assert r.progress[2].is_paused()
-    # An acknowledgement frees the window and the next append goes out.
-    first = appends_to(sent, 2)[0]
-    r.step(Message(MSG_APPEND_RESP, to=1, frm=2, term=r.term, index=first.index + first.count))
-    assert len(appends_to(drain(r), 2)) >= 1
-
-
-def test_the_inflight_window_is_also_capped_in_bytes():
-    r = leader(max_inflight=100, max_inflight_bytes=300)
-    sent = []
-    for i in range(20):
-        r.propose(make_block([b"y" * 50]))
-        sent += drain(r)
-    apps = appends_to(sent, 2)
-    # Each message is one 63-byte entry; the window closes once 300 bytes are out.
-    assert sum(len(m.entries) for m in apps[:-1]) < 300 <= sum(len(m.entries) for m in apps)
-
-
-def test_one_append_carries_at_most_the_byte_limit():
-    r = leader(max_inflight=100, max_msg_bytes=200)
-    r.progress[2].flow_paused = True
-    r.propose(make_block([b"z" * 40] * 20))
-    drain(r)
-    r.set_flow_paused(2, False)
-    apps = appends_to(drain(r), 2)
-    assert all(len(m.entries) <= 200 for m in apps)
-    # Contiguous messages that reach the end of the log.
-    assert all(a.index + a.count == b.index for a, b in zip(apps, apps[1:]))
-    assert apps[0].index == 1 and apps[-1].index + apps[-1].count == r.log.last_index
-    assert sum(m.count for m in apps) == 20 and len(apps) >= 20 * 53 // 200
-
-
-def test_a_paused_socket_stops_appends_until_it_resumes():
-    r = leader(max_inflight=100)
-    r.set_flow_paused(2, True)
-    for i in range(5):
-        r.propose(make_block([b"p%d" % i]))
-    sent = drain(r)
-    assert appends_to(sent, 2) == [] and len(appends_to(sent, 3)) == 5
-    assert r.progress[2].state == REPLICATE  # paused, not demoted to probe
-    r.set_flow_paused(2, False)
-    resumed = appends_to(drain(r), 2)
-    assert sum(m.count for m in resumed) == 5
-
-
-def test_a_follower_acknowledges_a_batch_of_appends_once():
-    from raftfast.core.messages import HardState
-    f = Raft(CoreConfig(2, (1, 2, 3), seed=2), EntryLog(1), HardState(1, 1, 0))
-    idx = 0
-    for i in range(3):
-        blk = make_block([b"a", b"b"])
-        from tests.support.entrylog import decode_entries, encode_entries
-        blk = encode_entries([(1, 0, d) for _, _, d in decode_entries(blk)])
-        f.step(Message(MSG_APPEND, to=2, frm=1, term=1, index=idx, log_term=1 if idx else 0,
-                       entries=blk, count=2))
-        idx += 2
-    rd = f.ready()
-    acks = [m for m in rd.persist_messages if m.type == MSG_APPEND_RESP and m.to == 1]
-    assert [(m.index, m.reject) for m in acks] == [(6, False)]
+def elected_leader():
+    """Node 1 of three, leading, both followers replicating."""
+    env = Env()
+    for line in ("add-nodes 3", "campaign 1", "stabilize quiet"):
+        env.run(line)
+    return env.nodes[1].raft
 
 
 class FakeTransport:
@@ -127,7 +41,7 @@ def test_the_leader_encodes_one_append_once_for_every_follower(monkeypatch):
         encoded.append(m)
         return real(m)
     monkeypatch.setattr(driver_mod, "encode_message", counting)
-    r = leader(max_inflight=100)
+    r = elected_leader()
     r.propose(make_block([b"e1", b"e2"]))
     rd = r.ready()
     d = driver_mod.RaftDriver.__new__(driver_mod.RaftDriver)

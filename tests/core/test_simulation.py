@@ -104,7 +104,8 @@ def test_chaos_sweep_of_a_hundred_thousand_seeds():
 
 # Committing an older term's entry by counting replicas (Raft's Figure 8),
 # and a read joining a heartbeat round already under way, need schedules
-# too rare for a short sweep; test_core.py pins them down.
+# too rare for a short sweep; the scripts testdata/figure8.txt and
+# testdata/read_index.txt pin them down.
 @pytest.mark.parametrize("mutation", ["vote_ignores_log", "ack_before_fsync",
                                       "read_without_round", "read_before_own_commit"])
 def test_the_checker_catches_a_broken_core(monkeypatch, mutation):
