@@ -1,0 +1,18 @@
+"""What a node reports beyond INFO raft's fields as strings: its counters
+(INFO stats) and its member lists as sets of ids."""
+
+
+def info_stats(node):
+    """INFO stats of a harness node as a dict of strings."""
+    text = node.raw_bulk("INFO", "stats")
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def counter(node, name):
+    """One INFO stats counter of `node`, as an int (0 when not reported)."""
+    return int(info_stats(node).get(name, 0))
+
+
+def member_ids(field):
+    """A `raft_voters` or `raft_learners` value ("1,2,3", or "" for none) as a set."""
+    return {int(x) for x in field.split(",") if x}
