@@ -1,4 +1,4 @@
-"""Chaos runs against real node processes (issue 4, "Chaos, in two places", 2).
+"""Chaos runs against real node processes.
 
 A schedule is one cluster (3 or 5 nodes, fsync always, short timeouts)
 whose every directed peer link goes through a FaultProxy, a few redis-py
