@@ -229,7 +229,7 @@ def run_schedule(cfg, root=None):
         nemesis = Nemesis(cluster, cfg.seed, stop)
         for t in (*clients, nemesis):
             t.start()
-        stop.wait(cfg.seconds)
+        stop.wait(cfg.seconds)  # the schedule's length: clients and faults at work
         stop.set()
         for t in (*clients, nemesis):
             t.join(30)
