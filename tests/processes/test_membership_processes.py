@@ -6,12 +6,11 @@ disturb the cluster."""
 import shutil
 import tempfile
 import threading
-import time
 
 import pytest
 
 from tests.support.chaos import ScheduleResult, check
-from tests.support.chaos_workload import Keyspace, WorkloadClient, final_read
+from tests.support.chaos_workload import Keyspace, WorkloadClient, final_reads
 from tests.support.cluster_waits import leader_command, wait_info
 from tests.support.harness import Cluster
 from tests.support.members import add_node_slot
@@ -109,13 +108,9 @@ def test_add_a_node_and_remove_the_leader_while_clients_write():
 
         # What the clients saw is linearizable, and nothing acknowledged is lost.
         ports = {i: cluster.client_ports[i] for i in remaining}
-        deadline = time.monotonic() + 60
-        ops = [op for c in clients for op in c.ops]
-        finals = {}
-        for key in keyspace.used():
-            final = final_read(ports, key, deadline)
-            finals[key] = final.result
-            ops.append(final)
+        last_reads = final_reads(ports, keyspace.used())
+        finals = {op.key: op.result for op in last_reads}
+        ops = [op for c in clients for op in c.ops] + last_reads
         result = ScheduleResult(config={}, faults={})
         check(result, ops, finals)
         errors = [e for c in clients for e in c.errors]

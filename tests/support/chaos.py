@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
 from tests.support.chaos_nemesis import Nemesis
-from tests.support.chaos_workload import Keyspace, WorkloadClient, final_read, is_append_key
+from tests.support.chaos_workload import Keyspace, WorkloadClient, final_reads, is_append_key
 from tests.support.faultproxy import FaultProxy
 from tests.support.harness import Cluster, free_ports
 from tests.support.linearizability import append_anomalies, check_history
@@ -237,13 +237,9 @@ def run_schedule(cfg, root=None):
                 result.errors.append(f"{t.name} did not stop within 30 s")
         nemesis.heal_everything()
         cluster.wait_leader(timeout=60)
-        deadline = time.monotonic() + 60
-        finals = {}
-        ops = [op for c in clients for op in c.ops]
-        for key in keyspace.used():
-            final = final_read(cluster.client_ports, key, deadline)
-            finals[key] = final.result
-            ops.append(final)
+        last_reads = final_reads(cluster.client_ports, keyspace.used())
+        finals = {op.key: op.result for op in last_reads}
+        ops = [op for c in clients for op in c.ops] + last_reads
         result.ops_recorded = sum(len(c.ops) for c in clients)
         result.ops_unknown = sum(1 for c in clients for op in c.ops if op.ret is None)
         result.ops_ok = result.ops_recorded - result.ops_unknown

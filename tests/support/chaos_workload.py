@@ -223,6 +223,13 @@ class WorkloadClient(threading.Thread):
             return
 
 
+def final_reads(client_ports, keys, timeout=60.0):
+    """The last word on every key: one answered GET each (final_read),
+    all within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    return [final_read(client_ports, key, deadline) for key in keys]
+
+
 def final_read(client_ports, key, deadline):
     """GET `key` until a node answers it, for the history's last word on it.
 
