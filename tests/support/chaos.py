@@ -34,6 +34,7 @@ from tests.support.chaos_workload import Keyspace, WorkloadClient, final_reads, 
 from tests.support.faultproxy import FaultProxy
 from tests.support.harness import Cluster, free_ports
 from tests.support.linearizability import append_anomalies, check_history
+from tests.support.node_info import info_stats
 
 SEPARATOR = ";"
 TEXT_ANOMALIES = 25  # anomalies listed in the printed report; the JSON has them all
@@ -185,10 +186,10 @@ def snapshot_counts(cluster):
     """Snapshots taken, sent and installed, summed over the nodes (INFO stats)."""
     counts = Counter()
     for node in cluster.nodes.values():
-        for line in node.raw_bulk("INFO", "stats").splitlines():
-            name, _, value = line.partition(":")
-            if name in SNAPSHOT_COUNTERS:
-                counts[name.replace("raftfast_", "")] += int(value)
+        stats = info_stats(node)
+        for name in SNAPSHOT_COUNTERS:
+            if name in stats:
+                counts[name.replace("raftfast_", "")] += int(stats[name])
     return dict(counts)
 
 

@@ -9,8 +9,9 @@ def info_stats(node):
 
 
 def counter(node, name):
-    """One INFO stats counter of `node`, as an int (0 when not reported)."""
-    return int(info_stats(node).get(name, 0))
+    """One INFO stats counter of `node`, as an int; a counter the node does
+    not report is a KeyError, never a silent 0."""
+    return int(info_stats(node)[name])
 
 
 def member_ids(field):
