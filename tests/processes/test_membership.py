@@ -2,19 +2,19 @@
 waits outside the configuration, is added (learner, then voter once caught
 up) and removed with RAFT.NODE, and restarts as what its data dir says;
 `python -m raftfast.cluster add/remove` grows and shrinks a running cluster."""
-from tests.support import REPO
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 
 import pytest
 
-from tests.support.harness import Cluster, NodeProc, free_base_port, free_ports
+from tests.support import REPO
+from tests.support.cluster_waits import wait_info
+from tests.support.harness import Cluster, NodeProc, free_base_port
+from tests.support.members import add_node_slot
+from tests.support.wait import until
 
 pytestmark = pytest.mark.multiprocess
 
@@ -22,55 +22,9 @@ pytestmark = pytest.mark.multiprocess
 DEADLINE = 30.0  # liveness bound for waits, not a timing assertion
 
 
-@pytest.fixture
-def root():
-    d = tempfile.mkdtemp(prefix="rfm")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-class Joiner(NodeProc):
-    """A node outside the cluster's founding set, started with --join; it
-    dials the founders by --peer, and they dial it by the address in the
-    configuration (no --peer for it)."""
-
-    def __init__(self, cluster, node_id):
-        super().__init__(cluster, node_id, ["--join"])
-        self.port = free_ports(1)[0]
-
-    @property
-    def client_port(self):
-        return self.port
-
-    @property
-    def listen(self):
-        return f"unix://{self.cluster.root}/node{self.id}.sock"
-
-    def argv(self):
-        c = self.cluster
-        args = [sys.executable, "-m", "raftfast.node", "--id", str(self.id),
-                "--data-dir", os.path.join(c.root, f"node{self.id}"), "--listen", self.listen,
-                "--client", f"tcp://127.0.0.1:{self.port}",
-                "--heartbeat-interval", str(c.heartbeat_ms),
-                "--election-timeout", str(c.election_ms), "--fsync", c.fsync]
-        for j in c.ids:
-            args += ["--peer", f"{j}={c.peer_url(j)}"]
-        return args + self.extra
-
-
-def wait_for(check, what):
-    end = time.monotonic() + DEADLINE
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < end, what
-        time.sleep(0.05)
-
-
 def test_a_joining_node_stays_outside_until_added_and_a_restart_is_the_same(root):
     c = Cluster(root, n=1)
-    joiner = Joiner(c, 7)
+    joiner = add_node_slot(c, 7)
     try:
         joiner.start()
         info = joiner.info()
@@ -88,32 +42,33 @@ def test_a_joining_node_stays_outside_until_added_and_a_restart_is_the_same(root
         joiner.kill()
 
 
-def test_add_a_joining_node_then_remove_it(root):
-    c = Cluster(root, n=1).start()
-    joiner = Joiner(c, 2)
+def test_add_a_joining_node_then_remove_it(make_cluster):
+    c = make_cluster(n=1)
+    joiner = add_node_slot(c, 2)
     try:
         leader = c.nodes[c.wait_leader()]
         assert leader.raw("SET", "before", "1") == b"+OK"
         joiner.start()
-        assert leader.raw("RAFT.NODE", "ADD", "2", joiner.listen) == b"+OK"
+        assert leader.raw("RAFT.NODE", "ADD", "2", c.peer_url(2)) == b"+OK"
         # Promoted once caught up: both nodes say so, and the joiner has
         # the write from before it joined.
-        wait_for(lambda: leader.info()["raft_voters"] == "1,2", "node 2 never became a voter")
-        wait_for(lambda: (joiner.info() or {}).get("raft_voters") == "1,2",
-                 "node 2 never saw itself a voter")
+        wait_info(leader, lambda i: i["raft_voters"] == "1,2", "node 2 to become a voter",
+                  DEADLINE)
+        wait_info(joiner, lambda i: i["raft_voters"] == "1,2", "node 2 to see itself a voter",
+                  DEADLINE)
         assert joiner.info()["raft_role"] == "follower"
         assert leader.raw("SET", "after", "2") == b"+OK"  # a quorum of two: node 2 acked it
         applied = int(leader.info()["raft_last_applied"])
-        wait_for(lambda: int(joiner.info()["raft_last_applied"]) >= applied,
-                 "node 2 did not apply the log")
+        wait_info(joiner, lambda i: int(i["raft_last_applied"]) >= applied,
+                  "node 2 to apply the log", DEADLINE)
 
         # A restart of the added node with --join is just a restart.
         assert joiner.kill(signal.SIGTERM) == 0
         joiner.start()
         info = joiner.info()
         assert info["raft_voters"] == "1,2" and int(info["raft_last_applied"]) >= 0
-        wait_for(lambda: int(joiner.info()["raft_last_applied"]) >= applied,
-                 "node 2 lost its log over a restart")
+        wait_info(joiner, lambda i: int(i["raft_last_applied"]) >= applied,
+                  "node 2 to apply its log again after a restart", DEADLINE)
 
         assert leader.raw("RAFT.NODE", "REMOVE", "2") == b"+OK"
         info = leader.info()
@@ -122,14 +77,13 @@ def test_add_a_joining_node_then_remove_it(root):
         assert leader.raw("SET", "alone", "3") == b"+OK"  # a quorum of one again
         # The removed node may never hear of its removal; it campaigns, and
         # the cluster ignores it: the leader keeps its term and its writes.
-        wait_for(lambda: joiner.info()["raft_role"] in ("precandidate", "candidate"),
-                 "the removed node never campaigned")
+        wait_info(joiner, lambda i: i["raft_role"] in ("precandidate", "candidate"),
+                  "the removed node to campaign", DEADLINE)
         assert leader.raw("SET", "still", "4") == b"+OK"
         info = leader.info()
         assert info["raft_role"] == "leader" and info["raft_current_term"] == term
     finally:
         joiner.kill()
-        c.stop()
 
 
 def test_the_cluster_command_adds_a_node_and_removes_the_leader(tmp_path):
@@ -176,8 +130,8 @@ def test_the_cluster_command_adds_a_node_and_removes_the_leader(tmp_path):
         rest = sorted(int(l.split()[0]) for l in out.splitlines()[1:])
         assert rest == sorted(set((1, 2, 3, 4)) - {leader})
         # The remaining nodes elect a leader among themselves and keep the data.
-        new = wait_for(lambda: next((i for i in rest if (nodes[i].info() or {}).get(
-            "raft_role") == "leader"), None), "no leader after the old one was removed")
+        new = until(lambda: next((i for i in rest if (nodes[i].info() or {}).get(
+            "raft_role") == "leader"), None), "a leader among the remaining nodes", DEADLINE)
         assert nodes[new].info()["raft_voters"] == ",".join(map(str, rest))
         assert nodes[new].raw("GET", "k") == b"$1"
         launcher.send_signal(signal.SIGTERM)

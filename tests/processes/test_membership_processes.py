@@ -6,65 +6,51 @@ disturb the cluster."""
 import shutil
 import tempfile
 import threading
-import time
 
 import pytest
 
 from tests.support.chaos import ScheduleResult, check
-from tests.support.chaos_workload import Keyspace, WorkloadClient, final_read
-from tests.support.harness import Cluster, NodeProc, free_ports
+from tests.support.chaos_workload import Keyspace, WorkloadClient, final_reads
+from tests.support.cluster_waits import leader_command, wait_info
+from tests.support.harness import Cluster
+from tests.support.members import add_node_slot
+from tests.support.node_info import counter, member_ids
+from tests.support.wait import until
 
 pytestmark = pytest.mark.multiprocess
 
-
-def add_node_slot(cluster, node_id, extra=("--join",)):
-    """Room in the harness for one more node (not started): its ports, and
-    --peer flags for everyone the harness knows."""
-    client_port, peer_port = free_ports(2)
-    cluster.ids.append(node_id)
-    cluster.client_ports[node_id] = client_port
-    cluster.peer_ports[node_id] = peer_port
-    node = cluster.nodes[node_id] = NodeProc(cluster, node_id, list(extra))
-    return node
-
-
-def leader_command(cluster, *args, timeout=30, exclude=()):
-    """Send a command to the leader, following redirects and retrying
-    TRYAGAIN/CLUSTERDOWN until it answers something else."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            leader = cluster.wait_leader(timeout=max(1, deadline - time.monotonic()),
-                                         exclude=exclude)
-        except AssertionError:
-            continue
-        last = cluster.nodes[leader].raw(*args)
-        if not last.startswith((b"-MOVED", b"-NOTLEADER", b"-TRYAGAIN", b"-CLUSTERDOWN")):
-            return leader, last
-        time.sleep(0.1)
-    raise AssertionError(f"{args} got no answer but {last!r}")
+HEARTBEAT_MS, ELECTION_MS = 50, 500
+# Answers the clients get in each stretch of the run (before the join,
+# between the join and the removal, after the removal): a history on
+# every side of each change, 210 in all.
+STRETCH_OPS = 70
+# Heartbeat rounds of the new leader that the removed node is watched for.
+# With the clients stopped, the leader's rounds are its periodic heartbeats
+# (INFO stats raftfast_read_rounds counts every round), one per heartbeat
+# interval, so 60 of them span three of the longest election timeouts
+# (drawn from [T, 2T), 2T = 20 heartbeats): a removed node that still
+# campaigned would have done so in that span, and its requests would have
+# reached the others.
+QUIET_ROUNDS = 3 * 2 * ELECTION_MS // HEARTBEAT_MS
 
 
-def wait_info(node, cond, timeout=30):
-    deadline = time.monotonic() + timeout
-    info = None
-    while time.monotonic() < deadline:
-        info = node.info()
-        if info and cond(info):
-            return info
-        time.sleep(0.05)
-    raise AssertionError(f"node {node.id} never got there: {info}")
+def answered(clients):
+    return sum(1 for c in clients for op in list(c.ops) if op.ret is not None)
 
 
-def ids(field):
-    return {int(x) for x in field.split(",") if x}
+def let_clients_work(clients, ops=STRETCH_OPS):
+    """Wait until the clients have had `ops` more operations answered."""
+    target = answered(clients) + ops
+    until(lambda: answered(clients) >= target,
+          lambda: f"{ops} more answers to the clients (have {answered(clients)}, want "
+                  f"{target}; errors: {[e for c in clients for e in c.errors]})", timeout=60)
 
 
 @pytest.mark.timeout(240)
 def test_add_a_node_and_remove_the_leader_while_clients_write():
     root = tempfile.mkdtemp(prefix="rfm")  # short: unix socket paths are limited
-    cluster = Cluster(root, n=3, transport="unix", heartbeat_ms=50, election_ms=500)
+    cluster = Cluster(root, n=3, transport="unix", heartbeat_ms=HEARTBEAT_MS,
+                      election_ms=ELECTION_MS)
     stop = threading.Event()
     clients = []
     clean = False
@@ -77,7 +63,7 @@ def test_add_a_node_and_remove_the_leader_while_clients_write():
                    for c in range(1, 5)]
         for c in clients:
             c.start()
-        time.sleep(1.5)
+        let_clients_work(clients)
 
         # A node joins: a learner first, a voter once it caught up.
         newcomer.start()
@@ -87,8 +73,9 @@ def test_add_a_node_and_remove_the_leader_while_clients_write():
                                   exclude=(4,))
         assert reply == b"+OK", reply
         for node in cluster.nodes.values():
-            wait_info(node, lambda i: ids(i["raft_voters"]) == {1, 2, 3, 4})
-        time.sleep(1.5)
+            wait_info(node, lambda i: member_ids(i["raft_voters"]) == {1, 2, 3, 4},
+                      "voters 1, 2, 3, 4")
+        let_clients_work(clients)
 
         # The leader removes itself; another takes over.
         old = cluster.wait_leader()
@@ -99,16 +86,19 @@ def test_add_a_node_and_remove_the_leader_while_clients_write():
         assert new != old
         remaining = {1, 2, 3, 4} - {old}
         for i in remaining:
-            wait_info(cluster.nodes[i], lambda inf: ids(inf["raft_voters"]) == remaining)
-        time.sleep(1.5)
+            wait_info(cluster.nodes[i], lambda inf: member_ids(inf["raft_voters"]) == remaining,
+                      f"voters {sorted(remaining)}")
+        let_clients_work(clients)
         stop.set()
         for c in clients:
             c.join(30)
 
-        # The removed node still runs; for several election timeouts it
-        # changes nobody's term or leader.
+        # The removed node still runs; for several election timeouts (see
+        # QUIET_ROUNDS) it changes nobody's term or leader.
         settled = {i: cluster.nodes[i].info() for i in remaining}
-        time.sleep(3.0)
+        rounds = counter(cluster.nodes[new], "raftfast_read_rounds")
+        until(lambda: counter(cluster.nodes[new], "raftfast_read_rounds") >= rounds + QUIET_ROUNDS,
+              f"{QUIET_ROUNDS} heartbeat rounds of leader {new}")
         assert cluster.nodes[old].alive()
         for i in remaining:
             info = cluster.nodes[i].info()
@@ -118,20 +108,15 @@ def test_add_a_node_and_remove_the_leader_while_clients_write():
 
         # What the clients saw is linearizable, and nothing acknowledged is lost.
         ports = {i: cluster.client_ports[i] for i in remaining}
-        deadline = time.monotonic() + 60
-        ops = [op for c in clients for op in c.ops]
-        finals = {}
-        for key in keyspace.used():
-            final = final_read(ports, key, deadline)
-            finals[key] = final.result
-            ops.append(final)
+        last_reads = final_reads(ports, keyspace.used())
+        finals = {op.key: op.result for op in last_reads}
+        ops = [op for c in clients for op in c.ops] + last_reads
         result = ScheduleResult(config={}, faults={})
         check(result, ops, finals)
         errors = [e for c in clients for e in c.errors]
         assert not errors, errors
         assert not (result.violations or result.inconclusive or result.lost
                     or result.duplicated or result.unexpected), result
-        assert sum(1 for c in clients for op in c.ops if op.ret is not None) >= 200
         clean = True
     finally:
         stop.set()

@@ -1,22 +1,20 @@
 """`python -m raftfast.node` as an operator sees it: exit codes, refusals,
 and what a client hears when the outcome of a write is unknown."""
-from tests.support import REPO
 import os
 import resource
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import time
 
 import pytest
+import redis
 
-from tests.support.harness import Cluster, free_ports
+from tests.support import REPO
+from tests.support.harness import free_ports
+from tests.support.wait import until
 
 pytestmark = pytest.mark.multiprocess
-
 
 
 ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -25,13 +23,6 @@ ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPAT
 def run_node(*args, timeout=30, **kw):
     return subprocess.run([sys.executable, "-m", "raftfast.node", *args], capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=ENV, **kw)
-
-
-@pytest.fixture
-def root():
-    d = tempfile.mkdtemp(prefix="rf")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("args,words", [
@@ -98,17 +89,6 @@ def test_a_data_dir_of_another_node_is_refused(root):
     assert out.returncode == 1 and "other" in out.stderr
 
 
-def wait_until_leader(port, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"INFO raft\r\n")
-            time.sleep(0.1)
-            if b"raft_role:leader" in s.recv(65536):
-                return
-    raise AssertionError("the node did not become leader")
-
-
 def test_a_failed_write_stops_the_node_with_exit_1(root):
     ports = free_ports(2)
     limit = 256 * 1024
@@ -120,7 +100,8 @@ def test_a_failed_write_stops_the_node_with_exit_1(root):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=small_files)
     try:
         assert node.stdout.readline().startswith(b"ready")
-        wait_until_leader(ports[1])
+        with redis.Redis(host="127.0.0.1", port=ports[1], socket_timeout=10) as r:
+            until(lambda: r.info("raft")["raft_role"] == "leader", "the node to lead", 20)
         s = socket.create_connection(("127.0.0.1", ports[1]), timeout=10)
         value = b"x" * 4096
         cmd = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4096\r\n" + value + b"\r\n"
@@ -144,26 +125,20 @@ def test_a_failed_write_stops_the_node_with_exit_1(root):
         node.stderr.close()
 
 
-def test_a_write_without_quorum_times_out_as_outcome_unknown(root):
-    c = Cluster(root, n=3).start()
+def test_a_write_without_quorum_times_out_as_outcome_unknown(make_cluster):
+    c = make_cluster(n=3)
+    lid = c.wait_leader()
+    leader = c.nodes[lid]
+    assert leader.raw("SET", "a", "1") == b"+OK"
+    followers = [n for i, n in c.nodes.items() if i != lid]
+    for f in followers:
+        f.proc.send_signal(signal.SIGSTOP)
     try:
-        lid = c.wait_leader()
-        leader = c.nodes[lid]
-        assert leader.raw("SET", "a", "1") == b"+OK"
-        followers = [n for i, n in c.nodes.items() if i != lid]
-        for f in followers:
-            f.proc.send_signal(signal.SIGSTOP)
-        try:
-            assert leader.raw("SET", "a", "2") == b"-TIMEOUT outcome unknown"
-            # CheckQuorum: cut off from a majority, it stops acting as leader
-            # and refuses writes it could not commit.
-            deadline = time.monotonic() + 20
-            while leader.info()["raft_role"] == "leader" and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert leader.info()["raft_role"] != "leader"
-            assert leader.raw("SET", "a", "3") == b"-CLUSTERDOWN No raft leader"
-        finally:
-            for f in followers:
-                f.proc.send_signal(signal.SIGCONT)
+        assert leader.raw("SET", "a", "2") == b"-TIMEOUT outcome unknown"
+        # CheckQuorum: cut off from a majority, it stops acting as leader
+        # and refuses writes it could not commit.
+        until(lambda: leader.info()["raft_role"] != "leader", "the leader to step down", 20)
+        assert leader.raw("SET", "a", "3") == b"-CLUSTERDOWN No raft leader"
     finally:
-        c.stop()
+        for f in followers:
+            f.proc.send_signal(signal.SIGCONT)

@@ -3,25 +3,11 @@ RAFT.TRANSFER_LEADER, against real node processes."""
 import random
 import signal
 import socket
-import time
 
 import pytest
 
-from tests.support.harness import Cluster
-
-
-@pytest.fixture
-def make_cluster(tmp_path):
-    made = []
-
-    def make(**kw):
-        c = Cluster(str(tmp_path), **kw).start()
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.stop()
+from tests.support.node_info import counter
+from tests.support.wait import until
 
 
 def command(*args):
@@ -88,9 +74,7 @@ def test_reads_are_served_without_writing_to_the_log(make_cluster):
         assert r.mget("k", "n", "missing") == [b"v", b"5", None]
         assert r.exists("k", "n", "missing") == 2
     assert info_int(leader, "raft_last_log_index") == last
-    stats = leader.raw_bulk("INFO", "stats")
-    served = int(stats.split("raftfast_reads_served:")[1].split()[0])
-    assert served >= 600
+    assert counter(leader, "raftfast_reads_served") >= 600
 
 
 def test_one_connection_sees_its_own_commands_in_order(make_cluster):
@@ -158,35 +142,30 @@ def test_a_paused_old_leader_never_serves_a_stale_read(make_cluster, read_mode):
     assert reply == b"new" or reply.startswith((b"-MOVED", b"-CLUSTERDOWN", b"-TIMEOUT")), reply
 
 
-def test_a_leader_stopped_while_cut_off_does_not_trust_its_old_lease(tmp_path):
+def test_a_leader_stopped_while_cut_off_does_not_trust_its_old_lease(make_cluster):
     """The lease's own danger: the leader is stopped (SIGSTOP, a long GC
     pause) and cut off; the others elect a new leader and overwrite a key;
     the old one wakes, still cut off, hearing of no newer term.  Its lease
     counted in ticks would look fresh, so it must count the time it was
     stopped (the driver catches up on the monotonic clock) and not answer
     from the lease."""
-    from tests.support.chaos import ProxiedCluster
-    c = ProxiedCluster(str(tmp_path), n=3, extra_args=("--read-mode", "lease"))
-    try:
-        c.start()
-        lid = c.wait_leader()
-        old = c.nodes[lid]
-        old.client().set("k", "old")
-        for _ in range(20):  # keep the lease fresh right up to the pause
-            assert old.client().get("k") == b"old"
-        s = socket.create_connection(("127.0.0.1", old.client_port), timeout=15)
-        old.proc.send_signal(signal.SIGSTOP)
-        c.proxy.isolate(lid)
-        new_id = c.wait_leader(exclude=(lid,))
-        c.nodes[new_id].client().set("k", "new")
-        s.sendall(command("GET", "k"))
-        old.proc.send_signal(signal.SIGCONT)
-        reply = read_replies(s, 1)[0]
-        s.close()
-        assert reply != b"old", "a stopped leader answered from a lease that had run out"
-        assert reply.startswith((b"-MOVED", b"-CLUSTERDOWN", b"-TIMEOUT")), reply
-    finally:
-        c.stop()
+    c = make_cluster(n=3, proxied=True, extra_args=("--read-mode", "lease"))
+    lid = c.wait_leader()
+    old = c.nodes[lid]
+    old.client().set("k", "old")
+    for _ in range(20):  # keep the lease fresh right up to the pause
+        assert old.client().get("k") == b"old"
+    s = socket.create_connection(("127.0.0.1", old.client_port), timeout=15)
+    old.proc.send_signal(signal.SIGSTOP)
+    c.proxy.isolate(lid)
+    new_id = c.wait_leader(exclude=(lid,))
+    c.nodes[new_id].client().set("k", "new")
+    s.sendall(command("GET", "k"))
+    old.proc.send_signal(signal.SIGCONT)
+    reply = read_replies(s, 1)[0]
+    s.close()
+    assert reply != b"old", "a stopped leader answered from a lease that had run out"
+    assert reply.startswith((b"-MOVED", b"-CLUSTERDOWN", b"-TIMEOUT")), reply
 
 
 def test_lease_reads_are_served_and_write_nothing(make_cluster):
@@ -196,14 +175,13 @@ def test_lease_reads_are_served_and_write_nothing(make_cluster):
     r = leader.client()
     r.set("k", "v")
     last = info_int(leader, "raft_last_log_index")
-    rounds = int(leader.raw_bulk("INFO", "stats").split("raftfast_read_rounds:")[1].split()[0])
+    rounds = counter(leader, "raftfast_read_rounds")
     for _ in range(100):
         assert r.get("k") == b"v"
     assert info_int(leader, "raft_last_log_index") == last
     # Reads under a lease do not each start a heartbeat round (the periodic
     # heartbeats still run: allow those).
-    rounds_after = int(leader.raw_bulk("INFO", "stats").split("raftfast_read_rounds:")[1].split()[0])
-    assert rounds_after - rounds < 100
+    assert counter(leader, "raftfast_read_rounds") - rounds < 100
 
 
 # ------------------------------------------------------ leadership transfer
@@ -243,7 +221,11 @@ def test_writes_get_tryagain_during_a_transfer_and_work_again_after_it_times_out
     try:
         with socket.create_connection(("127.0.0.1", leader.client_port), timeout=15) as s:
             s.sendall(command("RAFT.TRANSFER_LEADER", target))
-            time.sleep(0.1)
+            # The transfer is under way once writes are refused; a probe
+            # written before that only touches a key of its own.
+            until(lambda: leader.raw("SET", "probe", "x") == b"-TRYAGAIN leadership transfer "
+                                                                 b"in progress",
+                  "the leader to refuse writes during the transfer", 10)
             assert leader.raw("SET", "k", "v") == b"-TRYAGAIN leadership transfer in progress"
             assert leader.raw("GET", "k") in (b"$-1",)  # reads still work
             assert read_replies(s, 1) == [b"-TIMEOUT transfer did not complete"]

@@ -3,32 +3,18 @@ snapshots every few hundred entries and compact their logs behind them; a
 follower that was down while the log moved far past it catches up through
 the leader's snapshot, streamed in chunks, and then from the log."""
 import os
-import time
 
 import pytest
 
-from tests.support.chaos import ProxiedCluster
-from tests.support.harness import Cluster
+from tests.support.cluster_waits import leader_command, wait_info
+from tests.support.members import add_node_slot
+from tests.support.node_info import counter, member_ids
+from tests.support.wait import until
 
 SNAPSHOT_ENTRIES = 150
 TRAILING = 40
 # Values of about 1 KiB: the snapshot is several 256 KiB chunks.
 PAD = b"x" * 1000
-
-
-def stats(node):
-    text = node.raw_bulk("INFO", "stats")
-    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-
-
-def wait_for(pred, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def write(client, model, lo, hi, pad=PAD):
@@ -50,16 +36,15 @@ def write(client, model, lo, hi, pad=PAD):
         pipe.execute()
 
 
+SNAPSHOT_FLAGS = ("--snapshot-entries", str(SNAPSHOT_ENTRIES),
+                  "--snapshot-trailing", str(TRAILING))
+
+
 @pytest.fixture
-def cluster(tmp_path, monkeypatch):
+def cluster(make_cluster, monkeypatch):
     # Small WAL segments, so compaction really deletes some.
     monkeypatch.setenv("RAFTFAST_WAL_SEGMENT_BYTES", "65536")
-    c = Cluster(str(tmp_path), n=3, extra_args=[
-        "--snapshot-entries", str(SNAPSHOT_ENTRIES), "--snapshot-trailing", str(TRAILING)])
-    try:
-        yield c.start()
-    finally:
-        c.stop()
+    return make_cluster(extra_args=SNAPSHOT_FLAGS)
 
 
 def test_a_follower_far_behind_catches_up_through_a_snapshot(cluster):
@@ -74,21 +59,20 @@ def test_a_follower_far_behind_catches_up_through_a_snapshot(cluster):
 
     write(leader.client(), model, 100, 2500)
     # The leader's log no longer reaches back to what the follower has.
-    info = wait_for(lambda: (lambda inf: inf if int(inf["raft_first_log_index"]) > behind + 1
-                             else None)(leader.info()), "the leader to compact its log")
+    info = wait_info(leader, lambda inf: int(inf["raft_first_log_index"]) > behind + 1,
+                     "the leader to compact its log", timeout=60)
     assert int(info["raft_snapshot_index"]) >= SNAPSHOT_ENTRIES
-    assert int(stats(leader)["raftfast_snapshots_taken"]) >= 1
+    assert counter(leader, "raftfast_snapshots_taken") >= 1
 
     follower.start()
     commit = int(leader.info()["raft_commit_index"])
     got = cluster.wait_applied(commit, ids=[follower.id], timeout=60)[follower.id]
     assert int(got["raft_snapshot_index"]) > behind
     assert int(got["raft_first_log_index"]) > behind + 1
-    st = stats(follower)
-    assert int(st["raftfast_snapshots_installed"]) >= 1
-    assert int(st["raftfast_snapshot_bytes_received"]) > 2 * 256 * 1024  # several chunks
-    wait_for(lambda: int(stats(leader)["raftfast_snapshots_sent"]) >= 1,
-             "the leader to hear that the snapshot is in")
+    assert counter(follower, "raftfast_snapshots_installed") >= 1
+    assert counter(follower, "raftfast_snapshot_bytes_received") > 2 * 256 * 1024  # several chunks
+    until(lambda: counter(leader, "raftfast_snapshots_sent") >= 1,
+          "the leader to hear that the snapshot is in", timeout=60)
 
     # It goes on from the log after the snapshot.
     write(leader.client(), model, 2500, 2700)
@@ -116,22 +100,9 @@ def test_a_follower_far_behind_catches_up_through_a_snapshot(cluster):
 
 
 @pytest.fixture
-def proxied(tmp_path, monkeypatch):
+def proxied(make_cluster, monkeypatch):
     monkeypatch.setenv("RAFTFAST_WAL_SEGMENT_BYTES", "1048576")
-    c = ProxiedCluster(str(tmp_path), n=3, extra_args=[
-        "--snapshot-entries", str(SNAPSHOT_ENTRIES), "--snapshot-trailing", str(TRAILING)])
-    try:
-        yield c.start()
-    finally:
-        c.stop()
-
-
-def log_has(node, text):
-    try:
-        with open(node.log_path, "rb") as f:
-            return text.encode() in f.read()
-    except OSError:
-        return False
+    return make_cluster(proxied=True, extra_args=SNAPSHOT_FLAGS)
 
 
 def test_a_transfer_cut_off_midway_resumes(proxied):
@@ -149,8 +120,8 @@ def test_a_transfer_cut_off_midway_resumes(proxied):
     c.wait_applied(int(leader.info()["raft_commit_index"]), ids=[follower.id])
     follower.kill()
     write(leader.client(), model, 50, 1200, pad)
-    wait_for(lambda: int(leader.info()["raft_first_log_index"]) > 60,
-             "the leader to compact its log")
+    wait_info(leader, lambda inf: int(inf["raft_first_log_index"]) > 60,
+              "the leader to compact its log", timeout=60)
     # Slow both directions so the transfer takes a while (acks come back
     # 2 x 60 ms after each chunk: the window of 1 MiB moves ~8 MB/s).
     c.proxy.delay(leader_id, follower.id, 60)
@@ -158,17 +129,21 @@ def test_a_transfer_cut_off_midway_resumes(proxied):
     follower.start()
     # Cut once the follower holds more than a window: the leader has heard
     # an ack by then (the window opens only after the first one).
-    wait_for(lambda: int(stats(follower).get("raftfast_snapshot_bytes_received", 0)) > 1 << 20,
-             "the transfer to be under way")
+    until(lambda: counter(follower, "raftfast_snapshot_bytes_received") > 1 << 20,
+          "the transfer to be under way", timeout=60)
+    # The link stays cut until the leader has tried it again and been
+    # refused: by then it knows the connection, and the chunks in it, are gone.
+    refused = c.proxy.stats(leader_id, follower.id).refused
     c.proxy.cut(leader_id, follower.id)
-    time.sleep(0.5)
+    until(lambda: c.proxy.stats(leader_id, follower.id).refused > refused,
+          "the leader to redial the cut link")
     c.proxy.heal(leader_id, follower.id)
     c.proxy.heal(follower.id, leader_id)
     commit = int(leader.info()["raft_commit_index"])
     got = c.wait_applied(commit, ids=[follower.id], timeout=90)[follower.id]
     assert int(got["raft_snapshot_index"]) > 50
     assert follower.keys() == len(model)
-    assert int(stats(follower)["raftfast_snapshots_installed"]) >= 1
+    assert counter(follower, "raftfast_snapshots_installed") >= 1
     with open(leader.log_path) as f:
         resumed = [int(line.split("resending from offset ")[1].split()[0])
                    for line in f if "resending from offset" in line]
@@ -179,22 +154,20 @@ def test_a_node_joining_a_compacted_cluster_starts_from_a_snapshot(cluster):
     """RAFT.NODE ADD of a --join node when the log no longer starts at 1: the
     learner gets the snapshot (a node outside its own configuration accepts
     one from the leader), then the log, and is promoted."""
-    from tests.processes.test_membership_processes import add_node_slot, ids, leader_command, wait_info
     leader_id = cluster.wait_leader()
     leader = cluster.nodes[leader_id]
     model = {}
     write(leader.client(), model, 0, 1200)
-    wait_for(lambda: int(leader.info()["raft_first_log_index"]) > 1,
-             "the leader to compact its log")
-    newcomer = add_node_slot(cluster, 4, extra=(
-        "--join", "--snapshot-entries", str(SNAPSHOT_ENTRIES),
-        "--snapshot-trailing", str(TRAILING)))
+    wait_info(leader, lambda inf: int(inf["raft_first_log_index"]) > 1,
+              "the leader to compact its log", timeout=60)
+    newcomer = add_node_slot(cluster, 4, extra=("--join", *SNAPSHOT_FLAGS))
     newcomer.start()
     _, reply = leader_command(cluster, "RAFT.NODE", "ADD", 4, cluster.peer_url(4), exclude=(4,))
     assert reply == b"+OK", reply
-    info = wait_info(newcomer, lambda i: ids(i["raft_voters"]) == {1, 2, 3, 4}, timeout=60)
+    info = wait_info(newcomer, lambda i: member_ids(i["raft_voters"]) == {1, 2, 3, 4},
+                     "voters 1, 2, 3, 4", timeout=60)
     assert int(info["raft_snapshot_index"]) > 1
-    assert int(stats(newcomer)["raftfast_snapshots_installed"]) == 1
+    assert counter(newcomer, "raftfast_snapshots_installed") == 1
     write(leader.client(), model, 1200, 1300)
     cluster.wait_applied(int(leader.info()["raft_commit_index"]), timeout=60)
     assert newcomer.keys() == leader.keys() == len(model)

@@ -30,10 +30,11 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
 from tests.support.chaos_nemesis import Nemesis
-from tests.support.chaos_workload import Keyspace, WorkloadClient, final_read, is_append_key
+from tests.support.chaos_workload import Keyspace, WorkloadClient, final_reads, is_append_key
 from tests.support.faultproxy import FaultProxy
 from tests.support.harness import Cluster, free_ports
 from tests.support.linearizability import append_anomalies, check_history
+from tests.support.node_info import info_stats
 
 SEPARATOR = ";"
 TEXT_ANOMALIES = 25  # anomalies listed in the printed report; the JSON has them all
@@ -185,10 +186,10 @@ def snapshot_counts(cluster):
     """Snapshots taken, sent and installed, summed over the nodes (INFO stats)."""
     counts = Counter()
     for node in cluster.nodes.values():
-        for line in node.raw_bulk("INFO", "stats").splitlines():
-            name, _, value = line.partition(":")
-            if name in SNAPSHOT_COUNTERS:
-                counts[name.replace("raftfast_", "")] += int(value)
+        stats = info_stats(node)
+        for name in SNAPSHOT_COUNTERS:
+            if name in stats:
+                counts[name.replace("raftfast_", "")] += int(stats[name])
     return dict(counts)
 
 
@@ -229,7 +230,7 @@ def run_schedule(cfg, root=None):
         nemesis = Nemesis(cluster, cfg.seed, stop)
         for t in (*clients, nemesis):
             t.start()
-        stop.wait(cfg.seconds)
+        stop.wait(cfg.seconds)  # the schedule's length: clients and faults at work
         stop.set()
         for t in (*clients, nemesis):
             t.join(30)
@@ -237,13 +238,9 @@ def run_schedule(cfg, root=None):
                 result.errors.append(f"{t.name} did not stop within 30 s")
         nemesis.heal_everything()
         cluster.wait_leader(timeout=60)
-        deadline = time.monotonic() + 60
-        finals = {}
-        ops = [op for c in clients for op in c.ops]
-        for key in keyspace.used():
-            final = final_read(cluster.client_ports, key, deadline)
-            finals[key] = final.result
-            ops.append(final)
+        last_reads = final_reads(cluster.client_ports, keyspace.used())
+        finals = {op.key: op.result for op in last_reads}
+        ops = [op for c in clients for op in c.ops] + last_reads
         result.ops_recorded = sum(len(c.ops) for c in clients)
         result.ops_unknown = sum(1 for c in clients for op in c.ops if op.ret is None)
         result.ops_ok = result.ops_recorded - result.ops_unknown

@@ -87,7 +87,7 @@ class Nemesis(threading.Thread):
         self.overlaps += 1
         undos = [self._inject(net_kind)]
         try:
-            self.stop.wait(self.rng.uniform(0.1, 0.6))
+            self.stop.wait(self.rng.uniform(0.1, 0.6))  # the second fault comes later
             undos.append(self._inject(proc_kind))
         finally:
             self.rng.shuffle(undos)
@@ -100,7 +100,9 @@ class Nemesis(threading.Thread):
 
     def _hold(self, *undos):
         """Keep the faults for a while, undo them in order, then let the
-        cluster recover."""
+        cluster recover.  These waits are the schedule itself (how long a
+        fault lasts, how long the cluster runs between faults), drawn from
+        the seeded generator; nothing waits on them for an event."""
         try:
             self.stop.wait(self.rng.uniform(*self.hold))
         finally:

@@ -28,10 +28,14 @@ from redis.exceptions import (ClusterDownError, ConnectionError, MovedError, Red
 from redis.retry import Retry
 
 from tests.support.linearizability import Op
+from tests.support.wait import until
 
 REGISTER, APPEND = "reg", "app"
 SEPARATOR = ";"
 FINAL_READER = 0          # client id of the final reads; workload clients count from 1
+# A client's think time after a redirect or an unreachable node, drawn at
+# random: part of the workload's shape (clients do not hammer a cluster that
+# is electing), not a wait for anything.
 REDIRECT_PAUSE = (0.02, 0.1)
 
 
@@ -219,21 +223,31 @@ class WorkloadClient(threading.Thread):
             return
 
 
+def final_reads(client_ports, keys, timeout=60.0):
+    """The last word on every key: one answered GET each (final_read),
+    all within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    return [final_read(client_ports, key, deadline) for key in keys]
+
+
 def final_read(client_ports, key, deadline):
     """GET `key` until a node answers it, for the history's last word on it.
 
     Retrying a read is safe (it changes nothing); only the answered one is
     recorded, with its own call and return times."""
     router = NodeRouter(client_ports, random.Random(key), socket_timeout=5.0)
+
+    def answered():
+        node = router.pick()
+        outcome, call, ret, reply = attempt(router, node, ("GET", key))
+        if outcome == Outcome.DONE:
+            return Op(FINAL_READER, key, "get", None, call, ret, reply)
+        if outcome == Outcome.UNKNOWN:
+            router.drop(node)
+        return None
+
     try:
-        while time.monotonic() < deadline:
-            node = router.pick()
-            outcome, call, ret, reply = attempt(router, node, ("GET", key))
-            if outcome == Outcome.DONE:
-                return Op(FINAL_READER, key, "get", None, call, ret, reply)
-            if outcome == Outcome.UNKNOWN:
-                router.drop(node)
-            time.sleep(0.05)
-        raise AssertionError(f"no node answered GET {key} after the faults were healed")
+        return until(answered, f"a node to answer GET {key} after the faults were healed",
+                     max(0.0, deadline - time.monotonic()), interval=0.05)
     finally:
         router.close()
