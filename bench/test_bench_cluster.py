@@ -36,7 +36,7 @@ from raftfast.bench import cli as bench
 from raftfast.bench import stats as bench_stats
 from raftfast.bench import loadgen
 from raftfast.bench.histogram import Histogram
-from raftfast.launcher.launcher import LocalCluster
+from raftfast.launcher.local_cluster import LocalCluster
 from tests.support.harness import free_base_port
 
 SECONDS = float(os.environ.get("RAFTFAST_BENCH_SECONDS", "3"))
