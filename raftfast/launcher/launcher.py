@@ -8,7 +8,6 @@ lines, and the rest keep serving.  Each node's output goes to
 DIR/node<i>.log.
 """
 import asyncio
-import os
 import signal
 import sys
 import time

@@ -122,9 +122,15 @@ class NodeCommand:
 
     def start(self, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen_kwargs):
         """A subprocess.Popen."""
+        if threading.current_thread() is threading.main_thread():
+            setup = dict(preexec_fn=child_setup())
+        else:
+            # No parent-death signal from another thread (see child_setup), and
+            # no Python code between fork and exec either, which is not safe
+            # while other threads run: the process group alone, set in C.
+            setup = dict(process_group=0)
         return subprocess.Popen(self.line, stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=stderr, env=node_env(self.env),
-                                preexec_fn=child_setup(), **popen_kwargs)
+                                stderr=stderr, env=node_env(self.env), **setup, **popen_kwargs)
 
     async def start_async(self, stdout=subprocess.PIPE, stderr=subprocess.PIPE):
         """An asyncio.subprocess.Process."""
@@ -195,7 +201,8 @@ class Node:
                 self.ready.set_result(ready)
 
     def last_lines(self):
-        return "\n".join(f"  node{self.id}| {t}" for t in self.lines) or f"  node{self.id}| (no output)"
+        return ("\n".join(f"  node{self.id}| {t}" for t in self.lines)
+                or f"  node{self.id}| (no output)")
 
     async def close_log(self):
         await asyncio.gather(*self.readers, return_exceptions=True)
