@@ -6,8 +6,10 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -169,6 +171,46 @@ def test_resp_client_against_a_tiny_server():
     assert info == {"raft_role": "leader", "raft_leader_id": "1"}
     assert isinstance(moved, RespError) and moved.kind == "MOVED"
     assert pong == "PONG" and gone is None
+
+
+def test_blocking_client_against_a_tiny_server():
+    """The synchronous side of the client (the test harness's) decodes the
+    same replies, sent a few bytes at a time, and pipelines on a Connection."""
+    requests = [[("INFO", "raft")], [("SET", "k", "v")],
+                [("PING",), ("INCR", "n"), ("MGET", "a", "b")]]
+    replies = [b"$34\r\nraft_role:leader\r\nraft_leader_id:1\r\n",
+               b"-MOVED 0 127.0.0.1:7001\r\n",
+               b"+PONG\r\n:3\r\n*2\r\n$1\r\na\r\n$-1\r\n"]
+    server = socket.create_server(("127.0.0.1", 0))
+    addr = f"127.0.0.1:{server.getsockname()[1]}"
+
+    def serve():
+        for cmds, reply in zip(requests, replies):
+            conn, _ = server.accept()
+            with conn:
+                want = b"".join(resp_client.encode_command(*c) for c in cmds)
+                got = b""
+                while len(got) < len(want):
+                    got += conn.recv(65536)
+                assert got == want
+                for i in range(0, len(reply), 3):
+                    conn.sendall(reply[i:i + 3])
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        info = resp_client.info_sync(addr)
+        moved = resp_client.call_sync(addr, "SET", "k", "v")
+        with resp_client.Connection(addr) as c:
+            for cmd in requests[2]:
+                c.send(*cmd)
+            pipelined = [c.reply() for _ in requests[2]]
+    finally:
+        t.join(timeout=DEADLINE)
+        server.close()
+    assert info == {"raft_role": "leader", "raft_leader_id": "1"}
+    assert isinstance(moved, RespError) and moved.kind == "MOVED"
+    assert pipelined == ["PONG", 3, [b"a", None]]
+    assert resp_client.info_sync(addr, timeout=1) is None  # nobody listens: no answer
 
 
 # ---- the whole launcher, with stand-in nodes ------------------------------------
