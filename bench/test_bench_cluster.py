@@ -36,6 +36,7 @@ from raftfast.bench import cli as bench
 from raftfast.bench import stats as bench_stats
 from raftfast.bench import loadgen
 from raftfast.bench.histogram import Histogram
+from raftfast.bench.measure import Target
 from raftfast.launcher.local_cluster import LocalCluster
 from tests.support.harness import free_base_port
 
@@ -81,7 +82,7 @@ class RunningCluster:
         except BaseException:
             self.close()
             raise
-        self.target = bench.Target.of_cluster(self.cluster)
+        self.target = Target.of_cluster(self.cluster)
         self.mount, self.filesystem = filesystem_of(self.cluster.data_dir)
 
     def run(self, coro):

@@ -17,8 +17,9 @@ import subprocess
 import uvloop
 
 from raftfast.bench import report as bench_report
-from raftfast.bench.cli import Target, build_parser, measure
+from raftfast.bench.measure import Target, measure
 from raftfast.config import Config
+from raftfast.launcher.cli import build_parser as build_cluster_parser
 from raftfast.launcher.layout import NodeSpec
 from raftfast.launcher.local_cluster import ClusterError, LocalCluster, NodeGroup
 from raftfast.launcher.supervisor import spawn
@@ -73,12 +74,12 @@ def pysyncobj_points(points):
 
 
 def cluster_namespace(p, base_port):
-    argv = ["run", "--nodes", str(p["nodes"]), "--transport", p["transport"],
+    argv = ["--nodes", str(p["nodes"]), "--transport", p["transport"],
             "--base-port", str(base_port), "--fsync", p["fsync"],
             "--max-batch-entries", str(p["max_batch_entries"]),
             "--batch-linger-us", str(p["batch_linger_us"]),
             "--max-inflight", str(p["max_inflight"])]
-    return build_parser().parse_args(argv)
+    return build_cluster_parser().parse_args(argv)
 
 
 class PySyncObjCluster(NodeGroup):

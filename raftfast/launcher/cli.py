@@ -20,7 +20,7 @@ import tempfile
 
 import uvloop
 
-from raftfast.config import (ArgumentParser, ConfigError, _int_at_least, add_node_arguments)
+from raftfast.config import ArgumentParser, ConfigError, _int_at_least, add_node_arguments
 from raftfast.launcher import control
 from raftfast.launcher.launcher import Launcher
 from raftfast.launcher.layout import Layout, plan

@@ -20,6 +20,7 @@ from raftfast.bench import report as bench_report
 from raftfast.bench import stats as bench_stats
 from raftfast.bench.histogram import Histogram
 from raftfast.bench.loadgen import Result
+from raftfast.bench.measure import Target, measure
 from raftfast.launcher.layout import plan
 from raftfast.launcher.local_cluster import ClusterError, LocalCluster
 from raftfast.launcher.supervisor import NODE_MODULE_ENV, node_env
@@ -435,7 +436,7 @@ def test_local_cluster_starts_measures_and_stops(monkeypatch):
         async with LocalCluster(ns, leader_wait=20) as c:
             assert c.leader_id == 1 and os.path.isdir(c.data_dir)
             pids = list(c.pids.values())
-            result, figs = await bench.measure(bench.Target.of_cluster(c), 0.3, 2, 4, 16)
+            result, figs = await measure(Target.of_cluster(c), 0.3, 2, 4, 16)
         return c, pids, result, figs
     c, pids, result, figs = run_async(main())
     assert result.ops > 0 and not result.errors
