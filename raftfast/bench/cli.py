@@ -13,7 +13,7 @@ drives its leader with the load generator over RESP, and prints throughput,
 latency percentiles and the nodes' own figures for the run.  `core` asks the
 leader to propose blocks of entries itself (RAFTFAST.BENCH), no RESP per
 entry: the replication core's ceiling.  `compare` sweeps configurations and
-writes a table, CSV, JSON and plots (bench_compare.py).
+writes a table, CSV, JSON and plots (raftfast/bench/compare.py).
 
 `--count-calls` (run, core) starts the nodes with RAFTFAST_COUNT_CALLS=1:
 each counts its Python-level function calls (sys.setprofile `call` events,
