@@ -108,7 +108,8 @@ def child_setup():
 class NodeCommand:
     """One node process to start: its command line and what its environment
     adds to ours.  start() starts it with subprocess, start_async() with
-    asyncio; both with node_env() and child_setup(), stdin from /dev/null."""
+    asyncio; both with node_env(), stdin from /dev/null, its own process
+    group and (from the main thread) child_setup()."""
 
     def __init__(self, line, env=None):
         self.line = list(line)
