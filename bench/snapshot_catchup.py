@@ -18,8 +18,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,96 +26,50 @@ import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)  # the repository root, for tests.support
+from raftfast import resp_client  # noqa: E402
+from raftfast.launcher.supervisor import NodeCommand, parse_ready, stop_processes  # noqa: E402
+from raftfast.resp_client import Connection, encode_command, info_sync, parse_info  # noqa: E402
 from tests.support.harness import free_ports  # noqa: E402  (the test harness's port probe)
-
-
-def resp(*args):
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
-class Conn:
-    def __init__(self, port):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=60)
-        self.buf = b""
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            chunk = self.s.recv(1 << 20)
-            if not chunk:
-                raise ConnectionError("closed")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def reply(self):
-        line = self._line()
-        if line[:1] == b"$":
-            n = int(line[1:])
-            if n < 0:
-                return None
-            while len(self.buf) < n + 2:
-                self.buf += self.s.recv(1 << 20)
-            data, self.buf = self.buf[:n], self.buf[n + 2:]
-            return data
-        return line
-
-    def call(self, *args):
-        self.s.sendall(resp(*args))
-        return self.reply()
-
-    def info(self, section="raft"):
-        text = self.call("INFO", section).decode()
-        return dict(ln.split(":", 1) for ln in text.splitlines() if ":" in ln)
 
 
 class Node:
     def __init__(self, root, nid, client_port, ids, extra=()):
         self.id, self.client_port = nid, client_port
         self.log_path = os.path.join(root, f"node{nid}.log")
-        argv = [sys.executable, "-m", "raftfast.node", "--id", str(nid),
-                "--data-dir", os.path.join(root, f"node{nid}"),
+        argv = ["--id", str(nid), "--data-dir", os.path.join(root, f"node{nid}"),
                 "--listen", f"unix://{root}/n{nid}.sock",
                 "--client", f"tcp://127.0.0.1:{client_port}", "--fsync", "always"]
         argv += [a for j in ids if j != nid for a in ("--peer", f"{j}=unix://{root}/n{j}.sock")]
-        logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv + list(extra), stdout=subprocess.PIPE, stderr=logf,
-                                     cwd=HERE)
-        logf.close()
-        line = self.proc.stdout.readline().decode()
-        if not line.startswith("ready"):
+        with open(self.log_path, "ab") as logf:
+            self.proc = NodeCommand.node(argv + list(extra)).start(stdout=subprocess.PIPE,
+                                                                   stderr=logf, cwd=HERE)
+        line = self.proc.stdout.readline()
+        if parse_ready(line) is None:
             raise RuntimeError(f"node {nid} did not start: {line!r}")
 
     def conn(self):
-        return Conn(self.client_port)
+        return Connection(f"127.0.0.1:{self.client_port}", timeout=60)
+
+    def info(self, section="raft"):
+        with self.conn() as c:
+            return parse_info(c.call("INFO", section))
 
     def log_lines(self, pattern):
         with open(self.log_path, errors="replace") as f:
             return [ln for ln in f if re.search(pattern, ln)]
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_processes([self.proc], timeout=30)
         self.proc.stdout.close()
 
 
 def leader_of(nodes, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for n in nodes:
-            try:
-                if n.conn().info()["raft_role"] == "leader":
-                    return n
-            except OSError:
-                pass
+        infos = {n.id: info_sync(f"127.0.0.1:{n.client_port}") for n in nodes}
+        lid = resp_client.leader_of(infos)
+        if lid is not None:
+            return next(n for n in nodes if n.id == lid)
         time.sleep(0.1)
     raise RuntimeError("no leader")
 
@@ -131,20 +83,20 @@ def load(leader, keys, conns=4, batch=2000):
             a = lo + i * batch
             b = min(a + batch, keys)
             if a < b:
-                c.s.sendall(b"".join(resp("SET", b"k%015d" % k, b"v%015d" % k)
-                                     for k in range(a, b)))
+                c.send_raw(b"".join(encode_command("SET", b"k%015d" % k, b"v%015d" % k)
+                                    for k in range(a, b)))
         for i, c in enumerate(cs):
             a = lo + i * batch
             for _ in range(max(0, min(a + batch, keys) - a)):
                 r = c.reply()
-                if r != b"+OK":
+                if r != "OK":
                     raise RuntimeError(f"SET answered {r!r}")
     return time.monotonic() - t0
 
 
-PROBES = (("PING", lambda i: ("PING",), b"+PONG"),
+PROBES = (("PING", lambda i: ("PING",), "PONG"),
           ("GET", lambda i: ("GET", b"k%015d" % (i % 1000)), None),
-          ("SET", lambda i: ("SET", b"probe%011d" % (i % 1000), b"p%015d" % i), b"+OK"))
+          ("SET", lambda i: ("SET", b"probe%011d" % (i % 1000), b"p%015d" % i), "OK"))
 
 
 def probe(leader, nodes, seconds_after, pace_s=0.002):
@@ -213,7 +165,7 @@ def main():
                   f"max {ms(max(during))}   after ({len(after):4}): median "
                   f"{ms(statistics.median(after))}, max {ms(max(after))}")
         # A fresh node joins; the leader's log no longer reaches back to 1.
-        info = leader.conn().info()
+        info = leader.info()
         print(f"leader: first log index {int(info['raft_first_log_index']):,}, "
               f"snapshot index {int(info['raft_snapshot_index']):,}, "
               f"commit {int(info['raft_commit_index']):,}")
@@ -222,22 +174,23 @@ def main():
         target = int(info["raft_commit_index"])
         t0 = time.monotonic()
         reply = leader.conn().call("RAFT.NODE", "ADD", 4, f"unix://{root}/n4.sock")
-        if reply != b"+OK":
+        if reply != "OK":
             raise RuntimeError(f"RAFT.NODE ADD answered {reply!r}")
         t_added = time.monotonic() - t0
         fc = fresh.conn()
         while True:
-            fi = fc.info()
+            fi = parse_info(fc.call("INFO", "raft"))
             if "4" in fi["raft_voters"].split(",") and int(fi["raft_last_applied"]) >= target:
                 break
             time.sleep(0.01)
         t_done = time.monotonic() - t0
-        st = fc.info("stats")
+        st = parse_info(fc.call("INFO", "stats"))
+        db0 = parse_info(fc.call("INFO", "keyspace"))["db0"]
         print(f"fresh node 4: ADD answered in {t_added:.2f} s; a voter that applied "
               f"everything through {target:,} after {t_done:.2f} s "
               f"({int(st['raftfast_snapshot_bytes_received']):,} snapshot bytes received, "
               f"{st['raftfast_snapshots_installed']} installed, "
-              f"{int(fc.info('keyspace')['db0'].split('keys=')[1].split(',')[0]):,} keys)")
+              f"{int(db0.split('keys=')[1].split(',')[0]):,} keys)")
     finally:
         for n in nodes:
             n.stop()

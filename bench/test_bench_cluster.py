@@ -36,7 +36,8 @@ from raftfast.bench import cli as bench
 from raftfast.bench import stats as bench_stats
 from raftfast.bench import loadgen
 from raftfast.bench.histogram import Histogram
-from raftfast.launcher.launcher import LocalCluster
+from raftfast.bench.measure import Target
+from raftfast.launcher.local_cluster import LocalCluster
 from tests.support.harness import free_base_port
 
 SECONDS = float(os.environ.get("RAFTFAST_BENCH_SECONDS", "3"))
@@ -81,7 +82,7 @@ class RunningCluster:
         except BaseException:
             self.close()
             raise
-        self.target = bench.Target.of_cluster(self.cluster)
+        self.target = Target.of_cluster(self.cluster)
         self.mount, self.filesystem = filesystem_of(self.cluster.data_dir)
 
     def run(self, coro):

@@ -1,7 +1,7 @@
 """`python -m raftfast.cluster`: see raftfast.launcher."""
 import sys
 
-from raftfast.launcher.launcher import main
+from raftfast.launcher.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,7 @@ drives its leader with the load generator over RESP, and prints throughput,
 latency percentiles and the nodes' own figures for the run.  `core` asks the
 leader to propose blocks of entries itself (RAFTFAST.BENCH), no RESP per
 entry: the replication core's ceiling.  `compare` sweeps configurations and
-writes a table, CSV, JSON and plots (compare.py).
+writes a table, CSV, JSON and plots (raftfast/bench/compare.py).
 
 `--count-calls` (run, core) starts the nodes with RAFTFAST_COUNT_CALLS=1:
 each counts its Python-level function calls (sys.setprofile `call` events,
@@ -26,11 +26,12 @@ import sys
 
 import uvloop
 
+from raftfast import resp_client
 from raftfast.bench import stats as bench_stats
-from raftfast.bench import loadgen
-from raftfast.launcher.launcher import (ClusterError, LocalCluster, _positive, _positive_float,
-                                        _nonnegative)
+from raftfast.bench.measure import Target, measure_snapshots
 from raftfast.config import ArgumentParser, Config, ConfigError, add_node_arguments
+from raftfast.launcher.cli import nonnegative, positive, positive_float
+from raftfast.launcher.local_cluster import ClusterError, LocalCluster
 
 BASE_PORT = 7300  # away from raftfast.cluster's 7000, so both can run at once
 INSTALL_HINT = 'pip install -e ".[bench]"'
@@ -45,15 +46,15 @@ def build_parser():
     r = sub.add_parser("run", help="load a local cluster's leader over RESP")
     _cluster_args(r)
     g = r.add_argument_group("load")
-    g.add_argument("--seconds", type=_positive_float, default=10.0, metavar="S",
+    g.add_argument("--seconds", type=positive_float, default=10.0, metavar="S",
                    help="length of the load (default: 10)")
-    g.add_argument("--clients", type=_positive, default=50, metavar="N",
+    g.add_argument("--clients", type=positive, default=50, metavar="N",
                    help="connections (default: 50)")
-    g.add_argument("--pipeline", type=_positive, metavar="N",
+    g.add_argument("--pipeline", type=positive, metavar="N",
                    help="closed loop: requests in flight per connection (default: 16)")
-    g.add_argument("--value-size", type=_nonnegative, default=64, metavar="BYTES",
+    g.add_argument("--value-size", type=nonnegative, default=64, metavar="BYTES",
                    help="SET value size (default: 64)")
-    g.add_argument("--rate", type=_positive_float, metavar="OPS",
+    g.add_argument("--rate", type=positive_float, metavar="OPS",
                    help="open loop: send OPS requests/s spread over the connections, "
                         "latency measured from each request's intended send time")
     g.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
@@ -62,13 +63,13 @@ def build_parser():
                                     "blocks of entries itself (RAFTFAST.BENCH)")
     _cluster_args(c)
     g = c.add_argument_group("load")
-    g.add_argument("--seconds", type=_positive_float, default=5.0, metavar="S",
+    g.add_argument("--seconds", type=positive_float, default=5.0, metavar="S",
                    help="how long the leader proposes (default: 5)")
-    g.add_argument("--batch", type=_positive, default=256, metavar="N",
+    g.add_argument("--batch", type=positive, default=256, metavar="N",
                    help="entries per proposed block (default: 256)")
-    g.add_argument("--value-size", type=_nonnegative, default=64, metavar="BYTES",
+    g.add_argument("--value-size", type=nonnegative, default=64, metavar="BYTES",
                    help="entry payload size (default: 64)")
-    g.add_argument("--window", type=_positive, default=8, metavar="N",
+    g.add_argument("--window", type=positive, default=8, metavar="N",
                    help="blocks kept uncommitted at once (default: 8)")
 
     m = sub.add_parser(
@@ -90,21 +91,21 @@ def build_parser():
     m.add_argument("--out", default="bench-results", metavar="DIR",
                    help="where results.csv, results.json and the plots go "
                         "(default: ./bench-results)")
-    m.add_argument("--seconds", type=_positive_float, metavar="S",
+    m.add_argument("--seconds", type=positive_float, metavar="S",
                    help="load per point (default: 2 with --quick, 5 with --full)")
-    m.add_argument("--value-size", type=_nonnegative, default=64, metavar="BYTES",
+    m.add_argument("--value-size", type=nonnegative, default=64, metavar="BYTES",
                    help="SET value size (default: 64)")
-    m.add_argument("--base-port", type=_positive, default=BASE_PORT, metavar="PORT",
+    m.add_argument("--base-port", type=positive, default=BASE_PORT, metavar="PORT",
                    help=f"node i serves clients on 127.0.0.1:<PORT + i> (default: {BASE_PORT})")
     return p
 
 
 def _cluster_args(p):
-    p.add_argument("--nodes", type=_positive, default=3, metavar="N",
+    p.add_argument("--nodes", type=positive, default=3, metavar="N",
                    help="number of nodes (default: 3)")
     p.add_argument("--transport", choices=("unix", "tcp"), default="unix",
                    help="peer traffic (clients always use TCP) (default: unix)")
-    p.add_argument("--base-port", type=_positive, default=BASE_PORT, metavar="PORT",
+    p.add_argument("--base-port", type=positive, default=BASE_PORT, metavar="PORT",
                    help=f"node i serves clients on 127.0.0.1:<PORT + i> (default: {BASE_PORT})")
     p.add_argument("--target", metavar="URL",
                    help="drive this already running node (tcp://HOST:PORT) instead of "
@@ -132,47 +133,6 @@ def describe_settings(s):
             f"max inflight {s['max_inflight']}")
 
 
-class Target:
-    """What a measurement drives: the leader's client URL, and every node as
-    {id: (client url, pid or None)} for the server-side figures."""
-
-    def __init__(self, url, nodes, leader_id):
-        self.url = url
-        self.nodes = nodes
-        self.leader_id = leader_id
-
-    @classmethod
-    def of_cluster(cls, c):
-        return cls(c.client_url(c.leader_id),
-                   {n.id: (n.spec.client, n.proc.pid) for n in c.nodes}, c.leader_id)
-
-
-async def measure(target, seconds, clients, pipeline, value_size, rate=None, warmup=None):
-    """One load run with the nodes' figures around it: (Result, figures).
-
-    The same load runs untimed for `warmup` seconds first (default: a
-    quarter of the run, at most 1 s), so that the figures are not those of
-    a cluster that has just elected its leader and has empty buffers."""
-    result, before, after = await measure_snapshots(target, seconds, clients, pipeline,
-                                                    value_size, rate, warmup)
-    return result, bench_stats.figures(before, after, target.leader_id)
-
-
-async def measure_snapshots(target, seconds, clients, pipeline, value_size, rate=None,
-                            warmup=None):
-    """measure(), with the nodes' snapshots instead of the figures:
-    (Result, before, after)."""
-    if warmup is None:
-        warmup = min(seconds / 4, 1.0)
-    if warmup > 0:
-        await loadgen.run_async(target.url, warmup, clients, pipeline, value_size, rate=rate)
-    before = await bench_stats.snapshot(target.nodes)
-    result = await loadgen.run_async(target.url, seconds, clients, pipeline, value_size,
-                                     rate=rate)
-    after = await bench_stats.snapshot(target.nodes)
-    return result, before, after
-
-
 def format_figures(figs):
     f = bench_stats.fmt
     return (f"server: entries per AppendEntries {f(figs['entries_per_append'])}, "
@@ -185,7 +145,7 @@ def format_figures(figs):
 async def _with_target(ns, body):
     """Run body(target) against --target or a fresh local cluster."""
     if ns.target:
-        url = str(await loadgen.find_leader(ns.target))
+        url = str(await resp_client.find_leader(ns.target))
         return await body(Target(url, {0: (url, None)}, 0))
     env = COUNT_CALLS_ENV if getattr(ns, "count_calls", False) else None
     async with LocalCluster(ns, env=env) as c:
@@ -234,9 +194,9 @@ async def cmd_run(ns):
 
 async def core_bench(url, seconds, batch, value_size, window):
     """RAFTFAST.BENCH on the leader at url: {entries, seconds, fsyncs, entries_per_s}."""
-    reply = await loadgen.resp_call(url, "RAFTFAST.BENCH", str(seconds), str(batch),
-                                    str(value_size), str(window), timeout=seconds + 30)
-    if isinstance(reply, loadgen.RespError):
+    reply = await resp_client.call(url, "RAFTFAST.BENCH", str(seconds), str(batch),
+                                   str(value_size), str(window), timeout=seconds + 30)
+    if isinstance(reply, resp_client.RespError):
         if reply.startswith("ERR unknown command"):
             raise RuntimeError("this node does not support RAFTFAST.BENCH yet")
         raise RuntimeError(f"RAFTFAST.BENCH failed: {reply}")

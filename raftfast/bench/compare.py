@@ -13,17 +13,16 @@ import itertools
 import os
 import platform
 import subprocess
-import sys
-import time
 
 import uvloop
 
 from raftfast.bench import report as bench_report
-from raftfast.bench.cli import Target, build_parser, measure
-from raftfast.launcher.launcher import (ClusterError, LocalCluster, child_setup, node_env, stop_all,
-                                        Node)
-from raftfast.launcher.launcher import NodeSpec, find_leader, poll_all
+from raftfast.bench.measure import Target, measure
 from raftfast.config import Config
+from raftfast.launcher.cli import build_parser as build_cluster_parser
+from raftfast.launcher.layout import NodeSpec
+from raftfast.launcher.local_cluster import ClusterError, LocalCluster, NodeGroup
+from raftfast.launcher.supervisor import spawn
 
 # (clients, pipeline, rate): the load levels.
 SATURATE = ((50, 16, None),)
@@ -75,55 +74,28 @@ def pysyncobj_points(points):
 
 
 def cluster_namespace(p, base_port):
-    argv = ["run", "--nodes", str(p["nodes"]), "--transport", p["transport"],
+    argv = ["--nodes", str(p["nodes"]), "--transport", p["transport"],
             "--base-port", str(base_port), "--fsync", p["fsync"],
             "--max-batch-entries", str(p["max_batch_entries"]),
             "--batch-linger-us", str(p["batch_linger_us"]),
             "--max-inflight", str(p["max_inflight"])]
-    return build_parser().parse_args(argv)
+    return build_cluster_parser().parse_args(argv)
 
 
-class PySyncObjCluster:
+class PySyncObjCluster(NodeGroup):
     """N raftfast.bench.pysyncobj_node processes on loopback, like LocalCluster."""
 
+    label = "pysyncobj node"
+
     def __init__(self, nodes, base_port, leader_wait=30.0):
-        self.n, self.base, self.leader_wait = nodes, base_port, leader_wait
-        self.nodes, self.leader_id = [], None
+        super().__init__(leader_wait)
+        self.n, self.base = nodes, base_port
 
-    async def __aenter__(self):
-        try:
-            for i in range(1, self.n + 1):
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", PYSYNCOBJ_NODE, "--id", str(i), "--nodes", str(self.n),
-                    "--base-port", str(self.base), stdin=subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                    env=node_env(), preexec_fn=child_setup(os.getpid()))
-                spec = NodeSpec(i, None, None, f"tcp://127.0.0.1:{self.base + i}", [])
-                self.nodes.append(Node(spec, proc, os.devnull))
-            deadline = time.monotonic() + self.leader_wait
-            while True:
-                dead = [n for n in self.nodes if n.proc.returncode is not None]
-                if dead:
-                    raise ClusterError(f"pysyncobj node {dead[0].id} exited with code "
-                                       f"{dead[0].proc.returncode}:\n{dead[0].last_lines()}")
-                if all(n.ready.done() for n in self.nodes):
-                    self.leader_id = find_leader(await poll_all(self.nodes))
-                    if self.leader_id is not None:
-                        return self
-                if time.monotonic() > deadline:
-                    raise ClusterError("pysyncobj elected no leader in time; last lines:\n"
-                                       + "\n".join(n.last_lines() for n in self.nodes))
-                await asyncio.sleep(0.1)
-        except BaseException:
-            await self.__aexit__()
-            raise
-
-    async def __aexit__(self, *exc):
-        nodes, self.nodes = self.nodes, []
-        await stop_all(nodes)
-
-    def client_url(self, node_id):
-        return self.nodes[node_id - 1].spec.client
+    async def start_nodes(self):
+        for i in range(1, self.n + 1):
+            argv = ["--id", str(i), "--nodes", str(self.n), "--base-port", str(self.base)]
+            spec = NodeSpec(i, None, None, f"tcp://127.0.0.1:{self.base + i}", argv)
+            self.nodes.append(await spawn(spec, os.devnull, module=PYSYNCOBJ_NODE))
 
 
 def meta(ns, seconds):
@@ -160,9 +132,7 @@ async def sweep(points, ns, seconds, progress, task):
             else:
                 cm = PySyncObjCluster(p["nodes"], ns.base_port)
             async with cm as c:
-                target = Target(c.client_url(c.leader_id),
-                                {n.id: (n.spec.client, n.proc.pid) for n in c.nodes},
-                                c.leader_id)
+                target = Target.of_cluster(c)
                 for clients, pipeline, rate in loads:
                     progress.update(task, description=f"{system} {label}: "
                                                       f"{clients}x{pipeline}")

@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 
 import uvloop
 
-from raftfast.address import AddressError, open_connection, parse_address
+from raftfast import resp_client
+from raftfast.address import open_connection
 from raftfast.bench.histogram import Histogram
+from raftfast.resp_client import INCOMPLETE, RespError, RespReplyParser
 
-__all__ = ["Histogram", "Result", "run", "run_async", "RespReplyParser", "RespError",
-           "encode_command", "scan_replies", "OpenLoopSchedule", "RequestPool",
-           "find_leader", "resp_call", "target_address"]
+__all__ = ["Histogram", "Result", "run", "run_async", "scan_replies", "OpenLoopSchedule",
+           "RequestPool"]
 
 OK = b"+OK\r\n"
 DRAIN_TIMEOUT = 5.0      # after the deadline, how long outstanding replies may take
@@ -42,94 +43,7 @@ POOL_REQUESTS = 16384
 MIN_TICK = 0.001         # open loop: shortest sleep between send rounds
 
 
-# ---- RESP replies -------------------------------------------------------------
-
-class RespReplyParser:
-    """Incremental RESP2 reply parser: feed bytes, then take replies.
-
-    Simple strings come back as str, errors as RespError, integers as int,
-    bulk strings as bytes (or None), arrays as lists.
-    """
-
-    __slots__ = ("_buf", "_pos")
-
-    def __init__(self):
-        self._buf = b""
-        self._pos = 0
-
-    def feed(self, data):
-        self._buf = self._buf[self._pos:] + data if self._pos else self._buf + data
-        self._pos = 0
-
-    def take(self):
-        """The next whole reply, or INCOMPLETE."""
-        r, pos = self._parse(self._pos)
-        if r is _INCOMPLETE:
-            return _INCOMPLETE
-        self._pos = pos
-        return r
-
-    @property
-    def consumed(self):
-        """Bytes of the buffer taken so far (since the last feed)."""
-        return self._pos
-
-    def _parse(self, pos):
-        buf = self._buf
-        end = buf.find(b"\r\n", pos)
-        if end < 0:
-            return _INCOMPLETE, pos
-        kind, line = buf[pos:pos + 1], buf[pos + 1:end]
-        nxt = end + 2
-        if kind == b"+":
-            return line.decode("utf-8", "replace"), nxt
-        if kind == b"-":
-            return RespError(line.decode("utf-8", "replace")), nxt
-        if kind == b":":
-            return int(line), nxt
-        if kind == b"$":
-            n = int(line)
-            if n < 0:
-                return None, nxt
-            if len(buf) < nxt + n + 2:
-                return _INCOMPLETE, pos
-            return buf[nxt:nxt + n], nxt + n + 2
-        if kind == b"*":
-            n = int(line)
-            if n < 0:
-                return None, nxt
-            items = []
-            for _ in range(n):
-                item, nxt = self._parse(nxt)
-                if item is _INCOMPLETE:
-                    return _INCOMPLETE, pos
-                items.append(item)
-            return items, nxt
-        raise ValueError(f"not a RESP2 reply: {buf[pos:pos + 40]!r}")
-
-
-_INCOMPLETE = object()
-RespReplyParser.INCOMPLETE = _INCOMPLETE
-
-
-class RespError(str):
-    """An error reply; its first word is the kind (MOVED, ERR, TIMEOUT...)."""
-
-    @property
-    def kind(self):
-        return self.split(" ", 1)[0] if self else "ERR"
-
-
-def encode_command(*args):
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        if isinstance(a, str):
-            a = a.encode()
-        elif isinstance(a, int):
-            a = b"%d" % a
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
+# ---- replies --------------------------------------------------------------------
 
 def scan_replies(buf):
     """Count the complete replies at the front of `buf`.
@@ -150,7 +64,7 @@ def scan_replies(buf):
     p = RespReplyParser()
     p.feed(buf)
     replies, errors = 0, []
-    while (r := p.take()) is not _INCOMPLETE:
+    while (r := p.take()) is not INCOMPLETE:
         replies += 1
         if isinstance(r, RespError):
             errors.append(r.kind)
@@ -396,77 +310,6 @@ class Result:
         return "\n".join(lines)
 
 
-# ---- finding the leader -------------------------------------------------------------
-
-def target_address(addr):
-    """An Address from "host:port", tcp://host:port or unix:///path."""
-    if isinstance(addr, str) and "://" not in addr:
-        host, _, port = addr.rpartition(":")
-        addr = f"tcp://{host or '127.0.0.1'}:{port}"
-    return parse_address(addr)
-
-
-def _show(addr):
-    return f"{addr.host}:{addr.port}" if addr.scheme == "tcp" else str(addr)
-
-
-class _OneReply(asyncio.Protocol):
-    def __init__(self):
-        self.parser = RespReplyParser()
-        self.reply = asyncio.get_running_loop().create_future()
-
-    def data_received(self, data):
-        self.parser.feed(data)
-        try:
-            r = self.parser.take()
-        except ValueError as e:
-            r = e
-        if r is not _INCOMPLETE and not self.reply.done():
-            self.reply.set_result(r)
-
-    def connection_lost(self, exc):
-        if not self.reply.done():
-            self.reply.set_exception(exc or ConnectionError("connection closed"))
-
-
-async def resp_call(addr, *args, timeout=5.0):
-    """One command on a fresh connection to addr (Address or URL); its decoded reply."""
-    loop = asyncio.get_running_loop()
-    transport, proto = await asyncio.wait_for(
-        open_connection(loop, target_address(addr), _OneReply), timeout)
-    try:
-        transport.write(encode_command(*args))
-        r = await asyncio.wait_for(proto.reply, timeout)
-    finally:
-        transport.close()
-    if isinstance(r, ValueError):
-        raise r
-    return r
-
-
-async def find_leader(addr, timeout=10.0):
-    """Send one probe SET; follow `-MOVED slot host:port` and `-NOTLEADER url`,
-    and wait out `-CLUSTERDOWN` and `-TRYAGAIN`; returns the leader's Address."""
-    addr = target_address(addr)
-    deadline = time.monotonic() + timeout
-    while True:
-        r = await resp_call(addr, "SET", "raftfast:loadgen:probe", "1", timeout=timeout)
-        if not isinstance(r, RespError):
-            return addr
-        try:
-            if r.kind == "MOVED":
-                addr = target_address(r.split()[-1])
-                continue
-            if r.kind == "NOTLEADER":
-                addr = parse_address(r.split()[-1])
-                continue
-        except (AddressError, ValueError, IndexError):
-            raise ConnectionError(f"cannot follow the redirect {str(r)!r}") from None
-        if r.kind not in ("CLUSTERDOWN", "TRYAGAIN", "TIMEOUT") or time.monotonic() > deadline:
-            raise ConnectionError(f"{_show(addr)} refused the probe SET: {r}")
-        await asyncio.sleep(0.1)
-
-
 # ---- running -----------------------------------------------------------------
 
 async def run_async(addr, seconds, clients=50, pipeline=1, value_size=64,
@@ -478,9 +321,9 @@ async def run_async(addr, seconds, clients=50, pipeline=1, value_size=64,
         raise ValueError("clients and pipeline must be >= 1, value_size >= 0, seconds > 0")
     if rate is not None and not rate > 0:
         raise ValueError("rate must be > 0 ops/s")
-    target = target_address(addr)
+    target = resp_client.address(addr)
     if find_leader:
-        target = await _find_leader(target)
+        target = await resp_client.find_leader(target)
     loop = asyncio.get_running_loop()
     gen = _Generator(clients, pipeline, rate, value_size, keyspace, seed)
     conns, ticker = [], None
@@ -518,12 +361,9 @@ async def run_async(addr, seconds, clients=50, pipeline=1, value_size=64,
             c.abandon(now)
             if c.transport is not None and not c.transport.is_closing():
                 c.transport.abort()
-    return Result(address=_show(target), seconds=elapsed, clients=clients,
+    return Result(address=resp_client.show(target), seconds=elapsed, clients=clients,
                   pipeline=pipeline, value_size=value_size, ops=ops, errors=gen.errors,
                   latency=gen.latency, rate=rate, lag=gen.lag, client_cpu=client_cpu)
-
-
-_find_leader = find_leader  # run_async's parameter of the same name shadows it
 
 
 def run(addr, seconds, clients=50, pipeline=1, value_size=64, **kwargs):

@@ -27,7 +27,7 @@ try:
 except ImportError:
     sys.exit('error: PySyncObj is not installed: pip install -e ".[bench]"')
 
-from raftfast.bench.loadgen import RespReplyParser  # noqa: E402  (after the PySyncObj check)
+from raftfast.resp_client import RespReplyParser  # noqa: E402  (after the PySyncObj check)
 
 HOST = "127.0.0.1"
 LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER

@@ -23,10 +23,9 @@ that it is measured the same way for any process, PySyncObj's included.
 import asyncio
 import os
 
-from raftfast.launcher.launcher import parse_info  # noqa: F401  (re-exported for the bench modules)
-from raftfast.bench.loadgen import resp_call
+from raftfast import resp_client
 
-__all__ = ["STAT_FIELDS", "parse_info", "node_stats", "proc_cpu_seconds", "snapshot",
+__all__ = ["STAT_FIELDS", "node_stats", "proc_cpu_seconds", "snapshot",
            "figures", "fmt", "CALLS_FIELD", "parse_calls_top", "python_calls",
            "format_python_calls"]
 
@@ -85,12 +84,7 @@ def proc_cpu_seconds(pid):
 async def _info(url):
     merged = {}
     for section in ("stats", "raft"):
-        try:
-            reply = await resp_call(url, "INFO", section, timeout=5.0)
-        except (OSError, asyncio.TimeoutError, ValueError):
-            continue
-        if isinstance(reply, bytes):
-            merged.update(parse_info(reply))
+        merged.update(await resp_client.info(url, section, timeout=5.0) or {})
     return merged
 
 

@@ -18,9 +18,13 @@ import uvloop
 from raftfast.bench import cli as bench
 from raftfast.bench import report as bench_report
 from raftfast.bench import stats as bench_stats
-from raftfast.launcher import launcher as cluster
 from raftfast.bench.histogram import Histogram
-from raftfast.bench.loadgen import RespReplyParser, Result
+from raftfast.bench.loadgen import Result
+from raftfast.bench.measure import Target, measure
+from raftfast.launcher.layout import plan
+from raftfast.launcher.local_cluster import ClusterError, LocalCluster
+from raftfast.launcher.supervisor import NODE_MODULE_ENV, node_env
+from raftfast.resp_client import RespReplyParser, parse_info
 from tests.support.harness import free_base_port
 
 ROOT = REPO
@@ -56,7 +60,7 @@ def test_run_defaults_and_tunables():
             s["batch_linger_us"], s["max_inflight"]) == (5, "tcp", "never", 64, 100, 4)
     assert ns.rate == 5000.0
     # The tunables reach every node's command line, as with raftfast.cluster.
-    spec = cluster.plan(ns, "/tmp/rf-plan")[0]
+    spec = plan(ns, "/tmp/rf-plan")[0]
     assert spec.argv[-8:] == ["--fsync", "never", "--max-batch-entries", "64",
                               "--batch-linger-us", "100", "--max-inflight", "4"]
 
@@ -79,7 +83,7 @@ def test_count_calls_flag():
     ns = p.parse_args(["core", "--count-calls", "--batch", "1024"])
     assert ns.count_calls is True and ns.batch == 1024
     # A flag of the benchmark, not a node tunable: no node's command line has it.
-    assert "--count-calls" not in cluster.plan(ns, "/tmp/rf-plan")[0].argv
+    assert "--count-calls" not in plan(ns, "/tmp/rf-plan")[0].argv
     assert bench.COUNT_CALLS_ENV == {"RAFTFAST_COUNT_CALLS": "1"}
 
 
@@ -155,7 +159,7 @@ def test_figures_without_the_stats_fields():
 def test_info_parsing_and_proc_cpu():
     text = b"# Stats\r\nraftfast_fsyncs:12\r\nraftfast_cpu_seconds:1.250\r\n\r\n# Raft\r\n" \
            b"raft_role:leader\r\nraft_commit_index:7\r\nbogus:x\r\n"
-    st = bench_stats.node_stats(bench_stats.parse_info(text))
+    st = bench_stats.node_stats(parse_info(text))
     assert st == {"raftfast_fsyncs": 12.0, "raftfast_cpu_seconds": 1.25,
                   "raft_commit_index": 7.0}
     t0 = bench_stats.proc_cpu_seconds(os.getpid())
@@ -175,7 +179,7 @@ def info_text(calls=None, top=None, commit=0):
 
 def snap(**texts):
     """{node id: node_stats} from INFO texts, as snapshot() makes it."""
-    return {int(k[1:]): bench_stats.node_stats(bench_stats.parse_info(v.encode()))
+    return {int(k[1:]): bench_stats.node_stats(parse_info(v.encode()))
             for k, v in texts.items()}
 
 
@@ -424,15 +428,15 @@ def test_count_calls_needs_a_counting_node(capsys):
 
 
 def test_local_cluster_starts_measures_and_stops(monkeypatch):
-    monkeypatch.setattr(cluster, "NODE_MODULE", "tests.support.cluster_fake_node")
+    monkeypatch.setenv(NODE_MODULE_ENV, "tests.support.cluster_fake_node")
     monkeypatch.setenv("PYTHONPATH", REPO)
     ns = bench.build_parser().parse_args(["run", "--base-port", str(free_base_port(3))])
 
     async def main():
-        async with cluster.LocalCluster(ns, leader_wait=20) as c:
+        async with LocalCluster(ns, leader_wait=20) as c:
             assert c.leader_id == 1 and os.path.isdir(c.data_dir)
             pids = list(c.pids.values())
-            result, figs = await bench.measure(bench.Target.of_cluster(c), 0.3, 2, 4, 16)
+            result, figs = await measure(Target.of_cluster(c), 0.3, 2, 4, 16)
         return c, pids, result, figs
     c, pids, result, figs = run_async(main())
     assert result.ops > 0 and not result.errors
@@ -444,26 +448,26 @@ def test_local_cluster_starts_measures_and_stops(monkeypatch):
 
 
 def test_local_cluster_reports_a_node_that_fails(monkeypatch):
-    monkeypatch.setattr(cluster, "NODE_MODULE", "tests.support.cluster_fake_node")
+    monkeypatch.setenv(NODE_MODULE_ENV, "tests.support.cluster_fake_node")
     monkeypatch.setenv("PYTHONPATH", REPO)
     monkeypatch.setenv("FAKE_FAIL_ID", "2")
     ns = bench.build_parser().parse_args(["run", "--base-port", str(free_base_port(3))])
-    with pytest.raises(cluster.ClusterError, match="node 2 .* exited with code 1"):
-        run_async(cluster.LocalCluster(ns, leader_wait=20).start())
+    with pytest.raises(ClusterError, match="node 2 .* exited with code 1"):
+        run_async(LocalCluster(ns, leader_wait=20).start())
 
 
 def test_local_cluster_passes_extra_environment(monkeypatch):
     """LocalCluster(env=...) reaches every node process (the stand-in node
     fails on FAKE_FAIL_ID), on top of the launcher's own environment."""
-    monkeypatch.setattr(cluster, "NODE_MODULE", "tests.support.cluster_fake_node")
+    monkeypatch.setenv(NODE_MODULE_ENV, "tests.support.cluster_fake_node")
     monkeypatch.setenv("PYTHONPATH", REPO)
     monkeypatch.delenv("FAKE_FAIL_ID", raising=False)
-    env = cluster.node_env({"FAKE_FAIL_ID": "3", "PYTHONUNBUFFERED": "0"})
+    env = node_env({"FAKE_FAIL_ID": "3", "PYTHONUNBUFFERED": "0"})
     assert env["FAKE_FAIL_ID"] == "3" and env["PYTHONPATH"].endswith(REPO)
-    assert "FAKE_FAIL_ID" not in cluster.node_env()
+    assert "FAKE_FAIL_ID" not in node_env()
     ns = bench.build_parser().parse_args(["run", "--base-port", str(free_base_port(3))])
-    with pytest.raises(cluster.ClusterError, match="node 3 .* exited with code 1"):
-        run_async(cluster.LocalCluster(ns, leader_wait=20, env={"FAKE_FAIL_ID": "3"}).start())
+    with pytest.raises(ClusterError, match="node 3 .* exited with code 1"):
+        run_async(LocalCluster(ns, leader_wait=20, env={"FAKE_FAIL_ID": "3"}).start())
 
 
 # ---- a real cluster --------------------------------------------------------------------

@@ -6,16 +6,21 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import uvloop
 
-from raftfast.launcher import launcher as cluster
+from raftfast import resp_client
 from raftfast.config import ConfigError
-from raftfast.bench.loadgen import RespError
+from raftfast.launcher.cli import build_parser
+from raftfast.launcher.layout import Layout, NodeSpec, plan
+from raftfast.launcher.status import StatusLine, format_table
+from raftfast.resp_client import RespError
 
 from tests.support.harness import free_base_port
 
@@ -23,11 +28,11 @@ DEADLINE = 30.0  # liveness bound for waits, not a timing assertion
 
 
 def parse(argv):
-    return cluster.build_parser().parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def test_plan_unix_peers_and_client_ports(tmp_path):
-    specs = cluster.plan(parse(["--nodes", "3", "--fsync", "never"]), str(tmp_path))
+    specs = plan(parse(["--nodes", "3", "--fsync", "never"]), str(tmp_path))
     assert [s.id for s in specs] == [1, 2, 3]
     s2 = specs[1]
     assert s2.client == "tcp://127.0.0.1:7002"
@@ -41,7 +46,7 @@ def test_plan_unix_peers_and_client_ports(tmp_path):
 
 
 def test_plan_tcp_peers(tmp_path):
-    specs = cluster.plan(parse(["--nodes", "5", "--transport", "tcp", "--base-port", "9000"]),
+    specs = plan(parse(["--nodes", "5", "--transport", "tcp", "--base-port", "9000"]),
                          str(tmp_path))
     assert [s.listen for s in specs] == [f"tcp://127.0.0.1:{9100 + i}" for i in range(1, 6)]
     assert [s.client for s in specs] == [f"tcp://127.0.0.1:{9000 + i}" for i in range(1, 6)]
@@ -55,18 +60,18 @@ def test_plan_tcp_peers(tmp_path):
 ])
 def test_plan_rejects_impossible_settings(argv, fragment, tmp_path):
     with pytest.raises(ConfigError, match=fragment):
-        cluster.plan(parse(argv), str(tmp_path))
+        plan(parse(argv), str(tmp_path))
 
 
 def test_plan_rejects_a_data_dir_too_long_for_unix_sockets(tmp_path):
     with pytest.raises(ConfigError, match="--transport tcp"):
-        cluster.plan(parse([]), str(tmp_path / ("d" * 120)))
-    assert cluster.plan(parse(["--transport", "tcp"]), str(tmp_path / ("d" * 120)))
+        plan(parse([]), str(tmp_path / ("d" * 120)))
+    assert plan(parse(["--transport", "tcp"]), str(tmp_path / ("d" * 120)))
 
 
 def test_default_is_three_nodes_and_help_says_so():
     assert parse([]).nodes == 3
-    assert "(default: 3)" in " ".join(cluster.build_parser().format_help().split())
+    assert "(default: 3)" in " ".join(build_parser().format_help().split())
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -94,13 +99,13 @@ class Fake:
     def __init__(self, nid, rc=None):
         self.id = nid
         self.proc = self.Proc(1000 + nid, rc)
-        self.spec = cluster.NodeSpec(nid, "", "", f"tcp://127.0.0.1:{7000 + nid}", [])
+        self.spec = NodeSpec(nid, "", "", f"tcp://127.0.0.1:{7000 + nid}", [])
 
 
 def test_format_table():
     infos = {1: {"raft_role": "leader", "raft_current_term": "12"},
              2: {"raft_role": "follower", "raft_current_term": "12"}}
-    text = cluster.format_table([Fake(1), Fake(2), Fake(3, rc=1)], infos)
+    text = format_table([Fake(1), Fake(2), Fake(3, rc=1)], infos)
     assert text.splitlines() == [
         "id  pid   role       term  client",
         "1   1001  leader     12    tcp://127.0.0.1:7001",
@@ -109,20 +114,20 @@ def test_format_table():
     ]
 
 
-def test_find_leader_prefers_highest_term():
+def test_leader_of_prefers_highest_term():
     infos = {1: {"raft_role": "leader", "raft_current_term": "3"},
              2: {"raft_role": "leader", "raft_current_term": "4"},
              3: {"raft_role": "candidate", "raft_current_term": "5"}}
-    assert cluster.find_leader(infos) == 2
-    assert cluster.find_leader({1: {"raft_role": "follower"}}) is None
+    assert resp_client.leader_of(infos) == 2
+    assert resp_client.leader_of({1: {"raft_role": "follower"}}) is None
 
 
 def test_parse_info_and_status_line():
-    info = cluster.parse_info(b"# Raft\r\nraft_role:leader\r\nraft_current_term:7\r\n"
+    info = resp_client.parse_info(b"# Raft\r\nraft_role:leader\r\nraft_current_term:7\r\n"
                               b"raft_commit_index:100\r\nraft_voters:1,2,3\r\n")
     assert info == {"raft_role": "leader", "raft_current_term": "7",
                     "raft_commit_index": "100", "raft_voters": "1,2,3"}
-    st = cluster.StatusLine()
+    st = StatusLine()
     assert st.render(3, info, 10.0) == "leader 3  term 7  commit 100"
     info2 = dict(info, raft_commit_index="2600")
     assert st.render(3, info2, 11.0) == "leader 3  term 7  commit 2600  2,500 ops/s"
@@ -153,19 +158,59 @@ def test_resp_client_against_a_tiny_server():
         server = await loop.create_server(lambda: TinyServer(replies), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
-            info = await cluster.info_raft(f"tcp://127.0.0.1:{port}")
-            moved = await cluster.resp_call("127.0.0.1", port, "SET", "k", "v")
-            pong = await cluster.resp_call("127.0.0.1", port, "PING")
+            info = await resp_client.info(f"tcp://127.0.0.1:{port}")
+            moved = await resp_client.call(f"127.0.0.1:{port}", "SET", "k", "v")
+            pong = await resp_client.call(f"127.0.0.1:{port}", "PING")
         finally:
             server.close()
         # Nobody listens here any more: no answer, not an exception.
-        gone = await cluster.info_raft(f"tcp://127.0.0.1:{port}", timeout=1)
+        gone = await resp_client.info(f"tcp://127.0.0.1:{port}", timeout=1)
         return info, moved, pong, gone
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
         info, moved, pong, gone = r.run(main())
     assert info == {"raft_role": "leader", "raft_leader_id": "1"}
     assert isinstance(moved, RespError) and moved.kind == "MOVED"
     assert pong == "PONG" and gone is None
+
+
+def test_blocking_client_against_a_tiny_server():
+    """The synchronous side of the client (the test harness's) decodes the
+    same replies, sent a few bytes at a time, and pipelines on a Connection."""
+    requests = [[("INFO", "raft")], [("SET", "k", "v")],
+                [("PING",), ("INCR", "n"), ("MGET", "a", "b")]]
+    replies = [b"$34\r\nraft_role:leader\r\nraft_leader_id:1\r\n",
+               b"-MOVED 0 127.0.0.1:7001\r\n",
+               b"+PONG\r\n:3\r\n*2\r\n$1\r\na\r\n$-1\r\n"]
+    server = socket.create_server(("127.0.0.1", 0))
+    addr = f"127.0.0.1:{server.getsockname()[1]}"
+
+    def serve():
+        for cmds, reply in zip(requests, replies):
+            conn, _ = server.accept()
+            with conn:
+                want = b"".join(resp_client.encode_command(*c) for c in cmds)
+                got = b""
+                while len(got) < len(want):
+                    got += conn.recv(65536)
+                assert got == want
+                for i in range(0, len(reply), 3):
+                    conn.sendall(reply[i:i + 3])
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        info = resp_client.info_sync(addr)
+        moved = resp_client.call_sync(addr, "SET", "k", "v")
+        with resp_client.Connection(addr) as c:
+            for cmd in requests[2]:
+                c.send(*cmd)
+            pipelined = [c.reply() for _ in requests[2]]
+    finally:
+        t.join(timeout=DEADLINE)
+        server.close()
+    assert info == {"raft_role": "leader", "raft_leader_id": "1"}
+    assert isinstance(moved, RespError) and moved.kind == "MOVED"
+    assert pipelined == ["PONG", 3, [b"a", None]]
+    assert resp_client.info_sync(addr, timeout=1) is None  # nobody listens: no answer
 
 
 # ---- the whole launcher, with stand-in nodes ------------------------------------
@@ -307,8 +352,8 @@ def test_a_node_dying_is_reported_and_the_rest_keep_serving(tmp_path):
 def test_plan_of_a_grown_and_shrunk_layout(tmp_path):
     """Added nodes join; every live node dials every other live one; a
     removed node is neither started nor dialed."""
-    layout = cluster.Layout(3, "tcp", 9000, added=[4, 5], removed=[2])
-    specs = cluster.plan(parse(["--fsync", "never"]), str(tmp_path), layout)
+    layout = Layout(3, "tcp", 9000, added=[4, 5], removed=[2])
+    specs = plan(parse(["--fsync", "never"]), str(tmp_path), layout)
     assert [s.id for s in specs] == [1, 3, 4, 5]
     by_id = {s.id: s for s in specs}
     assert by_id[4].argv == [
@@ -323,21 +368,21 @@ def test_plan_of_a_grown_and_shrunk_layout(tmp_path):
 
 
 def test_layout_is_kept_in_the_data_dir(tmp_path):
-    assert cluster.Layout.load(str(tmp_path)) is None
-    cluster.Layout(5, "unix", 7100, added=[6], removed=[3]).save(str(tmp_path))
-    back = cluster.Layout.load(str(tmp_path))
+    assert Layout.load(str(tmp_path)) is None
+    Layout(5, "unix", 7100, added=[6], removed=[3]).save(str(tmp_path))
+    back = Layout.load(str(tmp_path))
     assert (back.founders, back.transport, back.base_port, back.added, back.removed) == (
         5, "unix", 7100, [6], {3})
     (tmp_path / "cluster.json").write_text('{"format": 1, "founders": "x"}')
     with pytest.raises(ConfigError, match="cluster.json"):
-        cluster.Layout.load(str(tmp_path))
+        Layout.load(str(tmp_path))
 
 
 def test_a_layout_past_the_port_range_is_refused():
     with pytest.raises(ConfigError, match="up to 99"):
-        cluster.Layout(3, "tcp", 7000, added=list(range(4, 100))).check_ports(100)
+        Layout(3, "tcp", 7000, added=list(range(4, 100))).check_ports(100)
     with pytest.raises(ConfigError, match="past 65535"):
-        cluster.Layout(3, "unix", 65530).check_ports(6)
+        Layout(3, "unix", 65530).check_ports(6)
 
 
 def control(*argv):
@@ -421,7 +466,7 @@ def test_add_then_remove_then_a_restart_keeps_the_layout(tmp_path):
 
 def test_a_restart_with_other_founding_flags_is_refused(tmp_path):
     data = tmp_path / "d"
-    cluster.Layout(3, "unix", 7000).save(str(data.mkdir() or data))
+    Layout(3, "unix", 7000).save(str(data.mkdir() or data))
     r = subprocess.run([sys.executable, "-m", "raftfast.cluster", "--nodes", "5",
                         "--data-dir", str(data)], capture_output=True, text=True, timeout=60,
                        cwd=REPO)

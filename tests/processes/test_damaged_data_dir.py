@@ -15,13 +15,10 @@ starts the node again.  Design principle 5 says what must happen:
 The nodes run with small WAL segments (RAFTFAST_WAL_SEGMENT_BYTES) so that a
 few dozen writes spread over several segments.
 """
-from tests.support import REPO
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -30,6 +27,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from raftfast.launcher.supervisor import NodeCommand, parse_ready, stop_processes
 from tests.support.harness import free_ports
 from tests.reference import logrecord_py as ref
 
@@ -37,14 +35,14 @@ pytestmark = pytest.mark.multiprocess
 
 
 SEGMENT = 16 << 10
-ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-       "RAFTFAST_WAL_SEGMENT_BYTES": str(SEGMENT)}
+ENV = {"RAFTFAST_WAL_SEGMENT_BYTES": str(SEGMENT)}  # on top of the test's own environment
 VALUE_SIZE = 1000
 KEYS = 60  # about 60 KiB of records: five segments of 16 KiB
 
 
 class OneNode:
-    """`python -m raftfast.node` as a cluster of one, on data dir `data`."""
+    """`python -m raftfast.node` as a cluster of one, on data dir `data`;
+    `env` is added to its environment."""
 
     def __init__(self, data, env=ENV, prefix=()):
         self.data = data
@@ -52,23 +50,30 @@ class OneNode:
         self.prefix = list(prefix)  # e.g. nsenter, to run inside a mount namespace
         self.listen, self.client = free_ports(2)
 
-    def argv(self):
-        return self.prefix + [
-                sys.executable, "-m", "raftfast.node", "--id", "1", "--data-dir", self.data,
-                "--listen", f"tcp://127.0.0.1:{self.listen}",
-                "--client", f"tcp://127.0.0.1:{self.client}",
-                "--heartbeat-interval", "20", "--election-timeout", "200"]
+    def command(self):
+        return NodeCommand.node(
+            ["--id", "1", "--data-dir", self.data,
+             "--listen", f"tcp://127.0.0.1:{self.listen}",
+             "--client", f"tcp://127.0.0.1:{self.client}",
+             "--heartbeat-interval", "20", "--election-timeout", "200"],
+            env=self.env, prefix=self.prefix)
 
     def run_refused(self):
-        """Start it expecting a refusal: the finished process."""
-        return subprocess.run(self.argv(), capture_output=True, text=True, timeout=60,
-                              stdin=subprocess.DEVNULL, env=self.env)
+        """Start it expecting a refusal: the finished process (a CompletedProcess)."""
+        proc = self.command().start(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def start(self):
-        self.proc = subprocess.Popen(self.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, env=self.env)
-        line = self.proc.stdout.readline().decode()
-        if not line.startswith("ready id=1 "):
+        self.proc = self.command().start(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        line = self.proc.stdout.readline()
+        ready = parse_ready(line)
+        if ready is None or ready.id != 1:
             rc = self.proc.wait(timeout=30)
             err = self.proc.stderr.read().decode()
             self._close_pipes()
@@ -81,15 +86,9 @@ class OneNode:
         return self
 
     def stop(self):
-        """SIGTERM; returns (exit code, stderr)."""
+        """SIGTERM (SIGKILL after 30 s); returns (exit code, stderr)."""
         self.redis.close()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+        rc, = stop_processes([self.proc], timeout=30)
         err = self.proc.stderr.read().decode()
         self._close_pipes()
         return rc, err

@@ -6,8 +6,9 @@ from fractions import Fraction
 import pytest
 import uvloop
 
-from raftfast.bench.loadgen import (Histogram, OpenLoopSchedule, RequestPool, RespError,
-                                    RespReplyParser, run, run_async, scan_replies)
+from raftfast.bench.loadgen import (Histogram, OpenLoopSchedule, RequestPool, run, run_async,
+                                    scan_replies)
+from raftfast.resp_client import RespError, RespReplyParser
 
 PERCENTILES = [1, 25, 50, 90, 99, 99.9, 99.99, 100]
 

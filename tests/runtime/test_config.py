@@ -21,7 +21,7 @@ def cfg(**kw):
     return Config(**args)
 
 
-def test_defaults_match_the_contract():
+def test_defaults_match_the_reference():
     c = cfg()
     assert c.advertise_client is None and c.client_advertised() == "tcp://127.0.0.1:7001"
     assert c.peers == {} and c.join is False

@@ -16,7 +16,7 @@ import signal
 import sys
 
 from raftfast.address import parse_address
-from raftfast.bench.loadgen import RespReplyParser
+from raftfast.resp_client import RespReplyParser
 
 
 class Resp(asyncio.Protocol):

@@ -3,7 +3,7 @@ INFO reaching a state, and a command answered by whoever leads."""
 from tests.support.wait import until
 
 # Replies that say "not here, not now": the command took no effect, so it
-# may be sent again (contract: Errors).
+# may be sent again (docs/reference.md, "Errors").
 ASK_AGAIN = (b"-MOVED", b"-NOTLEADER", b"-TRYAGAIN", b"-CLUSTERDOWN")
 
 

@@ -1,14 +1,19 @@
 """Real node processes for multi-process tests: start, kill, restart, and
-ask each node over RESP what it knows.  Every process is ended by its PID."""
+ask each node over RESP what it knows.  Every process is ended by its PID.
+
+Nodes start the way the launcher starts them (raftfast.launcher.supervisor:
+the same command line, environment and child setup), synchronously."""
 import os
 import random
 import signal
 import socket
 import subprocess
-import sys
-import time
 
 import redis
+
+from raftfast.launcher.supervisor import NodeCommand, parse_ready, stop_processes
+from raftfast.resp_client import RespError, call_sync, info_sync, leader_of, parse_info
+from tests.support.wait import until
 
 
 def free_ports(n):
@@ -56,9 +61,14 @@ class NodeProc:
     def client_port(self):
         return self.cluster.client_ports[self.id]
 
+    @property
+    def client_addr(self):
+        return f"127.0.0.1:{self.client_port}"
+
     def argv(self):
+        """The node's whole command line (a subclass may build its own)."""
         c = self.cluster
-        args = [sys.executable, "-m", "raftfast.node", "--id", str(self.id),
+        args = ["--id", str(self.id),
                 "--data-dir", os.path.join(c.root, f"node{self.id}"),
                 "--listen", c.peer_url(self.id),
                 "--client", f"tcp://127.0.0.1:{self.client_port}",
@@ -68,16 +78,16 @@ class NodeProc:
         for j in c.ids:
             if j != self.id:
                 args += ["--peer", f"{j}={c.dial_url(self.id, j)}"]
-        return args + self.extra
+        return NodeCommand.node(args + self.extra).line
 
     def start(self, wait_ready=True):
-        logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv(), stdout=subprocess.PIPE, stderr=logf,
-                                     stdin=subprocess.DEVNULL)
-        logf.close()
+        """Start the node (stderr to its log), by default until its ready line."""
+        with open(self.log_path, "ab") as logf:
+            self.proc = NodeCommand(self.argv()).start(stdout=subprocess.PIPE, stderr=logf)
         if wait_ready:
-            line = self.proc.stdout.readline().decode()
-            if not line.startswith(f"ready id={self.id} "):
+            line = self.proc.stdout.readline()
+            ready = parse_ready(line)
+            if ready is None or ready.id != self.id:
                 self.proc.wait(timeout=10)
                 raise RuntimeError(f"node {self.id} did not start (exit {self.proc.returncode}):"
                                    f" {line!r}\n{self.log_tail()}")
@@ -106,65 +116,39 @@ class NodeProc:
         return redis.Redis(host="127.0.0.1", port=self.client_port, socket_timeout=10, **kw)
 
     def raw(self, *args):
-        """Send one command over a raw socket; returns the reply's first line."""
-        req = b"*%d\r\n" % len(args) + b"".join(
-            b"$%d\r\n%s\r\n" % (len(a), a) for a in (x if isinstance(x, bytes) else str(x).encode()
-                                                    for x in args))
-        with socket.create_connection(("127.0.0.1", self.client_port), timeout=10) as s:
-            s.sendall(req)
-            buf = b""
-            while b"\r\n" not in buf:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        return buf.split(b"\r\n", 1)[0]
+        """Send one command on a fresh connection; the reply's first line as
+        the node sent it (b"+OK", b"-MOVED 0 127.0.0.1:7001", b"$1"...)."""
+        return reply_line(call_sync(self.client_addr, *args, timeout=10))
 
     def keys(self):
         """How many keys this node's state machine holds (INFO keyspace)."""
-        line = [ln for ln in self.raw_bulk("INFO", "keyspace").splitlines() if ln.startswith("db0:")]
-        return int(line[0].split("keys=")[1].split(",")[0])
+        db0 = parse_info(self.raw_bulk("INFO", "keyspace"))["db0"]
+        return int(db0.split("keys=")[1].split(",")[0])
 
     def raw_bulk(self, *args):
-        req = b"*%d\r\n" % len(args) + b"".join(
-            b"$%d\r\n%s\r\n" % (len(a), a) for a in (str(x).encode() for x in args))
-        with socket.create_connection(("127.0.0.1", self.client_port), timeout=10) as s:
-            s.sendall(req)
-            buf = b""
-            while b"\r\n" not in buf:
-                buf += s.recv(65536)
-            head, _, rest = buf.partition(b"\r\n")
-            size = int(head[1:])
-            while len(rest) < size + 2:
-                rest += s.recv(65536)
-        return rest[:size].decode()
+        """One command whose reply is a bulk string, decoded."""
+        return call_sync(self.client_addr, *args, timeout=10).decode()
 
     def info(self):
         """INFO raft as a dict of strings, or None if the node does not answer.
-        Read over a raw socket: redis-py reshapes INFO values (it turns
-        "1,2,3" into a list)."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.client_port), timeout=5) as s:
-                s.sendall(b"*2\r\n$4\r\nINFO\r\n$4\r\nraft\r\n")
-                buf = b""
-                while b"\r\n" not in buf:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        return None
-                    buf += chunk
-                head, _, rest = buf.partition(b"\r\n")
-                if not head.startswith(b"$"):
-                    return None
-                size = int(head[1:])
-                while len(rest) < size + 2:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        return None
-                    rest += chunk
-        except OSError:
-            return None
-        text = rest[:size].decode()
-        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        Not through redis-py: it reshapes INFO values (it turns "1,2,3"
+        into a list)."""
+        return info_sync(self.client_addr, "raft", timeout=5)
+
+
+def reply_line(reply):
+    """The first line a decoded reply had on the wire."""
+    if isinstance(reply, RespError):
+        return b"-" + reply.encode()
+    if isinstance(reply, str):
+        return b"+" + reply.encode()
+    if isinstance(reply, int):
+        return b":%d" % reply
+    if isinstance(reply, bytes):
+        return b"$%d" % len(reply)
+    if reply is None:
+        return b"$-1"
+    return b"*%d" % len(reply)
 
 
 class Cluster:
@@ -197,43 +181,39 @@ class Cluster:
         return self
 
     def stop(self):
-        for node in self.nodes.values():
-            if node.alive():
-                node.proc.send_signal(signal.SIGTERM)
-        codes = {}
-        for node in self.nodes.values():
-            if node.proc is not None:
-                try:
-                    codes[node.id] = node.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    node.proc.kill()
-                    codes[node.id] = node.proc.wait()
-                node.proc.stdout.close()
-                node.proc = None
-        return codes
+        """SIGTERM every running node, SIGKILL any still running after 15 s;
+        {id: exit code}."""
+        running = [n for n in self.nodes.values() if n.proc is not None]
+        codes = stop_processes([n.proc for n in running], timeout=15)
+        for node in running:
+            node.proc.stdout.close()
+            node.proc = None
+        return {n.id: code for n, code in zip(running, codes)}
 
     def wait_leader(self, timeout=30, exclude=()):
         """The id of the leader every live node agrees on."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def agreed():
             infos = {i: n.info() for i, n in self.nodes.items() if n.alive() and i not in exclude}
-            leaders = {i for i, inf in infos.items() if inf and inf.get("raft_role") == "leader"}
-            if len(leaders) == 1:
-                lid = leaders.pop()
-                term = infos[lid]["raft_current_term"]
-                if all(inf and inf.get("raft_leader_id") == str(lid)
-                       and inf.get("raft_current_term") == term for inf in infos.values()):
-                    return lid
-            time.sleep(0.05)
-        raise AssertionError("no leader agreed on:\n" + "\n".join(
-            f"--- node {i}\n{n.log_tail(15)}" for i, n in self.nodes.items()))
+            lid = leader_of(infos)
+            if lid is None:
+                return None
+            term = infos[lid]["raft_current_term"]
+            return lid if all(inf and inf.get("raft_leader_id") == str(lid)
+                              and inf.get("raft_current_term") == term
+                              for inf in infos.values()) else None
+        def what():
+            return "a leader every live node agrees on; their logs:\n" + "\n".join(
+                f"--- node {i}\n{n.log_tail(15)}" for i, n in self.nodes.items())
+        return until(agreed, what, timeout, 0.05)
 
     def wait_applied(self, index, ids=None, timeout=30):
-        deadline = time.monotonic() + timeout
+        """Every node of `ids` (default: the live ones) applied up to index: their INFO."""
         ids = ids or [i for i, n in self.nodes.items() if n.alive()]
-        while time.monotonic() < deadline:
-            infos = {i: self.nodes[i].info() for i in ids}
-            if all(inf and int(inf["raft_last_applied"]) >= index for inf in infos.values()):
-                return infos
-            time.sleep(0.05)
-        raise AssertionError(f"nodes {ids} did not apply up to {index}: {infos}")
+        seen = {}
+
+        def applied():
+            seen.update({i: self.nodes[i].info() for i in ids})
+            if all(inf and int(inf["raft_last_applied"]) >= index for inf in seen.values()):
+                return dict(seen)
+            return None
+        return until(applied, lambda: f"nodes {ids} to apply up to {index}: {seen}", timeout, 0.05)

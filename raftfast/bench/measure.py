@@ -1,0 +1,45 @@
+"""One measurement: a load run against a cluster's leader, with the nodes'
+own figures (INFO stats) taken around it."""
+from raftfast.bench import loadgen
+from raftfast.bench import stats as bench_stats
+
+
+class Target:
+    """What a measurement drives: the leader's client URL, and every node as
+    {id: (client url, pid or None)} for the server-side figures."""
+
+    def __init__(self, url, nodes, leader_id):
+        self.url = url
+        self.nodes = nodes
+        self.leader_id = leader_id
+
+    @classmethod
+    def of_cluster(cls, c):
+        return cls(c.client_url(c.leader_id),
+                   {n.id: (n.spec.client, n.proc.pid) for n in c.nodes}, c.leader_id)
+
+
+async def measure(target, seconds, clients, pipeline, value_size, rate=None, warmup=None):
+    """One load run with the nodes' figures around it: (Result, figures).
+
+    The same load runs untimed for `warmup` seconds first (default: a
+    quarter of the run, at most 1 s), so that the figures are not those of
+    a cluster that has just elected its leader and has empty buffers."""
+    result, before, after = await measure_snapshots(target, seconds, clients, pipeline,
+                                                    value_size, rate, warmup)
+    return result, bench_stats.figures(before, after, target.leader_id)
+
+
+async def measure_snapshots(target, seconds, clients, pipeline, value_size, rate=None,
+                            warmup=None):
+    """measure(), with the nodes' snapshots instead of the figures:
+    (Result, before, after)."""
+    if warmup is None:
+        warmup = min(seconds / 4, 1.0)
+    if warmup > 0:
+        await loadgen.run_async(target.url, warmup, clients, pipeline, value_size, rate=rate)
+    before = await bench_stats.snapshot(target.nodes)
+    result = await loadgen.run_async(target.url, seconds, clients, pipeline, value_size,
+                                     rate=rate)
+    after = await bench_stats.snapshot(target.nodes)
+    return result, before, after

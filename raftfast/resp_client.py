@@ -1,0 +1,298 @@
+"""A small RESP client for the tools around the nodes: the launcher, the
+benchmarks and the tests.
+
+- call(addr, *args): one command on a fresh connection, its decoded reply;
+- info(addr, section): a node's INFO section as a dict, or None;
+- leader_of(infos): which node leads, from the INFO of several;
+- find_leader(addr): the leader's address, by following a probe's redirects;
+- Connection, call_sync, info_sync: the same for synchronous callers
+  (blocking sockets), which also pipeline on a Connection.
+
+Replies decode the same way everywhere (RespReplyParser): simple strings
+as str, errors as RespError, integers as int, bulk strings as bytes (or
+None), arrays as lists.  Addresses are Address objects, URLs
+(tcp://HOST:PORT, unix:///path) or "host:port".
+
+Not for the hot path: the load generator keeps its own connections and
+counts `+OK` replies in bulk, falling back to this parser for the rest.
+"""
+import asyncio
+import socket
+import time
+
+from raftfast.address import AddressError, open_connection, parse_address
+
+__all__ = ["RespError", "RespReplyParser", "INCOMPLETE", "encode_command", "address", "show",
+           "call", "parse_info", "info", "leader_of", "find_leader", "Connection", "call_sync",
+           "info_sync"]
+
+
+class RespError(str):
+    """An error reply; its first word is the kind (MOVED, ERR, TIMEOUT...)."""
+
+    @property
+    def kind(self):
+        return self.split(" ", 1)[0] if self else "ERR"
+
+
+class _Incomplete:
+    __slots__ = ()
+
+    def __repr__(self):
+        return "INCOMPLETE"
+
+
+INCOMPLETE = _Incomplete()
+
+
+class RespReplyParser:
+    """Incremental RESP2 parser: feed bytes, then take replies (or, on a
+    server's side, the requests, which are arrays of bulk strings)."""
+
+    __slots__ = ("_buf", "_pos")
+
+    INCOMPLETE = INCOMPLETE
+
+    def __init__(self):
+        self._buf = b""
+        self._pos = 0
+
+    def feed(self, data):
+        self._buf = self._buf[self._pos:] + data if self._pos else self._buf + data
+        self._pos = 0
+
+    def take(self):
+        """The next whole reply, or INCOMPLETE; ValueError for bytes that are not RESP."""
+        r, pos = self._parse(self._pos)
+        if r is INCOMPLETE:
+            return INCOMPLETE
+        self._pos = pos
+        return r
+
+    @property
+    def consumed(self):
+        """Bytes of the buffer taken so far (since the last feed)."""
+        return self._pos
+
+    def _parse(self, pos):
+        buf = self._buf
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            return INCOMPLETE, pos
+        kind, line = buf[pos:pos + 1], buf[pos + 1:end]
+        nxt = end + 2
+        if kind == b"+":
+            return line.decode("utf-8", "replace"), nxt
+        if kind == b"-":
+            return RespError(line.decode("utf-8", "replace")), nxt
+        if kind == b":":
+            return int(line), nxt
+        if kind == b"$":
+            n = int(line)
+            if n < 0:
+                return None, nxt
+            if len(buf) < nxt + n + 2:
+                return INCOMPLETE, pos
+            return buf[nxt:nxt + n], nxt + n + 2
+        if kind == b"*":
+            n = int(line)
+            if n < 0:
+                return None, nxt
+            items = []
+            for _ in range(n):
+                item, nxt = self._parse(nxt)
+                if item is INCOMPLETE:
+                    return INCOMPLETE, pos
+                items.append(item)
+            return items, nxt
+        raise ValueError(f"not a RESP2 reply: {buf[pos:pos + 40]!r}")
+
+
+def encode_command(*args):
+    """A command as a RESP array of bulk strings; str and int arguments are encoded."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if not isinstance(a, (bytes, bytearray)):
+            a = str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def address(addr):
+    """An Address from an Address, a URL, or "host:port" (host defaults to 127.0.0.1)."""
+    if isinstance(addr, str) and "://" not in addr:
+        host, _, port = addr.rpartition(":")
+        addr = f"tcp://{host or '127.0.0.1'}:{port}"
+    return parse_address(addr)
+
+
+def show(addr):
+    """"host:port" for TCP, the URL for a Unix socket: how tools print a target."""
+    addr = address(addr)
+    return f"{addr.host}:{addr.port}" if addr.scheme == "tcp" else str(addr)
+
+
+# ---- asyncio -------------------------------------------------------------------------
+
+class _OneReply(asyncio.Protocol):
+    def __init__(self):
+        self.parser = RespReplyParser()
+        self.reply = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data):
+        self.parser.feed(data)
+        try:
+            r = self.parser.take()
+        except ValueError as e:
+            r = e
+        if r is not INCOMPLETE and not self.reply.done():
+            self.reply.set_result(r)
+
+    def connection_lost(self, exc):
+        if not self.reply.done():
+            self.reply.set_exception(exc or ConnectionError("connection closed"))
+
+
+async def call(addr, *args, timeout=5.0):
+    """One command on a fresh connection to addr; its decoded reply.  Raises
+    OSError (asyncio.TimeoutError among them) or ValueError (not RESP)."""
+    loop = asyncio.get_running_loop()
+    transport, proto = await asyncio.wait_for(
+        open_connection(loop, address(addr), _OneReply), timeout)
+    try:
+        transport.write(encode_command(*args))
+        r = await asyncio.wait_for(proto.reply, timeout)
+    finally:
+        transport.close()
+    if isinstance(r, ValueError):
+        raise r
+    return r
+
+
+def parse_info(text):
+    """`field:value` lines of an INFO reply as a dict (section headers skipped)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and ":" in line:
+            k, v = line.split(":", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+async def info(addr, section="raft", timeout=2.0):
+    """INFO `section` of the node at addr as a dict, or None if it does not answer one."""
+    try:
+        reply = await call(addr, "INFO", section, timeout=timeout)
+    except (OSError, asyncio.TimeoutError, ValueError):
+        return None
+    return parse_info(reply) if isinstance(reply, bytes) else None
+
+
+def leader_of(infos):
+    """Of {node id: INFO raft dict}, the id of the node that says it leads
+    in the highest term, or None."""
+    best = None
+    for nid, inf in infos.items():
+        if inf and inf.get("raft_role") == "leader":
+            term = _int(inf.get("raft_current_term"))
+            if best is None or term > best[0]:
+                best = (term, nid)
+    return best and best[1]
+
+
+def _int(s, default=0):
+    try:
+        return int(s)
+    except (TypeError, ValueError):
+        return default
+
+
+async def find_leader(addr, timeout=10.0):
+    """Send one probe SET; follow `-MOVED slot host:port` and `-NOTLEADER url`,
+    and wait out `-CLUSTERDOWN`, `-TRYAGAIN` and `-TIMEOUT`; returns the
+    leader's Address.  ConnectionError when no leader is found."""
+    addr = address(addr)
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await call(addr, "SET", "raftfast:loadgen:probe", "1", timeout=timeout)
+        if not isinstance(r, RespError):
+            return addr
+        try:
+            if r.kind == "MOVED":
+                addr = address(r.split()[-1])
+                continue
+            if r.kind == "NOTLEADER":
+                addr = parse_address(r.split()[-1])
+                continue
+        except (AddressError, ValueError, IndexError):
+            raise ConnectionError(f"cannot follow the redirect {str(r)!r}") from None
+        if r.kind not in ("CLUSTERDOWN", "TRYAGAIN", "TIMEOUT") or time.monotonic() > deadline:
+            raise ConnectionError(f"{show(addr)} refused the probe SET: {r}")
+        await asyncio.sleep(0.1)
+
+
+# ---- blocking ------------------------------------------------------------------------
+
+class Connection:
+    """A blocking connection for synchronous callers.  send() and reply()
+    apart let a caller pipeline: send many, then read as many replies."""
+
+    def __init__(self, addr, timeout=10.0):
+        a = address(addr)
+        if a.scheme == "tcp":
+            self.sock = socket.create_connection((a.host, a.port), timeout=timeout)
+        else:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            try:
+                self.sock.connect(a.path)
+            except OSError:
+                self.sock.close()
+                raise
+        self.parser = RespReplyParser()
+
+    def send(self, *args):
+        self.sock.sendall(encode_command(*args))
+
+    def send_raw(self, data):
+        """Requests encoded by the caller (e.g. many at once)."""
+        self.sock.sendall(data)
+
+    def reply(self):
+        """The next decoded reply; ConnectionError if the server closes first."""
+        while (r := self.parser.take()) is INCOMPLETE:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            self.parser.feed(data)
+        return r
+
+    def call(self, *args):
+        self.send(*args)
+        return self.reply()
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def call_sync(addr, *args, timeout=10.0):
+    """call() for synchronous callers: one command on a fresh connection."""
+    with Connection(addr, timeout) as c:
+        return c.call(*args)
+
+
+def info_sync(addr, section="raft", timeout=5.0):
+    """info() for synchronous callers: a dict, or None if the node does not answer one."""
+    try:
+        reply = call_sync(addr, "INFO", section, timeout=timeout)
+    except (OSError, ValueError):
+        return None
+    return parse_info(reply) if isinstance(reply, bytes) else None
