@@ -202,7 +202,9 @@ def _type_peer(s: str) -> tuple[int, str]:
     return _type_node_id(pid.strip()), _type_url(url.strip())
 
 
-def _int_at_least(lo: int) -> Callable[[str], int]:
+def int_at_least(lo: int) -> Callable[[str], int]:
+    """An argparse type: an integer no smaller than `lo`, worded alike for every
+    command that takes one."""
     def conv(s: str) -> int:
         try:
             v = int(s)
@@ -226,28 +228,28 @@ _TUNABLES: list[tuple[str, str, dict[str, Any]]] = [
     ("--fsync", "fsync", dict(choices=("always", "never"),
      help="always: entries, term and vote are on disk before a node acknowledges or "
           "votes; never: survives a killed process, not a power loss")),
-    ("--heartbeat-interval", "heartbeat_interval_ms", dict(type=_int_at_least(1), metavar="MS",
+    ("--heartbeat-interval", "heartbeat_interval_ms", dict(type=int_at_least(1), metavar="MS",
      help="leader heartbeat period")),
-    ("--election-timeout", "election_timeout_ms", dict(type=_int_at_least(1), metavar="MS",
+    ("--election-timeout", "election_timeout_ms", dict(type=int_at_least(1), metavar="MS",
      help="T: election timeouts are drawn at random from [T, 2T)")),
-    ("--max-batch-entries", "max_batch_entries", dict(type=_int_at_least(1), metavar="N",
+    ("--max-batch-entries", "max_batch_entries", dict(type=int_at_least(1), metavar="N",
      help="most client commands in one proposal")),
-    ("--max-batch-bytes", "max_batch_bytes", dict(type=_int_at_least(1), metavar="N",
+    ("--max-batch-bytes", "max_batch_bytes", dict(type=int_at_least(1), metavar="N",
      help="most bytes in one proposal")),
-    ("--batch-linger-us", "batch_linger_us", dict(type=_int_at_least(0), metavar="N",
+    ("--batch-linger-us", "batch_linger_us", dict(type=int_at_least(0), metavar="N",
      help="how long a proposal may wait for more commands")),
-    ("--max-inflight", "max_inflight", dict(type=_int_at_least(1), metavar="N",
+    ("--max-inflight", "max_inflight", dict(type=int_at_least(1), metavar="N",
      help="unacknowledged AppendEntries per follower")),
-    ("--max-inflight-bytes", "max_inflight_bytes", dict(type=_int_at_least(1), metavar="N",
+    ("--max-inflight-bytes", "max_inflight_bytes", dict(type=int_at_least(1), metavar="N",
      help="unacknowledged AppendEntries bytes per follower")),
     ("--read-mode", "read_mode", dict(choices=("readindex", "lease"),
      help="how linearizable reads are confirmed")),
-    ("--snapshot-entries", "snapshot_entries", dict(type=_int_at_least(0), metavar="N",
+    ("--snapshot-entries", "snapshot_entries", dict(type=int_at_least(0), metavar="N",
      help="snapshot and compact every N applied entries; 0 = never")),
-    ("--snapshot-trailing", "snapshot_trailing", dict(type=_int_at_least(0), metavar="N",
+    ("--snapshot-trailing", "snapshot_trailing", dict(type=int_at_least(0), metavar="N",
      help="entries kept in the log behind a snapshot for slow followers")),
     ("--log-level", "log_level", dict(choices=LOG_LEVELS, help="log verbosity")),
-    ("--max-frame-bytes", "max_frame_bytes", dict(type=_int_at_least(1), metavar="N",
+    ("--max-frame-bytes", "max_frame_bytes", dict(type=int_at_least(1), metavar="N",
      help="largest peer frame accepted")),
 ]
 

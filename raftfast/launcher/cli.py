@@ -20,7 +20,7 @@ import tempfile
 
 import uvloop
 
-from raftfast.config import ArgumentParser, ConfigError, _int_at_least, add_node_arguments
+from raftfast.config import ArgumentParser, ConfigError, int_at_least, add_node_arguments
 from raftfast.launcher import control
 from raftfast.launcher.launcher import Launcher
 from raftfast.launcher.layout import Layout, plan
@@ -38,8 +38,8 @@ A restart with the same --data-dir starts the nodes added since and not the
 removed ones; --nodes, --transport and --base-port then come from DIR."""
 
 # The node flags' own integer checks, so every command words errors alike.
-positive = _int_at_least(1)
-nonnegative = _int_at_least(0)
+positive = int_at_least(1)
+nonnegative = int_at_least(0)
 
 
 def positive_float(s):
