@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 
 import pytest
 import redis
@@ -29,6 +28,7 @@ from redis.retry import Retry
 
 from raftfast.launcher.supervisor import NodeCommand, parse_ready, stop_processes
 from tests.support.harness import free_ports
+from tests.support.wait import until
 from tests.reference import logrecord_py as ref
 
 pytestmark = pytest.mark.multiprocess
@@ -79,11 +79,38 @@ class OneNode:
             self._close_pipes()
             raise AssertionError(f"node did not start (exit {rc}): {line!r}\n{err}")
         self.redis = redis.Redis(host="127.0.0.1", port=self.client, socket_timeout=10)
-        deadline = time.monotonic() + 30
-        while self.redis.info("raft")["raft_role"] != "leader":
-            assert time.monotonic() < deadline, "a node alone did not elect itself"
-            time.sleep(0.02)
+        until(lambda: self.redis.info("raft")["raft_role"] == "leader",
+              "a node alone to elect itself")
         return self
+
+    def write_until_it_stops(self, items, never):
+        """SET every (key, value) of `items` without ever resending one, until
+        the node stops on its own; the keys it acknowledged, its exit code
+        and its stderr.  Fails with `never` if every write succeeded."""
+        client = redis.Redis(host="127.0.0.1", port=self.client, socket_timeout=10,
+                             retry=Retry(NoBackoff(), 0))
+        acknowledged = []
+        try:
+            for key, val in items:
+                try:
+                    assert client.set(key, val) is True
+                except (redis.ConnectionError, redis.ResponseError) as e:
+                    # The node stopping: the write in flight has an unknown outcome.
+                    assert isinstance(e, redis.ConnectionError) or "TIMEOUT" in str(e), e
+                    break
+                acknowledged.append(key)
+            else:
+                pytest.fail(never)
+            rc = self.proc.wait(timeout=30)
+            err = self.proc.stderr.read().decode()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            client.close()
+            self.redis.close()
+            self._close_pipes()
+        return acknowledged, rc, err
 
     def stop(self):
         """SIGTERM (SIGKILL after 30 s); returns (exit code, stderr)."""
@@ -424,29 +451,10 @@ def test_full_disk_stops_the_node_and_loses_no_acknowledged_write(small_disk):
     small_disk.run("sh", "-c", f"head -c {1 << 20} /dev/zero > {ballast}")
     env = {**ENV, "RAFTFAST_WAL_SEGMENT_BYTES": str(256 << 10)}
     node = OneNode(data, env=env, prefix=small_disk.prefix()).start()
-    node.redis = redis.Redis(host="127.0.0.1", port=node.client, socket_timeout=10,
-                             retry=Retry(NoBackoff(), 0))  # never resend a write
-    acknowledged = []
     big = b"x" * 4096
-    try:
-        for i in range(2000):  # 8 MiB: twice the disk
-            try:
-                assert node.redis.set(f"k{i}", big) is True
-            except (redis.ConnectionError, redis.ResponseError) as e:
-                # The node stopping: the write in flight has an unknown outcome.
-                assert isinstance(e, redis.ConnectionError) or "TIMEOUT" in str(e), e
-                break
-            acknowledged.append(f"k{i}")
-        else:
-            pytest.fail("the disk never filled up")
-        rc = node.proc.wait(timeout=30)
-        err = node.proc.stderr.read().decode()
-    finally:
-        if node.proc.poll() is None:
-            node.proc.kill()
-            node.proc.wait()
-        node.redis.close()
-        node._close_pipes()
+    acknowledged, rc, err = node.write_until_it_stops(
+        ((f"k{i}", big) for i in range(2000)),  # 8 MiB: twice the disk
+        "the disk never filled up")
     assert rc == 1, err
     assert len(acknowledged) > 100  # the disk did take writes before it filled
     assert "Traceback" not in err, err
@@ -519,27 +527,9 @@ def test_failed_fsync_stops_the_node_and_is_never_retried(data_dir, failing_fdat
     before were on disk, and a restart finds them all."""
     env = {**ENV, "LD_PRELOAD": failing_fdatasync, "RF_FDATASYNC_OK": "40"}
     node = OneNode(data_dir, env=env).start()
-    node.redis = redis.Redis(host="127.0.0.1", port=node.client, socket_timeout=10,
-                             retry=Retry(NoBackoff(), 0))
-    acknowledged = []
-    try:
-        for i in range(100):  # one fdatasync per SET: well past the 40 that succeed
-            try:
-                assert node.redis.set(f"k{i}", value(i)) is True
-            except (redis.ConnectionError, redis.ResponseError) as e:
-                assert isinstance(e, redis.ConnectionError) or "TIMEOUT" in str(e), e
-                break
-            acknowledged.append(i)
-        else:
-            pytest.fail("fdatasync never failed: is the shim loaded?")
-        rc = node.proc.wait(timeout=30)
-        err = node.proc.stderr.read().decode()
-    finally:
-        if node.proc.poll() is None:
-            node.proc.kill()
-            node.proc.wait()
-        node.redis.close()
-        node._close_pipes()
+    # One fdatasync per SET: a hundred go well past the 40 that succeed.
+    acknowledged, rc, err = node.write_until_it_stops(
+        ((i, value(i)) for i in range(100)), "fdatasync never failed: is the shim loaded?")
     assert rc == 1, err
     assert "Traceback" not in err, err
     assert err.count("shim: fdatasync fails with EIO") == 1, err  # never retried
@@ -550,7 +540,7 @@ def test_failed_fsync_stops_the_node_and_is_never_retried(data_dir, failing_fdat
 
     node = OneNode(data_dir).start()  # the disk is well again
     try:
-        got = node.redis.mget([f"k{i}" for i in acknowledged])
+        got = node.redis.mget(acknowledged)
         assert got == [value(i) for i in acknowledged]
     finally:
         rc, err = node.stop()
