@@ -65,8 +65,8 @@ class StateMachine(Protocol):
     """What the runtime needs of the replicated state.
 
     apply() and apply_replies() are two methods rather than one with a
-    flag so that an implementation can bind each to compiled code with no
-    branch between: they run once per committed block."""
+    flag: each maps onto one compiled call, with no branch in between,
+    and they run once per committed block."""
 
     def apply(self, block) -> None:
         """Apply a block of committed entries; nobody waits for replies (a
