@@ -38,8 +38,17 @@ COMPILED_PY = [
     "raftfast/core/log.py",
     "raftfast/core/raft.py",
     "raftfast/runtime/driver.py",
+    "raftfast/runtime/group_commit.py",
+    "raftfast/runtime/waiters.py",
+    "raftfast/runtime/members.py",
+    "raftfast/runtime/snapshots.py",
+    "raftfast/runtime/kv_state_machine.py",
     "raftfast/runtime/transport.py",
-    "raftfast/server/resp_server.py",
+    "raftfast/server/replies.py",
+    "raftfast/server/batcher.py",
+    "raftfast/server/connection.py",
+    "raftfast/server/commands.py",
+    "raftfast/server/server.py",
 ]
 if os.environ.get("RAFTFAST_PURE_PYTHON") != "1" and (not only or "py" in only):
     extensions += [

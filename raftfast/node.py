@@ -17,18 +17,19 @@ import operator
 import os
 import signal
 import sys
+import time
 
 import uvloop
 
-from raftfast._kv import KVStore
 from raftfast._logstore import DEFAULT_SEGMENT_BYTES
 from raftfast.address import AddressError
 from raftfast.config import parse_node_config
 from raftfast.core import FOLLOWER
 from raftfast.runtime.driver import RaftDriver
-from raftfast.server.resp_server import RespServer
+from raftfast.runtime.kv_state_machine import KVStateMachine
 from raftfast.runtime.storage import Storage, StorageError
 from raftfast.runtime.transport import PeerTransport
+from raftfast.server.server import RespServer
 
 log = logging.getLogger("raftfast.node")
 
@@ -47,7 +48,7 @@ class Node:
         self.exit_code = 0
         # The state the newest snapshot held, or empty; the driver applies
         # from storage.snap_index + 1.
-        self.kv = storage.kv if storage.kv is not None else KVStore()
+        self.state_machine = KVStateMachine(storage.kv)
 
     async def run(self):
         cfg = self.cfg
@@ -62,10 +63,11 @@ class Node:
             # A full pipelining window must fit in the socket's buffer, or
             # the transport would drop appends that flow control allowed.
             write_buffer_limit=max(4 << 20, 2 * cfg.max_inflight_bytes))
-        self.driver = RaftDriver(loop, cfg, self.storage, self.kv, self.transport,
-                                 self.conf, self._on_fatal, tick_ms(cfg))
+        # The clock is the monotonic one: ticks catch up after a stall by
+        # it, and it keeps full resolution (uvloop's loop.time() is in ms).
+        self.driver = RaftDriver(loop, time.monotonic, cfg, self.storage, self.state_machine,
+                                 self.transport, self.conf, self._on_fatal, tick_ms(cfg))
         self.transport.on_message = self.driver.step  # no wrapper on the hot path
-        self.driver.on_kv_replaced = self._kv_replaced
         self.transport.on_peer_state = self.driver.on_peer_state
         self.resp = RespServer(loop, cfg, self.driver, self.info_fields)
         self.resp.leader_client_url = self.client_url_of
@@ -89,11 +91,6 @@ class Node:
 
     def _on_peer_message(self, msg):
         self.driver.step(msg)
-
-    def _kv_replaced(self, kv):
-        # A snapshot from the leader was installed: the driver (which the
-        # RESP server reads through) already holds the new store.
-        self.kv = kv
 
     def _on_fatal(self, why):
         self.exit_code = 1

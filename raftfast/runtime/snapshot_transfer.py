@@ -1,6 +1,6 @@
 """Moving a snapshot file from a leader to one follower (InstallSnapshot,
-streamed in chunks), and nothing else: the driver decides when to start
-one, and what to do with the file once it is here.
+streamed in chunks), and nothing else: the snapshot manager decides when
+to start one, and what to do with the file once it is here.
 
 The core asks for a snapshot with MSG_SNAPSHOT; the runtime streams the
 file as MSG_SNAPSHOT_CHUNK messages (protocol v2, docs/protocol.md) and the
@@ -19,7 +19,7 @@ the leader goes back to it.
     ReceivedSnapshot
                 a complete file: sync() (in a thread), then load_step() from
                 the loop (a million keys take ~0.5 s in all, in ~5 ms steps),
-                then the driver steps it into the core, or discard().
+                then the snapshot manager steps it into the core, or discard().
 
 Both classes are sans-IO apart from the file they own: they send through a
 callable, and the caller passes the time in.  Chunks are modest (256 KiB)
@@ -43,7 +43,7 @@ WINDOW = 4              # chunks in flight: 1 MiB, well inside the socket's buff
 
 class Sender:
     """Streams the snapshot at (index, snap_term), the file at `path`, to
-    `peer` in `term`.  The driver calls pump() when the peer may be written
+    `peer` in `term`.  The snapshot manager calls pump() when the peer may be written
     to, on_ack() for each MSG_SNAPSHOT_ACK, on_peer_lost() when the
     connection dropped, tick(now) now and then; `result` becomes True once
     the follower acknowledged the last byte, False once the transfer was
@@ -214,12 +214,13 @@ class ReceivedSnapshot:
         finally:
             os.close(fd)
 
-    def load_step(self, max_chunks=1):
+    def load_step(self, max_chunks=1, open_loader=SnapshotLoader):
         """Verify and load up to max_chunks of the file's chunks (each at
         most a few ms); True once the store is ready.  SnapshotError when
-        the file is damaged or is not the snapshot the leader announced."""
+        the file is damaged or is not the snapshot the leader announced.
+        open_loader(path): the state machine's loader for the file."""
         if self._loader is None:
-            self._loader = SnapshotLoader(self.path)
+            self._loader = open_loader(self.path)
             meta = self._loader.meta
             if (meta.index, meta.term) != (self.index, self.snap_term):
                 self._loader.close()

@@ -1,6 +1,6 @@
 """Peer transport: Raft messages over TCP and Unix sockets.
 
-Messages are one-way (design principle 8).  A node sends everything it
+Messages are one-way, as in the Raft paper.  A node sends everything it
 originates on the connection it dialed to that peer; connections it
 accepted only receive.  So each direction of a link fails on its own, and
 no reply is matched to a request.

@@ -82,7 +82,8 @@ class FakeConnTransport:
 @pytest.mark.parametrize("max_entries,max_bytes", [(8, 1 << 20), (1000, 300), (3, 100)])
 def test_proposals_respect_the_batch_limits(max_entries, max_bytes):
     from raftfast.config import Config
-    from raftfast.server.resp_server import ClientProtocol, RespServer
+    from raftfast.server.connection import ClientProtocol
+    from raftfast.server.server import RespServer
     loop = asyncio.new_event_loop()
     try:
         cfg = Config(node_id=1, data_dir="x", listen="tcp://127.0.0.1:1", client="tcp://127.0.0.1:2",

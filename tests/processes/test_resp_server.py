@@ -6,6 +6,7 @@ import tempfile
 
 import pytest
 
+from raftfast.runtime.waiters import OutcomeUnknown
 from tests.support.harness import Cluster
 
 pytestmark = pytest.mark.multiprocess
@@ -275,7 +276,8 @@ def _front_door(driver):
     """A RespServer and one client connection on it, no sockets."""
     import asyncio
     from raftfast.config import Config
-    from raftfast.server.resp_server import ClientProtocol, RespServer
+    from raftfast.server.connection import ClientProtocol
+    from raftfast.server.server import RespServer
     loop = asyncio.new_event_loop()
     cfg = Config(node_id=1, data_dir="x", listen="tcp://127.0.0.1:1", client="tcp://127.0.0.1:2")
     server = RespServer(loop, cfg, driver, dict)
@@ -321,7 +323,7 @@ def test_raft_node_answers_when_applied_or_outcome_unknown():
         assert b"".join(out.out) == b"+OK\r\n+PONG\r\n"
         out.out.clear()
         conn.data_received(req(b"RAFT.NODE", b"REMOVE", b"3"))
-        drv.callback("TIMEOUT outcome unknown")  # leadership lost before it committed
+        drv.callback(OutcomeUnknown())  # leadership lost before it committed
         assert b"".join(out.out) == b"-TIMEOUT outcome unknown\r\n"
     finally:
         loop.close()

@@ -1,93 +1,33 @@
-"""The driver's snapshots section on one node (its own majority): a
-snapshot every --snapshot-entries applied entries, written step by step
-from the loop and synced in a thread, the log compacted behind it with the
-trailing margin, a failure logged and retried, 0 meaning never."""
-import asyncio
+"""Taking snapshots on one node (its own majority), on a simulated loop and
+clock: a snapshot every --snapshot-entries applied entries, written step by
+step from the loop and synced off it, the log compacted behind it with the
+trailing margin, a failure logged and retried after its delay, 0 meaning
+never."""
 import os
 
-import uvloop
-
 from raftfast._kv import OP_SET, encode_commands
-from raftfast.config import Config
-from raftfast.core import LEADER
-from raftfast.runtime.driver import RaftDriver
-from raftfast.node import tick_ms
 from raftfast.runtime.snapshot import load_snapshot
 from raftfast.runtime.storage import Storage
 
-from tests.support.wait import until_async
-
-DEADLINE = 20.0  # liveness bound for waits, not a timing assertion
-
-
-class NoPeers:
-    def send(self, m):
-        return False
-
-    def send_frame(self, to, frame):
-        return False
-
-    def can_send(self, peer):
-        return False
-
-    def peer_version(self, peer):
-        return 0
-
-    def dialed_ids(self):
-        return []
-
-    def set_address(self, node_id, url):
-        pass
-
-
-def until(pred, what):
-    return until_async(pred, what, DEADLINE)
+from tests.support.simdriver import SimDrivers
 
 
 def run_node(tmp_path, body, **knobs):
-    """Start a one-node driver on a fresh data dir, run body(driver, write),
-    stop; returns what body returned and the storage (closed)."""
-    cfg = Config(node_id=1, data_dir=str(tmp_path / "d"), listen="unix:///unused.sock",
-                 client="tcp://127.0.0.1:1", heartbeat_interval_ms=10,
-                 election_timeout_ms=50, **knobs)
-    storage = Storage.open(cfg.data_dir, 1, "raftfast")
-    fatal = []
+    """One node on a fresh data dir: run body(sim, driver, write, written),
+    close; returns what body returned (the storage is closed)."""
+    with SimDrivers(tmp_path, **knobs) as sim:
+        d = sim.wait_leader()
+        written = []  # (index, key, value) of every SET, in index order
 
-    async def main():
-        loop = asyncio.get_running_loop()
-        d = RaftDriver(loop, cfg, storage, storage.kv or _empty_kv(), NoPeers(),
-                       (frozenset({1}), frozenset(), {}),
-                       fatal.append, tick_ms(cfg))
-        d.start()
-        try:
-            await until(lambda: d.core.role == LEADER, "leadership")
-            written = []  # (index, key, value) of every SET, in index order
+        def write(lo, hi):
+            answers = []
+            cmds = [(OP_SET, [b"k%d" % (j % 150), b"v%d" % j]) for j in range(lo, hi)]
+            last = d.propose(encode_commands(cmds), len(cmds), answers.append)
+            for n, (_, (k, v)) in enumerate(cmds):
+                written.append((last - len(cmds) + 1 + n, k, v))
+            sim.loop.run_until(lambda: answers, 1.0, "the write's answer")
 
-            async def write(lo, hi):
-                done = asyncio.Event()
-                cmds = [(OP_SET, [b"k%d" % (j % 150), b"v%d" % j]) for j in range(lo, hi)]
-                last = d.propose(encode_commands(cmds), len(cmds), lambda r: done.set())
-                for n, (_, (k, v)) in enumerate(cmds):
-                    written.append((last - len(cmds) + 1 + n, k, v))
-                await done.wait()
-
-            return await body(d, write, written)
-        finally:
-            d.stop()
-            await asyncio.sleep(0.05)  # let worker-thread callbacks land
-
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            result = runner.run(main())
-    finally:
-        storage.close()
-    assert fatal == []
-    return result
-
-
-def _empty_kv():
-    from raftfast._kv import KVStore
-    return KVStore()
+        return body(sim, d, write, written)
 
 
 def state_at(written, index):
@@ -95,13 +35,12 @@ def state_at(written, index):
 
 
 def test_snapshots_are_taken_and_the_log_compacted_behind_them(tmp_path):
-    async def body(d, write, written):
+    def body(sim, d, write, written):
         for lo in range(0, 600, 20):
-            await write(lo, lo + 20)
-        await until(lambda: d.compactions >= 2, "two compactions")
-        snap = d.core.snapshot_index
-        history = list(written)
-        return d.snapshots_taken, snap, d.core.log.snap_index, d.snapshot_stats(), history
+            write(lo, lo + 20)
+        sim.loop.run_until(lambda: d.snapshots.compactions >= 2, 5.0, "two compactions")
+        return (d.snapshots.taken, d.core.snapshot_index, d.core.log.snap_index,
+                d.snapshots.stats(), list(written))
 
     taken, snap, first, stats, written = run_node(
         tmp_path, body, snapshot_entries=100, snapshot_trailing=30)
@@ -111,7 +50,7 @@ def test_snapshots_are_taken_and_the_log_compacted_behind_them(tmp_path):
     assert stats["raftfast_snapshots_taken"] == taken and stats["raftfast_compactions"] >= 2
     # The newest snapshot file holds exactly the state at its index, and the
     # data dir recovers from it.
-    with Storage.open(str(tmp_path / "d"), 1, "raftfast") as st:
+    with Storage.open(str(tmp_path / "n1"), 1, "raftfast") as st:
         path, meta = st.latest_snapshot()
         assert st.snap_index == meta.index >= snap
         kv, _ = load_snapshot(path)
@@ -121,31 +60,34 @@ def test_snapshots_are_taken_and_the_log_compacted_behind_them(tmp_path):
         assert st.entry_log.last_index >= max(i for i, _, _ in written)
 
 
-def test_a_failed_snapshot_is_logged_and_retried(tmp_path, caplog):
-    async def body(d, write, written):
+def test_a_failed_snapshot_is_logged_and_retried_after_its_delay(tmp_path, caplog):
+    def body(sim, d, write, written):
         real = d.storage.snapshot_path
         d.storage.snapshot_path = lambda i: os.path.join(str(tmp_path), "no-such-dir", "x.snap")
-        d.SNAP_RETRY_S = 0.0
-        await write(0, 60)
-        await until(lambda: d.snapshot_failures >= 1, "a failure")
-        assert d.snapshots_taken == 0
-        await write(60, 80)  # the node goes on serving
+        write(0, 60)
+        failed_at = sim.loop.run_until(lambda: d.snapshots.failures >= 1, 1.0, "a failure")
+        assert d.snapshots.taken == 0
+        write(60, 80)  # the node goes on serving
         d.storage.snapshot_path = real
-        await until(lambda: d.snapshots_taken >= 1, "the retry")
-        return d.snapshot_failures, d.core.snapshot_index
+        sim.loop.advance(failed_at + d.snapshots.RETRY_S - 0.05 - sim.loop.now)
+        assert d.snapshots.taken == 0 and d.snapshots.failures == 1  # not before the delay
+        retried_at = sim.loop.run_until(lambda: d.snapshots.taken >= 1, 1.0, "the retry")
+        assert retried_at >= failed_at + d.snapshots.RETRY_S
+        return d.snapshots.failures, d.core.snapshot_index
 
     failures, snap = run_node(tmp_path, body, snapshot_entries=50, snapshot_trailing=0)
-    assert failures >= 1 and snap >= 50
+    assert failures == 1 and snap >= 50
     assert any("snapshot failed" in r.getMessage() for r in caplog.records)
 
 
 def test_zero_means_never(tmp_path):
-    async def body(d, write, written):
+    def body(sim, d, write, written):
         for lo in range(0, 300, 50):
-            await write(lo, lo + 50)
-        await asyncio.sleep(0.1)
-        return d.snapshots_taken, d.core.snapshot_index, d.core.log.snap_index
+            write(lo, lo + 50)
+        sim.loop.advance(10.0)  # every tick of ten seconds had its chance
+        return d.snapshots.taken, d.core.snapshot_index, d.core.log.snap_index
 
     assert run_node(tmp_path, body, snapshot_entries=0) == (0, 0, 0)
-    assert not os.path.exists(tmp_path / "d" / "snap") or not [
-        n for n in os.listdir(tmp_path / "d" / "snap") if n.endswith(".snap")]
+    snap_dir = tmp_path / "n1" / "snap"
+    assert not os.path.exists(snap_dir) or not [
+        n for n in os.listdir(snap_dir) if n.endswith(".snap")]

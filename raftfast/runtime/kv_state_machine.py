@@ -1,0 +1,47 @@
+"""The C key-value store (raftfast._kv.KVStore) as the node's state machine.
+
+Every call is one call into compiled code per block.  Snapshots are the
+store's copy-on-write freeze, written and loaded in the snapshot module's
+file format.
+"""
+from raftfast._kv import KVStore, SnapshotBusy
+from raftfast.runtime.snapshot import DEFAULT_STEP_KEYS, SnapshotLoader, SnapshotWriter
+
+__all__ = ["KVStateMachine"]
+
+
+class KVStateMachine:
+    """store: the state to start from (recovered from the newest snapshot),
+    or None for an empty one."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store=None):
+        self.store = store if store is not None else KVStore()
+
+    def apply(self, block):
+        self.store.apply(block, False)
+
+    def apply_replies(self, block):
+        return self.store.apply_replies(block)
+
+    def read(self, block):
+        # Reads change nothing: applying them is serving them.
+        return self.store.apply_replies(block)
+
+    def snapshot_writer(self, path, index, term, meta):
+        try:
+            return SnapshotWriter(self.store, path, index, term, meta=meta)
+        except SnapshotBusy:
+            # The last snapshot's overlay is still merging back; help it along.
+            self.store.merge_step(DEFAULT_STEP_KEYS)
+            return None
+
+    def snapshot_loader(self, path):
+        return SnapshotLoader(path)
+
+    def restore(self, store):
+        self.store = store
+
+    def __len__(self):
+        return len(self.store)

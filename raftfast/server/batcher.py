@@ -1,0 +1,149 @@
+"""Coalescing the commands of one loop iteration into proposals and read
+batches.
+
+Writes gathered from every connection go into one entry block proposed to
+the log; reads (GET, MGET, EXISTS) go into a block of their own, served
+from the state machine once the runtime confirms they may be (ReadIndex),
+never through the log.  Each run of commands remembers its connection's
+reply slot, filled once the runtime answers.
+"""
+from raftfast.core import NotLeader, ProposalDropped, TransferInProgress
+from raftfast.runtime.waiters import NotLeaderNow, RequestFailed
+from raftfast.server.replies import encoded_error, take_replies
+
+__all__ = ["Batcher"]
+
+
+class Batcher:
+    """Coalesces the commands of one loop iteration, from every connection,
+    into one entry block (the compiled parser writes each command straight
+    into `buf`), proposed at most max_entries entries / max_bytes bytes at a
+    time.  `runs` remembers which connection's slot gets which replies."""
+
+    def __init__(self, loop, server, driver, max_entries, max_bytes, linger_us):
+        self.loop = loop
+        self.server = server
+        self.driver = driver
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.linger = linger_us / 1e6
+        self.buf = bytearray()
+        self.count = 0
+        self.runs = []  # (conn, slot, number of entries)
+        # Reads of this iteration: the same block format, never proposed.
+        self.read_buf = bytearray()
+        self.read_count = 0
+        self.read_runs = []
+        self._handle = None
+        self.proposals = 0
+        self.entries_proposed = 0
+
+    def room(self):
+        """(entries, bytes) that still fit, and whether the next command
+        must be taken whatever its size (only into an empty batch: a
+        command larger than the byte limit then goes alone)."""
+        return (self.max_entries - self.count, max(0, self.max_bytes - len(self.buf)),
+                self.count == 0)
+
+    def added(self, conn, n):
+        self.count += n
+        self.runs.append((conn, conn.pending(), n))
+        if self.count >= self.max_entries or len(self.buf) >= self.max_bytes:
+            self.flush()
+        else:
+            self._arm()
+
+    def added_reads(self, conn, n):
+        self.read_count += n
+        conn.reads_in_flight += n
+        self.read_runs.append((conn, conn.pending(), n))
+        if self.read_count >= self.max_entries or len(self.read_buf) >= self.max_bytes:
+            self.flush()
+        else:
+            self._arm()
+
+    def _arm(self):
+        if self._handle is None:
+            if self.linger > 0:
+                self._handle = self.loop.call_later(self.linger, self.flush)
+            else:
+                self._handle = self.loop.call_soon(self.flush)
+
+    def flush(self):
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        # Writes first: reads of the same connections must see them.
+        if self.count:
+            self._flush_writes()
+        if self.read_count:
+            self._flush_reads()
+
+    def _flush_reads(self):
+        block, runs = self.read_buf, self.read_runs
+        self.read_buf, self.read_runs, self.read_count = bytearray(), [], 0
+        server = self.server
+
+        def served(result):
+            if result is None:
+                # Confirmed: answer from the state machine as it stands.
+                replies, offsets = server.driver.state_machine.read(block)
+                parts = [[replies, offsets, 0, len(offsets) - 1]]
+                for conn, slot, n in runs:
+                    slot.value, slot.raw = take_replies(parts, n), True
+            else:
+                err = server.failure_reply(result)
+                for conn, slot, n in runs:
+                    slot.value, slot.raw = encoded_error(str(err), n), True
+            for conn, slot, n in runs:
+                conn.reads_served(n)
+
+        floor = 0
+        for conn, slot, n in runs:
+            if conn.last_write > floor:
+                floor = conn.last_write
+        try:
+            self.driver.read(floor, served)
+        except NotLeader:
+            served(NotLeaderNow())
+
+    def _flush_writes(self):
+        block, runs, count = self.buf, self.runs, self.count
+        self.buf, self.runs, self.count = bytearray(), [], 0
+
+        def refused(text):
+            for conn, slot, n in runs:
+                slot.value, slot.raw = encoded_error(text, n), True
+            for conn, slot, n in runs:
+                conn.flush()
+
+        def done(result):
+            if isinstance(result, RequestFailed):
+                refused(str(self.server.failure_reply(result)))
+                return
+            for conn, slot, n in runs:
+                slot.value, slot.raw = take_replies(result, n), True
+            for conn, slot, n in runs:
+                conn.flush()
+
+        try:
+            last = self.driver.propose(block, count, done)
+            self.proposals += 1
+            self.entries_proposed += count
+            for conn, slot, n in runs:
+                conn.last_write = last
+        except NotLeader:
+            # Leadership moved between the check and the flush: nothing was
+            # proposed, so the redirect is the honest answer.
+            refused(str(self.server.redirect_error()))
+        except TransferInProgress:
+            refused("TRYAGAIN leadership transfer in progress")
+        except ProposalDropped:
+            refused("TRYAGAIN too many uncommitted commands; the leader may have lost its quorum")
+
+    def cancel(self):
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.buf, self.runs, self.count = bytearray(), [], 0
+        self.read_buf, self.read_runs, self.read_count = bytearray(), [], 0

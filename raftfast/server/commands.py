@@ -1,0 +1,351 @@
+"""The command table: every command a node answers itself, and the KV
+commands the compiled fast path passed over.
+
+A handler is handler(server, conn, cmd): `cmd` is the command's arguments
+(name first) as parsed; it answers with conn.reply(value) at once, or takes
+conn.pending() and fills that slot later.  Errors a client sees are worded
+here and in the server, never in the runtime.
+"""
+import logging
+import time
+
+from raftfast._kv import (OPCODES, OP_APPEND, OP_DEL, OP_EXISTS, OP_GET, OP_INCR, OP_MGET, OP_SET,
+                          encode_commands)
+from raftfast._resp import OK, PONG, ErrorReply
+from raftfast.address import AddressError, parse_address
+from raftfast.core import (ConfChangeBusy, ConfChangeInvalid, NotLeader, ProposalDropped,
+                           TransferInProgress)
+from raftfast.runtime.waiters import RequestFailed
+
+__all__ = ["COMMANDS", "dispatch"]
+
+log = logging.getLogger("raftfast.client")
+
+# opcode -> (min args, max args or None); args exclude the command name
+_ARITY = {
+    OP_GET: (1, 1), OP_SET: (2, 2), OP_APPEND: (2, 2), OP_INCR: (1, 1),
+    OP_MGET: (1, None), OP_EXISTS: (1, None), OP_DEL: (1, None),
+}
+
+
+def dispatch(server, conn, cmd):
+    """Answer one command the fast path did not take."""
+    name = bytes(cmd[0]).lower()
+    op = OPCODES.get(name)
+    if op is not None:
+        _kv_command(server, conn, name, op, cmd)
+        return
+    handler = COMMANDS.get(name)
+    if handler is None:
+        conn.reply(ErrorReply(f"ERR unknown command '{_printable(cmd[0])}'"))
+        return
+    handler(server, conn, cmd)
+
+
+def _kv_command(server, conn, name, op, cmd):
+    """A KV command the compiled fast path did not take: wrong arity,
+    too large, or an option it does not know.  Answer why."""
+    args = cmd[1:]
+    lo, hi = _ARITY[op]
+    if op == OP_SET and len(args) > 2:
+        conn.reply(ErrorReply("ERR syntax error"))
+    elif len(args) < lo or (hi is not None and len(args) > hi):
+        conn.reply(ErrorReply(f"ERR wrong number of arguments for '{name.decode()}' command"))
+    elif sum(map(len, args)) + 8 * len(args) > server.max_command_bytes:
+        conn.reply(ErrorReply("ERR string exceeds maximum allowed size (proto-max-bulk-len)"))
+    elif not server.driver.is_leader:
+        conn.reply(server.redirect_error())
+    else:
+        # parse_kv takes every well-formed KV command, so this is not
+        # expected; still, take it the slow way rather than refuse it.
+        log.warning("fast path passed over a %r command; encoding it separately", name)
+        server.batcher.buf += encode_commands([(op, [bytes(a) for a in args])], conn.resp3)
+        server.batcher.added(conn, 1)
+
+
+def _printable(b):
+    return bytes(b).decode("utf-8", "replace")[:128]
+
+
+def _wrong_args(conn, name):
+    conn.reply(ErrorReply(f"ERR wrong number of arguments for '{name}' command"))
+
+
+def _ping(server, conn, cmd):
+    if len(cmd) == 1:
+        conn.reply(PONG)
+    elif len(cmd) == 2:
+        conn.reply(bytes(cmd[1]))
+    else:
+        _wrong_args(conn, "ping")
+
+
+def _echo(server, conn, cmd):
+    if len(cmd) != 2:
+        _wrong_args(conn, "echo")
+    else:
+        conn.reply(bytes(cmd[1]))
+
+
+def _hello(server, conn, cmd):
+    args = [bytes(a) for a in cmd[1:]]
+    proto = None
+    if args:
+        try:
+            proto = int(args[0])
+        except ValueError:
+            conn.reply(ErrorReply("ERR Protocol version is not an integer or out of range"))
+            return
+        if proto not in (2, 3):
+            conn.reply(ErrorReply("NOPROTO unsupported protocol version"))
+            return
+        rest = args[1:]
+        while rest:
+            opt = rest[0].lower()
+            if opt == b"setname" and len(rest) >= 2:
+                conn.name = rest[1]
+                rest = rest[2:]
+            elif opt == b"auth" and len(rest) >= 3:
+                conn.reply(ErrorReply("ERR AUTH is not supported by raftfast"))
+                return
+            else:
+                conn.reply(ErrorReply(f"ERR Syntax error in HELLO option '{_printable(rest[0])}'"))
+                return
+    if proto is not None:
+        conn.resp3 = proto == 3  # the HELLO reply itself is in the new protocol
+    conn.reply({
+        "server": "redis", "version": "7.2.0", "proto": 3 if conn.resp3 else 2,
+        "id": conn.id, "mode": "standalone",
+        "role": "master" if server.driver.is_leader else "replica", "modules": [],
+    })
+
+
+def _client(server, conn, cmd):
+    if len(cmd) < 2:
+        _wrong_args(conn, "client")
+        return
+    sub = bytes(cmd[1]).lower()
+    if sub == b"setinfo":
+        conn.reply(OK if len(cmd) == 4 else ErrorReply(
+            "ERR wrong number of arguments for 'client|setinfo' command"))
+    elif sub == b"setname":
+        if len(cmd) != 3:
+            _wrong_args(conn, "client|setname")
+        elif b" " in bytes(cmd[2]):
+            conn.reply(ErrorReply("ERR Client names cannot contain spaces, newlines or special characters."))
+        else:
+            conn.name = bytes(cmd[2]) or None
+            conn.reply(OK)
+    elif sub == b"getname":
+        conn.reply(conn.name)
+    elif sub == b"id":
+        conn.reply(conn.id)
+    else:
+        conn.reply(ErrorReply(f"ERR unknown subcommand '{_printable(cmd[1])}'. Try CLIENT HELP."))
+
+
+def _command(server, conn, cmd):
+    conn.reply([])
+
+
+def _config(server, conn, cmd):
+    if len(cmd) >= 2 and bytes(cmd[1]).lower() == b"get":
+        if len(cmd) < 3:
+            _wrong_args(conn, "config|get")
+        else:
+            conn.reply({})
+    elif len(cmd) >= 2:
+        conn.reply(ErrorReply(f"ERR unknown subcommand '{_printable(cmd[1])}'. Try CONFIG HELP."))
+    else:
+        _wrong_args(conn, "config")
+
+
+def _select(server, conn, cmd):
+    if len(cmd) != 2:
+        _wrong_args(conn, "select")
+        return
+    try:
+        db = int(bytes(cmd[1]))
+    except ValueError:
+        conn.reply(ErrorReply("ERR value is not an integer or out of range"))
+        return
+    conn.reply(OK if db == 0 else ErrorReply("ERR DB index is out of range"))
+
+
+def _quit(server, conn, cmd):
+    conn.reply(OK)
+    conn.closing = True
+
+
+def _info(server, conn, cmd):
+    section = bytes(cmd[1]).lower().decode("latin-1") if len(cmd) > 1 else ""
+    conn.reply(server.info_text(section).encode())
+
+
+def _bench(server, conn, cmd):
+    """RAFTFAST.BENCH seconds batch_entries value_size window: the leader
+    proposes blocks of SET entries itself (no client parsing), keeping
+    `window` blocks uncommitted, and answers [entries committed,
+    elapsed microseconds, fsyncs] - the replication core's own speed."""
+    try:
+        seconds, batch, size, window = (float(cmd[1]), int(cmd[2]), int(cmd[3]), int(cmd[4]))
+        if len(cmd) != 5 or not (0 < seconds <= 3600 and 0 < batch <= 1 << 16
+                                 and 0 <= size <= 1 << 20 and 0 < window <= 1024):
+            raise ValueError
+    except (ValueError, IndexError):
+        conn.reply(ErrorReply("ERR usage: RAFTFAST.BENCH seconds batch_entries value_size window"))
+        return
+    if not server.driver.is_leader:
+        conn.reply(server.redirect_error())
+        return
+    value = b"v" * size
+    block = encode_commands([(OP_SET, [b"bench:%d" % (i % 1024), value]) for i in range(batch)])
+    slot = conn.pending()
+    driver, loop = server.driver, server.loop
+    group = driver.group_commit
+    state = {"committed": 0, "inflight": 0, "failed": None, "fsyncs": group.fsyncs}
+    start = time.monotonic()
+    deadline = start + seconds
+
+    def finish():
+        if state["failed"]:
+            slot.value = ErrorReply(state["failed"])
+        else:
+            slot.value = [state["committed"], int((time.monotonic() - start) * 1e6),
+                          group.fsyncs - state["fsyncs"]]
+        conn.flush()
+
+    def done(result):
+        state["inflight"] -= 1
+        if isinstance(result, RequestFailed):
+            state["failed"] = state["failed"] or str(server.failure_reply(result))
+        else:
+            state["committed"] += batch
+        if state["failed"] is None and time.monotonic() < deadline:
+            loop.call_soon(top_up)
+        elif state["inflight"] == 0:
+            finish()
+
+    def top_up():
+        while state["inflight"] < window and state["failed"] is None:
+            try:
+                driver.propose(block, batch, done)
+            except (NotLeader, ProposalDropped, TransferInProgress) as e:
+                state["failed"] = f"TIMEOUT bench stopped: {e}"
+                break
+            state["inflight"] += 1
+        if state["inflight"] == 0:
+            finish()
+
+    top_up()
+
+
+def _answer_later(server, conn):
+    """For a request only the leader takes, answered once it completes:
+    None after answering with a redirect (this node does not lead), else a
+    done(error) callback that puts +OK (error None) or the error (text, an
+    ErrorReply, or the runtime's RequestFailed) in this request's place
+    among the connection's replies."""
+    if not server.driver.is_leader:
+        conn.reply(server.redirect_error())
+        return None
+    slot = conn.pending()
+
+    def done(error):
+        if error is None:
+            slot.value = OK
+        elif isinstance(error, RequestFailed):
+            slot.value = server.failure_reply(error)
+        elif isinstance(error, ErrorReply):
+            slot.value = error
+        else:
+            slot.value = ErrorReply(error)
+        conn.flush()
+    return done
+
+
+def _transfer_leader(server, conn, cmd):
+    """RAFT.TRANSFER_LEADER id: +OK once that node leads."""
+    if len(cmd) != 2:
+        _wrong_args(conn, "raft.transfer_leader")
+        return
+    target = _node_id_arg(conn, cmd[1])
+    if target is None:
+        return
+    done = _answer_later(server, conn)
+    if done is None:
+        return
+    try:
+        server.driver.transfer_leadership(target, done)
+    except NotLeader:
+        done(server.redirect_error())
+    except ValueError as e:
+        done(f"ERR {e}")
+
+
+def _node_id_arg(conn, raw):
+    """A node id argument, or None after answering the client why not."""
+    try:
+        node_id = int(bytes(raw))
+        if not 0 < node_id < 1 << 63:
+            raise ValueError
+    except ValueError:
+        conn.reply(ErrorReply("ERR node id must be an integer from 1 to 2^63-1"))
+        return None
+    return node_id
+
+
+def _raft_node(server, conn, cmd):
+    """RAFT.NODE ADD id url | RAFT.NODE REMOVE id: +OK once the change is
+    committed and applied (an added node is a learner; the leader promotes
+    it once it has caught up)."""
+    if len(cmd) < 2:
+        _wrong_args(conn, "raft.node")
+        return
+    sub = bytes(cmd[1]).lower()
+    if sub == b"add":
+        if len(cmd) != 4:
+            _wrong_args(conn, "raft.node|add")
+            return
+        node_id = _node_id_arg(conn, cmd[2])
+        if node_id is None:
+            return
+        url = bytes(cmd[3]).decode("utf-8", "replace")
+        try:
+            parse_address(url)
+        except AddressError as e:
+            conn.reply(ErrorReply(f"ERR {e}"))
+            return
+    elif sub == b"remove":
+        if len(cmd) != 3:
+            _wrong_args(conn, "raft.node|remove")
+            return
+        node_id = _node_id_arg(conn, cmd[2])
+        if node_id is None:
+            return
+        url = ""
+    else:
+        conn.reply(ErrorReply(f"ERR unknown subcommand '{_printable(cmd[1])}'. "
+                              "Try RAFT.NODE ADD id url or RAFT.NODE REMOVE id."))
+        return
+    done = _answer_later(server, conn)
+    if done is None:
+        return
+    try:
+        server.driver.change_membership(sub.decode(), node_id, url, done)
+    except NotLeader:
+        done(server.redirect_error())
+    except TransferInProgress:
+        done("TRYAGAIN leadership transfer in progress")
+    except ConfChangeBusy as e:
+        done(f"TRYAGAIN {e}")  # nothing was proposed: the client may simply retry
+    except ConfChangeInvalid as e:
+        done(f"ERR {e}")
+
+
+COMMANDS = {
+    b"ping": _ping, b"echo": _echo, b"hello": _hello, b"client": _client,
+    b"command": _command, b"config": _config, b"select": _select, b"quit": _quit,
+    b"info": _info, b"raftfast.bench": _bench, b"raft.transfer_leader": _transfer_leader,
+    b"raft.node": _raft_node,
+}

@@ -1,0 +1,169 @@
+"""One client connection: parse what arrived, hand KV commands to the
+batcher, answer the rest through the command table, and write replies in
+the order the commands came.
+
+Each connection parses whatever arrived into a batch of commands (the
+parser is compiled).  Replies are slots in arrival order: a slot filled
+early (a PING behind a pending SET) waits for the slots before it, so
+replies leave in the order commands came, one write per connection per
+flush.
+
+Order within a connection: a read waits for the connection's earlier writes
+to be applied (its floor), and a write that follows reads waits, unparsed,
+until those reads were served, so neither sees the other out of order.
+"""
+import asyncio
+import collections
+import itertools
+
+from raftfast._resp import ErrorReply, RespParser, encode_replies
+from raftfast.address import set_nodelay
+from raftfast.server.replies import PENDING, Slot, encoded_error
+
+__all__ = ["ClientProtocol", "MAX_VALUE_BYTES"]
+
+MAX_VALUE_BYTES = 32 << 20  # one entry must fit in one peer frame
+_client_ids = itertools.count(1)
+
+
+class ClientProtocol(asyncio.Protocol):
+    __slots__ = ("server", "transport", "parser", "replies", "resp3", "name", "id",
+                 "closing", "last_write", "reads_in_flight", "parsing_reads", "held",
+                 "paused_by_client")
+
+    def __init__(self, server):
+        self.server = server
+        self.transport = None
+        self.parser = RespParser(max_bulk_len=MAX_VALUE_BYTES + 1024)
+        self.replies = collections.deque()
+        self.resp3 = False
+        self.name = None
+        self.id = next(_client_ids)
+        self.closing = False
+        self.last_write = 0        # log index of this connection's last proposed write
+        self.reads_in_flight = 0   # its reads batched or waiting for confirmation
+        self.parsing_reads = False  # which kind the next parse_kv call takes
+        self.held = False          # a write waits, unparsed, for earlier reads
+        self.paused_by_client = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        set_nodelay(transport)
+        self.server.connections.add(self)
+
+    # A client that sends without reading must not grow our buffers without
+    # bound: stop reading it while its replies cannot be written.
+    def pause_writing(self):
+        self.paused_by_client = True
+        self.transport.pause_reading()
+
+    def resume_writing(self):
+        self.paused_by_client = False
+        if not self.held:
+            self.transport.resume_reading()
+
+    def reads_served(self, n):
+        """n of this connection's reads were answered (or failed)."""
+        self.reads_in_flight -= n
+        if self.held and self.reads_in_flight == 0:
+            self.held = False
+            if (not self.paused_by_client and self.transport is not None
+                    and not self.transport.is_closing()):
+                self.transport.resume_reading()
+            self._parse_buffered()  # the write that waited, and what follows it
+        else:
+            self.flush()
+
+    def connection_lost(self, exc):
+        self.server.connections.discard(self)
+        self.closing = True
+
+    def data_received(self, data):
+        if self.closing:
+            return
+        self.parser.feed(data)
+        if not self.held:
+            self._parse_buffered()
+
+    def _parse_buffered(self):
+        parser = self.parser
+        server = self.server
+        batcher = server.batcher
+        max_cmd = server.max_command_bytes
+        while not self.closing:
+            if server.driver.is_leader:
+                # The fast path: KV commands go straight into a batch, reads
+                # and writes into separate ones, switching as the stream does.
+                if self.parsing_reads:
+                    n, stop = parser.parse_kv(batcher.read_buf, self.resp3, 1 << 30, 1 << 62,
+                                              max_cmd, True, True)
+                    if n:
+                        batcher.added_reads(self, n)
+                else:
+                    room_entries, room_bytes, empty = batcher.room()
+                    n, stop = parser.parse_kv(batcher.buf, self.resp3, room_entries,
+                                              room_bytes, max_cmd, empty, False)
+                    if n:
+                        batcher.added(self, n)
+                if stop is None:
+                    if parser.stopped_at_kind:
+                        self.parsing_reads = not self.parsing_reads
+                        if not self.parsing_reads and self.reads_in_flight:
+                            # A write after reads: it must not be applied
+                            # before they are served.  Stop reading until then.
+                            self.held = True
+                            self.transport.pause_reading()
+                            break
+                        continue
+                    if parser.stopped_at_limit:
+                        batcher.flush()
+                        continue
+                    break
+                server.dispatch(self, stop)
+            else:
+                # Not the leader: KV commands are counted, not kept, and
+                # answered with the redirect.
+                scratch = bytearray()
+                n, stop = parser.parse_kv(scratch, self.resp3, 1 << 30, 1 << 62, max_cmd)
+                if n:
+                    err = server.redirect_error()
+                    self.replies.append(Slot(self.resp3, encoded_error(err, n), True))
+                if stop is None:
+                    break
+                server.dispatch(self, stop)
+        if parser.error is not None and not self.closing:
+            self.reply(ErrorReply(f"ERR {parser.error}"))
+            self.closing = True
+        self.flush()
+
+    def reply(self, value):
+        self.replies.append(Slot(self.resp3, value))
+
+    def pending(self):
+        slot = Slot(self.resp3)
+        self.replies.append(slot)
+        return slot
+
+    def flush(self):
+        replies = self.replies
+        if not replies or replies[0].value is PENDING:
+            return
+        chunks = []
+        while replies and replies[0].value is not PENDING:
+            if replies[0].raw:
+                chunks.append(replies.popleft().value)
+                continue
+            # Consecutive replies of one protocol are encoded in one call.
+            resp3 = replies[0].resp3
+            run = []
+            while (replies and replies[0].value is not PENDING and not replies[0].raw
+                   and replies[0].resp3 == resp3):
+                run.append(replies.popleft().value)
+            chunks.append(encode_replies(run, resp3))
+        if self.transport is not None and not self.transport.is_closing():
+            if len(chunks) == 1:
+                self.transport.write(chunks[0])
+            else:
+                self.transport.writelines(chunks)
+            if self.closing and not replies:
+                self.transport.close()

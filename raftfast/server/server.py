@@ -1,0 +1,151 @@
+"""The client front door: RESP2/RESP3 over TCP or Unix sockets.
+
+RespServer listens, keeps the connections (connection.ClientProtocol) and
+the one Batcher they share, routes commands the fast path passed over to
+the command table, words the runtime's outcomes and redirects as RESP
+errors, and builds INFO.
+"""
+import os
+import resource
+
+from raftfast import __version__
+from raftfast._resp import ErrorReply
+from raftfast.address import create_server, parse_address
+from raftfast.runtime.waiters import NotLeaderNow, OutcomeUnknown, TransferFailed
+from raftfast.server import commands
+from raftfast.server.batcher import Batcher
+from raftfast.server.connection import MAX_VALUE_BYTES, ClientProtocol
+
+__all__ = ["RespServer"]
+
+# How a client hears each of the runtime's failures (NotLeaderNow: the
+# redirect, which depends on who leads now).
+_FAILURE_TEXT = {
+    OutcomeUnknown: "TIMEOUT outcome unknown",
+    TransferFailed: "TIMEOUT transfer did not complete",
+}
+
+
+class RespServer:
+    def __init__(self, loop, cfg, driver, node_info):
+        self.loop = loop
+        self.cfg = cfg
+        self.driver = driver
+        self.node_info = node_info  # callable -> dict of INFO raft fields
+        self.connections = set()
+        self.batcher = Batcher(loop, self, driver, cfg.max_batch_entries, cfg.max_batch_bytes,
+                               cfg.batch_linger_us)
+        self.leader_client_url = None  # callable(leader_id) -> advertised URL or None
+        # Room for the frame and message headers around one entry.
+        self.max_command_bytes = min(MAX_VALUE_BYTES, cfg.max_frame_bytes - (64 << 10))
+        self._server = None
+        self._unix_path = None
+        self.extra_stats = dict  # node-level additions to INFO stats
+
+    async def start(self, url):
+        """Listen for clients; returns the URL actually bound (port 0 resolved)."""
+        addr = parse_address(url)
+        self._server = await create_server(self.loop, addr, lambda: ClientProtocol(self))
+        if addr.scheme == "unix":
+            self._unix_path = (addr.path, os.stat(addr.path).st_ino)
+            return str(addr)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"tcp://{addr.host if ':' not in addr.host else '[' + addr.host + ']'}:{port}"
+
+    async def close(self):
+        self.batcher.cancel()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._unix_path is not None:
+            # Remove our own socket file (not one another process put there since).
+            path, ino = self._unix_path
+            try:
+                if os.stat(path).st_ino == ino:
+                    os.unlink(path)
+            except OSError:
+                pass
+            self._unix_path = None
+
+    # ------------------------------------------------------------ routing
+
+    def dispatch(self, conn, cmd):
+        commands.dispatch(self, conn, cmd)
+
+    def redirect_error(self):
+        """The error a non-leader gives for a command that needs the leader."""
+        leader = self.driver.core.leader_id
+        url = self.leader_client_url(leader) if leader else None
+        if not leader or url is None:
+            return ErrorReply("CLUSTERDOWN No raft leader")
+        addr = parse_address(url)
+        if addr.scheme == "unix":
+            return ErrorReply(f"NOTLEADER {url}")
+        host = f"[{addr.host}]" if ":" in addr.host else addr.host
+        return ErrorReply(f"MOVED 0 {host}:{addr.port}")
+
+    def failure_reply(self, failure):
+        """The error a client hears for one of the runtime's RequestFailed."""
+        if isinstance(failure, NotLeaderNow):
+            return self.redirect_error()
+        return ErrorReply(_FAILURE_TEXT[type(failure)])
+
+    # ------------------------------------------------------------- INFO
+
+    def stats(self):
+        """Counters for benchmarks: how well batching and encode-once work."""
+        d = self.driver
+        return {
+            "raftfast_appends_sent": d.appends_sent,
+            "raftfast_entries_sent": d.entries_sent,
+            "raftfast_append_frames_encoded": d.append_frames_encoded,
+            "raftfast_fsyncs": d.group_commit.fsyncs,
+            "raftfast_entries_written": d.entries_written,
+            "raftfast_entries_applied": d.applied_entries,
+            "raftfast_proposals": self.batcher.proposals,
+            "raftfast_entries_proposed": self.batcher.entries_proposed,
+            "raftfast_reads_served": d.reads.served,
+            "raftfast_read_batches": d.read_batches,
+            "raftfast_read_rounds": d.core.read_round,
+            "raftfast_cpu_seconds": f"{_cpu_seconds():.3f}",
+            **d.snapshots.stats(),
+            **self.extra_stats(),
+        }
+
+    def info_text(self, section):
+        fields = self.node_info()
+        raft = "# Raft\r\n" + "".join(f"{k}:{v}\r\n" for k, v in fields.items())
+        if section == "raft":
+            return raft
+        server = ("# Server\r\n"
+                  f"redis_version:7.2.0\r\nraftfast_version:{__version__}\r\n"
+                  f"redis_mode:standalone\r\nprocess_id:{os.getpid()}\r\n"
+                  f"run_id:{self.cfg.cluster_id}-{self.cfg.node_id}\r\n")
+        clients = f"# Clients\r\nconnected_clients:{len(self.connections)}\r\n"
+        repl = ("# Replication\r\nrole:"
+                + ("master" if self.driver.is_leader else "slave") + "\r\n")
+        keyspace = (f"# Keyspace\r\ndb0:keys={len(self.driver.state_machine)},"
+                    "expires=0,avg_ttl=0\r\n")
+        stats = "# Stats\r\n" + "".join(f"{k}:{v}\r\n" for k, v in self.stats().items())
+        if section in ("", "all", "default", "everything"):
+            return "\r\n".join((server, clients, repl, keyspace, stats, raft))
+        if section == "keyspace":
+            return keyspace
+        if section == "stats":
+            return stats
+        if section == "server":
+            return server
+        if section == "clients":
+            return clients
+        if section == "replication":
+            return repl
+        return ""
+
+
+def _cpu_seconds():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
