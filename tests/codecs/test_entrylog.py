@@ -330,6 +330,19 @@ def test_empty_block_is_rejected_by_appends_only(impl):
     assert log.find_conflict(1, b"") == (0, 0)
 
 
+def test_the_compiled_entry_format_is_the_one_messages_defines():
+    assert c.ENTRY_HEADER_SIZE == py.HEADER == ENTRY_HEADER_SIZE == 13
+    assert c.ENTRY_TYPES == (ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG) == (0, 1, 2)
+    assert py.TYPE_MAX == ENTRY_CONFIG
+
+
+def test_an_entry_both_past_the_end_and_of_unknown_type_is_reported_past_the_end(impl):
+    Log, BlockError, block_count = impl
+    bad = struct.pack("<IQB", 5, 1, 9) + b"abc"
+    with pytest.raises(BlockError, match="entry 0 at offset 0: data_len 5 runs past"):
+        block_count(bad)
+
+
 def test_block_error_is_a_value_error():
     assert issubclass(c.BlockError, ValueError)
     assert issubclass(py.BlockError, ValueError)
