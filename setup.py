@@ -58,13 +58,15 @@ extensions = [
 # compiled, a batch costs no interpreted function calls.
 COMPILED_PY = [
     "raftfast/core/messages.py",
-    "raftfast/runtime/storage.py",
     "raftfast/core/quorum.py",
     "raftfast/core/progress.py",
     "raftfast/core/log.py",
     "raftfast/core/raft.py",
+    "raftfast/runtime/storage.py",
+    "raftfast/runtime/recovery.py",           # the log replay at start-up, per record
     "raftfast/runtime/driver.py",
     "raftfast/runtime/transport.py",
+    "raftfast/runtime/peer_connections.py",   # every received frame
     "raftfast/server/resp_server.py",
 ]
 if os.environ.get("RAFTFAST_PURE_PYTHON") != "1" and (not only or "py" in only):
