@@ -6,7 +6,8 @@ check happens when a module is imported, where it is needed:
 
 * raftfast's private top-level modules (raftfast._codec, ._kv, ...) are its
   C extensions.  One that is not built is a clear ImportError that says how
-  to build it, never a silent fallback to slower code.
+  to build it (a ModuleNotFoundError), never a silent fallback to slower
+  code.
 * The hot path's .py modules are also compiled (setup.py, COMPILED_PY), and
   Python prefers the compiled module to the source beside it.  In a source
   tree, a .py edited after its module was compiled would silently run the
@@ -39,8 +40,9 @@ class CompiledModuleGuard:
         if spec is None:
             package, _, name = fullname.rpartition(".")
             if package == "raftfast" and name.startswith("_"):
-                raise ImportError(f"raftfast's compiled extension {fullname} is missing from "
-                                  f"{os.pathsep.join(path)}: {BUILD_HINT}", name=fullname)
+                raise ModuleNotFoundError(f"raftfast's compiled extension {fullname} is missing "
+                                          f"from {os.pathsep.join(path)}: {BUILD_HINT}",
+                                          name=fullname)
             return None
         if not self.check_freshness:
             return spec

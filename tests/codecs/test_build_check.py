@@ -37,7 +37,7 @@ def test_a_tree_without_extensions_imports_the_core_but_refuses_the_runtime(tmp_
     runtime = run(tree, "import raftfast.runtime.storage")
     assert runtime.returncode == 1
     last = runtime.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError: raftfast's compiled extension raftfast._"), last
+    assert last.startswith("ModuleNotFoundError: raftfast's compiled extension raftfast._"), last
     assert "pip install -e ." in last
 
 
