@@ -233,7 +233,8 @@ cdef class EntryLog:
             raise ValueError("entry indexes start at 1")
         for i in range(k):
             if idx >= self.first:
-                if idx - self.first >= self.n or self.terms[idx - self.first] != ld64(src + pos + ENTRY_TERM_AT):
+                if (idx - self.first >= self.n
+                        or self.terms[idx - self.first] != ld64(src + pos + ENTRY_TERM_AT)):
                     return (idx, pos)
             pos += ENTRY_HEADER + ld32(src + pos)
             idx += 1
