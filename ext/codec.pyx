@@ -13,6 +13,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromSt
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+from raftfast._wire cimport (BLOCK_OK, BLOCK_SHORT_HEADER, BLOCK_DATA_PAST_END, ENTRY_TYPE_MAX,
+                             BlockStatus, block_walk, ld16, ld32, ld64, st16, st32, st64)
+
 from raftfast.core.messages import Message as _Message
 
 cdef extern from "crc32c.h":
@@ -27,12 +30,10 @@ cdef enum:
     _MSG_FIXED = 68       # MESSAGE body before the entry block
     _HS_FIXED = 14        # HANDSHAKE body before the cluster id
     _HS_URL_LEN = 2       # the u16 client_url_len after the cluster id
-    _ENT_HDR = 13         # entry header in a block
     _MSG_TYPE_MAX_V1 = 10  # v1 message types are 1..10; a new type needs a new version
     _MSG_TYPE_MAX = 12    # v2 adds 11 SNAPSHOT_CHUNK and 12 SNAPSHOT_ACK
     _MSG_CHUNK = 11
     _MSG_ACK = 12
-    _ENTRY_TYPE_MAX = 2
     _F_HANDSHAKE = 1
     _F_HANDSHAKE_ACK = 2
     _F_MESSAGE = 3
@@ -121,59 +122,6 @@ def choose_version(int peer_min, int peer_max):
     return hi
 
 
-# Little-endian loads and stores byte by byte: portable, and compilers turn
-# each into a single (unaligned) move on little-endian machines.
-
-cdef inline void _st16(uint8_t *p, uint16_t v) noexcept nogil:
-    p[0] = <uint8_t>v
-    p[1] = <uint8_t>(v >> 8)
-
-cdef inline void _st32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>v
-    p[1] = <uint8_t>(v >> 8)
-    p[2] = <uint8_t>(v >> 16)
-    p[3] = <uint8_t>(v >> 24)
-
-cdef inline void _st64(uint8_t *p, uint64_t v) noexcept nogil:
-    _st32(p, <uint32_t>v)
-    _st32(p + 4, <uint32_t>(v >> 32))
-
-cdef inline uint16_t _ld16(const uint8_t *p) noexcept nogil:
-    return <uint16_t>(p[0] | (<uint16_t>p[1] << 8))
-
-cdef inline uint32_t _ld32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16)
-            | (<uint32_t>p[3] << 24))
-
-cdef inline uint64_t _ld64(const uint8_t *p) noexcept nogil:
-    return <uint64_t>_ld32(p) | (<uint64_t>_ld32(p + 4) << 32)
-
-
-cdef enum BlockStatus:
-    BLOCK_OK
-    BLOCK_SHORT_HEADER
-    BLOCK_DATA_PAST_END
-    BLOCK_BAD_TYPE
-
-cdef BlockStatus _walk_block(const uint8_t *p, size_t n, uint64_t *count) noexcept nogil:
-    """Count the entries of a block by hopping from header to header; the
-    data itself is never read."""
-    cdef size_t off = 0
-    cdef size_t dlen
-    count[0] = 0
-    while off < n:
-        if n - off < _ENT_HDR:
-            return BLOCK_SHORT_HEADER
-        dlen = _ld32(p + off)
-        if p[off + 12] > _ENTRY_TYPE_MAX:
-            return BLOCK_BAD_TYPE
-        off += _ENT_HDR
-        if dlen > n - off:
-            return BLOCK_DATA_PAST_END
-        off += dlen
-        count[0] += 1
-    return BLOCK_OK
-
 cdef str _block_problem(BlockStatus st):
     if st == BLOCK_SHORT_HEADER:
         return "entry header cut off at the end of the block"
@@ -184,11 +132,11 @@ cdef str _block_problem(BlockStatus st):
 
 cdef inline void _put_header(uint8_t *p, uint8_t version, uint8_t ftype,
                              uint32_t body_len) noexcept nogil:
-    _st32(p, body_len)
+    st32(p, body_len)
     p[4] = version
     p[5] = ftype
-    _st16(p + 6, 0)
-    _st32(p + 8, rf_crc32c(0, p + _HDR, body_len))
+    st16(p + 6, 0)
+    st32(p + 8, rf_crc32c(0, p + _HDR, body_len))
 
 
 cdef object _chunk_problem(uint64_t mtype, uint64_t count, uint64_t elen, uint64_t offset,
@@ -233,7 +181,7 @@ cdef object _field_range_error(msg):
 def encode_message(msg):
     """The whole MESSAGE frame for msg (msg.to is not sent)."""
     cdef uint64_t mtype, frm, term, index, log_term, commit, hint, context, count
-    cdef uint64_t walked = 0
+    cdef size_t walked = 0, bad_at = 0
     cdef bint reject
     cdef Py_buffer view
     cdef bint have_view = False
@@ -278,7 +226,7 @@ def encode_message(msg):
         else:
             # A bad block would make every follower drop the connection; catch
             # the bug here, at the sender.  Only the headers are visited.
-            st = _walk_block(<const uint8_t *>view.buf, elen, &walked)
+            st = block_walk(<const uint8_t *>view.buf, elen, ENTRY_TYPE_MAX, &walked, &bad_at)
             if st != BLOCK_OK:
                 raise ValueError("bad entry block: " + _block_problem(st))
             if walked != count:
@@ -288,16 +236,16 @@ def encode_message(msg):
         b = p + _HDR
         b[0] = <uint8_t>mtype
         b[1] = 1 if reject else 0
-        _st16(b + 2, 0)
-        _st64(b + 4, frm)
-        _st64(b + 12, term)
-        _st64(b + 20, index)
-        _st64(b + 28, log_term)
-        _st64(b + 36, commit)
-        _st64(b + 44, hint)
-        _st64(b + 52, context)
-        _st32(b + 60, <uint32_t>count)
-        _st32(b + 64, <uint32_t>elen)
+        st16(b + 2, 0)
+        st64(b + 4, frm)
+        st64(b + 12, term)
+        st64(b + 20, index)
+        st64(b + 28, log_term)
+        st64(b + 36, commit)
+        st64(b + 44, hint)
+        st64(b + 52, context)
+        st32(b + 60, <uint32_t>count)
+        st32(b + 64, <uint32_t>elen)
         if elen:
             memcpy(b + _MSG_FIXED, view.buf, elen)
         _put_header(p, _V2 if mtype > _MSG_TYPE_MAX_V1 else _V1, _F_MESSAGE,
@@ -327,13 +275,13 @@ cdef bytes _encode_hs(uint8_t ftype, str cluster_id, node_id, min_version, max_v
     out = PyBytes_FromStringAndSize(NULL, _HDR + blen)
     cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
     cdef uint8_t *b = p + _HDR
-    _st16(b, <uint16_t>min_version)
-    _st16(b + 2, <uint16_t>max_version)
-    _st64(b + 4, <uint64_t>node_id)
-    _st16(b + 12, <uint16_t>n)
+    st16(b, <uint16_t>min_version)
+    st16(b + 2, <uint16_t>max_version)
+    st64(b + 4, <uint64_t>node_id)
+    st16(b + 12, <uint16_t>n)
     memcpy(b + _HS_FIXED, PyBytes_AS_STRING(cid), n)
     b += _HS_FIXED + n
-    _st16(b, <uint16_t>u)
+    st16(b, <uint16_t>u)
     memcpy(b + _HS_URL_LEN, PyBytes_AS_STRING(url), u)
     # The header names min_version: for a HANDSHAKE the version the peer is
     # most likely to read, for an ACK the chosen one.
@@ -432,11 +380,11 @@ cdef class FrameDecoder:
                 return None
             self._gather(0, h, _HDR)
             version = h[4]
-            reserved = _ld16(h + 6)
+            reserved = ld16(h + 6)
             self._ftype = h[5]
             self._version = version
-            self._body_len = _ld32(h)
-            self._crc = _ld32(h + 8)
+            self._body_len = ld32(h)
+            self._crc = ld32(h + 8)
             if version < _PROTOCOL_MIN or version > _PROTOCOL_MAX:
                 raise self._fail(FrameVersionError(
                     f"frame version {version} is outside "
@@ -465,7 +413,7 @@ cdef class FrameDecoder:
     cdef object _decode_message(self):
         cdef uint8_t f[_MSG_FIXED]
         cdef uint32_t blen = self._body_len
-        cdef uint64_t walked = 0
+        cdef size_t walked = 0, bad_at = 0
         cdef BlockStatus st
         cdef int k
         if blen < _MSG_FIXED:
@@ -474,15 +422,15 @@ cdef class FrameDecoder:
         self._gather(_HDR, f, _MSG_FIXED)
         cdef uint8_t mtype = f[0]
         cdef uint8_t flags = f[1]
-        cdef uint64_t frm = _ld64(f + 4)
-        cdef uint32_t count = _ld32(f + 60)
-        cdef uint32_t elen = _ld32(f + 64)
+        cdef uint64_t frm = ld64(f + 4)
+        cdef uint32_t count = ld32(f + 60)
+        cdef uint32_t elen = ld32(f + 64)
         if mtype < 1 or mtype > (_MSG_TYPE_MAX if self._version >= _V2 else _MSG_TYPE_MAX_V1):
             raise self._fail(FrameMalformed(
                 f"unknown message type {mtype} (protocol v{self._version})"))
         if flags & 0xFE:
             raise self._fail(FrameMalformed(f"reserved message flags set: {flags:#04x}"))
-        if _ld16(f + 2) != 0:
+        if ld16(f + 2) != 0:
             raise self._fail(FrameMalformed("reserved message bits are set"))
         if frm == 0 or frm > _ID_MAX:
             raise self._fail(FrameMalformed(f"frm={frm} is not a node id"))
@@ -490,15 +438,15 @@ cdef class FrameDecoder:
         # reaches 2**63 of them, and one pushed that far could not take the
         # next term (term + 1 would not fit in u64).  context is opaque.
         for k in range(5):
-            if _ld64(f + 12 + 8 * k) > _ID_MAX:
+            if ld64(f + 12 + 8 * k) > _ID_MAX:
                 raise self._fail(FrameMalformed(
-                    f"{_BOUNDED_FIELDS[k]}={_ld64(f + 12 + 8 * k)} is not below 2**63"))
+                    f"{_BOUNDED_FIELDS[k]}={ld64(f + 12 + 8 * k)} is not below 2**63"))
         if elen != blen - _MSG_FIXED:
             raise self._fail(FrameMalformed(
                 f"entries_len={elen} but {blen - _MSG_FIXED} bytes follow"))
         if mtype == _MSG_CHUNK or mtype == _MSG_ACK:
-            problem = _chunk_problem(mtype, count, elen, _ld64(f + 36), _ld64(f + 44),
-                                     _ld64(f + 52))
+            problem = _chunk_problem(mtype, count, elen, ld64(f + 36), ld64(f + 44),
+                                     ld64(f + 52))
             if problem is not None:
                 raise self._fail(FrameMalformed(problem))
             entries = None
@@ -512,7 +460,8 @@ cdef class FrameDecoder:
         else:
             entries = PyBytes_FromStringAndSize(NULL, elen)
             self._gather(_HDR + _MSG_FIXED, <uint8_t *>PyBytes_AS_STRING(entries), elen)
-            st = _walk_block(<const uint8_t *>PyBytes_AS_STRING(entries), elen, &walked)
+            st = block_walk(<const uint8_t *>PyBytes_AS_STRING(entries), elen, ENTRY_TYPE_MAX,
+                            &walked, &bad_at)
             if st != BLOCK_OK:
                 raise self._fail(FrameMalformed("bad entry block: " + _block_problem(st)))
             if walked != count:
@@ -522,13 +471,13 @@ cdef class FrameDecoder:
         m.type = mtype
         m.to = 0
         m.frm = frm
-        m.term = _ld64(f + 12)
-        m.index = _ld64(f + 20)
-        m.log_term = _ld64(f + 28)
-        m.commit = _ld64(f + 36)
+        m.term = ld64(f + 12)
+        m.index = ld64(f + 20)
+        m.log_term = ld64(f + 28)
+        m.commit = ld64(f + 36)
         m.reject = (flags & 1) != 0
-        m.hint = _ld64(f + 44)
-        m.context = _ld64(f + 52)
+        m.hint = ld64(f + 44)
+        m.context = ld64(f + 52)
         m.entries = entries
         m.count = count
         return m
@@ -540,10 +489,10 @@ cdef class FrameDecoder:
             raise self._fail(FrameMalformed(
                 f"handshake body of {blen} bytes is shorter than its {_HS_FIXED} fixed bytes"))
         self._gather(_HDR, f, _HS_FIXED)
-        cdef uint16_t vmin = _ld16(f)
-        cdef uint16_t vmax = _ld16(f + 2)
-        cdef uint64_t node_id = _ld64(f + 4)
-        cdef uint16_t cid_len = _ld16(f + 12)
+        cdef uint16_t vmin = ld16(f)
+        cdef uint16_t vmax = ld16(f + 2)
+        cdef uint64_t node_id = ld64(f + 4)
+        cdef uint16_t cid_len = ld16(f + 12)
         if vmin == 0 or vmin > vmax:
             raise self._fail(FrameMalformed(f"bad version range {vmin}..{vmax}"))
         if self._ftype == _F_HANDSHAKE_ACK and vmin != vmax:
@@ -566,7 +515,7 @@ cdef class FrameDecoder:
             raise self._fail(FrameMalformed("cluster id is not valid UTF-8")) from None
         cdef uint8_t ul[_HS_URL_LEN]
         self._gather(_HDR + _HS_FIXED + cid_len, ul, _HS_URL_LEN)
-        cdef uint16_t url_len = _ld16(ul)
+        cdef uint16_t url_len = ld16(ul)
         rest -= cid_len + _HS_URL_LEN
         if <uint32_t>url_len != rest:
             raise self._fail(FrameMalformed(

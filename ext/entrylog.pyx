@@ -12,37 +12,23 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove
 
+from raftfast._wire cimport (BLOCK_OK, BLOCK_SHORT_HEADER, BLOCK_DATA_PAST_END, ENTRY_CONFIG,
+                             ENTRY_HEADER, ENTRY_NOOP, ENTRY_NORMAL, ENTRY_TERM_AT, ENTRY_TYPE_AT,
+                             ENTRY_TYPE_MAX, BlockStatus, block_walk, ld32, ld64, st32, st64)
+
 cdef enum:
-    HEADER = 13         # u32 data_len | u64 term | u8 type
-    TYPE_MAX = 2        # ENTRY_CONFIG, the highest valid entry type
     MIN_BUF = 4096
     MIN_ENTRIES = 64
 
 
+# The entry format as compiled in (rfwire.h); tests check these against
+# raftfast.core.messages, the Python side's definition.
+ENTRY_HEADER_SIZE = ENTRY_HEADER
+ENTRY_TYPES = (ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG)
+
+
 class BlockError(ValueError):
     """A malformed entry block.  Raised before anything is changed."""
-
-
-cdef inline uint32_t _ld32(const uint8_t *p) noexcept nogil:
-    # Byte by byte so it is right on any host; compilers fuse it to one load.
-    return (<uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16)
-            | (<uint32_t>p[3] << 24))
-
-
-cdef inline uint64_t _ld64(const uint8_t *p) noexcept nogil:
-    return <uint64_t>_ld32(p) | (<uint64_t>_ld32(p + 4) << 32)
-
-
-cdef inline void _st32(uint8_t *p, uint32_t v) noexcept nogil:
-    cdef int i
-    for i in range(4):
-        p[i] = <uint8_t>(v >> (8 * i))
-
-
-cdef inline void _st64(uint8_t *p, uint64_t v) noexcept nogil:
-    cdef int i
-    for i in range(8):
-        p[i] = <uint8_t>(v >> (8 * i))
 
 
 cdef inline const uint8_t *_ptr(const uint8_t[::1] block) noexcept:
@@ -52,23 +38,18 @@ cdef inline const uint8_t *_ptr(const uint8_t[::1] block) noexcept:
 
 cdef Py_ssize_t _check_block(const uint8_t *p, size_t n) except -1:
     """Count a block's entries, raising BlockError at the first bad one."""
-    cdef size_t pos = 0, room
-    cdef uint32_t dlen
-    cdef Py_ssize_t count = 0
-    while pos < n:
-        room = n - pos
-        if room < HEADER:
-            raise BlockError(f"entry {count} at offset {pos}: truncated header "
-                             f"({room} of {HEADER} bytes)")
-        dlen = _ld32(p + pos)
-        if dlen > room - HEADER:
-            raise BlockError(f"entry {count} at offset {pos}: data_len {dlen} runs past "
-                             f"the end of the block ({room - HEADER} bytes left)")
-        if p[pos + 12] > TYPE_MAX:
-            raise BlockError(f"entry {count} at offset {pos}: unknown entry type {p[pos + 12]}")
-        pos += HEADER + dlen
-        count += 1
-    return count
+    cdef size_t count, pos, room
+    cdef BlockStatus st = block_walk(p, n, ENTRY_TYPE_MAX, &count, &pos)
+    if st == BLOCK_OK:
+        return count
+    room = n - pos
+    if st == BLOCK_SHORT_HEADER:
+        raise BlockError(f"entry {count} at offset {pos}: truncated header "
+                         f"({room} of {ENTRY_HEADER} bytes)")
+    if st == BLOCK_DATA_PAST_END:
+        raise BlockError(f"entry {count} at offset {pos}: data_len {ld32(p + pos)} runs past "
+                         f"the end of the block ({room - ENTRY_HEADER} bytes left)")
+    raise BlockError(f"entry {count} at offset {pos}: unknown entry type {p[pos + ENTRY_TYPE_AT]}")
 
 
 cdef Py_ssize_t _check_nonempty(const uint8_t *p, size_t n) except -1:
@@ -135,9 +116,9 @@ cdef class EntryLog:
         for i in range(slot, slot + k):
             self.offs[i] = pos
             if stamp:
-                _st64(self.buf + pos + 4, term)
-            self.terms[i] = _ld64(self.buf + pos + 4)
-            pos += HEADER + _ld32(self.buf + pos)
+                st64(self.buf + pos + ENTRY_TERM_AT, term)
+            self.terms[i] = ld64(self.buf + pos + ENTRY_TERM_AT)
+            pos += ENTRY_HEADER + ld32(self.buf + pos)
         self.offs[slot + k] = pos
         self.n = slot + k
         self.buf_len = pos
@@ -252,9 +233,10 @@ cdef class EntryLog:
             raise ValueError("entry indexes start at 1")
         for i in range(k):
             if idx >= self.first:
-                if idx - self.first >= self.n or self.terms[idx - self.first] != _ld64(src + pos + 4):
+                if (idx - self.first >= self.n
+                        or self.terms[idx - self.first] != ld64(src + pos + ENTRY_TERM_AT)):
                     return (idx, pos)
-            pos += HEADER + _ld32(src + pos)
+            pos += ENTRY_HEADER + ld32(src + pos)
             idx += 1
         return (0, blen)
 
@@ -316,9 +298,9 @@ cdef class EntryLog:
         cdef const uint8_t *p
         for i in range(lo - self.first, hi - self.first):
             p = self.buf + self.offs[i]
-            if p[12] == etype:
+            if p[ENTRY_TYPE_AT] == etype:
                 found.append((self.first + i,
-                              PyBytes_FromStringAndSize(<char *>p + HEADER, _ld32(p))))
+                              PyBytes_FromStringAndSize(<char *>p + ENTRY_HEADER, ld32(p))))
         return found
 
     def scan_terms(self, uint64_t lo, uint64_t hi):
@@ -363,23 +345,23 @@ def encode_entries(entries):
     cdef uint8_t *out
     items = list(entries)
     for _, typ, d in items:
-        if not 0 <= typ <= TYPE_MAX:
+        if not 0 <= typ <= ENTRY_TYPE_MAX:
             raise ValueError(f"unknown entry type {typ}")
         dlen = len(d)
         if dlen > 0xFFFFFFFF:
             raise ValueError("entry data longer than 4 GiB - 1")
-        total += HEADER + dlen
+        total += ENTRY_HEADER + dlen
     res = PyBytes_FromStringAndSize(NULL, total)
     out = <uint8_t *>PyBytes_AS_STRING(res)
     for term, typ, d in items:
         data = d
         dlen = data.shape[0]
-        _st32(out + pos, <uint32_t>dlen)
-        _st64(out + pos + 4, term)
-        out[pos + 12] = <uint8_t>(<int>typ)
+        st32(out + pos, <uint32_t>dlen)
+        st64(out + pos + ENTRY_TERM_AT, term)
+        out[pos + ENTRY_TYPE_AT] = <uint8_t>(<int>typ)
         if dlen:
-            memcpy(out + pos + HEADER, &data[0], dlen)
-        pos += HEADER + dlen
+            memcpy(out + pos + ENTRY_HEADER, &data[0], dlen)
+        pos += ENTRY_HEADER + dlen
     return res
 
 
@@ -392,10 +374,10 @@ def decode_entries(const uint8_t[::1] block not None):
     cdef uint32_t dlen
     cdef list out = []
     for i in range(k):
-        dlen = _ld32(p + pos)
-        out.append((_ld64(p + pos + 4), p[pos + 12],
-                    PyBytes_FromStringAndSize(<const char *>p + pos + HEADER, dlen)))
-        pos += HEADER + dlen
+        dlen = ld32(p + pos)
+        out.append((ld64(p + pos + ENTRY_TERM_AT), p[pos + ENTRY_TYPE_AT],
+                    PyBytes_FromStringAndSize(<const char *>p + pos + ENTRY_HEADER, dlen)))
+        pos += ENTRY_HEADER + dlen
     return out
 
 
@@ -409,9 +391,9 @@ def block_terms(const uint8_t[::1] block not None):
     cdef uint64_t t, prev = 0
     cdef list runs = []
     for i in range(k):
-        t = _ld64(p + pos + 4)
+        t = ld64(p + pos + ENTRY_TERM_AT)
         if i == 0 or t != prev:
             runs.append((i, t))
         prev = t
-        pos += HEADER + _ld32(p + pos)
+        pos += ENTRY_HEADER + ld32(p + pos)
     return runs

@@ -43,9 +43,11 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy, strlen
 
+from raftfast._wire cimport (BLOCK_OK, ENTRY_CONFIG, ENTRY_HEADER, ENTRY_NOOP, ENTRY_NORMAL,
+                             ENTRY_TYPE_AT, block_walk, ld32, st32)
+
 cdef extern from "kvcmd.h":
     enum:
-        HEADER "RF_ENTRY_HEADER"         # entry header: u32 data_len, u64 term, u8 type
         CMD_HEADER "RF_CMD_HEADER"       # u8 opcode, u32 argc
         _OP_SET "RF_OP_SET"
         _OP_GET "RF_OP_GET"
@@ -56,8 +58,6 @@ cdef extern from "kvcmd.h":
         _OP_INCR "RF_OP_INCR"
         _OP_RESP3 "RF_OP_RESP3"
         _OP_MASK "RF_OP_MASK"
-    uint32_t _get_u32 "rf_get_u32" (const uint8_t *p) noexcept nogil
-    void _put_u32 "rf_put_u32" (uint8_t *p, uint32_t v) noexcept nogil
     void _put_command_header "rf_put_command_header" (uint8_t *p, uint32_t data_len,
                                                       uint8_t opcode, uint32_t argc) noexcept nogil
     bint _arity_ok "rf_kv_arity_ok" (unsigned op, uint64_t argc) noexcept nogil
@@ -81,14 +81,9 @@ from raftfast._resp import OK, ErrorReply
 
 _log = logging.getLogger("raftfast.kv")
 
-cdef enum:
-    T_NORMAL = 0
-    T_NOOP = 1
-    T_CONFIG = 2
-
 # The entry format is defined in messages.py; a mismatch is caught at import.
 assert (messages.ENTRY_HEADER_SIZE, messages.ENTRY_NORMAL, messages.ENTRY_NOOP,
-        messages.ENTRY_CONFIG) == (HEADER, T_NORMAL, T_NOOP, T_CONFIG)
+        messages.ENTRY_CONFIG) == (ENTRY_HEADER, ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG)
 
 OP_SET = _OP_SET
 OP_GET = _OP_GET
@@ -151,7 +146,7 @@ cdef inline int _put_value(WBuf *w, PyObject *v, bint resp3) except -1:
 cdef inline bytes _next_arg(const uint8_t **cur):
     """The argument at *cur as bytes; *cur moves past it (bounds were
     checked when the payload was validated)."""
-    cdef uint32_t n = _get_u32(cur[0])
+    cdef uint32_t n = ld32(cur[0])
     cdef bytes b = PyBytes_FromStringAndSize(<const char *>cur[0] + 4, n)
     cur[0] += 4 + n
     return b
@@ -184,7 +179,7 @@ def encode_commands(list commands, bint resp3=False):
             size += 4 + PyBytes_GET_SIZE(a)
         if size > 0xFFFFFFFF:
             raise ValueError("command too large for one entry")
-        total += HEADER + size
+        total += ENTRY_HEADER + size
     out = PyBytes_FromStringAndSize(NULL, total)
     p = <uint8_t *>PyBytes_AS_STRING(out)
     end = p + total
@@ -195,13 +190,13 @@ def encode_commands(list commands, bint resp3=False):
         size = CMD_HEADER
         for a in args:
             size += 4 + PyBytes_GET_SIZE(a)
-        if end - p < HEADER + size:
+        if end - p < ENTRY_HEADER + size:
             raise RuntimeError("commands changed while being encoded")
         _put_command_header(p, <uint32_t>size, <uint8_t>opcode | flag, <uint32_t>len(args))
-        p += HEADER + CMD_HEADER
+        p += ENTRY_HEADER + CMD_HEADER
         for a in args:
             n = PyBytes_GET_SIZE(a)
-            _put_u32(p, <uint32_t>n)
+            st32(p, <uint32_t>n)
             memcpy(p + 4, PyBytes_AS_STRING(a), n)
             p += 4 + n
     if p != end:
@@ -469,19 +464,19 @@ cdef class KVStore:
         cdef uint32_t dlen
         cdef uint8_t etype
         while off < n:
-            dlen = _get_u32(p + off)
-            etype = p[off + 12]
+            dlen = ld32(p + off)
+            etype = p[off + ENTRY_TYPE_AT]
             if offsets != NULL:
                 offsets[pos] = <uint64_t>w.len
-            if etype == T_NORMAL:
-                r = self._execute(p + off + HEADER, dlen, mode, w, pos)
-            elif etype == T_NOOP or etype == T_CONFIG:
+            if etype == ENTRY_NORMAL:
+                r = self._execute(p + off + ENTRY_HEADER, dlen, mode, w, pos)
+            elif etype == ENTRY_NOOP or etype == ENTRY_CONFIG:
                 r = None
             else:
                 r = self._corrupt(pos, f"unknown entry type {etype}", mode, w)
             if mode == M_OBJECTS:
                 results.append(r)
-            off += HEADER + dlen
+            off += ENTRY_HEADER + dlen
             pos += 1
         if offsets != NULL:
             offsets[pos] = <uint64_t>w.len
@@ -501,16 +496,16 @@ cdef class KVStore:
             return self._corrupt(pos, f"payload of {n} bytes is shorter than its header", mode, w)
         op = d[0] & _OP_MASK
         resp3 = (d[0] & _OP_RESP3) != 0
-        argc = _get_u32(d + 1)
+        argc = ld32(d + 1)
         if op < _OP_SET or op > _OP_INCR:
             return self._corrupt(pos, f"unknown opcode {d[0]}", mode, w)
         if not _arity_ok(op, argc):
             return self._corrupt(pos, f"wrong number of arguments ({argc}) for opcode {op}",
                                  mode, w)
         for i in range(argc):
-            if n - off < 4 or n - off - 4 < _get_u32(d + off):
+            if n - off < 4 or n - off - 4 < ld32(d + off):
                 return self._corrupt(pos, f"argument {i} runs past the payload", mode, w)
-            off += 4 + _get_u32(d + off)
+            off += 4 + ld32(d + off)
         if off != n:
             return self._corrupt(pos, f"{n - off} bytes after the last argument", mode, w)
 
@@ -552,7 +547,7 @@ cdef class KVStore:
 
     cdef object _append(self, const uint8_t *cur, int mode, WBuf *w):
         cdef bytes key = _next_arg(&cur)
-        cdef uint32_t n = _get_u32(cur)
+        cdef uint32_t n = ld32(cur)
         cdef PyObject *old = self._getp(key)
         cdef Py_ssize_t oldlen
         cdef bytes new
@@ -587,13 +582,11 @@ cdef Py_ssize_t _count_entries(const uint8_t *p, Py_ssize_t n) except -1:
     """The number of entries in a block; ValueError when its framing is
     broken (checked before applying anything: a block is applied whole or,
     broken, not at all)."""
-    cdef Py_ssize_t off = 0, pos = 0
-    while off < n:
-        if n - off < HEADER or n - off - HEADER < _get_u32(p + off):
-            raise ValueError(f"malformed entry block: entry {pos} runs past the end")
-        off += HEADER + _get_u32(p + off)
-        pos += 1
-    return pos
+    cdef size_t count, at
+    # Every type passes here: apply answers an unknown one as a corrupt command.
+    if block_walk(p, <size_t>n, 255, &count, &at) != BLOCK_OK:
+        raise ValueError(f"malformed entry block: entry {count} runs past the end")
+    return count
 
 
 cdef class KVSnapshot:
@@ -671,8 +664,8 @@ cdef class KVSnapshot:
             PyDict_Next(self._base, &self._pos, &k, &v)
             kl = PyBytes_GET_SIZE(<object>k)
             vl = PyBytes_GET_SIZE(<object>v)
-            _put_u32(p, <uint32_t>kl)
-            _put_u32(p + 4, <uint32_t>vl)
+            st32(p, <uint32_t>kl)
+            st32(p + 4, <uint32_t>vl)
             memcpy(p + 8, PyBytes_AS_STRING(<object>k), kl)
             memcpy(p + 8 + kl, PyBytes_AS_STRING(<object>v), vl)
             p += 8 + kl + vl
@@ -690,8 +683,8 @@ def decode_records(const uint8_t[::1] payload not None, Py_ssize_t nrecords, dic
     for i in range(nrecords):
         if n - off < 8:
             raise ValueError(f"record {i} of {nrecords}: header runs past the chunk")
-        kl = _get_u32(p + off)
-        vl = _get_u32(p + off + 4)
+        kl = ld32(p + off)
+        vl = ld32(p + off + 4)
         if <Py_ssize_t>kl > n - off - 8 or <Py_ssize_t>vl > n - off - 8 - kl:
             raise ValueError(f"record {i} of {nrecords}: {kl}+{vl} bytes run past the chunk")
         key = PyBytes_FromStringAndSize(<const char *>p + off + 8, kl)

@@ -2,7 +2,7 @@
  * resp.pyx (RespParser.parse_kv, which encodes client requests straight
  * into entries).  Header-only, like rfstr.h: each extension compiles its
  * own copy.  The format itself is documented in kv.pyx; the entry header
- * in raftfast/messages.py (kv.pyx checks these numbers against it).
+ * and the byte order come from rfwire.h.
  */
 #ifndef RAFTFAST_KVCMD_H
 #define RAFTFAST_KVCMD_H
@@ -11,8 +11,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#define RF_ENTRY_HEADER 13       /* u32 data_len, u64 term, u8 type */
-#define RF_ENTRY_NORMAL 0
+#include "rfwire.h"
+
 #define RF_CMD_HEADER 5          /* u8 opcode, u32 argc */
 
 /* Opcodes are part of the log format: never reuse a number. */
@@ -28,26 +28,14 @@
 #define RF_OP_RESP3 0x80
 #define RF_OP_MASK 0x7F
 
-static inline uint32_t rf_get_u32(const uint8_t *p) {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16)
-           | ((uint32_t)p[3] << 24);
-}
-
-static inline void rf_put_u32(uint8_t *p, uint32_t v) {
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
-
 /* Entry header (term 0: the core stamps it) plus command header. */
 static inline void rf_put_command_header(uint8_t *p, uint32_t data_len, uint8_t opcode,
                                          uint32_t argc) {
-    rf_put_u32(p, data_len);
-    memset(p + 4, 0, 8);
-    p[12] = RF_ENTRY_NORMAL;
-    p[13] = opcode;
-    rf_put_u32(p + 14, argc);
+    rf_st32(p, data_len);
+    memset(p + RF_ENTRY_TERM_AT, 0, 8);
+    p[RF_ENTRY_TYPE_AT] = RF_ENTRY_NORMAL;
+    p[RF_ENTRY_HEADER] = opcode;
+    rf_st32(p + RF_ENTRY_HEADER + 1, argc);
 }
 
 /* Arguments (excluding the command name) each opcode takes. */

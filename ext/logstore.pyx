@@ -134,6 +134,8 @@ from posix.unistd cimport close as c_close, fdatasync, fsync, pwrite
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
 
+from raftfast._wire cimport ld32, ld64, st32, st64
+
 cdef extern from "crc32c.h":
     uint32_t rf_crc32c(uint32_t crc, const uint8_t *p, size_t n) nogil
 
@@ -230,26 +232,6 @@ def segment_name(uint64_t seq):
     return "%016d.wal" % seq
 
 
-cdef inline uint32_t _ld32(const uint8_t *p) noexcept nogil:
-    return p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
-
-
-cdef inline uint64_t _ld64(const uint8_t *p) noexcept nogil:
-    return _ld32(p) | (<uint64_t>_ld32(p + 4) << 32)
-
-
-cdef inline void _st32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = v & 0xff
-    p[1] = (v >> 8) & 0xff
-    p[2] = (v >> 16) & 0xff
-    p[3] = (v >> 24) & 0xff
-
-
-cdef inline void _st64(uint8_t *p, uint64_t v) noexcept nogil:
-    _st32(p, <uint32_t>v)
-    _st32(p + 4, <uint32_t>(v >> 32))
-
-
 cdef void _fill_header(uint8_t *h, uint8_t rtype, uint32_t plen, uint64_t first,
                        uint32_t count, const uint8_t *payload) noexcept nogil:
     cdef uint32_t crc
@@ -257,13 +239,13 @@ cdef void _fill_header(uint8_t *h, uint8_t rtype, uint32_t plen, uint64_t first,
     h[5] = rtype
     h[6] = 0
     h[7] = 0
-    _st32(h + 8, plen)
-    _st64(h + 12, first)
-    _st32(h + 20, count)
+    st32(h + 8, plen)
+    st64(h + 12, first)
+    st32(h + 20, count)
     crc = rf_crc32c(0, h + 4, HDR - 4)
     if plen:
         crc = rf_crc32c(crc, payload, plen)
-    _st32(h, crc)
+    st32(h, crc)
 
 
 cdef inline bint _intact_at(const uint8_t *p, size_t avail) noexcept nogil:
@@ -271,10 +253,10 @@ cdef inline bint _intact_at(const uint8_t *p, size_t avail) noexcept nogil:
     cdef uint32_t plen
     if avail < HDR:
         return False
-    plen = _ld32(p + 8)
+    plen = ld32(p + 8)
     if plen > avail - HDR:
         return False
-    return _ld32(p) == rf_crc32c(0, p + 4, HDR - 4 + <size_t>plen)
+    return ld32(p) == rf_crc32c(0, p + 4, HDR - 4 + <size_t>plen)
 
 
 cdef size_t _first_nonzero(const uint8_t *b, size_t i, size_t n) noexcept nogil:
@@ -421,7 +403,7 @@ cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
             damaged_end[0] = <Py_ssize_t>z
             return <Py_ssize_t>off
         if not _intact_at(p, n - off):
-            reason = "incomplete record" if (n - off < HDR or _ld32(p + 8) > n - off - HDR) \
+            reason = "incomplete record" if (n - off < HDR or ld32(p + 8) > n - off - HDR) \
                 else "checksum mismatch"
             if not last:
                 raise LogCorruptError(path, off, reason + " in a segment that is not the last")
@@ -435,9 +417,9 @@ cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
             return <Py_ssize_t>off
         version = p[4]
         rtype = p[5]
-        plen = _ld32(p + 8)
-        first = _ld64(p + 12)
-        count = _ld32(p + 20)
+        plen = ld32(p + 8)
+        first = ld64(p + 12)
+        count = ld32(p + 20)
         if version != 1:
             raise LogCorruptError(path, off, f"unknown record version {version}")
         if p[6] != 0 or p[7] != 0:
@@ -488,13 +470,13 @@ cdef Py_ssize_t _scan(object data, str path, bint last, object on_entries,
         elif rtype == 2:
             if plen != HS_PAYLOAD or first != 0 or count != 0:
                 raise LogCorruptError(path, off, "malformed hard state record")
-            hs[0] = _ld64(p + HDR)
-            hs[1] = _ld64(p + HDR + 8)
-            hs[2] = _ld64(p + HDR + 16)
+            hs[0] = ld64(p + HDR)
+            hs[1] = ld64(p + HDR + 8)
+            hs[2] = ld64(p + HDR + 16)
             if on_hard_state is not None:
                 on_hard_state(hs[0], hs[1], hs[2])
         elif rtype == 3:
-            rterm = _ld64(p + HDR) if plen == RESET_PAYLOAD else 0
+            rterm = ld64(p + HDR) if plen == RESET_PAYLOAD else 0
             if plen != RESET_PAYLOAD or first == 0 or count != 0 or rterm == 0:
                 raise LogCorruptError(path, off, "malformed log reset record")
             if first > cover.top:
@@ -1055,9 +1037,9 @@ cdef class LogStore:
 
     cdef int _write_hard_state(self) except -1:
         cdef uint8_t rec[HS_RECORD]
-        _st64(rec + HDR, self._term)
-        _st64(rec + HDR + 8, self._vote)
-        _st64(rec + HDR + 16, self._commit)
+        st64(rec + HDR, self._term)
+        st64(rec + HDR + 8, self._vote)
+        st64(rec + HDR + 16, self._commit)
         _fill_header(rec, 2, HS_PAYLOAD, 0, 0, rec + HDR)
         return self._write(rec, rec + HDR, HS_PAYLOAD)
 
@@ -1117,7 +1099,7 @@ cdef class LogStore:
             if self._seg_size > HS_RECORD:
                 self._roll()
             at = self._seg_size
-            _st64(rec + HDR, term)
+            st64(rec + HDR, term)
             _fill_header(rec, 3, RESET_PAYLOAD, index, 0, rec + HDR)
             self._write(rec, rec + HDR, RESET_PAYLOAD)
             last = len(self._tops) - 1

@@ -24,6 +24,8 @@ from cpython.unicode cimport PyUnicode_AsUTF8String
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcpy
 
+from raftfast._wire cimport ENTRY_HEADER, st32
+
 cdef extern from "Python.h":
     ctypedef struct PyObject
     # Borrowed-pointer forms of the list and bytes accessors, so chunk
@@ -44,7 +46,6 @@ cdef extern from "rfstr.h":
 cdef extern from "kvcmd.h":
     # The KV command payload (format in kv.pyx), for parse_kv.
     enum:
-        ENTRY_HEADER "RF_ENTRY_HEADER"
         CMD_HEADER "RF_CMD_HEADER"
         OP_RESP3 "RF_OP_RESP3"
         OP_GET "RF_OP_GET"
@@ -52,7 +53,6 @@ cdef extern from "kvcmd.h":
         OP_EXISTS "RF_OP_EXISTS"
     int _kv_opcode "rf_kv_opcode" (const unsigned char *s, size_t n) noexcept nogil
     bint _kv_arity_ok "rf_kv_arity_ok" (unsigned op, uint64_t argc) noexcept nogil
-    void _put_u32 "rf_put_u32" (uint8_t *p, uint32_t v) noexcept nogil
     void _put_command_header "rf_put_command_header" (uint8_t *p, uint32_t data_len,
                                                       uint8_t opcode, uint32_t argc) noexcept nogil
 
@@ -428,7 +428,7 @@ cdef class RespParser:
                     return 0
                 _kv_reserve(o, w + 4 + blen)
                 dst = <uint8_t *>PyByteArray_AS_STRING(<object>o.ba) + o.used + w
-                _put_u32(dst, <uint32_t>blen)
+                st32(dst, <uint32_t>blen)
                 memcpy(dst + 4, p + d, <size_t>blen)
                 w += 4 + blen
                 q = d + blen + 2
@@ -719,7 +719,7 @@ cdef int _kv_put_list(KvOut *o, int op, list req, Py_ssize_t size) except -1:
     for i in range(argc):
         a = req[i + 1]
         n = PyBytes_GET_SIZE(a)
-        _put_u32(dst, <uint32_t>n)
+        st32(dst, <uint32_t>n)
         memcpy(dst + 4, PyBytes_AS_STRING(a), <size_t>n)
         dst += 4 + n
     o.used += size

@@ -7,8 +7,9 @@ no reply is matched to a request.
 
 Every connection opens with a handshake (cluster id, sender id, protocol
 version range); the acceptor answers HANDSHAKE_ACK with the highest common
-version.  An accepted connection that fails any check is logged and closed;
-the node keeps serving.
+version (raftfast.runtime.peer_connections, the connections themselves).
+An accepted connection that fails any check is logged and closed; the node
+keeps serving.
 
 Sending never queues without bound: until the dialed connection's handshake
 is acknowledged, or while the socket is paused by flow control, messages
@@ -18,22 +19,16 @@ import asyncio
 import os
 import random
 
-from raftfast._codec import (FRAME_HANDSHAKE, FRAME_HANDSHAKE_ACK, FRAME_MESSAGE, MSG_TYPE_MAX_V1,
-                             PROTOCOL_MAX, PROTOCOL_MIN, FrameDecoder, FrameError, choose_version,
-                             encode_handshake, encode_handshake_ack, encode_message)
-from raftfast.address import create_server, open_connection, parse_address, set_nodelay
+from raftfast._codec import MSG_TYPE_MAX_V1, encode_handshake, encode_message
+from raftfast.address import Address, create_server, open_connection, parse_address
+from raftfast.runtime.peer_connections import (HANDSHAKE_TIMEOUT, AcceptedConnection,
+                                               DialedConnection)
 
 __all__ = ["PeerTransport"]
 
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
-# Dial plus handshake; also how long an accepted connection may stay silent
-# before its handshake.  Generous: a peer under load may be slow to answer.
-HANDSHAKE_TIMEOUT = 5.0
 WRITE_BUFFER_LIMIT = 4 << 20
-# Before its handshake is accepted a connection may send only small frames:
-# a stranger must not make us buffer a 64 MiB "handshake".
-HANDSHAKE_MAX_FRAME = 160 << 10  # room for a cluster id and a 64 KiB client URL
 
 
 class _Peer:
@@ -45,7 +40,7 @@ class _Peer:
     def __init__(self, peer_id, addr):
         self.id = peer_id
         self.addr = addr
-        self.proto = None       # _OutboundProtocol once connected
+        self.proto = None       # its DialedConnection once connected
         self.writable = False   # acknowledged and not paused: the send fast path
         self.task = None        # the dial in progress
         self.timer = None       # the scheduled redial
@@ -56,6 +51,9 @@ class _Peer:
 
 
 class PeerTransport:
+    """This node's links to its peers: one listener for the connections
+    peers dial, one dialed connection per peer for what this node sends."""
+
     def __init__(self, loop, node_id, cluster_id, on_message, addresses, max_frame_size,
                  logger, *, client_url="", write_buffer_limit=WRITE_BUFFER_LIMIT):
         self.loop = loop
@@ -70,7 +68,7 @@ class PeerTransport:
         self._inbound = set()
         self._server = None
         self._unix_inode = None
-        self._closed = False
+        self.closed = False     # set once close() begins
         self.listen_address = None
         self.client_url = client_url
         # on_peer_state(peer_id, writable, lost): flow control for the
@@ -78,7 +76,7 @@ class PeerTransport:
         # and a lost connection means what was written may be gone.
         self.on_peer_state = None
         self._client_urls = {}  # node id -> advertised client URL from its handshake
-        self._handshake = encode_handshake(cluster_id, node_id, client_url=client_url)
+        self.hello = encode_handshake(cluster_id, node_id, client_url=client_url)
         self.frames_sent = self.bytes_sent = self.frames_dropped = 0
         self.frames_received = self.bytes_received = 0
         self.dials = self.reconnects = 0
@@ -90,18 +88,17 @@ class PeerTransport:
         """Listen for peers on listen_url.  With tcp port 0 the chosen port
         is in self.listen_address."""
         addr = parse_address(listen_url)
-        self._server = await create_server(self.loop, addr, lambda: _InboundProtocol(self))
+        self._server = await create_server(self.loop, addr, lambda: AcceptedConnection(self))
         if addr.is_unix:
             self._unix_inode = os.stat(addr.path).st_ino
         elif addr.port == 0:
-            addr = parse_address(f"tcp://{_bracket(addr.host)}:"
-                                 f"{self._server.sockets[0].getsockname()[1]}")
+            addr = Address("tcp", host=addr.host, port=self._server.sockets[0].getsockname()[1])
         self.listen_address = addr
         return addr
 
     async def close(self):
         """Stop listening, close every connection, cancel dials and timers."""
-        self._closed = True
+        self.closed = True
         if self._server is not None:
             self._server.close()
         tasks = []
@@ -205,7 +202,7 @@ class PeerTransport:
 
     def _drop(self, to, peer, n):
         self.frames_dropped += n
-        if self._closed:
+        if self.closed:
             return
         if peer is None:
             addr = self._addresses.get(to)
@@ -236,20 +233,6 @@ class PeerTransport:
     def peer_client_url(self, node_id):
         """The client URL node_id advertised in its last handshake, or None."""
         return self._client_urls.get(node_id)
-
-    def _learn_client_url(self, node_id, url):
-        if not url or node_id not in self._addresses:
-            # Only nodes we dial (configured peers, members) name where
-            # clients go: a stranger's handshake must not steer MOVED, nor
-            # grow this table one id at a time.
-            return
-        try:
-            parse_address(url)
-        except ValueError:
-            # Not worth closing a working link over; MOVED just cannot name it.
-            self.log.warning("node %d advertises a bad client address %r", node_id, url)
-            return
-        self._client_urls[node_id] = url
 
     def set_address(self, node_id, url):
         """Dial node_id at url from now on (None forgets it); an open
@@ -292,7 +275,7 @@ class PeerTransport:
     async def _connect(self, peer):
         try:
             await asyncio.wait_for(
-                open_connection(self.loop, peer.addr, lambda: _OutboundProtocol(self, peer)),
+                open_connection(self.loop, peer.addr, lambda: DialedConnection(self, peer)),
                 HANDSHAKE_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as e:
             peer.task = None
@@ -307,7 +290,7 @@ class PeerTransport:
         self._schedule_redial(peer)
 
     def _schedule_redial(self, peer):
-        if self._closed or self._peers.get(peer.id) is not peer:
+        if self.closed or self._peers.get(peer.id) is not peer:
             return
         # Jitter keeps nodes that lost the same peer from redialing in lockstep.
         delay = random.uniform(peer.backoff / 2, peer.backoff)
@@ -330,7 +313,17 @@ class PeerTransport:
             peer.proto = None
         return tasks
 
-    def _outbound_ready(self, peer, proto, version):
+    # ---- for its connections (peer_connections) -----------------------------
+
+    def attach_dialed(self, peer, proto):
+        """proto connected to peer; False when the peer was reset or the
+        transport closed while it dialed (proto then closes)."""
+        if self.closed or self._peers.get(peer.id) is not peer or peer.proto is not None:
+            return False
+        peer.proto = proto
+        return True
+
+    def dialed_ready(self, peer, proto, version):
         peer.version = version
         peer.backoff = BACKOFF_MIN
         peer.failing = False
@@ -339,7 +332,7 @@ class PeerTransport:
             self.on_peer_state(peer.id, peer.writable, False)
         self.log.info("connected to peer %d at %s (protocol v%d)", peer.id, peer.addr, version)
 
-    def _outbound_lost(self, peer, proto, exc):
+    def dialed_lost(self, peer, proto, exc):
         if peer.proto is not proto:
             return  # an older connection, already replaced or reset
         peer.proto = None
@@ -355,178 +348,27 @@ class PeerTransport:
                 "closed by the peer before its handshake ack (another cluster id or "
                 "protocol version?)" if exc is None else f"connection lost: {exc}"))
 
-
-class _OutboundProtocol(asyncio.Protocol):
-    """The connection this node dialed: sends, and reads only the ack."""
-
-    __slots__ = ("owner", "peer", "transport", "decoder", "acked", "paused", "timer",
-                 "failure")
-
-    def __init__(self, owner, peer):
-        self.owner = owner
-        self.peer = peer
-        self.transport = None
-        self.decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)  # it only ever reads the ack
-        self.acked = False
-        self.paused = False
-        self.timer = None
-        self.failure = None
-
-    def connection_made(self, transport):
-        self.transport = transport
-        owner, peer = self.owner, self.peer
-        if owner._closed or owner._peers.get(peer.id) is not peer or peer.proto is not None:
-            transport.abort()  # reset or closed while dialing
-            return
-        peer.proto = self
-        set_nodelay(transport)
-        transport.set_write_buffer_limits(high=owner.write_buffer_limit)
-        transport.write(owner._handshake)
-        self.timer = owner.loop.call_later(HANDSHAKE_TIMEOUT, self._fail, "no handshake ack")
-
-    def _fail(self, why):
-        self.failure = why
-        self.transport.abort()
-
-    def data_received(self, data):
-        self.decoder.feed(data)
-        try:
-            frame = self.decoder.next()
-        except FrameError as e:
-            return self._fail(f"bad frame: {e}")
-        if frame is None:
-            return
-        owner = self.owner
-        ftype, hs = frame
-        if self.acked or ftype != FRAME_HANDSHAKE_ACK:
-            return self._fail("sent something other than one handshake ack")
-        if hs.cluster_id != owner.cluster_id:
-            return self._fail(f"it belongs to cluster {hs.cluster_id!r}, "
-                              f"not {owner.cluster_id!r}")
-        if hs.node_id != self.peer.id:
-            return self._fail(f"it is node {hs.node_id}, not {self.peer.id}")
-        if not PROTOCOL_MIN <= hs.min_version <= PROTOCOL_MAX:
-            return self._fail(f"it chose protocol v{hs.min_version}, "
-                              f"we speak v{PROTOCOL_MIN}..v{PROTOCOL_MAX}")
-        self.timer.cancel()
-        self.acked = True
-        owner._learn_client_url(hs.node_id, hs.client_url)
-        owner._outbound_ready(self.peer, self, hs.min_version)
-
-    def pause_writing(self):
-        self.paused = True
-        self.peer.writable = False
-        owner = self.owner
-        if self.acked and self.peer.proto is self and owner.on_peer_state is not None:
-            owner.on_peer_state(self.peer.id, False, False)
-
-    def resume_writing(self):
-        self.paused = False
-        if self.acked and self.peer.proto is self:
-            self.peer.writable = True
-            owner = self.owner
-            if owner.on_peer_state is not None:
-                owner.on_peer_state(self.peer.id, True, False)
-
-    def connection_lost(self, exc):
-        if self.timer is not None:
-            self.timer.cancel()
-        self.owner._outbound_lost(self.peer, self, exc)
-
-
-class _InboundProtocol(asyncio.Protocol):
-    """A connection a peer dialed to us: handshake, then receive only."""
-
-    __slots__ = ("owner", "transport", "decoder", "peer_id", "timer", "who")
-
-    def __init__(self, owner):
-        self.owner = owner
-        self.transport = None
-        self.decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
-        self.peer_id = 0
-        self.timer = None
-        self.who = "?"
-
-    def connection_made(self, transport):
-        self.transport = transport
-        owner = self.owner
-        if owner._closed:
-            transport.abort()
-            return
-        owner._inbound.add(self)
-        owner.accepted += 1
-        set_nodelay(transport)
-        peer = transport.get_extra_info("peername")
-        self.who = (f"{_bracket(peer[0])}:{peer[1]}" if isinstance(peer, tuple)
-                    else f"a unix socket client on {owner.listen_address}")
-        self.timer = owner.loop.call_later(HANDSHAKE_TIMEOUT, self._refuse,
-                                           f"no handshake within {HANDSHAKE_TIMEOUT:g} s")
-
-    def _refuse(self, why):
-        owner = self.owner
-        owner.refused += 1
-        who = f"node {self.peer_id} ({self.who})" if self.peer_id else self.who
-        owner.log.warning("closed peer connection from %s: %s", who, why)
-        self.transport.abort()
-
-    def data_received(self, data):
-        owner = self.owner
-        owner.bytes_received += len(data)
-        decoder = self.decoder
-        decoder.feed(data)
-        while not self.transport.is_closing():
-            try:
-                frame = decoder.next()
-            except FrameError as e:
-                return self._refuse(f"bad frame: {e}")
-            if frame is None:
-                return
-            ftype, obj = frame
-            if ftype == FRAME_MESSAGE and self.peer_id:
-                if obj.frm != self.peer_id:
-                    return self._refuse(f"message from {obj.frm} on node "
-                                        f"{self.peer_id}'s connection")
-                obj.to = owner.node_id
-                owner.frames_received += 1
-                owner.on_message(obj)  # in arrival order, synchronously
-            elif ftype == FRAME_HANDSHAKE and not self.peer_id:
-                if not self._accept(obj):
-                    return
-            elif ftype == FRAME_MESSAGE:
-                return self._refuse("message before the handshake")
-            else:
-                return self._refuse(f"unexpected frame type {ftype} after the handshake"
-                                    if self.peer_id else
-                                    f"frame type {ftype} where a handshake was expected")
-
-    def _accept(self, hs):
-        owner = self.owner
-        if hs.cluster_id != owner.cluster_id:
-            self._refuse(f"node {hs.node_id} is from cluster {hs.cluster_id!r}, "
-                         f"not {owner.cluster_id!r}")
+    def attach_accepted(self, proto):
+        """A peer connected; False once the transport is closing."""
+        if self.closed:
             return False
-        version = choose_version(hs.min_version, hs.max_version)
-        if version is None:
-            self._refuse(f"node {hs.node_id} speaks protocol v{hs.min_version}..v"
-                         f"{hs.max_version}, we speak v{PROTOCOL_MIN}..v{PROTOCOL_MAX}")
-            return False
-        if hs.node_id == owner.node_id:
-            self._refuse(f"the peer claims our own node id {hs.node_id}")
-            return False
-        self.timer.cancel()
-        self.peer_id = hs.node_id
-        self.decoder.set_max_frame_size(owner.max_frame_size)
-        owner._learn_client_url(hs.node_id, hs.client_url)
-        self.transport.write(encode_handshake_ack(owner.cluster_id, owner.node_id, version,
-                                                  owner.client_url))
-        owner.log.debug("accepted node %d from %s (protocol v%d)", hs.node_id, self.who, version)
+        self._inbound.add(proto)
+        self.accepted += 1
         return True
 
-    def connection_lost(self, exc):
-        if self.timer is not None:
-            self.timer.cancel()
-        self.owner._inbound.discard(self)
+    def detach_accepted(self, proto):
+        self._inbound.discard(proto)
 
-
-def _bracket(host):
-    return f"[{host}]" if ":" in host else host
+    def learn_client_url(self, node_id, url):
+        if not url or node_id not in self._addresses:
+            # Only nodes we dial (configured peers, members) name where
+            # clients go: a stranger's handshake must not steer MOVED, nor
+            # grow this table one id at a time.
+            return
+        try:
+            parse_address(url)
+        except ValueError:
+            # Not worth closing a working link over; MOVED just cannot name it.
+            self.log.warning("node %d advertises a bad client address %r", node_id, url)
+            return
+        self._client_urls[node_id] = url

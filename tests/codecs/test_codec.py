@@ -470,6 +470,9 @@ BAD_MESSAGE_BODIES = {
     "entry type 3": (msg_body(block=make_block([(1, 3, b"x")]), count=1), "unknown entry type"),
     "entry data past end": (msg_body(block=ONE[:-1], count=1), "entry data runs past the end"),
     "entry header cut off": (msg_body(block=ONE + b"\x00" * 5, count=2), "entry header cut off"),
+    # Framing first: the length is judged before the type byte.
+    "entry type 3, data past end": (msg_body(block=make_block([(1, 3, b"x")])[:-1], count=1),
+                                    "entry data runs past the end"),
 }
 
 

@@ -241,6 +241,34 @@ def test_term_search_counts_compacted_indexes_as_possible_matches(impl):
     assert log.term_search(5, 0) == 5
 
 
+# ---- entries of one type -------------------------------------------------------
+
+def test_find_type_returns_index_and_data_of_matching_entries_only(impl):
+    Log, _, _ = impl
+    log = Log(7)
+    log.append(7, py.encode_entries_py([
+        (1, ENTRY_NOOP, b""), (1, ENTRY_CONFIG, b"conf-a"), (1, ENTRY_NORMAL, b"set"),
+        (2, ENTRY_CONFIG, b"conf-b"), (2, ENTRY_CONFIG, b"")]))
+    assert log.find_type(7, 12, ENTRY_CONFIG) == [(8, b"conf-a"), (10, b"conf-b"), (11, b"")]
+    assert log.find_type(9, 11, ENTRY_CONFIG) == [(10, b"conf-b")]
+    assert log.find_type(7, 12, ENTRY_NOOP) == [(7, b"")]
+    assert log.find_type(9, 9, ENTRY_CONFIG) == []
+    with pytest.raises(IndexError):
+        log.find_type(6, 9, ENTRY_CONFIG)
+    with pytest.raises(IndexError):
+        log.find_type(7, 13, ENTRY_CONFIG)
+    log.compact(8)
+    assert log.find_type(9, 12, ENTRY_CONFIG) == [(10, b"conf-b"), (11, b"")]
+
+
+def test_repr_names_the_range_and_size():
+    entries = [(1, ENTRY_NORMAL, b"abc"), (2, ENTRY_NOOP, b"")]
+    log, twin = c.EntryLog(3), py.EntryLogPy(3)
+    log.append(3, c.encode_entries(entries))
+    twin.append(3, c.encode_entries(entries))
+    assert repr(log) == repr(twin) == "<EntryLog [3, 4] 2 entries, 29 bytes>"
+
+
 # ---- malformed blocks ------------------------------------------------------------
 
 VALID = py.encode_entries_py([
@@ -300,6 +328,19 @@ def test_empty_block_is_rejected_by_appends_only(impl):
         log.append_stamped(bytearray(), 1)
     assert block_count(b"") == 0
     assert log.find_conflict(1, b"") == (0, 0)
+
+
+def test_the_compiled_entry_format_is_the_one_messages_defines():
+    assert c.ENTRY_HEADER_SIZE == py.HEADER == ENTRY_HEADER_SIZE == 13
+    assert c.ENTRY_TYPES == (ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG) == (0, 1, 2)
+    assert py.TYPE_MAX == ENTRY_CONFIG
+
+
+def test_an_entry_both_past_the_end_and_of_unknown_type_is_reported_past_the_end(impl):
+    Log, BlockError, block_count = impl
+    bad = struct.pack("<IQB", 5, 1, 9) + b"abc"
+    with pytest.raises(BlockError, match="entry 0 at offset 0: data_len 5 runs past"):
+        block_count(bad)
 
 
 def test_block_error_is_a_value_error():
@@ -506,6 +547,12 @@ class LogMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def term(self, data):
         self.both("term", self.near(data))
+
+    @rule(data=st.data(), etype=st.integers(0, 3))
+    def find_type(self, data, etype):
+        lo = self.near(data, 1, 1)
+        self.both("find_type", lo, data.draw(st.integers(max(0, lo - 1), self.py.last_index + 2)),
+                  etype)
 
     @rule(data=st.data(), hint_term=st.integers(0, 7))
     def term_search(self, data, hint_term):

@@ -5,7 +5,10 @@ replays it, e.g.
     python -m pytest "tests/core/test_simulation.py::test_chaos_is_safe_and_live[n3-seed17]"
 Set RAFTFAST_SIM_SEEDS=N to widen the sweep (the default covers 1,000 seeds),
 RAFTFAST_SIM_MEMBERSHIP_SEEDS=N for the schedules that also change the
-membership and take, compact and install snapshots (default 300).
+membership and take, compact and install snapshots (default 300).  With
+RAFTFAST_PURE_PYTHON=1 the defaults are 200 and 60: the uncompiled core with
+the Python entry log runs several times slower, and that run checks the
+readable spec rather than widening the sweep.
 The long sweep, `python -m pytest -m slow tests/core/test_simulation.py`, runs
 100,000 seeds (RAFTFAST_SIM_SWEEP=N to change) on every core, every other
 one with membership changes and snapshots.
@@ -18,10 +21,12 @@ import pytest
 from tests.support.entrylog import EntryLog
 from tests.support.simnet import SimNet
 
-SEEDS = int(os.environ.get("RAFTFAST_SIM_SEEDS", "1000"))
+PURE_PYTHON = os.environ.get("RAFTFAST_PURE_PYTHON") == "1"
+SEEDS = int(os.environ.get("RAFTFAST_SIM_SEEDS", "200" if PURE_PYTHON else "1000"))
 STEPS = int(os.environ.get("RAFTFAST_SIM_STEPS", "1500"))
 
-MEMBERSHIP_SEEDS = int(os.environ.get("RAFTFAST_SIM_MEMBERSHIP_SEEDS", "300"))
+MEMBERSHIP_SEEDS = int(os.environ.get("RAFTFAST_SIM_MEMBERSHIP_SEEDS",
+                                      "60" if PURE_PYTHON else "300"))
 
 CASES = [(3 if seed % 5 else 5, seed) for seed in range(SEEDS)]
 MEMBERSHIP_CASES = [(3 if seed % 5 else 5, seed) for seed in range(MEMBERSHIP_SEEDS)]

@@ -110,11 +110,11 @@ def count_entries(block):
         if len(block) - off < ENTRY_HEADER_SIZE:
             return "entry header cut off at the end of the block"
         data_len, _term, etype = ENTRY_HEADER.unpack_from(block, off)
-        if etype not in ENTRY_TYPES:
-            return "unknown entry type"
         off += ENTRY_HEADER_SIZE
         if data_len > len(block) - off:
             return "entry data runs past the end of the block"
+        if etype not in ENTRY_TYPES:
+            return "unknown entry type"
         off += data_len
         n += 1
     return n

@@ -105,6 +105,10 @@ class EntryLogPy:
     def __len__(self):
         return len(self._entries)
 
+    def __repr__(self):
+        return (f"<EntryLog [{self._first}, {self.last_index}] "
+                f"{len(self._entries)} entries, {self.nbytes} bytes>")
+
     def term(self, index):
         if not self._first <= index <= self.last_index:
             raise IndexError(f"index {index} outside the log")
@@ -159,6 +163,13 @@ class EntryLogPy:
             return  # already covered by the snapshot
         del self._entries[:index + 1 - self._first]
         self._first = index + 1
+
+    def find_type(self, lo, hi, etype):
+        """[(index, data), ...] of the entries in [lo, hi) of type etype."""
+        self._check_range(lo, hi)
+        return [(lo + i, data)
+                for i, (_, typ, data) in enumerate(self._entries[lo - self._first:hi - self._first])
+                if typ == etype]
 
     def scan_terms(self, lo, hi):
         self._check_range(lo, hi)

@@ -630,7 +630,7 @@ def test_random_log_with_resets_replays_as_the_model(tmp_path_factory, ops, fsyn
     (below, inside or past the log), hard states, compactions and reopens.
     What replay gives, past what compaction was allowed to drop, is the
     model's log; the hard state is the last one saved."""
-    from raftfast.runtime.storage import _recover
+    from raftfast.runtime.recovery import recover
     wal = tmp_path_factory.mktemp("wal")
     seg = 600  # a few entries per segment
     terms = {}        # the model: index -> term of the live log (after the reset, if any)
@@ -651,7 +651,7 @@ def test_random_log_with_resets_replays_as_the_model(tmp_path_factory, ops, fsyn
         event("checked" + (" after a reset" if reset else "")
               + (" and compaction" if covered else ""))
         snap_term = terms[snap] if snap in terms else reset[1] if snap else 0
-        got_hs, log, finish = _recover(store, snap, snap_term, "snap")
+        got_hs, log, finish = recover(store, snap, snap_term, "snap")
         assert not finish
         assert (got_hs.term, got_hs.vote, got_hs.commit) == hs
         assert [(i, log.term(i)) for i in range(log.first_index, log.last_index + 1)] == \
