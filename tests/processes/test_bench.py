@@ -2,7 +2,6 @@
 the writers (table, CSV, JSON, PNG), the core benchmark's reply handling
 against a fake node, LocalCluster with stand-in nodes, and one short run
 against a real 3-node cluster."""
-from tests.support import REPO
 import asyncio
 import csv
 import io
@@ -25,6 +24,7 @@ from raftfast.launcher.layout import plan
 from raftfast.launcher.local_cluster import ClusterError, LocalCluster
 from raftfast.launcher.supervisor import NODE_MODULE_ENV, node_env
 from raftfast.resp_client import RespReplyParser, parse_info
+from tests.support import REPO
 from tests.support.harness import free_base_port
 
 ROOT = REPO

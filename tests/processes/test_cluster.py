@@ -1,7 +1,6 @@
 """The launcher's own behaviour.  Runs that need real nodes belong to the
 multi-process tests; here a stand-in node (cluster_fake_node.py) plays the
 node's side: the ready line, INFO raft, SET."""
-from tests.support import REPO
 import asyncio
 import json
 import os
@@ -10,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import uvloop
@@ -22,6 +20,8 @@ from raftfast.launcher.layout import Layout, NodeSpec, plan
 from raftfast.launcher.status import StatusLine, format_table
 from raftfast.resp_client import RespError
 
+from tests.support import REPO
+from tests.support.wait import until
 from tests.support.harness import free_base_port
 
 DEADLINE = 30.0  # liveness bound for waits, not a timing assertion
@@ -226,10 +226,8 @@ def alive(pid):
 
 
 def wait_gone(pids):
-    end = time.monotonic() + DEADLINE
-    while any(alive(p) for p in pids):
-        assert time.monotonic() < end, [p for p in pids if alive(p)]
-        time.sleep(0.05)
+    until(lambda: not any(alive(p) for p in pids),
+          lambda: f"processes {[p for p in pids if alive(p)]} to exit", DEADLINE)
 
 
 class Launch:

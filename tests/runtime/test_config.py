@@ -1,4 +1,3 @@
-from tests.support import REPO
 import argparse
 import dataclasses
 import os
@@ -9,6 +8,7 @@ import pytest
 
 from raftfast.config import (NODE_ID_MAX, ArgumentParser, Config, ConfigError, add_node_arguments,
                              parse_node_config, tunable_argv)
+from tests.support import REPO
 
 BASE = ["--id", "1", "--data-dir", "/tmp/d1", "--listen", "unix:///tmp/d1/raft.sock",
         "--client", "tcp://127.0.0.1:7001"]

@@ -1,5 +1,4 @@
 """raftfast.runtime.storage: data-dir lock, identity, and recovery into an EntryLog."""
-from tests.support import REPO
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ import pytest
 from raftfast._entrylog import encode_entries
 from raftfast.core.messages import ENTRY_NORMAL, HardState
 from raftfast.runtime.storage import Storage, StorageError
+from tests.support import REPO
 from tests.reference import logrecord_py as ref
 
 ROOT = REPO

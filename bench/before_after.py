@@ -1,0 +1,134 @@
+"""SET throughput and latency of two checkouts, side by side in one run.
+
+    python bench/before_after.py --before /tmp/before --after . [--rounds 5]
+
+Each checkout must be built in place (`python setup.py build_ext --inplace`
+or `pip install -e .` there).  Every round starts a 3-node cluster of each
+checkout in turn (the order alternates from round to round, so a machine
+that slows down over the run does not favour one side), with `--fsync
+always`, peers over Unix sockets and snapshots off, and drives its leader
+with redis-benchmark at each load.  It prints every round, then the medians
+and the after/before ratios of the medians; the server CPU per SET is the
+CPU time of the three node processes over the run, divided by its SETs.  The machine is shared and
+noisy: only ratios within one run mean anything.
+"""
+import argparse
+import csv
+import io
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+# (label, redis-benchmark arguments): a pipelined many-client load and a
+# single client waiting for each reply.
+LOADS = [
+    ("P16 c50", ["-P", "16", "-c", "50", "-n", "1000000"]),
+    ("P1 c1", ["-P", "1", "-c", "1", "-n", "20000"]),
+]
+LEADER_RE = re.compile(r"leader.*tcp://127\.0\.0\.1:(\d+)")
+
+
+def start_cluster(tree, base_port, log):
+    """A 3-node cluster of the checkout in `tree`; returns (process, leader port)."""
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raftfast.cluster", "--nodes", "3", "--fsync", "always",
+         "--base-port", str(base_port), "--snapshot-entries", "0"],
+        cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"cluster in {tree} exited with {proc.returncode}")
+        log.flush()
+        with open(log.name) as f:
+            m = LEADER_RE.search(f.read())
+        if m:
+            return proc, int(m.group(1))
+        time.sleep(0.2)  # polling the launcher's output file for its table
+    stop(proc)
+    raise RuntimeError(f"no leader in {tree} within 60 s")
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def node_cpu_seconds(launcher):
+    """CPU time (user + system) of every node process the launcher started."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for task in os.listdir(f"/proc/{launcher.pid}/task"):
+        with open(f"/proc/{launcher.pid}/task/{task}/children") as f:
+            for pid in f.read().split():
+                try:
+                    with open(f"/proc/{pid}/stat") as st:
+                        fields = st.read().rpartition(")")[2].split()
+                except FileNotFoundError:
+                    continue
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def redis_benchmark(launcher, port, args):
+    """(requests/s, p50 ms, p99 ms, server CPU µs per SET) of one SET run."""
+    n = int(args[args.index("-n") + 1])
+    cpu = node_cpu_seconds(launcher)
+    out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", "set", "--csv", *args],
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    cpu = node_cpu_seconds(launcher) - cpu
+    row = next(r for r in csv.DictReader(io.StringIO(out)) if r["test"] == "SET")
+    return (float(row["rps"]), float(row["p50_latency_ms"]), float(row["p99_latency_ms"]),
+            cpu * 1e6 / n)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--before", required=True)
+    p.add_argument("--after", required=True)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--base-port", type=int, default=7650)
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply every load's request count (longer runs, less noise)")
+    ns = p.parse_args()
+    loads = [(label, [str(int(int(a) * ns.scale)) if i and args[i - 1] == "-n" else a
+                      for i, a in enumerate(args)]) for label, args in LOADS]
+    trees = {"before": ns.before, "after": ns.after}
+    results = {(side, load): [] for side in trees for load, _ in LOADS}
+    for r in range(ns.rounds):
+        order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
+        for side in order:
+            with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
+                proc, port = start_cluster(trees[side], ns.base_port, log)
+                try:
+                    for load, args in loads:
+                        figs = redis_benchmark(proc, port, args)
+                        results[(side, load)].append(figs)
+                        print(f"round {r + 1} {side:6} {load:8} {figs[0]:>12,.0f} SET/s  "
+                              f"p50 {figs[1]:.3f} ms  p99 {figs[2]:.3f} ms  "
+                              f"CPU {figs[3]:.1f} µs/SET", flush=True)
+                finally:
+                    stop(proc)
+    print(f"\nmedians of {ns.rounds} rounds (3 nodes, fsync always, unix peers, "
+          f"redis-benchmark -t set):")
+    for load, _ in LOADS:
+        med = {side: [statistics.median(x[i] for x in results[(side, load)]) for i in range(4)]
+               for side in trees}
+        b, a = med["before"], med["after"]
+        print(f"{load:8} before {b[0]:>9,.0f} SET/s p50 {b[1]:.3f} p99 {b[2]:.3f} "
+              f"CPU {b[3]:.1f} µs | after {a[0]:>9,.0f} SET/s p50 {a[1]:.3f} p99 {a[2]:.3f} "
+              f"CPU {a[3]:.1f} µs | after/before: SET/s {a[0] / b[0]:.3f}, "
+              f"p50 {a[1] / b[1]:.3f}, CPU/SET {a[3] / b[3]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
