@@ -10,6 +10,8 @@ segment (default 64 MiB).  It is for tests, which need logs of several
 segments without writing hundreds of megabytes; it changes nothing about
 what the node promises.
 """
+from __future__ import annotations
+
 import asyncio
 import collections
 import logging
@@ -23,7 +25,7 @@ import uvloop
 
 from raftfast._logstore import DEFAULT_SEGMENT_BYTES
 from raftfast.address import AddressError
-from raftfast.config import parse_node_config
+from raftfast.config import Config, parse_node_config
 from raftfast.core import FOLLOWER
 from raftfast.runtime.driver import RaftDriver
 from raftfast.runtime.kv_state_machine import KVStateMachine
@@ -34,14 +36,14 @@ from raftfast.server.server import RespServer
 log = logging.getLogger("raftfast.node")
 
 
-def tick_ms(cfg):
+def tick_ms(cfg: Config) -> int:
     """The core counts time in ticks: fine enough for the heartbeat and for a
     tenth of the election timeout (the randomisation's resolution)."""
     return max(1, min(cfg.heartbeat_interval_ms, cfg.election_timeout_ms // 10))
 
 
 class Node:
-    def __init__(self, cfg, storage, conf):
+    def __init__(self, cfg: Config, storage: Storage, conf: tuple) -> None:
         self.cfg = cfg
         self.storage = storage
         self.conf = conf  # (voters, learners, urls) the core starts from
@@ -50,7 +52,7 @@ class Node:
         # from storage.snap_index + 1.
         self.state_machine = KVStateMachine(storage.kv)
 
-    async def run(self):
+    async def run(self) -> int:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -168,7 +170,7 @@ SEGMENT_BYTES_ENV = "RAFTFAST_WAL_SEGMENT_BYTES"
 MIN_SEGMENT_BYTES = 4096
 
 
-def segment_bytes_from_env():
+def segment_bytes_from_env() -> int:
     """The WAL segment size: RAFTFAST_WAL_SEGMENT_BYTES, or the default.
     ValueError (bad usage) when it is set to something else than a whole
     number of at least MIN_SEGMENT_BYTES."""
@@ -185,7 +187,7 @@ def segment_bytes_from_env():
     return n
 
 
-def bootstrap(storage, cfg):
+def bootstrap(storage: Storage, cfg: Config) -> tuple:
     """The configuration the core starts from; on a new data dir, first
     record the initial members durably.  Without --join they are this node
     and its --peer ids (every node of a new cluster gets the same set); with
@@ -201,7 +203,7 @@ def bootstrap(storage, cfg):
     return storage.configuration()
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     cfg = parse_node_config(argv)  # bad usage exits 2
     try:
         segment_bytes = segment_bytes_from_env()

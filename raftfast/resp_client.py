@@ -16,11 +16,19 @@ None), arrays as lists.  Addresses are Address objects, URLs
 Not for the hot path: the load generator keeps its own connections and
 counts `+OK` replies in bulk, falling back to this parser for the rest.
 """
+from __future__ import annotations
+
 import asyncio
 import socket
 import time
+from typing import Any, Union
 
-from raftfast.address import AddressError, open_connection, parse_address
+from raftfast.address import Address, AddressError, open_connection, parse_address
+
+# Where a tool may point: an Address, a URL, or "host:port".
+Target = Union[Address, str]
+# A decoded reply: str, RespError, int, bytes, None, or a list of them.
+Reply = Any
 
 __all__ = ["RespError", "RespReplyParser", "INCOMPLETE", "encode_command", "address", "show",
            "call", "parse_info", "info", "leader_of", "find_leader", "Connection", "call_sync",
@@ -31,7 +39,7 @@ class RespError(str):
     """An error reply; its first word is the kind (MOVED, ERR, TIMEOUT...)."""
 
     @property
-    def kind(self):
+    def kind(self) -> str:
         return self.split(" ", 1)[0] if self else "ERR"
 
 
@@ -53,15 +61,15 @@ class RespReplyParser:
 
     INCOMPLETE = INCOMPLETE
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._buf = b""
         self._pos = 0
 
-    def feed(self, data):
+    def feed(self, data: bytes) -> None:
         self._buf = self._buf[self._pos:] + data if self._pos else self._buf + data
         self._pos = 0
 
-    def take(self):
+    def take(self) -> Reply:
         """The next whole reply, or INCOMPLETE; ValueError for bytes that are not RESP."""
         r, pos = self._parse(self._pos)
         if r is INCOMPLETE:
@@ -70,7 +78,7 @@ class RespReplyParser:
         return r
 
     @property
-    def consumed(self):
+    def consumed(self) -> int:
         """Bytes of the buffer taken so far (since the last feed)."""
         return self._pos
 
@@ -108,7 +116,7 @@ class RespReplyParser:
         raise ValueError(f"not a RESP2 reply: {buf[pos:pos + 40]!r}")
 
 
-def encode_command(*args):
+def encode_command(*args: bytes | str | int) -> bytes:
     """A command as a RESP array of bulk strings; str and int arguments are encoded."""
     out = [b"*%d\r\n" % len(args)]
     for a in args:
@@ -118,7 +126,7 @@ def encode_command(*args):
     return b"".join(out)
 
 
-def address(addr):
+def address(addr: Target) -> Address:
     """An Address from an Address, a URL, or "host:port" (host defaults to 127.0.0.1)."""
     if isinstance(addr, str) and "://" not in addr:
         host, _, port = addr.rpartition(":")
@@ -126,7 +134,7 @@ def address(addr):
     return parse_address(addr)
 
 
-def show(addr):
+def show(addr: Target) -> str:
     """"host:port" for TCP, the URL for a Unix socket: how tools print a target."""
     addr = address(addr)
     return f"{addr.host}:{addr.port}" if addr.scheme == "tcp" else str(addr)
@@ -153,7 +161,7 @@ class _OneReply(asyncio.Protocol):
             self.reply.set_exception(exc or ConnectionError("connection closed"))
 
 
-async def call(addr, *args, timeout=5.0):
+async def call(addr: Target, *args: bytes | str | int, timeout: float = 5.0) -> Reply:
     """One command on a fresh connection to addr; its decoded reply.  Raises
     OSError (asyncio.TimeoutError among them) or ValueError (not RESP)."""
     loop = asyncio.get_running_loop()
@@ -169,7 +177,7 @@ async def call(addr, *args, timeout=5.0):
     return r
 
 
-def parse_info(text):
+def parse_info(text: bytes | str) -> dict[str, str]:
     """`field:value` lines of an INFO reply as a dict (section headers skipped)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
@@ -181,7 +189,8 @@ def parse_info(text):
     return out
 
 
-async def info(addr, section="raft", timeout=2.0):
+async def info(addr: Target, section: str = "raft",
+               timeout: float = 2.0) -> dict[str, str] | None:
     """INFO `section` of the node at addr as a dict, or None if it does not answer one."""
     try:
         reply = await call(addr, "INFO", section, timeout=timeout)
@@ -190,7 +199,7 @@ async def info(addr, section="raft", timeout=2.0):
     return parse_info(reply) if isinstance(reply, bytes) else None
 
 
-def leader_of(infos):
+def leader_of(infos: dict[int, dict[str, str] | None]) -> int | None:
     """Of {node id: INFO raft dict}, the id of the node that says it leads
     in the highest term, or None."""
     best = None
@@ -199,17 +208,17 @@ def leader_of(infos):
             term = _int(inf.get("raft_current_term"))
             if best is None or term > best[0]:
                 best = (term, nid)
-    return best and best[1]
+    return best[1] if best else None
 
 
-def _int(s, default=0):
+def _int(s: str | None, default: int = 0) -> int:
     try:
         return int(s)
     except (TypeError, ValueError):
         return default
 
 
-async def find_leader(addr, timeout=10.0):
+async def find_leader(addr: Target, timeout: float = 10.0) -> Address:
     """Send one probe SET; follow `-MOVED slot host:port` and `-NOTLEADER url`,
     and wait out `-CLUSTERDOWN`, `-TRYAGAIN` and `-TIMEOUT`; returns the
     leader's Address.  ConnectionError when no leader is found."""
@@ -239,7 +248,7 @@ class Connection:
     """A blocking connection for synchronous callers.  send() and reply()
     apart let a caller pipeline: send many, then read as many replies."""
 
-    def __init__(self, addr, timeout=10.0):
+    def __init__(self, addr: Target, timeout: float = 10.0) -> None:
         a = address(addr)
         if a.scheme == "tcp":
             self.sock = socket.create_connection((a.host, a.port), timeout=timeout)
@@ -253,14 +262,14 @@ class Connection:
                 raise
         self.parser = RespReplyParser()
 
-    def send(self, *args):
+    def send(self, *args: bytes | str | int) -> None:
         self.sock.sendall(encode_command(*args))
 
-    def send_raw(self, data):
+    def send_raw(self, data: bytes) -> None:
         """Requests encoded by the caller (e.g. many at once)."""
         self.sock.sendall(data)
 
-    def reply(self):
+    def reply(self) -> Reply:
         """The next decoded reply; ConnectionError if the server closes first."""
         while (r := self.parser.take()) is INCOMPLETE:
             data = self.sock.recv(1 << 20)
@@ -269,27 +278,28 @@ class Connection:
             self.parser.feed(data)
         return r
 
-    def call(self, *args):
+    def call(self, *args: bytes | str | int) -> Reply:
         self.send(*args)
         return self.reply()
 
-    def close(self):
+    def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Connection:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def call_sync(addr, *args, timeout=10.0):
+def call_sync(addr: Target, *args: bytes | str | int, timeout: float = 10.0) -> Reply:
     """call() for synchronous callers: one command on a fresh connection."""
     with Connection(addr, timeout) as c:
         return c.call(*args)
 
 
-def info_sync(addr, section="raft", timeout=5.0):
+def info_sync(addr: Target, section: str = "raft",
+              timeout: float = 5.0) -> dict[str, str] | None:
     """info() for synchronous callers: a dict, or None if the node does not answer one."""
     try:
         reply = call_sync(addr, "INFO", section, timeout=timeout)
