@@ -91,6 +91,17 @@ def test_a_read_waits_for_the_write_before_it_to_be_applied(tmp_path):
         assert order == [("write",), ("read", None, last, b"$1\r\nv\r\n")]
 
 
+def assert_unknown_after_deadline(sim, leader, answers, deadline):
+    """Nothing is answered until the clock reaches `deadline`, then
+    OutcomeUnknown comes by the first tick after it."""
+    sim.loop.advance(deadline - sim.loop.now)
+    assert answers.got == [] and leader.is_leader
+    sim.loop.run_until(lambda: answers.got, 1.0, "the timeout")
+    at, result = answers.got[0]
+    assert isinstance(result, OutcomeUnknown)
+    assert deadline < at <= deadline + leader.tick_s + 1e-9
+
+
 def test_a_write_that_cannot_commit_times_out_when_the_clock_passes_its_deadline(tmp_path):
     """Appends carrying entries are lost; heartbeats are not, so the leader
     keeps its quorum and its leadership, and the write's fate stays
@@ -102,13 +113,7 @@ def test_a_write_that_cannot_commit_times_out_when_the_clock_passes_its_deadline
         block, count = set_block((b"k", b"v"))
         proposed_at = sim.loop.now
         leader.propose(block, count, answers)
-        deadline = proposed_at + leader.request_timeout
-        sim.loop.advance(deadline - sim.loop.now)
-        assert answers.got == [] and leader.is_leader
-        sim.loop.run_until(lambda: answers.got, 1.0, "the timeout")
-        at, result = answers.got[0]
-        assert isinstance(result, OutcomeUnknown)
-        assert deadline < at <= deadline + leader.tick_s + 1e-9
+        assert_unknown_after_deadline(sim, leader, answers, proposed_at + leader.request_timeout)
         assert leader.is_leader
 
 
@@ -171,13 +176,7 @@ def test_a_read_that_is_never_confirmed_times_out_when_the_clock_passes_its_dead
         sim.net.alter = unacknowledged
         answers = Answers(sim.loop)
         leader.read(0, answers)
-        deadline = sim.loop.now + leader.request_timeout
-        sim.loop.advance(deadline - sim.loop.now)
-        assert answers.got == [] and leader.is_leader
-        sim.loop.run_until(lambda: answers.got, 1.0, "the timeout")
-        at, result = answers.got[0]
-        assert isinstance(result, OutcomeUnknown)
-        assert deadline < at <= deadline + leader.tick_s + 1e-9
+        assert_unknown_after_deadline(sim, leader, answers, sim.loop.now + leader.request_timeout)
 
 
 def test_stop_answers_everything_still_waiting(tmp_path):

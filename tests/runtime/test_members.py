@@ -2,20 +2,7 @@
 (PeerAddresses, no processes): members at the configuration's addresses,
 --peer flags first, ids no longer members forgotten, the leader kept."""
 from raftfast.runtime.members import PeerAddresses
-
-
-class _Transport:
-    def __init__(self, addresses):
-        self.addresses = dict(addresses)
-
-    def set_address(self, node_id, url):
-        if url is None:
-            self.addresses.pop(node_id, None)
-        else:
-            self.addresses[node_id] = url
-
-    def dialed_ids(self):
-        return list(self.addresses)
+from tests.support.memnet import AddressBook
 
 
 class _Core:
@@ -27,7 +14,7 @@ class _Core:
 
 
 def _addresses(peers, addresses):
-    return PeerAddresses(_Transport(addresses), peers)
+    return PeerAddresses(AddressBook(addresses), peers)
 
 
 def test_members_are_dialed_as_the_configuration_says_and_peer_flags_win():
@@ -62,7 +49,7 @@ def test_addresses_of_ids_no_longer_members_are_forgotten_but_the_leader_is_kept
 def test_a_bad_address_in_the_configuration_does_not_stop_the_node():
     from raftfast.address import parse_address
 
-    class Strict(_Transport):
+    class Strict(AddressBook):
         def set_address(self, node_id, url):
             if url is not None:
                 parse_address(url)

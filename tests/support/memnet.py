@@ -54,13 +54,29 @@ class MemNet:
             receive(msg)
 
 
-class MemTransport:
+class AddressBook:
+    """PeerTransport's address book alone: who is dialed, and at what URL."""
+
+    def __init__(self, addresses=None):
+        self.addresses = dict(addresses or {})
+
+    def set_address(self, node_id, url):
+        if url is None:
+            self.addresses.pop(node_id, None)
+        else:
+            self.addresses[node_id] = url
+
+    def dialed_ids(self):
+        return list(self.addresses)
+
+
+class MemTransport(AddressBook):
     """The methods of runtime.transport.PeerTransport the driver calls."""
 
     def __init__(self, net, node_id):
+        super().__init__()
         self.net = net
         self.node_id = node_id
-        self.addresses = {}
 
     def send(self, msg):
         return self.net.carry(msg.to, encode_message(msg))
@@ -73,12 +89,3 @@ class MemTransport:
 
     def peer_version(self, peer):
         return 2
-
-    def set_address(self, node_id, url):
-        if url is None:
-            self.addresses.pop(node_id, None)
-        else:
-            self.addresses[node_id] = url
-
-    def dialed_ids(self):
-        return list(self.addresses)
