@@ -1034,7 +1034,17 @@ class Raft:
                 waiting, self._reads_before_commit = self._reads_before_commit, []
                 for ctx in waiting:
                     self._queue_read(ctx)
-            self._broadcast_append(send_empty=True)
+            # Entries still unsent go out now; the new commit index alone
+            # goes only to followers being probed (a member just added, one
+            # that fell behind), so they hear from the leader at once.  One
+            # that replicates learns it from the next append or heartbeat:
+            # an empty append to every follower on every commit would
+            # double the peer messages when clients wait for each reply (a
+            # write, a read and a wake-up at both ends), and nothing a
+            # follower does waits on its commit index.
+            for peer, pr in self.progress.items():
+                if peer != self.id:
+                    self._send_appends_to(peer, send_empty=pr.state == PROBE)
             return True
         return False
 
