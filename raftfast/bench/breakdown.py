@@ -41,6 +41,7 @@ METRICS = (
     ("ctx_involuntary", "invol.cs", ".2f"),
     ("ready_passes", "Ready", ".2f"),
     ("fsync_wakeups", "fsync-wake", ".2f"),
+    ("peer_frames", "peer-msg", ".2f"),
     ("peer_reads", "peer-rd", ".2f"),
     ("client_reads", "client-rd", ".2f"),
     ("fsyncs", "fsyncs", ".2f"),
@@ -141,7 +142,8 @@ def format_table(rs, sets):
             who = f"  ({batches})" if unit == "SET" else who
     lines.append("(batches in parentheses; CPU-us: CPU microseconds; vol./invol.cs: "
                  "context switches; Ready: Ready loop passes; fsync-wake: loop wake-ups by "
-                 "the fsync thread; peer-rd, client-rd: socket reads; appends: AppendEntries "
+                 "the fsync thread; peer-msg: peer messages received; peer-rd, client-rd: "
+                 "socket reads; appends: AppendEntries "
                  "sent; written: log entries written; syscalls: with --breakdown-syscalls)")
     return lines
 
