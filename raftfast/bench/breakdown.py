@@ -17,6 +17,8 @@ from raftfast import resp_client
 from raftfast.bench import loadgen
 from raftfast.bench import stats as bench_stats
 from raftfast.bench.syscalls import SLOWDOWN_NOTE, Tracer, strace_path
+from raftfast.stage_times import FIELD as STAGES_FIELD
+from raftfast.stage_times import STAGES, parse_stages
 
 __all__ = ["COUNTERS", "METRICS", "read_proc", "node_sample", "sample", "rows",
            "format_table", "format_syscalls", "measure_breakdown"]
@@ -90,6 +92,9 @@ def node_sample(info, proc):
             pass
     if proc is not None:
         out.update(proc)
+    for stage, (ns, calls) in parse_stages(info.get(STAGES_FIELD) or "").items():
+        out[f"stage_us:{stage}"] = ns / 1000
+        out[f"stage_calls:{stage}"] = calls
     return out
 
 
@@ -168,11 +173,29 @@ def format_syscalls(syscalls, rs, sets, top=10):
     return lines
 
 
+def format_stages(rs):
+    """Per node, the µs per batch in each stage and the µs per call
+    (RAFTFAST_STAGE_TIMES=1 nodes only)."""
+    lines = ["time in each stage, us per batch (us per call), nested stages overlap:"]
+    for r in rs:
+        t, per = r["totals"], r["per_batch"] or {}
+        cells = []
+        for s in STAGES:
+            us, calls = t.get(f"stage_us:{s}"), t.get(f"stage_calls:{s}")
+            if us is None:
+                continue
+            each = f"{us / calls:.1f}" if calls else "-"
+            cells.append(f"{s} {per.get(f'stage_us:{s}', 0):.1f} ({each})")
+        lines.append(f"  {r['role']} {r['node']}: " + (", ".join(cells) or "n/a"))
+    return lines
+
+
 async def measure_breakdown(target, seconds, clients, pipeline, value_size, rate=None,
-                            syscalls=False, warmup=None):
+                            syscalls=False, stages=False, warmup=None):
     """A load run with the breakdown around it: (Result, stats before,
     stats after, lines to print).  syscalls: trace the nodes with strace
-    (skipped, with a note, when strace is missing or a pid is unknown)."""
+    (skipped, with a note, when strace is missing or a pid is unknown).
+    stages: print the nodes' stage times (they run with RAFTFAST_STAGE_TIMES=1)."""
     if warmup is None:
         warmup = min(seconds / 4, 1.0)
     if warmup > 0:
@@ -208,6 +231,10 @@ async def measure_breakdown(target, seconds, clients, pipeline, value_size, rate
     if counts is not None:
         lines += format_syscalls(counts, rs, result.ops)
         notes.append(SLOWDOWN_NOTE)
+    if stages:
+        lines += format_stages(rs)
+        notes.append("stages timed with a wrapper around each call, which slows the nodes: "
+                     "only the shares between stages mean anything")
     if not pids:
         notes.append("CPU and context switches: n/a, the nodes' pids are unknown (--target)")
     return result, stats0, stats1, lines + notes

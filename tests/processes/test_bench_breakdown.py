@@ -15,6 +15,7 @@ from raftfast.bench import breakdown
 from raftfast.bench import cli as bench
 from raftfast.bench import syscalls
 from raftfast.resp_client import parse_info
+from raftfast.stage_times import STAGES, StageTimer, format_stages, parse_stages
 from tests.support import REPO
 from tests.support.harness import free_base_port
 
@@ -125,6 +126,46 @@ def test_table_has_two_lines_per_node():
     assert syscall_lines[2] == "  follower 2: n/a"
 
 
+# ---- stage times -----------------------------------------------------------------------
+
+class FakeStorage:
+    def __init__(self):
+        self.appended = []
+
+    def append(self, first, block, count):
+        self.appended.append((first, block, count))
+
+    def sync(self):
+        raise OSError("disk gone")
+
+
+def test_stage_timer_counts_calls_and_passes_results_and_errors():
+    timer, storage = StageTimer(), FakeStorage()
+    timer.install_storage(storage)
+    storage.append(1, b"x", 1)
+    storage.append(2, b"y", 1)
+    with pytest.raises(OSError):
+        storage.sync()  # a failure still counts, and still propagates
+    assert storage.appended == [(1, b"x", 1), (2, b"y", 1)]
+    assert timer.calls["wal_write"] == 2 and timer.calls["fsync"] == 1
+    assert timer.ns["wal_write"] > 0 and timer.calls["send"] == 0
+    stages = parse_stages(timer.stats()["raftfast_stage_times"])
+    assert list(stages) == list(STAGES)
+    assert stages["wal_write"] == (timer.ns["wal_write"], 2)
+
+
+def test_stage_times_in_the_breakdown():
+    text = format_stages({"send": 4000, "fsync": 0}, {"send": 2, "fsync": 0})
+    assert parse_stages(text + ",junk,apply=x:1") == {"send": (4000, 2), "fsync": (0, 0)}
+    before = {1: breakdown.node_sample({"raftfast_proposals": "0",
+                                        "raftfast_stage_times": "send=1000:1,fsync=0:0"}, None)}
+    after = {1: breakdown.node_sample({"raftfast_proposals": "10",
+                                       "raftfast_stage_times": "send=41000:21,fsync=0:0"},
+                                      None)}
+    rs = breakdown.rows(before, after, 1, 10)
+    assert breakdown.format_stages(rs)[1] == "  leader 1: fsync 0.0 (-), send 4.0 (2.0)"
+
+
 # ---- strace ----------------------------------------------------------------------------
 
 STRACE_SUMMARY = textwrap.dedent("""\
@@ -198,11 +239,13 @@ def test_breakdown_flags(capsys):
     p = bench.build_parser()
     ns = p.parse_args(["run"])
     assert (ns.breakdown, ns.breakdown_syscalls) == (False, False)
-    ns = p.parse_args(["run", "--breakdown", "--breakdown-syscalls"])
-    assert (ns.breakdown, ns.breakdown_syscalls) == (True, True)
-    with pytest.raises(SystemExit) as e:
-        bench.main(["run", "--breakdown-syscalls"])
-    assert e.value.code == 2 and "--breakdown" in capsys.readouterr().err
+    ns = p.parse_args(["run", "--breakdown", "--breakdown-syscalls", "--breakdown-stages"])
+    assert (ns.breakdown, ns.breakdown_syscalls, ns.breakdown_stages) == (True, True, True)
+    for flag in ("--breakdown-syscalls", "--breakdown-stages"):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["run", flag])
+        assert e.value.code == 2 and "goes with --breakdown" in capsys.readouterr().err
+    assert bench.STAGE_TIMES_ENV == {"RAFTFAST_STAGE_TIMES": "1"}
 
 
 @pytest.mark.multiprocess
@@ -211,6 +254,7 @@ def test_breakdown_on_a_real_cluster():
     system calls by kind follow (or a note says why they were skipped)."""
     argv = [sys.executable, "-m", "raftfast.bench", "run", "--seconds", "1", "--clients", "1",
             "--pipeline", "1", "--fsync", "never", "--breakdown", "--breakdown-syscalls",
+            "--breakdown-stages",
             "--base-port", str(free_base_port(3))]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -227,3 +271,6 @@ def test_breakdown_on_a_real_cluster():
     elif "strace could not attach" not in p.stdout:
         assert "system calls per SET by kind:" in p.stdout
         assert float(body[0][4]) > 0 and syscalls.SLOWDOWN_NOTE in p.stdout
+    i = lines.index("time in each stage, us per batch (us per call), nested stages overlap:")
+    assert [ln.split()[0] for ln in lines[i + 1:i + 4]] == ["leader", "follower", "follower"]
+    assert "client_read" in lines[i + 1] and "wal_write" in lines[i + 2]
