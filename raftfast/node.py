@@ -77,6 +77,11 @@ class Node:
         if counter is not None:
             self.resp.extra_stats = lambda: {"raftfast_python_calls": counter.calls,
                                              "raftfast_python_calls_top": counter.top()}
+        timer = getattr(self, "stage_timer", None)
+        if timer is not None:
+            timer.install_node(self.driver, self.transport, self.state_machine)
+            extra = self.resp.extra_stats
+            self.resp.extra_stats = lambda: {**extra(), **timer.stats()}
         try:
             listen = await self.transport.start(cfg.listen)
             client = await self.resp.start(cfg.client)
@@ -228,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RAFTFAST_COUNT_CALLS") == "1":
         node.call_counter = CallCounter()
         node.call_counter.install()
+    if os.environ.get("RAFTFAST_STAGE_TIMES") == "1":
+        from raftfast.stage_times import StageTimer
+        node.stage_timer = StageTimer()
+        node.stage_timer.install_storage(storage)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(node.run())
 

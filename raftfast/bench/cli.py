@@ -2,7 +2,8 @@
 
     python -m raftfast.bench run [--nodes 3] [--transport unix|tcp] [--fsync always|never]
         [--seconds 10] [--clients 50] [--pipeline 16] [--value-size 64] [--rate R]
-        [--count-calls] [node tunables as in raftfast.cluster]
+        [--count-calls] [--breakdown [--breakdown-syscalls]]
+        [node tunables as in raftfast.cluster]
     python -m raftfast.bench core [--nodes 3] [--seconds 5] [--batch 256]
         [--value-size 64] [--window 8] [--count-calls]
     python -m raftfast.bench compare [--quick | --full] [--against pysyncobj]
@@ -19,6 +20,12 @@ writes a table, CSV, JSON and plots (raftfast/bench/compare.py).
 each counts its Python-level function calls (sys.setprofile `call` events,
 every thread) and reports them in INFO stats; the command prints the calls
 per SET (run) or per committed entry (core) of every node.
+
+`--breakdown` (run) adds, per node, per SET and per batch: CPU, context
+switches and the runtime's per-pass counters (raftfast/bench/breakdown.py);
+`--breakdown-syscalls` also counts system calls by kind with strace, and
+`--breakdown-stages` times the stages of the write path in every node
+(RAFTFAST_STAGE_TIMES=1, raftfast/stage_times.py).
 """
 import asyncio
 import json
@@ -36,6 +43,7 @@ from raftfast.launcher.local_cluster import ClusterError, LocalCluster
 BASE_PORT = 7300  # away from raftfast.cluster's 7000, so both can run at once
 INSTALL_HINT = 'pip install -e ".[bench]"'
 COUNT_CALLS_ENV = {"RAFTFAST_COUNT_CALLS": "1"}
+STAGE_TIMES_ENV = {"RAFTFAST_STAGE_TIMES": "1"}
 
 
 def build_parser():
@@ -58,6 +66,17 @@ def build_parser():
                    help="open loop: send OPS requests/s spread over the connections, "
                         "latency measured from each request's intended send time")
     g.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
+    g = r.add_argument_group("breakdown")
+    g.add_argument("--breakdown", action="store_true",
+                   help="print per node, per SET and per batch: CPU, context switches, "
+                        "Ready loop passes, wake-ups, socket reads, fsyncs, appends")
+    g.add_argument("--breakdown-syscalls", action="store_true",
+                   help="with --breakdown: also count system calls by kind (strace -c, "
+                        "which slows the nodes down several times)")
+    g.add_argument("--breakdown-stages", action="store_true",
+                   help="with --breakdown: start the nodes with RAFTFAST_STAGE_TIMES=1 and "
+                        "print the time each spends per batch in each stage of the write "
+                        "path (client read, peer step, WAL write, fsync, send, apply)")
 
     c = sub.add_parser("core", help="the replication core alone: the leader proposes "
                                     "blocks of entries itself (RAFTFAST.BENCH)")
@@ -147,7 +166,8 @@ async def _with_target(ns, body):
     if ns.target:
         url = str(await resp_client.find_leader(ns.target))
         return await body(Target(url, {0: (url, None)}, 0))
-    env = COUNT_CALLS_ENV if getattr(ns, "count_calls", False) else None
+    env = {**(COUNT_CALLS_ENV if getattr(ns, "count_calls", False) else {}),
+           **(STAGE_TIMES_ENV if getattr(ns, "breakdown_stages", False) else {})} or None
     async with LocalCluster(ns, env=env) as c:
         print(f"cluster: {describe_settings(cluster_settings(ns))}; "
               f"leader node {c.leader_id}", flush=True)
@@ -176,11 +196,20 @@ async def cmd_run(ns):
     async def body(target):
         if ns.count_calls:
             check_counting(await bench_stats.snapshot(target.nodes))
-        result, before, after = await measure_snapshots(target, ns.seconds, ns.clients,
-                                                        ns.pipeline, ns.value_size, ns.rate)
+        if ns.breakdown:
+            from raftfast.bench.breakdown import measure_breakdown
+            result, before, after, lines = await measure_breakdown(
+                target, ns.seconds, ns.clients, ns.pipeline, ns.value_size, ns.rate,
+                syscalls=ns.breakdown_syscalls, stages=ns.breakdown_stages)
+        else:
+            result, before, after = await measure_snapshots(target, ns.seconds, ns.clients,
+                                                            ns.pipeline, ns.value_size, ns.rate)
+            lines = []
         figs = bench_stats.figures(before, after, target.leader_id)
         print(result.format())
         print(format_figures(figs))
+        if lines:
+            print("\n".join(lines))
         if ns.count_calls:
             print_python_calls(before, after, result.ops, target.leader_id, "SET")
         if ns.json:
@@ -257,6 +286,9 @@ def main(argv=None):
             parser.error("--pipeline is for the closed loop; with --rate the requests in "
                          "flight follow from the rate")
         ns.pipeline = ns.pipeline or 16
+        for flag in ("syscalls", "stages"):
+            if getattr(ns, f"breakdown_{flag}") and not ns.breakdown:
+                parser.error(f"--breakdown-{flag} goes with --breakdown")
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(cmd_run(ns) if ns.command == "run" else cmd_core(ns))

@@ -93,6 +93,7 @@ class RaftDriver:
         self.append_frames_encoded = 0
         self.entries_written = 0
         self.read_batches = 0
+        self.ready_passes = 0  # _process calls that ran
 
     # ------------------------------------------------------------ running
 
@@ -246,6 +247,7 @@ class RaftDriver:
         self._scheduled = False
         if self._stopped:
             return
+        self.ready_passes += 1
         core, group, reads = self.core, self.group_commit, self.reads
         snapshots, addresses = self.snapshots, self.peer_addresses
         try:

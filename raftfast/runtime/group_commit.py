@@ -44,6 +44,7 @@ class GroupCommit:
         self.syncing = False
         self.stopped = False
         self.fsyncs = 0
+        self.thread_wakeups = 0  # fsync results handed to the loop from the thread
         # The fsync thread: woken through a raw lock, reporting back with
         # call_soon_threadsafe.  No executor: its futures machinery costs
         # a dozen interpreted calls per fsync, and this runs once per batch.
@@ -131,6 +132,7 @@ class GroupCommit:
                 self._sync()
             except OSError as e:
                 error = e
+            self.thread_wakeups += 1  # only this thread writes it
             try:
                 self.loop.call_soon_threadsafe(self._sync_done, upto, error)
             except RuntimeError:

@@ -13,7 +13,7 @@ transport), through these of its members:
     loop, node_id, cluster_id, client_url, max_frame_size, write_buffer_limit,
     log, hello (this node's encoded HANDSHAKE), closed, on_message,
     on_peer_state, listen_address, and its counters frames_received,
-    bytes_received and refused;
+    bytes_received, reads and refused;
     attach_dialed(peer, conn), dialed_ready(peer, conn, version),
     dialed_lost(peer, conn, exc), attach_accepted(conn),
     detach_accepted(conn), learn_client_url(node_id, url).
@@ -150,6 +150,7 @@ class AcceptedConnection(asyncio.Protocol):
 
     def data_received(self, data):
         owner = self.owner
+        owner.reads += 1
         owner.bytes_received += len(data)
         decoder = self.decoder
         decoder.feed(data)

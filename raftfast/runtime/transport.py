@@ -79,6 +79,7 @@ class PeerTransport:
         self.hello = encode_handshake(cluster_id, node_id, client_url=client_url)
         self.frames_sent = self.bytes_sent = self.frames_dropped = 0
         self.frames_received = self.bytes_received = 0
+        self.reads = 0  # data_received calls on accepted peer connections
         self.dials = self.reconnects = 0
         self.accepted = self.refused = 0
 
@@ -256,6 +257,7 @@ class PeerTransport:
         return {
             "frames_sent": self.frames_sent, "bytes_sent": self.bytes_sent,
             "frames_received": self.frames_received, "bytes_received": self.bytes_received,
+            "reads": self.reads,
             "frames_dropped": self.frames_dropped, "dials": self.dials,
             "reconnects": self.reconnects, "connections_accepted": self.accepted,
             "connections_refused": self.refused,

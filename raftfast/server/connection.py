@@ -81,6 +81,7 @@ class ClientProtocol(asyncio.Protocol):
     def data_received(self, data):
         if self.closing:
             return
+        self.server.client_reads += 1
         self.parser.feed(data)
         if not self.held:
             self._parse_buffered()

@@ -41,6 +41,7 @@ class RespServer:
         self._server = None
         self._unix_path = None
         self.extra_stats = dict  # node-level additions to INFO stats
+        self.client_reads = 0  # data_received calls on client connections
 
     async def start(self, url):
         """Listen for clients; returns the URL actually bound (port 0 resolved)."""
@@ -111,6 +112,11 @@ class RespServer:
             "raftfast_reads_served": d.reads.served,
             "raftfast_read_batches": d.read_batches,
             "raftfast_read_rounds": d.core.read_round,
+            "raftfast_ready_passes": d.ready_passes,
+            "raftfast_fsync_wakeups": d.group_commit.thread_wakeups,
+            "raftfast_peer_reads": d.transport.reads,
+            "raftfast_peer_frames_received": d.transport.frames_received,
+            "raftfast_client_reads": self.client_reads,
             "raftfast_cpu_seconds": f"{_cpu_seconds():.3f}",
             **d.snapshots.stats(),
             **self.extra_stats(),
