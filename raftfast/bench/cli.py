@@ -6,7 +6,7 @@
         [node tunables as in raftfast.cluster]
     python -m raftfast.bench core [--nodes 3] [--seconds 5] [--batch 256]
         [--value-size 64] [--window 8] [--count-calls]
-    python -m raftfast.bench compare [--quick | --full] [--against pysyncobj]
+    python -m raftfast.bench compare [--quick | --full] [--against pysyncobj|redis]
         [--out DIR] [--seconds S]
 
 `run` starts a local cluster (the code of `python -m raftfast.cluster`),
@@ -105,8 +105,11 @@ def build_parser():
                       help="the cross product of batching, pipelining, transport, fsync "
                            "and node count (tens of minutes)")
     m.set_defaults(grid="quick")
-    m.add_argument("--against", choices=("pysyncobj",), action="append", default=[],
-                   help="add rows for another Raft library, run the same way")
+    m.add_argument("--against", choices=("pysyncobj", "redis"), action="append", default=[],
+                   help="add rows for another system, run the same way (repeat for both): "
+                        "pysyncobj, another Raft library; redis, one redis-server with "
+                        "appendonly yes and appendfsync always, and every raftfast row's "
+                        "throughput ratio to it at the same load")
     m.add_argument("--out", default="bench-results", metavar="DIR",
                    help="where results.csv, results.json and the plots go "
                         "(default: ./bench-results)")
@@ -277,8 +280,9 @@ def main(argv=None):
     parser = build_parser()
     ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if ns.command == "compare":
-        require("rich", "matplotlib", *(["pysyncobj"] if ns.against else []),
-                what="bench compare" + (" --against pysyncobj" if ns.against else ""))
+        with_pysyncobj = "pysyncobj" in ns.against
+        require("rich", "matplotlib", *(["pysyncobj"] if with_pysyncobj else []),
+                what="bench compare" + (" --against pysyncobj" if with_pysyncobj else ""))
         from raftfast.bench import compare as bench_compare
         return bench_compare.main(ns)
     if ns.command == "run":

@@ -6,6 +6,9 @@ configuration with several load levels traces a latency/throughput curve.
 `--against pysyncobj` adds PySyncObj (raftfast/bench/pysyncobj_node.py: one node per
 process on loopback, a replicated dict behind a RESP front) driven by the
 same load generator from this process, at the same loads and node counts.
+`--against redis` adds one redis-server with appendfsync always
+(raftfast/bench/redis_server.py) at every load of the sweep, and every
+raftfast row gets its throughput ratio to Redis's row at the same load.
 """
 import asyncio
 import datetime
@@ -16,6 +19,7 @@ import subprocess
 
 import uvloop
 
+from raftfast.bench import redis_server
 from raftfast.bench import report as bench_report
 from raftfast.bench.measure import Target, measure
 from raftfast.config import Config
@@ -119,37 +123,60 @@ def meta(ns, seconds):
             "machine": {"cpus": os.cpu_count(), "cpu": cpu, "platform": platform.platform()}}
 
 
+def skipped_rows(p, system, loads, note):
+    rows = []
+    for clients, pipeline, rate in loads:
+        row = dict.fromkeys(bench_report.COLUMNS)
+        row.update({k: v for k, v in p.items() if k in row}, system=system, clients=clients,
+                   pipeline=pipeline, rate=rate, note=note)
+        rows.append(row)
+    return rows
+
+
+def open_system(system, p, ns):
+    if system == "raftfast":
+        return LocalCluster(cluster_namespace(p, ns.base_port))
+    if system == "redis":
+        return redis_server.RedisServer()
+    return PySyncObjCluster(p["nodes"], ns.base_port)
+
+
+async def measure_load(system, c, seconds, clients, pipeline, value_size, rate):
+    if system == "redis":
+        return await redis_server.measure_redis(c, seconds, clients, pipeline, value_size,
+                                                rate)
+    return await measure(Target.of_cluster(c), seconds, clients, pipeline, value_size, rate)
+
+
 async def sweep(points, ns, seconds, progress, task):
     rows = []
     for p, loads in points:
-        system = "raftfast" if p["fsync"] else "pysyncobj"
+        system = p.get("system") or ("raftfast" if p["fsync"] else "pysyncobj")
         label = bench_report.config_label(dict(p, system=system))
+        if system == "redis" and not redis_server.redis_server_path():
+            rows += skipped_rows(p, system, loads, "skipped: redis-server not installed")
+            progress.advance(task, len(loads))
+            continue
         done = 0
         progress.update(task, description=f"{system} {label}: starting")
         try:
-            if system == "raftfast":
-                cm = LocalCluster(cluster_namespace(p, ns.base_port))
-            else:
-                cm = PySyncObjCluster(p["nodes"], ns.base_port)
-            async with cm as c:
-                target = Target.of_cluster(c)
+            async with open_system(system, p, ns) as c:
                 for clients, pipeline, rate in loads:
                     progress.update(task, description=f"{system} {label}: "
                                                       f"{clients}x{pipeline}")
-                    result, figs = await measure(target, seconds, clients, pipeline,
-                                                 ns.value_size, rate)
-                    settings = p if system == "raftfast" else dict(p, transport="tcp")
-                    rows.append(bench_report.make_row(system, settings, result, figs))
+                    result, figs = await measure_load(system, c, seconds, clients, pipeline,
+                                                      ns.value_size, rate)
+                    settings = dict(p, transport="tcp") if system == "pysyncobj" else p
+                    note = redis_server.SETTINGS_NOTE if system == "redis" else ""
+                    rows.append(bench_report.make_row(system, settings, result, figs, note))
                     done += 1
                     progress.advance(task)
         except (ClusterError, OSError, asyncio.TimeoutError) as e:
             progress.console.print(f"[red]{system} {label}: {e}[/red]")
-            for clients, pipeline, rate in loads[done:]:
-                row = dict.fromkeys(bench_report.COLUMNS)
-                row.update(p, system=system, clients=clients, pipeline=pipeline, rate=rate,
-                           note=f"failed: {(str(e) or type(e).__name__).splitlines()[0][:60]}")
-                rows.append(row)
-                progress.advance(task)
+            rows += skipped_rows(
+                p, system, loads[done:],
+                f"failed: {(str(e) or type(e).__name__).splitlines()[0][:60]}")
+            progress.advance(task, len(loads) - done)
     return rows
 
 
@@ -161,6 +188,8 @@ def main(ns):
     points = grid(ns.grid)
     if "pysyncobj" in ns.against:
         points += pysyncobj_points(points)
+    if "redis" in ns.against:
+        points += redis_server.redis_points(points)
     runs = sum(len(loads) for _, loads in points)
     console = Console()
     if not console.is_terminal:
@@ -174,6 +203,7 @@ def main(ns):
         task = progress.add_task("starting", total=runs)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             rows = runner.run(sweep(points, ns, seconds, progress, task))
+    redis_server.add_redis_ratios(rows)
     console.print(bench_report.make_table(
         rows, title=f"raftfast bench compare ({ns.grid}, {seconds:g} s per point, "
                     f"SET {ns.value_size} B values)"))

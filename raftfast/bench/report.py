@@ -20,7 +20,7 @@ COLUMNS = ("system",) + SETTINGS + (
     "clients", "pipeline", "rate", "value_size", "seconds", "ops", "throughput",
     "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms",
     "entries_per_append", "entries_per_fsync", "cpu_s_per_m_entries", "server_cpu_s",
-    "entries", "client_cpu_frac", "errors", "note")
+    "entries", "client_cpu_frac", "ratio_to_redis", "errors", "note")
 
 
 def make_row(system, settings, result, figs, note=""):
@@ -46,6 +46,8 @@ def make_row(system, settings, result, figs, note=""):
 
 def config_label(row):
     """The cluster configuration of a row, short: one curve per label."""
+    if row["system"] == "redis":
+        return "1 process, appendfsync always"
     if row["system"] != "raftfast":
         return f"{row['nodes']}n {row['transport']} no fsync"
     return (f"{row['nodes']}n {row['transport']} {row['fsync']} b{row['max_batch_entries']} "
@@ -65,17 +67,19 @@ def make_table(rows, title=None):
     for name, justify in (("system", "left"), ("configuration", "left"), ("load", "right"),
                           ("ops/s", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
                           ("p99.9 ms", "right"), ("ent/AE", "right"), ("ent/fsync", "right"),
-                          ("CPU s/M ent", "right"), ("errors", "left")):
+                          ("CPU s/M ent", "right"), ("x redis", "right"),
+                          ("errors", "left")):
         t.add_column(name, justify=justify)
     for r in rows:
         if r.get("note") and r["throughput"] is None:
-            t.add_row(r["system"], config_label(r), "", "", "", "", "", "", "", "",
-                      r["note"])
+            t.add_row(r["system"], config_label(r), load_label(r) if r.get("clients") else "",
+                      "", "", "", "", "", "", "", "", r["note"])
             continue
         t.add_row(r["system"], config_label(r), load_label(r), fmt(r["throughput"], ",.0f"),
                   fmt(r["p50_ms"], ".3f"), fmt(r["p99_ms"], ".3f"), fmt(r["p999_ms"], ".3f"),
                   fmt(r["entries_per_append"]), fmt(r["entries_per_fsync"]),
-                  fmt(r["cpu_s_per_m_entries"], ".2f"), r["errors"] or "")
+                  fmt(r["cpu_s_per_m_entries"], ".2f"), fmt(r.get("ratio_to_redis"), ".2f"),
+                  r["errors"] or "")
     return t
 
 

@@ -14,7 +14,11 @@ import sys
 import pytest
 import uvloop
 
+import shutil
+
 from raftfast.bench import cli as bench
+from raftfast.bench import compare as bench_compare
+from raftfast.bench import redis_server
 from raftfast.bench import report as bench_report
 from raftfast.bench import stats as bench_stats
 from raftfast.bench.histogram import Histogram
@@ -73,6 +77,11 @@ def test_core_and_compare_defaults():
     ns = bench.build_parser().parse_args(["compare", "--full", "--against", "pysyncobj",
                                           "--out", "x", "--seconds", "3"])
     assert (ns.grid, ns.against, ns.out, ns.seconds) == ("full", ["pysyncobj"], "x", 3.0)
+    ns = bench.build_parser().parse_args(["compare", "--against", "redis"])
+    assert ns.against == ["redis"]
+    ns = bench.build_parser().parse_args(["compare", "--against", "redis",
+                                          "--against", "pysyncobj"])
+    assert ns.against == ["redis", "pysyncobj"]
 
 
 def test_count_calls_flag():
@@ -112,6 +121,14 @@ def test_missing_optional_packages_say_how_to_install(monkeypatch, capsys):
     msg = str(e.value.code)
     assert "matplotlib, pysyncobj" in msg and 'pip install -e ".[bench]"' in msg
     assert "\n" not in msg
+
+
+def test_against_redis_alone_needs_no_pysyncobj(monkeypatch):
+    monkeypatch.setattr(bench, "missing_packages", lambda names: [n for n in names
+                                                                  if n == "pysyncobj"])
+    called = []
+    monkeypatch.setattr(bench_compare, "main", lambda ns: called.append(ns.against) or 0)
+    assert bench.main(["compare", "--against", "redis"]) == 0 and called == [["redis"]]
 
 
 # ---- server-side figures ----------------------------------------------------------
@@ -468,6 +485,126 @@ def test_local_cluster_passes_extra_environment(monkeypatch):
     ns = bench.build_parser().parse_args(["run", "--base-port", str(free_base_port(3))])
     with pytest.raises(ClusterError, match="node 3 .* exited with code 1"):
         run_async(LocalCluster(ns, leader_wait=20, env={"FAKE_FAIL_ID": "3"}).start())
+
+
+# ---- against redis -----------------------------------------------------------------
+
+def test_redis_server_command_line_is_its_most_durable_setting():
+    argv = redis_server.server_argv("/bin/redis-server", 6400, "/tmp/d")
+    assert argv[:5] == ["/bin/redis-server", "--port", "6400", "--bind", "127.0.0.1"]
+    flags = dict(zip(argv[5::2], argv[6::2]))
+    assert flags == {"--appendonly": "yes", "--appendfsync": "always", "--save": "",
+                     "--dir": "/tmp/d"}
+
+
+def test_redis_points_cover_every_load_of_the_sweep():
+    points = bench_compare.grid("quick")
+    [(p, loads)] = redis_server.redis_points(points)
+    assert p["system"] == "redis" and p["nodes"] == 1 and p["fsync"] == "always"
+    assert set(loads) == {load for _, ls in points for load in ls}
+
+
+def test_ratio_to_redis_at_the_same_load():
+    rows = synthetic_rows()
+    # Redis at 50x16 (64 B): 20,000 ops in 2 s = 10,000/s; none at 1x1 or 8x1.
+    res = Result("127.0.0.1:1", 2.0, 50, 16, 64, ops=20_000)
+    rows.append(bench_report.make_row("redis", dict(nodes=1, transport="tcp", fsync="always"),
+                                      res, {"cpu_s_per_m_entries": 30.0},
+                                      redis_server.SETTINGS_NOTE))
+    # A Redis row at 50x16 with another value size must not be used.
+    res = Result("127.0.0.1:1", 2.0, 50, 16, 4096, ops=2)
+    rows.append(bench_report.make_row("redis", dict(nodes=1), res, {}))
+    redis_server.add_redis_ratios(rows)
+    by_load = {(r["fsync"], r["clients"], r["max_batch_entries"]): r["ratio_to_redis"]
+               for r in rows if r["system"] == "raftfast" and r["throughput"] is not None}
+    assert by_load[("always", 50, 1024)] == 400.0     # 4,000,000/s over 10,000/s
+    assert by_load[("never", 50, 1024)] == 400.0
+    assert by_load[("always", 50, 16)] == 0.08        # 800/s over 10,000/s
+    assert by_load[("always", 1, 1024)] is None and by_load[("never", 8, 1024)] is None
+    assert all(r["ratio_to_redis"] is None for r in rows if r["system"] != "raftfast")
+
+
+def test_ratio_column_in_table_and_csv(tmp_path):
+    pytest.importorskip("rich")
+    from rich.console import Console
+    rows = synthetic_rows()
+    res = Result("127.0.0.1:1", 2.0, 50, 16, 64, ops=20_000)
+    rows.append(bench_report.make_row("redis", dict(nodes=1, transport="tcp", fsync="always"),
+                                      res, {}, redis_server.SETTINGS_NOTE))
+    redis_server.add_redis_ratios(rows)
+    console = Console(file=io.StringIO(), width=220)
+    console.print(bench_report.make_table(rows))
+    text = console.file.getvalue()
+    assert "x redis" in text and "400.00" in text and "appendfsync always" in text
+    with open(bench_report.write_csv(rows, tmp_path / "r.csv"), newline="") as f:
+        back = list(csv.DictReader(f))
+    assert "ratio_to_redis" in back[0] and back[2]["ratio_to_redis"] == "400.0"
+    assert back[-1]["note"] == redis_server.SETTINGS_NOTE
+
+
+class Progress:
+    """What sweep() uses of a rich Progress."""
+
+    def __init__(self):
+        self.advanced = 0
+        self.console = self
+
+    def update(self, task, description=None):
+        pass
+
+    def advance(self, task, n=1):
+        self.advanced += n
+
+    def print(self, text):
+        raise AssertionError(text)
+
+
+def compare_ns(base_port=7300):
+    return bench.build_parser().parse_args(["compare", "--against", "redis",
+                                            "--base-port", str(base_port)])
+
+
+def test_against_redis_without_redis_server_says_skipped(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert redis_server.redis_server_path() is None
+    points = redis_server.redis_points([(None, ((1, 1, None), (50, 16, None)))])
+    progress = Progress()
+    rows = run_async(bench_compare.sweep(points, compare_ns(), 1.0, progress, None))
+    assert [(r["system"], r["clients"], r["pipeline"], r["throughput"], r["note"])
+            for r in rows] == [("redis", 1, 1, None, "skipped: redis-server not installed"),
+                               ("redis", 50, 16, None, "skipped: redis-server not installed")]
+    assert progress.advanced == 2
+
+
+@pytest.mark.multiprocess
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_against_a_real_redis_server():
+    """Two short loads against a real redis-server: rows with throughput and
+    the server's CPU per SET; the process is gone and its directory removed."""
+    started, dirs = [], []
+    real_init = redis_server.RedisServer.__aenter__
+
+    async def record(self):
+        started.append(self)
+        out = await real_init(self)
+        dirs.append(self.dir)
+        return out
+
+    points = redis_server.redis_points([(None, ((1, 1, None), (4, 4, None)))])
+    progress = Progress()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(redis_server.RedisServer, "__aenter__", record)
+        rows = run_async(bench_compare.sweep(points, compare_ns(), 0.3, progress, None))
+    assert [(r["system"], r["clients"], r["pipeline"]) for r in rows] == \
+        [("redis", 1, 1), ("redis", 4, 4)]
+    for r in rows:
+        assert r["throughput"] > 0 and r["errors"] == "" and r["note"] == \
+            redis_server.SETTINGS_NOTE
+        assert r["entries"] == r["ops"] and r["cpu_s_per_m_entries"] > 0
+        assert r["fsync"] == "always"
+    [server] = started
+    assert server.proc.poll() is not None and server.dir is None
+    assert len(dirs) == 1 and not os.path.exists(dirs[0])
 
 
 # ---- a real cluster --------------------------------------------------------------------
