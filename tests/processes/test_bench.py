@@ -1,20 +1,21 @@
 """`python -m raftfast.bench`: argument handling, the server-side figures,
 the writers (table, CSV, JSON, PNG), the core benchmark's reply handling
-against a fake node, LocalCluster with stand-in nodes, and one short run
-against a real 3-node cluster."""
+against a fake node, LocalCluster with stand-in nodes, `compare --against
+redis` (the skip without redis-server, the ratios, a short run against a real
+redis-server where one is installed), and one short run against a real
+3-node cluster."""
 import asyncio
 import csv
 import io
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 
 import pytest
 import uvloop
-
-import shutil
 
 from raftfast.bench import cli as bench
 from raftfast.bench import compare as bench_compare
@@ -574,6 +575,18 @@ def test_against_redis_without_redis_server_says_skipped(monkeypatch, tmp_path):
             for r in rows] == [("redis", 1, 1, None, "skipped: redis-server not installed"),
                                ("redis", 50, 16, None, "skipped: redis-server not installed")]
     assert progress.advanced == 2
+
+
+def test_a_redis_server_that_exits_at_start_is_an_error_and_leaves_no_dir():
+    server = redis_server.RedisServer(binary=shutil.which("false"))
+
+    async def start():
+        async with server:
+            raise AssertionError("started")
+
+    with pytest.raises(OSError, match="exited with code 1"):
+        run_async(start())
+    assert server.dir is None and server.proc.poll() == 1
 
 
 @pytest.mark.multiprocess
