@@ -51,6 +51,8 @@ class NodeGroup:
         return next(n.spec.client for n in self.nodes if n.id == node_id)
 
     async def start_nodes(self):
+        """Start the processes and fill self.nodes: each kind of cluster
+        (raftfast's, PySyncObj's) says how."""
         raise NotImplementedError
 
     async def start(self):
