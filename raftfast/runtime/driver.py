@@ -9,12 +9,12 @@ The loop, per input (a peer message, a tick, a proposal):
                                  ->  advance()
 
 The driver owns that loop and the ticks, and wires the parts it hands its
-callbacks to: GroupCommit (durability: one fsync per batch, off the loop;
-held messages leave once durable), the waiters (clients waiting for a
-write, a read or a transfer, answered with typed outcomes), the
-SnapshotManager and PeerAddresses.  It reads time only from the clock it
-is given and schedules only on the loop it is given, so it runs as well on
-a simulated loop and clock as on uvloop.
+callbacks to: GroupCommit (durability: one fsync per batch, off the loop
+while the loop has other work; held messages leave once durable), the
+waiters (clients waiting for a write, a read or a transfer, answered with
+typed outcomes), the SnapshotManager and PeerAddresses.  It reads time
+only from the clock it is given and schedules only on the loop it is
+given, so it runs as well on a simulated loop and clock as on uvloop.
 
 A failed write or fsync is fatal: the node stops rather than retry (the
 page cache may have dropped the data).

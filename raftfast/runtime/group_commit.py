@@ -9,6 +9,17 @@ release(msgs).  While it runs the loop goes on stepping and writing, and
 the next fsync covers all of that at once.  A failed fsync is fatal: the
 page cache may have dropped the data, so it is never retried.
 
+When the loop has nothing else to do, the fsync runs on the loop itself
+instead: handing it to the thread and its result back costs two thread
+wake-ups, an eventfd write and an extra loop iteration per batch, which at
+one waiting client is a third of a node's work for that write, and an idle
+loop loses nothing by waiting.  The loop counts as idle while the last
+fsync saw no new write made during it: a thread's sync with no write
+while it ran, or an inline sync after which the loop's next pass wrote
+nothing (what arrived during a blocking fsync is read in that pass).  A
+busy loop hands its fsyncs to the thread, so they overlap the next
+batch's parsing and writing.
+
 Under --fsync never (durable=False) a write counts as durable at once: it
 survives a killed process, as the page cache does, and no thread runs.
 """
@@ -26,11 +37,14 @@ class GroupCommit:
     wake(): run the Ready loop soon (writes made during an fsync need the
     next one).
 
-    sync_in_thread=False runs sync() from the loop instead (call_soon):
+    sync_in_thread=False runs every sync() from the loop (call_soon):
     for tests on a simulated loop, where the thread's timing would make
-    them nondeterministic.  Nothing else differs."""
+    them nondeterministic.  Nothing else differs.  With the thread, a
+    sync still runs on the loop, at once, while the loop is idle (see
+    the module's docstring); inline=False never does that."""
 
-    def __init__(self, loop, sync, release, fatal, wake, durable=True, sync_in_thread=True):
+    def __init__(self, loop, sync, release, fatal, wake, durable=True, sync_in_thread=True,
+                 inline=True):
         self.loop = loop
         self._sync = sync
         self._release = release
@@ -38,6 +52,9 @@ class GroupCommit:
         self._wake = wake
         self.durable = durable
         self.sync_in_thread = sync_in_thread
+        self.inline = inline
+        self.idle = True          # no write came during the last fsync
+        self._watch_pass = False  # an inline sync just ended: is the next pass writing?
         self.written = 0   # the number of the newest write
         self.synced = 0    # the newest write known durable
         self.held = collections.deque()  # (write number, messages), in order
@@ -45,6 +62,7 @@ class GroupCommit:
         self.stopped = False
         self.fsyncs = 0
         self.thread_wakeups = 0  # fsync results handed to the loop from the thread
+        self.inline_syncs = 0    # fsyncs run on the loop, though a thread exists
         # The fsync thread: woken through a raw lock, reporting back with
         # call_soon_threadsafe.  No executor: its futures machinery costs
         # a dozen interpreted calls per fsync, and this runs once per batch.
@@ -87,6 +105,12 @@ class GroupCommit:
         start an fsync for the rest if none is running."""
         if not self.durable:
             self.synced = self.written  # --fsync never: as durable as it gets
+        if self._watch_pass:
+            # The first pass after an inline sync: it read what arrived
+            # while the loop was blocked.  A write means the loop was wanted.
+            self._watch_pass = False
+            if self.written > self.synced:
+                self.idle = False
         if self.held and self.held[0][0] <= self.synced:
             self._release_durable()  # do not make it wait for the next fsync
         if self.written > self.synced and not self.syncing and not self.stopped:
@@ -104,8 +128,12 @@ class GroupCommit:
     def _start_sync(self):
         self.syncing = True
         self._sync_upto = self.written
-        if self._thread is not None:
+        if self._thread is not None and not (self.idle and self.inline):
             self._wakeup.release()
+        elif self._thread is not None:
+            self.inline_syncs += 1
+            self._sync_on_loop(self._sync_upto)
+            self._watch_pass = True
         else:
             self.loop.call_soon(self._sync_on_loop, self._sync_upto)
 
@@ -144,6 +172,7 @@ class GroupCommit:
         self.syncing = False
         if self.stopped:
             return
+        self.idle = self.written == upto  # nothing new was written meanwhile
         if error is not None:
             self._fatal(f"fsync failed: {error}")
             return

@@ -114,6 +114,7 @@ class RespServer:
             "raftfast_read_rounds": d.core.read_round,
             "raftfast_ready_passes": d.ready_passes,
             "raftfast_fsync_wakeups": d.group_commit.thread_wakeups,
+            "raftfast_fsyncs_inline": d.group_commit.inline_syncs,
             "raftfast_peer_reads": d.transport.reads,
             "raftfast_peer_frames_received": d.transport.frames_received,
             "raftfast_client_reads": self.client_reads,

@@ -1,7 +1,8 @@
 """GroupCommit on its own, on a simulated loop: held messages leave only
 once the writes before them are durable, one fsync covers every write made
 before it started, writes made during an fsync wait for the next, and a
-failed fsync is fatal with nothing released."""
+failed fsync is fatal with nothing released; with a thread, an idle loop
+syncs inline and a busy one hands its fsyncs to the thread."""
 import threading
 
 from raftfast.runtime.group_commit import GroupCommit
@@ -10,7 +11,7 @@ from tests.support.fakeloop import FakeLoop
 
 
 class Harness:
-    def __init__(self, durable=True, fail=False, sync_in_thread=False):
+    def __init__(self, durable=True, fail=False, sync_in_thread=False, inline=True):
         self.loop = FakeLoop()
         self.syncs = 0
         self.fail = fail
@@ -18,7 +19,8 @@ class Harness:
         self.fatal = []
         self.wakes = 0
         self.gc = GroupCommit(self.loop, self.sync, self.released.append, self.fatal.append,
-                              self.wake, durable=durable, sync_in_thread=sync_in_thread)
+                              self.wake, durable=durable, sync_in_thread=sync_in_thread,
+                              inline=inline)
         self.gc.start()
 
     def sync(self):
@@ -102,7 +104,7 @@ def test_a_failed_fsync_is_fatal_and_releases_nothing():
 
 
 def test_the_fsync_thread_reports_back_on_the_loop_and_exits_on_stop():
-    h = Harness(sync_in_thread=True)
+    h = Harness(sync_in_thread=True, inline=False)
     gc = h.gc
     reported = threading.Event()
     h.loop.call_soon_threadsafe = lambda cb, *args: (h.loop.call_soon(cb, *args),
@@ -118,3 +120,100 @@ def test_the_fsync_thread_reports_back_on_the_loop_and_exits_on_stop():
     assert len(threads) == 1
     gc.stop()
     assert not threads[0].is_alive()
+    assert gc.inline_syncs == 0 and gc.thread_wakeups == 1
+
+
+class ThreadHarness(Harness):
+    """A thread that exists, and a loop whose call_soon_threadsafe records
+    what the thread reports."""
+
+    def __init__(self):
+        super().__init__(sync_in_thread=True)
+        self.reported = threading.Event()
+        self.loop.call_soon_threadsafe = lambda cb, *args: (self.loop.call_soon(cb, *args),
+                                                            self.reported.set())
+
+    def thread_sync(self):
+        """Wait for the thread's report, and run it on the loop."""
+        assert self.reported.wait(10), "the fsync thread never reported"
+        self.reported.clear()
+        self.loop.run_ready()
+
+    def close(self):
+        self.gc.stop()
+
+
+def test_an_idle_loop_syncs_inline_and_releases_before_settle_returns():
+    h = ThreadHarness()
+    gc = h.gc
+    try:
+        gc.wrote()
+        gc.hold(["ack"])
+        gc.settle()
+        assert h.syncs == 1 and h.released == [["ack"]] and not gc.syncing
+        assert gc.inline_syncs == 1 and gc.thread_wakeups == 0 and h.wakes == 1
+        gc.settle()      # the next pass wrote nothing: still idle
+        gc.wrote()
+        gc.hold(["ack 2"])
+        gc.settle()
+        assert h.released == [["ack"], ["ack 2"]] and gc.inline_syncs == 2
+        assert not h.reported.is_set()
+    finally:
+        h.close()
+
+
+def test_a_write_in_the_pass_after_an_inline_sync_sends_syncs_to_the_thread():
+    h = ThreadHarness()
+    gc = h.gc
+    try:
+        gc.wrote()
+        gc.hold(["a"])
+        gc.settle()      # inline: the loop was idle
+        gc.wrote()       # came in while the loop was blocked in that fsync
+        gc.hold(["b"])
+        gc.settle()
+        assert not gc.idle and gc.syncing and gc.inline_syncs == 1
+        assert h.released == [["a"]]  # "b" waits for the thread
+        gc.wrote()       # written while the thread syncs
+        gc.hold(["c"])
+        gc.settle()
+        h.thread_sync()
+        assert h.released == [["a"], ["b"]] and not gc.idle and gc.thread_wakeups == 1
+        gc.settle()      # the pass the thread's wake-up runs: "c" needs a sync
+        h.thread_sync()  # nothing written during this one: idle again
+        assert h.released == [["a"], ["b"], ["c"]] and gc.idle and gc.thread_wakeups == 2
+        gc.wrote()
+        gc.hold(["d"])
+        gc.settle()
+        assert h.released[-1] == ["d"] and gc.inline_syncs == 2
+    finally:
+        h.close()
+
+
+def test_inline_off_always_uses_the_thread():
+    h = Harness(sync_in_thread=True, inline=False)
+    reported = threading.Event()
+    h.loop.call_soon_threadsafe = lambda cb, *args: (h.loop.call_soon(cb, *args),
+                                                     reported.set())
+    try:
+        h.gc.wrote()
+        h.gc.hold(["a"])
+        h.gc.settle()
+        assert reported.wait(10) and h.released == []
+        h.loop.run_ready()
+        assert h.released == [["a"]] and h.gc.inline_syncs == 0
+    finally:
+        h.gc.stop()
+
+
+def test_a_failed_inline_sync_is_fatal_and_releases_nothing():
+    h = ThreadHarness()
+    gc = h.gc
+    h.fail = True
+    try:
+        gc.wrote()
+        gc.hold(["a"])
+        gc.settle()
+        assert h.released == [] and len(h.fatal) == 1 and gc.synced == 0
+    finally:
+        h.close()
