@@ -134,11 +134,13 @@ def measure_round_trip(family, trips=ROUND_TRIPS):
     return statistics.median(times) / 1e6
 
 
-def measure_floor(size, directory=None, rounds=FSYNC_ROUNDS, trips=ROUND_TRIPS):
+def measure_floor(size, directory=None, rounds=None, trips=None):
     """{fsync_2of3_ms, rtt_unix_ms, rtt_tcp_ms, one_client_ms, value_size,
-    directory}: the run's floor (see the module doc)."""
+    directory}: the run's floor (see the module doc); FSYNC_ROUNDS and
+    ROUND_TRIPS unless told."""
     directory = directory or floor_dir()
-    fsync = measure_fsync(directory, size, rounds)
+    fsync = measure_fsync(directory, size, rounds or FSYNC_ROUNDS)
+    trips = trips or ROUND_TRIPS
     unix, tcp = measure_round_trip("unix", trips), measure_round_trip("tcp", trips)
     return {"fsync_2of3_ms": round(fsync, 4), "rtt_unix_ms": round(unix, 4),
             "rtt_tcp_ms": round(tcp, 4), "one_client_ms": round(fsync + tcp, 4),

@@ -86,7 +86,8 @@ def size_label(nbytes):
 def _remarks(r):
     parts = [r["errors"]] if r.get("errors") else []
     if r.get("over_floor_ms") is not None:
-        parts.append(f"p50 = floor + {r['over_floor_ms']:.2f} ms")
+        x = r["over_floor_ms"]
+        parts.append(f"p50 = floor {'-' if x < 0 else '+'} {abs(x):.2f} ms")
     if r.get("note") and r["system"] == "raftfast":
         parts.append(r["note"])
     return "; ".join(parts)

@@ -499,7 +499,7 @@ def test_redis_server_command_line_is_its_most_durable_setting():
 
 
 def test_redis_points_cover_every_load_of_the_sweep():
-    points = bench_compare.grid("quick")
+    points = bench_compare.with_value_sizes(bench_compare.grid("quick"), [64, 4096])
     [(p, loads)] = redis_server.redis_points(points)
     assert p["system"] == "redis" and p["nodes"] == 1 and p["fsync"] == "always"
     assert set(loads) == {load for _, ls in points for load in ls}
@@ -568,12 +568,13 @@ def compare_ns(base_port=7300):
 def test_against_redis_without_redis_server_says_skipped(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert redis_server.redis_server_path() is None
-    points = redis_server.redis_points([(None, ((1, 1, None), (50, 16, None)))])
+    points = redis_server.redis_points([(None, ((1, 1, None, 64), (50, 16, None, 4096)))])
     progress = Progress()
     rows = run_async(bench_compare.sweep(points, compare_ns(), 1.0, progress, None))
-    assert [(r["system"], r["clients"], r["pipeline"], r["throughput"], r["note"])
-            for r in rows] == [("redis", 1, 1, None, "skipped: redis-server not installed"),
-                               ("redis", 50, 16, None, "skipped: redis-server not installed")]
+    assert [(r["system"], r["clients"], r["pipeline"], r["value_size"], r["throughput"],
+             r["note"]) for r in rows] == \
+        [("redis", 1, 1, 64, None, "skipped: redis-server not installed"),
+         ("redis", 50, 16, 4096, None, "skipped: redis-server not installed")]
     assert progress.advanced == 2
 
 
@@ -603,7 +604,7 @@ def test_against_a_real_redis_server():
         dirs.append(self.dir)
         return out
 
-    points = redis_server.redis_points([(None, ((1, 1, None), (4, 4, None)))])
+    points = redis_server.redis_points([(None, ((1, 1, None, 64), (4, 4, None, 64)))])
     progress = Progress()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(redis_server.RedisServer, "__aenter__", record)
