@@ -31,6 +31,7 @@ import subprocess
 import uvloop
 
 from raftfast.bench import floor as bench_floor
+from raftfast.bench import pysyncobj_tuning
 from raftfast.bench import redis_server
 from raftfast.bench import report as bench_report
 from raftfast.bench import rounds as bench_rounds
@@ -99,14 +100,18 @@ def with_value_sizes(points, sizes):
 
 def pysyncobj_points(points):
     """PySyncObj at every node count of the sweep, with the loads of the
-    configurations that trace curves there."""
+    configurations that trace curves there: one cluster per node count and
+    settings (pysyncobj_tuning), each with the loads those settings suit."""
     out = {}
     for p, loads in points:
-        out.setdefault(p["nodes"], set()).update(loads)
+        for load in loads:
+            profile = pysyncobj_tuning.profile_for(load[0], load[1])
+            out.setdefault((p["nodes"], profile), set()).add(load)
     return [(dict(nodes=n, transport="tcp", fsync=None, max_batch_entries=None,
-                  batch_linger_us=None, max_inflight=None),
+                  batch_linger_us=None, max_inflight=None, pysyncobj_profile=profile,
+                  note=pysyncobj_tuning.describe(profile)),
              tuple(sorted(loads, key=redis_server.load_order)))
-            for n, loads in sorted(out.items())]
+            for (n, profile), loads in sorted(out.items())]
 
 
 def cluster_namespace(p, base_port):
@@ -123,13 +128,14 @@ class PySyncObjCluster(NodeGroup):
 
     label = "pysyncobj node"
 
-    def __init__(self, nodes, base_port, leader_wait=30.0):
+    def __init__(self, nodes, base_port, leader_wait=30.0, settings=()):
         super().__init__(leader_wait)
-        self.n, self.base = nodes, base_port
+        self.n, self.base, self.settings = nodes, base_port, list(settings)
 
     async def start_nodes(self):
         for i in range(1, self.n + 1):
-            argv = ["--id", str(i), "--nodes", str(self.n), "--base-port", str(self.base)]
+            argv = ["--id", str(i), "--nodes", str(self.n), "--base-port", str(self.base),
+                    *self.settings]
             spec = NodeSpec(i, None, None, f"tcp://127.0.0.1:{self.base + i}", argv)
             self.nodes.append(await spawn(spec, os.devnull, module=PYSYNCOBJ_NODE))
 
@@ -171,7 +177,9 @@ def open_system(system, p, ns):
         return LocalCluster(cluster_namespace(p, ns.base_port))
     if system == "redis":
         return redis_server.RedisServer()
-    return PySyncObjCluster(p["nodes"], ns.base_port)
+    profile = p.get("pysyncobj_profile")
+    return PySyncObjCluster(p["nodes"], ns.base_port,
+                            settings=pysyncobj_tuning.node_argv(profile) if profile else ())
 
 
 async def measure_load(system, c, seconds, clients, pipeline, value_size, rate,
@@ -202,7 +210,8 @@ async def sweep(points, ns, seconds, progress, task):
                     result, figs = await measure_load(system, c, seconds, clients, pipeline,
                                                       value_size, rate, ns.loadgen)
                     settings = dict(p, transport="tcp") if system == "pysyncobj" else p
-                    note = redis_server.SETTINGS_NOTE if system == "redis" else ""
+                    note = redis_server.SETTINGS_NOTE if system == "redis" else \
+                        p.get("note") or ""
                     rows.append(bench_report.make_row(system, settings, result, figs, note,
                                                       ns.loadgen))
                     done += 1

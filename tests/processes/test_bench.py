@@ -650,3 +650,39 @@ def test_bench_run_against_a_real_cluster(tmp_path):
     row = json.loads(out.read_text())
     assert row["system"] == "raftfast" and row["ops"] > 0 and row["errors"] == ""
     assert row["entries"] >= row["ops"] and row["cpu_s_per_m_entries"] > 0
+
+
+# ---- against pysyncobj: its settings per load -----------------------------------------
+
+def test_pysyncobj_settings_suit_each_load():
+    from raftfast.bench import pysyncobj_tuning as tuning
+    assert tuning.profile_for(1, 1) == tuning.profile_for(8, 1) == "unbatched"
+    assert tuning.profile_for(50, 1) == tuning.profile_for(50, 16) == "batched"
+    for conf in tuning.PROFILES.values():
+        # PySyncObj's own rule: the election timeout exceeds three append periods.
+        assert conf["raftMinTimeout"] > 3 * conf["appendEntriesPeriod"]
+        assert conf["appendEntriesPeriod"] < 0.1         # its default adds up to 100 ms
+    assert tuning.PROFILES["unbatched"]["appendEntriesUseBatch"] is False
+    # The node's flags give back the same SyncObjConf arguments.
+    import argparse
+    p = argparse.ArgumentParser()
+    tuning.add_arguments(p)
+    for name, conf in tuning.PROFILES.items():
+        assert tuning.conf_kwargs(p.parse_args(tuning.node_argv(name))) == conf
+        assert all(f"{k}={v}" in tuning.describe(name) for k, v in conf.items())
+    assert tuning.conf_kwargs(p.parse_args([])) == {}   # PySyncObj's defaults
+
+
+def test_pysyncobj_points_one_cluster_per_node_count_and_settings():
+    from raftfast.bench import pysyncobj_tuning as tuning
+    points = bench_compare.with_value_sizes(bench_compare.grid("quick"), [64])
+    out = bench_compare.pysyncobj_points(points)
+    assert [(p["nodes"], p["pysyncobj_profile"]) for p, _ in out] == \
+        [(3, "batched"), (3, "unbatched"), (5, "batched")]
+    for p, loads in out:
+        assert p["note"] == tuning.describe(p["pysyncobj_profile"])
+        assert all(tuning.profile_for(c, pl) == p["pysyncobj_profile"]
+                   for c, pl, _, _ in loads)
+    assert {load for _, ls in out for load in ls} == {load for _, ls in points for load in ls}
+    c = bench_compare.open_system("pysyncobj", out[1][0], compare_ns())
+    assert c.settings == tuning.node_argv("unbatched")
