@@ -247,11 +247,15 @@ def floor_sizes(points):
 
 
 def add_floor(rows, floors):
-    """Every one-client closed-loop row's p50 above the floor measured at
-    its value size (`over_floor_ms`); floors is {value size: floor dict}."""
+    """Every one-client closed-loop raftfast row's p50 above the floor
+    measured at its value size (`over_floor_ms`), under fsync always: the
+    floor is that of a majority of three fsyncs, so it bounds neither Redis
+    (one fsync) nor a run without fsync.  floors is {value size: floor dict}."""
     for r in rows:
         f = floors.get(r.get("value_size"))
-        if f and (r.get("clients"), r.get("pipeline")) == (1, 1) and r.get("p50_ms") is not None:
+        if (f and r.get("system") == "raftfast" and r.get("fsync") == "always"
+                and (r.get("clients"), r.get("pipeline")) == (1, 1)
+                and r.get("p50_ms") is not None):
             r["over_floor_ms"] = round(r["p50_ms"] - f["one_client_ms"], 3)
     return rows
 

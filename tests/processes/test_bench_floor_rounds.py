@@ -147,20 +147,26 @@ def test_points_differ_by_settings_load_and_value_size():
 
 def test_one_client_rows_against_the_floor():
     rows = [measured("raftfast", 1, 1000, 5.0), measured("raftfast", 50, 1000, 5.0),
-            measured("redis", 1, 1000, 2.0), measured("raftfast", 1, 1000, 5.0, size=4096)]
-    for r, p50 in zip(rows, (1.06, 3.0, 0.42, 2.0)):
+            measured("redis", 1, 1000, 2.0), measured("raftfast", 1, 1000, 5.0, size=4096),
+            dict(measured("raftfast", 1, 1000, 5.0), fsync="never")]
+    for r, p50 in zip(rows, (1.06, 3.0, 0.42, 2.0, 0.5)):
         r["p50_ms"] = p50
     bench_compare.add_floor(rows, {64: {"one_client_ms": 0.69}})
-    assert [r["over_floor_ms"] for r in rows] == [0.37, None, -0.27, None]
+    # Only raftfast's one-client row under fsync always, at a size with a floor.
+    assert [r["over_floor_ms"] for r in rows] == [0.37, None, None, None, None]
+    rows[0]["p50_ms"] = 0.5
+    bench_compare.add_floor(rows, {64: {"one_client_ms": 0.69}})
+    assert rows[0]["over_floor_ms"] == -0.19
 
 
 def test_table_has_the_new_columns_and_the_floor_note():
     pytest.importorskip("rich")
     from rich.console import Console
-    rows = [measured("raftfast", 1, 1000, 5.0), measured("redis", 1, 2000, 2.0)]
-    rows[0]["p50_ms"], rows[1]["p50_ms"] = 1.06, 0.42
+    rows = [measured("raftfast", 1, 1000, 5.0), measured("redis", 1, 2000, 2.0),
+            measured("raftfast", 1, 1000, 5.0, size=4096)]
+    rows[0]["p50_ms"], rows[1]["p50_ms"], rows[2]["p50_ms"] = 1.06, 0.42, 0.5
     redis_server.add_redis_ratios(rows)
-    bench_compare.add_floor(rows, {64: {"one_client_ms": 0.69}})
+    bench_compare.add_floor(rows, {64: {"one_client_ms": 0.69}, 4096: {"one_client_ms": 0.77}})
     console = Console(file=io.StringIO(), width=240)
     console.print(bench_report.make_table(rows))
     text = console.file.getvalue()
