@@ -6,8 +6,9 @@
         [node tunables as in raftfast.cluster]
     python -m raftfast.bench core [--nodes 3] [--seconds 5] [--batch 256]
         [--value-size 64] [--window 8] [--count-calls]
-    python -m raftfast.bench compare [--quick | --full] [--against pysyncobj|redis]
-        [--out DIR] [--seconds S]
+    python -m raftfast.bench compare [--quick | --full | --targets]
+        [--against pysyncobj|redis] [--loadgen python|redis-benchmark] [--rounds K]
+        [--value-size BYTES | --value-sizes B1,B2,...] [--out DIR] [--seconds S]
 
 `run` starts a local cluster (the code of `python -m raftfast.cluster`),
 drives its leader with the load generator over RESP, and prints throughput,
@@ -15,6 +16,11 @@ latency percentiles and the nodes' own figures for the run.  `core` asks the
 leader to propose blocks of entries itself (RAFTFAST.BENCH), no RESP per
 entry: the replication core's ceiling.  `compare` sweeps configurations and
 writes a table, CSV, JSON and plots (raftfast/bench/compare.py).
+
+`--loadgen redis-benchmark` (run, compare) drives the load with the
+redis-benchmark binary instead of the built-in generator
+(raftfast/bench/redis_benchmark.py); without the binary on PATH the
+command says so and exits 2.
 
 `--count-calls` (run, core) starts the nodes with RAFTFAST_COUNT_CALLS=1:
 each counts its Python-level function calls (sys.setprofile `call` events,
@@ -27,6 +33,7 @@ switches and the runtime's per-pass counters (raftfast/bench/breakdown.py);
 `--breakdown-stages` times the stages of the write path in every node
 (RAFTFAST_STAGE_TIMES=1, raftfast/stage_times.py).
 """
+import argparse
 import asyncio
 import json
 import sys
@@ -34,8 +41,9 @@ import sys
 import uvloop
 
 from raftfast import resp_client
+from raftfast.bench import redis_benchmark
 from raftfast.bench import stats as bench_stats
-from raftfast.bench.measure import Target, measure_snapshots
+from raftfast.bench.measure import LOADGENS, Target, measure_snapshots
 from raftfast.config import ArgumentParser, Config, ConfigError, add_node_arguments
 from raftfast.launcher.cli import nonnegative, positive, positive_float
 from raftfast.launcher.local_cluster import ClusterError, LocalCluster
@@ -44,6 +52,27 @@ BASE_PORT = 7300  # away from raftfast.cluster's 7000, so both can run at once
 INSTALL_HINT = 'pip install -e ".[bench]"'
 COUNT_CALLS_ENV = {"RAFTFAST_COUNT_CALLS": "1"}
 STAGE_TIMES_ENV = {"RAFTFAST_STAGE_TIMES": "1"}
+NO_REDIS_BENCHMARK = ("--loadgen redis-benchmark: redis-benchmark is not on PATH "
+                      "(Debian and Ubuntu: apt-get install redis-tools)")
+
+
+def value_size_list(s):
+    """--value-sizes: comma-separated byte counts, e.g. 64,4096,65536."""
+    try:
+        sizes = [int(x) for x in s.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a list of byte counts "
+                                         "like 64,4096,65536") from None
+    if any(v < 0 for v in sizes):
+        raise argparse.ArgumentTypeError(f"value sizes must be >= 0, got {s}")
+    return list(dict.fromkeys(sizes))
+
+
+def _loadgen_arg(p):
+    p.add_argument("--loadgen", choices=LOADGENS, default="python",
+                   help="what drives the load: the built-in generator (python, the default) "
+                        "or the redis-benchmark binary (closed loop only), the same for "
+                        "every system measured")
 
 
 def build_parser():
@@ -66,6 +95,7 @@ def build_parser():
                    help="open loop: send OPS requests/s spread over the connections, "
                         "latency measured from each request's intended send time")
     g.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
+    _loadgen_arg(g)
     g = r.add_argument_group("breakdown")
     g.add_argument("--breakdown", action="store_true",
                    help="print per node, per SET and per batch: CPU, context switches, "
@@ -104,6 +134,11 @@ def build_parser():
     grid.add_argument("--full", dest="grid", action="store_const", const="full",
                       help="the cross product of batching, pipelining, transport, fsync "
                            "and node count (tens of minutes)")
+    grid.add_argument("--targets", dest="grid", action="store_const", const="targets",
+                      help="the comparison with Redis: 3 and 5 nodes, fsync always, unix "
+                           "peers, at -c 50 -P 16, -c 50 -P 1 and -c 1 -P 1 with 64 B values, "
+                           "-c 50 -P 16 and -c 50 -P 1 with 4 KiB, -c 50 -P 16 with 64 KiB; "
+                           "Redis at each (implies --against redis)")
     m.set_defaults(grid="quick")
     m.add_argument("--against", choices=("pysyncobj", "redis"), action="append", default=[],
                    help="add rows for another system, run the same way (repeat for both): "
@@ -115,8 +150,16 @@ def build_parser():
                         "(default: ./bench-results)")
     m.add_argument("--seconds", type=positive_float, metavar="S",
                    help="load per point (default: 2 with --quick, 5 with --full)")
-    m.add_argument("--value-size", type=nonnegative, default=64, metavar="BYTES",
-                   help="SET value size (default: 64)")
+    sizes = m.add_mutually_exclusive_group()
+    sizes.add_argument("--value-size", type=nonnegative, default=64, metavar="BYTES",
+                       help="SET value size (default: 64)")
+    sizes.add_argument("--value-sizes", type=value_size_list, metavar="B1,B2,...",
+                       help="a sweep: every load at every one of these value sizes "
+                            "(not with --targets, whose loads have theirs)")
+    _loadgen_arg(m)
+    m.add_argument("--rounds", type=positive, default=1, metavar="K",
+                   help="run the whole sweep K times, every system in every round, and "
+                        "report the median of each figure (default: 1)")
     m.add_argument("--base-port", type=positive, default=BASE_PORT, metavar="PORT",
                    help=f"node i serves clients on 127.0.0.1:<PORT + i> (default: {BASE_PORT})")
     return p
@@ -205,8 +248,9 @@ async def cmd_run(ns):
                 target, ns.seconds, ns.clients, ns.pipeline, ns.value_size, ns.rate,
                 syscalls=ns.breakdown_syscalls, stages=ns.breakdown_stages)
         else:
-            result, before, after = await measure_snapshots(target, ns.seconds, ns.clients,
-                                                            ns.pipeline, ns.value_size, ns.rate)
+            result, before, after = await measure_snapshots(
+                target, ns.seconds, ns.clients, ns.pipeline, ns.value_size, ns.rate,
+                loadgen_name=ns.loadgen)
             lines = []
         figs = bench_stats.figures(before, after, target.leader_id)
         print(result.format())
@@ -217,7 +261,8 @@ async def cmd_run(ns):
             print_python_calls(before, after, result.ops, target.leader_id, "SET")
         if ns.json:
             from raftfast.bench.report import make_row
-            row = make_row("raftfast", cluster_settings(ns), result, figs)
+            row = make_row("raftfast", cluster_settings(ns), result, figs,
+                           loadgen=ns.loadgen)
             with open(ns.json, "w") as f:
                 json.dump(row, f, indent=2)
         return 0
@@ -279,7 +324,15 @@ def require(*names, what="this command"):
 def main(argv=None):
     parser = build_parser()
     ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if getattr(ns, "loadgen", None) == "redis-benchmark" and not redis_benchmark.binary_path():
+        parser.error(NO_REDIS_BENCHMARK)
     if ns.command == "compare":
+        if ns.grid == "targets":
+            if ns.value_sizes:
+                parser.error("--value-sizes is for --quick and --full: the --targets "
+                             "grid sets each load's value size")
+            if "redis" not in ns.against:
+                ns.against.append("redis")
         with_pysyncobj = "pysyncobj" in ns.against
         require("rich", "matplotlib", *(["pysyncobj"] if with_pysyncobj else []),
                 what="bench compare" + (" --against pysyncobj" if with_pysyncobj else ""))
@@ -290,6 +343,12 @@ def main(argv=None):
             parser.error("--pipeline is for the closed loop; with --rate the requests in "
                          "flight follow from the rate")
         ns.pipeline = ns.pipeline or 16
+        if ns.loadgen == "redis-benchmark":
+            if ns.rate is not None:
+                parser.error("--rate is an open loop; redis-benchmark runs closed loops only")
+            if ns.breakdown:
+                parser.error("--breakdown runs the built-in load generator; leave out "
+                             "--loadgen redis-benchmark")
         for flag in ("syscalls", "stages"):
             if getattr(ns, f"breakdown_{flag}") and not ns.breakdown:
                 parser.error(f"--breakdown-{flag} goes with --breakdown")

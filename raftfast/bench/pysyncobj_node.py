@@ -3,6 +3,7 @@ so that raftfast's own load generator drives it exactly as it drives
 raftfast (`python -m raftfast.bench compare --against pysyncobj`).
 
     python -m raftfast.bench.pysyncobj_node --id I --nodes N --base-port B
+        [SyncObjConf settings: raftfast/bench/pysyncobj_tuning.py]
 
 Node i serves clients on 127.0.0.1:<B + i> and talks Raft (PySyncObj's own
 TCP transport) on 127.0.0.1:<B + 100 + i>, like `raftfast.cluster
@@ -27,7 +28,8 @@ try:
 except ImportError:
     sys.exit('error: PySyncObj is not installed: pip install -e ".[bench]"')
 
-from raftfast.resp_client import RespReplyParser  # noqa: E402  (after the PySyncObj check)
+from raftfast.bench import pysyncobj_tuning  # noqa: E402  (after the PySyncObj check)
+from raftfast.resp_client import RespReplyParser  # noqa: E402
 
 HOST = "127.0.0.1"
 LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
@@ -109,7 +111,7 @@ class Node:
         partners = [f"{HOST}:{raft_port(ns.base_port, j)}"
                     for j in range(1, ns.nodes + 1) if j != ns.id]
         self.data = ReplDict()
-        conf = SyncObjConf(dynamicMembershipChange=False)
+        conf = SyncObjConf(dynamicMembershipChange=False, **pysyncobj_tuning.conf_kwargs(ns))
         self.obj = SyncObj(f"{HOST}:{raft_port(ns.base_port, ns.id)}", partners,
                            consumers=[self.data], conf=conf)
 
@@ -136,6 +138,7 @@ async def main(argv=None):
     p.add_argument("--id", type=int, required=True)
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--base-port", type=int, required=True)
+    pysyncobj_tuning.add_arguments(p)
     ns = p.parse_args(argv)
     if not 1 <= ns.id <= ns.nodes:
         p.error("--id must be between 1 and --nodes")

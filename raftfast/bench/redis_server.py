@@ -15,7 +15,8 @@ from raftfast.bench import stats as bench_stats
 from raftfast.bench.measure import Target, measure_snapshots
 
 __all__ = ["SYSTEM", "SETTINGS_NOTE", "redis_server_path", "server_argv", "RedisServer",
-           "redis_points", "measure_redis", "add_redis_ratios", "load_key"]
+           "redis_points", "measure_redis", "add_redis_ratios", "load_key", "load_order",
+           "RATIOS"]
 
 SYSTEM = "redis"
 SETTINGS_NOTE = "appendonly yes, appendfsync always (its most durable setting)"
@@ -108,15 +109,23 @@ def redis_points(points):
         loads.update(ls)
     p = dict(system=SYSTEM, nodes=1, transport="tcp", fsync="always", max_batch_entries=None,
              batch_linger_us=None, max_inflight=None)
-    return [(p, tuple(sorted(loads, key=lambda x: (x[0] * x[1], x[0]))))]
+    return [(p, tuple(sorted(loads, key=load_order)))]
 
 
-async def measure_redis(server, seconds, clients, pipeline, value_size, rate=None):
+def load_order(load):
+    """Loads (clients, pipeline, rate[, value size]) from the lightest."""
+    clients, pipeline = load[0], load[1] or 1
+    return (clients * pipeline, clients, load[2] or 0, load[3] if len(load) > 3 else 0)
+
+
+async def measure_redis(server, seconds, clients, pipeline, value_size, rate=None,
+                        loadgen_name="python"):
     """One load run against a RedisServer: (Result, figures), the server's
     CPU (utime + stime from /proc) per SET answered."""
     target = Target(server.url, {0: (server.url, server.pid)}, 0)
     result, before, after = await measure_snapshots(target, seconds, clients, pipeline,
-                                                    value_size, rate)
+                                                    value_size, rate,
+                                                    loadgen_name=loadgen_name)
     figs = bench_stats.figures(before, after, 0)
     figs["entries"] = result.ops
     cpu = figs.get("server_cpu_s")
@@ -129,16 +138,25 @@ def load_key(row):
     return (row.get("clients"), row.get("pipeline"), row.get("rate"), row.get("value_size"))
 
 
+# (row field, the figure it is the ratio of)
+RATIOS = (("ratio_to_redis", "throughput"), ("p50_ratio_to_redis", "p50_ms"),
+          ("p99_ratio_to_redis", "p99_ms"), ("cpu_ratio_to_redis", "cpu_us_per_op"))
+
+
+def _ratio(num, den):
+    return round(num / den, 3) if num is not None and den else None
+
+
 def add_redis_ratios(rows):
-    """Set every raftfast row's `ratio_to_redis`: its throughput over the
-    Redis row's at the same load (clients, pipeline, rate, value size);
-    None where there is no measured Redis row at that load."""
-    redis = {load_key(r): r["throughput"] for r in rows
-             if r.get("system") == SYSTEM and r.get("throughput")}
+    """Set every raftfast row's ratios to the Redis row at the same load
+    (clients, pipeline, rate, value size): throughput, p50, p99 and server
+    CPU per op, each raftfast's figure over Redis's (RATIOS).  None where
+    there is no measured Redis row at that load or a figure is missing."""
+    redis = {load_key(r): r for r in rows if r.get("system") == SYSTEM and r.get("throughput")}
     for r in rows:
         if r.get("system") != "raftfast":
             continue
         base = redis.get(load_key(r))
-        r["ratio_to_redis"] = (round(r["throughput"] / base, 3)
-                               if base and r.get("throughput") is not None else None)
+        for name, figure in RATIOS:
+            r[name] = _ratio(r.get(figure), base.get(figure)) if base else None
     return rows

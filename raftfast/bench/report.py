@@ -12,29 +12,42 @@ from raftfast.bench.stats import fmt
 
 __all__ = ["COLUMNS", "make_row", "config_label", "load_label", "make_table", "write_csv",
            "write_json", "plot_throughput_vs_batch", "plot_latency_vs_throughput",
-           "comparison_lines"]
+           "plot_ratio_to_redis", "comparison_lines", "size_label", "FIGURES"]
 
 SETTINGS = ("nodes", "transport", "fsync", "max_batch_entries", "batch_linger_us",
             "max_inflight")
 COLUMNS = ("system",) + SETTINGS + (
-    "clients", "pipeline", "rate", "value_size", "seconds", "ops", "throughput",
-    "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms",
-    "entries_per_append", "entries_per_fsync", "cpu_s_per_m_entries", "server_cpu_s",
-    "entries", "client_cpu_frac", "ratio_to_redis", "errors", "note")
+    "loadgen", "rounds", "clients", "pipeline", "rate", "value_size", "seconds", "ops",
+    "throughput", "mb_per_s", "avg_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms",
+    "max_ms", "entries_per_append", "entries_per_fsync", "cpu_s_per_m_entries",
+    "cpu_us_per_op", "server_cpu_s", "entries", "client_cpu_frac", "ratio_to_redis",
+    "p50_ratio_to_redis", "p99_ratio_to_redis", "cpu_ratio_to_redis", "over_floor_ms",
+    "errors", "note")
+# Measured figures: a row of several rounds holds the median of each.
+FIGURES = ("seconds", "ops", "throughput", "mb_per_s", "avg_ms", "p50_ms", "p90_ms", "p95_ms",
+           "p99_ms", "p999_ms", "max_ms", "entries_per_append", "entries_per_fsync",
+           "cpu_s_per_m_entries", "cpu_us_per_op", "server_cpu_s", "entries",
+           "client_cpu_frac")
 
 
-def make_row(system, settings, result, figs, note=""):
-    """One row from a cluster's settings, a loadgen Result and bench_stats figures."""
+def make_row(system, settings, result, figs, note="", loadgen="python"):
+    """One row from a cluster's settings, a measured result (loadgen.Result
+    or redis_benchmark.RedisBenchmarkResult) and bench_stats figures.  CPU
+    per op is the servers' CPU (every node's) over the SETs answered."""
     lat = result.latency_ms()
+    cpu = figs.get("server_cpu_s")
     row = dict.fromkeys(COLUMNS)
     row.update({k: settings.get(k) for k in SETTINGS})
     row.update(
-        system=system, clients=result.clients,
+        system=system, loadgen=loadgen, rounds=1, clients=result.clients,
         pipeline=None if result.rate is not None else result.pipeline,
         rate=result.rate, value_size=result.value_size, seconds=round(result.seconds, 3),
         ops=result.ops, throughput=round(result.throughput, 1),
-        p50_ms=lat["p50"], p90_ms=lat["p90"], p99_ms=lat["p99"], p999_ms=lat["p99.9"],
-        max_ms=lat["max"],
+        mb_per_s=round(result.throughput * result.value_size / 1e6, 3),
+        avg_ms=lat.get("avg"), p50_ms=lat["p50"], p90_ms=lat["p90"], p95_ms=lat.get("p95"),
+        p99_ms=lat["p99"], p999_ms=lat["p99.9"], max_ms=lat["max"],
+        cpu_us_per_op=round(cpu * 1e6 / result.ops, 2) if cpu is not None and result.ops
+        else None,
         client_cpu_frac=round(result.client_cpu / result.seconds, 3) if result.seconds else None,
         errors=";".join(f"{k}={v}" for k, v in sorted(result.errors.items())),
         note=note)
@@ -60,26 +73,54 @@ def load_label(row):
     return f"{row['clients']}x{row['pipeline']}"
 
 
+def size_label(nbytes):
+    """64 B, 4 KiB, 64 KiB, 1.5 KiB."""
+    if nbytes is None:
+        return ""
+    if nbytes < 1024:
+        return f"{nbytes} B"
+    kib = nbytes / 1024
+    return f"{kib:g} KiB" if nbytes < 1 << 20 else f"{kib / 1024:g} MiB"
+
+
+def _remarks(r):
+    parts = [r["errors"]] if r.get("errors") else []
+    if r.get("over_floor_ms") is not None:
+        x = r["over_floor_ms"]
+        parts.append(f"p50 = floor {'-' if x < 0 else '+'} {abs(x):.2f} ms")
+    if r.get("note") and r["system"] != "redis":  # the label says what Redis runs with
+        parts.append(r["note"])
+    return "; ".join(parts)
+
+
+TABLE_COLUMNS = (("system", "left"), ("configuration", "left"), ("load", "right"),
+                 ("value", "right"), ("ops/s", "right"), ("MB/s", "right"),
+                 ("p50 ms", "right"), ("p99 ms", "right"), ("CPU us/op", "right"),
+                 ("ent/fsync", "right"), ("x redis", "right"), ("p50 x", "right"),
+                 ("p99 x", "right"), ("CPU x", "right"), ("errors, notes", "left"))
+
+
 def make_table(rows, title=None):
-    """A rich Table of the rows."""
+    """A rich Table of the rows.  The "x" columns are a raftfast row's ratios
+    to the Redis row at the same load and value size: throughput, p50, p99
+    and server CPU per op."""
     from rich.table import Table
     t = Table(title=title, show_lines=False)
-    for name, justify in (("system", "left"), ("configuration", "left"), ("load", "right"),
-                          ("ops/s", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
-                          ("p99.9 ms", "right"), ("ent/AE", "right"), ("ent/fsync", "right"),
-                          ("CPU s/M ent", "right"), ("x redis", "right"),
-                          ("errors", "left")):
+    for name, justify in TABLE_COLUMNS:
         t.add_column(name, justify=justify)
+    blank = [""] * (len(TABLE_COLUMNS) - 5)
     for r in rows:
         if r.get("note") and r["throughput"] is None:
             t.add_row(r["system"], config_label(r), load_label(r) if r.get("clients") else "",
-                      "", "", "", "", "", "", "", "", r["note"])
+                      size_label(r.get("value_size")), *blank, r["note"])
             continue
-        t.add_row(r["system"], config_label(r), load_label(r), fmt(r["throughput"], ",.0f"),
-                  fmt(r["p50_ms"], ".3f"), fmt(r["p99_ms"], ".3f"), fmt(r["p999_ms"], ".3f"),
-                  fmt(r["entries_per_append"]), fmt(r["entries_per_fsync"]),
-                  fmt(r["cpu_s_per_m_entries"], ".2f"), fmt(r.get("ratio_to_redis"), ".2f"),
-                  r["errors"] or "")
+        t.add_row(r["system"], config_label(r), load_label(r), size_label(r.get("value_size")),
+                  fmt(r["throughput"], ",.0f"), fmt(r.get("mb_per_s"), ",.2f"),
+                  fmt(r["p50_ms"], ".3f"), fmt(r["p99_ms"], ".3f"),
+                  fmt(r.get("cpu_us_per_op"), ",.1f"), fmt(r["entries_per_fsync"]),
+                  fmt(r.get("ratio_to_redis"), ".2f"), fmt(r.get("p50_ratio_to_redis"), ".2f"),
+                  fmt(r.get("p99_ratio_to_redis"), ".2f"),
+                  fmt(r.get("cpu_ratio_to_redis"), ".2f"), _remarks(r))
     return t
 
 
@@ -167,6 +208,45 @@ def plot_latency_vs_throughput(rows, path):
     ax.grid(True, which="both", alpha=0.3)
     if ax.lines:
         ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_ratio_to_redis(rows, path):
+    """Per load (x), every raftfast row's throughput over Redis's at the same
+    load and value size: one series of points per node count, fsync mode and
+    value size, with a line at 1.0 (as fast as Redis)."""
+    plt = _pyplot()
+    series = {}
+    for r in _measured(rows):
+        if r["system"] == "raftfast" and r.get("ratio_to_redis") is not None:
+            key = (r["nodes"], r["fsync"], r["value_size"])
+            series.setdefault(key, []).append((load_label(r), r["ratio_to_redis"]))
+    loads = []
+    for r in sorted(_measured(rows), key=lambda r: (-(r["clients"] * (r["pipeline"] or 1)),
+                                                     -r["clients"])):
+        if r["system"] == "raftfast" and r.get("ratio_to_redis") is not None \
+                and load_label(r) not in loads:
+            loads.append(load_label(r))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    width = 0.8 / max(1, len(series))
+    for j, ((nodes, fsync, size), pts) in enumerate(sorted(series.items())):
+        offset = (j - (len(series) - 1) / 2) * width
+        ax.plot([loads.index(x) + offset for x, _ in pts], [y for _, y in pts],
+                linestyle="none", marker="o",
+                label=f"{nodes} nodes, fsync {fsync}, {size_label(size)}")
+    ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="Redis (1.0)")
+    ax.set_xticks(range(len(loads)), [f"-c {x.replace('x', ' -P ')}" if "/s" not in x else x
+                                      for x in loads])
+    ax.set_xlim(-0.6, max(len(loads), 1) - 0.4)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("load (clients x pipeline)")
+    ax.set_ylabel("throughput, raftfast / Redis")
+    ax.set_title("raftfast throughput relative to Redis (appendfsync always)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -499,7 +499,7 @@ def test_redis_server_command_line_is_its_most_durable_setting():
 
 
 def test_redis_points_cover_every_load_of_the_sweep():
-    points = bench_compare.grid("quick")
+    points = bench_compare.with_value_sizes(bench_compare.grid("quick"), [64, 4096])
     [(p, loads)] = redis_server.redis_points(points)
     assert p["system"] == "redis" and p["nodes"] == 1 and p["fsync"] == "always"
     assert set(loads) == {load for _, ls in points for load in ls}
@@ -568,12 +568,13 @@ def compare_ns(base_port=7300):
 def test_against_redis_without_redis_server_says_skipped(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert redis_server.redis_server_path() is None
-    points = redis_server.redis_points([(None, ((1, 1, None), (50, 16, None)))])
+    points = redis_server.redis_points([(None, ((1, 1, None, 64), (50, 16, None, 4096)))])
     progress = Progress()
     rows = run_async(bench_compare.sweep(points, compare_ns(), 1.0, progress, None))
-    assert [(r["system"], r["clients"], r["pipeline"], r["throughput"], r["note"])
-            for r in rows] == [("redis", 1, 1, None, "skipped: redis-server not installed"),
-                               ("redis", 50, 16, None, "skipped: redis-server not installed")]
+    assert [(r["system"], r["clients"], r["pipeline"], r["value_size"], r["throughput"],
+             r["note"]) for r in rows] == \
+        [("redis", 1, 1, 64, None, "skipped: redis-server not installed"),
+         ("redis", 50, 16, 4096, None, "skipped: redis-server not installed")]
     assert progress.advanced == 2
 
 
@@ -603,7 +604,7 @@ def test_against_a_real_redis_server():
         dirs.append(self.dir)
         return out
 
-    points = redis_server.redis_points([(None, ((1, 1, None), (4, 4, None)))])
+    points = redis_server.redis_points([(None, ((1, 1, None, 64), (4, 4, None, 64)))])
     progress = Progress()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(redis_server.RedisServer, "__aenter__", record)
@@ -649,3 +650,39 @@ def test_bench_run_against_a_real_cluster(tmp_path):
     row = json.loads(out.read_text())
     assert row["system"] == "raftfast" and row["ops"] > 0 and row["errors"] == ""
     assert row["entries"] >= row["ops"] and row["cpu_s_per_m_entries"] > 0
+
+
+# ---- against pysyncobj: its settings per load -----------------------------------------
+
+def test_pysyncobj_settings_suit_each_load():
+    from raftfast.bench import pysyncobj_tuning as tuning
+    assert tuning.profile_for(1, 1) == tuning.profile_for(8, 1) == "unbatched"
+    assert tuning.profile_for(50, 1) == tuning.profile_for(50, 16) == "batched"
+    for conf in tuning.PROFILES.values():
+        # PySyncObj's own rule: the election timeout exceeds three append periods.
+        assert conf["raftMinTimeout"] > 3 * conf["appendEntriesPeriod"]
+        assert conf["appendEntriesPeriod"] < 0.1         # its default adds up to 100 ms
+    assert tuning.PROFILES["unbatched"]["appendEntriesUseBatch"] is False
+    # The node's flags give back the same SyncObjConf arguments.
+    import argparse
+    p = argparse.ArgumentParser()
+    tuning.add_arguments(p)
+    for name, conf in tuning.PROFILES.items():
+        assert tuning.conf_kwargs(p.parse_args(tuning.node_argv(name))) == conf
+        assert all(f"{k}={v}" in tuning.describe(name) for k, v in conf.items())
+    assert tuning.conf_kwargs(p.parse_args([])) == {}   # PySyncObj's defaults
+
+
+def test_pysyncobj_points_one_cluster_per_node_count_and_settings():
+    from raftfast.bench import pysyncobj_tuning as tuning
+    points = bench_compare.with_value_sizes(bench_compare.grid("quick"), [64])
+    out = bench_compare.pysyncobj_points(points)
+    assert [(p["nodes"], p["pysyncobj_profile"]) for p, _ in out] == \
+        [(3, "batched"), (3, "unbatched"), (5, "batched")]
+    for p, loads in out:
+        assert p["note"] == tuning.describe(p["pysyncobj_profile"])
+        assert all(tuning.profile_for(c, pl) == p["pysyncobj_profile"]
+                   for c, pl, _, _ in loads)
+    assert {load for _, ls in out for load in ls} == {load for _, ls in points for load in ls}
+    c = bench_compare.open_system("pysyncobj", out[1][0], compare_ns())
+    assert c.settings == tuning.node_argv("unbatched")
