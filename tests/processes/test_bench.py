@@ -614,8 +614,10 @@ def test_against_a_real_redis_server():
     for r in rows:
         assert r["throughput"] > 0 and r["errors"] == "" and r["note"] == \
             redis_server.SETTINGS_NOTE
-        assert r["entries"] == r["ops"] and r["cpu_s_per_m_entries"] > 0
+        assert r["entries"] == r["ops"] and r["cpu_s_per_m_entries"] >= 0
         assert r["fsync"] == "always"
+    # /proc counts CPU in 10 ms ticks: one short row may read none, two cannot both.
+    assert sum(r["cpu_s_per_m_entries"] for r in rows) > 0
     [server] = started
     assert server.proc.poll() is not None and server.dir is None
     assert len(dirs) == 1 and not os.path.exists(dirs[0])
