@@ -1,5 +1,5 @@
 #!/bin/bash
-# SET/s, p50 and the node processes' CPU per SET of the checkout in DIR:
+# SET/s, p50, p99 and the node processes' CPU per SET of the checkout in DIR:
 # a 3-node cluster (peers over Unix sockets, snapshots off) driven by
 # redis-benchmark, the CPU counted by `perf stat -e task-clock` over the
 # three node processes for the run, and their context switches.
@@ -21,7 +21,9 @@ LPORT=$(grep leader "$OUT" | grep -o "127.0.0.1:[0-9]*" | cut -d: -f2)
 PIDS=$(cat /proc/$CPID/task/*/children | tr ' ' '\n' | grep . | paste -sd,)
 redis-benchmark -p "$LPORT" -t set -n 1000 ${ARGS:--P 1 -c 1} -q > /dev/null 2>&1  # warm-up
 perf stat -x, -e task-clock,context-switches -p "$PIDS" -- \
-    redis-benchmark -p "$LPORT" -t set -n "$N" ${ARGS:--P 1 -c 1} -q 2>&1 \
-    | tr '\r' '\n' | grep -v "rps=" \
-    | awk -F, -v n="$N" '/task-clock/ {printf "node CPU per SET %.1f us  ", $1*1000/n} /context-switches/ {printf "switches per SET %.2f  ", $1/n} /SET:/ {printf "%s ", $0}'
+    redis-benchmark -p "$LPORT" -t set -n "$N" ${ARGS:--P 1 -c 1} --csv 2>&1 \
+    | awk -F, -v n="$N" '
+        /task-clock/ {printf "node CPU per SET %.1f us  ", $1*1000/n}
+        /context-switches/ {printf "switches per SET %.2f  ", $1/n}
+        /^"SET"/ {gsub(/"/, ""); printf "SET/s %.0f p50 %s ms p99 %s ms max %s ms  ", $2, $5, $7, $8}'
 echo "($DIR, fsync ${FSYNC:-never}, ${ARGS:--P 1 -c 1})"

@@ -43,11 +43,12 @@ starts after ``snap_index + 1``, or whose newest reset is above
 ``snap_index``: the entries between would be missing.
 
 Segments are preallocated: with fsync on, a segment is a file of
-``segment_bytes`` zeros (written, not just fallocated, and fsynced) before
-its first record goes in, and records overwrite those zeros from the
-start.  An fdatasync then flushes data only; appending to a growing file
-would also commit its new size through the filesystem journal on every
-sync, which costs several times more with a few processes on one disk.
+``segment_bytes`` bytes that read as zeros (reserved with fallocate, or
+written as zeros where the filesystem cannot reserve; fsynced) before its
+first record goes in, and records overwrite those zeros from the start.
+Appending to a growing file instead would commit its new size through the
+filesystem journal on every sync, which costs several times more with a
+few processes on one disk.
 The records end where the file ends or at an *end marker*: a 24-byte
 header that is all zero (impossible for a record, whose version is never
 0), and from there to the end of the file every byte is zero.  A segment
@@ -58,9 +59,9 @@ fsync on preallocates the rest of a last segment that is short of
 segment is left plain, with a warning: appends still work until they too
 run out of room.
 
-``<dir>/<seq>.tmp`` is the next segment being zero-filled ahead of time
+``<dir>/<seq>.tmp`` is the next segment being preallocated ahead of time
 by a background thread (etcd's file pipeline): a roll renames it to the
-new segment's name, so the hot path never waits for zero-filling.  When
+new segment's name, so the hot path never waits for preallocation.  When
 the writer outruns the preparer (the next segment is not ready yet), the
 roll creates a plain, not preallocated file instead of waiting, and the
 prepared one serves the roll after.  Stray .tmp files are deleted at
@@ -113,8 +114,7 @@ prepared segment's zeros and size are fsynced before the rename, so once
 its name is durable its preallocation is too.  A failed write or fsync
 is never retried (the kernel may already have dropped the dirty pages):
 the store is marked failed and every later call raises.  With fsync off
-nothing is preallocated: zero-filling would only double the page-cache
-writes.
+nothing is preallocated: there is no fdatasync for it to make cheaper.
 """
 import logging
 import os
@@ -141,6 +141,9 @@ cdef extern from "crc32c.h":
 
 cdef extern from "<errno.h>":
     enum: ECANCELED
+    enum: EOPNOTSUPP
+    enum: ENOSYS
+    enum: EINVAL
     enum: ENOSPC
     enum: EDQUOT
     enum: EFBIG
@@ -168,6 +171,24 @@ cdef extern from *:
     }
     """
     int rf_rename_noreplace(int dirfd, const char *src, const char *dst) nogil
+
+cdef extern from *:
+    """
+    #include <fcntl.h>
+    #include <errno.h>
+    /* Reserve [off, off + len) of fd as blocks that read as zeros, without
+       writing them: 0, or -1 with errno (EOPNOTSUPP where the filesystem
+       cannot, and where there is no fallocate at all). */
+    static int rf_reserve(int fd, off_t off, off_t len) {
+    #ifdef __linux__
+        return fallocate(fd, 0, off, len);
+    #else
+        errno = EOPNOTSUPP;
+        return -1;
+    #endif
+    }
+    """
+    int rf_reserve(int fd, off_t off, off_t length) nogil
 
 cdef extern from "<unistd.h>" nogil:
     int unlinkat(int dirfd, const char *pathname, int flags)
@@ -587,15 +608,37 @@ cdef int _zero_fill(int fd, uint64_t start, uint64_t end, Prep *stop_on) noexcep
     return 0
 
 
+cdef int _preallocate(int fd, uint64_t start, uint64_t end, Prep *stop_on) noexcept nogil:
+    """Make [start, end) of fd, past its end, blocks that read as zeros:
+    reserved with fallocate where the filesystem can, written as zeros
+    where it cannot.  0 or an errno.
+
+    Reserving writes no data.  Writing 64 MiB of zeros per segment doubled
+    what the disk wrote under large values, and its final fsync, stuck in
+    the same journal commit as the appenders' fdatasyncs, made them wait
+    for all of it: with three appenders of 1 MiB batches on one disk, their
+    fdatasync p99 went from 10 ms to 230 ms (max 500 ms) while a segment
+    was being zero-filled.  The cost is small: an fdatasync after writing
+    into reserved blocks also commits their change to written, which the
+    same test measured at -15% to +20% per fdatasync depending on the
+    write's size, with no such stalls."""
+    if rf_reserve(fd, <off_t>start, <off_t>(end - start)) == 0:
+        return 0
+    if errno not in (EOPNOTSUPP, ENOSYS, EINVAL):
+        return errno
+    return _zero_fill(fd, start, end, stop_on)
+
+
 cdef int _prepare_file(int dirfd, const char *name, uint64_t size, int *out,
                        Prep *stop_on) noexcept nogil:
-    """Create dirfd/name as `size` zero bytes, fsynced; *out = its fd,
-    open for writing.  0 or an errno (the file is removed then)."""
+    """Create dirfd/name as `size` bytes that read as zeros, fsynced;
+    *out = its fd, open for writing.  0 or an errno (the file is removed
+    then)."""
     cdef int fd, err
     fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
     if fd < 0:
         return errno
-    err = _zero_fill(fd, 0, size, stop_on)
+    err = _preallocate(fd, 0, size, stop_on)
     if err == 0 and fsync(fd) != 0:
         err = errno
     if err != 0:
@@ -879,11 +922,11 @@ cdef class LogStore:
             os.close(fd)
 
     cdef _extend(self, Py_ssize_t file_size):
-        """Zero-fill the current segment from file_size to segment_bytes, fsynced."""
+        """Preallocate the current segment from file_size to segment_bytes, fsynced."""
         cdef int fd = self._fd, err = 0
         cdef bint synced = False
         with nogil:
-            err = _zero_fill(fd, <uint64_t>file_size, <uint64_t>self.segment_bytes, NULL)
+            err = _preallocate(fd, <uint64_t>file_size, <uint64_t>self.segment_bytes, NULL)
             if err == 0:
                 synced = True
                 if fsync(fd) != 0:
