@@ -3,7 +3,8 @@
 per-entry byte offsets and terms (etcd's MemoryStorage and unstable in one).
 
 Entries never become Python objects: blocks are copied in with one memcpy
-and handed out with one.  The block format is described in
+and handed out with one, and the block handed out last is handed out again
+while it is asked for again (see `sliced` in _entrylog.pxd).  The block format is described in
 raftfast/core/messages.py; tests/reference/entrylog_py.py is the readable spec
 this module is tested against.
 """
@@ -191,9 +192,10 @@ cdef class EntryLog:
         """The last entry's term, 0 when the log is empty."""
         return self.terms[self.n - 1] if self.n else 0
 
-    def append(self, uint64_t index, const uint8_t[::1] block not None):
+    def append(self, uint64_t index, block_obj not None):
         """Put block's entries at index, index + 1, ..., dropping every
         entry >= index first.  Returns the number appended."""
+        cdef const uint8_t[::1] block = block_obj
         cdef size_t blen = block.shape[0]
         cdef const uint8_t *src = _ptr(block)
         cdef size_t k = _check_nonempty(src, blen)
@@ -202,8 +204,14 @@ cdef class EntryLog:
             raise ValueError(f"append at {index} outside [{self.first}, {self.first + self.n}]")
         keep = index - self.first
         self._reserve(self.offs[keep] + blen, keep + k)
+        if keep < self.n:
+            self._forget_slice()  # entries from index on are replaced
         memcpy(self.buf + self.offs[keep], src, blen)
         self._index_from(keep, k, False, 0)
+        if type(block_obj) is bytes:
+            # Immutable and now equal to these entries: what a follower
+            # writes next is this very block.
+            self.sliced, self.sliced_lo, self.sliced_hi = block_obj, index, index + k
         return k
 
     def append_stamped(self, const uint8_t[::1] block not None, uint64_t term):
@@ -262,7 +270,14 @@ cdef class EntryLog:
                 else:
                     j_hi = mid - 1
             b = j_lo
-        return (PyBytes_FromStringAndSize(<char *>self.buf + base, self.offs[b] - base), b - a)
+        if self.sliced is not None and self.sliced_lo == lo and self.sliced_hi == self.first + b:
+            return (self.sliced, b - a)
+        block = PyBytes_FromStringAndSize(<char *>self.buf + base, self.offs[b] - base)
+        self.sliced, self.sliced_lo, self.sliced_hi = block, lo, self.first + b
+        return (block, b - a)
+
+    cdef void _forget_slice(self) noexcept:
+        self.sliced = None
 
     def compact(self, uint64_t index):
         """Drop entries <= index; first_index becomes index + 1.  With index
@@ -272,6 +287,7 @@ cdef class EntryLog:
         cdef uint64_t base
         if index < self.first:
             return
+        self._forget_slice()  # the indexes it names may be reused after a reset
         if index - self.first >= self.n:
             self.n = 0
             self.buf_len = 0

@@ -109,6 +109,29 @@ def test_appended_bytes_are_copied_not_referenced(impl):
     assert state(log) == expect
 
 
+def test_the_same_slice_asked_again_is_the_same_object_until_its_entries_change():
+    # The compiled log only (the twin copies every time): one bytes object
+    # serves a leader's appends to every follower and its own write.
+    log = c.EntryLog()
+    given = blk(1, 1, 1)
+    log.append(1, given)
+    assert log.slice(1, 4)[0] is given  # what a follower appended, as given
+    log.append_stamped(blk(0), 2)
+    first, n = log.slice(1, 5)
+    assert n == 4 and log.slice(1, 5)[0] is first
+    assert log.slice(1, 5, max_bytes=1)[0] is not first  # another range
+    log.append(3, blk(3))  # overwrites entry 3, drops 4
+    assert log.slice(1, 4) == (blk(1, 1) + blk(3), 3)
+    again = log.slice(1, 4)[0]
+    log.compact(3)  # empties the log: index 4 on will be new entries
+    log.append(4, blk(4))
+    assert log.slice(4, 5) == (blk(4), 1) and log.slice(4, 5)[0] is not again
+    mutable = bytearray(blk(4, 4))
+    log.append(5, mutable)  # a mutable block is copied, never handed out again
+    block, _ = log.slice(5, 7)
+    assert block == bytes(mutable) and block is not mutable
+
+
 # ---- find_conflict --------------------------------------------------------------
 
 def test_find_conflict_reports_index_and_offset(impl):
