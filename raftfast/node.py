@@ -71,6 +71,7 @@ class Node:
                                  self.transport, self.conf, self._on_fatal, tick_ms(cfg))
         self.transport.on_message = self.driver.step  # no wrapper on the hot path
         self.transport.on_peer_state = self.driver.on_peer_state
+        self.transport.on_read_done = self.driver.peer_read_done
         self.resp = RespServer(loop, cfg, self.driver, self.info_fields)
         self.resp.leader_client_url = self.client_url_of
         counter = getattr(self, "call_counter", None)

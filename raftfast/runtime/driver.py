@@ -81,7 +81,7 @@ class RaftDriver:
             self._internal_error, durable=cfg.fsync == "always",
             snapshot_entries=cfg.snapshot_entries, snapshot_trailing=cfg.snapshot_trailing,
             election_timeout_s=election_timeout_s)
-        self._scheduled = False
+        self._scheduled = None  # the loop's handle of the pass to come, if any
         self._tick_handle = None
         self._ticks_due_from = clock()  # ticks are counted from here
         self._stopped = False
@@ -117,9 +117,28 @@ class RaftDriver:
     def schedule(self):
         """Run the Ready loop once, soon; many inputs in one loop iteration
         share one pass (and so one write and one send per peer)."""
-        if not self._scheduled and not self._stopped:
-            self._scheduled = True
-            self.loop.call_soon(self._process)
+        if self._scheduled is None and not self._stopped:
+            self._scheduled = self.loop.call_soon(self._process)
+
+    def peer_read_done(self):
+        """The transport's callback after a read's messages were stepped.
+        A follower's input is its leader's, one connection: nothing more
+        is coming this iteration, so its write and acknowledgement go at
+        once.  A leader waits for the iteration's other reads (the other
+        followers' acknowledgements) to handle them in one pass."""
+        if self.core.role != LEADER:
+            self.process_now()
+
+    def process_now(self):
+        """Run the pass that is due now rather than in the loop's next
+        iteration: for a caller that has gathered every input of this
+        iteration already (the batcher's flush at the end of one), so that
+        a client's write goes to the log and the followers one iteration,
+        and one wake-up of the loop, sooner."""
+        handle = self._scheduled
+        if handle is not None:
+            handle.cancel()
+            self._process()
 
     def _on_tick(self):
         if self._stopped:
@@ -244,7 +263,7 @@ class RaftDriver:
     # -------------------------------------------------------- ready loop
 
     def _process(self):
-        self._scheduled = False
+        self._scheduled = None
         if self._stopped:
             return
         self.ready_passes += 1

@@ -160,6 +160,8 @@ class AcceptedConnection(asyncio.Protocol):
             except FrameError as e:
                 return self._refuse(f"bad frame: {e}")
             if frame is None:
+                if owner.on_read_done is not None:
+                    owner.on_read_done()
                 return
             ftype, obj = frame
             if ftype == FRAME_MESSAGE and self.peer_id:

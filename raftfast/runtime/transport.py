@@ -75,6 +75,9 @@ class PeerTransport:
         # driver - a paused socket stops the sender before it has to drop,
         # and a lost connection means what was written may be gone.
         self.on_peer_state = None
+        # on_read_done(): every message of one read from a peer has gone to
+        # on_message (a receiver may act on them now rather than later).
+        self.on_read_done = None
         self._client_urls = {}  # node id -> advertised client URL from its handshake
         self.hello = encode_handshake(cluster_id, node_id, client_url=client_url)
         self.frames_sent = self.bytes_sent = self.frames_dropped = 0

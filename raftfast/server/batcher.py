@@ -65,9 +65,16 @@ class Batcher:
     def _arm(self):
         if self._handle is None:
             if self.linger > 0:
-                self._handle = self.loop.call_later(self.linger, self.flush)
+                self._handle = self.loop.call_later(self.linger, self._flush_gathered)
             else:
-                self._handle = self.loop.call_soon(self.flush)
+                self._handle = self.loop.call_soon(self._flush_gathered)
+
+    def _flush_gathered(self):
+        """The iteration's commands are all in: propose them and run the
+        runtime's pass at once (it has nothing more to wait for)."""
+        self._handle = None
+        self.flush()
+        self.driver.process_now()
 
     def flush(self):
         if self._handle is not None:
