@@ -40,11 +40,21 @@ def test_median_over_rounds_of_the_second_completion():
 
 
 def test_fsync_rounds_have_three_writers_each_and_leave_no_files(tmp_path):
-    rounds = bench_floor.FsyncFloor(str(tmp_path), 100).run(5)
+    floor = bench_floor.FsyncFloor(str(tmp_path), 100)
+    rounds = floor.run(5)
     assert len(rounds) == 5
     for start, ends in rounds:
         assert len(ends) == 3 and all(e >= start for e in ends)
+    assert len(floor.cpu_ns) == 15 and all(c >= 0 for c in floor.cpu_ns)
     assert os.listdir(tmp_path) == []
+
+
+def test_kth_completions_and_their_percentile():
+    rounds = [(0, [3, 1, 2]), (10, [15, 30, 11]), (5, [6, 6, 9])]
+    assert bench_floor.kth_completions(rounds) == [1, 2, 5]
+    assert bench_floor.percentile([1, 2, 5], 50) == 2
+    assert bench_floor.percentile([1, 2, 5], 99) == 5
+    assert bench_floor.percentile(list(range(100)), 99) == 99
 
 
 def test_floor_figures_and_their_line(tmp_path):
@@ -52,8 +62,10 @@ def test_floor_figures_and_their_line(tmp_path):
     assert f["one_client_ms"] == pytest.approx(f["fsync_2of3_ms"] + f["rtt_tcp_ms"], abs=1e-3)
     assert f["value_size"] == 64 and f["directory"] == str(tmp_path)
     assert min(f["fsync_2of3_ms"], f["rtt_unix_ms"], f["rtt_tcp_ms"]) > 0
+    assert f["fsync_2of3_p99_ms"] >= f["fsync_2of3_ms"] and f["fsync_cpu_us"] >= 0
     line = bench_floor.format_floor(f)
     assert "2 of 3 concurrent append+fdatasync" in line and "one client >=" in line
+    assert "p99" in line and "CPU" in line
     assert os.listdir(tmp_path) == []
 
 
