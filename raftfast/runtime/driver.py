@@ -72,9 +72,14 @@ class RaftDriver:
         self.writes = WriteWaiters()
         self.reads = ReadWaiters()
         self.transfers = TransferWaiters()
+        # An fsync slower than a quarter of a heartbeat interval is not run
+        # on the loop again until one is fast: a stalling disk must not hold
+        # back heartbeats (GroupCommit).
         self.group_commit = GroupCommit(loop, storage.sync, self._release, self._fatal,
                                         self.schedule, durable=cfg.fsync == "always",
-                                        sync_in_thread=sync_in_thread)
+                                        sync_in_thread=sync_in_thread,
+                                        inline_max_s=cfg.heartbeat_interval_ms / 4000.0,
+                                        clock=clock)
         self.peer_addresses = PeerAddresses(transport, cfg.peers)
         self.snapshots = SnapshotManager(
             loop, clock, self.core, storage, state_machine, transport, self.schedule,

@@ -18,7 +18,9 @@ fsync saw no new write made during it: a thread's sync with no write
 while it ran, or an inline sync after which the loop's next pass wrote
 nothing (what arrived during a blocking fsync is read in that pass).  A
 busy loop hands its fsyncs to the thread, so they overlap the next
-batch's parsing and writing.
+batch's parsing and writing.  So does a loop whose last fsync was slow
+(over inline_max_s): a disk that stalls must not stop the loop's
+heartbeats and answers for as long as it stalls.
 
 Under --fsync never (durable=False) a write counts as durable at once: it
 survives a killed process, as the page cache does, and no thread runs.
@@ -26,6 +28,7 @@ survives a killed process, as the page cache does, and no thread runs.
 import _thread
 import collections
 import threading
+import time
 
 __all__ = ["GroupCommit"]
 
@@ -41,10 +44,11 @@ class GroupCommit:
     for tests on a simulated loop, where the thread's timing would make
     them nondeterministic.  Nothing else differs.  With the thread, a
     sync still runs on the loop, at once, while the loop is idle (see
-    the module's docstring); inline=False never does that."""
+    the module's docstring); inline=False never does that.  clock():
+    monotonic seconds, to time each sync against inline_max_s."""
 
     def __init__(self, loop, sync, release, fatal, wake, durable=True, sync_in_thread=True,
-                 inline=True):
+                 inline=True, inline_max_s=0.02, clock=time.monotonic):
         self.loop = loop
         self._sync = sync
         self._release = release
@@ -53,6 +57,9 @@ class GroupCommit:
         self.durable = durable
         self.sync_in_thread = sync_in_thread
         self.inline = inline
+        self.inline_max_s = inline_max_s
+        self.clock = clock
+        self.last_sync_s = 0.0    # how long the last fsync took, either way
         self.idle = True          # no write came during the last fsync
         self._watch_pass = False  # an inline sync just ended: is the next pass writing?
         self.written = 0   # the number of the newest write
@@ -128,7 +135,8 @@ class GroupCommit:
     def _start_sync(self):
         self.syncing = True
         self._sync_upto = self.written
-        if self._thread is not None and not (self.idle and self.inline):
+        if self._thread is not None and not (self.idle and self.inline
+                                             and self.last_sync_s <= self.inline_max_s):
             self._wakeup.release()
         elif self._thread is not None:
             self.inline_syncs += 1
@@ -142,10 +150,12 @@ class GroupCommit:
             self.syncing = False
             return
         error = None
+        start = self.clock()
         try:
             self._sync()
         except OSError as e:
             error = e
+        self.last_sync_s = self.clock() - start
         self._sync_done(upto, error)
 
     def _sync_worker(self):
@@ -156,10 +166,12 @@ class GroupCommit:
             if self.stopped:
                 return
             upto, error = self._sync_upto, None
+            start = self.clock()
             try:
                 self._sync()
             except OSError as e:
                 error = e
+            self.last_sync_s = self.clock() - start  # read on the loop after the report
             self.thread_wakeups += 1  # only this thread writes it
             try:
                 self.loop.call_soon_threadsafe(self._sync_done, upto, error)

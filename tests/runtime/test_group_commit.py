@@ -190,6 +190,40 @@ def test_a_write_in_the_pass_after_an_inline_sync_sends_syncs_to_the_thread():
         h.close()
 
 
+def test_after_a_slow_inline_sync_the_next_goes_to_the_thread_until_one_is_fast():
+    h = ThreadHarness()
+    gc = h.gc
+    now = [100.0]
+    gc.clock = lambda: now[0]
+    slow = [True]
+
+    def sync():
+        h.syncs += 1
+        if slow[0]:
+            now[0] += 1.0  # the disk stalled for a second
+
+    gc._sync = sync
+    try:
+        gc.wrote()
+        gc.hold(["a"])
+        gc.settle()      # idle: inline, and slow
+        assert h.released == [["a"]] and gc.inline_syncs == 1 and gc.last_sync_s == 1.0
+        gc.settle()      # the next pass wrote nothing: the loop is idle
+        slow[0] = False
+        gc.wrote()
+        gc.hold(["b"])
+        gc.settle()      # idle, but the last sync was slow: the thread takes it
+        assert gc.syncing and h.released == [["a"]] and gc.inline_syncs == 1
+        h.thread_sync()
+        assert h.released == [["a"], ["b"]] and gc.last_sync_s == 0.0 and gc.idle
+        gc.wrote()
+        gc.hold(["c"])
+        gc.settle()      # fast again: inline
+        assert h.released[-1] == ["c"] and gc.inline_syncs == 2
+    finally:
+        h.close()
+
+
 def test_inline_off_always_uses_the_thread():
     h = Harness(sync_in_thread=True, inline=False)
     reported = threading.Event()
