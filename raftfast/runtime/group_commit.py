@@ -135,28 +135,31 @@ class GroupCommit:
     def _start_sync(self):
         self.syncing = True
         self._sync_upto = self.written
-        if self._thread is not None and not (self.idle and self.inline
-                                             and self.last_sync_s <= self.inline_max_s):
-            self._wakeup.release()
-        elif self._thread is not None:
+        if self._thread is None:
+            self.loop.call_soon(self._sync_on_loop, self._sync_upto)
+        elif self.inline and self.idle and self.last_sync_s <= self.inline_max_s:
             self.inline_syncs += 1
             self._sync_on_loop(self._sync_upto)
             self._watch_pass = True
         else:
-            self.loop.call_soon(self._sync_on_loop, self._sync_upto)
+            self._wakeup.release()
+
+    def _timed_sync(self):
+        """sync(), timed into last_sync_s: None, or the OSError it raised."""
+        start = self.clock()
+        try:
+            self._sync()
+        except OSError as e:
+            return e
+        finally:
+            self.last_sync_s = self.clock() - start
+        return None
 
     def _sync_on_loop(self, upto):
         if self.stopped:
             self.syncing = False
             return
-        error = None
-        start = self.clock()
-        try:
-            self._sync()
-        except OSError as e:
-            error = e
-        self.last_sync_s = self.clock() - start
-        self._sync_done(upto, error)
+        self._sync_done(upto, self._timed_sync())
 
     def _sync_worker(self):
         """The fsync thread: one sync per wake-up; the GIL is released
@@ -165,13 +168,8 @@ class GroupCommit:
             self._wakeup.acquire()
             if self.stopped:
                 return
-            upto, error = self._sync_upto, None
-            start = self.clock()
-            try:
-                self._sync()
-            except OSError as e:
-                error = e
-            self.last_sync_s = self.clock() - start  # read on the loop after the report
+            upto = self._sync_upto
+            error = self._timed_sync()  # last_sync_s is read on the loop after the report
             self.thread_wakeups += 1  # only this thread writes it
             try:
                 self.loop.call_soon_threadsafe(self._sync_done, upto, error)

@@ -5,6 +5,8 @@ failed fsync is fatal with nothing released; with a thread, an idle loop
 syncs inline and a busy one hands its fsyncs to the thread."""
 import threading
 
+import pytest
+
 from raftfast.runtime.group_commit import GroupCommit
 
 from tests.support.fakeloop import FakeLoop
@@ -103,32 +105,12 @@ def test_a_failed_fsync_is_fatal_and_releases_nothing():
     assert gc.synced == 0
 
 
-def test_the_fsync_thread_reports_back_on_the_loop_and_exits_on_stop():
-    h = Harness(sync_in_thread=True, inline=False)
-    gc = h.gc
-    reported = threading.Event()
-    h.loop.call_soon_threadsafe = lambda cb, *args: (h.loop.call_soon(cb, *args),
-                                                     reported.set())
-    gc.wrote()
-    gc.hold(["a"])
-    gc.settle()
-    assert reported.wait(10), "the fsync thread never reported"
-    assert h.released == []  # only the loop releases
-    h.loop.run_ready()
-    assert h.released == [["a"]] and h.syncs == 1
-    threads = [t for t in threading.enumerate() if t.name == "fsync"]
-    assert len(threads) == 1
-    gc.stop()
-    assert not threads[0].is_alive()
-    assert gc.inline_syncs == 0 and gc.thread_wakeups == 1
-
-
 class ThreadHarness(Harness):
     """A thread that exists, and a loop whose call_soon_threadsafe records
     what the thread reports."""
 
-    def __init__(self):
-        super().__init__(sync_in_thread=True)
+    def __init__(self, inline=True):
+        super().__init__(sync_in_thread=True, inline=inline)
         self.reported = threading.Event()
         self.loop.call_soon_threadsafe = lambda cb, *args: (self.loop.call_soon(cb, *args),
                                                             self.reported.set())
@@ -139,59 +121,80 @@ class ThreadHarness(Harness):
         self.reported.clear()
         self.loop.run_ready()
 
-    def close(self):
-        self.gc.stop()
+
+@pytest.fixture
+def threaded():
+    """ThreadHarness(...) maker; every fsync thread it started is stopped after."""
+    made = []
+
+    def make(**kw):
+        made.append(ThreadHarness(**kw))
+        return made[-1]
+    yield make
+    for h in made:
+        h.gc.stop()
 
 
-def test_an_idle_loop_syncs_inline_and_releases_before_settle_returns():
-    h = ThreadHarness()
+def test_the_fsync_thread_reports_back_on_the_loop_and_exits_on_stop(threaded):
+    h = threaded(inline=False)
     gc = h.gc
-    try:
-        gc.wrote()
-        gc.hold(["ack"])
-        gc.settle()
-        assert h.syncs == 1 and h.released == [["ack"]] and not gc.syncing
-        assert gc.inline_syncs == 1 and gc.thread_wakeups == 0 and h.wakes == 1
-        gc.settle()      # the next pass wrote nothing: still idle
-        gc.wrote()
-        gc.hold(["ack 2"])
-        gc.settle()
-        assert h.released == [["ack"], ["ack 2"]] and gc.inline_syncs == 2
-        assert not h.reported.is_set()
-    finally:
-        h.close()
+    gc.wrote()
+    gc.hold(["a"])
+    gc.settle()
+    assert h.reported.wait(10), "the fsync thread never reported"
+    assert h.released == []  # only the loop releases
+    h.loop.run_ready()
+    assert h.released == [["a"]] and h.syncs == 1
+    threads = [t for t in threading.enumerate() if t.name == "fsync"]
+    assert len(threads) == 1
+    gc.stop()
+    assert not threads[0].is_alive()
+    assert gc.inline_syncs == 0 and gc.thread_wakeups == 1
 
 
-def test_a_write_in_the_pass_after_an_inline_sync_sends_syncs_to_the_thread():
-    h = ThreadHarness()
+def test_an_idle_loop_syncs_inline_and_releases_before_settle_returns(threaded):
+    h = threaded()
     gc = h.gc
-    try:
-        gc.wrote()
-        gc.hold(["a"])
-        gc.settle()      # inline: the loop was idle
-        gc.wrote()       # came in while the loop was blocked in that fsync
-        gc.hold(["b"])
-        gc.settle()
-        assert not gc.idle and gc.syncing and gc.inline_syncs == 1
-        assert h.released == [["a"]]  # "b" waits for the thread
-        gc.wrote()       # written while the thread syncs
-        gc.hold(["c"])
-        gc.settle()
-        h.thread_sync()
-        assert h.released == [["a"], ["b"]] and not gc.idle and gc.thread_wakeups == 1
-        gc.settle()      # the pass the thread's wake-up runs: "c" needs a sync
-        h.thread_sync()  # nothing written during this one: idle again
-        assert h.released == [["a"], ["b"], ["c"]] and gc.idle and gc.thread_wakeups == 2
-        gc.wrote()
-        gc.hold(["d"])
-        gc.settle()
-        assert h.released[-1] == ["d"] and gc.inline_syncs == 2
-    finally:
-        h.close()
+    gc.wrote()
+    gc.hold(["ack"])
+    gc.settle()
+    assert h.syncs == 1 and h.released == [["ack"]] and not gc.syncing
+    assert gc.inline_syncs == 1 and gc.thread_wakeups == 0 and h.wakes == 1
+    gc.settle()      # the next pass wrote nothing: still idle
+    gc.wrote()
+    gc.hold(["ack 2"])
+    gc.settle()
+    assert h.released == [["ack"], ["ack 2"]] and gc.inline_syncs == 2
+    assert not h.reported.is_set()
 
 
-def test_after_a_slow_inline_sync_the_next_goes_to_the_thread_until_one_is_fast():
-    h = ThreadHarness()
+def test_a_write_in_the_pass_after_an_inline_sync_sends_syncs_to_the_thread(threaded):
+    h = threaded()
+    gc = h.gc
+    gc.wrote()
+    gc.hold(["a"])
+    gc.settle()      # inline: the loop was idle
+    gc.wrote()       # came in while the loop was blocked in that fsync
+    gc.hold(["b"])
+    gc.settle()
+    assert not gc.idle and gc.syncing and gc.inline_syncs == 1
+    assert h.released == [["a"]]  # "b" waits for the thread
+    gc.wrote()       # written while the thread syncs
+    gc.hold(["c"])
+    gc.settle()
+    h.thread_sync()
+    assert h.released == [["a"], ["b"]] and not gc.idle and gc.thread_wakeups == 1
+    gc.settle()      # the pass the thread's wake-up runs: "c" needs a sync
+    h.thread_sync()  # nothing written during this one: idle again
+    assert h.released == [["a"], ["b"], ["c"]] and gc.idle and gc.thread_wakeups == 2
+    gc.wrote()
+    gc.hold(["d"])
+    gc.settle()
+    assert h.released[-1] == ["d"] and gc.inline_syncs == 2
+
+
+def test_after_a_slow_inline_sync_the_next_goes_to_the_thread_until_one_is_fast(threaded):
+    h = threaded()
     gc = h.gc
     now = [100.0]
     gc.clock = lambda: now[0]
@@ -203,51 +206,39 @@ def test_after_a_slow_inline_sync_the_next_goes_to_the_thread_until_one_is_fast(
             now[0] += 1.0  # the disk stalled for a second
 
     gc._sync = sync
-    try:
-        gc.wrote()
-        gc.hold(["a"])
-        gc.settle()      # idle: inline, and slow
-        assert h.released == [["a"]] and gc.inline_syncs == 1 and gc.last_sync_s == 1.0
-        gc.settle()      # the next pass wrote nothing: the loop is idle
-        slow[0] = False
-        gc.wrote()
-        gc.hold(["b"])
-        gc.settle()      # idle, but the last sync was slow: the thread takes it
-        assert gc.syncing and h.released == [["a"]] and gc.inline_syncs == 1
-        h.thread_sync()
-        assert h.released == [["a"], ["b"]] and gc.last_sync_s == 0.0 and gc.idle
-        gc.wrote()
-        gc.hold(["c"])
-        gc.settle()      # fast again: inline
-        assert h.released[-1] == ["c"] and gc.inline_syncs == 2
-    finally:
-        h.close()
+    gc.wrote()
+    gc.hold(["a"])
+    gc.settle()      # idle: inline, and slow
+    assert h.released == [["a"]] and gc.inline_syncs == 1 and gc.last_sync_s == 1.0
+    gc.settle()      # the next pass wrote nothing: the loop is idle
+    slow[0] = False
+    gc.wrote()
+    gc.hold(["b"])
+    gc.settle()      # idle, but the last sync was slow: the thread takes it
+    assert gc.syncing and h.released == [["a"]] and gc.inline_syncs == 1
+    h.thread_sync()
+    assert h.released == [["a"], ["b"]] and gc.last_sync_s == 0.0 and gc.idle
+    gc.wrote()
+    gc.hold(["c"])
+    gc.settle()      # fast again: inline
+    assert h.released[-1] == ["c"] and gc.inline_syncs == 2
 
 
-def test_inline_off_always_uses_the_thread():
-    h = Harness(sync_in_thread=True, inline=False)
-    reported = threading.Event()
-    h.loop.call_soon_threadsafe = lambda cb, *args: (h.loop.call_soon(cb, *args),
-                                                     reported.set())
-    try:
-        h.gc.wrote()
-        h.gc.hold(["a"])
-        h.gc.settle()
-        assert reported.wait(10) and h.released == []
-        h.loop.run_ready()
-        assert h.released == [["a"]] and h.gc.inline_syncs == 0
-    finally:
-        h.gc.stop()
+def test_inline_off_always_uses_the_thread(threaded):
+    h = threaded(inline=False)
+    h.gc.wrote()
+    h.gc.hold(["a"])
+    h.gc.settle()
+    assert h.reported.wait(10) and h.released == []
+    h.loop.run_ready()
+    assert h.released == [["a"]] and h.gc.inline_syncs == 0
 
 
-def test_a_failed_inline_sync_is_fatal_and_releases_nothing():
-    h = ThreadHarness()
+def test_a_failed_inline_sync_is_fatal_and_releases_nothing(threaded):
+    h = threaded()
     gc = h.gc
     h.fail = True
-    try:
-        gc.wrote()
-        gc.hold(["a"])
-        gc.settle()
-        assert h.released == [] and len(h.fatal) == 1 and gc.synced == 0
-    finally:
-        h.close()
+    gc.wrote()
+    gc.hold(["a"])
+    gc.settle()
+    assert h.released == [] and len(h.fatal) == 1 and gc.synced == 0
