@@ -49,12 +49,11 @@ def test_fsync_rounds_have_three_writers_each_and_leave_no_files(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_kth_completions_and_their_percentile():
+def test_kth_completions_and_their_p99():
     rounds = [(0, [3, 1, 2]), (10, [15, 30, 11]), (5, [6, 6, 9])]
     assert bench_floor.kth_completions(rounds) == [1, 2, 5]
-    assert bench_floor.percentile([1, 2, 5], 50) == 2
-    assert bench_floor.percentile([1, 2, 5], 99) == 5
-    assert bench_floor.percentile(list(range(100)), 99) == 99
+    assert bench_floor.p99([1, 2, 5]) == 5
+    assert bench_floor.p99(list(range(1, 101))) == 99  # nearest rank: the 99th of 100
 
 
 def test_floor_figures_and_their_line(tmp_path):
