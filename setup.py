@@ -35,11 +35,13 @@ EXTENSIONS = ["crc", "entrylog", "logstore", "codec", "resp", "kv"]
 
 only = [n for n in os.environ.get("RAFTFAST_ONLY", "").split(",") if n]
 debug = os.environ.get("RF_DEBUG") == "1"
+# Symbols without the debug checks, for profiling with perf.
+symbols = debug or os.environ.get("RF_SYMBOLS") == "1"
 names = [n for n in EXTENSIONS if not only or n in only]
 
 # The last -O/-g on the command line wins over Python's own CFLAGS.
 compile_args = ["-O2"] + ([] if debug else ["-DNDEBUG", "-g0"])
-link_args = [] if debug else ["-s"]
+link_args = [] if symbols else ["-s"]
 
 extensions = [
     Extension(

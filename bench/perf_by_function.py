@@ -7,7 +7,7 @@ to libpython's generic helpers, which says that attribute lookups cost but
 not whose.
 
 The compiled modules are stripped by default; build them with symbols first
-(`link_args = []` in setup.py, then `python setup.py build_ext --inplace`).
+(`RF_SYMBOLS=1 python setup.py build_ext --inplace`).
 Then, against a running node:
 
     perf record -F 1000 --call-graph dwarf,16384 -o perf.data -p PID -- sleep 5

@@ -80,7 +80,7 @@ class Node:
                                              "raftfast_python_calls_top": counter.top()}
         timer = getattr(self, "stage_timer", None)
         if timer is not None:
-            timer.install_node(self.driver, self.transport, self.state_machine)
+            timer.install_node(self.driver, self.transport, self.state_machine, self.resp)
             extra = self.resp.extra_stats
             self.resp.extra_stats = lambda: {**extra(), **timer.stats()}
         try:

@@ -2,9 +2,9 @@
 write path, for `python -m raftfast.bench run --breakdown-stages`.
 
 StageTimer wraps the public entry points of each stage on the node's
-objects (on the classes of the state machine and of client connections)
-with a
-function that adds the call's duration and count to that stage:
+objects (on the state machine's class, and on a subclass the server makes
+its client connections of) with a function that adds the call's duration
+and count to that stage:
 
     client_read  a client connection's bytes: parse, batch, propose
     peer_step    a peer message stepped into the Raft core
@@ -19,8 +19,6 @@ clock reads per call: a node that times its stages runs slower, and only
 the shares between stages mean anything.
 """
 import time
-
-from raftfast.server.connection import ClientProtocol
 
 __all__ = ["STAGES", "StageTimer", "format_stages", "parse_stages"]
 
@@ -51,7 +49,7 @@ class StageTimer:
         storage.append = self.timed("wal_write", storage.append)
         storage.sync = self.timed("fsync", storage.sync)
 
-    def install_node(self, driver, transport, state_machine):
+    def install_node(self, driver, transport, state_machine, server):
         """Once the node's objects exist, before it serves anyone."""
         step = self.timed("peer_step", driver.step)
         transport.on_message = step
@@ -60,7 +58,11 @@ class StageTimer:
         machine = type(state_machine)  # its instances have slots: wrap on the class
         machine.apply = self.timed("apply", machine.apply)
         machine.apply_replies = self.timed("apply", machine.apply_replies)
-        ClientProtocol.data_received = self.timed("client_read", ClientProtocol.data_received)
+        # Connections are compiled classes, closed to patching: the server
+        # makes its connections of a subclass that times them.
+        cls = server.protocol
+        server.protocol = type("Timed" + cls.__name__, (cls,), {
+            "__slots__": (), "data_received": self.timed("client_read", cls.data_received)})
 
     def stats(self):
         return {FIELD: format_stages(self.ns, self.calls)}

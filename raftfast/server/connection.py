@@ -12,7 +12,6 @@ Order within a connection: a read waits for the connection's earlier writes
 to be applied (its floor), and a write that follows reads waits, unparsed,
 until those reads were served, so neither sees the other out of order.
 """
-import asyncio
 import collections
 import itertools
 
@@ -26,7 +25,7 @@ MAX_VALUE_BYTES = 32 << 20  # one entry must fit in one peer frame
 _client_ids = itertools.count(1)
 
 
-class ClientProtocol(asyncio.Protocol):
+class ClientProtocol:
     __slots__ = ("server", "transport", "parser", "replies", "resp3", "name", "id",
                  "closing", "last_write", "reads_in_flight", "parsing_reads", "held",
                  "paused_by_client")
@@ -147,20 +146,25 @@ class ClientProtocol(asyncio.Protocol):
 
     def flush(self):
         replies = self.replies
-        if not replies or replies[0].value is PENDING:
-            return
         chunks = []
-        while replies and replies[0].value is not PENDING:
-            if replies[0].raw:
+        while replies:
+            slot = replies[0]
+            if slot.value is PENDING:
+                break
+            if slot.raw:
                 chunks.append(replies.popleft().value)
                 continue
             # Consecutive replies of one protocol are encoded in one call.
-            resp3 = replies[0].resp3
+            resp3 = slot.resp3
             run = []
-            while (replies and replies[0].value is not PENDING and not replies[0].raw
-                   and replies[0].resp3 == resp3):
+            while replies:
+                slot = replies[0]
+                if slot.value is PENDING or slot.raw or slot.resp3 != resp3:
+                    break
                 run.append(replies.popleft().value)
             chunks.append(encode_replies(run, resp3))
+        if not chunks:
+            return
         if self.transport is not None and not self.transport.is_closing():
             if len(chunks) == 1:
                 self.transport.write(chunks[0])

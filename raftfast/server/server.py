@@ -42,11 +42,12 @@ class RespServer:
         self._unix_path = None
         self.extra_stats = dict  # node-level additions to INFO stats
         self.client_reads = 0  # data_received calls on client connections
+        self.protocol = ClientProtocol  # what serves each connection
 
     async def start(self, url):
         """Listen for clients; returns the URL actually bound (port 0 resolved)."""
         addr = parse_address(url)
-        self._server = await create_server(self.loop, addr, lambda: ClientProtocol(self))
+        self._server = await create_server(self.loop, addr, lambda: self.protocol(self))
         if addr.scheme == "unix":
             self._unix_path = (addr.path, os.stat(addr.path).st_ino)
             return str(addr)

@@ -60,6 +60,7 @@ class FakeDriver:
 
     def propose(self, block, count, callback):
         self.proposals.append((bytes(block), count))
+        return sum(n for _, n in self.proposals)  # the last entry's index
 
 
 class FakeConnTransport:

@@ -1,0 +1,18 @@
+# The compiled layout of connection.py (Cython's augmenting .pxd): the
+# per-request state of a connection is C fields, and the batcher is called
+# through C.
+cimport cython
+from raftfast.server.batcher cimport Batcher
+from raftfast.server.replies cimport Slot
+
+cdef class ClientProtocol:
+    cdef public object server, transport, parser, replies, name, id
+    cdef public bint resp3, closing, parsing_reads, held, paused_by_client
+    cdef public long long last_write
+    cdef public Py_ssize_t reads_in_flight
+
+    @cython.locals(batcher=Batcher)
+    cpdef _parse_buffered(self)
+    cpdef pending(self)
+    @cython.locals(slot=Slot)
+    cpdef flush(self)
