@@ -52,8 +52,10 @@ HEADER_SIZE = _HDR
 MSG_TYPE_MAX_V1 = _MSG_TYPE_MAX_V1
 DEFAULT_MAX_FRAME = 64 << 20
 
-# object.__new__ skips Message.__init__: the decoder sets every slot itself.
-cdef object _object_new = object.__new__
+# Message.__new__ skips Message.__init__: the decoder sets every field itself.
+# (The class's own __new__: compiled, Message is a C type object.__new__
+# refuses to make.)
+cdef object _new_message = _Message.__new__
 
 
 class FrameError(ValueError):
@@ -467,7 +469,7 @@ cdef class FrameDecoder:
             if walked != count:
                 raise self._fail(FrameMalformed(
                     f"count={count} but the entry block holds {walked} entries"))
-        m = _object_new(_Message)
+        m = _new_message(_Message)
         m.type = mtype
         m.to = 0
         m.frm = frm

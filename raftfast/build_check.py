@@ -49,8 +49,13 @@ class CompiledModuleGuard:
         origin = spec.origin or ""
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
             if origin.endswith(suffix):
-                source = origin[:-len(suffix)] + ".py"
-                if os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(origin):
+                # The module's source, and its .pxd (the compiled layout
+                # other modules were built against).
+                stem = origin[:-len(suffix)]
+                source = next((path for path in (stem + ".py", stem + ".pxd")
+                               if os.path.exists(path)
+                               and os.path.getmtime(path) > os.path.getmtime(origin)), None)
+                if source is not None:
                     raise ImportError(
                         f"{source} is newer than its compiled module {os.path.basename(origin)}: "
                         f"rebuild with `pip install -e .` (or `python setup.py build_ext "

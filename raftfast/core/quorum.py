@@ -5,12 +5,12 @@ VOTE_WON = 1
 VOTE_LOST = 2
 
 
-def committed_index(voters, match_of):
-    """The highest index that a majority of voters have durably stored."""
-    matches = sorted((match_of(v) for v in voters), reverse=True)
+def committed_index(matches):
+    """The highest index that a majority of voters have durably stored,
+    given each voter's (any order); 0 without voters."""
     if not matches:
         return 0
-    return matches[len(matches) // 2]
+    return sorted(matches, reverse=True)[len(matches) // 2]
 
 
 def vote_result(voters, votes):

@@ -454,13 +454,14 @@ class Raft:
         progress = self.progress
         me = self.id
 
-        def acked(v):
+        rounds = []
+        for v in self.voters:
             if v == me:
-                return rnd
-            pr = progress.get(v)
-            return pr.acked_round if pr is not None else 0
-
-        confirmed = committed_index(self.voters, acked)
+                rounds.append(rnd)
+            else:
+                pr = progress.get(v)
+                rounds.append(pr.acked_round if pr is not None else 0)
+        confirmed = committed_index(rounds)
         if self.cfg.read_mode == "lease" and self._round_ticks:
             sent = self._round_ticks.get(confirmed)
             if sent is not None:
@@ -1026,7 +1027,11 @@ class Raft:
         """Advance the commit index to what a majority has stored, but only
         through an entry of the current term (Raft §5.4.2)."""
         progress = self.progress
-        idx = committed_index(self.voters, lambda v: progress[v].match if v in progress else 0)
+        matches = []
+        for v in self.voters:
+            pr = progress.get(v)
+            matches.append(pr.match if pr is not None else 0)
+        idx = committed_index(matches)
         if idx > self.log.committed and self.log.term(idx) == self.term:
             self.log.commit_to(idx)
             if not self._committed_in_term:

@@ -62,6 +62,20 @@ def test_a_compiled_module_older_than_its_source_is_refused(tmp_path):
     assert (got.returncode, got.stdout) == (0, f"{0xE3069283}\n"), got.stderr
 
 
+def test_a_compiled_module_older_than_its_pxd_is_refused(tmp_path):
+    """A .pxd is the layout other modules were compiled against: edited and
+    not rebuilt, the module would disagree with them."""
+    tree = plain_tree(tmp_path)
+    stale_crc(tree, py_newer=False)
+    layout = tree / "raftfast" / "_crc.pxd"
+    layout.write_text("# the layout\n")
+    mtime = (tree / "raftfast" / ("_crc" + SUFFIX)).stat().st_mtime
+    os.utime(layout, (mtime + 10, mtime + 10))
+    got = run(tree, "import raftfast._crc")
+    assert got.returncode == 1
+    assert "_crc.pxd is newer than its compiled module _crc" in got.stderr
+
+
 def test_an_installed_package_is_not_checked_for_freshness(tmp_path):
     tree = plain_tree(tmp_path, source_tree=False)
     stale_crc(tree, py_newer=True)

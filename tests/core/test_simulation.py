@@ -118,32 +118,38 @@ def test_the_checker_catches_a_broken_core(monkeypatch, mutation):
     break one rule at a time and expect a violation within a few seeds."""
     from raftfast.core import raft as raft_mod
     from raftfast.core.log import RaftLog
+    from tests.support import simnet
     from tests.support.simnet import LivenessFailure, SafetyViolation
 
-    if mutation == "vote_ignores_log":
-        monkeypatch.setattr(RaftLog, "is_up_to_date", lambda self, i, t: True)
-    elif mutation == "read_without_round":
-        # Serve a read at the commit index without asking anyone.
-        monkeypatch.setattr(raft_mod.Raft, "_queue_read",
-                            lambda self, ctx: self._reads_ready.append((ctx, self.log.committed)))
-    elif mutation == "read_before_own_commit":
-        # Trust a new leader's commit index before its own term commits.
-        orig_read_index = raft_mod.Raft.read_index
+    # The core's classes are compiled and closed to patching: each mutation
+    # is a subclass the simulated nodes are built of.
+    class BrokenLog(RaftLog):
+        def is_up_to_date(self, last_index, last_term):
+            return True
 
-        def eager_read(self, ctx):
-            self._committed_in_term = True
-            orig_read_index(self, ctx)
-        monkeypatch.setattr(raft_mod.Raft, "read_index", eager_read)
-    else:
-        # Acknowledge appends and votes at once instead of after the fsync.
-        orig = raft_mod.Raft._send_after_persist
-
-        def eager(self, m):
-            if m.to == self.id:
-                orig(self, m)
-            else:
-                self._send(m)
-        monkeypatch.setattr(raft_mod.Raft, "_send_after_persist", eager)
+    class BrokenRaft(raft_mod.Raft):
+        if mutation == "vote_ignores_log":
+            def __init__(self, cfg, entry_log, *args):
+                super().__init__(cfg, entry_log, *args)
+                log = self.log  # as the core built it: nothing happened to it yet
+                self.log = BrokenLog(log.entries, log.snap_index, log.snap_term, log.committed)
+        elif mutation == "read_without_round":
+            # Serve a read at the commit index without asking anyone.
+            def _queue_read(self, ctx):
+                self._reads_ready.append((ctx, self.log.committed))
+        elif mutation == "read_before_own_commit":
+            # Trust a new leader's commit index before its own term commits.
+            def read_index(self, ctx):
+                self._committed_in_term = True
+                super().read_index(ctx)
+        else:
+            # Acknowledge appends and votes at once instead of after the fsync.
+            def _send_after_persist(self, m):
+                if m.to == self.id:
+                    super()._send_after_persist(m)
+                else:
+                    self._send(m)
+    monkeypatch.setattr(simnet, "Raft", BrokenRaft)
     # A deposed leader reading alone (read_without_round) needs a schedule
     # where its followers elected another leader that committed before the
     # read: followers learn a commit index late (from the next append or

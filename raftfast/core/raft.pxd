@@ -1,0 +1,26 @@
+# The compiled layout of raft.py (Cython's augmenting .pxd): the core's
+# state is C fields, the log and the Ready its passes fill are typed, so a
+# batch's bookkeeping reads them without lookups.
+from raftfast.core.log cimport RaftLog
+from raftfast.core.messages cimport HardState, Message
+from raftfast.core.progress cimport Progress
+
+
+cdef class Ready:
+    cdef public object hard_state, committed, snapshot, _written_to, _applied_to
+    cdef public list entries, messages, persist_messages, read_states
+
+
+cdef class Raft:
+    cdef public object id, cfg, snapshot_index, snapshot_term, _restored
+    cdef public object voters, learners, urls, _known_ids, conf_version, _conf_hist
+    cdef public object term, vote, leader_id, role, rng
+    cdef public dict progress, votes
+    cdef public object election_elapsed, heartbeat_elapsed, randomized_timeout
+    cdef public list _msgs, _persist_msgs
+    cdef public HardState _prev_hs
+    cdef public object tick_count, read_round, _reads_before_commit, _read_queue
+    cdef public object _reads_ready, _round_ticks, _lease_until, _lease_blocked_until
+    cdef public bint _committed_in_term, _read_round_wanted, _timeout_now_sent
+    cdef public object lead_transferee, _transfer_elapsed, _step, _tick
+    cdef public RaftLog log
