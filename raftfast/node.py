@@ -59,7 +59,7 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self.transport = PeerTransport(
-            loop, cfg.node_id, cfg.cluster_id, self._on_peer_message, dict(cfg.peers),
+            loop, cfg.node_id, cfg.cluster_id, self._on_peer_messages, dict(cfg.peers),
             cfg.max_frame_bytes, logging.getLogger("raftfast.transport"),
             client_url=cfg.client_advertised(),
             # A full pipelining window must fit in the socket's buffer, or
@@ -69,9 +69,8 @@ class Node:
         # it, and it keeps full resolution (uvloop's loop.time() is in ms).
         self.driver = RaftDriver(loop, time.monotonic, cfg, self.storage, self.state_machine,
                                  self.transport, self.conf, self._on_fatal, tick_ms(cfg))
-        self.transport.on_message = self.driver.step  # no wrapper on the hot path
+        self.transport.on_messages = self.driver.step_read  # no wrapper on the hot path
         self.transport.on_peer_state = self.driver.on_peer_state
-        self.transport.on_read_done = self.driver.peer_read_done
         self.resp = RespServer(loop, cfg, self.driver, self.info_fields)
         self.resp.leader_client_url = self.client_url_of
         counter = getattr(self, "call_counter", None)
@@ -97,8 +96,8 @@ class Node:
         await self._shutdown()
         return self.exit_code
 
-    def _on_peer_message(self, msg):
-        self.driver.step(msg)
+    def _on_peer_messages(self, msgs):
+        self.driver.step_read(msgs)  # the transport starts before the driver exists
 
     def _on_fatal(self, why):
         self.exit_code = 1

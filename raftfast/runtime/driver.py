@@ -23,7 +23,8 @@ import logging
 import random
 
 from raftfast._codec import encode_message
-from raftfast.core import LEADER, CoreConfig, Raft
+from raftfast.core import LEADER, CoreConfig
+from raftfast.core.raft import Raft
 from raftfast.core.messages import MSG_APPEND, MSG_SNAPSHOT
 from raftfast.runtime.group_commit import GroupCommit
 from raftfast.runtime.members import PeerAddresses
@@ -125,15 +126,6 @@ class RaftDriver:
         if self._scheduled is None and not self._stopped:
             self._scheduled = self.loop.call_soon(self._process)
 
-    def peer_read_done(self):
-        """The transport's callback after a read's messages were stepped.
-        A follower's input is its leader's, one connection: nothing more
-        is coming this iteration, so its write and acknowledgement go at
-        once.  A leader waits for the iteration's other reads (the other
-        followers' acknowledgements) to handle them in one pass."""
-        if self.core.role != LEADER:
-            self.process_now()
-
     def process_now(self):
         """Run the pass that is due now rather than in the loop's next
         iteration: for a caller that has gathered every input of this
@@ -183,7 +175,7 @@ class RaftDriver:
         self.schedule()
 
     def step(self, msg):
-        """A message from a peer (the transport's callback)."""
+        """One message from a peer; the pass runs soon."""
         if self._stopped:
             return
         if msg.type >= MSG_SNAPSHOT:
@@ -195,6 +187,33 @@ class RaftDriver:
             self._internal_error(e)
             return
         self.schedule()
+
+    def step_read(self, msgs):
+        """The messages of one read from a peer, in arrival order (the
+        transport's callback).  A follower's input is its leader's, one
+        connection: nothing more is coming this iteration, so its write and
+        acknowledgement go at once.  A leader waits for the iteration's
+        other reads (the other followers' acknowledgements) to handle them
+        in one pass."""
+        if self._stopped:
+            return
+        core = self.core
+        try:
+            for msg in msgs:
+                if msg.type >= MSG_SNAPSHOT:
+                    self.snapshots.on_message(msg)  # runtime-level, as in step
+                else:
+                    core.step(msg)
+        except Exception as e:
+            self._internal_error(e)
+            return
+        if core.role == LEADER:
+            self.schedule()
+        else:
+            handle = self._scheduled
+            if handle is not None:
+                handle.cancel()
+            self._process()
 
     # ---------------------------------------------------------- requests
 

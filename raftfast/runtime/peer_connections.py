@@ -11,15 +11,13 @@ node keeps serving.
 Both are driven by the PeerTransport that owns them (raftfast.runtime.
 transport), through these of its members:
     loop, node_id, cluster_id, client_url, max_frame_size, write_buffer_limit,
-    log, hello (this node's encoded HANDSHAKE), closed, on_message,
+    log, hello (this node's encoded HANDSHAKE), closed, on_messages,
     on_peer_state, listen_address, and its counters frames_received,
     bytes_received, reads and refused;
     attach_dialed(peer, conn), dialed_ready(peer, conn, version),
     dialed_lost(peer, conn, exc), attach_accepted(conn),
     detach_accepted(conn), learn_client_url(node_id, url).
 """
-import asyncio
-
 from raftfast._codec import (FRAME_HANDSHAKE, FRAME_HANDSHAKE_ACK, FRAME_MESSAGE, PROTOCOL_MAX,
                              PROTOCOL_MIN, FrameDecoder, FrameError, choose_version,
                              encode_handshake_ack)
@@ -35,7 +33,7 @@ HANDSHAKE_TIMEOUT = 5.0
 HANDSHAKE_MAX_FRAME = 160 << 10  # room for a cluster id and a 64 KiB client URL
 
 
-class DialedConnection(asyncio.Protocol):
+class DialedConnection:
     """The connection this node dialed: sends, and reads only the ack."""
 
     __slots__ = ("owner", "peer", "transport", "decoder", "acked", "paused", "timer",
@@ -112,7 +110,7 @@ class DialedConnection(asyncio.Protocol):
         self.owner.dialed_lost(self.peer, self, exc)
 
 
-class AcceptedConnection(asyncio.Protocol):
+class AcceptedConnection:
     """A connection a peer dialed to us: handshake, then receive only."""
 
     __slots__ = ("owner", "transport", "decoder", "peer_id", "timer", "who")
@@ -154,32 +152,37 @@ class AcceptedConnection(asyncio.Protocol):
         owner.bytes_received += len(data)
         decoder = self.decoder
         decoder.feed(data)
-        while not self.transport.is_closing():
-            try:
-                frame = decoder.next()
-            except FrameError as e:
-                return self._refuse(f"bad frame: {e}")
-            if frame is None:
-                if owner.on_read_done is not None:
-                    owner.on_read_done()
-                return
-            ftype, obj = frame
-            if ftype == FRAME_MESSAGE and self.peer_id:
-                if obj.frm != self.peer_id:
-                    return self._refuse(f"message from {obj.frm} on node "
-                                        f"{self.peer_id}'s connection")
-                obj.to = owner.node_id
-                owner.frames_received += 1
-                owner.on_message(obj)  # in arrival order, synchronously
-            elif ftype == FRAME_HANDSHAKE and not self.peer_id:
-                if not self._accept(obj):
+        msgs = []
+        try:
+            while not self.transport.is_closing():
+                try:
+                    frame = decoder.next()
+                except FrameError as e:
+                    return self._refuse(f"bad frame: {e}")
+                if frame is None:
                     return
-            elif ftype == FRAME_MESSAGE:
-                return self._refuse("message before the handshake")
-            else:
-                return self._refuse(f"unexpected frame type {ftype} after the handshake"
-                                    if self.peer_id else
-                                    f"frame type {ftype} where a handshake was expected")
+                ftype, obj = frame
+                if ftype == FRAME_MESSAGE and self.peer_id:
+                    if obj.frm != self.peer_id:
+                        return self._refuse(f"message from {obj.frm} on node "
+                                            f"{self.peer_id}'s connection")
+                    obj.to = owner.node_id
+                    owner.frames_received += 1
+                    msgs.append(obj)
+                elif ftype == FRAME_HANDSHAKE and not self.peer_id:
+                    if not self._accept(obj):
+                        return
+                elif ftype == FRAME_MESSAGE:
+                    return self._refuse("message before the handshake")
+                else:
+                    return self._refuse(f"unexpected frame type {ftype} after the handshake"
+                                        if self.peer_id else
+                                        f"frame type {ftype} where a handshake was expected")
+        finally:
+            # The read's messages in arrival order, also those before a
+            # frame that closed the connection: they were well formed.
+            if msgs:
+                owner.on_messages(msgs)
 
     def _accept(self, hs):
         owner = self.owner

@@ -54,12 +54,12 @@ class PeerTransport:
     """This node's links to its peers: one listener for the connections
     peers dial, one dialed connection per peer for what this node sends."""
 
-    def __init__(self, loop, node_id, cluster_id, on_message, addresses, max_frame_size,
+    def __init__(self, loop, node_id, cluster_id, on_messages, addresses, max_frame_size,
                  logger, *, client_url="", write_buffer_limit=WRITE_BUFFER_LIMIT):
         self.loop = loop
         self.node_id = node_id
         self.cluster_id = cluster_id
-        self.on_message = on_message
+        self.on_messages = on_messages  # (list of one read's messages, in order)
         self.max_frame_size = max_frame_size
         self.log = logger
         self.write_buffer_limit = write_buffer_limit
@@ -75,9 +75,6 @@ class PeerTransport:
         # driver - a paused socket stops the sender before it has to drop,
         # and a lost connection means what was written may be gone.
         self.on_peer_state = None
-        # on_read_done(): every message of one read from a peer has gone to
-        # on_message (a receiver may act on them now rather than later).
-        self.on_read_done = None
         self._client_urls = {}  # node id -> advertised client URL from its handshake
         self.hello = encode_handshake(cluster_id, node_id, client_url=client_url)
         self.frames_sent = self.bytes_sent = self.frames_dropped = 0

@@ -37,7 +37,7 @@ class Node:
     def __init__(self, nid, cluster_id="raftfast", addresses=None, **kw):
         self.id = nid
         self.got = []
-        self.t = PeerTransport(asyncio.get_running_loop(), nid, cluster_id, self.got.append,
+        self.t = PeerTransport(asyncio.get_running_loop(), nid, cluster_id, self.got.extend,
                                addresses or {}, 1 << 20, LOG, **kw)
 
     async def start(self, url):

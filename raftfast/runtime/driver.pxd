@@ -1,0 +1,19 @@
+# The compiled layout of driver.py (Cython's augmenting .pxd): the Ready
+# pass reaches the core, the group commit and the waiters through C fields.
+from raftfast.core.raft cimport Raft
+from raftfast.runtime.group_commit cimport GroupCommit
+from raftfast.runtime.waiters cimport ReadWaiters, WriteWaiters
+
+cdef class RaftDriver:
+    cdef public object loop, clock, cfg, storage, state_machine, transport, on_fatal
+    cdef public object tick_s, request_timeout, transfer_timeout
+    cdef public Raft core
+    cdef public WriteWaiters writes
+    cdef public ReadWaiters reads
+    cdef public GroupCommit group_commit
+    cdef public object transfers, peer_addresses, snapshots
+    cdef public object _scheduled, _tick_handle, _ticks_due_from
+    cdef public bint _stopped, _was_leader
+    # Counters for INFO stats and the benchmarks.
+    cdef public long long applied_entries, appends_sent, entries_sent, append_frames_encoded
+    cdef public long long entries_written, read_batches, ready_passes

@@ -1,0 +1,11 @@
+# The compiled layout of group_commit.py (Cython's augmenting .pxd).  The
+# fsync thread reads and writes some of these fields too, always holding
+# the GIL (the log store lets go of it only inside the fsync itself).
+
+cdef class GroupCommit:
+    cdef public object loop, _sync, _release, _fatal, _wake, clock
+    cdef public bint durable, sync_in_thread, inline, idle, _watch_pass, syncing, stopped
+    cdef public double inline_max_s, last_sync_s
+    cdef public long long written, synced, _sync_upto
+    cdef public object held, _wakeup, _thread
+    cdef public long long fsyncs, thread_wakeups, inline_syncs
