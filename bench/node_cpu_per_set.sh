@@ -6,6 +6,8 @@
 #
 #   FSYNC=never|always N=6000 ARGS="-P 1 -c 1" bench/node_cpu_per_set.sh DIR
 #
+# NODE_ARGS adds flags to the cluster's nodes (say "--max-inflight-bytes 4194304").
+#
 # For a before/after check, alternate two built checkouts in one run:
 #   for r in 1 2 3; do bench/node_cpu_per_set.sh /tmp/before; bench/node_cpu_per_set.sh .; done
 set -e
@@ -13,7 +15,7 @@ DIR=$1; N=${N:-6000}; PORT=${RAFTFAST_BENCH_BASE_PORT:-7770}
 cd "$DIR"
 OUT=$(mktemp)
 python -m raftfast.cluster --nodes 3 --fsync "${FSYNC:-never}" --base-port "$PORT" \
-    --snapshot-entries 0 > "$OUT" 2>&1 &
+    --snapshot-entries 0 ${NODE_ARGS:-} > "$OUT" 2>&1 &
 CPID=$!
 trap 'kill -INT $CPID 2>/dev/null; wait $CPID 2>/dev/null; rm -f "$OUT"' EXIT
 for _ in $(seq 60); do grep -q leader "$OUT" && break; sleep 0.5; done
@@ -26,4 +28,4 @@ perf stat -x, -e task-clock,context-switches -p "$PIDS" -- \
         /task-clock/ {printf "node CPU per SET %.1f us  ", $1*1000/n}
         /context-switches/ {printf "switches per SET %.2f  ", $1/n}
         /^"SET"/ {gsub(/"/, ""); printf "SET/s %.0f p50 %s ms p99 %s ms max %s ms  ", $2, $5, $7, $8}'
-echo "($DIR, fsync ${FSYNC:-never}, ${ARGS:--P 1 -c 1})"
+echo "($DIR, fsync ${FSYNC:-never}, ${ARGS:--P 1 -c 1}${NODE_ARGS:+, $NODE_ARGS})"

@@ -241,7 +241,8 @@ _TUNABLES: list[tuple[str, str, dict[str, Any]]] = [
     ("--max-inflight", "max_inflight", dict(type=int_at_least(1), metavar="N",
      help="unacknowledged AppendEntries per follower")),
     ("--max-inflight-bytes", "max_inflight_bytes", dict(type=int_at_least(1), metavar="N",
-     help="unacknowledged AppendEntries bytes per follower")),
+     help="unacknowledged AppendEntries bytes per follower; also the client writes "
+          "proposed and not yet answered past which the leader stops reading clients")),
     ("--read-mode", "read_mode", dict(choices=("readindex", "lease"),
      help="how linearizable reads are confirmed")),
     ("--snapshot-entries", "snapshot_entries", dict(type=int_at_least(0), metavar="N",

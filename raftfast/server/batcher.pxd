@@ -8,10 +8,15 @@ cdef class Batcher:
     cdef public bytearray buf, read_buf
     cdef public Py_ssize_t max_entries, max_bytes, count, read_count
     cdef public double linger
-    cdef public long long proposals, entries_proposed
+    cdef public long long proposals, entries_proposed, throttles
+    cdef public Py_ssize_t window_bytes, unanswered_bytes
+    cdef public list throttled
 
     cpdef room(self)
     cpdef added(self, conn, Py_ssize_t n)
     cpdef added_reads(self, conn, Py_ssize_t n)
     cpdef _arm(self)
     cpdef flush(self)
+    cpdef bint over_window(self)
+    cpdef throttle(self, conn)
+    cpdef _answered(self, Py_ssize_t nbytes)

@@ -6,6 +6,10 @@ the log; reads (GET, MGET, EXISTS) go into a block of their own, served
 from the state machine once the runtime confirms they may be (ReadIndex),
 never through the log.  Each run of commands remembers its connection's
 reply slot, filled once the runtime answers.
+
+The batcher also keeps the window of writes in flight: the bytes proposed
+and not yet answered.  Past it, a connection that delivers more is not read
+again until answers bring the window back under its size.
 """
 from raftfast.core import NotLeader, ProposalDropped, TransferInProgress
 from raftfast.runtime.waiters import NotLeaderNow, RequestFailed
@@ -20,7 +24,8 @@ class Batcher:
     into `buf`), proposed at most max_entries entries / max_bytes bytes at a
     time.  `runs` remembers which connection's slot gets which replies."""
 
-    def __init__(self, loop, server, driver, max_entries, max_bytes, linger_us):
+    def __init__(self, loop, server, driver, max_entries, max_bytes, linger_us,
+                 window_bytes=8 << 20):
         self.loop = loop
         self.server = server
         self.driver = driver
@@ -37,6 +42,28 @@ class Batcher:
         self._handle = None
         self.proposals = 0
         self.entries_proposed = 0
+        self.window_bytes = window_bytes
+        self.unanswered_bytes = 0  # proposed and not yet answered
+        self.throttled = []        # connections not read until the window has room
+        self.throttles = 0
+
+    def over_window(self):
+        """Are the writes in flight, and those gathered, past the window?"""
+        return self.unanswered_bytes + len(self.buf) > self.window_bytes
+
+    def throttle(self, conn):
+        """Stop reading conn until the window has room again."""
+        conn.throttled = True
+        conn.transport.pause_reading()
+        self.throttled.append(conn)
+        self.throttles += 1
+
+    def _answered(self, nbytes):
+        self.unanswered_bytes -= nbytes
+        if self.throttled and not self.over_window():
+            conns, self.throttled = self.throttled, []
+            for conn in conns:
+                conn.unthrottle()
 
     def room(self):
         """(entries, bytes) that still fit, and whether the next command
@@ -117,6 +144,7 @@ class Batcher:
     def _flush_writes(self):
         block, runs, count = self.buf, self.runs, self.count
         self.buf, self.runs, self.count = bytearray(), [], 0
+        nbytes = len(block)
 
         def refused(text):
             for conn, slot, n in runs:
@@ -127,14 +155,16 @@ class Batcher:
         def done(result):
             if isinstance(result, RequestFailed):
                 refused(str(self.server.failure_reply(result)))
-                return
-            for conn, slot, n in runs:
-                slot.value, slot.raw = take_replies(result, n), True
-            for conn, slot, n in runs:
-                conn.flush()
+            else:
+                for conn, slot, n in runs:
+                    slot.value, slot.raw = take_replies(result, n), True
+                for conn, slot, n in runs:
+                    conn.flush()
+            self._answered(nbytes)
 
         try:
             last = self.driver.propose(block, count, done)
+            self.unanswered_bytes += nbytes
             self.proposals += 1
             self.entries_proposed += count
             for conn, slot, n in runs:
@@ -152,5 +182,6 @@ class Batcher:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self.throttled = []
         self.buf, self.runs, self.count = bytearray(), [], 0
         self.read_buf, self.read_runs, self.read_count = bytearray(), [], 0

@@ -7,12 +7,13 @@ from raftfast.server.replies cimport Slot
 
 cdef class ClientProtocol:
     cdef public object server, transport, parser, replies, name, id
-    cdef public bint resp3, closing, parsing_reads, held, paused_by_client
+    cdef public bint resp3, closing, parsing_reads, held, paused_by_client, throttled
     cdef public long long last_write
     cdef public Py_ssize_t reads_in_flight
 
     @cython.locals(batcher=Batcher)
     cpdef _parse_buffered(self)
+    cpdef unthrottle(self)
     cpdef pending(self)
     @cython.locals(slot=Slot)
     cpdef flush(self)

@@ -8,6 +8,11 @@ early (a PING behind a pending SET) waits for the slots before it, so
 replies leave in the order commands came, one write per connection per
 flush.
 
+A connection is not read while the writes the batcher proposed and has not
+yet answered pass its window (in bytes): a leader that read every client's
+pipeline at once would hold them all in memory, and every client's first
+request would wait behind all of them.
+
 Order within a connection: a read waits for the connection's earlier writes
 to be applied (its floor), and a write that follows reads waits, unparsed,
 until those reads were served, so neither sees the other out of order.
@@ -28,7 +33,7 @@ _client_ids = itertools.count(1)
 class ClientProtocol:
     __slots__ = ("server", "transport", "parser", "replies", "resp3", "name", "id",
                  "closing", "last_write", "reads_in_flight", "parsing_reads", "held",
-                 "paused_by_client")
+                 "paused_by_client", "throttled")
 
     def __init__(self, server):
         self.server = server
@@ -44,6 +49,7 @@ class ClientProtocol:
         self.parsing_reads = False  # which kind the next parse_kv call takes
         self.held = False          # a write waits, unparsed, for earlier reads
         self.paused_by_client = False
+        self.throttled = False     # not read until the batcher's window has room
 
     def connection_made(self, transport):
         self.transport = transport
@@ -58,7 +64,14 @@ class ClientProtocol:
 
     def resume_writing(self):
         self.paused_by_client = False
-        if not self.held:
+        if not self.held and not self.throttled:
+            self.transport.resume_reading()
+
+    def unthrottle(self):
+        """The batcher's window has room again."""
+        self.throttled = False
+        if (not self.held and not self.paused_by_client and self.transport is not None
+                and not self.transport.is_closing()):
             self.transport.resume_reading()
 
     def reads_served(self, n):
@@ -66,8 +79,8 @@ class ClientProtocol:
         self.reads_in_flight -= n
         if self.held and self.reads_in_flight == 0:
             self.held = False
-            if (not self.paused_by_client and self.transport is not None
-                    and not self.transport.is_closing()):
+            if (not self.paused_by_client and not self.throttled
+                    and self.transport is not None and not self.transport.is_closing()):
                 self.transport.resume_reading()
             self._parse_buffered()  # the write that waited, and what follows it
         else:
@@ -84,6 +97,9 @@ class ClientProtocol:
         self.parser.feed(data)
         if not self.held:
             self._parse_buffered()
+        batcher = self.server.batcher
+        if batcher.over_window() and not self.throttled and not self.closing:
+            batcher.throttle(self)
 
     def _parse_buffered(self):
         parser = self.parser

@@ -33,8 +33,10 @@ class RespServer:
         self.driver = driver
         self.node_info = node_info  # callable -> dict of INFO raft fields
         self.connections = set()
+        # The window of writes in flight is the replication pipeline's: the
+        # leader has no use for more than it may send a follower unanswered.
         self.batcher = Batcher(loop, self, driver, cfg.max_batch_entries, cfg.max_batch_bytes,
-                               cfg.batch_linger_us)
+                               cfg.batch_linger_us, cfg.max_inflight_bytes)
         self.leader_client_url = None  # callable(leader_id) -> advertised URL or None
         # Room for the frame and message headers around one entry.
         self.max_command_bytes = min(MAX_VALUE_BYTES, cfg.max_frame_bytes - (64 << 10))
@@ -119,6 +121,7 @@ class RespServer:
             "raftfast_peer_reads": d.transport.reads,
             "raftfast_peer_frames_received": d.transport.frames_received,
             "raftfast_client_reads": self.client_reads,
+            "raftfast_client_reads_paused": self.batcher.throttles,
             "raftfast_cpu_seconds": f"{_cpu_seconds():.3f}",
             **d.snapshots.stats(),
             **self.extra_stats(),

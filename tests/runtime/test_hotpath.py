@@ -56,16 +56,28 @@ def test_the_leader_encodes_one_append_once_for_every_follower(monkeypatch):
 class FakeDriver:
     def __init__(self):
         self.proposals = []
+        self.callbacks = []
         self.is_leader = True
 
     def propose(self, block, count, callback):
         self.proposals.append((bytes(block), count))
+        self.callbacks.append(callback)
         return sum(n for _, n in self.proposals)  # the last entry's index
+
+    def process_now(self):
+        pass
 
 
 class FakeConnTransport:
     def __init__(self):
         self.out = []
+        self.reading = True
+
+    def pause_reading(self):
+        self.reading = False
+
+    def resume_reading(self):
+        self.reading = True
 
     def write(self, b):
         self.out.append(b)
@@ -104,5 +116,52 @@ def test_proposals_respect_the_batch_limits(max_entries, max_bytes):
             assert block_count(block) == n
             assert n <= max_entries
             assert len(block) <= max_bytes or n == 1
+    finally:
+        loop.close()
+
+
+def test_connections_are_not_read_past_the_window_of_writes_in_flight():
+    """A leader holds at most its window of proposed, unanswered writes
+    (plus what one read brings): past it, the connections that deliver more
+    stop being read, and every one resumes once answers make room."""
+    from raftfast.config import Config
+    from raftfast.runtime.waiters import OutcomeUnknown
+    from raftfast.server.connection import ClientProtocol
+    from raftfast.server.server import RespServer
+    loop = asyncio.new_event_loop()
+    try:
+        value = 64 << 10
+        cfg = Config(node_id=1, data_dir="x", listen="tcp://127.0.0.1:1", client="tcp://127.0.0.1:2",
+                     max_batch_entries=4, max_inflight_bytes=10 * value)
+        drv = FakeDriver()
+        server = RespServer(loop, cfg, drv, dict)
+        batcher = server.batcher
+        conns = [ClientProtocol(server) for _ in range(3)]
+        for c in conns:
+            c.connection_made(FakeConnTransport())
+        request = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n" % (value, b"v" * value)
+        conns[0].data_received(request * 8)  # two full batches proposed: under the window
+        assert conns[0].transport.reading and batcher.unanswered_bytes >= 8 * value
+        conns[1].data_received(request * 4)  # one more: past it
+        conns[2].data_received(request)
+        assert [c.transport.reading for c in conns] == [True, False, False]
+        assert batcher.unanswered_bytes + len(batcher.buf) > 10 * value
+        assert batcher.throttles == 2  # INFO raftfast_client_reads_paused
+        batcher.flush()
+        assert [n for _, n in drv.proposals] == [4, 4, 4, 1]
+        drv.callbacks[3](OutcomeUnknown())  # 12 entries in flight: still past the window
+        assert [c.transport.reading for c in conns] == [True, False, False]
+        drv.callbacks[0](OutcomeUnknown())  # 8: room (an answer is an answer, failed or not)
+        assert all(c.transport.reading for c in conns) and not batcher.throttled
+        assert conns[0].transport.out  # the failures were answered
+        # A connection its client stopped reading stays paused for that.
+        conns[1].pause_writing()
+        conns[1].data_received(request * 8)
+        assert not conns[1].transport.reading and conns[1].throttled
+        for cb in drv.callbacks[1:3] + drv.callbacks[4:]:
+            cb(OutcomeUnknown())
+        assert not conns[1].throttled and not conns[1].transport.reading
+        conns[1].resume_writing()
+        assert conns[1].transport.reading
     finally:
         loop.close()
