@@ -47,8 +47,8 @@ class SnapshotManager:
     snapshot_entries, snapshot_trailing, election_timeout_s: the knobs
     """
 
-    STEP_KEYS = 8192          # keys per write/merge step: ~1 ms each
-    FLUSH_BYTES = 1 << 20     # fdatasync the file being written this often (in a thread)
+    STEP_KEYS = 2048          # keys per write/merge step: ~0.25 ms each
+    FLUSH_BYTES = 256 << 10   # fdatasync the file being written this often (in a thread)
     RETRY_S = 5.0             # after a failed snapshot or compaction
 
     def __init__(self, loop, clock, core, storage, state_machine, transport, schedule, fail,
