@@ -142,10 +142,12 @@ class CoreConfig:
 class Ready:
     """What the runtime must do, in this order:
 
-    1. write `entries` (each (first_index, block, count); a first_index at or
+    1. send `messages` now (nothing in them depends on this node's own
+       writes: they may go before step 2, and the runtime sends them first
+       so that a leader's followers start writing sooner);
+    2. write `entries` (each (first_index, block, count); a first_index at or
        below the stored last index replaces the stored suffix) and
        `hard_state` (when not None) to storage;
-    2. send `messages` now;
     3. send `persist_messages` once everything written so far is durable
        (after the fsync that covers step 1); messages addressed to this
        node itself are stepped back into it at that moment;

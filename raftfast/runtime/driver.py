@@ -2,8 +2,8 @@
 
 The loop, per input (a peer message, a tick, a proposal):
 
-    core.step(...)  ->  ready()  ->  write entries/hard state (page cache)
-                                 ->  send messages
+    core.step(...)  ->  ready()  ->  send messages
+                                 ->  write entries/hard state (page cache)
                                  ->  hold persist_messages until durable
                                  ->  apply committed entries, answer clients
                                  ->  advance()
@@ -300,6 +300,12 @@ class RaftDriver:
                     snapshots.on_ready(rd)  # before anything else of this Ready
                 if addresses.stale(core):
                     addresses.refresh(core)  # before sending to new members
+                if rd.messages:
+                    # Nothing in them waits on this node's own write (what
+                    # does is in persist_messages): a leader's appends go
+                    # before it copies the same entries to its log, so the
+                    # followers' writes start that much sooner.
+                    self._send(rd.messages)
                 if rd.entries or rd.hard_state is not None:
                     for first, block, count in rd.entries:
                         self.storage.append(first, block, count)
@@ -307,8 +313,6 @@ class RaftDriver:
                     if rd.hard_state is not None:
                         self.storage.save_hard_state(rd.hard_state)
                     group.wrote()
-                if rd.messages:
-                    self._send(rd.messages)
                 if rd.persist_messages:
                     group.hold(rd.persist_messages)
                 if rd.committed is not None:
