@@ -174,20 +174,6 @@ class RaftDriver:
         self.snapshots.on_peer_state(peer, writable, lost)
         self.schedule()
 
-    def step(self, msg):
-        """One message from a peer; the pass runs soon."""
-        if self._stopped:
-            return
-        if msg.type >= MSG_SNAPSHOT:
-            self.snapshots.on_message(msg)  # runtime-level: never stepped into the core as is
-            return
-        try:
-            self.core.step(msg)
-        except Exception as e:
-            self._internal_error(e)
-            return
-        self.schedule()
-
     def step_read(self, msgs):
         """The messages of one read from a peer, in arrival order (the
         transport's callback).  A follower's input is its leader's, one
@@ -201,7 +187,7 @@ class RaftDriver:
         try:
             for msg in msgs:
                 if msg.type >= MSG_SNAPSHOT:
-                    self.snapshots.on_message(msg)  # runtime-level, as in step
+                    self.snapshots.on_message(msg)  # runtime-level: never stepped into the core as is
                 else:
                     core.step(msg)
         except Exception as e:

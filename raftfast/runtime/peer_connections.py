@@ -104,6 +104,9 @@ class DialedConnection:
             if owner.on_peer_state is not None:
                 owner.on_peer_state(self.peer.id, True, False)
 
+    def eof_received(self):
+        return None  # the transport closes itself (no asyncio.Protocol base to say so)
+
     def connection_lost(self, exc):
         if self.timer is not None:
             self.timer.cancel()
@@ -206,6 +209,15 @@ class AcceptedConnection:
                                                   owner.client_url))
         owner.log.debug("accepted node %d from %s (protocol v%d)", hs.node_id, self.who, version)
         return True
+
+    def pause_writing(self):
+        pass  # it writes only its handshake ack
+
+    def resume_writing(self):
+        pass
+
+    def eof_received(self):
+        return None  # the transport closes itself (no asyncio.Protocol base to say so)
 
     def connection_lost(self, exc):
         if self.timer is not None:

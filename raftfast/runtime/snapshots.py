@@ -227,7 +227,7 @@ class SnapshotManager:
         try:
             if not writer.write_step(self.STEP_KEYS):
                 if writer.unflushed >= self.FLUSH_BYTES:
-                    # Pace the file to the disk a few megabytes at a time,
+                    # Pace the file to the disk FLUSH_BYTES at a time,
                     # so the log's fsyncs never queue behind all of it.
                     self._in_thread(writer.flush_to_disk, self._flushed, writer)
                 else:

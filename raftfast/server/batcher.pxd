@@ -20,3 +20,4 @@ cdef class Batcher:
     cpdef bint over_window(self)
     cpdef throttle(self, conn)
     cpdef _answered(self, Py_ssize_t nbytes)
+    cpdef _resume_if_room(self)

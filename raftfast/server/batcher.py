@@ -60,6 +60,9 @@ class Batcher:
 
     def _answered(self, nbytes):
         self.unanswered_bytes -= nbytes
+        self._resume_if_room()
+
+    def _resume_if_room(self):
         if self.throttled and not self.over_window():
             conns, self.throttled = self.throttled, []
             for conn in conns:
@@ -177,8 +180,14 @@ class Batcher:
             refused("TRYAGAIN leadership transfer in progress")
         except ProposalDropped:
             refused("TRYAGAIN too many uncommitted commands; the leader may have lost its quorum")
+        else:
+            return
+        # The gathered bytes that paused a connection are gone with the
+        # refusal: no answer is coming to resume it.
+        self._resume_if_room()
 
     def cancel(self):
+        """The server is closing, every connection with it."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None

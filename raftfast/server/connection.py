@@ -8,10 +8,11 @@ early (a PING behind a pending SET) waits for the slots before it, so
 replies leave in the order commands came, one write per connection per
 flush.
 
-A connection is not read while the writes the batcher proposed and has not
-yet answered pass its window (in bytes): a leader that read every client's
-pipeline at once would hold them all in memory, and every client's first
-request would wait behind all of them.
+A connection is not read while the node's writes in flight (proposed and
+not yet answered, or gathered for the next proposal) pass the batcher's
+window: a leader that read every client's pipeline at once would hold them
+all in memory, and every client's first request would wait behind all of
+them.
 
 Order within a connection: a read waits for the connection's earlier writes
 to be applied (its floor), and a write that follows reads waits, unparsed,
@@ -85,6 +86,9 @@ class ClientProtocol:
             self._parse_buffered()  # the write that waited, and what follows it
         else:
             self.flush()
+
+    def eof_received(self):
+        return None  # the transport closes itself (no asyncio.Protocol base to say so)
 
     def connection_lost(self, exc):
         self.server.connections.discard(self)

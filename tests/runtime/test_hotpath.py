@@ -3,6 +3,7 @@ encoding of an append for every follower, proposals within the batch
 limits.  (Windows, back-pressure and one ack per batch are scripts in
 testdata/.)"""
 import asyncio
+import types
 
 import pytest
 
@@ -163,5 +164,40 @@ def test_connections_are_not_read_past_the_window_of_writes_in_flight():
         assert not conns[1].throttled and not conns[1].transport.reading
         conns[1].resume_writing()
         assert conns[1].transport.reading
+    finally:
+        loop.close()
+
+
+def test_a_connection_paused_by_a_batch_that_is_refused_is_read_again():
+    """A window smaller than a batch: the gathered bytes alone pause the
+    connection, and when the flush is refused (leadership moved) no answer
+    will come to resume it, so the refusal does."""
+    from raftfast.config import Config
+    from raftfast.core import NotLeader
+    from raftfast.server.connection import ClientProtocol
+    from raftfast.server.server import RespServer
+
+    class DeposedDriver(FakeDriver):
+        core = types.SimpleNamespace(leader_id=0)  # nobody leads now
+
+        def propose(self, block, count, callback):
+            self.is_leader = False
+            raise NotLeader(0)
+
+    loop = asyncio.new_event_loop()
+    try:
+        value = 64 << 10
+        cfg = Config(node_id=1, data_dir="x", listen="tcp://127.0.0.1:1", client="tcp://127.0.0.1:2",
+                     max_inflight_bytes=4 * value)
+        server = RespServer(loop, cfg, DeposedDriver(), dict)
+        server.leader_client_url = lambda leader: None
+        conn = ClientProtocol(server)
+        conn.connection_made(FakeConnTransport())
+        request = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n" % (value, b"v" * value)
+        conn.data_received(request * 5)
+        assert not conn.transport.reading and conn.throttled
+        server.batcher.flush()
+        assert conn.transport.reading and not conn.throttled
+        assert b"".join(conn.transport.out) == b"-CLUSTERDOWN No raft leader\r\n" * 5
     finally:
         loop.close()

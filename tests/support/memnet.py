@@ -16,7 +16,7 @@ class MemNet:
     def __init__(self, loop, latency=0.001):
         self.loop = loop
         self.latency = latency
-        self.nodes = {}      # node id -> receive(msg) (a driver's step)
+        self.nodes = {}      # node id -> receive(msgs) (a driver's step_read)
         self.drop = None     # drop(msg) -> True: lost on the way
         self.alter = None    # alter(msg): changes it in flight
         self.delivered = 0
@@ -51,7 +51,7 @@ class MemNet:
         receive = self.nodes.get(msg.to)
         if receive is not None:
             self.delivered += 1
-            receive(msg)
+            receive([msg])  # one message per read
 
 
 class AddressBook:

@@ -56,7 +56,7 @@ class SimDrivers:
                             seed=self.seed * 1000 + node_id, sync_in_thread=False)
         self.nodes[node_id] = driver
         self.storages[node_id] = storage
-        self.net.attach(node_id, driver.step)
+        self.net.attach(node_id, driver.step_read)
         driver.start()
         return driver
 
