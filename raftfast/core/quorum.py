@@ -8,9 +8,11 @@ VOTE_LOST = 2
 def committed_index(matches):
     """The highest index that a majority of voters have durably stored,
     given each voter's (any order); 0 without voters."""
-    if not matches:
+    n = len(matches)
+    if not n:
         return 0
-    return sorted(matches, reverse=True)[len(matches) // 2]
+    # The (n // 2)-th highest: a majority have at least it.
+    return sorted(matches)[n - 1 - n // 2]
 
 
 def vote_result(voters, votes):
