@@ -235,14 +235,14 @@ _TUNABLES: list[tuple[str, str, dict[str, Any]]] = [
     ("--max-batch-entries", "max_batch_entries", dict(type=int_at_least(1), metavar="N",
      help="most client commands in one proposal")),
     ("--max-batch-bytes", "max_batch_bytes", dict(type=int_at_least(1), metavar="N",
-     help="most bytes in one proposal")),
+     help="most bytes in one proposal; the leader stops reading clients while twice "
+          "this (at most --max-inflight-bytes) is proposed and not yet answered")),
     ("--batch-linger-us", "batch_linger_us", dict(type=int_at_least(0), metavar="N",
      help="how long a proposal may wait for more commands")),
     ("--max-inflight", "max_inflight", dict(type=int_at_least(1), metavar="N",
      help="unacknowledged AppendEntries per follower")),
     ("--max-inflight-bytes", "max_inflight_bytes", dict(type=int_at_least(1), metavar="N",
-     help="unacknowledged AppendEntries bytes per follower; also the client writes "
-          "proposed and not yet answered past which the leader stops reading clients")),
+     help="unacknowledged AppendEntries bytes per follower")),
     ("--read-mode", "read_mode", dict(choices=("readindex", "lease"),
      help="how linearizable reads are confirmed")),
     ("--snapshot-entries", "snapshot_entries", dict(type=int_at_least(0), metavar="N",

@@ -33,10 +33,11 @@ class RespServer:
         self.driver = driver
         self.node_info = node_info  # callable -> dict of INFO raft fields
         self.connections = set()
-        # The window of writes in flight is the replication pipeline's: the
-        # leader has no use for more than it may send a follower unanswered.
+        # The window of writes in flight: two batches (one being made durable
+        # while the next is gathered), within the replication pipeline's.
         self.batcher = Batcher(loop, self, driver, cfg.max_batch_entries, cfg.max_batch_bytes,
-                               cfg.batch_linger_us, cfg.max_inflight_bytes)
+                               cfg.batch_linger_us,
+                               min(cfg.max_inflight_bytes, 2 * cfg.max_batch_bytes))
         self.leader_client_url = None  # callable(leader_id) -> advertised URL or None
         # Room for the frame and message headers around one entry.
         self.max_command_bytes = min(MAX_VALUE_BYTES, cfg.max_frame_bytes - (64 << 10))

@@ -155,6 +155,7 @@ def test_connections_are_not_read_past_the_window_of_writes_in_flight():
         drv.callbacks[0](OutcomeUnknown())  # 8: room (an answer is an answer, failed or not)
         assert all(c.transport.reading for c in conns) and not batcher.throttled
         assert conns[0].transport.out  # the failures were answered
+        assert batcher.window_bytes == 10 * value  # --max-inflight-bytes: below two batches
         # A connection its client stopped reading stays paused for that.
         conns[1].pause_writing()
         conns[1].data_received(request * 8)
@@ -199,5 +200,19 @@ def test_a_connection_paused_by_a_batch_that_is_refused_is_read_again():
         server.batcher.flush()
         assert conn.transport.reading and not conn.throttled
         assert b"".join(conn.transport.out) == b"-CLUSTERDOWN No raft leader\r\n" * 5
+    finally:
+        loop.close()
+
+
+def test_the_window_of_writes_in_flight_is_two_batches():
+    from raftfast.config import Config
+    from raftfast.server.server import RespServer
+    loop = asyncio.new_event_loop()
+    try:
+        for batch, inflight, window in ((1 << 20, 8 << 20, 2 << 20), (1 << 20, 1 << 20, 1 << 20)):
+            cfg = Config(node_id=1, data_dir="x", listen="tcp://127.0.0.1:1",
+                         client="tcp://127.0.0.1:2", max_batch_bytes=batch,
+                         max_inflight_bytes=inflight)
+            assert RespServer(loop, cfg, FakeDriver(), dict).batcher.window_bytes == window
     finally:
         loop.close()
