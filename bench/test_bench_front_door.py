@@ -17,6 +17,7 @@ from raftfast._kv import KVStore
 from raftfast.config import Config
 from raftfast.server.connection import ClientProtocol
 from raftfast.server.server import RespServer
+from tests.support.client_transport import FakeClientTransport
 
 
 class _Driver:
@@ -39,31 +40,6 @@ class _Driver:
         pass
 
 
-class _Transport:
-    __slots__ = ("written",)
-
-    def __init__(self):
-        self.written = 0
-
-    def write(self, data):
-        self.written += 1
-
-    def writelines(self, chunks):
-        self.written += 1
-
-    def is_closing(self):
-        return False
-
-    def get_extra_info(self, name):
-        return None
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
-
-
 @pytest.mark.parametrize("clients", [1, 50])
 def test_front_door_batch(benchmark, clients):
     loop = asyncio.new_event_loop()
@@ -74,7 +50,7 @@ def test_front_door_batch(benchmark, clients):
         server = RespServer(loop, cfg, driver, dict)
         conns = [ClientProtocol(server) for _ in range(clients)]
         for c in conns:
-            c.connection_made(_Transport())
+            c.connection_made(FakeClientTransport())
         requests = [b"*3\r\n$3\r\nSET\r\n$7\r\nkey:%03d\r\n$64\r\n%s\r\n" % (i, b"v" * 64)
                     for i in range(clients)]
 
@@ -86,6 +62,6 @@ def test_front_door_batch(benchmark, clients):
             callback(result)
 
         benchmark(one_batch)
-        assert all(c.transport.written == conns[0].transport.written > 0 for c in conns)
+        assert all(len(c.transport.out) == len(conns[0].transport.out) > 0 for c in conns)
     finally:
         loop.close()

@@ -132,10 +132,14 @@ class RaftDriver:
         iteration already (the batcher's flush at the end of one), so that
         a client's write goes to the log and the followers one iteration,
         and one wake-up of the loop, sooner."""
-        handle = self._scheduled
-        if handle is not None:
-            handle.cancel()
-            self._process()
+        if self._scheduled is not None:
+            self._process_instead_of_scheduled()
+
+    def _process_instead_of_scheduled(self):
+        """The pass, now; the one scheduled, if any, is not needed."""
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+        self._process()
 
     def _on_tick(self):
         if self._stopped:
@@ -196,10 +200,7 @@ class RaftDriver:
         if core.role == LEADER:
             self.schedule()
         else:
-            handle = self._scheduled
-            if handle is not None:
-                handle.cancel()
-            self._process()
+            self._process_instead_of_scheduled()
 
     # ---------------------------------------------------------- requests
 

@@ -14,6 +14,7 @@ cdef class ClientProtocol:
     @cython.locals(batcher=Batcher)
     cpdef _parse_buffered(self)
     cpdef unthrottle(self)
+    cpdef _resume_reading(self)
     cpdef pending(self)
     @cython.locals(slot=Slot)
     cpdef flush(self)

@@ -65,14 +65,19 @@ class ClientProtocol:
 
     def resume_writing(self):
         self.paused_by_client = False
-        if not self.held and not self.throttled:
-            self.transport.resume_reading()
+        self._resume_reading()
 
     def unthrottle(self):
         """The batcher's window has room again."""
         self.throttled = False
-        if (not self.held and not self.paused_by_client and self.transport is not None
-                and not self.transport.is_closing()):
+        self._resume_reading()
+
+    def _resume_reading(self):
+        """Read again, unless another of the three reasons to pause holds:
+        a write held behind reads, a client not reading its replies, the
+        batcher's window full."""
+        if (not self.held and not self.paused_by_client and not self.throttled
+                and self.transport is not None and not self.transport.is_closing()):
             self.transport.resume_reading()
 
     def reads_served(self, n):
@@ -80,9 +85,7 @@ class ClientProtocol:
         self.reads_in_flight -= n
         if self.held and self.reads_in_flight == 0:
             self.held = False
-            if (not self.paused_by_client and not self.throttled
-                    and self.transport is not None and not self.transport.is_closing()):
-                self.transport.resume_reading()
+            self._resume_reading()
             self._parse_buffered()  # the write that waited, and what follows it
         else:
             self.flush()

@@ -7,6 +7,7 @@ import tempfile
 import pytest
 
 from raftfast.runtime.waiters import OutcomeUnknown
+from tests.support.client_transport import FakeClientTransport
 from tests.support.harness import Cluster
 
 pytestmark = pytest.mark.multiprocess
@@ -230,26 +231,6 @@ def test_raft_node_add_then_remove_and_one_change_at_a_time(conn, tmp_path):
     assert "raft_voters:1\r\n" in text and "raft_learners:\r\n" in text
 
 
-class _FakeConnTransport:
-    def __init__(self):
-        self.out = []
-
-    def write(self, b):
-        self.out.append(bytes(b))
-
-    def writelines(self, bs):
-        self.out.extend(bytes(b) for b in bs)
-
-    def is_closing(self):
-        return False
-
-    def get_extra_info(self, name):
-        return None
-
-    def close(self):
-        pass
-
-
 class _FakeCore:
     leader_id = 2
 
@@ -283,7 +264,7 @@ def _front_door(driver):
     server = RespServer(loop, cfg, driver, dict)
     server.leader_client_url = {2: "tcp://127.0.0.1:7002"}.get
     conn = ClientProtocol(server)
-    out = _FakeConnTransport()
+    out = FakeClientTransport()
     conn.connection_made(out)
     return loop, conn, out
 

@@ -8,6 +8,7 @@ import types
 import pytest
 
 from tests.core.interaction import Env
+from tests.support.client_transport import FakeClientTransport
 from tests.support.entrylog import block_count
 from tests.support.simnet import make_block
 
@@ -69,30 +70,6 @@ class FakeDriver:
         pass
 
 
-class FakeConnTransport:
-    def __init__(self):
-        self.out = []
-        self.reading = True
-
-    def pause_reading(self):
-        self.reading = False
-
-    def resume_reading(self):
-        self.reading = True
-
-    def write(self, b):
-        self.out.append(b)
-
-    def writelines(self, bs):
-        self.out.extend(bs)
-
-    def is_closing(self):
-        return False
-
-    def get_extra_info(self, name):
-        return None
-
-
 @pytest.mark.parametrize("max_entries,max_bytes", [(8, 1 << 20), (1000, 300), (3, 100)])
 def test_proposals_respect_the_batch_limits(max_entries, max_bytes):
     from raftfast.config import Config
@@ -106,7 +83,7 @@ def test_proposals_respect_the_batch_limits(max_entries, max_bytes):
         server = RespServer(loop, cfg, drv, dict)
         conns = [ClientProtocol(server) for _ in range(3)]
         for c in conns:
-            c.connection_made(FakeConnTransport())
+            c.connection_made(FakeClientTransport())
         pipeline = b"".join(b"*3\r\n$3\r\nSET\r\n$2\r\nk%d\r\n$20\r\n%s\r\n" % (i % 10, b"v" * 20)
                             for i in range(25))
         for c in conns:
@@ -139,7 +116,7 @@ def test_connections_are_not_read_past_the_window_of_writes_in_flight():
         batcher = server.batcher
         conns = [ClientProtocol(server) for _ in range(3)]
         for c in conns:
-            c.connection_made(FakeConnTransport())
+            c.connection_made(FakeClientTransport())
         request = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n" % (value, b"v" * value)
         conns[0].data_received(request * 8)  # two full batches proposed: under the window
         assert conns[0].transport.reading and batcher.unanswered_bytes >= 8 * value
@@ -193,7 +170,7 @@ def test_a_connection_paused_by_a_batch_that_is_refused_is_read_again():
         server = RespServer(loop, cfg, DeposedDriver(), dict)
         server.leader_client_url = lambda leader: None
         conn = ClientProtocol(server)
-        conn.connection_made(FakeConnTransport())
+        conn.connection_made(FakeClientTransport())
         request = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n" % (value, b"v" * value)
         conn.data_received(request * 5)
         assert not conn.transport.reading and conn.throttled
