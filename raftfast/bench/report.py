@@ -20,22 +20,25 @@ COLUMNS = ("system",) + SETTINGS + (
     "loadgen", "rounds", "clients", "pipeline", "rate", "value_size", "seconds", "ops",
     "throughput", "mb_per_s", "avg_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms",
     "max_ms", "entries_per_append", "entries_per_fsync", "cpu_s_per_m_entries",
-    "cpu_us_per_op", "server_cpu_s", "entries", "client_cpu_frac", "ratio_to_redis",
+    "cpu_us_per_op", "sys_us_per_op", "server_cpu_s", "entries", "client_cpu_frac",
+    "ratio_to_redis",
     "p50_ratio_to_redis", "p99_ratio_to_redis", "cpu_ratio_to_redis", "over_floor_ms",
     "errors", "note")
 # Measured figures: a row of several rounds holds the median of each.
 FIGURES = ("seconds", "ops", "throughput", "mb_per_s", "avg_ms", "p50_ms", "p90_ms", "p95_ms",
            "p99_ms", "p999_ms", "max_ms", "entries_per_append", "entries_per_fsync",
-           "cpu_s_per_m_entries", "cpu_us_per_op", "server_cpu_s", "entries",
+           "cpu_s_per_m_entries", "cpu_us_per_op", "sys_us_per_op", "server_cpu_s", "entries",
            "client_cpu_frac")
 
 
 def make_row(system, settings, result, figs, note="", loadgen="python"):
     """One row from a cluster's settings, a measured result (loadgen.Result
     or redis_benchmark.RedisBenchmarkResult) and bench_stats figures.  CPU
-    per op is the servers' CPU (every node's) over the SETs answered."""
+    per op is the servers' CPU (every node's) over the SETs answered, and
+    sys_us_per_op the kernel's part of it."""
     lat = result.latency_ms()
     cpu = figs.get("server_cpu_s")
+    sys_s = figs.get("server_sys_s")
     row = dict.fromkeys(COLUMNS)
     row.update({k: settings.get(k) for k in SETTINGS})
     row.update(
@@ -47,6 +50,8 @@ def make_row(system, settings, result, figs, note="", loadgen="python"):
         avg_ms=lat.get("avg"), p50_ms=lat["p50"], p90_ms=lat["p90"], p95_ms=lat.get("p95"),
         p99_ms=lat["p99"], p999_ms=lat["p99.9"], max_ms=lat["max"],
         cpu_us_per_op=round(cpu * 1e6 / result.ops, 2) if cpu is not None and result.ops
+        else None,
+        sys_us_per_op=round(sys_s * 1e6 / result.ops, 2) if sys_s is not None and result.ops
         else None,
         client_cpu_frac=round(result.client_cpu / result.seconds, 3) if result.seconds else None,
         errors=";".join(f"{k}={v}" for k, v in sorted(result.errors.items())),
@@ -96,6 +101,7 @@ def _remarks(r):
 TABLE_COLUMNS = (("system", "left"), ("configuration", "left"), ("load", "right"),
                  ("value", "right"), ("ops/s", "right"), ("MB/s", "right"),
                  ("p50 ms", "right"), ("p99 ms", "right"), ("CPU us/op", "right"),
+                 ("kernel us/op", "right"),
                  ("ent/fsync", "right"), ("x redis", "right"), ("p50 x", "right"),
                  ("p99 x", "right"), ("CPU x", "right"), ("errors, notes", "left"))
 
@@ -117,7 +123,8 @@ def make_table(rows, title=None):
         t.add_row(r["system"], config_label(r), load_label(r), size_label(r.get("value_size")),
                   fmt(r["throughput"], ",.0f"), fmt(r.get("mb_per_s"), ",.2f"),
                   fmt(r["p50_ms"], ".3f"), fmt(r["p99_ms"], ".3f"),
-                  fmt(r.get("cpu_us_per_op"), ",.1f"), fmt(r["entries_per_fsync"]),
+                  fmt(r.get("cpu_us_per_op"), ",.1f"), fmt(r.get("sys_us_per_op"), ",.1f"),
+                  fmt(r["entries_per_fsync"]),
                   fmt(r.get("ratio_to_redis"), ".2f"), fmt(r.get("p50_ratio_to_redis"), ".2f"),
                   fmt(r.get("p99_ratio_to_redis"), ".2f"),
                   fmt(r.get("cpu_ratio_to_redis"), ".2f"), _remarks(r))

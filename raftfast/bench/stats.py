@@ -19,13 +19,15 @@ functions called most, `file:function=count,...`); python_calls() turns
 two snapshots into calls per committed entry for every node.
 CPU time falls back to /proc/<pid>/stat when the nodes do not report it, so
 that it is measured the same way for any process, PySyncObj's included.
+The kernel's part of it (stime) always comes from there: server_sys_s is
+the system CPU seconds of every node, None unless each one reported it.
 """
 import asyncio
 import os
 
 from raftfast import resp_client
 
-__all__ = ["STAT_FIELDS", "node_stats", "proc_cpu_seconds", "snapshot",
+__all__ = ["STAT_FIELDS", "node_stats", "proc_cpu_seconds", "proc_cpu_times", "snapshot",
            "figures", "fmt", "CALLS_FIELD", "parse_calls_top", "python_calls",
            "format_python_calls"]
 
@@ -33,6 +35,7 @@ STAT_FIELDS = ("raftfast_appends_sent", "raftfast_entries_sent", "raftfast_fsync
                "raftfast_entries_written", "raftfast_entries_applied",
                "raftfast_cpu_seconds", "raft_commit_index")
 PROC_CPU = "proc_cpu_seconds"
+PROC_SYS = "proc_sys_seconds"
 CALLS_FIELD = "raftfast_python_calls"
 CALLS_TOP_FIELD = "raftfast_python_calls_top"
 CALLS_TOP = "python_calls_top"  # node_stats' key: {"file:function": count}
@@ -69,8 +72,9 @@ def parse_calls_top(text):
     return out
 
 
-def proc_cpu_seconds(pid):
-    """User + system CPU seconds of a live process (Linux), or None."""
+def proc_cpu_times(pid):
+    """(user, system) CPU seconds of a live process and all its threads
+    (Linux), or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -78,7 +82,13 @@ def proc_cpu_seconds(pid):
         return None
     # The command name (field 2) may hold spaces and parentheses: split after it.
     fields = data[data.rindex(b")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+
+
+def proc_cpu_seconds(pid):
+    """User + system CPU seconds of a live process (Linux), or None."""
+    times = proc_cpu_times(pid)
+    return None if times is None else times[0] + times[1]
 
 
 async def _info(url):
@@ -95,9 +105,10 @@ async def snapshot(nodes):
     out = {}
     for i, info in zip(ids, infos):
         st = node_stats(info)
-        cpu = proc_cpu_seconds(nodes[i][1]) if nodes[i][1] else None
-        if cpu is not None:
-            st[PROC_CPU] = cpu
+        times = proc_cpu_times(nodes[i][1]) if nodes[i][1] else None
+        if times is not None:
+            st[PROC_CPU] = times[0] + times[1]
+            st[PROC_SYS] = times[1]
         out[i] = st
     return out
 
@@ -131,6 +142,9 @@ def figures(before, after, leader_id=None):
     cpu = _total(before, after, "raftfast_cpu_seconds")
     if cpu is None or len(_delta(before, after, "raftfast_cpu_seconds")) < len(after):
         cpu = _total(before, after, PROC_CPU)
+    sys_s = _total(before, after, PROC_SYS)
+    if len(_delta(before, after, PROC_SYS)) < len(after):
+        sys_s = None
     appends = _total(before, after, "raftfast_appends_sent")
     fsyncs = _total(before, after, "raftfast_fsyncs")
     return {
@@ -138,6 +152,7 @@ def figures(before, after, leader_id=None):
         "appends": appends,
         "fsyncs": fsyncs,
         "server_cpu_s": cpu,
+        "server_sys_s": sys_s,
         "entries_per_append": _ratio(_total(before, after, "raftfast_entries_sent"), appends),
         "entries_per_fsync": _ratio(_total(before, after, "raftfast_entries_written"), fsyncs),
         "cpu_s_per_m_entries": _ratio(cpu, entries / 1e6 if entries else None),

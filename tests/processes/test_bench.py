@@ -158,13 +158,18 @@ def test_figures_from_info_differences():
 def test_figures_without_the_stats_fields():
     """Nodes without INFO stats: commit index for entries, /proc for CPU,
     None (n/a) for what cannot be known."""
-    before = {1: {"raft_commit_index": 10.0, "proc_cpu_seconds": 1.0},
-              2: {"raft_commit_index": 10.0, "proc_cpu_seconds": 1.0}}
-    after = {1: {"raft_commit_index": 1010.0, "proc_cpu_seconds": 1.5},
-             2: {"raft_commit_index": 1005.0, "proc_cpu_seconds": 1.25}}
+    before = {1: {"raft_commit_index": 10.0, "proc_cpu_seconds": 1.0, "proc_sys_seconds": 0.5},
+              2: {"raft_commit_index": 10.0, "proc_cpu_seconds": 1.0, "proc_sys_seconds": 0.25}}
+    after = {1: {"raft_commit_index": 1010.0, "proc_cpu_seconds": 1.5, "proc_sys_seconds": 0.75},
+             2: {"raft_commit_index": 1005.0, "proc_cpu_seconds": 1.25, "proc_sys_seconds": 0.5}}
     f = bench_stats.figures(before, after, leader_id=1)
     assert f["entries"] == 1000
     assert f["server_cpu_s"] == pytest.approx(0.75)
+    assert f["server_sys_s"] == pytest.approx(0.5)
+    # The kernel's part is all the nodes' or none: one node without it -> None.
+    del after[2]["proc_sys_seconds"]
+    assert bench_stats.figures(before, after, leader_id=1)["server_sys_s"] is None
+    after[2]["proc_sys_seconds"] = 0.5
     assert f["cpu_s_per_m_entries"] == pytest.approx(750.0)
     assert f["entries_per_append"] is None and f["entries_per_fsync"] is None
     assert bench_stats.fmt(None) == "n/a" and bench_stats.fmt(1234.5) == "1,234.5"
@@ -181,9 +186,16 @@ def test_info_parsing_and_proc_cpu():
     assert st == {"raftfast_fsyncs": 12.0, "raftfast_cpu_seconds": 1.25,
                   "raft_commit_index": 7.0}
     t0 = bench_stats.proc_cpu_seconds(os.getpid())
+    user0, sys0 = bench_stats.proc_cpu_times(os.getpid())
     sum(i * i for i in range(300_000))
+    for _ in range(2000):
+        os.stat("/")        # system time
     assert t0 is not None and bench_stats.proc_cpu_seconds(os.getpid()) >= t0
+    user1, sys1 = bench_stats.proc_cpu_times(os.getpid())
+    assert user1 >= user0 and sys1 >= sys0
+    assert bench_stats.proc_cpu_seconds(os.getpid()) == pytest.approx(user1 + sys1, abs=0.02)
     assert bench_stats.proc_cpu_seconds(2**22 + 12345) is None
+    assert bench_stats.proc_cpu_times(2**22 + 12345) is None
 
 
 def info_text(calls=None, top=None, commit=0):

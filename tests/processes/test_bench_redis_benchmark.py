@@ -128,12 +128,14 @@ def test_a_point_calibrates_then_runs_for_the_wanted_seconds(tmp_path):
     assert result.ops == 10638 and result.throughput == 5319.15
     assert result.seconds == pytest.approx(10638 / 5319.15)
     assert result.latency_ms()["p99"] == 2.711 and result.rate is None
-    row = bench_report.make_row("raftfast", {"nodes": 3}, result, {"server_cpu_s": 0.5},
+    row = bench_report.make_row("raftfast", {"nodes": 3}, result,
+                                {"server_cpu_s": 0.5, "server_sys_s": 0.2},
                                 loadgen="redis-benchmark")
     assert row["loadgen"] == "redis-benchmark" and row["p95_ms"] == 1.159
     assert row["p90_ms"] is None and row["avg_ms"] == 0.708
     assert row["mb_per_s"] == round(5319.15 * 64 / 1e6, 3)
     assert row["cpu_us_per_op"] == round(0.5 * 1e6 / 10638, 2)
+    assert row["sys_us_per_op"] == round(0.2 * 1e6 / 10638, 2)
 
 
 def test_a_refusing_server_fails_the_point_with_its_words(tmp_path):
@@ -264,6 +266,10 @@ def test_compare_with_redis_benchmark_against_redis(monkeypatch, tmp_path, capsy
         assert r["throughput"] > 0 and r["mb_per_s"] > 0 and r["server_cpu_s"] is not None
     # /proc counts CPU in clock ticks (10 ms): a short Redis run may show none.
     assert raft["cpu_us_per_op"] > 0 and redis["cpu_us_per_op"] is not None
+    # The kernel's part of it (from /proc for both; the nodes' fsyncs alone
+    # are more than one 10 ms tick over the run).
+    assert raft["sys_us_per_op"] > 0
+    assert redis["sys_us_per_op"] is not None
     assert all(raft[name] is not None for name, _ in redis_server.RATIOS)
     assert raft["ratio_to_redis"] > 0 and raft["p50_ratio_to_redis"] > 0
     with open(tmp_path / "ratio_to_redis.png", "rb") as f:
