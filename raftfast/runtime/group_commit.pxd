@@ -4,7 +4,7 @@
 
 cdef class GroupCommit:
     cdef public object loop, _sync, _release, _fatal, _wake, clock
-    cdef public bint durable, sync_in_thread, inline, idle, _watch_pass, syncing, stopped
+    cdef public bint durable, sync_in_thread, inline, idle, syncing, stopped
     cdef public double inline_max_s, last_sync_s
     cdef public long long written, synced, _sync_upto
     cdef public object held, _wakeup, _thread
