@@ -11,7 +11,7 @@ one is installed.  Every raftfast node runs this loop and more, so what it
 costs is a floor under every node's CPU per SET; the docs set it against
 the targets (docs/benchmarks.md, "Why the missed targets stop there").
 
-    python -m bench.python_server_floor [--requests N] [--port PORT]
+    python -m bench.python_server_floor [--requests N] [--value-size B] [--port PORT]
 """
 import argparse
 import asyncio
@@ -83,9 +83,10 @@ def _wait_port(port, timeout=10.0):
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def measure(pid, port, load, requests):
+def measure(pid, port, load, requests, value_size):
     """SET/s and the process's user and kernel µs per SET under one load."""
-    bench = ["redis-benchmark", "-p", str(port), "-t", "set", "-r", "1000000", "-q", *load]
+    bench = ["redis-benchmark", "-p", str(port), "-t", "set", "-r", "1000000", "-q",
+             "-d", str(value_size), *load]
     subprocess.run(bench + ["-n", "2000"], check=True, capture_output=True)  # warm-up
     u0, s0 = _cpu(pid)
     t0 = time.monotonic()
@@ -95,13 +96,13 @@ def measure(pid, port, load, requests):
     return requests / seconds, (u1 - u0) * 1e6 / requests, (s1 - s0) * 1e6 / requests
 
 
-def _run(name, argv, port, requests):
+def _run(name, argv, port, requests, value_size):
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)
     try:
         _wait_port(port)
         for load in LOADS:
             n = requests if load[1] == "16" else requests // (1 if load[3] == "50" else 10)
-            rate, user, kernel = measure(proc.pid, port, load, n)
+            rate, user, kernel = measure(proc.pid, port, load, n, value_size)
             print(f"{name:28} {' '.join(load):12} {rate:>10,.0f} SET/s  "
                   f"user {user:6.1f} us  kernel {kernel:6.1f} us  total {user + kernel:6.1f} us")
     finally:
@@ -112,6 +113,7 @@ def _run(name, argv, port, requests):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=200_000)
+    ap.add_argument("--value-size", type=int, default=64, help="SET value bytes")
     ap.add_argument("--port", type=int, default=7390)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ns = ap.parse_args(argv)
@@ -123,12 +125,12 @@ def main(argv=None):
         return 1
     _run("python + uvloop, no fsync",
          [sys.executable, "-m", "bench.python_server_floor", "--serve", "--port", str(ns.port)],
-         ns.port, ns.requests)
+         ns.port, ns.requests, ns.value_size)
     if shutil.which("redis-server"):
         with tempfile.TemporaryDirectory() as d:
             _run("redis-server, appendonly no",
                  ["redis-server", "--port", str(ns.port + 1), "--save", "", "--appendonly",
-                  "no", "--dir", d], ns.port + 1, ns.requests)
+                  "no", "--dir", d], ns.port + 1, ns.requests, ns.value_size)
     return 0
 
 
