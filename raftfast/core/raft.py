@@ -1162,7 +1162,11 @@ class Raft:
             rd.hard_state = HardState(self.term, self.vote, log.committed)
         rd.messages, self._msgs = self._msgs, []
         persist, self._persist_msgs = self._persist_msgs, []
-        rd.persist_messages = _coalesce_acks(persist, self.id) if len(persist) > 1 else persist
+        # A follower's usual pair (its ack to the leader, its own note) goes
+        # to two nodes: nothing to coalesce.
+        if len(persist) > 2 or (len(persist) == 2 and persist[0].to == persist[1].to):
+            persist = _coalesce_acks(persist, self.id)
+        rd.persist_messages = persist
         hi = min(log.committed, written_to) + 1
         if log.applied + 1 < hi:
             block, count = log.slice(log.applied + 1, hi, self.cfg.max_apply_bytes)

@@ -89,3 +89,24 @@ def test_lease_reads_need_check_quorum():
     which only CheckQuorum makes them do (lease_read.txt shows the lease)."""
     with pytest.raises(ValueError, match="check_quorum"):
         CoreConfig(1, (1, 2, 3), read_mode="lease", check_quorum=False)
+
+
+def test_a_follower_acknowledges_only_the_newest_of_the_appends_it_wrote_at_once():
+    """The acknowledgements a Ready holds back for its write: one append
+    gives the pair (to the leader, and the node's own durability note); two
+    appends stepped before one Ready still give one acknowledgement to the
+    leader, for the higher index, and one note."""
+    def append(r, value):
+        r.step(Message(MSG_APPEND, to=2, frm=1, term=1, index=r.log.last_index,
+                       log_term=r.log.last_term(),
+                       entries=encode_entries([(1, ENTRY_NORMAL, value)]), count=1))
+
+    r = new_raft(node_id=2)
+    append(r, b"a")
+    rd = r.ready()
+    assert [(m.to, m.index) for m in rd.persist_messages] == [(1, 1), (2, 1)]
+    r.advance(rd)
+    append(r, b"b")
+    append(r, b"c")
+    rd = r.ready()
+    assert sorted((m.to, m.index) for m in rd.persist_messages) == [(1, 3), (2, 3)]
