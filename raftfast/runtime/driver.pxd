@@ -17,3 +17,14 @@ cdef class RaftDriver:
     # Counters for INFO stats and the benchmarks.
     cdef public long long applied_entries, appends_sent, entries_sent, append_frames_encoded
     cdef public long long entries_written, read_batches, ready_passes
+
+    # The methods a batch goes through, called from C.
+    cpdef schedule(self)
+    cpdef process_now(self)
+    cpdef _process_instead_of_scheduled(self)
+    cpdef step_read(self, msgs)
+    cpdef propose(self, block, count, callback)
+    cpdef _process(self)
+    cpdef _send(self, msgs)
+    cpdef _release(self, msgs)
+    cpdef _apply(self, first, block, count)

@@ -9,3 +9,14 @@ cdef class GroupCommit:
     cdef public long long written, synced, _sync_upto
     cdef public object held, _wakeup, _thread
     cdef public long long fsyncs, thread_wakeups, inline_syncs
+
+    # Called from C once per batch (the loop's side only; the fsync
+    # thread's loop stays a def).
+    cpdef wrote(self)
+    cpdef hold(self, msgs)
+    cpdef settle(self)
+    cpdef _release_durable(self)
+    cpdef _start_sync(self)
+    cpdef _timed_sync(self)
+    cpdef _sync_on_loop(self, upto)
+    cpdef _sync_done(self, upto, error)
