@@ -378,7 +378,9 @@ class RaftDriver:
             return
         replies, offsets = self.state_machine.apply_replies(block)
         self.applied_entries += count
-        writes.applied(first, count, replies, offsets, self.core.log.term)
+        # The bound method as a Python object (log.term is called from C
+        # elsewhere, a C function Cython cannot hand over as it is).
+        writes.applied(first, count, replies, offsets, getattr(self.core.log, "term"))
 
     # -------------------------------------------------------------- stopping
 
