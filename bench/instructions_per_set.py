@@ -32,7 +32,8 @@ WARM_UP = 50
 
 
 def run_sets(n):
-    """Elect a leader among three simulated drivers, then answer n SETs."""
+    """Elect a leader among three simulated drivers, then answer n SETs
+    (after WARM_UP more); the answers, in order."""
     import pathlib
 
     from raftfast._kv import OP_SET, encode_commands
@@ -46,6 +47,7 @@ def run_sets(n):
                 block = encode_commands([(OP_SET, [b"k%d" % i, b"v" * 64])])
                 leader.propose(block, 1, answers.append)
                 sim.loop.run_until(lambda: len(answers) == i + 1, 5.0, "the SET's answer")
+            return answers
 
 
 def count_instructions(n):
