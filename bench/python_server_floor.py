@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from raftfast.bench.stats import proc_cpu_times
+
 LOADS = (("-P", "16", "-c", "50"), ("-P", "1", "-c", "50"), ("-P", "1", "-c", "1"))
 OK = b"+OK\r\n"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,14 +66,6 @@ def serve(port):
     uvloop.run(main())
 
 
-def _cpu(pid):
-    """(user, system) CPU seconds of a process, from /proc."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
 def _wait_port(port, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -88,11 +82,11 @@ def measure(pid, port, load, requests, value_size):
     bench = ["redis-benchmark", "-p", str(port), "-t", "set", "-r", "1000000", "-q",
              "-d", str(value_size), *load]
     subprocess.run(bench + ["-n", "2000"], check=True, capture_output=True)  # warm-up
-    u0, s0 = _cpu(pid)
+    u0, s0 = proc_cpu_times(pid)
     t0 = time.monotonic()
     subprocess.run(bench + ["-n", str(requests)], check=True, capture_output=True)
     seconds = time.monotonic() - t0
-    u1, s1 = _cpu(pid)
+    u1, s1 = proc_cpu_times(pid)
     return requests / seconds, (u1 - u0) * 1e6 / requests, (s1 - s0) * 1e6 / requests
 
 

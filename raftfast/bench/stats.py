@@ -142,9 +142,8 @@ def figures(before, after, leader_id=None):
     cpu = _total(before, after, "raftfast_cpu_seconds")
     if cpu is None or len(_delta(before, after, "raftfast_cpu_seconds")) < len(after):
         cpu = _total(before, after, PROC_CPU)
-    sys_s = _total(before, after, PROC_SYS)
-    if len(_delta(before, after, PROC_SYS)) < len(after):
-        sys_s = None
+    sys_d = _delta(before, after, PROC_SYS)
+    sys_s = sum(sys_d.values()) if sys_d and len(sys_d) == len(after) else None
     appends = _total(before, after, "raftfast_appends_sent")
     fsyncs = _total(before, after, "raftfast_fsyncs")
     return {
