@@ -570,6 +570,14 @@ def _list_segments(str path):
     return seqs
 
 
+cdef inline int _fdatasync_nogil(int fd, int *err) noexcept:
+    cdef int rc
+    with nogil:
+        rc = fdatasync(fd)
+        err[0] = errno
+    return rc
+
+
 cdef inline void _lock(PyThread_type_lock mu) noexcept:
     # Uncontended (the usual case) costs no GIL release; otherwise wait
     # without the GIL so the holder can finish.
@@ -760,7 +768,7 @@ cdef class LogStore:
     # code run inside a method (even os.path.join) can switch threads, so
     # the GIL alone does not make a method atomic.
     cdef PyThread_type_lock _mu
-    cdef object _sync_lock  # one sync at a time: a later sync must not return before an earlier one
+    cdef PyThread_type_lock _sync_mu  # one sync at a time: a later sync must not return before an earlier one
     cdef int _fd            # current segment, open for writing at _seg_size
     cdef int _dirfd         # the directory, for fsync after a new segment
     cdef bint _dirty        # current segment written since the last sync
@@ -795,7 +803,8 @@ cdef class LogStore:
         self._closed = True
         self._prep = NULL
         self._mu = PyThread_allocate_lock()
-        if self._mu == NULL:
+        self._sync_mu = PyThread_allocate_lock()
+        if self._mu == NULL or self._sync_mu == NULL:
             raise MemoryError()
 
     def __init__(self, path, bint fsync=True, Py_ssize_t segment_bytes=DEFAULT_SEGMENT_BYTES,
@@ -810,7 +819,6 @@ cdef class LogStore:
         self._retired = []
         self._lower_pending = []
         self._failure = None
-        self._sync_lock = threading.Lock()
         self._compact_lock = threading.Lock()
         if not os.path.isdir(self.path):
             os.makedirs(self.path)
@@ -1196,64 +1204,76 @@ cdef class LogStore:
         Releases the GIL while fsyncing; safe to call from a worker thread
         while another thread appends.  Does nothing when fsync=False.
         """
-        cdef int fd, rc = 0, err = 0
+        cdef int fd = -1, rc = 0, err = 0
+        cdef bint dir_dirty
+        cdef uint64_t cur_seq
+        cdef list retired = None, lower = None
         self._check()
         if not self.fsync:
             return
-        with self._sync_lock:
+        _lock(self._sync_mu)
+        try:
             _lock(self._mu)
             try:
                 self._check()
                 # Whatever was written before this point is in this set.
-                retired = self._retired
-                self._retired = []
-                todo = list(retired)
+                # Usually it is the current segment alone: no list is made.
+                if self._retired:
+                    retired = self._retired
+                    self._retired = []
                 if self._dirty:
-                    todo.append((self._fd, self._name))
+                    fd = self._fd
                     self._dirty = False
                 dir_dirty = self._dir_dirty
                 self._dir_dirty = False
-                dirfd = self._dirfd
                 cur_seq = self._seq
-                lower = self._lower_pending
-                self._lower_pending = []
+                if self._lower_pending:
+                    lower = self._lower_pending
+                    self._lower_pending = []
             finally:
                 PyThread_release_lock(self._mu)
             # Oldest segment first, so a durable segment implies durable
             # predecessors even if this sync is cut short by a crash.
-            for fd, name in todo:
-                with nogil:
-                    rc = fdatasync(fd)
-                    err = errno
-                if rc != 0:
-                    break
+            name = None
+            if retired is not None:
+                for old_fd, name in retired:
+                    rc = _fdatasync_nogil(old_fd, &err)
+                    if rc != 0:
+                        break
+            if rc == 0 and fd >= 0:
+                name = self._name
+                rc = _fdatasync_nogil(fd, &err)
             if rc == 0 and dir_dirty:
-                fd = dirfd
                 name = self.path
                 with nogil:
-                    rc = fsync(fd)
+                    rc = fsync(self._dirfd)
                     err = errno
             if rc != 0:
                 _lock(self._mu)
                 try:
-                    self._retired = retired + self._retired  # still open: close() closes them
+                    if retired is not None:
+                        self._retired = retired + self._retired  # still open: close() closes them
                     if self._failure is None:
                         self._fail(err, "fsync", name)
                     self._check()
                 finally:
                     PyThread_release_lock(self._mu)
-            for fd, name in retired:
-                os.close(fd)
+            if retired is not None:
+                for old_fd, _ in retired:
+                    os.close(old_fd)
             _lock(self._mu)
             try:
                 # Every segment up to cur_seq is now durable from its start
                 # (its leading hard state included), and so is every reset
                 # record written before this sync began.
                 self._synced_seq = cur_seq
-                for index, seq in lower:
-                    self._lower_tops(index, seq)
+                if lower is not None:
+                    for index, seq in lower:
+                        self._lower_tops(index, seq)
             finally:
                 PyThread_release_lock(self._mu)
+        finally:
+            PyThread_release_lock(self._sync_mu)
 
     def replay(self, on_entries, on_hard_state, snap_index=None, on_reset=None):
         """Read the log back in order: on_entries(first_index, block, count)
@@ -1441,7 +1461,8 @@ cdef class LogStore:
         cdef Prep *prep = NULL
         if self._closed:
             return
-        with self._sync_lock:  # never close an fd under a running fsync
+        _lock(self._sync_mu)  # never close an fd under a running fsync
+        try:
             _lock(self._mu)
             try:
                 if self._closed:
@@ -1454,6 +1475,8 @@ cdef class LogStore:
                 self._prep = NULL
             finally:
                 PyThread_release_lock(self._mu)
+        finally:
+            PyThread_release_lock(self._sync_mu)
         if prep != NULL:
             with nogil:
                 _prep_free(prep)  # before the directory fd it uses is closed
@@ -1485,3 +1508,5 @@ cdef class LogStore:
                     c_close(fd)
         if self._mu != NULL:
             PyThread_free_lock(self._mu)
+        if self._sync_mu != NULL:
+            PyThread_free_lock(self._sync_mu)
