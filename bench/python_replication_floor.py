@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections import deque
 
+from raftfast.bench.floor import format_floor, measure_floor
 from raftfast.bench.redis_benchmark import parse_csv
 from raftfast.bench.stats import proc_cpu_times
 
@@ -341,6 +342,7 @@ def main(argv=None):
                ("redis, fsync always", start_redis, ns.port + 1))
     results = {}  # (system, load) -> [figures per round]
     with tempfile.TemporaryDirectory() as top:
+        floor = measure_floor(ns.value_size, directory=top)
         procs = _Processes()
         try:
             started = []
@@ -358,16 +360,24 @@ def main(argv=None):
                             measure(pids, port, load, n, ns.value_size))
         finally:
             procs.close()
+    print(format_floor(floor))
     print(f"{ns.value_size} B values, {ns.rounds} rounds in turns, medians; CPU per SET is every "
-          "server process's user + kernel")
-    print(f"{'system':24} {'load':12} {'SET/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'user us':>8} {'kernel us':>9} {'CPU us':>8}")
+          "server process's user + kernel; x: against Redis in the same run")
+    print(f"{'system':24} {'load':12} {'SET/s':>9} {'x':>5} {'p50 ms':>7} {'p99 ms':>7} {'x':>5} "
+          f"{'user us':>8} {'kernel us':>9} {'CPU us':>8} {'x':>5}")
     for load in LOADS:
+        medians = {name: [statistics.median(r[k] for r in results[(name, load)])
+                          for k in range(5)] for name, _, _ in systems}
+        redis = medians[systems[-1][0]]
         for name, _, _ in systems:
-            rows = results[(name, load)]
-            med = [statistics.median(r[k] for r in rows) for k in range(5)]
-            print(f"{name:24} {' '.join(load):12} {med[0]:>9,.0f} {med[1]:>7.3f} {med[2]:>7.3f} "
-                  f"{med[3]:>8.1f} {med[4]:>9.1f} {med[3] + med[4]:>8.1f}")
+            rate, p50, p99, user, kernel = medians[name]
+            print(f"{name:24} {' '.join(load):12} {rate:>9,.0f} {rate / redis[0]:>5.2f} "
+                  f"{p50:>7.3f} {p99:>7.3f} {p99 / redis[2]:>5.2f} {user:>8.1f} {kernel:>9.1f} "
+                  f"{user + kernel:>8.1f} {(user + kernel) / (redis[3] + redis[4]):>5.2f}")
+    one = {name: statistics.median(r[1] for r in results[(name, LOADS[-1])])
+           for name, _, _ in systems}
+    print("one client's p50 above the floor: " + ", ".join(
+        f"{name} {p50 - floor['one_client_ms']:+.3f} ms" for name, p50 in one.items()))
     return 0
 
 
