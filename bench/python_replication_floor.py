@@ -300,7 +300,8 @@ def start_redis(procs, directory, port):
 
 
 def measure(pids, port, load, requests, value_size):
-    """SET/s, p50 and p99 ms, and user and kernel µs per SET over `pids`."""
+    """SET/s, p50 and p99 ms, user and kernel µs per SET over `pids`, and
+    (user, kernel) µs per SET of each of them."""
     bench = ["redis-benchmark", "-p", str(port), "-t", "set", "-r", "1000000", "-d",
              str(value_size), *load, "--csv"]
     before = [proc_cpu_times(p) for p in pids]
@@ -308,9 +309,11 @@ def measure(pids, port, load, requests, value_size):
                          text=True).stdout
     after = [proc_cpu_times(p) for p in pids]
     figs = parse_csv(out)
-    user = sum(a[0] - b[0] for a, b in zip(after, before)) * 1e6 / requests
-    kernel = sum(a[1] - b[1] for a, b in zip(after, before)) * 1e6 / requests
-    return figs.rps, figs.p50, figs.p99, user, kernel
+    per_process = [((a[0] - b[0]) * 1e6 / requests, (a[1] - b[1]) * 1e6 / requests)
+                   for a, b in zip(after, before)]
+    user = sum(u for u, _ in per_process)
+    kernel = sum(k for _, k in per_process)
+    return figs.rps, figs.p50, figs.p99, user, kernel, per_process
 
 
 def requests_for(load, scale):
@@ -374,6 +377,13 @@ def main(argv=None):
             print(f"{name:24} {' '.join(load):12} {rate:>9,.0f} {rate / redis[0]:>5.2f} "
                   f"{p50:>7.3f} {p99:>7.3f} {p99 / redis[2]:>5.2f} {user:>8.1f} {kernel:>9.1f} "
                   f"{user + kernel:>8.1f} {(user + kernel) / (redis[3] + redis[4]):>5.2f}")
+    print("one client, user / kernel us per SET by process (medians; the floor's and "
+          "raftfast's leader is the one using most):")
+    for name, _, _ in systems:
+        rows = results[(name, LOADS[-1])]
+        per = [(statistics.median(r[5][i][0] for r in rows),
+                statistics.median(r[5][i][1] for r in rows)) for i in range(len(rows[0][5]))]
+        print(f"  {name:24} " + ", ".join(f"{u:.0f} / {k:.0f}" for u, k in per))
     one = {name: statistics.median(r[1] for r in results[(name, LOADS[-1])])
            for name, _, _ in systems}
     print("one client's p50 above the floor: " + ", ".join(
