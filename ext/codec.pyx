@@ -37,6 +37,12 @@ cdef enum:
     _F_HANDSHAKE = 1
     _F_HANDSHAKE_ACK = 2
     _F_MESSAGE = 3
+    _F_AUTH = 4
+    _AUTH_SECRET = 1      # the auth tail's kind: HMAC-SHA256 over a cluster secret
+    _NONCE = 32
+    _PROOF = 32
+    _HS_TAIL = 1 + _NONCE                    # HANDSHAKE: kind, the dialer's nonce
+    _ACK_TAIL = 1 + 4 + _NONCE + _PROOF      # ACK: kind, the acceptor's range, nonce, proof
 
 cdef uint64_t _ID_MAX = 0x7FFFFFFFFFFFFFFFULL
 # MESSAGE fields a receiver refuses at 2**63 and above, in wire order.
@@ -48,6 +54,9 @@ PROTOCOL_MAX = _PROTOCOL_MAX
 FRAME_HANDSHAKE = _F_HANDSHAKE
 FRAME_HANDSHAKE_ACK = _F_HANDSHAKE_ACK
 FRAME_MESSAGE = _F_MESSAGE
+FRAME_AUTH = _F_AUTH
+NONCE_SIZE = _NONCE
+PROOF_SIZE = _PROOF
 HEADER_SIZE = _HDR
 MSG_TYPE_MAX_V1 = _MSG_TYPE_MAX_V1
 DEFAULT_MAX_FRAME = 64 << 20
@@ -82,16 +91,26 @@ class Handshake:
     """The opening frame of a connection (HANDSHAKE), or its answer
     (HANDSHAKE_ACK, where min_version == max_version == the chosen one).
     client_url is the sender's advertised client address ("" if none), the
-    one a follower names in MOVED when the sender leads."""
+    one a follower names in MOVED when the sender leads.
 
-    __slots__ = ("cluster_id", "node_id", "min_version", "max_version", "client_url")
+    With a cluster secret (docs/protocol.md, "Authentication") a HANDSHAKE
+    carries the dialer's nonce, and an ACK the acceptor's own version range
+    (`offered`, a (min, max) pair), its nonce and its proof; without one
+    they are None."""
 
-    def __init__(self, cluster_id, node_id, min_version, max_version, client_url=""):
+    __slots__ = ("cluster_id", "node_id", "min_version", "max_version", "client_url",
+                 "nonce", "offered", "proof")
+
+    def __init__(self, cluster_id, node_id, min_version, max_version, client_url="",
+                 nonce=None, offered=None, proof=None):
         self.cluster_id = cluster_id
         self.node_id = node_id
         self.min_version = min_version
         self.max_version = max_version
         self.client_url = client_url
+        self.nonce = nonce
+        self.offered = offered
+        self.proof = proof
 
     def __eq__(self, other):
         if not isinstance(other, Handshake):
@@ -99,12 +118,14 @@ class Handshake:
         return (self.cluster_id == other.cluster_id and self.node_id == other.node_id
                 and self.min_version == other.min_version
                 and self.max_version == other.max_version
-                and self.client_url == other.client_url)
+                and self.client_url == other.client_url and self.nonce == other.nonce
+                and self.offered == other.offered and self.proof == other.proof)
 
     def __repr__(self):
+        auth = "" if self.nonce is None else ", authenticated"
         return (f"Handshake(cluster_id={self.cluster_id!r}, node_id={self.node_id}, "
                 f"versions={self.min_version}..{self.max_version}, "
-                f"client_url={self.client_url!r})")
+                f"client_url={self.client_url!r}{auth})")
 
 
 def message_version(mtype):
@@ -259,7 +280,7 @@ def encode_message(msg):
 
 
 cdef bytes _encode_hs(uint8_t ftype, str cluster_id, node_id, min_version, max_version,
-                      str client_url):
+                      str client_url, bytes tail=b""):
     if not 1 <= node_id <= _ID_MAX:
         raise ValueError(f"node_id={node_id} is not a node id (1..2**63-1)")
     # The header's version byte is a u8, so no version above 255 can be used.
@@ -273,7 +294,8 @@ cdef bytes _encode_hs(uint8_t ftype, str cluster_id, node_id, min_version, max_v
     cdef size_t u = len(url)
     if u > 0xFFFF:
         raise ValueError(f"client url of {u} bytes is longer than 65535")
-    cdef size_t blen = _HS_FIXED + n + _HS_URL_LEN + u
+    cdef size_t t = len(tail)
+    cdef size_t blen = _HS_FIXED + n + _HS_URL_LEN + u + t
     out = PyBytes_FromStringAndSize(NULL, _HDR + blen)
     cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
     cdef uint8_t *b = p + _HDR
@@ -285,25 +307,60 @@ cdef bytes _encode_hs(uint8_t ftype, str cluster_id, node_id, min_version, max_v
     b += _HS_FIXED + n
     st16(b, <uint16_t>u)
     memcpy(b + _HS_URL_LEN, PyBytes_AS_STRING(url), u)
+    if t:
+        memcpy(b + _HS_URL_LEN + u, PyBytes_AS_STRING(tail), t)
     # The header names min_version: for a HANDSHAKE the version the peer is
     # most likely to read, for an ACK the chosen one.
     _put_header(p, <uint8_t>min_version, ftype, <uint32_t>blen)
     return out
 
 
+cdef bytes _sized(object value, Py_ssize_t size, str what):
+    if not isinstance(value, bytes) or len(value) != size:
+        raise ValueError(f"{what} must be {size} bytes")
+    return <bytes>value
+
+
 def encode_handshake(str cluster_id not None, node_id, min_version=PROTOCOL_MIN,
-                     max_version=PROTOCOL_MAX, str client_url not None=""):
+                     max_version=PROTOCOL_MAX, str client_url not None="", nonce=None):
     """The HANDSHAKE frame a dialer opens a connection with; client_url is
-    the dialer's advertised client address ("" for none)."""
+    the dialer's advertised client address ("" for none).  nonce: its
+    fresh 32 bytes when it has a cluster secret, else None."""
+    tail = b""
+    if nonce is not None:
+        tail = bytes((_AUTH_SECRET,)) + _sized(nonce, _NONCE, "nonce")
     return _encode_hs(_F_HANDSHAKE, cluster_id, node_id, min_version, max_version,
-                      client_url)
+                      client_url, tail)
 
 
 def encode_handshake_ack(str cluster_id not None, node_id, version,
-                         str client_url not None=""):
+                         str client_url not None="", offered=None, nonce=None, proof=None):
     """The HANDSHAKE_ACK an acceptor answers with: its own identity, the
-    chosen version (see choose_version) and its advertised client address."""
-    return _encode_hs(_F_HANDSHAKE_ACK, cluster_id, node_id, version, version, client_url)
+    chosen version (see choose_version) and its advertised client address;
+    with a cluster secret also its own version range (offered, a (min, max)
+    pair), its fresh nonce and its proof."""
+    tail = b""
+    if nonce is not None or proof is not None or offered is not None:
+        vmin, vmax = offered
+        if not 1 <= vmin <= vmax <= 255:
+            raise ValueError(f"bad version range {vmin}..{vmax}")
+        tail = (bytes((_AUTH_SECRET, vmin & 0xFF, vmin >> 8, vmax & 0xFF, vmax >> 8))
+                + _sized(nonce, _NONCE, "nonce") + _sized(proof, _PROOF, "proof"))
+    return _encode_hs(_F_HANDSHAKE_ACK, cluster_id, node_id, version, version, client_url,
+                      tail)
+
+
+def encode_auth(int version, proof):
+    """The AUTH frame a dialer sends after checking an authenticated ACK:
+    its proof, in the chosen version."""
+    if not 1 <= version <= 255:
+        raise ValueError(f"bad version {version}")
+    body = _sized(proof, _PROOF, "proof")
+    out = PyBytes_FromStringAndSize(NULL, _HDR + _PROOF)
+    cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
+    memcpy(p + _HDR, PyBytes_AS_STRING(body), _PROOF)
+    _put_header(p, <uint8_t>version, _F_AUTH, _PROOF)
+    return out
 
 
 cdef class FrameDecoder:
@@ -360,8 +417,9 @@ cdef class FrameDecoder:
             self._pending += n
 
     def next(self):
-        """(frame_type, Message or Handshake), or None until a whole frame
-        is buffered.  Messages come with to=0: the caller knows the receiver."""
+        """(frame_type, Message or Handshake, or for FRAME_AUTH the proof
+        bytes), or None until a whole frame is buffered.  Messages come with
+        to=0: the caller knows the receiver."""
         if self._error is not None:
             raise self._error.with_traceback(None)
         return self._next()
@@ -391,7 +449,7 @@ cdef class FrameDecoder:
                 raise self._fail(FrameVersionError(
                     f"frame version {version} is outside "
                     f"{_PROTOCOL_MIN}..{_PROTOCOL_MAX}"))
-            if self._ftype < _F_HANDSHAKE or self._ftype > _F_MESSAGE:
+            if self._ftype < _F_HANDSHAKE or self._ftype > _F_AUTH:
                 raise self._fail(FrameMalformed(f"unknown frame type {self._ftype}"))
             if reserved != 0:
                 raise self._fail(FrameMalformed("reserved header bits are set"))
@@ -406,6 +464,12 @@ cdef class FrameDecoder:
             raise self._fail(FrameChecksumError("frame body does not match its CRC32C"))
         if self._ftype == _F_MESSAGE:
             obj = self._decode_message()
+        elif self._ftype == _F_AUTH:
+            if self._body_len != _PROOF:
+                raise self._fail(FrameMalformed(
+                    f"auth body of {self._body_len} bytes, not {_PROOF}"))
+            obj = PyBytes_FromStringAndSize(NULL, _PROOF)
+            self._gather(_HDR, <uint8_t *>PyBytes_AS_STRING(obj), _PROOF)
         else:
             obj = self._decode_handshake()
         self._consume(_HDR + self._body_len)
@@ -519,7 +583,8 @@ cdef class FrameDecoder:
         self._gather(_HDR + _HS_FIXED + cid_len, ul, _HS_URL_LEN)
         cdef uint16_t url_len = ld16(ul)
         rest -= cid_len + _HS_URL_LEN
-        if <uint32_t>url_len != rest:
+        cdef uint32_t tail_len = _HS_TAIL if self._ftype == _F_HANDSHAKE else _ACK_TAIL
+        if <uint32_t>url_len != rest and <uint32_t>url_len + tail_len != rest:
             raise self._fail(FrameMalformed(
                 f"client url of {url_len} bytes but {rest} bytes follow"))
         raw = PyBytes_FromStringAndSize(NULL, url_len)
@@ -529,7 +594,22 @@ cdef class FrameDecoder:
             client_url = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise self._fail(FrameMalformed("client url is not valid UTF-8")) from None
-        return Handshake(cluster_id, node_id, vmin, vmax, client_url)
+        if <uint32_t>url_len == rest:
+            return Handshake(cluster_id, node_id, vmin, vmax, client_url)
+        cdef uint8_t t[_ACK_TAIL]
+        self._gather(_HDR + _HS_FIXED + cid_len + _HS_URL_LEN + url_len, t, tail_len)
+        if t[0] != _AUTH_SECRET:
+            raise self._fail(FrameMalformed(f"unknown authentication kind {t[0]}"))
+        if self._ftype == _F_HANDSHAKE:
+            return Handshake(cluster_id, node_id, vmin, vmax, client_url,
+                             nonce=PyBytes_FromStringAndSize(<char *>t + 1, _NONCE))
+        cdef uint16_t omin = ld16(t + 1), omax = ld16(t + 3)
+        if omin == 0 or omin > omax:
+            raise self._fail(FrameMalformed(f"bad offered version range {omin}..{omax}"))
+        return Handshake(cluster_id, node_id, vmin, vmax, client_url,
+                         nonce=PyBytes_FromStringAndSize(<char *>t + 5, _NONCE),
+                         offered=(omin, omax),
+                         proof=PyBytes_FromStringAndSize(<char *>t + 5 + _NONCE, _PROOF))
 
     cdef inline const uint8_t *_piece(self, Py_ssize_t *i, Py_ssize_t *start,
                                       Py_ssize_t n, Py_ssize_t *take) except NULL:

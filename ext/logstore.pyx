@@ -643,7 +643,7 @@ cdef int _prepare_file(int dirfd, const char *name, uint64_t size, int *out,
     *out = its fd, open for writing.  0 or an errno (the file is removed
     then)."""
     cdef int fd, err
-    fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
     if fd < 0:
         return errno
     err = _preallocate(fd, 0, size, stop_on)
@@ -821,7 +821,7 @@ cdef class LogStore:
         self._failure = None
         self._compact_lock = threading.Lock()
         if not os.path.isdir(self.path):
-            os.makedirs(self.path)
+            os.makedirs(self.path, 0o700)
             if fsync:
                 _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         for name in os.listdir(self.path):
@@ -1030,7 +1030,7 @@ cdef class LogStore:
         name = self._file(seq)
         if fd < 0:
             try:
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except OSError as e:
                 self._fail(e.errno, "segment create", name)
         self._fd = fd

@@ -168,14 +168,34 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             pass  # the connection may already be gone; nothing to tune then
 
 
+def is_local_peer(transport: asyncio.BaseTransport) -> bool:
+    """The other end of this connection is on this machine: a Unix socket,
+    or TCP from a loopback address (IPv4-mapped IPv6 included).  Unknown
+    counts as not local."""
+    if isinstance(transport.get_extra_info("sockname"), (str, bytes)):
+        return True  # AF_UNIX: its address is a path
+    peer = transport.get_extra_info("peername")
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return False
+    try:
+        ip = ipaddress.ip_address(peer[0].split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
 async def create_server(loop: asyncio.AbstractEventLoop, addr: str | Address,
                         protocol_factory: Callable[[], asyncio.BaseProtocol],
-                        **kwargs: Any) -> asyncio.AbstractServer:
+                        unix_mode: int = 0o600, **kwargs: Any) -> asyncio.AbstractServer:
     """Listen on `addr` (Address or URL); returns the asyncio Server.
 
     For unix addresses an existing socket file is removed only when
     connecting to it is refused (a killed process left it behind); if
     something answers, AddressInUse is raised and the file is left alone.
+    The socket file gets unix_mode (connecting takes write permission, so
+    0600: only this user).
     """
     addr = parse_address(addr)
     if addr.scheme == "tcp":
@@ -183,7 +203,7 @@ async def create_server(loop: asyncio.AbstractEventLoop, addr: str | Address,
             return await loop.create_server(protocol_factory, addr.host, addr.port, **kwargs)
         except OSError as e:
             raise _bind_error(addr, e) from e
-    sock = _bind_unix(addr)
+    sock = _bind_unix(addr, unix_mode)
     try:
         return await loop.create_unix_server(protocol_factory, sock=sock, **kwargs)
     except BaseException:
@@ -197,7 +217,7 @@ def _bind_error(addr: Address, e: OSError) -> OSError:
     return OSError(e.errno, f"cannot listen on {addr}: {e.strerror or e}")
 
 
-def _bind_unix(addr: Address) -> socket.socket:
+def _bind_unix(addr: Address, mode: int) -> socket.socket:
     # Bind the socket ourselves: loop.create_unix_server(path=...) deletes any
     # socket file at the path unconditionally, even one a live node listens on.
     path = cast(str, addr.path)  # a unix Address always has a path
@@ -213,6 +233,7 @@ def _bind_unix(addr: Address) -> socket.socket:
                 sock.bind(path)
             except OSError as e2:
                 raise _bind_error(addr, e2) from e2
+        os.chmod(path, mode)  # before listen(): nobody else connects meanwhile
         sock.listen(socket.SOMAXCONN)
         sock.setblocking(False)
         return sock

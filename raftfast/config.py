@@ -22,6 +22,7 @@ __all__ = ["Config", "ConfigError", "ArgumentParser", "add_node_arguments",
 NODE_ID_MAX: int = 2**63 - 1
 CLUSTER_ID_MAX_BYTES: int = 255  # it travels in every handshake with a one-byte length
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+DEBUG_COMMAND_MODES: tuple[str, ...] = ("no", "yes", "local")
 # Room for a frame's own header fields next to a full proposal batch.
 FRAME_OVERHEAD: int = 4096
 
@@ -58,6 +59,12 @@ class Config:
     snapshot_trailing: int = 100_000
     log_level: str = "info"
     max_frame_bytes: int = 64 << 20
+    # The file holding the secret every peer handshake proves both ways
+    # (raftfast.runtime.peer_auth); None: peers are not authenticated.
+    cluster_secret_file: str | None = None
+    # RAFTFAST.BENCH (and any later debug command): no, yes, or local
+    # (loopback and Unix-socket clients only), as Redis's enable-debug-command.
+    enable_debug_command: str = "no"
 
     def client_advertised(self) -> str:
         """The client URL other nodes name in MOVED/NOTLEADER."""
@@ -68,6 +75,8 @@ class Config:
         _check_node_id("--id", self.node_id)
         if not self.data_dir:
             raise ConfigError("--data-dir: must not be empty")
+        if self.cluster_secret_file is not None and not self.cluster_secret_file:
+            raise ConfigError("--cluster-secret-file: must not be empty")
         listen = _addr("--listen", self.listen)
         client = _addr("--client", self.client)
         if self.advertise_client is not None:
@@ -94,6 +103,7 @@ class Config:
         _choice("--fsync", self.fsync, ("always", "never"))
         _choice("--read-mode", self.read_mode, ("readindex", "lease"))
         _choice("--log-level", self.log_level, LOG_LEVELS)
+        _choice("--enable-debug-command", self.enable_debug_command, DEBUG_COMMAND_MODES)
         _at_least("--heartbeat-interval", self.heartbeat_interval_ms, 1)
         _at_least("--election-timeout", self.election_timeout_ms, 1)
         if self.heartbeat_interval_ms >= self.election_timeout_ms:
@@ -252,6 +262,8 @@ _TUNABLES: list[tuple[str, str, dict[str, Any]]] = [
     ("--log-level", "log_level", dict(choices=LOG_LEVELS, help="log verbosity")),
     ("--max-frame-bytes", "max_frame_bytes", dict(type=int_at_least(1), metavar="N",
      help="largest peer frame accepted")),
+    ("--enable-debug-command", "enable_debug_command", dict(choices=DEBUG_COMMAND_MODES,
+     help="RAFTFAST.BENCH: no, yes, or local (loopback and Unix-socket clients only)")),
 ]
 
 
@@ -278,6 +290,9 @@ def add_node_arguments(parser: argparse.ArgumentParser,
                        help="how this node dials another node (repeatable)")
         g.add_argument("--join", action="store_true",
                        help="start as a non-member that waits to be added")
+        g.add_argument("--cluster-secret-file", metavar="FILE",
+                       help="a secret shared by every node: each peer connection proves it "
+                            "both ways before a message is read (default: none)")
     g = parser.add_argument_group("tunables")
     for flag, name, kw in _TUNABLES:
         g.add_argument(flag, dest=name, default=None,

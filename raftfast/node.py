@@ -29,6 +29,7 @@ from raftfast.config import Config, parse_node_config
 from raftfast.core import FOLLOWER
 from raftfast.runtime.driver import RaftDriver
 from raftfast.runtime.kv_state_machine import KVStateMachine
+from raftfast.runtime.peer_auth import SecretError, load_secret
 from raftfast.runtime.storage import Storage, StorageError
 from raftfast.runtime.transport import PeerTransport
 from raftfast.server.server import RespServer
@@ -43,8 +44,10 @@ def tick_ms(cfg: Config) -> int:
 
 
 class Node:
-    def __init__(self, cfg: Config, storage: Storage, conf: tuple) -> None:
+    def __init__(self, cfg: Config, storage: Storage, conf: tuple,
+                 secret: bytes | None = None) -> None:
         self.cfg = cfg
+        self.secret = secret  # the cluster secret peers prove, or None
         self.storage = storage
         self.conf = conf  # (voters, learners, urls) the core starts from
         self.exit_code = 0
@@ -61,7 +64,7 @@ class Node:
         self.transport = PeerTransport(
             loop, cfg.node_id, cfg.cluster_id, self._on_peer_messages, dict(cfg.peers),
             cfg.max_frame_bytes, logging.getLogger("raftfast.transport"),
-            client_url=cfg.client_advertised(),
+            client_url=cfg.client_advertised(), secret=self.secret,
             # A full pipelining window must fit in the socket's buffer, or
             # the transport would drop appends that flow control allowed.
             write_buffer_limit=max(4 << 20, 2 * cfg.max_inflight_bytes))
@@ -209,6 +212,9 @@ def bootstrap(storage: Storage, cfg: Config) -> tuple:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Everything the node creates (data dir, log, snapshots, sockets) is
+    # its user's alone: 0700 directories, 0600 files.
+    os.umask(0o077)
     cfg = parse_node_config(argv)  # bad usage exits 2
     try:
         segment_bytes = segment_bytes_from_env()
@@ -217,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), stream=sys.stderr,
                         format=f"%(asctime)s node{cfg.node_id} %(levelname)s %(name)s: %(message)s")
+    secret = None
+    if cfg.cluster_secret_file is not None:
+        try:
+            secret = load_secret(cfg.cluster_secret_file, warn=log.warning)
+        except SecretError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     try:
         storage = Storage.open(cfg.data_dir, cfg.node_id, cfg.cluster_id,
                                fsync=cfg.fsync == "always", segment_bytes=segment_bytes)
@@ -229,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         storage.close()
         return 1
-    node = Node(cfg, storage, conf)
+    node = Node(cfg, storage, conf, secret)
     if os.environ.get("RAFTFAST_COUNT_CALLS") == "1":
         node.call_counter = CallCounter()
         node.call_counter.install()

@@ -289,6 +289,11 @@ async def core_bench(url, seconds, batch, value_size, window):
 
 
 async def cmd_core(ns):
+    if not ns.target and getattr(ns, "enable_debug_command", None) is None:
+        # Its own cluster, driven from this machine: RAFTFAST.BENCH from
+        # loopback only.  Against --target the operator enables it.
+        ns.enable_debug_command = "local"
+
     async def body(target):
         before = await bench_stats.snapshot(target.nodes)
         if ns.count_calls:

@@ -23,7 +23,7 @@ import uvloop
 from raftfast.config import ArgumentParser, ConfigError, int_at_least, add_node_arguments
 from raftfast.launcher import control
 from raftfast.launcher.launcher import Launcher
-from raftfast.launcher.layout import Layout, plan
+from raftfast.launcher.layout import Layout, ensure_secret, plan
 
 DEFAULTS = {"nodes": 3, "transport": "unix", "base_port": 7000}
 
@@ -148,6 +148,7 @@ def main(argv=None):
         return control_main(argv)
     parser = build_parser()
     ns = parser.parse_args(argv)
+    os.umask(0o077)  # the cluster's files (its secret, layout and logs) are its user's alone
     temp = ns.data_dir is None
     data_dir = tempfile.mkdtemp(prefix="raftfast-") if temp else os.path.abspath(ns.data_dir)
     try:
@@ -157,6 +158,7 @@ def main(argv=None):
         except ConfigError as e:
             parser.error(str(e))
         os.makedirs(data_dir, exist_ok=True)
+        ensure_secret(data_dir)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(Launcher(ns, specs, data_dir, layout).run())
     finally:

@@ -9,12 +9,40 @@ the same DIR starts the same nodes.
 """
 import json
 import os
+import secrets
 
 from raftfast.address import AddressError, parse_address
 from raftfast.config import Config, ConfigError, tunable_argv
 
 STATE_FILE = "cluster.json"
 STATE_FORMAT = 1
+SECRET_FILE = "cluster.secret"  # the secret every node's peer handshakes prove
+
+
+def secret_path(data_dir):
+    return os.path.join(data_dir, SECRET_FILE)
+
+
+def ensure_secret(data_dir):
+    """Create the cluster's secret in data_dir (0600, 32 random bytes as
+    hex, durable) unless it is there already: a restart keeps the one the
+    nodes were started with."""
+    path = secret_path(data_dir)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path
+    try:
+        os.write(fd, (secrets.token_hex(32) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dfd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return path
 
 
 def log_path(data_dir, i):
@@ -126,7 +154,7 @@ def node_spec(layout, data_dir, i, tunables):
     ddir = os.path.join(data_dir, f"node{i}")
     listen = layout.listen(data_dir, i)
     argv = ["--id", str(i), "--data-dir", ddir, "--listen", listen,
-            "--client", layout.client(i)]
+            "--client", layout.client(i), "--cluster-secret-file", secret_path(data_dir)]
     for j in layout.live_ids():
         if j != i:
             argv += ["--peer", f"{j}={layout.listen(data_dir, j)}"]

@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from raftfast import resp_client
-from raftfast.launcher.layout import log_path, plan
+from raftfast.launcher.layout import ensure_secret, log_path, plan
 from raftfast.launcher.status import poll_all
 from raftfast.launcher.supervisor import LEADER_WAIT, TIMEOUT, spawn, stop_all, until
 
@@ -108,6 +108,7 @@ class LocalCluster(NodeGroup):
     async def start_nodes(self):
         specs = plan(self.ns, self.data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
+        ensure_secret(self.data_dir)
         for spec in specs:
             self.nodes.append(await spawn(spec, log_path(self.data_dir, spec.id), self.env))
 

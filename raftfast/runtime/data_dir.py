@@ -22,6 +22,7 @@ puts these pieces together.
 import fcntl
 import json
 import os
+import stat
 
 from raftfast._logstore import segment_name, segment_numbers
 
@@ -50,10 +51,37 @@ def fsync_dir(path):
         os.close(fd)
 
 
+def make_private_dir(path):
+    """Create the directory at path and any missing parents, each 0700
+    and made durable in its parent, up to the first that exists."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for d in reversed(missing):
+        os.mkdir(d, 0o700)
+        fsync_dir(os.path.dirname(d))
+
+
+def check_dir_access(data_dir, warn):
+    """StorageError when users other than the owner can write to data_dir
+    (they could replace its log); warn(text) when they can read it (a data
+    dir an older release created 0755)."""
+    mode = stat.S_IMODE(os.stat(data_dir).st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StorageError(f"data dir {data_dir} is writable by other users (mode {mode:04o}); "
+                           f"chmod 700 it")
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        warn(f"data dir {data_dir} is readable by other users (mode {mode:04o}); chmod 700 it")
+
+
 def write_atomically(path, data):
     # tmp + fsync + rename + fsync(dir): the file is either absent or whole.
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
@@ -66,7 +94,7 @@ def write_atomically(path, data):
 def lock_data_dir(data_dir):
     path = os.path.join(data_dir, LOCK_FILE)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as e:
         raise StorageError(f"cannot lock data dir {data_dir}: {e}") from None
     try:

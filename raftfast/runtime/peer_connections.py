@@ -8,20 +8,30 @@ protocol version, then only receives, handing each message over in
 arrival order.  A connection that fails a check is closed and logged; the
 node keeps serving.
 
+With a cluster secret (the owner's `secret`), both ends prove they hold it
+before a message is read (raftfast.runtime.peer_auth): the HANDSHAKE
+carries the dialer's nonce, the ACK the acceptor's nonce and proof, and
+the dialer, once it has checked that proof, sends its own in an AUTH frame
+ahead of its first message.  The acceptor takes no message, admits no
+large frame and learns no client URL from a peer before its AUTH checks
+out.  A node with a secret and one without refuse each other.
+
 Both are driven by the PeerTransport that owns them (raftfast.runtime.
 transport), through these of its members:
     loop, node_id, cluster_id, client_url, max_frame_size, write_buffer_limit,
-    log, hello (this node's encoded HANDSHAKE), closed, on_messages,
+    log, hello (this node's encoded HANDSHAKE without a secret), secret (the
+    cluster secret, or None), closed, on_messages,
     on_peer_state, listen_address, and its counters frames_received,
     bytes_received, reads and refused;
     attach_dialed(peer, conn), dialed_ready(peer, conn, version),
     dialed_lost(peer, conn, exc), attach_accepted(conn),
     detach_accepted(conn), learn_client_url(node_id, url).
 """
-from raftfast._codec import (FRAME_HANDSHAKE, FRAME_HANDSHAKE_ACK, FRAME_MESSAGE, PROTOCOL_MAX,
-                             PROTOCOL_MIN, FrameDecoder, FrameError, choose_version,
-                             encode_handshake_ack)
+from raftfast._codec import (FRAME_AUTH, FRAME_HANDSHAKE, FRAME_HANDSHAKE_ACK, FRAME_MESSAGE,
+                             PROTOCOL_MAX, PROTOCOL_MIN, FrameDecoder, FrameError, choose_version,
+                             encode_auth, encode_handshake, encode_handshake_ack)
 from raftfast.address import set_nodelay
+from raftfast.runtime.peer_auth import DIALER, LISTENER, new_nonce, proof, proofs_match
 
 __all__ = ["AcceptedConnection", "DialedConnection", "HANDSHAKE_MAX_FRAME", "HANDSHAKE_TIMEOUT"]
 
@@ -31,13 +41,14 @@ HANDSHAKE_TIMEOUT = 5.0
 # Before its handshake is accepted a connection may send only small frames:
 # a stranger must not make us buffer a 64 MiB "handshake".
 HANDSHAKE_MAX_FRAME = 160 << 10  # room for a cluster id and a 64 KiB client URL
+OURS = (PROTOCOL_MIN, PROTOCOL_MAX)  # the version range this node offers and proves
 
 
 class DialedConnection:
     """The connection this node dialed: sends, and reads only the ack."""
 
     __slots__ = ("owner", "peer", "transport", "decoder", "acked", "paused", "timer",
-                 "failure")
+                 "failure", "nonce")
 
     def __init__(self, owner, peer):
         self.owner = owner
@@ -48,6 +59,7 @@ class DialedConnection:
         self.paused = False
         self.timer = None
         self.failure = None
+        self.nonce = None  # with a secret: this connection's, fresh
 
     def connection_made(self, transport):
         self.transport = transport
@@ -57,7 +69,12 @@ class DialedConnection:
             return
         set_nodelay(transport)
         transport.set_write_buffer_limits(high=owner.write_buffer_limit)
-        transport.write(owner.hello)
+        if owner.secret is None:
+            transport.write(owner.hello)
+        else:
+            self.nonce = new_nonce()
+            transport.write(encode_handshake(owner.cluster_id, owner.node_id,
+                                             client_url=owner.client_url, nonce=self.nonce))
         self.timer = owner.loop.call_later(HANDSHAKE_TIMEOUT, self._fail, "no handshake ack")
 
     def _fail(self, why):
@@ -84,10 +101,36 @@ class DialedConnection:
         if not PROTOCOL_MIN <= hs.min_version <= PROTOCOL_MAX:
             return self._fail(f"it chose protocol v{hs.min_version}, "
                               f"we speak v{PROTOCOL_MIN}..v{PROTOCOL_MAX}")
+        if owner.secret is None:
+            if hs.proof is not None:
+                return self._fail("it proves a cluster secret and this node has none")
+        elif not self._prove(hs):
+            return
         self.timer.cancel()
         self.acked = True
         owner.learn_client_url(hs.node_id, hs.client_url)
         owner.dialed_ready(self.peer, self, hs.min_version)
+
+    def _prove(self, hs):
+        """Check the acceptor's proof, then send ours; False once failed."""
+        if hs.proof is None:
+            self._fail("it did not prove the cluster secret (it has none, or is of a "
+                       "release before peer authentication)")
+            return False
+        owner = self.owner
+        theirs = hs.offered
+        if not theirs[0] <= hs.min_version <= theirs[1]:
+            self._fail(f"it chose protocol v{hs.min_version} outside its own "
+                       f"v{theirs[0]}..v{theirs[1]}")
+            return False
+        args = (owner.secret, owner.cluster_id, owner.node_id, self.peer.id, self.nonce,
+                hs.nonce, OURS, theirs)
+        if not proofs_match(proof(args[0], LISTENER, *args[1:]), hs.proof):
+            self._fail("it failed to prove the cluster secret")
+            return False
+        # Ahead of any message: the acceptor reads nothing else before it.
+        self.transport.write(encode_auth(hs.min_version, proof(args[0], DIALER, *args[1:])))
+        return True
 
     def pause_writing(self):
         self.paused = True
@@ -116,7 +159,7 @@ class DialedConnection:
 class AcceptedConnection:
     """A connection a peer dialed to us: handshake, then receive only."""
 
-    __slots__ = ("owner", "transport", "decoder", "peer_id", "timer", "who")
+    __slots__ = ("owner", "transport", "decoder", "peer_id", "timer", "who", "proving")
 
     def __init__(self, owner):
         self.owner = owner
@@ -125,6 +168,9 @@ class AcceptedConnection:
         self.peer_id = 0
         self.timer = None
         self.who = "?"
+        # With a secret, between our ACK and the peer's AUTH: (its
+        # handshake, the chosen version, the proof it owes us).
+        self.proving = None
 
     def connection_made(self, transport):
         self.transport = transport
@@ -172,11 +218,16 @@ class AcceptedConnection:
                     obj.to = owner.node_id
                     owner.frames_received += 1
                     msgs.append(obj)
-                elif ftype == FRAME_HANDSHAKE and not self.peer_id:
+                elif ftype == FRAME_HANDSHAKE and not self.peer_id and self.proving is None:
                     if not self._accept(obj):
                         return
+                elif ftype == FRAME_AUTH and self.proving is not None:
+                    if not self._proved(obj):
+                        return
                 elif ftype == FRAME_MESSAGE:
-                    return self._refuse("message before the handshake")
+                    return self._refuse("message before the peer proved the cluster secret"
+                                        if self.proving is not None else
+                                        "message before the handshake")
                 else:
                     return self._refuse(f"unexpected frame type {ftype} after the handshake"
                                         if self.peer_id else
@@ -201,14 +252,45 @@ class AcceptedConnection:
         if hs.node_id == owner.node_id:
             self._refuse(f"the peer claims our own node id {hs.node_id}")
             return False
+        secret = owner.secret
+        if secret is None:
+            if hs.nonce is not None:
+                self._refuse(f"node {hs.node_id} proves a cluster secret and this node has none")
+                return False
+            self.transport.write(encode_handshake_ack(owner.cluster_id, owner.node_id, version,
+                                                      owner.client_url))
+            self._admit(hs, version)
+            return True
+        if hs.nonce is None:
+            self._refuse(f"node {hs.node_id} did not prove the cluster secret (it has none, "
+                         "or is of a release before peer authentication)")
+            return False
+        nonce = new_nonce()
+        args = (secret, owner.cluster_id, hs.node_id, owner.node_id, hs.nonce, nonce,
+                (hs.min_version, hs.max_version), OURS)
+        self.proving = (hs, version, proof(secret, DIALER, *args[1:]))
+        self.transport.write(encode_handshake_ack(
+            owner.cluster_id, owner.node_id, version, owner.client_url, offered=OURS,
+            nonce=nonce, proof=proof(secret, LISTENER, *args[1:])))
+        return True
+
+    def _proved(self, dialer_proof):
+        hs, version, owed = self.proving
+        self.proving = None
+        if not proofs_match(owed, dialer_proof):
+            self._refuse(f"node {hs.node_id} failed to prove the cluster secret")
+            return False
+        self._admit(hs, version)
+        return True
+
+    def _admit(self, hs, version):
+        """From here on the connection carries hs.node_id's messages."""
+        owner = self.owner
         self.timer.cancel()
         self.peer_id = hs.node_id
         self.decoder.set_max_frame_size(owner.max_frame_size)
         owner.learn_client_url(hs.node_id, hs.client_url)
-        self.transport.write(encode_handshake_ack(owner.cluster_id, owner.node_id, version,
-                                                  owner.client_url))
         owner.log.debug("accepted node %d from %s (protocol v%d)", hs.node_id, self.who, version)
-        return True
 
     def pause_writing(self):
         pass  # it writes only its handshake ack

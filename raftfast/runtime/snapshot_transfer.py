@@ -38,6 +38,9 @@ __all__ = ["Sender", "Receiver", "ReceivedSnapshot", "CHUNK_BYTES", "WINDOW"]
 log = logging.getLogger("raftfast.snapshot")
 
 CHUNK_BYTES = 256 << 10
+# A snapshot is received only while it leaves this much of the disk free:
+# the log and the node's other files must still be writable after it.
+FREE_SPACE_MARGIN = 64 << 20
 WINDOW = 4              # chunks in flight: 1 MiB, well inside the socket's buffer
 
 
@@ -327,7 +330,18 @@ class Receiver:
         try:
             # The storage may create the file empty, to own the name.
             path = self._new_path()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            st = os.statvfs(os.path.dirname(path))
+            free = st.f_bavail * st.f_frsize
+            if free < m.hint + FREE_SPACE_MARGIN:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                log.warning("snapshot from node %d: %d bytes do not fit in the %d free on "
+                            "this disk (keeping %d spare); refused", m.frm, m.hint, free,
+                            FREE_SPACE_MARGIN)
+                return None
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as e:
             log.error("snapshot from node %d: cannot create a file for it: %s", m.frm, e)
             return None

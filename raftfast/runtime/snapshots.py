@@ -89,6 +89,7 @@ class SnapshotManager:
         self.sends_failed = 0
         self.bytes_sent = 0
         self.installed = 0
+        self.chunks_dropped = 0  # from a sender that is not this node's leader
 
     def stats(self):
         """Counters for INFO stats."""
@@ -101,6 +102,7 @@ class SnapshotManager:
             "raftfast_snapshot_bytes_sent": self.bytes_sent,
             "raftfast_snapshot_bytes_received": self.receiver.bytes_received,
             "raftfast_snapshots_installed": self.installed,
+            "raftfast_snapshot_chunks_dropped": self.chunks_dropped,
         }
 
     # ---- the driver's hooks
@@ -148,6 +150,16 @@ class SnapshotManager:
                 self._sender_check(s)
         elif m.type == MSG_SNAPSHOT_CHUNK:
             core = self.core
+            if m.term >= core.term and (m.term != core.term or m.frm != core.leader_id):
+                # Only the leader the core follows in its term may write
+                # here: any other sender (a member that lost an election,
+                # one the core has not heard lead yet) is dropped unanswered,
+                # and the leader resends once its appends made it known.
+                self.chunks_dropped += 1
+                log.debug("dropped a snapshot chunk from node %d (term %d): this node "
+                          "follows node %d in term %d", m.frm, m.term, core.leader_id,
+                          core.term)
+                return
             ack, done = self.receiver.on_chunk(m, core.term, core.log.committed, self.clock())
             if ack is not None:
                 self.transport.send(ack)

@@ -33,16 +33,20 @@ A failed write or fsync at run time raises LogStoreError (an OSError naming
 the file and errno); the store then refuses every later call, because the
 data may already be lost from the page cache.
 """
+import logging
 import os
 import tempfile
 
 from raftfast._logstore import DEFAULT_SEGMENT_BYTES, LogCorruptError, LogStore, LogStoreError
 from raftfast.core.messages import ConfigFormatError, HardState, decode_config
 from raftfast.runtime.data_dir import (MEMBERS_FILE, META_FORMAT, SNAP_DIR, WAL_DIR, StorageError,
-                                       check_files, check_meta, fsync_dir, lock_data_dir,
+                                       check_dir_access, check_files, check_meta, fsync_dir,
+                                       lock_data_dir, make_private_dir,
                                        read_members, remove_snapshot_temps, snapshot_files,
                                        snapshot_name, write_members)
 from raftfast.runtime.recovery import load_newest_snapshot, recover
+
+_log = logging.getLogger("raftfast.storage")
 from raftfast.runtime.snapshot import SnapshotError, read_snapshot_meta
 
 __all__ = ["Storage", "StorageError", "LogStoreError", "LogCorruptError", "META_FORMAT",
@@ -90,14 +94,18 @@ class Storage:
 
     @classmethod
     def open(cls, data_dir, node_id, cluster_id, fsync=True, segment_bytes=DEFAULT_SEGMENT_BYTES):
-        """Lock, check and recover data_dir (created if missing); StorageError if refused."""
+        """Lock, check and recover data_dir (created 0700 if missing, with
+        any missing parents); StorageError if refused, among others for a
+        data dir other users can write to."""
         data_dir = os.path.abspath(os.fspath(data_dir))
         try:
-            if not os.path.isdir(data_dir):
-                os.makedirs(data_dir)
-                fsync_dir(os.path.dirname(data_dir))
+            make_private_dir(data_dir)
         except OSError as e:
             raise StorageError(f"cannot create data dir {data_dir}: {e}") from None
+        try:
+            check_dir_access(data_dir, _log.warning)
+        except OSError as e:
+            raise StorageError(f"cannot open data dir {data_dir}: {e}") from None
         lock_fd = lock_data_dir(data_dir)
         log = None
         snap_path, snap_index = None, 0
@@ -153,7 +161,7 @@ class Storage:
         """<data-dir>/snap, created the first time (made durable in the data dir)."""
         snap = os.path.join(self.data_dir, SNAP_DIR)
         if not os.path.isdir(snap):
-            os.mkdir(snap)
+            os.mkdir(snap, 0o700)
             if self.fsync:
                 fsync_dir(self.data_dir)
         return snap

@@ -55,7 +55,9 @@ class PeerTransport:
     peers dial, one dialed connection per peer for what this node sends."""
 
     def __init__(self, loop, node_id, cluster_id, on_messages, addresses, max_frame_size,
-                 logger, *, client_url="", write_buffer_limit=WRITE_BUFFER_LIMIT):
+                 logger, *, client_url="", write_buffer_limit=WRITE_BUFFER_LIMIT, secret=None):
+        """secret: the cluster secret (bytes) every connection's handshake
+        proves both ways (peer_connections), or None for none."""
         self.loop = loop
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -71,6 +73,7 @@ class PeerTransport:
         self.closed = False     # set once close() begins
         self.listen_address = None
         self.client_url = client_url
+        self.secret = secret
         # on_peer_state(peer_id, writable, lost): flow control for the
         # driver - a paused socket stops the sender before it has to drop,
         # and a lost connection means what was written may be gone.

@@ -6,13 +6,14 @@ A handler is handler(server, conn, cmd): `cmd` is the command's arguments
 conn.pending() and fills that slot later.  Errors a client sees are worded
 here and in the server, never in the runtime.
 """
+import fnmatch
 import logging
 import time
 
 from raftfast._kv import (OPCODES, OP_APPEND, OP_DEL, OP_EXISTS, OP_GET, OP_INCR, OP_MGET, OP_SET,
                           encode_commands)
 from raftfast._resp import OK, PONG, ErrorReply
-from raftfast.address import AddressError, parse_address
+from raftfast.address import AddressError, is_local_peer, parse_address
 from raftfast.core import (ConfChangeBusy, ConfChangeInvalid, NotLeader, ProposalDropped,
                            TransferInProgress)
 from raftfast.runtime.waiters import RequestFailed
@@ -20,6 +21,11 @@ from raftfast.runtime.waiters import RequestFailed
 __all__ = ["COMMANDS", "dispatch"]
 
 log = logging.getLogger("raftfast.client")
+
+# Redis's refusal of a debug command its enable-debug-command does not allow.
+DEBUG_REFUSED = ("ERR {command} command not allowed. If the enable-debug-command option is set "
+                 "to \"local\", you can run it from a local connection, otherwise you need to set "
+                 "this option in the configuration file, and then restart the server.")
 
 # opcode -> (min args, max args or None); args exclude the command name
 _ARITY = {
@@ -153,7 +159,15 @@ def _config(server, conn, cmd):
         if len(cmd) < 3:
             _wrong_args(conn, "config|get")
         else:
-            conn.reply({})
+            # Glob patterns over the parameter names, as Redis matches them
+            # (case-insensitively); a name matched twice is answered once.
+            found = {}
+            for pattern in cmd[2:]:
+                pat = bytes(pattern).lower().decode("latin-1")
+                for name, value in server.config_parameters().items():
+                    if fnmatch.fnmatchcase(name, pat):
+                        found[name.encode()] = value.encode()
+            conn.reply(found)
     elif len(cmd) >= 2:
         conn.reply(ErrorReply(f"ERR unknown subcommand '{_printable(cmd[1])}'. Try CONFIG HELP."))
     else:
@@ -182,11 +196,20 @@ def _info(server, conn, cmd):
     conn.reply(server.info_text(section).encode())
 
 
+def _debug_allowed(server, conn):
+    mode = server.cfg.enable_debug_command
+    return mode == "yes" or (mode == "local" and is_local_peer(conn.transport))
+
+
 def _bench(server, conn, cmd):
     """RAFTFAST.BENCH seconds batch_entries value_size window: the leader
     proposes blocks of SET entries itself (no client parsing), keeping
     `window` blocks uncommitted, and answers [entries committed,
-    elapsed microseconds, fsyncs] - the replication core's own speed."""
+    elapsed microseconds, fsyncs] - the replication core's own speed.
+    A debug command: refused unless --enable-debug-command allows it."""
+    if not _debug_allowed(server, conn):
+        conn.reply(ErrorReply(DEBUG_REFUSED.format(command="RAFTFAST.BENCH")))
+        return
     try:
         seconds, batch, size, window = (float(cmd[1]), int(cmd[2]), int(cmd[3]), int(cmd[4]))
         if len(cmd) != 5 or not (0 < seconds <= 3600 and 0 < batch <= 1 << 16

@@ -81,6 +81,10 @@ class RespServer:
     def dispatch(self, conn, cmd):
         commands.dispatch(self, conn, cmd)
 
+    def config_parameters(self):
+        """CONFIG GET's parameters: name -> value as text (secrets never)."""
+        return {"enable-debug-command": self.cfg.enable_debug_command}
+
     def redirect_error(self):
         """The error a non-leader gives for a command that needs the leader."""
         leader = self.driver.core.leader_id

@@ -149,7 +149,8 @@ def test_twin_crc32c_known_vector():
 
 def test_constants_match_the_twin():
     for name in ("PROTOCOL_MIN", "PROTOCOL_MAX", "FRAME_HANDSHAKE", "FRAME_HANDSHAKE_ACK",
-                 "FRAME_MESSAGE", "HEADER_SIZE", "DEFAULT_MAX_FRAME"):
+                 "FRAME_MESSAGE", "FRAME_AUTH", "NONCE_SIZE", "PROOF_SIZE", "HEADER_SIZE",
+                 "DEFAULT_MAX_FRAME"):
         assert getattr(codec_c, name) == getattr(codec_py, name), name
     assert (codec_c.PROTOCOL_MIN, codec_c.PROTOCOL_MAX, codec_c.HEADER_SIZE) == (1, 2, 12)
     assert codec_c.DEFAULT_MAX_FRAME == 64 << 20
@@ -629,7 +630,7 @@ def test_handshake_body_cut_or_padded_is_malformed(mod, hs, data):
 @given(cid=st.text(max_size=10), url=client_urls, wrong=st.integers(0, 0xFFFF))
 def test_client_url_length_mismatch_is_malformed(mod, cid, url, wrong):
     raw_url = url.encode()
-    if wrong == len(raw_url):
+    while wrong in (len(raw_url), len(raw_url) - 69):  # 69: an authenticated ACK's tail
         wrong = (wrong + 1) & 0xFFFF
     body = hs_body(cid=cid.encode(), url=raw_url, url_len=wrong)
     _, err = expect_error(mod, raw_frame(2, body), "FrameMalformed")
@@ -806,3 +807,91 @@ def test_decoder_rejects_a_non_positive_limit():
     with pytest.raises(ValueError):
         codec_c.FrameDecoder(max_frame_size=0)
     assert codec_c.FrameDecoder(max_frame_size=1 << 40).max_frame_size == 0xFFFFFFFF
+
+
+# -- the authenticated handshake (a cluster secret) -------------------------------
+
+NONCE_D, NONCE_A, PROOF = bytes(range(32)), bytes(range(32, 64)), bytes(range(64, 96))
+
+
+@CODEC_SETTINGS
+@given(hs=handshakes, nonce=st.binary(min_size=32, max_size=32),
+       proof=st.binary(min_size=32, max_size=32))
+def test_authenticated_handshakes_match_twin_byte_for_byte(hs, nonce, proof):
+    cid, node_id, vmin, vmax, url = hs
+    assert (codec_c.encode_handshake(cid, node_id, vmin, vmax, url, nonce=nonce)
+            == codec_py.encode_handshake(cid, node_id, vmin, vmax, client_url=url, nonce=nonce))
+    assert (codec_c.encode_handshake_ack(cid, node_id, vmax, url, offered=(vmin, vmax),
+                                         nonce=nonce, proof=proof)
+            == codec_py.encode_handshake_ack(cid, node_id, vmax, client_url=url,
+                                             offered=(vmin, vmax), nonce=nonce, proof=proof))
+    assert codec_c.encode_auth(vmax, proof) == codec_py.encode_auth(vmax, proof)
+
+
+def test_authenticated_handshake_layout_is_as_documented():
+    plain = codec_c.encode_handshake("c1", 7)
+    h = codec_c.encode_handshake("c1", 7, nonce=NONCE_D)
+    assert h == raw_frame(1, plain[12:] + b"\x01" + NONCE_D)
+    plain_ack = codec_c.encode_handshake_ack("c1", 7, 2)
+    a = codec_c.encode_handshake_ack("c1", 7, 2, offered=(1, 2), nonce=NONCE_A, proof=PROOF)
+    assert a == raw_frame(2, plain_ack[12:] + struct.pack("<BHH", 1, 1, 2) + NONCE_A + PROOF,
+                          version=2)
+    assert codec_c.encode_auth(2, PROOF) == raw_frame(4, PROOF, version=2)
+
+
+@pytest.mark.parametrize("mod", IMPLS)
+def test_decode_of_authenticated_handshakes(mod):
+    dec = new_decoder(mod)
+    dec.feed(mod.encode_handshake("c", 3, 1, 2, client_url="tcp://a:1", nonce=NONCE_D))
+    dec.feed(mod.encode_handshake_ack("c", 4, 1, offered=(1, 5), nonce=NONCE_A, proof=PROOF))
+    dec.feed(mod.encode_auth(1, PROOF))
+    got = drain(dec)
+    assert got == [
+        (mod.FRAME_HANDSHAKE, mod.Handshake("c", 3, 1, 2, "tcp://a:1", nonce=NONCE_D)),
+        (mod.FRAME_HANDSHAKE_ACK, mod.Handshake("c", 4, 1, 1, "", nonce=NONCE_A,
+                                                offered=(1, 5), proof=PROOF)),
+        (mod.FRAME_AUTH, PROOF)]
+    assert got[0][1].offered is None and got[0][1].proof is None
+    assert mod.Handshake("c", 3, 1, 2) != got[0][1]  # the nonce counts
+    assert dec.pending_bytes == 0
+
+
+BAD_AUTH_FRAMES = {
+    "unknown kind": (raw_frame(1, hs_body() + b"\x02" + NONCE_D),
+                     "unknown authentication kind 2"),
+    "bad offered range": (raw_frame(2, hs_body() + struct.pack("<BHH", 1, 3, 2) + NONCE_A + PROOF),
+                          "bad offered version range 3..2"),
+    "zero offered range": (raw_frame(2, hs_body() + struct.pack("<BHH", 1, 0, 2) + NONCE_A
+                                     + PROOF), "bad offered version range 0..2"),
+    "a HANDSHAKE with an ACK's tail": (raw_frame(1, hs_body() + struct.pack("<BHH", 1, 1, 2)
+                                                 + NONCE_A + PROOF), "client url of 0 bytes"),
+    "an ACK with a HANDSHAKE's tail": (raw_frame(2, hs_body() + b"\x01" + NONCE_D),
+                                       "client url of 0 bytes"),
+    "short auth": (raw_frame(4, PROOF[:31]), "auth body of 31 bytes, not 32"),
+    "long auth": (raw_frame(4, PROOF + b"x"), "auth body of 33 bytes, not 32"),
+}
+
+
+@pytest.mark.parametrize("mod", IMPLS)
+@pytest.mark.parametrize("case", sorted(BAD_AUTH_FRAMES))
+def test_malformed_authentication_is_refused(mod, case):
+    data, phrase = BAD_AUTH_FRAMES[case]
+    _, err = expect_error(mod, data, "FrameMalformed")
+    assert phrase in str(err)
+
+
+@pytest.mark.parametrize("mod", IMPLS)
+def test_authentication_encoders_refuse_bad_input(mod):
+    for bad in (b"", NONCE_D[:31], NONCE_D + b"x", "x" * 32):
+        with pytest.raises(ValueError):
+            mod.encode_handshake("c", 1, nonce=bad)
+        with pytest.raises(ValueError):
+            mod.encode_handshake_ack("c", 1, 1, offered=(1, 2), nonce=bad, proof=PROOF)
+        with pytest.raises(ValueError):
+            mod.encode_handshake_ack("c", 1, 1, offered=(1, 2), nonce=NONCE_A, proof=bad)
+        with pytest.raises(ValueError):
+            mod.encode_auth(1, bad)
+    with pytest.raises(ValueError):
+        mod.encode_handshake_ack("c", 1, 1, offered=(2, 1), nonce=NONCE_A, proof=PROOF)
+    with pytest.raises(ValueError):
+        mod.encode_auth(0, PROOF)

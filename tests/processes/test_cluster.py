@@ -39,7 +39,7 @@ def test_plan_unix_peers_and_client_ports(tmp_path):
     assert s2.listen == f"unix://{tmp_path}/node2/raft.sock"
     assert s2.argv == [
         "--id", "2", "--data-dir", f"{tmp_path}/node2", "--listen", s2.listen,
-        "--client", "tcp://127.0.0.1:7002",
+        "--client", "tcp://127.0.0.1:7002", "--cluster-secret-file", f"{tmp_path}/cluster.secret",
         "--peer", f"1=unix://{tmp_path}/node1/raft.sock",
         "--peer", f"3=unix://{tmp_path}/node3/raft.sock",
         "--fsync", "never"]
@@ -279,6 +279,11 @@ def test_launcher_serves_then_stops_every_node(tmp_path, sig):
         node2 = json.load(open(tmp_path / temp[0] / "node2" / "argv.json"))
         assert node2["pgid"] == node2["pid"]  # its own process group
         assert node2["argv"][-2:] == ["--fsync", "never"]
+        # Every node proves the secret the launcher made, which only its user can read.
+        secret = tmp_path / temp[0] / "cluster.secret"
+        assert os.stat(secret).st_mode & 0o777 == 0o600 and len(secret.read_bytes()) == 65
+        flag = node2["argv"].index("--cluster-secret-file")
+        assert node2["argv"][flag + 1] == str(secret)
         run.p.send_signal(sig)
         code, out, err = run.finish()
         assert code == 0, err
@@ -356,7 +361,7 @@ def test_plan_of_a_grown_and_shrunk_layout(tmp_path):
     by_id = {s.id: s for s in specs}
     assert by_id[4].argv == [
         "--id", "4", "--data-dir", f"{tmp_path}/node4", "--listen", "tcp://127.0.0.1:9104",
-        "--client", "tcp://127.0.0.1:9004",
+        "--client", "tcp://127.0.0.1:9004", "--cluster-secret-file", f"{tmp_path}/cluster.secret",
         "--peer", "1=tcp://127.0.0.1:9101", "--peer", "3=tcp://127.0.0.1:9103",
         "--peer", "5=tcp://127.0.0.1:9105", "--join", "--fsync", "never"]
     assert "--join" not in by_id[1].argv

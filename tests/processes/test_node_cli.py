@@ -142,3 +142,68 @@ def test_a_write_without_quorum_times_out_as_outcome_unknown(make_cluster):
     finally:
         for f in followers:
             f.proc.send_signal(signal.SIGCONT)
+
+
+def test_everything_the_node_creates_is_its_users_alone(root):
+    # A data dir with a missing parent, a Unix peer socket: 0700 directories,
+    # 0600 files and sockets, whatever the umask it was started under.
+    data = f"{root}/new/data"
+    sock = f"{root}/raft.sock"
+    old = os.umask(0o022)
+    try:
+        node = subprocess.Popen(
+            [sys.executable, "-m", "raftfast.node", "--id", "1", "--data-dir", data,
+             "--listen", f"unix://{sock}", "--client", f"tcp://127.0.0.1:{free_ports(1)[0]}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV)
+    finally:
+        os.umask(old)
+    try:
+        assert node.stdout.readline().startswith(b"ready id=1 ")
+        assert os.stat(sock).st_mode & 0o777 == 0o600
+        modes = {}
+        for d in (f"{root}/new", data):
+            modes[d] = os.stat(d).st_mode & 0o777
+        for top, dirs, files in os.walk(data):
+            for name in dirs:
+                modes[os.path.join(top, name)] = os.stat(os.path.join(top, name)).st_mode & 0o777
+            for name in files:
+                modes[os.path.join(top, name)] = os.stat(os.path.join(top, name)).st_mode & 0o777
+        assert len(modes) > 4
+        assert {p: m for p, m in modes.items()
+                if m != (0o700 if os.path.isdir(p) else 0o600)} == {}
+    finally:
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=15) == 0
+        node.stdout.close()
+
+
+def test_a_data_dir_others_can_write_is_refused_and_one_they_can_read_is_warned_of(root):
+    os.mkdir(f"{root}/data")
+    os.chmod(f"{root}/data", 0o777)
+    out = run_node(*node_args(root))
+    assert out.returncode == 1
+    assert "writable by other users (mode 0777); chmod 700 it" in out.stderr
+    assert os.listdir(f"{root}/data") == []  # refused before anything is written
+    os.chmod(f"{root}/data", 0o755)  # as an older release left it
+    node = subprocess.Popen([sys.executable, "-m", "raftfast.node", *node_args(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    try:
+        assert node.stdout.readline().startswith(b"ready id=1 ")
+    finally:
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=15) == 0
+        err = node.stderr.read().decode()
+        node.stdout.close()
+        node.stderr.close()
+    assert "readable by other users (mode 0755)" in err
+
+
+def test_a_cluster_secret_file_that_cannot_be_used_stops_the_node_at_start(root):
+    out = run_node(*node_args(root), "--cluster-secret-file", f"{root}/missing")
+    assert out.returncode == 1
+    assert "cannot read the cluster secret file" in out.stderr
+    with open(f"{root}/short", "w") as f:
+        f.write("tiny-secret\n")
+    out = run_node(*node_args(root), "--cluster-secret-file", f"{root}/short")
+    assert out.returncode == 1 and "it needs at least 16" in out.stderr
+    assert "tiny-secret" not in out.stderr

@@ -85,7 +85,14 @@ def test_kv_commands(conn):
     (req(b"SELECT", b"0"), b"+OK\r\n"),
     (req(b"SELECT", b"3"), b"-ERR DB index is out of range\r\n"),
     (req(b"COMMAND"), b"*0\r\n"),
-    (req(b"CONFIG", b"GET", b"*"), b"*0\r\n"),
+    (req(b"CONFIG", b"GET", b"*"), b"*2\r\n$20\r\nenable-debug-command\r\n$2\r\nno\r\n"),
+    (req(b"CONFIG", b"GET", b"ENABLE-*", b"*debug*"),
+     b"*2\r\n$20\r\nenable-debug-command\r\n$2\r\nno\r\n"),
+    (req(b"CONFIG", b"GET", b"maxmemory"), b"*0\r\n"),
+    (req(b"RAFTFAST.BENCH", b"1", b"1", b"1", b"1"),
+     b"-ERR RAFTFAST.BENCH command not allowed. If the enable-debug-command option is set to "
+     b"\"local\", you can run it from a local connection, otherwise you need to set this option "
+     b"in the configuration file, and then restart the server.\r\n"),
     (req(b"PING", b"x"), b"$1\r\nx\r\n"),
     (b"PING\r\n", b"+PONG\r\n"),  # inline
     (b"SET inl \"a b\"\r\nGET inl\r\n", b"+OK\r\n$3\r\na b\r\n"),
@@ -319,5 +326,49 @@ def test_raft_node_on_a_follower_redirects(leader, reply):
     try:
         conn.data_received(req(b"RAFT.NODE", b"ADD", b"4", b"tcp://127.0.0.1:9"))
         assert drv.calls == [] and b"".join(out.out) == reply
+    finally:
+        loop.close()
+
+
+class _PeerTransport(FakeClientTransport):
+    def __init__(self, peername=None, sockname=None):
+        super().__init__()
+        self.extra = {"peername": peername, "sockname": sockname}
+
+    def get_extra_info(self, name):
+        return self.extra.get(name)
+
+
+@pytest.mark.parametrize("mode, peer, sockname, allowed", [
+    ("no", ("127.0.0.1", 5000), None, False),
+    ("local", ("127.0.0.1", 5000), None, True),
+    ("local", ("::1", 5000, 0, 0), None, True),
+    ("local", ("::ffff:127.0.0.1", 5000, 0, 0), None, True),
+    ("local", ("10.1.2.3", 5000), None, False),
+    ("local", ("::ffff:10.1.2.3", 5000, 0, 0), None, False),
+    ("local", "", "/run/raftfast.sock", True),  # a Unix-socket client
+    ("local", None, None, False),  # unknown: not local
+    ("yes", ("10.1.2.3", 5000), None, True),
+])
+def test_raftfast_bench_is_a_debug_command(mode, peer, sockname, allowed):
+    import asyncio
+    from raftfast.config import Config
+    from raftfast.server.connection import ClientProtocol
+    from raftfast.server.server import RespServer
+    loop = asyncio.new_event_loop()
+    try:
+        cfg = Config(node_id=1, data_dir="x", listen="tcp://127.0.0.1:1",
+                     client="tcp://127.0.0.1:2", enable_debug_command=mode)
+        conn = ClientProtocol(RespServer(loop, cfg, _FakeDriver(), dict))
+        out = _PeerTransport(peer, sockname)
+        conn.connection_made(out)
+        conn.data_received(req(b"RAFTFAST.BENCH", b"nonsense") + req(b"PING"))
+        reply = b"".join(out.out)
+        if allowed:  # past the gate: its own usage check answers
+            assert reply == (b"-ERR usage: RAFTFAST.BENCH seconds batch_entries value_size "
+                             b"window\r\n+PONG\r\n")
+        else:
+            assert reply.startswith(b"-ERR RAFTFAST.BENCH command not allowed.")
+            assert reply.endswith(b"restart the server.\r\n+PONG\r\n")
     finally:
         loop.close()

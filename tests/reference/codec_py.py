@@ -1,4 +1,5 @@
-"""The peer frame codec, protocol versions 1 and 2, in plain Python: the readable
+"""The peer frame codec, protocol versions 1 and 2 (with the optional
+authentication of the handshake), in plain Python: the readable
 specification that raftfast._codec (ext/codec.pyx) is tested against.
 docs/protocol.md describes the same format in prose.
 
@@ -13,6 +14,10 @@ PROTOCOL_MAX = 2
 FRAME_HANDSHAKE = 1
 FRAME_HANDSHAKE_ACK = 2
 FRAME_MESSAGE = 3
+FRAME_AUTH = 4
+AUTH_SECRET = 1   # the kind of an authentication tail: HMAC-SHA256 over a cluster secret
+NONCE_SIZE = 32
+PROOF_SIZE = 32
 HEADER_SIZE = 12
 DEFAULT_MAX_FRAME = 64 << 20
 
@@ -32,6 +37,9 @@ HEADER = struct.Struct("<IBBHI")
 MSG_FIXED = struct.Struct("<BBHQQQQQQQII")   # 68 bytes
 HS_FIXED = struct.Struct("<HHQH")            # 14 bytes, then the cluster id
 HS_URL_LEN = struct.Struct("<H")             # after the cluster id, then the client url
+ACK_AUTH = struct.Struct("<BHH")             # kind, the acceptor's range; then nonce, proof
+HS_TAIL = 1 + NONCE_SIZE                     # HANDSHAKE's tail: kind, nonce
+ACK_TAIL = ACK_AUTH.size + NONCE_SIZE + PROOF_SIZE
 ENTRY_HEADER = struct.Struct("<IQB")         # 13 bytes
 
 
@@ -77,14 +85,19 @@ class FrameMalformed(FrameError):
 
 
 class Handshake:
-    __slots__ = ("cluster_id", "node_id", "min_version", "max_version", "client_url")
+    __slots__ = ("cluster_id", "node_id", "min_version", "max_version", "client_url",
+                 "nonce", "offered", "proof")
 
-    def __init__(self, cluster_id, node_id, min_version, max_version, client_url=""):
+    def __init__(self, cluster_id, node_id, min_version, max_version, client_url="",
+                 nonce=None, offered=None, proof=None):
         self.cluster_id = cluster_id
         self.node_id = node_id
         self.min_version = min_version
         self.max_version = max_version
         self.client_url = client_url
+        self.nonce = nonce        # with a cluster secret: the sender's nonce
+        self.offered = offered    # an authenticated ACK: the acceptor's (min, max) versions
+        self.proof = proof        # an authenticated ACK: the acceptor's proof
 
     def __eq__(self, other):
         if not isinstance(other, Handshake):
@@ -176,7 +189,7 @@ def encode_message(msg):
     return frame(FRAME_MESSAGE, fixed + block, version=message_version(msg.type))
 
 
-def _encode_hs(frame_type, cluster_id, node_id, min_version, max_version, client_url):
+def _encode_hs(frame_type, cluster_id, node_id, min_version, max_version, client_url, tail=b""):
     if not 1 <= node_id <= ID_MAX:
         raise ValueError(f"node_id={node_id} is not a node id")
     if not 1 <= min_version <= max_version <= 255:
@@ -188,18 +201,40 @@ def _encode_hs(frame_type, cluster_id, node_id, min_version, max_version, client
     if len(url) > 0xFFFF:
         raise ValueError("client url longer than 65535 bytes")
     body = (HS_FIXED.pack(min_version, max_version, node_id, len(cid)) + cid
-            + HS_URL_LEN.pack(len(url)) + url)
+            + HS_URL_LEN.pack(len(url)) + url + tail)
     return frame(frame_type, body, version=min_version)
 
 
+def _sized(value, size, what):
+    if not isinstance(value, bytes) or len(value) != size:
+        raise ValueError(f"{what} must be {size} bytes")
+    return value
+
+
 def encode_handshake(cluster_id, node_id, min_version=PROTOCOL_MIN, max_version=PROTOCOL_MAX,
-                     client_url=""):
+                     client_url="", nonce=None):
+    tail = b"" if nonce is None else bytes((AUTH_SECRET,)) + _sized(nonce, NONCE_SIZE, "nonce")
     return _encode_hs(FRAME_HANDSHAKE, cluster_id, node_id, min_version, max_version,
-                      client_url)
+                      client_url, tail)
 
 
-def encode_handshake_ack(cluster_id, node_id, version, client_url=""):
-    return _encode_hs(FRAME_HANDSHAKE_ACK, cluster_id, node_id, version, version, client_url)
+def encode_handshake_ack(cluster_id, node_id, version, client_url="", offered=None, nonce=None,
+                         proof=None):
+    tail = b""
+    if nonce is not None or proof is not None or offered is not None:
+        vmin, vmax = offered
+        if not 1 <= vmin <= vmax <= 255:
+            raise ValueError(f"bad version range {vmin}..{vmax}")
+        tail = (ACK_AUTH.pack(AUTH_SECRET, vmin, vmax) + _sized(nonce, NONCE_SIZE, "nonce")
+                + _sized(proof, PROOF_SIZE, "proof"))
+    return _encode_hs(FRAME_HANDSHAKE_ACK, cluster_id, node_id, version, version, client_url,
+                      tail)
+
+
+def encode_auth(version, proof):
+    if not 1 <= version <= 255:
+        raise ValueError(f"bad version {version}")
+    return frame(FRAME_AUTH, _sized(proof, PROOF_SIZE, "proof"), version=version)
 
 
 def decode_message_body(body, version=1):
@@ -265,14 +300,29 @@ def decode_handshake_body(frame_type, body):
         raise FrameMalformed("cluster id is not valid UTF-8") from None
     (url_len,) = HS_URL_LEN.unpack_from(body, cid_end)
     url_start = cid_end + HS_URL_LEN.size
-    if url_len != len(body) - url_start:
-        raise FrameMalformed(f"client url of {url_len} bytes but {len(body) - url_start} "
-                             "bytes follow")
+    follow = len(body) - url_start
+    tail_len = HS_TAIL if frame_type == FRAME_HANDSHAKE else ACK_TAIL
+    if url_len not in (follow, follow - tail_len):
+        raise FrameMalformed(f"client url of {url_len} bytes but {follow} bytes follow")
+    url_end = url_start + url_len
     try:
-        client_url = body[url_start:].decode("utf-8")
+        client_url = body[url_start:url_end].decode("utf-8")
     except UnicodeDecodeError:
         raise FrameMalformed("client url is not valid UTF-8") from None
-    return Handshake(cluster_id, node_id, vmin, vmax, client_url)
+    if url_end == len(body):
+        return Handshake(cluster_id, node_id, vmin, vmax, client_url)
+    if body[url_end] != AUTH_SECRET:
+        raise FrameMalformed(f"unknown authentication kind {body[url_end]}")
+    if frame_type == FRAME_HANDSHAKE:
+        return Handshake(cluster_id, node_id, vmin, vmax, client_url,
+                         nonce=bytes(body[url_end + 1:]))
+    _, omin, omax = ACK_AUTH.unpack_from(body, url_end)
+    if omin == 0 or omin > omax:
+        raise FrameMalformed(f"bad offered version range {omin}..{omax}")
+    nonce_at = url_end + ACK_AUTH.size
+    return Handshake(cluster_id, node_id, vmin, vmax, client_url,
+                     nonce=bytes(body[nonce_at:nonce_at + NONCE_SIZE]), offered=(omin, omax),
+                     proof=bytes(body[nonce_at + NONCE_SIZE:]))
 
 
 class FrameDecoderPy:
@@ -332,7 +382,7 @@ class FrameDecoderPy:
         if not PROTOCOL_MIN <= version <= PROTOCOL_MAX:
             raise FrameVersionError(f"frame version {version} is outside "
                                     f"{PROTOCOL_MIN}..{PROTOCOL_MAX}")
-        if frame_type not in (FRAME_HANDSHAKE, FRAME_HANDSHAKE_ACK, FRAME_MESSAGE):
+        if frame_type not in (FRAME_HANDSHAKE, FRAME_HANDSHAKE_ACK, FRAME_MESSAGE, FRAME_AUTH):
             raise FrameMalformed(f"unknown frame type {frame_type}")
         if reserved:
             raise FrameMalformed("reserved header bits are set")
@@ -346,6 +396,10 @@ class FrameDecoderPy:
             raise FrameChecksumError("frame body does not match its CRC32C")
         if frame_type == FRAME_MESSAGE:
             obj = decode_message_body(body, version)
+        elif frame_type == FRAME_AUTH:
+            if len(body) != PROOF_SIZE:
+                raise FrameMalformed(f"auth body of {len(body)} bytes, not {PROOF_SIZE}")
+            obj = bytes(body)
         else:
             obj = decode_handshake_body(frame_type, body)
         self._consume(HEADER_SIZE + body_len)

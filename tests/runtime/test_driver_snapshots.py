@@ -91,3 +91,38 @@ def test_zero_means_never(tmp_path):
     snap_dir = tmp_path / "n1" / "snap"
     assert not os.path.exists(snap_dir) or not [
         n for n in os.listdir(snap_dir) if n.endswith(".snap")]
+
+
+def test_a_snapshot_chunk_from_anyone_but_the_leader_touches_no_disk(tmp_path):
+    # A member that is not the leader, or the leader claiming a term the
+    # follower has not seen it lead: dropped unanswered, no file written.
+    from raftfast.core.messages import MSG_SNAPSHOT_ACK, MSG_SNAPSHOT_CHUNK, Message
+
+    with SimDrivers(tmp_path, voters=(1, 2, 3)) as sim:
+        leader = sim.wait_leader()
+        follower, other = [d for d in sim.nodes.values() if d is not leader]
+        term = follower.core.term
+        assert follower.core.leader_id == leader.core.id
+        snap_dir = tmp_path / f"n{follower.core.id}" / "snap"
+        before = sorted(os.listdir(snap_dir)) if snap_dir.exists() else []
+        sent = []
+        real_send = follower.transport.send
+        # The snapshot acks it sends (its heartbeat answers go on as usual).
+        follower.transport.send = lambda m: (m.type == MSG_SNAPSHOT_ACK and sent.append(m)
+                                             or real_send(m))
+        chunk = dict(index=10 ** 6, log_term=term, commit=0, hint=1 << 20, context=0,
+                     entries=b"x" * 100)
+        follower.step_read([Message(MSG_SNAPSHOT_CHUNK, to=follower.core.id,
+                                    frm=other.core.id, term=term, **chunk)])
+        follower.step_read([Message(MSG_SNAPSHOT_CHUNK, to=follower.core.id,
+                                    frm=leader.core.id, term=term + 1, **chunk)])
+        sim.loop.advance(0.05)
+        assert follower.snapshots.chunks_dropped == 2
+        assert follower.snapshots.receiver.cur is None and sent == []
+        assert (sorted(os.listdir(snap_dir)) if snap_dir.exists() else []) == before
+        # The leader of the term is heard: its chunk starts a transfer.
+        follower.step_read([Message(MSG_SNAPSHOT_CHUNK, to=follower.core.id,
+                                    frm=leader.core.id, term=term, **chunk)])
+        assert follower.snapshots.receiver.cur is not None
+        assert [m.frm for m in sent] == [follower.core.id] and not sent[0].reject
+        follower.snapshots.receiver.abort()

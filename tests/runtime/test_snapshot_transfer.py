@@ -11,6 +11,7 @@ from raftfast import _codec
 from raftfast._kv import KVStore
 from raftfast.core.messages import MSG_SNAPSHOT_ACK, MSG_SNAPSHOT_CHUNK
 from raftfast.runtime.snapshot import SnapshotError, read_chunks, write_snapshot
+from raftfast.runtime import snapshot_transfer
 from raftfast.runtime.snapshot_transfer import Receiver, Sender
 
 LEADER, FOLLOWER = 1, 2
@@ -501,3 +502,28 @@ def test_the_ack_is_repeated_when_the_connection_to_the_leader_comes_up(tmp_path
                                                                  CHUNK, 50)
     p.sender.on_ack(wire(again), p.now)
     assert len(p.to_follower.queue) == WINDOW  # the window opens without a resend timer
+
+
+def test_a_snapshot_larger_than_the_free_disk_is_refused_unwritten(tmp_path, monkeypatch):
+    path, _ = snapshot_file(tmp_path)
+    p = Pair(tmp_path, path)
+    real = os.statvfs
+
+    class Full:
+        def __init__(self, d):
+            st = real(d)
+            self.f_frsize = st.f_frsize
+            # Room for the snapshot, but not for the spare the log needs.
+            self.f_bavail = (p.sender.size + snapshot_transfer.FREE_SPACE_MARGIN - 1) // st.f_frsize
+    monkeypatch.setattr(snapshot_transfer.os, "statvfs", Full)
+    p.sender.pump()
+    p.deliver(p.to_follower.take())
+    (ack,) = p.to_leader.take()
+    assert ack.reject and ack.commit == 0 and p.receiver.cur is None
+    assert not any(os.path.exists(m) for m in p.made)  # nothing written, nothing left
+    monkeypatch.setattr(snapshot_transfer.os, "statvfs", real)
+    p.sender = p.new_sender(path)
+    p.sender.pump()
+    p.run()
+    assert p.done is not None and file_bytes(p.done.path) == file_bytes(path)
+    assert os.stat(p.done.path).st_mode & 0o777 == 0o600
