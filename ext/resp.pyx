@@ -58,6 +58,9 @@ cdef extern from "kvcmd.h":
 
 DEF CR = 13
 DEF LF = 10
+# Redis's limits for a connection that has not authenticated yet.
+DEF PREAUTH_MAX_ARGS = 10
+DEF PREAUTH_MAX_BULK = 16384
 # Replies are built by the server, never by clients; the cap only turns a
 # self-referencing value into an error instead of a C stack overflow.
 DEF MAX_DEPTH = 64
@@ -231,6 +234,9 @@ cdef class RespParser:
     cdef readonly bint stopped_at_limit
     cdef readonly bint stopped_at_kind
     cdef readonly Py_ssize_t max_bulk_len, max_inline_len, max_multibulk_len
+    # A connection that has not authenticated yet is held to Redis's
+    # pre-auth limits: at most 10 arguments, none over 16 KiB.
+    cdef public bint unauthenticated
 
     def __cinit__(self, Py_ssize_t max_bulk_len=512 * 1024 * 1024,
                   Py_ssize_t max_inline_len=64 * 1024,
@@ -253,9 +259,10 @@ cdef class RespParser:
             self._chunks.append(data)
             self._avail += PyBytes_GET_SIZE(data)
 
-    def parse(self):
-        """Every complete request buffered, in order, each a list of
-        argument bytes; on a protocol error, the requests before it."""
+    def parse(self, Py_ssize_t max_requests=-1):
+        """Every complete request buffered (at most max_requests of them
+        when that is not negative), in order, each a list of argument
+        bytes; on a protocol error, the requests before it."""
         cdef list out = []
         cdef int r
         if self.error is not None:
@@ -263,7 +270,7 @@ cdef class RespParser:
         if self._pending is not None:
             out.append(self._pending)
             self._pending = None
-        while True:
+        while max_requests < 0 or len(out) < max_requests:
             if self._mb_left:
                 r = self._bulk(out)
             elif self._avail == 0:
@@ -616,6 +623,8 @@ cdef class RespParser:
             return 0
         if not self._number(o, &n) or n > self.max_multibulk_len:
             return self._fail("invalid multibulk length")
+        if self.unauthenticated and n > PREAUTH_MAX_ARGS:
+            return self._fail("unauthenticated multibulk length")
         self._advance(o + 2)
         if n > 0:   # *0 and negative counts are skipped, as Redis does
             self._mb_left = n
@@ -636,6 +645,8 @@ cdef class RespParser:
                 return self._fail("expected '$', got '%s'" % chr(first))
             if not self._number(o, &n) or n < 0 or n > self.max_bulk_len:
                 return self._fail("invalid bulk length")
+            if self.unauthenticated and n > PREAUTH_MAX_BULK:
+                return self._fail("unauthenticated bulk length")
             self._advance(o + 2)
             self._bulk_len = n
         if self._avail < self._bulk_len + 2:

@@ -1,6 +1,7 @@
 """Addresses as URLs, and listening/dialing on them.
 
     tcp://HOST:PORT            HOST is an IPv4 literal, a hostname or [IPv6]
+    tls://HOST:PORT            the same, the connection wrapped in TLS
     unix:///absolute/path.sock
 
 Peer traffic and clients use the same forms, so the node, the transport and
@@ -44,20 +45,24 @@ class AddressInUse(OSError):
 
 
 class Address:
-    """A parsed URL: scheme "tcp" with host and port, or "unix" with path."""
+    """A parsed URL: scheme "tcp" with host and port, or "unix" with path.
+    A tls:// URL is a "tcp" Address with tls set: everything about the
+    socket is TCP's, and whoever listens or dials wraps it in TLS."""
 
-    __slots__ = ("scheme", "host", "port", "path")
+    __slots__ = ("scheme", "host", "port", "path", "tls")
     scheme: str
     host: str | None
     port: int | None
     path: str | None
+    tls: bool
 
     def __init__(self, scheme: str, host: str | None = None, port: int | None = None,
-                 path: str | None = None) -> None:
+                 path: str | None = None, tls: bool = False) -> None:
         self.scheme = scheme
         self.host = host
         self.port = port
         self.path = path
+        self.tls = tls
 
     @property
     def is_wildcard(self) -> bool:
@@ -72,7 +77,7 @@ class Address:
             return f"unix://{self.path}"
         host = cast(str, self.host)  # a tcp Address always has host and port
         host = f"[{host}]" if ":" in host else host
-        return f"tcp://{host}:{self.port}"
+        return f"{'tls' if self.tls else 'tcp'}://{host}:{self.port}"
 
     def __repr__(self) -> str:
         return f"Address({str(self)!r})"
@@ -92,12 +97,13 @@ def parse_address(url: str | Address) -> Address:
         raise AddressError(url, "not a string")
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise AddressError(url, "expected tcp://HOST:PORT or unix:///absolute/path.sock")
+        raise AddressError(url, "expected tcp://HOST:PORT, tls://HOST:PORT or "
+                                "unix:///absolute/path.sock")
     if scheme == "unix":
         return _parse_unix(url, rest)
-    if scheme == "tcp":
-        return _parse_tcp(url, rest)
-    raise AddressError(url, f"unknown scheme {scheme!r} (use tcp or unix)")
+    if scheme in ("tcp", "tls"):
+        return _parse_tcp(url, rest, scheme)
+    raise AddressError(url, f"unknown scheme {scheme!r} (use tcp, tls or unix)")
 
 
 def _parse_unix(url: str, path: str) -> Address:
@@ -113,9 +119,10 @@ def _parse_unix(url: str, path: str) -> Address:
     return Address("unix", path=path)
 
 
-def _parse_tcp(url: str, rest: str) -> Address:
+def _parse_tcp(url: str, rest: str, scheme: str = "tcp") -> Address:
     if any(c in rest for c in "/?#@"):
-        raise AddressError(url, "only HOST:PORT may follow tcp:// (no path, query or user)")
+        raise AddressError(url, f"only HOST:PORT may follow {scheme}:// (no path, query or "
+                                "user)")
     if rest.startswith("["):
         end = rest.find("]")
         if end < 0:
@@ -133,7 +140,7 @@ def _parse_tcp(url: str, rest: str) -> Address:
         if not sep:
             raise AddressError(url, "missing :PORT")
         if ":" in host:
-            raise AddressError(url, "an IPv6 host must be in brackets: tcp://[::1]:PORT")
+            raise AddressError(url, f"an IPv6 host must be in brackets: {scheme}://[::1]:PORT")
         if not host:
             raise AddressError(url, "missing host")
         _check_host(url, host)
@@ -142,7 +149,7 @@ def _parse_tcp(url: str, rest: str) -> Address:
     port = int(port_s)
     if port > 65535:
         raise AddressError(url, f"port {port} is out of range (0-65535)")
-    return Address("tcp", host=host, port=port)
+    return Address("tcp", host=host, port=port, tls=scheme == "tls")
 
 
 def _check_host(url: str, host: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,23 @@ class Config:
     # The file holding the secret every peer handshake proves both ways
     # (raftfast.runtime.peer_auth); None: peers are not authenticated.
     cluster_secret_file: str | None = None
+    # The file holding the password clients AUTH with; None: no password.
+    requirepass_file: str | None = None
+    # TLS on the client port (--client tls://...), Redis's names.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_ca_cert_file: str | None = None
+    tls_auth_clients: str = "yes"
+    # Mutual TLS between peers (--listen and --peer tls://...).
+    peer_tls_cert_file: str | None = None
+    peer_tls_key_file: str | None = None
+    peer_tls_ca_cert_file: str | None = None
+    # Allow peers over plain TCP on a non-loopback or wildcard address.
+    insecure_peers: bool = False
+
+    @property
+    def peer_tls(self) -> bool:
+        return self.peer_tls_cert_file is not None
     # RAFTFAST.BENCH (and any later debug command): no, yes, or local
     # (loopback and Unix-socket clients only), as Redis's enable-debug-command.
     enable_debug_command: str = "no"
@@ -77,6 +95,8 @@ class Config:
             raise ConfigError("--data-dir: must not be empty")
         if self.cluster_secret_file is not None and not self.cluster_secret_file:
             raise ConfigError("--cluster-secret-file: must not be empty")
+        if self.requirepass_file is not None and not self.requirepass_file:
+            raise ConfigError("--requirepass-file: must not be empty")
         listen = _addr("--listen", self.listen)
         client = _addr("--client", self.client)
         if self.advertise_client is not None:
@@ -99,6 +119,7 @@ class Config:
             if a in seen_urls:
                 raise ConfigError(f"--peer {pid}={url}: the same address as peer {seen_urls[a]}")
             seen_urls[a] = pid
+        self._check_tls(listen, client)
         _check_cluster_id(self.cluster_id)
         _choice("--fsync", self.fsync, ("always", "never"))
         _choice("--read-mode", self.read_mode, ("readindex", "lease"))
@@ -123,6 +144,39 @@ class Config:
                               "(a full batch must fit in one peer frame)")
         return self
 
+    def _check_tls(self, listen: Address, client: Address) -> None:
+        _choice("--tls-auth-clients", self.tls_auth_clients, ("yes", "no"))
+        if client.tls:
+            missing = [f for f, v in (("--tls-cert-file", self.tls_cert_file),
+                                      ("--tls-key-file", self.tls_key_file)) if not v]
+            if self.tls_auth_clients == "yes" and not self.tls_ca_cert_file:
+                missing.append("--tls-ca-cert-file (or --tls-auth-clients no)")
+            if missing:
+                raise ConfigError(f"--client {client}: TLS needs {', '.join(missing)}")
+        peer_files = (("--peer-tls-cert-file", self.peer_tls_cert_file),
+                      ("--peer-tls-key-file", self.peer_tls_key_file),
+                      ("--peer-tls-ca-cert-file", self.peer_tls_ca_cert_file))
+        given = [f for f, v in peer_files if v]
+        if given and len(given) < 3:
+            missing = [f for f, v in peer_files if not v]
+            raise ConfigError(f"{given[0]}: mutual TLS between peers also needs "
+                              f"{', '.join(missing)}")
+        peers = [("--listen", listen)] + [(f"--peer {pid}", _addr(f"--peer {pid}", url))
+                                          for pid, url in self.peers.items()]
+        for flag, a in peers:
+            if a.tls and not given:
+                raise ConfigError(f"{flag} {a}: TLS between peers needs --peer-tls-cert-file, "
+                                  "--peer-tls-key-file and --peer-tls-ca-cert-file")
+            if given and not a.tls:
+                raise ConfigError(f"{flag} {a}: with --peer-tls-cert-file every peer address "
+                                  "is tls://HOST:PORT")
+            if (a.scheme == "tcp" and not a.tls and not self.insecure_peers
+                    and not _is_loopback_host(a)):
+                raise ConfigError(
+                    f"{flag} {a}: peers over plain TCP beyond this machine need TLS "
+                    "(--peer-tls-cert-file, --peer-tls-key-file, --peer-tls-ca-cert-file and "
+                    "tls:// addresses), or --insecure-peers")
+
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> Config:
         """Build a Config from a namespace made by add_node_arguments().
@@ -144,6 +198,18 @@ class Config:
         if getattr(ns, "join", False):
             kwargs["join"] = True
         return cls(**kwargs)
+
+
+def _is_loopback_host(a: Address) -> bool:
+    """A host that names this machine only: localhost or a loopback literal
+    (a wildcard or any other host is reachable from elsewhere)."""
+    host = a.host or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_node_id(flag: str, v: object) -> None:
@@ -293,6 +359,24 @@ def add_node_arguments(parser: argparse.ArgumentParser,
         g.add_argument("--cluster-secret-file", metavar="FILE",
                        help="a secret shared by every node: each peer connection proves it "
                             "both ways before a message is read (default: none)")
+        g.add_argument("--tls-cert-file", metavar="FILE",
+                       help="the client port's TLS certificate (with --client tls://...)")
+        g.add_argument("--tls-key-file", metavar="FILE", help="its private key")
+        g.add_argument("--tls-ca-cert-file", metavar="FILE",
+                       help="the CA that signs client certificates")
+        g.add_argument("--tls-auth-clients", choices=("yes", "no"),
+                       help="clients must present a certificate the CA signed (default: yes)")
+        g.add_argument("--peer-tls-cert-file", metavar="FILE",
+                       help="this node's certificate for mutual TLS between peers (tls:// "
+                            "--listen and --peer addresses)")
+        g.add_argument("--peer-tls-key-file", metavar="FILE", help="its private key")
+        g.add_argument("--peer-tls-ca-cert-file", metavar="FILE",
+                       help="the CA that signs every peer's certificate")
+        g.add_argument("--insecure-peers", action="store_true", default=None,
+                       help="allow peers over plain TCP on a non-loopback address")
+        g.add_argument("--requirepass-file", metavar="FILE",
+                       help="clients must AUTH with the password in FILE before any other "
+                            "command, as with Redis's requirepass (default: none)")
     g = parser.add_argument_group("tunables")
     for flag, name, kw in _TUNABLES:
         g.add_argument(flag, dest=name, default=None,

@@ -30,11 +30,22 @@ from raftfast.core import FOLLOWER
 from raftfast.runtime.driver import RaftDriver
 from raftfast.runtime.kv_state_machine import KVStateMachine
 from raftfast.runtime.peer_auth import SecretError, load_secret
+from raftfast.server.auth import PasswordError, load_password
+from raftfast.tls import TLSSetupError, client_port_context, peer_contexts
 from raftfast.runtime.storage import Storage, StorageError
 from raftfast.runtime.transport import PeerTransport
 from raftfast.server.server import RespServer
 
 log = logging.getLogger("raftfast.node")
+
+
+def lease_clock() -> float:
+    """Seconds on a clock that never goes back and keeps counting while the
+    machine is suspended (CLOCK_BOOTTIME where there is one)."""
+    return time.clock_gettime(_CLOCK)
+
+
+_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 
 def tick_ms(cfg: Config) -> int:
@@ -45,9 +56,13 @@ def tick_ms(cfg: Config) -> int:
 
 class Node:
     def __init__(self, cfg: Config, storage: Storage, conf: tuple,
-                 secret: bytes | None = None) -> None:
+                 secret: bytes | None = None, password: bytes | None = None,
+                 client_tls: object = None, peer_tls: object = None) -> None:
         self.cfg = cfg
         self.secret = secret  # the cluster secret peers prove, or None
+        self.password = password  # what clients AUTH with, or None
+        self.client_tls = client_tls  # ssl context of a tls:// client port
+        self.peer_tls = peer_tls  # (listening, dialing) ssl contexts between peers
         self.storage = storage
         self.conf = conf  # (voters, learners, urls) the core starts from
         self.exit_code = 0
@@ -64,17 +79,19 @@ class Node:
         self.transport = PeerTransport(
             loop, cfg.node_id, cfg.cluster_id, self._on_peer_messages, dict(cfg.peers),
             cfg.max_frame_bytes, logging.getLogger("raftfast.transport"),
-            client_url=cfg.client_advertised(), secret=self.secret,
+            client_url=cfg.client_advertised(), secret=self.secret, tls=self.peer_tls,
             # A full pipelining window must fit in the socket's buffer, or
             # the transport would drop appends that flow control allowed.
             write_buffer_limit=max(4 << 20, 2 * cfg.max_inflight_bytes))
-        # The clock is the monotonic one: ticks catch up after a stall by
-        # it, and it keeps full resolution (uvloop's loop.time() is in ms).
-        self.driver = RaftDriver(loop, time.monotonic, cfg, self.storage, self.state_machine,
+        # Ticks catch up after a stall by this clock, and it keeps full
+        # resolution (uvloop's loop.time() is in ms).  It counts through a
+        # suspend, which a lease must (its followers' clocks ran on).
+        self.driver = RaftDriver(loop, lease_clock, cfg, self.storage, self.state_machine,
                                  self.transport, self.conf, self._on_fatal, tick_ms(cfg))
         self.transport.on_messages = self.driver.step_read  # no wrapper on the hot path
         self.transport.on_peer_state = self.driver.on_peer_state
-        self.resp = RespServer(loop, cfg, self.driver, self.info_fields)
+        self.resp = RespServer(loop, cfg, self.driver, self.info_fields, self.password,
+                               self.client_tls)
         self.resp.leader_client_url = self.client_url_of
         counter = getattr(self, "call_counter", None)
         if counter is not None:
@@ -223,13 +240,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), stream=sys.stderr,
                         format=f"%(asctime)s node{cfg.node_id} %(levelname)s %(name)s: %(message)s")
-    secret = None
-    if cfg.cluster_secret_file is not None:
-        try:
+    secret = password = client_tls = peer_tls = None
+    try:
+        if cfg.cluster_secret_file is not None:
             secret = load_secret(cfg.cluster_secret_file, warn=log.warning)
-        except SecretError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+        if cfg.requirepass_file is not None:
+            password = load_password(cfg.requirepass_file, warn=log.warning)
+        if cfg.tls_cert_file is not None:
+            client_tls = client_port_context(cfg.tls_cert_file, cfg.tls_key_file,
+                                             cfg.tls_ca_cert_file, cfg.tls_auth_clients == "yes")
+        if cfg.peer_tls:
+            peer_tls = peer_contexts(cfg.peer_tls_cert_file, cfg.peer_tls_key_file,
+                                     cfg.peer_tls_ca_cert_file)
+    except (SecretError, PasswordError, TLSSetupError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     try:
         storage = Storage.open(cfg.data_dir, cfg.node_id, cfg.cluster_id,
                                fsync=cfg.fsync == "always", segment_bytes=segment_bytes)
@@ -242,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         storage.close()
         return 1
-    node = Node(cfg, storage, conf, secret)
+    node = Node(cfg, storage, conf, secret, password, client_tls, peer_tls)
     if os.environ.get("RAFTFAST_COUNT_CALLS") == "1":
         node.call_counter = CallCounter()
         node.call_counter.install()

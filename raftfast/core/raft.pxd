@@ -21,6 +21,7 @@ cdef class Raft:
     cdef public HardState _prev_hs
     cdef public object tick_count, read_round, _reads_before_commit, _read_queue
     cdef public object _reads_ready, _round_ticks, _lease_until, _lease_blocked_until
+    cdef public object _votes_held_until
     cdef public bint _committed_in_term, _read_round_wanted, _timeout_now_sent
     cdef public object lead_transferee, _transfer_elapsed, _step, _tick
     cdef public RaftLog log

@@ -253,6 +253,12 @@ class Raft:
         self._round_ticks = {}                        # round -> tick sent (lease mode)
         self._lease_until = 0
         self._lease_blocked_until = 0
+        # A node that just recovered may have answered a leader's heartbeat
+        # before it stopped, and that leader may still serve reads from a
+        # lease counting on this node's vote: for an election timeout after
+        # start it helps elect no one (a transfer its leader asked for
+        # aside), as if it had heard from that leader just now.
+        self._votes_held_until = cfg.election_ticks if cfg.read_mode == "lease" else 0
         # Leadership transfer (thesis 3.10).
         self.lead_transferee = 0
         self._transfer_elapsed = 0
@@ -794,11 +800,14 @@ class Raft:
             elif not ((t == MSG_VOTE or t == MSG_PREVOTE) and self._log_behind(m)):
                 return
         if m.term > self.term:
-            if (t == MSG_VOTE or t == MSG_PREVOTE) and self.cfg.check_quorum and \
-                    self.leader_id != 0 and self.election_elapsed < self.cfg.election_ticks \
-                    and not (t == MSG_VOTE and m.context == VOTE_TRANSFER):
-                # We heard from a leader within the timeout: it stands (a
-                # transfer it asked for aside).  Lease reads rely on this.
+            if (t == MSG_VOTE or t == MSG_PREVOTE) \
+                    and not (t == MSG_VOTE and m.context == VOTE_TRANSFER) \
+                    and ((self.cfg.check_quorum and self.leader_id != 0
+                          and self.election_elapsed < self.cfg.election_ticks)
+                         or self.tick_count < self._votes_held_until):
+                # We heard from a leader within the timeout, or just started
+                # and may have: it stands (a transfer it asked for aside).
+                # Lease reads rely on this.
                 return
             if t == MSG_PREVOTE or (t == MSG_PREVOTE_RESP and not m.reject):
                 pass  # a pre-vote speaks of a term nobody has entered yet

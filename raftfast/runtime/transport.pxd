@@ -9,7 +9,7 @@ cdef class _Peer:
 cdef class PeerTransport:
     cdef public object loop, node_id, cluster_id, on_messages, max_frame_size, log
     cdef public object write_buffer_limit, _addresses, _inbound, _server, _unix_inode
-    cdef public object listen_address, client_url, on_peer_state, _client_urls, hello, secret
+    cdef public object listen_address, client_url, on_peer_state, _client_urls, hello, secret, tls
     cdef public dict _peers
     cdef public bint closed
     cdef public long long frames_sent, bytes_sent, frames_dropped, frames_received

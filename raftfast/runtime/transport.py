@@ -55,9 +55,12 @@ class PeerTransport:
     peers dial, one dialed connection per peer for what this node sends."""
 
     def __init__(self, loop, node_id, cluster_id, on_messages, addresses, max_frame_size,
-                 logger, *, client_url="", write_buffer_limit=WRITE_BUFFER_LIMIT, secret=None):
+                 logger, *, client_url="", write_buffer_limit=WRITE_BUFFER_LIMIT, secret=None,
+                 tls=None):
         """secret: the cluster secret (bytes) every connection's handshake
-        proves both ways (peer_connections), or None for none."""
+        proves both ways (peer_connections), or None for none.  tls: the
+        (listening, dialing) ssl contexts of mutual TLS for tls://
+        addresses (raftfast.tls.peer_contexts), or None."""
         self.loop = loop
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -74,6 +77,7 @@ class PeerTransport:
         self.listen_address = None
         self.client_url = client_url
         self.secret = secret
+        self.tls = tls
         # on_peer_state(peer_id, writable, lost): flow control for the
         # driver - a paused socket stops the sender before it has to drop,
         # and a lost connection means what was written may be gone.
@@ -92,11 +96,14 @@ class PeerTransport:
         """Listen for peers on listen_url.  With tcp port 0 the chosen port
         is in self.listen_address."""
         addr = parse_address(listen_url)
-        self._server = await create_server(self.loop, addr, lambda: AcceptedConnection(self))
+        extra = {"ssl": self._tls_for(addr)[0]} if addr.tls else {}
+        self._server = await create_server(self.loop, addr, lambda: AcceptedConnection(self),
+                                           **extra)
         if addr.is_unix:
             self._unix_inode = os.stat(addr.path).st_ino
         elif addr.port == 0:
-            addr = Address("tcp", host=addr.host, port=self._server.sockets[0].getsockname()[1])
+            addr = Address("tcp", host=addr.host, port=self._server.sockets[0].getsockname()[1],
+                           tls=addr.tls)
         self.listen_address = addr
         return addr
 
@@ -277,10 +284,19 @@ class PeerTransport:
         peer.dialed = True
         peer.task = self.loop.create_task(self._connect(peer))
 
+    def _tls_for(self, addr):
+        if self.tls is None:
+            raise OSError(f"{addr}: a tls:// peer address, and this node has no peer TLS "
+                          "certificates")
+        return self.tls
+
     async def _connect(self, peer):
         try:
+            addr = peer.addr
+            extra = ({"ssl": self._tls_for(addr)[1], "server_hostname": addr.host}
+                     if addr.tls else {})
             await asyncio.wait_for(
-                open_connection(self.loop, peer.addr, lambda: DialedConnection(self, peer)),
+                open_connection(self.loop, addr, lambda: DialedConnection(self, peer), **extra),
                 HANDSHAKE_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as e:
             peer.task = None

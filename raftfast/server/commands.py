@@ -17,8 +17,9 @@ from raftfast.address import AddressError, is_local_peer, parse_address
 from raftfast.core import (ConfChangeBusy, ConfChangeInvalid, NotLeader, ProposalDropped,
                            TransferInProgress)
 from raftfast.runtime.waiters import RequestFailed
+from raftfast.server import auth
 
-__all__ = ["COMMANDS", "dispatch"]
+__all__ = ["COMMANDS", "dispatch", "dispatch_unauthenticated"]
 
 log = logging.getLogger("raftfast.client")
 
@@ -46,6 +47,51 @@ def dispatch(server, conn, cmd):
         conn.reply(ErrorReply(f"ERR unknown command '{_printable(cmd[0])}'"))
         return
     handler(server, conn, cmd)
+
+
+NOAUTH = ErrorReply("NOAUTH Authentication required.")
+WRONGPASS = ErrorReply("WRONGPASS invalid username-password pair or user is disabled.")
+HELLO_NOAUTH = ErrorReply(
+    "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO "
+    "<proto> AUTH <user> <pass> option can be used to authenticate the client and select the "
+    "RESP protocol version at the same time")
+
+
+def dispatch_unauthenticated(server, conn, cmd):
+    """One command of a connection that has not authenticated: only AUTH,
+    HELLO and QUIT are answered; everything else, before any redirect,
+    gets NOAUTH."""
+    handler = _NO_AUTH_COMMANDS.get(bytes(cmd[0]).lower())
+    if handler is None:
+        conn.reply(NOAUTH)
+    else:
+        handler(server, conn, cmd)
+
+
+def _authenticate(server, conn, user, password):
+    """Check a password; on success the connection leaves the pre-auth
+    limits.  False (and WRONGPASS answered by the caller) otherwise."""
+    if not auth.check(server.password, user, password):
+        return False
+    conn.authenticated = True
+    conn.parser.unauthenticated = False
+    return True
+
+
+def _auth(server, conn, cmd):
+    if len(cmd) == 2:
+        if server.password is None:
+            conn.reply(ErrorReply(
+                "ERR AUTH <password> called without any password configured for the default "
+                "user. Are you sure your configuration is correct?"))
+            return
+        user, password = auth.DEFAULT_USER, cmd[1]
+    elif len(cmd) == 3:
+        user, password = cmd[1], cmd[2]
+    else:
+        _wrong_args(conn, "auth")
+        return
+    conn.reply(OK if _authenticate(server, conn, user, password) else WRONGPASS)
 
 
 def _kv_command(server, conn, name, op, cmd):
@@ -106,17 +152,26 @@ def _hello(server, conn, cmd):
             conn.reply(ErrorReply("NOPROTO unsupported protocol version"))
             return
         rest = args[1:]
+        name = credentials = None
         while rest:
             opt = rest[0].lower()
             if opt == b"setname" and len(rest) >= 2:
-                conn.name = rest[1]
+                name = rest[1]
                 rest = rest[2:]
             elif opt == b"auth" and len(rest) >= 3:
-                conn.reply(ErrorReply("ERR AUTH is not supported by raftfast"))
-                return
+                credentials = rest[1], rest[2]
+                rest = rest[3:]
             else:
                 conn.reply(ErrorReply(f"ERR Syntax error in HELLO option '{_printable(rest[0])}'"))
                 return
+        if credentials is not None and not _authenticate(server, conn, *credentials):
+            conn.reply(WRONGPASS)
+            return
+        if name is not None:
+            conn.name = name
+    if not conn.authenticated:
+        conn.reply(HELLO_NOAUTH)
+        return
     if proto is not None:
         conn.resp3 = proto == 3  # the HELLO reply itself is in the new protocol
     conn.reply({
@@ -367,8 +422,11 @@ def _raft_node(server, conn, cmd):
 
 
 COMMANDS = {
-    b"ping": _ping, b"echo": _echo, b"hello": _hello, b"client": _client,
+    b"auth": _auth, b"ping": _ping, b"echo": _echo, b"hello": _hello, b"client": _client,
     b"command": _command, b"config": _config, b"select": _select, b"quit": _quit,
     b"info": _info, b"raftfast.bench": _bench, b"raft.transfer_leader": _transfer_leader,
     b"raft.node": _raft_node,
 }
+
+# What a connection that has not authenticated may run (Redis's no-auth commands).
+_NO_AUTH_COMMANDS = {b"auth": _auth, b"hello": _hello, b"quit": _quit}

@@ -34,7 +34,7 @@ _client_ids = itertools.count(1)
 class ClientProtocol:
     __slots__ = ("server", "transport", "parser", "replies", "resp3", "name", "id",
                  "closing", "last_write", "reads_in_flight", "parsing_reads", "held",
-                 "paused_by_client", "throttled")
+                 "paused_by_client", "throttled", "authenticated")
 
     def __init__(self, server):
         self.server = server
@@ -51,6 +51,10 @@ class ClientProtocol:
         self.held = False          # a write waits, unparsed, for earlier reads
         self.paused_by_client = False
         self.throttled = False     # not read until the batcher's window has room
+        # With a password set, commands other than AUTH, HELLO and QUIT wait
+        # for AUTH, one at a time and within the pre-auth limits.
+        self.authenticated = server.password is None
+        self.parser.unauthenticated = not self.authenticated
 
     def connection_made(self, transport):
         self.transport = transport
@@ -114,7 +118,12 @@ class ClientProtocol:
         batcher = server.batcher
         max_cmd = server.max_command_bytes
         while not self.closing:
-            if server.driver.is_leader:
+            if not self.authenticated:
+                requests = parser.parse(1)
+                if not requests:
+                    break
+                server.dispatch_unauthenticated(self, requests[0])
+            elif server.driver.is_leader:
                 # The fast path: KV commands go straight into a batch, reads
                 # and writes into separate ones, switching as the stream does.
                 if self.parsing_reads:

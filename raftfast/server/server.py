@@ -10,7 +10,7 @@ import resource
 
 from raftfast import __version__
 from raftfast._resp import ErrorReply
-from raftfast.address import create_server, parse_address
+from raftfast.address import Address, create_server, parse_address
 from raftfast.runtime.waiters import NotLeaderNow, OutcomeUnknown, TransferFailed
 from raftfast.server import commands
 from raftfast.server.batcher import Batcher
@@ -27,9 +27,13 @@ _FAILURE_TEXT = {
 
 
 class RespServer:
-    def __init__(self, loop, cfg, driver, node_info):
+    def __init__(self, loop, cfg, driver, node_info, password=None, tls=None):
+        """password: what clients must AUTH with (bytes), or None.  tls: the
+        ssl context of a tls:// client port (raftfast.tls), or None."""
         self.loop = loop
         self.cfg = cfg
+        self.password = password
+        self.tls = tls
         self.driver = driver
         self.node_info = node_info  # callable -> dict of INFO raft fields
         self.connections = set()
@@ -50,12 +54,13 @@ class RespServer:
     async def start(self, url):
         """Listen for clients; returns the URL actually bound (port 0 resolved)."""
         addr = parse_address(url)
-        self._server = await create_server(self.loop, addr, lambda: self.protocol(self))
+        extra = {"ssl": self.tls} if addr.tls else {}
+        self._server = await create_server(self.loop, addr, lambda: self.protocol(self), **extra)
         if addr.scheme == "unix":
             self._unix_path = (addr.path, os.stat(addr.path).st_ino)
             return str(addr)
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"tcp://{addr.host if ':' not in addr.host else '[' + addr.host + ']'}:{port}"
+        port = self._server.sockets[0].getsockname()[1]
+        return str(Address("tcp", host=addr.host, port=port, tls=addr.tls))
 
     async def close(self):
         self.batcher.cancel()
@@ -80,6 +85,9 @@ class RespServer:
 
     def dispatch(self, conn, cmd):
         commands.dispatch(self, conn, cmd)
+
+    def dispatch_unauthenticated(self, conn, cmd):
+        commands.dispatch_unauthenticated(self, conn, cmd)
 
     def config_parameters(self):
         """CONFIG GET's parameters: name -> value as text (secrets never)."""

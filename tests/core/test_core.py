@@ -110,3 +110,39 @@ def test_a_follower_acknowledges_only_the_newest_of_the_appends_it_wrote_at_once
     append(r, b"c")
     rd = r.ready()
     assert sorted((m.to, m.index) for m in rd.persist_messages) == [(1, 3), (2, 3)]
+
+
+@pytest.mark.parametrize("kind", ["vote", "prevote"])
+def test_a_node_that_just_started_in_lease_mode_helps_elect_no_one_for_an_election_timeout(kind):
+    """Before it stopped it may have answered a leader that still serves
+    reads from a lease counting on it: for one election timeout after start
+    it grants no vote or pre-vote in a higher term, a transfer aside."""
+    from raftfast.core.messages import (MSG_PREVOTE, MSG_PREVOTE_RESP, MSG_VOTE, MSG_VOTE_RESP,
+                                        VOTE_TRANSFER)
+    mtype, resp = (MSG_VOTE, MSG_VOTE_RESP) if kind == "vote" else (MSG_PREVOTE, MSG_PREVOTE_RESP)
+
+    def ask(r, term, context=0):
+        r.step(Message(mtype, to=r.id, frm=3, term=term, index=0, log_term=0, context=context))
+        sent, after = drain(r)
+        return [m for m in sent + after if m.type == resp and m.to == 3]
+
+    def lease_raft():
+        return Raft(CoreConfig(2, (1, 2, 3), election_ticks=10, heartbeat_ticks=1, seed=1,
+                               read_mode="lease"), EntryLog(1), HardState(4, 0, 0))
+
+    r = lease_raft()
+    for _ in range(9):
+        r.tick()
+    assert ask(r, 5) == [] and r.term == 4  # ignored: no answer, no new term
+    r.tick()
+    (answer,) = ask(r, 5)  # one election timeout after start: an ordinary request
+    assert not answer.reject and answer.term == 5
+    if kind == "vote":
+        r = lease_raft()
+        (answer,) = ask(r, 5, context=VOTE_TRANSFER)  # a transfer is granted at once
+        assert not answer.reject
+    # Under ReadIndex nothing counts on a lease: a fresh node answers at once.
+    r = Raft(CoreConfig(2, (1, 2, 3), election_ticks=10, heartbeat_ticks=1, seed=1),
+             EntryLog(1), HardState(4, 0, 0))
+    (answer,) = ask(r, 5)
+    assert not answer.reject

@@ -207,3 +207,104 @@ def test_a_cluster_secret_file_that_cannot_be_used_stops_the_node_at_start(root)
     out = run_node(*node_args(root), "--cluster-secret-file", f"{root}/short")
     assert out.returncode == 1 and "it needs at least 16" in out.stderr
     assert "tiny-secret" not in out.stderr
+
+
+def test_a_node_with_a_password_serves_only_clients_that_give_it(root):
+    password = "correct horse battery staple"
+    with open(f"{root}/pass", "w") as f:
+        f.write(password + "\n")
+    os.chmod(f"{root}/pass", 0o600)
+    ports = free_ports(2)
+    node = subprocess.Popen([sys.executable, "-m", "raftfast.node", *node_args(root, ports=ports),
+                             "--requirepass-file", f"{root}/pass", "--log-level", "debug"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    try:
+        assert node.stdout.readline().startswith(b"ready id=1 ")
+        stranger = redis.Redis(port=ports[1], socket_timeout=10)
+        with pytest.raises(redis.AuthenticationError):
+            stranger.set("k", "v")
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=ports[1], password="wrong", socket_timeout=10).ping()
+        client = redis.Redis(port=ports[1], password=password, socket_timeout=10)
+
+        def write():
+            try:
+                return client.set("k", "v")
+            except redis.ResponseError:  # not leading yet
+                return False
+        until(write, "a write", 10)
+        assert client.get("k") == b"v"
+        resp3 = redis.Redis(port=ports[1], password=password, protocol=3, socket_timeout=10)
+        assert resp3.get("k") == b"v"  # HELLO 3 AUTH default <password>
+        assert password not in repr(client.config_get("*"))  # never shown
+    finally:
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=15) == 0
+        err = node.stderr.read().decode()
+        node.stdout.close()
+        node.stderr.close()
+    assert password not in err
+
+
+def _pki(root):
+    from raftfast.launcher.certs import issue, make_ca
+    ca = make_ca(root)
+    return {n: issue(root, n, ca) for n in ("node1", "node2", "node3", "client")}
+
+
+def test_three_nodes_over_mutual_tls_serve_a_tls_client_port(root):
+    pki = _pki(root)
+    ca = f"{root}/ca.crt"
+    ports = free_ports(6)
+    peers = {i: f"tls://127.0.0.1:{ports[i - 1]}" for i in (1, 2, 3)}
+    nodes = []
+    try:
+        for i in (1, 2, 3):
+            cert, key = pki[f"node{i}"]
+            argv = ["--id", str(i), "--data-dir", f"{root}/d{i}", "--listen", peers[i],
+                    "--client", f"tls://127.0.0.1:{ports[2 + i]}",
+                    "--peer-tls-cert-file", cert, "--peer-tls-key-file", key,
+                    "--peer-tls-ca-cert-file", ca, "--tls-cert-file", cert,
+                    "--tls-key-file", key, "--tls-ca-cert-file", ca]
+            for j in (1, 2, 3):
+                if j != i:
+                    argv += ["--peer", f"{j}={peers[j]}"]
+            nodes.append(subprocess.Popen([sys.executable, "-m", "raftfast.node", *argv],
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                          env=ENV))
+        for n in nodes:
+            assert n.stdout.readline().startswith(b"ready ")
+        cert, key = pki["client"]
+        clients = [redis.Redis(port=ports[2 + i], ssl=True, ssl_ca_certs=ca, ssl_certfile=cert,
+                               ssl_keyfile=key, socket_timeout=10) for i in (1, 2, 3)]
+
+        def leader():
+            for c in clients:
+                try:
+                    if c.info("raft").get("raft_role") == "leader":
+                        return c
+                except redis.ConnectionError:
+                    pass
+            return None
+        lead = until(leader, "a leader elected over TLS", 30)
+        assert lead.set("k", "v") and lead.get("k") == b"v"  # committed on a majority
+        # A client without a certificate of the CA is refused (--tls-auth-clients yes).
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(port=ports[3], ssl=True, ssl_ca_certs=ca, socket_timeout=10).ping()
+        with pytest.raises(redis.ConnectionError):  # and plain TCP is not spoken there
+            redis.Redis(port=ports[3], socket_timeout=3).ping()
+    finally:
+        for n in nodes:
+            n.send_signal(signal.SIGTERM)
+        for n in nodes:
+            assert n.wait(timeout=15) == 0
+            n.stdout.close()
+
+
+def test_peers_over_plain_tcp_beyond_this_machine_are_refused_without_insecure_peers(root):
+    args = ["--id", "1", "--data-dir", f"{root}/d", "--listen", "tcp://0.0.0.0:7999",
+            "--client", "tcp://127.0.0.1:7998"]
+    out = run_node(*args)
+    assert out.returncode == 2
+    assert "--insecure-peers" in out.stderr and "--peer-tls-cert-file" in out.stderr
+    assert not os.path.exists(f"{root}/d")

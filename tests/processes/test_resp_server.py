@@ -209,7 +209,7 @@ def test_a_command_too_large_for_one_frame_is_refused_and_nothing_stalls(tmp_pat
      b"-ERR node id must be an integer from 1 to 2^63-1\r\n"),
     (req(b"RAFT.NODE", b"REMOVE", b"two"), b"-ERR node id must be an integer from 1 to 2^63-1\r\n"),
     (req(b"RAFT.NODE", b"ADD", b"2", b"http://x:1"),
-     b"-ERR bad address 'http://x:1': unknown scheme 'http' (use tcp or unix)\r\n"),
+     b"-ERR bad address 'http://x:1': unknown scheme 'http' (use tcp, tls or unix)\r\n"),
     (req(b"RAFT.NODE", b"PROMOTE", b"2"),
      b"-ERR unknown subcommand 'PROMOTE'. Try RAFT.NODE ADD id url or RAFT.NODE REMOVE id.\r\n"),
     # Refused by the core: nothing proposed.
@@ -370,5 +370,107 @@ def test_raftfast_bench_is_a_debug_command(mode, peer, sockname, allowed):
         else:
             assert reply.startswith(b"-ERR RAFTFAST.BENCH command not allowed.")
             assert reply.endswith(b"restart the server.\r\n+PONG\r\n")
+    finally:
+        loop.close()
+
+
+def _door_with_password(password=b"s3cret pass", is_leader=True):
+    import asyncio
+    from raftfast.config import Config
+    from raftfast.server.connection import ClientProtocol
+    from raftfast.server.server import RespServer
+    loop = asyncio.new_event_loop()
+    cfg = Config(node_id=1, data_dir="x", listen="tcp://127.0.0.1:1", client="tcp://127.0.0.1:2")
+    drv = _FakeDriver(is_leader=is_leader)
+    server = RespServer(loop, cfg, drv, dict, password=password)
+    server.leader_client_url = {2: "tcp://127.0.0.1:7002"}.get
+    conn = ClientProtocol(server)
+    out = FakeClientTransport()
+    conn.connection_made(out)
+    return loop, conn, out
+
+
+NOAUTH = b"-NOAUTH Authentication required.\r\n"
+WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+
+
+@pytest.mark.parametrize("is_leader", [True, False])
+def test_before_auth_every_command_gets_noauth_and_nothing_runs(is_leader):
+    loop, conn, out = _door_with_password(is_leader=is_leader)
+    try:
+        conn.data_received(req(b"SET", b"k", b"v") + req(b"GET", b"k") + req(b"PING")
+                           + req(b"RAFT.NODE", b"ADD", b"4", b"tcp://127.0.0.1:9")
+                           + req(b"HELLO", b"3"))
+        hello = (b"-NOAUTH HELLO must be called with the client already authenticated, "
+                 b"otherwise the HELLO <proto> AUTH <user> <pass> option can be used to "
+                 b"authenticate the client and select the RESP protocol version at the same "
+                 b"time\r\n")
+        # NOAUTH before any redirect, and nothing reached the driver.
+        assert b"".join(out.out) == NOAUTH * 4 + hello
+        assert conn.server.driver.calls == [] and not conn.resp3
+        assert conn.server.batcher.buf == b""
+    finally:
+        loop.close()
+
+
+def test_auth_with_the_password_opens_the_connection_for_what_follows():
+    loop, conn, out = _door_with_password()
+    try:
+        conn.data_received(req(b"AUTH", b"wrong") + req(b"AUTH", b"default", b"wrong")
+                           + req(b"AUTH", b"bob", b"s3cret pass") + req(b"PING")
+                           + req(b"AUTH", b"s3cret pass") + req(b"PING")
+                           + req(b"ECHO", b"x" * 20000) + req(b"PING", *[b"a"] * 11))
+        assert b"".join(out.out) == (
+            WRONGPASS * 3 + NOAUTH + b"+OK\r\n+PONG\r\n" + b"$20000\r\n" + b"x" * 20000 + b"\r\n"
+            + b"-ERR wrong number of arguments for 'ping' command\r\n")
+        assert conn.authenticated
+    finally:
+        loop.close()
+
+
+def test_hello_with_auth_authenticates_and_switches_protocol_at_once():
+    loop, conn, out = _door_with_password()
+    try:
+        conn.data_received(req(b"HELLO", b"3", b"AUTH", b"default", b"nope"))
+        assert b"".join(out.out) == WRONGPASS and not conn.resp3 and not conn.authenticated
+        out.out.clear()
+        conn.data_received(req(b"HELLO", b"3", b"AUTH", b"default", b"s3cret pass",
+                               b"SETNAME", b"me") + req(b"PING"))
+        reply = b"".join(out.out)
+        assert reply.startswith(b"%7\r\n") and reply.endswith(b"+PONG\r\n")
+        assert conn.resp3 and conn.authenticated and conn.name == b"me"
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("request_bytes, error", [
+    (req(b"AUTH", *[b"x"] * 10), b"-ERR Protocol error: unauthenticated multibulk length\r\n"),
+    (req(b"AUTH", b"x" * 16385), b"-ERR Protocol error: unauthenticated bulk length\r\n"),
+])
+def test_before_auth_requests_are_held_to_the_pre_auth_limits(request_bytes, error):
+    loop, conn, out = _door_with_password()
+    try:
+        conn.data_received(request_bytes)
+        assert b"".join(out.out) == error and conn.closing
+    finally:
+        loop.close()
+    loop, conn, out = _door_with_password()
+    try:  # at the limits themselves: answered
+        conn.data_received(req(b"AUTH", *[b"x"] * 9) + req(b"AUTH", b"x" * 16384))
+        assert b"".join(out.out) == (b"-ERR wrong number of arguments for 'auth' command\r\n"
+                                     + WRONGPASS)
+        assert not conn.closing
+    finally:
+        loop.close()
+
+
+def test_without_a_password_auth_answers_as_redis_does():
+    loop, conn, out = _door_with_password(password=None)
+    try:
+        conn.data_received(req(b"AUTH", b"pw") + req(b"AUTH", b"default", b"anything")
+                           + req(b"AUTH", b"bob", b"pw"))
+        assert b"".join(out.out) == (
+            b"-ERR AUTH <password> called without any password configured for the default "
+            b"user. Are you sure your configuration is correct?\r\n+OK\r\n" + WRONGPASS)
     finally:
         loop.close()

@@ -177,3 +177,13 @@ def test_address_equality_and_passthrough():
     assert parse_address(a) is a
     assert a == Address("tcp", host="h", port=1)
     assert len({a, parse_address("tcp://h:1")}) == 1
+
+
+def test_tls_urls_are_tcp_addresses_marked_tls():
+    a = parse_address("tls://127.0.0.1:7001")
+    assert (a.scheme, a.host, a.port, a.tls) == ("tcp", "127.0.0.1", 7001, True)
+    assert str(a) == "tls://127.0.0.1:7001" and str(parse_address("tls://[::1]:1")) == "tls://[::1]:1"
+    assert a != parse_address("tcp://127.0.0.1:7001") and not parse_address("tcp://h:1").tls
+    assert parse_address("tls://0.0.0.0:1").is_wildcard
+    with pytest.raises(AddressError, match="only HOST:PORT may follow tls://"):
+        parse_address("tls://h:1/x")

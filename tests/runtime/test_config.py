@@ -157,3 +157,30 @@ def test_bad_address_on_a_real_command_line_exits_2():
                        timeout=60, cwd=REPO)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "bad address 'nope'" in r.stderr
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    (dict(client="tls://127.0.0.1:7001"), "TLS needs --tls-cert-file, --tls-key-file"),
+    (dict(client="tls://127.0.0.1:7001", tls_cert_file="c", tls_key_file="k"),
+     "--tls-ca-cert-file (or --tls-auth-clients no)"),
+    (dict(listen="tls://127.0.0.1:7101"), "TLS between peers needs --peer-tls-cert-file"),
+    (dict(peer_tls_cert_file="c"), "also needs --peer-tls-key-file, --peer-tls-ca-cert-file"),
+    (dict(peer_tls_cert_file="c", peer_tls_key_file="k", peer_tls_ca_cert_file="a"),
+     "every peer address is tls://"),
+    (dict(listen="tcp://10.0.0.1:7101"), "or --insecure-peers"),
+    (dict(peers={2: "tcp://db2.example:7101"}), "--peer 2 tcp://db2.example:7101: peers over"),
+    (dict(tls_auth_clients="maybe"), "--tls-auth-clients"),
+])
+def test_tls_settings_that_cannot_work_are_refused(kw, fragment):
+    with pytest.raises(ConfigError, match=None) as e:
+        cfg(**kw).validate()
+    assert fragment in str(e.value)
+
+
+def test_tls_settings_that_work():
+    cfg(client="tls://127.0.0.1:7001", tls_cert_file="c", tls_key_file="k",
+        tls_auth_clients="no").validate()
+    cfg(listen="tls://10.0.0.1:7101", peers={2: "tls://10.0.0.2:7101"}, peer_tls_cert_file="c",
+        peer_tls_key_file="k", peer_tls_ca_cert_file="a").validate()
+    cfg(listen="tcp://10.0.0.1:7101", insecure_peers=True).validate()
+    cfg(listen="tcp://localhost:7101", peers={2: "tcp://[::1]:7102"}).validate()
