@@ -225,6 +225,7 @@ cdef class RespParser:
     cdef Py_ssize_t _mb_left    # arguments still due in the multibulk request being read
     cdef Py_ssize_t _bulk_len   # length of the bulk being read, -1 while its $ line is due
     cdef list _args
+    cdef Py_ssize_t _args_bytes  # bytes of _args: a request not complete yet holds them
     # A complete KV request parse_kv took out of the chunks but left for the
     # next call (it did not fit that call's limits); delivered first.
     cdef list _pending
@@ -248,6 +249,12 @@ cdef class RespParser:
         self._bulk_len = -1
         self._args = []
         self.error = None
+
+    @property
+    def pending_bytes(self):
+        """Bytes held for requests not complete yet: what is buffered, and
+        the arguments already taken of a request still arriving."""
+        return self._avail + self._args_bytes
 
     def feed(self, data):
         """Buffer received bytes (after an error they are dropped)."""
@@ -501,6 +508,7 @@ cdef class RespParser:
         self._head = self._pos = self._avail = 0
         self._scan_idx = self._scan_base = self._scanned = 0
         self._mb_left = 0
+        self._args_bytes = 0
         self._args = []
         return -1
 
@@ -630,6 +638,7 @@ cdef class RespParser:
             self._mb_left = n
             self._bulk_len = -1
             self._args = []
+            self._args_bytes = 0
         return 1
 
     cdef int _bulk(self, list out) except -2:
@@ -654,12 +663,14 @@ cdef class RespParser:
         if self._byte_at(self._bulk_len) != CR or self._byte_at(self._bulk_len + 1) != LF:
             return self._fail("invalid bulk length")
         self._args.append(self._take(self._bulk_len))
+        self._args_bytes += self._bulk_len
         self._advance(2)
         self._bulk_len = -1
         self._mb_left -= 1
         if self._mb_left == 0:
             out.append(self._args)
             self._args = []
+            self._args_bytes = 0
         return 1
 
     cdef int _inline(self, list out) except -2:

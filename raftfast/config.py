@@ -76,6 +76,11 @@ class Config:
     peer_tls_ca_cert_file: str | None = None
     # Allow peers over plain TCP on a non-loopback or wildcard address.
     insecure_peers: bool = False
+    # Limits (Redis 7.2's names and errors).
+    proto_max_bulk_len: int = 32 << 20
+    client_query_buffer_limit: int = 64 << 20
+    maxclients: int = 10000
+    timeout: int = 0
 
     @property
     def peer_tls(self) -> bool:
@@ -125,6 +130,10 @@ class Config:
         _choice("--read-mode", self.read_mode, ("readindex", "lease"))
         _choice("--log-level", self.log_level, LOG_LEVELS)
         _choice("--enable-debug-command", self.enable_debug_command, DEBUG_COMMAND_MODES)
+        _at_least("--proto-max-bulk-len", self.proto_max_bulk_len, 1024)
+        _at_least("--client-query-buffer-limit", self.client_query_buffer_limit, 1024)
+        _at_least("--maxclients", self.maxclients, 1)
+        _at_least("--timeout", self.timeout, 0)
         _at_least("--heartbeat-interval", self.heartbeat_interval_ms, 1)
         _at_least("--election-timeout", self.election_timeout_ms, 1)
         if self.heartbeat_interval_ms >= self.election_timeout_ms:
@@ -328,6 +337,17 @@ _TUNABLES: list[tuple[str, str, dict[str, Any]]] = [
     ("--log-level", "log_level", dict(choices=LOG_LEVELS, help="log verbosity")),
     ("--max-frame-bytes", "max_frame_bytes", dict(type=int_at_least(1), metavar="N",
      help="largest peer frame accepted")),
+    ("--proto-max-bulk-len", "proto_max_bulk_len", dict(type=int_at_least(1024), metavar="BYTES",
+     help="the largest key or value; a request announcing a larger one is a protocol error")),
+    ("--client-query-buffer-limit", "client_query_buffer_limit",
+     dict(type=int_at_least(1024), metavar="BYTES",
+          help="bytes one connection may hold of requests not yet complete; past it the "
+               "connection is closed")),
+    ("--maxclients", "maxclients", dict(type=int_at_least(1), metavar="N",
+     help="client connections; one more is refused (lowered to what the file-descriptor "
+          "limit allows)")),
+    ("--timeout", "timeout", dict(type=int_at_least(0), metavar="SECONDS",
+     help="close a client connection idle this long; 0 = never")),
     ("--enable-debug-command", "enable_debug_command", dict(choices=DEBUG_COMMAND_MODES,
      help="RAFTFAST.BENCH: no, yes, or local (loopback and Unix-socket clients only)")),
 ]

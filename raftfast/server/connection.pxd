@@ -9,6 +9,7 @@ cdef class ClientProtocol:
     cdef public object server, transport, parser, replies, name, id
     cdef public bint resp3, closing, parsing_reads, held, paused_by_client, throttled
     cdef public bint authenticated
+    cdef public long long reads, idle_since_read
     cdef public long long last_write
     cdef public Py_ssize_t reads_in_flight
 

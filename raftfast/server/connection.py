@@ -20,26 +20,28 @@ until those reads were served, so neither sees the other out of order.
 """
 import collections
 import itertools
+import logging
 
 from raftfast._resp import ErrorReply, RespParser, encode_replies
 from raftfast.address import set_nodelay
 from raftfast.server.replies import PENDING, Slot, encoded_error
 
-__all__ = ["ClientProtocol", "MAX_VALUE_BYTES"]
+__all__ = ["ClientProtocol", "MAX_CLIENTS_ERROR"]
 
-MAX_VALUE_BYTES = 32 << 20  # one entry must fit in one peer frame
+MAX_CLIENTS_ERROR = b"-ERR max number of clients reached\r\n"
 _client_ids = itertools.count(1)
+log = logging.getLogger("raftfast.client")
 
 
 class ClientProtocol:
     __slots__ = ("server", "transport", "parser", "replies", "resp3", "name", "id",
                  "closing", "last_write", "reads_in_flight", "parsing_reads", "held",
-                 "paused_by_client", "throttled", "authenticated")
+                 "paused_by_client", "throttled", "authenticated", "reads", "idle_since_read")
 
     def __init__(self, server):
         self.server = server
         self.transport = None
-        self.parser = RespParser(max_bulk_len=MAX_VALUE_BYTES + 1024)
+        self.parser = RespParser(max_bulk_len=server.cfg.proto_max_bulk_len)
         self.replies = collections.deque()
         self.resp3 = False
         self.name = None
@@ -55,11 +57,20 @@ class ClientProtocol:
         # for AUTH, one at a time and within the pre-auth limits.
         self.authenticated = server.password is None
         self.parser.unauthenticated = not self.authenticated
+        self.reads = 0  # data_received calls: the idle sweep compares them
+        self.idle_since_read = 0  # idle sweeps since the last read
 
     def connection_made(self, transport):
         self.transport = transport
+        server = self.server
+        if len(server.connections) >= server.maxclients:
+            transport.write(MAX_CLIENTS_ERROR)
+            transport.close()
+            self.closing = True
+            server.rejected_connections += 1
+            return
         set_nodelay(transport)
-        self.server.connections.add(self)
+        server.connections.add(self)
 
     # A client that sends without reading must not grow our buffers without
     # bound: stop reading it while its replies cannot be written.
@@ -94,6 +105,14 @@ class ClientProtocol:
         else:
             self.flush()
 
+    def close_now(self):
+        """Close at once, dropping what is buffered either way (a limit was
+        passed)."""
+        self.closing = True
+        self.parser = RespParser(max_bulk_len=1)  # what it held is freed
+        if self.transport is not None:
+            self.transport.abort()
+
     def eof_received(self):
         return None  # the transport closes itself (no asyncio.Protocol base to say so)
 
@@ -104,10 +123,19 @@ class ClientProtocol:
     def data_received(self, data):
         if self.closing:
             return
-        self.server.client_reads += 1
-        self.parser.feed(data)
+        server = self.server
+        server.client_reads += 1
+        self.reads += 1
+        parser = self.parser
+        parser.feed(data)
         if not self.held:
             self._parse_buffered()
+        if parser.pending_bytes > server.cfg.client_query_buffer_limit and not self.closing:
+            log.warning("closing client %d: %d bytes of requests not complete yet pass "
+                        "--client-query-buffer-limit %d", self.id, parser.pending_bytes,
+                        server.cfg.client_query_buffer_limit)
+            self.close_now()
+            return
         batcher = self.server.batcher
         if batcher.over_window() and not self.throttled and not self.closing:
             batcher.throttle(self)

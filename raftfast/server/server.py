@@ -5,6 +5,7 @@ the one Batcher they share, routes commands the fast path passed over to
 the command table, words the runtime's outcomes and redirects as RESP
 errors, and builds INFO.
 """
+import logging
 import os
 import resource
 
@@ -14,9 +15,40 @@ from raftfast.address import Address, create_server, parse_address
 from raftfast.runtime.waiters import NotLeaderNow, OutcomeUnknown, TransferFailed
 from raftfast.server import commands
 from raftfast.server.batcher import Batcher
-from raftfast.server.connection import MAX_VALUE_BYTES, ClientProtocol
+from raftfast.server.connection import ClientProtocol
 
-__all__ = ["RespServer"]
+__all__ = ["RespServer", "effective_maxclients"]
+
+log = logging.getLogger("raftfast.client")
+# File descriptors a node keeps for itself: log segments, snapshots, the
+# lock, listeners, the event loop's own, and per peer a dialed and an
+# accepted connection.
+FD_RESERVE = 64
+FD_PER_PEER = 4
+
+
+def effective_maxclients(cfg):
+    """--maxclients, with the soft file-descriptor limit raised toward the
+    hard one for it (as Redis does), else lowered (with a warning) to the
+    descriptors left once the node's own are set aside."""
+    reserve = FD_RESERVE + FD_PER_PEER * len(cfg.peers)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return cfg.maxclients
+    want = cfg.maxclients + reserve
+    if soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    room = max(1, soft - reserve)
+    if cfg.maxclients > room:
+        log.warning("--maxclients %d lowered to %d: the file-descriptor limit is %d",
+                    cfg.maxclients, room, soft)
+        return room
+    return cfg.maxclients
 
 # How a client hears each of the runtime's failures (NotLeaderNow: the
 # redirect, which depends on who leads now).
@@ -44,7 +76,10 @@ class RespServer:
                                min(cfg.max_inflight_bytes, 2 * cfg.max_batch_bytes))
         self.leader_client_url = None  # callable(leader_id) -> advertised URL or None
         # Room for the frame and message headers around one entry.
-        self.max_command_bytes = min(MAX_VALUE_BYTES, cfg.max_frame_bytes - (64 << 10))
+        self.max_command_bytes = min(cfg.proto_max_bulk_len, cfg.max_frame_bytes - (64 << 10))
+        self.maxclients = effective_maxclients(cfg)
+        self.rejected_connections = 0
+        self._idle_timer = None
         self._server = None
         self._unix_path = None
         self.extra_stats = dict  # node-level additions to INFO stats
@@ -56,6 +91,8 @@ class RespServer:
         addr = parse_address(url)
         extra = {"ssl": self.tls} if addr.tls else {}
         self._server = await create_server(self.loop, addr, lambda: self.protocol(self), **extra)
+        if self.cfg.timeout > 0 and self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(1.0, self.close_idle)
         if addr.scheme == "unix":
             self._unix_path = (addr.path, os.stat(addr.path).st_ino)
             return str(addr)
@@ -63,6 +100,8 @@ class RespServer:
         return str(Address("tcp", host=addr.host, port=port, tls=addr.tls))
 
     async def close(self):
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         self.batcher.cancel()
         if self._server is not None:
             self._server.close()
@@ -91,7 +130,26 @@ class RespServer:
 
     def config_parameters(self):
         """CONFIG GET's parameters: name -> value as text (secrets never)."""
-        return {"enable-debug-command": self.cfg.enable_debug_command}
+        cfg = self.cfg
+        return {"enable-debug-command": cfg.enable_debug_command,
+                "proto-max-bulk-len": str(cfg.proto_max_bulk_len),
+                "client-query-buffer-limit": str(cfg.client_query_buffer_limit),
+                "maxclients": str(self.maxclients), "timeout": str(cfg.timeout)}
+
+    def close_idle(self):
+        """Once a second with --timeout: close connections that read nothing
+        and await no reply for that many seconds."""
+        self._idle_timer = self.loop.call_later(1.0, self.close_idle)
+        for conn in list(self.connections):
+            if conn.reads or conn.replies:
+                conn.reads = 0
+                conn.idle_since_read = 0
+                continue
+            conn.idle_since_read += 1
+            if conn.idle_since_read >= self.cfg.timeout:
+                conn.closing = True
+                if conn.transport is not None:
+                    conn.transport.close()
 
     def redirect_error(self):
         """The error a non-leader gives for a command that needs the leader."""
@@ -117,6 +175,7 @@ class RespServer:
         """Counters for benchmarks: how well batching and encode-once work."""
         d = self.driver
         return {
+            "rejected_connections": self.rejected_connections,
             "raftfast_appends_sent": d.appends_sent,
             "raftfast_entries_sent": d.entries_sent,
             "raftfast_append_frames_encoded": d.append_frames_encoded,
@@ -149,7 +208,8 @@ class RespServer:
                   f"redis_version:7.2.0\r\nraftfast_version:{__version__}\r\n"
                   f"redis_mode:standalone\r\nprocess_id:{os.getpid()}\r\n"
                   f"run_id:{self.cfg.cluster_id}-{self.cfg.node_id}\r\n")
-        clients = f"# Clients\r\nconnected_clients:{len(self.connections)}\r\n"
+        clients = (f"# Clients\r\nconnected_clients:{len(self.connections)}\r\n"
+                   f"maxclients:{self.maxclients}\r\n")
         repl = ("# Replication\r\nrole:"
                 + ("master" if self.driver.is_leader else "slave") + "\r\n")
         keyspace = (f"# Keyspace\r\ndb0:keys={len(self.driver.state_machine)},"

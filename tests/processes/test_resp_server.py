@@ -85,7 +85,7 @@ def test_kv_commands(conn):
     (req(b"SELECT", b"0"), b"+OK\r\n"),
     (req(b"SELECT", b"3"), b"-ERR DB index is out of range\r\n"),
     (req(b"COMMAND"), b"*0\r\n"),
-    (req(b"CONFIG", b"GET", b"*"), b"*2\r\n$20\r\nenable-debug-command\r\n$2\r\nno\r\n"),
+    (req(b"CONFIG", b"GET", b"enable*"), b"*2\r\n$20\r\nenable-debug-command\r\n$2\r\nno\r\n"),
     (req(b"CONFIG", b"GET", b"ENABLE-*", b"*debug*"),
      b"*2\r\n$20\r\nenable-debug-command\r\n$2\r\nno\r\n"),
     (req(b"CONFIG", b"GET", b"maxmemory"), b"*0\r\n"),
@@ -144,6 +144,7 @@ def test_info_has_the_raft_section(conn):
     conn.send(req(b"INFO") + req(b"PING"))
     text = read_until(conn, b"+PONG\r\n").decode()
     assert "# Server" in text and "# Raft" in text and "raft_role:leader" in text
+    assert "\r\nmaxclients:10000\r\n" in text and "\r\nrejected_connections:0\r\n" in text
 
 
 def test_quit_replies_then_closes(conn):
@@ -474,3 +475,131 @@ def test_without_a_password_auth_answers_as_redis_does():
             b"user. Are you sure your configuration is correct?\r\n+OK\r\n" + WRONGPASS)
     finally:
         loop.close()
+
+
+class _ClosingTransport(FakeClientTransport):
+    def __init__(self):
+        super().__init__()
+        self.closed = self.aborted = False
+
+    def close(self):
+        self.closed = True
+
+    def abort(self):
+        self.aborted = True
+
+
+def _door(**cfg_kw):
+    """A RespServer with the given Config settings, and a way to connect."""
+    import asyncio
+    from raftfast.config import Config
+    from raftfast.server.connection import ClientProtocol
+    from raftfast.server.server import RespServer
+    loop = asyncio.new_event_loop()
+    cfg = Config(node_id=1, data_dir="x", listen="tcp://127.0.0.1:1", client="tcp://127.0.0.1:2",
+                 **cfg_kw)
+    server = RespServer(loop, cfg, _FakeDriver(), dict)
+
+    def connect():
+        conn = ClientProtocol(server)
+        out = _ClosingTransport()
+        conn.connection_made(out)
+        return conn, out
+    return loop, server, connect
+
+
+def test_a_request_announcing_a_bulk_over_proto_max_bulk_len_closes_its_connection_unread():
+    loop, server, connect = _door(proto_max_bulk_len=4096)
+    try:
+        conn, out = connect()
+        other, other_out = connect()
+        conn.data_received(req(b"PING") + b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4097\r\nxx")
+        assert b"".join(out.out) == b"+PONG\r\n-ERR Protocol error: invalid bulk length\r\n"
+        assert conn.closing
+        other.data_received(req(b"ECHO", b"x" * 4096))  # at the limit: served
+        assert b"".join(other_out.out) == b"$4096\r\n" + b"x" * 4096 + b"\r\n"
+    finally:
+        loop.close()
+
+
+def test_requests_not_complete_past_the_query_buffer_limit_close_the_connection(caplog):
+    loop, server, connect = _door(client_query_buffer_limit=10000)
+    try:
+        conn, out = connect()
+        other, other_out = connect()
+        # MSET announcing many arguments, arriving slowly: held as they come.
+        conn.data_received(b"*1001\r\n$4\r\nMSET\r\n")
+        for _ in range(3):  # 9,004 bytes of arguments held: under the limit
+            conn.data_received(b"$3000\r\n" + b"v" * 3000 + b"\r\n")
+        assert not out.aborted and conn.parser.pending_bytes == 9004
+        conn.data_received(b"$3000\r\n" + b"v" * 3000 + b"\r\n")  # past it
+        assert out.aborted and conn.closing
+        assert conn.parser.pending_bytes == 0  # what it held is let go
+        assert any("--client-query-buffer-limit 10000" in r.getMessage() for r in caplog.records)
+        other.data_received(req(b"PING"))
+        assert other_out.out == [b"+PONG\r\n"] and not other_out.aborted
+    finally:
+        loop.close()
+
+
+def test_one_client_past_maxclients_is_told_and_closed():
+    loop, server, connect = _door(maxclients=2)
+    try:
+        (a, a_out), (b, b_out), (c, c_out) = connect(), connect(), connect()
+        assert c_out.out == [b"-ERR max number of clients reached\r\n"] and c_out.closed
+        assert len(server.connections) == 2 and not a_out.closed and not b_out.closed
+        assert server.rejected_connections == 1  # INFO stats rejected_connections
+        a.connection_lost(None)
+        d, d_out = connect()  # room again
+        assert not d_out.closed and len(server.connections) == 2
+    finally:
+        loop.close()
+
+
+def test_idle_connections_are_closed_after_timeout_seconds():
+    loop, server, connect = _door(timeout=2)
+    try:
+        (idle, idle_out), (busy, busy_out) = connect(), connect()
+        for _ in range(3):
+            busy.data_received(req(b"PING"))
+            server.close_idle()
+        assert idle_out.closed and not busy_out.closed
+        server._idle_timer.cancel()
+    finally:
+        loop.close()
+
+
+def test_the_limits_are_config_get_parameters():
+    loop, server, connect = _door(maxclients=50, timeout=7)
+    try:
+        conn, out = connect()
+        conn.data_received(req(b"CONFIG", b"GET", b"*"))
+        reply = b"".join(out.out)
+        for name, value in ((b"maxclients", b"50"), (b"timeout", b"7"),
+                            (b"proto-max-bulk-len", b"33554432"),
+                            (b"client-query-buffer-limit", b"67108864")):
+            assert b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(name), name, len(value), value) in reply
+    finally:
+        loop.close()
+
+
+def test_maxclients_past_the_file_descriptor_limit_raises_the_limit_or_is_lowered(monkeypatch):
+    import resource
+    from raftfast.config import Config
+    from raftfast.server import server as server_mod
+    cfg = Config(node_id=1, data_dir="x", listen="tcp://127.0.0.1:1", client="tcp://127.0.0.1:2",
+                 peers={2: "tcp://127.0.0.1:3"}, maxclients=5000)
+    limits = {"now": (1024, 2048)}
+    monkeypatch.setattr(server_mod.resource, "getrlimit", lambda which: limits["now"])
+
+    def setrlimit(which, value):
+        hard = limits["now"][1]
+        if hard != resource.RLIM_INFINITY and value[0] > hard:
+            raise ValueError("over the hard limit")
+        limits["now"] = value
+    monkeypatch.setattr(server_mod.resource, "setrlimit", setrlimit)
+    # Raised as far as the hard limit allows, then lowered to what is left.
+    assert server_mod.effective_maxclients(cfg) == 2048 - 64 - 4
+    assert limits["now"] == (2048, 2048)
+    limits["now"] = (1024, resource.RLIM_INFINITY)
+    assert server_mod.effective_maxclients(cfg) == 5000 and limits["now"][0] == 5000 + 68
