@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from typing import Any, Union
 
@@ -161,12 +162,30 @@ class _OneReply(asyncio.Protocol):
             self.reply.set_exception(exc or ConnectionError("connection closed"))
 
 
+_tls_context: ssl.SSLContext | None = None
+
+
+def use_tls(context: ssl.SSLContext | None) -> None:
+    """The ssl context (raftfast.tls.dial_context) for tls:// addresses."""
+    global _tls_context
+    _tls_context = context
+
+
+def _tls_args(a: Address) -> dict[str, Any]:
+    if not a.tls:
+        return {}
+    if _tls_context is None:
+        raise ConnectionError(f"{a}: a TLS address, and no TLS context (resp_client.use_tls)")
+    return {"ssl": _tls_context, "server_hostname": a.host}
+
+
 async def call(addr: Target, *args: bytes | str | int, timeout: float = 5.0) -> Reply:
     """One command on a fresh connection to addr; its decoded reply.  Raises
     OSError (asyncio.TimeoutError among them) or ValueError (not RESP)."""
     loop = asyncio.get_running_loop()
+    a = address(addr)
     transport, proto = await asyncio.wait_for(
-        open_connection(loop, address(addr), _OneReply), timeout)
+        open_connection(loop, a, _OneReply, **_tls_args(a)), timeout)
     try:
         transport.write(encode_command(*args))
         r = await asyncio.wait_for(proto.reply, timeout)
@@ -252,6 +271,9 @@ class Connection:
         a = address(addr)
         if a.scheme == "tcp":
             self.sock = socket.create_connection((a.host, a.port), timeout=timeout)
+            if a.tls:
+                tls = _tls_args(a)
+                self.sock = tls["ssl"].wrap_socket(self.sock, server_hostname=a.host)
         else:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.settimeout(timeout)

@@ -12,7 +12,7 @@ import datetime
 import ipaddress
 import os
 
-__all__ = ["make_ca", "issue"]
+__all__ = ["make_ca", "load_ca", "issue"]
 
 CA_DAYS = 3650
 CERT_DAYS = 365
@@ -56,6 +56,17 @@ def make_ca(directory, name="raftfast cluster CA"):
             .sign(key, hashes.SHA256()))
     _write(os.path.join(directory, "ca.crt"), cert.public_bytes(serialization.Encoding.PEM))
     _write(os.path.join(directory, "ca.key"), _pem_key(key))
+    return cert, key
+
+
+def load_ca(directory):
+    """The (cert, key) objects make_ca wrote in directory."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    with open(os.path.join(directory, "ca.crt"), "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    with open(os.path.join(directory, "ca.key"), "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), password=None)
     return cert, key
 
 

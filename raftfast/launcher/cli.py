@@ -23,7 +23,7 @@ import uvloop
 from raftfast.config import ArgumentParser, ConfigError, int_at_least, add_node_arguments
 from raftfast.launcher import control
 from raftfast.launcher.launcher import Launcher
-from raftfast.launcher.layout import Layout, ensure_secret, plan
+from raftfast.launcher.layout import Layout, ensure_certificates, ensure_secret, plan
 
 DEFAULTS = {"nodes": 3, "transport": "unix", "base_port": 7000}
 
@@ -66,6 +66,9 @@ def build_parser(defaults=True):
     p.add_argument("--transport", choices=("unix", "tcp"), default=d("transport"),
                    help="peer traffic: unix sockets in the data dir, or tcp on "
                         "127.0.0.1:<base-port + 100 + i> (default: unix)")
+    p.add_argument("--tls", action="store_true", default=False if defaults else argparse.SUPPRESS,
+                   help="peers and clients over TLS (implies --transport tcp): a private CA "
+                        "and certificates are made in DIR/tls")
     p.add_argument("--base-port", type=positive, default=d("base_port"), metavar="PORT",
                    help="node i serves clients on 127.0.0.1:<PORT + i> (default: 7000)")
     p.add_argument("--data-dir", metavar="DIR",
@@ -134,6 +137,7 @@ def recorded_layout(parser, argv, ns, data_dir):
         return Layout.from_ns(ns)
     given = vars(build_parser(defaults=False).parse_args(argv))
     for name, value in (("nodes", layout.founders), ("transport", layout.transport),
+                        ("tls", layout.tls),
                         ("base_port", layout.base_port)):
         if name in given and given[name] != value:
             flag = "--" + name.replace("_", "-")
@@ -148,6 +152,8 @@ def main(argv=None):
         return control_main(argv)
     parser = build_parser()
     ns = parser.parse_args(argv)
+    if ns.tls and ns.transport == "unix" and any(a.startswith("--transport") for a in argv):
+        parser.error("--tls runs peers over TCP with TLS: leave out --transport unix")
     os.umask(0o077)  # the cluster's files (its secret, layout and logs) are its user's alone
     temp = ns.data_dir is None
     data_dir = tempfile.mkdtemp(prefix="raftfast-") if temp else os.path.abspath(ns.data_dir)
@@ -159,6 +165,8 @@ def main(argv=None):
             parser.error(str(e))
         os.makedirs(data_dir, exist_ok=True)
         ensure_secret(data_dir)
+        if layout.tls:
+            ensure_certificates(data_dir, layout)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(Launcher(ns, specs, data_dir, layout).run())
     finally:

@@ -17,7 +17,8 @@ from raftfast.address import parse_address
 from raftfast.bench import loadgen
 from raftfast.config import tunable_argv
 from raftfast.launcher.control import ControlError, ControlServer
-from raftfast.launcher.layout import Layout, log_path
+from raftfast.launcher.layout import Layout, log_path, tls_files
+from raftfast.tls import dial_context
 from raftfast.launcher.membership import Membership
 from raftfast.launcher.status import StatusLine, format_table, leader_infos, poll_all
 from raftfast.launcher.supervisor import LEADER_WAIT, STOPPED, TIMEOUT, spawn, stop_all, until
@@ -51,6 +52,10 @@ class Launcher:
 
     async def run(self):
         loop = asyncio.get_running_loop()
+        if self.layout.tls:
+            # The launcher asks every node over TLS, as a client the CA signed.
+            resp_client.use_tls(dial_context(tls_files(self.data_dir, "ca")[0],
+                                             *tls_files(self.data_dir, "client")))
         try:
             await self.control.open()
         except ControlError as e:
@@ -78,6 +83,13 @@ class Launcher:
         if not isinstance(infos, dict):
             return self._startup_failed(infos, "to elect a leader")
         self.say(format_table(self.nodes, infos))
+        if self.layout.tls:
+            ca = tls_files(self.data_dir, "ca")[0]
+            cert, key = tls_files(self.data_dir, "client")
+            leader = resp_client.leader_of(infos)
+            port = next(n.spec.client for n in self.nodes if n.id == leader).rsplit(":", 1)[1]
+            self.say(f"connect: redis-cli --tls --cacert {ca} --cert {cert} --key {key} "
+                     f"-p {port}")
         self.watchers = [asyncio.create_task(self._watch(n)) for n in self.nodes]
         try:
             if self.ns.bench:

@@ -69,16 +69,18 @@ class Layout:
     reused: an added node gets one more than any id the cluster ever had
     (a node that lost its state must come back under a new id)."""
 
-    def __init__(self, founders, transport, base_port, added=(), removed=()):
+    def __init__(self, founders, transport, base_port, added=(), removed=(), tls=False):
         self.founders = founders
         self.transport = transport
         self.base_port = base_port
+        self.tls = tls  # peers and clients over TLS, with DIR/tls/ certificates
         self.added = list(added)
         self.removed = set(removed)
 
     @classmethod
     def from_ns(cls, ns):
-        return cls(ns.nodes, ns.transport, ns.base_port)
+        tls = getattr(ns, "tls", False)
+        return cls(ns.nodes, "tcp" if tls else ns.transport, ns.base_port, tls=tls)
 
     def ids(self):
         """Every id the cluster ever had."""
@@ -92,10 +94,14 @@ class Layout:
 
     def listen(self, data_dir, i):
         return (f"unix://{data_dir}/node{i}/raft.sock" if self.transport == "unix"
-                else f"tcp://127.0.0.1:{self.base_port + 100 + i}")
+                else f"{self._scheme}://127.0.0.1:{self.base_port + 100 + i}")
 
     def client(self, i):
-        return f"tcp://127.0.0.1:{self.base_port + i}"
+        return f"{self._scheme}://127.0.0.1:{self.base_port + i}"
+
+    @property
+    def _scheme(self):
+        return "tls" if self.tls else "tcp"
 
     def check_ports(self, top_id):
         """ConfigError unless node ids up to top_id get ports of their own."""
@@ -111,7 +117,7 @@ class Layout:
     def to_json(self):
         return {"format": STATE_FORMAT, "founders": self.founders, "transport": self.transport,
                 "base_port": self.base_port, "added": self.added,
-                "removed": sorted(self.removed)}
+                "removed": sorted(self.removed), "tls": self.tls}
 
     @classmethod
     def load(cls, data_dir):
@@ -124,7 +130,7 @@ class Layout:
             if doc["format"] != STATE_FORMAT:
                 raise ValueError(f"format {doc['format']!r}, this launcher reads {STATE_FORMAT}")
             layout = cls(doc["founders"], doc["transport"], doc["base_port"], doc["added"],
-                         doc["removed"])
+                         doc["removed"], doc.get("tls", False) is True)
             ids = layout.ids()
             if (not all(type(i) is int and i > 0 for i in ids + sorted(layout.removed))
                     or len(set(ids)) != len(ids) or layout.transport not in ("unix", "tcp")
@@ -147,6 +153,31 @@ class Layout:
         os.rename(tmp, path)
 
 
+TLS_DIR = "tls"
+
+
+def tls_files(data_dir, name):
+    """(certificate, key) paths of `name` (ca, node<i>, client) in DIR/tls."""
+    d = os.path.join(data_dir, TLS_DIR)
+    return os.path.join(d, f"{name}.crt"), os.path.join(d, f"{name}.key")
+
+
+def ensure_certificates(data_dir, layout):
+    """With --tls: a private CA in DIR/tls (kept across restarts) and a
+    certificate for every node id and for clients, each made once."""
+    from raftfast.launcher import certs
+    d = os.path.join(data_dir, TLS_DIR)
+    os.makedirs(d, 0o700, exist_ok=True)
+    ca_crt, ca_key = tls_files(data_dir, "ca")
+    if os.path.exists(ca_crt) and os.path.exists(ca_key):
+        ca = certs.load_ca(d)
+    else:
+        ca = certs.make_ca(d)
+    for name in [f"node{i}" for i in layout.ids()] + ["client"]:
+        if not all(os.path.exists(p) for p in tls_files(data_dir, name)):
+            certs.issue(d, name, ca)
+
+
 def node_spec(layout, data_dir, i, tunables):
     """Node i's command line: it dials every other live node by --peer; a
     node added after the founding joins (on a data dir that holds state,
@@ -160,6 +191,12 @@ def node_spec(layout, data_dir, i, tunables):
             argv += ["--peer", f"{j}={layout.listen(data_dir, j)}"]
     if i > layout.founders:
         argv.append("--join")
+    if layout.tls:
+        cert, key = tls_files(data_dir, f"node{i}")
+        ca = tls_files(data_dir, "ca")[0]
+        argv += ["--peer-tls-cert-file", cert, "--peer-tls-key-file", key,
+                 "--peer-tls-ca-cert-file", ca, "--tls-cert-file", cert, "--tls-key-file", key,
+                 "--tls-ca-cert-file", ca]
     return NodeSpec(i, ddir, listen, layout.client(i), argv + tunables)
 
 
@@ -190,8 +227,14 @@ def plan(ns, data_dir, layout=None):
         raise ConfigError(f"{os.path.join(data_dir, STATE_FILE)}: every node was removed")
     # Check the tunables the way every node will, before starting any.
     first = specs[0]
+    tls = {}
+    if layout.tls:
+        cert, key = tls_files(data_dir, f"node{first.id}")
+        ca = tls_files(data_dir, "ca")[0]
+        tls = dict(tls_cert_file=cert, tls_key_file=key, tls_ca_cert_file=ca,
+                   peer_tls_cert_file=cert, peer_tls_key_file=key, peer_tls_ca_cert_file=ca)
     Config.from_args(_WithIdentity(ns, node_id=first.id, data_dir=first.data_dir,
-                                   listen=first.listen, client=first.client)).validate()
+                                   listen=first.listen, client=first.client, **tls)).validate()
     return specs
 
 

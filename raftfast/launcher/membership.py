@@ -14,7 +14,7 @@ import time
 from raftfast import resp_client
 from raftfast.address import parse_address
 from raftfast.config import ConfigError
-from raftfast.launcher.layout import log_path, node_spec
+from raftfast.launcher.layout import ensure_certificates, log_path, node_spec
 from raftfast.launcher.status import format_table, poll_all
 
 READY_WAIT = 30.0    # for an added node to print its ready line
@@ -71,6 +71,8 @@ class Membership:
         # The id is spent from now on, whatever happens next.
         layout.added.append(nid)
         layout.save(self.data_dir)
+        if layout.tls:
+            ensure_certificates(self.data_dir, layout)  # its certificate, signed by the CA
         node = await self.start_node(spec)
         self.say(f"node {nid} started (pid {node.proc.pid}); adding it")
         try:

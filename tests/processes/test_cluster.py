@@ -475,3 +475,45 @@ def test_a_restart_with_other_founding_flags_is_refused(tmp_path):
                        cwd=REPO)
     assert r.returncode == 2
     assert "--nodes 5" in r.stderr and "--nodes 3" in r.stderr, r.stderr
+
+
+def test_a_cluster_with_tls_serves_clients_with_its_certificates(tmp_path):
+    """--tls: a private CA and certificates in DIR/tls, peers and clients
+    over TLS, the launcher itself polling over TLS, and a line that says
+    how to connect."""
+    import redis
+    data = tmp_path / "d"
+    base = free_base_port(106)
+    p = subprocess.Popen([sys.executable, "-m", "raftfast.cluster", "--tls", "--data-dir",
+                          str(data), "--base-port", str(base), "--fsync", "never"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO, start_new_session=True)
+    out = []
+    try:
+        for line in p.stdout:
+            out.append(line)
+            if "serving" in line:
+                break
+        text = "".join(out)
+        assert f"tls://127.0.0.1:{base + 1}" in text, text
+        line = next(ln for ln in out if ln.startswith("connect: redis-cli --tls"))
+        port = int(line.split("-p ")[1])
+        tls = data / "tls"
+        assert {f for f in os.listdir(tls)} >= {"ca.crt", "ca.key", "client.crt", "client.key",
+                                                "node1.crt", "node1.key", "node3.key"}
+        assert all(os.stat(tls / f).st_mode & 0o777 == 0o600 for f in os.listdir(tls))
+        client = redis.Redis(port=port, ssl=True, ssl_ca_certs=str(tls / "ca.crt"),
+                             ssl_certfile=str(tls / "client.crt"),
+                             ssl_keyfile=str(tls / "client.key"), socket_timeout=10)
+        assert client.set("k", "v") and client.get("k") == b"v"
+        layout = json.load(open(data / "cluster.json"))
+        assert layout["tls"] is True and layout["transport"] == "tcp"
+    finally:
+        p.send_signal(signal.SIGINT)
+        try:
+            assert p.wait(timeout=DEADLINE) == 0, p.stderr.read()
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.stdout.close()
+            p.stderr.close()
