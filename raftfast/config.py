@@ -78,6 +78,8 @@ class Config:
     insecure_peers: bool = False
     # Limits (Redis 7.2's names and errors).
     proto_max_bulk_len: int = 32 << 20
+    # The mode of a client Unix socket (--client unix://...), Redis's unixsocketperm.
+    unixsocketperm: int = 0o600
     client_query_buffer_limit: int = 64 << 20
     maxclients: int = 10000
     timeout: int = 0
@@ -133,6 +135,9 @@ class Config:
         _at_least("--proto-max-bulk-len", self.proto_max_bulk_len, 1024)
         _at_least("--client-query-buffer-limit", self.client_query_buffer_limit, 1024)
         _at_least("--maxclients", self.maxclients, 1)
+        if not 0 <= self.unixsocketperm <= 0o777:
+            raise ConfigError(f"--unixsocketperm {self.unixsocketperm:o}: not a file mode "
+                              "(octal, 0 to 777)")
         _at_least("--timeout", self.timeout, 0)
         _at_least("--heartbeat-interval", self.heartbeat_interval_ms, 1)
         _at_least("--election-timeout", self.election_timeout_ms, 1)
@@ -287,6 +292,16 @@ def _type_peer(s: str) -> tuple[int, str]:
     return _type_node_id(pid.strip()), _type_url(url.strip())
 
 
+def _octal_mode(s: str) -> int:
+    try:
+        v = int(s, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an octal file mode") from None
+    if not 0 <= v <= 0o777:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a file mode (0 to 777)")
+    return v
+
+
 def int_at_least(lo: int) -> Callable[[str], int]:
     """An argparse type: an integer no smaller than `lo`, worded alike for every
     command that takes one."""
@@ -394,6 +409,8 @@ def add_node_arguments(parser: argparse.ArgumentParser,
                        help="the CA that signs every peer's certificate")
         g.add_argument("--insecure-peers", action="store_true", default=None,
                        help="allow peers over plain TCP on a non-loopback address")
+        g.add_argument("--unixsocketperm", type=_octal_mode, metavar="MODE",
+                       help="the mode of a unix:// client socket, in octal (default: 600)")
         g.add_argument("--requirepass-file", metavar="FILE",
                        help="clients must AUTH with the password in FILE before any other "
                             "command, as with Redis's requirepass (default: none)")

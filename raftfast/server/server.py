@@ -90,7 +90,8 @@ class RespServer:
         """Listen for clients; returns the URL actually bound (port 0 resolved)."""
         addr = parse_address(url)
         extra = {"ssl": self.tls} if addr.tls else {}
-        self._server = await create_server(self.loop, addr, lambda: self.protocol(self), **extra)
+        self._server = await create_server(self.loop, addr, lambda: self.protocol(self),
+                                           unix_mode=self.cfg.unixsocketperm, **extra)
         if self.cfg.timeout > 0 and self._idle_timer is None:
             self._idle_timer = self.loop.call_later(1.0, self.close_idle)
         if addr.scheme == "unix":
@@ -134,7 +135,8 @@ class RespServer:
         return {"enable-debug-command": cfg.enable_debug_command,
                 "proto-max-bulk-len": str(cfg.proto_max_bulk_len),
                 "client-query-buffer-limit": str(cfg.client_query_buffer_limit),
-                "maxclients": str(self.maxclients), "timeout": str(cfg.timeout)}
+                "maxclients": str(self.maxclients), "timeout": str(cfg.timeout),
+                "unixsocketperm": f"{cfg.unixsocketperm:o}"}
 
     def close_idle(self):
         """Once a second with --timeout: close connections that read nothing

@@ -308,3 +308,21 @@ def test_peers_over_plain_tcp_beyond_this_machine_are_refused_without_insecure_p
     assert out.returncode == 2
     assert "--insecure-peers" in out.stderr and "--peer-tls-cert-file" in out.stderr
     assert not os.path.exists(f"{root}/d")
+
+
+@pytest.mark.parametrize("flag, mode", [([], 0o600), (["--unixsocketperm", "660"], 0o660)])
+def test_a_unix_client_socket_takes_unixsocketperm(root, flag, mode):
+    sock = f"{root}/client.sock"
+    node = subprocess.Popen([sys.executable, "-m", "raftfast.node", "--id", "1", "--data-dir",
+                             f"{root}/data", "--listen", f"unix://{root}/raft.sock",
+                             "--client", f"unix://{sock}", *flag],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        assert node.stdout.readline().startswith(b"ready id=1 ")
+        assert os.stat(sock).st_mode & 0o777 == mode
+        r = redis.Redis(unix_socket_path=sock, socket_timeout=10)
+        assert r.config_get("unixsocketperm") == {"unixsocketperm": f"{mode:o}"}
+    finally:
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=15) == 0
+        node.stdout.close()
