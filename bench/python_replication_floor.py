@@ -31,15 +31,14 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import statistics
 import struct
 import subprocess
 import sys
 import tempfile
-import time
 from collections import deque
 
+from bench.python_server_floor import _wait_port
 from raftfast.bench.floor import format_floor, measure_floor
 from raftfast.bench.redis_benchmark import parse_csv
 from raftfast.bench.stats import proc_cpu_times
@@ -253,17 +252,6 @@ class _Processes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def _wait_port(port, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def start_floor(procs, directory, port):

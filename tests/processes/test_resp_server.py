@@ -545,8 +545,9 @@ def test_requests_not_complete_past_the_query_buffer_limit_close_the_connection(
 def test_one_client_past_maxclients_is_told_and_closed():
     loop, server, connect = _door(maxclients=2)
     try:
-        (a, a_out), (b, b_out), (c, c_out) = connect(), connect(), connect()
+        (a, a_out), (_, b_out), (c, c_out) = connect(), connect(), connect()
         assert c_out.out == [b"-ERR max number of clients reached\r\n"] and c_out.closed
+        assert c.closing and c not in server.connections
         assert len(server.connections) == 2 and not a_out.closed and not b_out.closed
         assert server.rejected_connections == 1  # INFO stats rejected_connections
         a.connection_lost(None)
@@ -559,7 +560,7 @@ def test_one_client_past_maxclients_is_told_and_closed():
 def test_idle_connections_are_closed_after_timeout_seconds():
     loop, server, connect = _door(timeout=2)
     try:
-        (idle, idle_out), (busy, busy_out) = connect(), connect()
+        (_, idle_out), (busy, busy_out) = connect(), connect()
         for _ in range(3):
             busy.data_received(req(b"PING"))
             server.close_idle()
