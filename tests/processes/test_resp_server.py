@@ -604,3 +604,46 @@ def test_maxclients_past_the_file_descriptor_limit_raises_the_limit_or_is_lowere
     assert limits["now"] == (2048, 2048)
     limits["now"] = (1024, resource.RLIM_INFINITY)
     assert server_mod.effective_maxclients(cfg) == 5000 and limits["now"][0] == 5000 + 68
+
+
+def _peak_rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:"))
+
+
+def test_an_unfinished_request_cannot_hold_more_than_the_query_buffer_limit():
+    """The issue's second attack: an MSET announcing a million arguments,
+    then 32 MiB arguments, never finished.  With the default limits (64 MiB
+    of incomplete requests) the connection is closed once it holds more,
+    the node's peak memory grows by about the limit, and it keeps serving."""
+    import shutil
+    import tempfile
+    from tests.support.harness import Cluster
+    root = tempfile.mkdtemp(prefix="rf")
+    c = Cluster(root, n=1)
+    try:
+        c.start()
+        node = c.nodes[c.wait_leader()]
+        before = _peak_rss(node.proc.pid)
+        s = socket.create_connection(("127.0.0.1", node.client_port), timeout=30)
+        arg = b"$33554432\r\n" + b"v" * 33554432 + b"\r\n"
+        sent = 0
+        try:
+            s.sendall(b"*1000000\r\n$4\r\nMSET\r\n")
+            for _ in range(8):
+                s.sendall(arg)
+                sent += 1
+            closed = s.recv(1) == b""
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+        s.close()
+        assert closed and sent <= 3  # cut off after the third argument at the latest
+        grown = _peak_rss(node.proc.pid) - before
+        assert grown < (64 << 20) + (48 << 20), grown  # the limit, one argument's copy, buffers
+        other = Conn(node.client_port)
+        other.send(req(b"SET", b"k", b"v") + req(b"GET", b"k"))
+        other.expect(b"+OK\r\n$1\r\nv\r\n")
+        other.close()
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
