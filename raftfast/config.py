@@ -126,7 +126,7 @@ class Config:
             if a in seen_urls:
                 raise ConfigError(f"--peer {pid}={url}: the same address as peer {seen_urls[a]}")
             seen_urls[a] = pid
-        self._check_tls(listen, client)
+        self._check_tls(listen, client, seen_urls)
         _check_cluster_id(self.cluster_id)
         _choice("--fsync", self.fsync, ("always", "never"))
         _choice("--read-mode", self.read_mode, ("readindex", "lease"))
@@ -158,7 +158,8 @@ class Config:
                               "(a full batch must fit in one peer frame)")
         return self
 
-    def _check_tls(self, listen: Address, client: Address) -> None:
+    def _check_tls(self, listen: Address, client: Address,
+                   peer_addrs: dict[Address, int]) -> None:
         _choice("--tls-auth-clients", self.tls_auth_clients, ("yes", "no"))
         if client.tls:
             missing = [f for f, v in (("--tls-cert-file", self.tls_cert_file),
@@ -175,8 +176,7 @@ class Config:
             missing = [f for f, v in peer_files if not v]
             raise ConfigError(f"{given[0]}: mutual TLS between peers also needs "
                               f"{', '.join(missing)}")
-        peers = [("--listen", listen)] + [(f"--peer {pid}", _addr(f"--peer {pid}", url))
-                                          for pid, url in self.peers.items()]
+        peers = [("--listen", listen)] + [(f"--peer {pid}", a) for a, pid in peer_addrs.items()]
         for flag, a in peers:
             if a.tls and not given:
                 raise ConfigError(f"{flag} {a}: TLS between peers needs --peer-tls-cert-file, "

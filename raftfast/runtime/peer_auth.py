@@ -17,7 +17,7 @@ import stat
 import struct
 
 __all__ = ["DIALER", "LISTENER", "MIN_SECRET_BYTES", "SecretError", "load_secret", "new_nonce",
-           "proof", "proofs_match"]
+           "proof", "proofs", "proofs_match"]
 
 DIALER = b"dialer"
 LISTENER = b"listener"
@@ -43,6 +43,15 @@ def proof(secret, role, cluster_id, dialer_id, listener_id, dialer_nonce, listen
         struct.pack("<QQ", dialer_id, listener_id), dialer_nonce, listener_nonce,
         struct.pack("<HHHH", *dialer_versions, *listener_versions)))
     return hmac.new(secret, signed, hashlib.sha256).digest()
+
+
+def proofs(secret, cluster_id, dialer_id, listener_id, dialer_nonce, listener_nonce,
+           dialer_versions, listener_versions):
+    """(the dialer's proof, the listener's proof) of one connection: each
+    end sends one and checks the other."""
+    binding = (cluster_id, dialer_id, listener_id, dialer_nonce, listener_nonce,
+               dialer_versions, listener_versions)
+    return proof(secret, DIALER, *binding), proof(secret, LISTENER, *binding)
 
 
 def proofs_match(expected, got):

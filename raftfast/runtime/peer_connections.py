@@ -31,7 +31,7 @@ from raftfast._codec import (FRAME_AUTH, FRAME_HANDSHAKE, FRAME_HANDSHAKE_ACK, F
                              PROTOCOL_MAX, PROTOCOL_MIN, FrameDecoder, FrameError, choose_version,
                              encode_auth, encode_handshake, encode_handshake_ack)
 from raftfast.address import set_nodelay
-from raftfast.runtime.peer_auth import DIALER, LISTENER, new_nonce, proof, proofs_match
+from raftfast.runtime.peer_auth import new_nonce, proofs, proofs_match
 
 __all__ = ["AcceptedConnection", "DialedConnection", "HANDSHAKE_MAX_FRAME", "HANDSHAKE_TIMEOUT"]
 
@@ -123,13 +123,13 @@ class DialedConnection:
             self._fail(f"it chose protocol v{hs.min_version} outside its own "
                        f"v{theirs[0]}..v{theirs[1]}")
             return False
-        args = (owner.secret, owner.cluster_id, owner.node_id, self.peer.id, self.nonce,
-                hs.nonce, OURS, theirs)
-        if not proofs_match(proof(args[0], LISTENER, *args[1:]), hs.proof):
+        ours, owed = proofs(owner.secret, owner.cluster_id, owner.node_id, self.peer.id,
+                            self.nonce, hs.nonce, OURS, theirs)
+        if not proofs_match(owed, hs.proof):
             self._fail("it failed to prove the cluster secret")
             return False
         # Ahead of any message: the acceptor reads nothing else before it.
-        self.transport.write(encode_auth(hs.min_version, proof(args[0], DIALER, *args[1:])))
+        self.transport.write(encode_auth(hs.min_version, ours))
         return True
 
     def pause_writing(self):
@@ -266,12 +266,12 @@ class AcceptedConnection:
                          "or is of a release before peer authentication)")
             return False
         nonce = new_nonce()
-        args = (secret, owner.cluster_id, hs.node_id, owner.node_id, hs.nonce, nonce,
-                (hs.min_version, hs.max_version), OURS)
-        self.proving = (hs, version, proof(secret, DIALER, *args[1:]))
+        owed, ours = proofs(secret, owner.cluster_id, hs.node_id, owner.node_id, hs.nonce, nonce,
+                            (hs.min_version, hs.max_version), OURS)
+        self.proving = (hs, version, owed)
         self.transport.write(encode_handshake_ack(
             owner.cluster_id, owner.node_id, version, owner.client_url, offered=OURS,
-            nonce=nonce, proof=proof(secret, LISTENER, *args[1:])))
+            nonce=nonce, proof=ours))
         return True
 
     def _proved(self, dialer_proof):

@@ -217,9 +217,10 @@ def _config(server, conn, cmd):
             # Glob patterns over the parameter names, as Redis matches them
             # (case-insensitively); a name matched twice is answered once.
             found = {}
+            parameters = server.config_parameters()
             for pattern in cmd[2:]:
                 pat = bytes(pattern).lower().decode("latin-1")
-                for name, value in server.config_parameters().items():
+                for name, value in parameters.items():
                     if fnmatch.fnmatchcase(name, pat):
                         found[name.encode()] = value.encode()
             conn.reply(found)

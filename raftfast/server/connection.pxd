@@ -8,8 +8,8 @@ from raftfast.server.replies cimport Slot
 cdef class ClientProtocol:
     cdef public object server, transport, parser, replies, name, id
     cdef public bint resp3, closing, parsing_reads, held, paused_by_client, throttled
-    cdef public bint authenticated
-    cdef public long long reads, idle_since_read
+    cdef public bint authenticated, read_since_sweep
+    cdef public long long idle_sweeps
     cdef public long long last_write
     cdef public Py_ssize_t reads_in_flight
 

@@ -36,7 +36,7 @@ log = logging.getLogger("raftfast.client")
 class ClientProtocol:
     __slots__ = ("server", "transport", "parser", "replies", "resp3", "name", "id",
                  "closing", "last_write", "reads_in_flight", "parsing_reads", "held",
-                 "paused_by_client", "throttled", "authenticated", "reads", "idle_since_read")
+                 "paused_by_client", "throttled", "authenticated", "read_since_sweep", "idle_sweeps")
 
     def __init__(self, server):
         self.server = server
@@ -57,8 +57,8 @@ class ClientProtocol:
         # for AUTH, one at a time and within the pre-auth limits.
         self.authenticated = server.password is None
         self.parser.unauthenticated = not self.authenticated
-        self.reads = 0  # data_received calls: the idle sweep compares them
-        self.idle_since_read = 0  # idle sweeps since the last read
+        self.read_since_sweep = False  # the idle sweep (--timeout) clears it
+        self.idle_sweeps = 0  # sweeps in a row that found nothing read nor owed
 
     def connection_made(self, transport):
         self.transport = transport
@@ -125,7 +125,7 @@ class ClientProtocol:
             return
         server = self.server
         server.client_reads += 1
-        self.reads += 1
+        self.read_since_sweep = True
         parser = self.parser
         parser.feed(data)
         if not self.held:

@@ -143,12 +143,12 @@ class RespServer:
         and await no reply for that many seconds."""
         self._idle_timer = self.loop.call_later(1.0, self.close_idle)
         for conn in list(self.connections):
-            if conn.reads or conn.replies:
-                conn.reads = 0
-                conn.idle_since_read = 0
+            if conn.read_since_sweep or conn.replies:
+                conn.read_since_sweep = False
+                conn.idle_sweeps = 0
                 continue
-            conn.idle_since_read += 1
-            if conn.idle_since_read >= self.cfg.timeout:
+            conn.idle_sweeps += 1
+            if conn.idle_sweeps >= self.cfg.timeout:
                 conn.closing = True
                 if conn.transport is not None:
                     conn.transport.close()

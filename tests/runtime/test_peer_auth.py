@@ -1,6 +1,5 @@
 """Peers prove the cluster secret both ways before a message is read
 (raftfast.runtime.peer_auth, peer_connections; docs/protocol.md)."""
-import asyncio
 import logging
 import os
 import socket
@@ -13,16 +12,12 @@ from raftfast.core.messages import MSG_HEARTBEAT, Message
 from raftfast.runtime import peer_auth
 from raftfast.runtime.peer_auth import DIALER, LISTENER, SecretError, load_secret, proof
 
-from tests.runtime.test_transport import (DEADLINE, LOG, Node, read_until_closed, run, until,
-                                          url_for)
+from tests.runtime.test_transport import (LOG, Node, raw_client, read_until_closed, run, run_raw,
+                                          until, url_for)
 
 SECRET = b"s3cret-s3cret-s3cret-s3cret"
 OTHER = b"another-secret-of-enough-bytes"
 OURS = (PROTOCOL_MIN, PROTOCOL_MAX)
-
-
-def warnings_of(caplog):
-    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
 # -- the proof -----------------------------------------------------------------
@@ -155,32 +150,8 @@ def dialer_proof(secret, nonce, ack, node_id=9):
 
 
 def run_stranger(tmp_path, caplog, client):
-    """Node 2 (with SECRET) beside a good peer; client(url) runs in a thread.
-    Returns its result, what node 2 received, and node 2's warnings."""
-    caplog.set_level(logging.DEBUG, logger=LOG.name)
-
-    async def main():
-        b = Node(2, secret=SECRET)
-        url = await b.start(f"unix://{tmp_path}/b.sock")
-        good = Node(1, addresses={2: url}, secret=SECRET)
-        try:
-            await good.connect(2)
-            result = await asyncio.to_thread(client, url)
-            good.t.send(good.msg(2, 77))
-            await until(lambda: any(m.context == 77 for m in b.got), "the good peer's message")
-            return result, list(b.got)
-        finally:
-            await good.t.close()
-            await b.t.close()
-    result, got = run(main())
-    return result, got, warnings_of(caplog)
-
-
-def connect(url):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(url.removeprefix("unix://"))
-    s.settimeout(DEADLINE)
-    return s
+    """Node 2 (with SECRET) beside a good peer; client(url) runs in a thread."""
+    return run_raw(tmp_path, caplog, client, secret=SECRET)
 
 
 HELLO = encode_message(Message(MSG_HEARTBEAT, frm=9, term=1, context=5))
@@ -190,7 +161,7 @@ def test_the_listener_proves_itself_and_admits_a_dialer_that_does(tmp_path, capl
     # The raw client does what a node with the secret does: it is admitted,
     # and the listener's proof checks out against the secret.
     def client(url):
-        with connect(url) as s:
+        with raw_client(url) as s:
             nonce = os.urandom(32)
             ack = ask(s, nonce)
             assert peer_auth.proofs_match(
@@ -206,7 +177,7 @@ def test_the_listener_proves_itself_and_admits_a_dialer_that_does(tmp_path, capl
 
 def test_a_message_before_the_proof_is_refused_unread(tmp_path, caplog):
     def client(url):
-        with connect(url) as s:
+        with raw_client(url) as s:
             ask(s, os.urandom(32))
             s.sendall(HELLO)
             return read_until_closed(s)
@@ -220,11 +191,11 @@ def test_a_replayed_proof_is_refused(tmp_path, caplog):
     # the listener's fresh nonce makes the old proof worthless.
     def client(url):
         nonce = os.urandom(32)
-        with connect(url) as s:
+        with raw_client(url) as s:
             ack = ask(s, nonce)
             recorded = encode_auth(ack.min_version, dialer_proof(SECRET, nonce, ack))
             s.sendall(recorded)
-        with connect(url) as s:
+        with raw_client(url) as s:
             ask(s, nonce)
             s.sendall(recorded + HELLO)
             return read_until_closed(s)
@@ -235,7 +206,7 @@ def test_a_replayed_proof_is_refused(tmp_path, caplog):
 
 def test_the_listeners_own_proof_reflected_back_is_refused(tmp_path, caplog):
     def client(url):
-        with connect(url) as s:
+        with raw_client(url) as s:
             ack = ask(s, os.urandom(32))
             s.sendall(encode_auth(ack.min_version, ack.proof) + HELLO)
             return read_until_closed(s)
@@ -246,7 +217,7 @@ def test_the_listeners_own_proof_reflected_back_is_refused(tmp_path, caplog):
 
 def test_a_large_frame_before_the_proof_is_refused_from_its_header(tmp_path, caplog):
     def client(url):
-        with connect(url) as s:
+        with raw_client(url) as s:
             ask(s, os.urandom(32))
             big = encode_message(Message(MSG_HEARTBEAT, frm=9, term=1))
             s.sendall(len(b"x" * (1 << 20)).to_bytes(4, "little") + big[4:12])

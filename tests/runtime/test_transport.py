@@ -164,15 +164,15 @@ def read_until_closed(s):
     return data
 
 
-def run_raw(tmp_path, caplog, client):
-    """Start node 2, run client(url) in a thread next to a good peer; return
-    node 2's warnings and what it received."""
+def run_raw(tmp_path, caplog, client, **node_kw):
+    """Start node 2, run client(url) in a thread next to a good peer (both
+    made with node_kw); return node 2's warnings and what it received."""
     caplog.set_level(logging.DEBUG, logger=LOG.name)
 
     async def main():
-        b = Node(2)
+        b = Node(2, **node_kw)
         url = await b.start(f"unix://{tmp_path}/b.sock")
-        good = Node(1, addresses={2: url})
+        good = Node(1, addresses={2: url}, **node_kw)
         try:
             await good.connect(2)
             result = await asyncio.to_thread(client, url)
