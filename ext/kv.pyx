@@ -14,6 +14,11 @@ Command payload, the data of an ENTRY_NORMAL entry (version 1):
       u32 LE  len
       len bytes
 
+APPEND's entry has a third argument the client did not send: the proposing
+leader's proto-max-bulk-len, a u64 LE.  An APPEND that would make the value
+longer is refused by every replica alike, whatever their own settings; an
+APPEND entry without it (written before the limit existed) has no limit.
+
 The client layer builds a whole batch with encode_commands(), or straight
 from the request stream with RespParser.parse_kv (ext/resp.pyx; both use
 ext/kvcmd.h), and proposes the block as is (terms 0; the core stamps them).
@@ -44,7 +49,7 @@ from libc.stdio cimport snprintf
 from libc.string cimport memcpy, strlen
 
 from raftfast._wire cimport (BLOCK_OK, ENTRY_CONFIG, ENTRY_HEADER, ENTRY_NOOP, ENTRY_NORMAL,
-                             ENTRY_TYPE_AT, block_walk, ld32, st32)
+                             ENTRY_TYPE_AT, block_walk, ld32, ld64, st32)
 
 cdef extern from "kvcmd.h":
     enum:
@@ -61,6 +66,10 @@ cdef extern from "kvcmd.h":
     void _put_command_header "rf_put_command_header" (uint8_t *p, uint32_t data_len,
                                                       uint8_t opcode, uint32_t argc) noexcept nogil
     bint _arity_ok "rf_kv_arity_ok" (unsigned op, uint64_t argc) noexcept nogil
+    bint _entry_arity_ok "rf_kv_entry_arity_ok" (unsigned op, uint64_t argc) noexcept nogil
+    enum:
+        APPEND_LIMIT_ARG "RF_APPEND_LIMIT_ARG"
+    void _put_append_limit "rf_put_append_limit" (uint8_t *p, uint64_t limit) noexcept nogil
 
 cdef extern from "rfbuf.h":
     # The reply buffer, shared with resp.pyx.
@@ -101,6 +110,7 @@ OPCODES = {b"set": OP_SET, b"get": OP_GET, b"mget": OP_MGET, b"exists": OP_EXIST
 _ERR_NOT_INTEGER = ErrorReply("ERR value is not an integer or out of range")
 _ERR_OVERFLOW = ErrorReply("ERR increment or decrement would overflow")
 _ERR_CORRUPT = ErrorReply("ERR corrupt command in log")
+_ERR_TOO_LARGE = ErrorReply("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
 
 # What a reply is made of (apply) or written into (apply_replies).
 cdef enum Mode:
@@ -113,13 +123,15 @@ cdef enum Err:
     E_NOT_INTEGER
     E_OVERFLOW
     E_CORRUPT
+    E_TOO_LARGE
 
-cdef const char *_ERR_WIRE[3]
+cdef const char *_ERR_WIRE[4]
 _ERR_WIRE[:] = [b"-ERR value is not an integer or out of range\r\n",
                 b"-ERR increment or decrement would overflow\r\n",
-                b"-ERR corrupt command in log\r\n"]
-_ERR_OBJ = (_ERR_NOT_INTEGER, _ERR_OVERFLOW, _ERR_CORRUPT)
-assert [<bytes>_ERR_WIRE[i] for i in range(3)] == [b"-%s\r\n" % e.encode() for e in _ERR_OBJ]
+                b"-ERR corrupt command in log\r\n",
+                b"-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n"]
+_ERR_OBJ = (_ERR_NOT_INTEGER, _ERR_OVERFLOW, _ERR_CORRUPT, _ERR_TOO_LARGE)
+assert [<bytes>_ERR_WIRE[i] for i in range(4)] == [b"-%s\r\n" % e.encode() for e in _ERR_OBJ]
 
 
 cdef inline object _reply_int(int mode, WBuf *w, long long v):
@@ -152,15 +164,19 @@ cdef inline bytes _next_arg(const uint8_t **cur):
     return b
 
 
-def encode_commands(list commands, bint resp3=False):
+def encode_commands(list commands, bint resp3=False, object append_limit=None):
     """One entry block (term 0, ENTRY_NORMAL) holding a payload per
-    (opcode, args) command, args being a list or tuple of bytes; with
-    resp3, every opcode carries OP_RESP3 (their replies are RESP3)."""
+    (opcode, args) command, args being a list or tuple of bytes (a
+    client's arguments); with resp3, every opcode carries OP_RESP3 (their
+    replies are RESP3); with append_limit, every APPEND entry carries it
+    (the largest value it may make; without, it has no limit)."""
     cdef Py_ssize_t total = 0, size, n
     cdef uint32_t op
     cdef uint8_t *p
     cdef uint8_t *end
     cdef uint8_t flag = _OP_RESP3 if resp3 else 0
+    cdef bint limited = append_limit is not None, extra
+    cdef uint64_t limit = append_limit if limited else 0
     cdef bytes out
     # Pass 1: validate and size, so the block is written into one buffer.
     for cmd in commands:
@@ -177,6 +193,8 @@ def encode_commands(list commands, bint resp3=False):
             if type(a) is not bytes:
                 raise TypeError(f"command argument must be bytes, not {type(a).__name__}")
             size += 4 + PyBytes_GET_SIZE(a)
+        if limited and opcode == OP_APPEND:
+            size += APPEND_LIMIT_ARG
         if size > 0xFFFFFFFF:
             raise ValueError("command too large for one entry")
         total += ENTRY_HEADER + size
@@ -190,15 +208,22 @@ def encode_commands(list commands, bint resp3=False):
         size = CMD_HEADER
         for a in args:
             size += 4 + PyBytes_GET_SIZE(a)
+        extra = limited and opcode == OP_APPEND
+        if extra:
+            size += APPEND_LIMIT_ARG
         if end - p < ENTRY_HEADER + size:
             raise RuntimeError("commands changed while being encoded")
-        _put_command_header(p, <uint32_t>size, <uint8_t>opcode | flag, <uint32_t>len(args))
+        _put_command_header(p, <uint32_t>size, <uint8_t>opcode | flag,
+                            <uint32_t>(len(args) + extra))
         p += ENTRY_HEADER + CMD_HEADER
         for a in args:
             n = PyBytes_GET_SIZE(a)
             st32(p, <uint32_t>n)
             memcpy(p + 4, PyBytes_AS_STRING(a), n)
             p += 4 + n
+        if extra:
+            _put_append_limit(p, limit)
+            p += APPEND_LIMIT_ARG
     if p != end:
         raise RuntimeError("commands changed while being encoded")
     return out
@@ -499,7 +524,7 @@ cdef class KVStore:
         argc = ld32(d + 1)
         if op < _OP_SET or op > _OP_INCR:
             return self._corrupt(pos, f"unknown opcode {d[0]}", mode, w)
-        if not _arity_ok(op, argc):
+        if not _entry_arity_ok(op, argc):
             return self._corrupt(pos, f"wrong number of arguments ({argc}) for opcode {op}",
                                  mode, w)
         for i in range(argc):
@@ -522,7 +547,10 @@ cdef class KVStore:
                 count += self._del(key)
             return _reply_int(mode, w, count)
         if op == _OP_APPEND:
-            return self._append(cur, mode, w)
+            if argc == 3 and ld32(d + n - APPEND_LIMIT_ARG) != 8:
+                return self._corrupt(pos, "APPEND's limit is not 8 bytes", mode, w)
+            return self._append(cur, mode, w,
+                                ld64(d + n - 8) if argc == 3 else 0xFFFFFFFFFFFFFFFFULL)
         if op == _OP_INCR:
             return self._incr(cur, mode, w)
         if mode == M_NONE:
@@ -545,16 +573,18 @@ cdef class KVStore:
             count += self._getp(_next_arg(&cur)) != NULL
         return _reply_int(mode, w, count)
 
-    cdef object _append(self, const uint8_t *cur, int mode, WBuf *w):
+    cdef object _append(self, const uint8_t *cur, int mode, WBuf *w, uint64_t limit):
         cdef bytes key = _next_arg(&cur)
         cdef uint32_t n = ld32(cur)
         cdef PyObject *old = self._getp(key)
-        cdef Py_ssize_t oldlen
+        cdef Py_ssize_t oldlen = PyBytes_GET_SIZE(<object>old) if old != NULL else 0
         cdef bytes new
+        # Redis's checkStringLength: the result, not the argument, is bounded.
+        if <uint64_t>oldlen + n > limit:
+            return _reply_err(mode, w, E_TOO_LARGE)
         if old == NULL:
             new = PyBytes_FromStringAndSize(<const char *>cur + 4, n)
         else:
-            oldlen = PyBytes_GET_SIZE(<object>old)
             new = PyBytes_FromStringAndSize(NULL, oldlen + n)
             memcpy(PyBytes_AS_STRING(new), PyBytes_AS_STRING(<object>old), oldlen)
             memcpy(PyBytes_AS_STRING(new) + oldlen, cur + 4, n)

@@ -38,7 +38,18 @@ static inline void rf_put_command_header(uint8_t *p, uint32_t data_len, uint8_t 
     rf_st32(p + RF_ENTRY_HEADER + 1, argc);
 }
 
-/* Arguments (excluding the command name) each opcode takes. */
+/* APPEND's entry carries a third argument the client did not send: the
+ * proposing leader's proto-max-bulk-len as a u64, so every replica refuses
+ * the same APPENDs whatever its own setting.  An entry without it (written
+ * before the limit existed) appends without a limit. */
+#define RF_APPEND_LIMIT_ARG 12   /* u32 length (8), u64 limit */
+
+static inline void rf_put_append_limit(uint8_t *p, uint64_t limit) {
+    rf_st32(p, 8);
+    rf_st64(p + 4, limit);
+}
+
+/* Arguments (excluding the command name) each opcode takes from a client. */
 static inline int rf_kv_arity_ok(unsigned op, uint64_t argc) {
     switch (op) {
     case RF_OP_GET: case RF_OP_INCR: return argc == 1;
@@ -46,6 +57,11 @@ static inline int rf_kv_arity_ok(unsigned op, uint64_t argc) {
     case RF_OP_MGET: case RF_OP_EXISTS: case RF_OP_DEL: return argc >= 1;
     default: return 0;
     }
+}
+
+/* Arguments an entry of each opcode may hold in the log. */
+static inline int rf_kv_entry_arity_ok(unsigned op, uint64_t argc) {
+    return rf_kv_arity_ok(op, argc) || (op == RF_OP_APPEND && argc == 3);
 }
 
 /* The opcode of a command name (ASCII case-insensitive), or 0.  c | 0x20

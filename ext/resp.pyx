@@ -51,10 +51,13 @@ cdef extern from "kvcmd.h":
         OP_GET "RF_OP_GET"
         OP_MGET "RF_OP_MGET"
         OP_EXISTS "RF_OP_EXISTS"
+        OP_APPEND "RF_OP_APPEND"
+        APPEND_LIMIT_ARG "RF_APPEND_LIMIT_ARG"
     int _kv_opcode "rf_kv_opcode" (const unsigned char *s, size_t n) noexcept nogil
     bint _kv_arity_ok "rf_kv_arity_ok" (unsigned op, uint64_t argc) noexcept nogil
     void _put_command_header "rf_put_command_header" (uint8_t *p, uint32_t data_len,
                                                       uint8_t opcode, uint32_t argc) noexcept nogil
+    void _put_append_limit "rf_put_append_limit" (uint8_t *p, uint64_t limit) noexcept nogil
 
 DEF CR = 13
 DEF LF = 10
@@ -186,6 +189,7 @@ cdef struct KvOut:
     Py_ssize_t max_entries, max_bytes, max_cmd
     Py_ssize_t forced       # entries that fit whatever their size (1, or 0 with force_first=False)
     uint8_t flag            # OP_RESP3 or 0
+    uint64_t append_limit   # the limit APPEND's entry carries (max_bulk_len)
     int kind                # KIND_ANY, or only KIND_READS / KIND_WRITES
 
 
@@ -307,7 +311,8 @@ cdef class RespParser:
         any case, right arity, arguments' bytes + 8 per argument within
         max_command_bytes) and append each onto `out` as one entry of the
         block format (term 0, ENTRY_NORMAL, the opcode's RESP3 bit set when
-        resp3), exactly as kv.encode_commands would.  Returns
+        resp3), exactly as kv.encode_commands would (an APPEND's entry also
+        carries max_bulk_len as its limit: encode_commands' append_limit).  Returns
         (entries appended, stop): stop is the first request that is not such
         a command, as a list of argument bytes (consumed; the caller answers
         it, then calls again), or None when no complete request is buffered,
@@ -344,6 +349,7 @@ cdef class RespParser:
         o.max_cmd = max_command_bytes
         o.forced = 1 if force_first else 0
         o.flag = OP_RESP3 if resp3 else 0
+        o.append_limit = <uint64_t>self.max_bulk_len
         o.kind = KIND_ANY if reads is None else (KIND_READS if reads else KIND_WRITES)
         cdef int fast
         try:
@@ -446,13 +452,20 @@ cdef class RespParser:
                 memcpy(dst + 4, p + d, <size_t>blen)
                 w += 4 + blen
                 q = d + blen + 2
+            if op == OP_APPEND:
+                _kv_reserve(o, w + APPEND_LIMIT_ARG)
+                _put_append_limit(<uint8_t *>PyByteArray_AS_STRING(<object>o.ba) + o.used + w,
+                                  o.append_limit)
+                w += APPEND_LIMIT_ARG
+                if w - ENTRY_HEADER > 0xFFFFFFFF:
+                    return 0
             if o.kind != KIND_ANY and _kind_of(op) != o.kind:
                 return 2    # checked last: parse_kv decides the same on the parsed request
             if o.n >= o.max_entries or (o.n >= o.forced and o.added + w > o.max_bytes):
                 return 1
             _put_command_header(<uint8_t *>PyByteArray_AS_STRING(<object>o.ba) + o.used,
                                 <uint32_t>(w - ENTRY_HEADER), <uint8_t>(op | o.flag),
-                                <uint32_t>argc)
+                                <uint32_t>(argc + (op == OP_APPEND)))
             o.used += w
             o.added += w
             o.n += 1
@@ -722,6 +735,8 @@ cdef int _kv_command(list req, Py_ssize_t max_cmd, Py_ssize_t *entry_size) excep
         n = PyBytes_GET_SIZE(<bytes>req[i + 1])
         cmd += n + 8
         data += n + 4
+    if op == OP_APPEND:
+        data += APPEND_LIMIT_ARG
     if cmd > max_cmd or data > 0xFFFFFFFF:
         return 0
     entry_size[0] = ENTRY_HEADER + data
@@ -736,7 +751,7 @@ cdef int _kv_put_list(KvOut *o, int op, list req, Py_ssize_t size) except -1:
     _kv_reserve(o, size)
     dst = <uint8_t *>PyByteArray_AS_STRING(<object>o.ba) + o.used
     _put_command_header(dst, <uint32_t>(size - ENTRY_HEADER), <uint8_t>(op | o.flag),
-                        <uint32_t>argc)
+                        <uint32_t>(argc + (op == OP_APPEND)))
     dst += ENTRY_HEADER + CMD_HEADER
     for i in range(argc):
         a = req[i + 1]
@@ -744,6 +759,8 @@ cdef int _kv_put_list(KvOut *o, int op, list req, Py_ssize_t size) except -1:
         st32(dst, <uint32_t>n)
         memcpy(dst + 4, PyBytes_AS_STRING(a), <size_t>n)
         dst += 4 + n
+    if op == OP_APPEND:
+        _put_append_limit(dst, o.append_limit)
     o.used += size
     o.added += size
     o.n += 1

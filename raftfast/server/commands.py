@@ -111,7 +111,8 @@ def _kv_command(server, conn, name, op, cmd):
         # parse_kv takes every well-formed KV command, so this is not
         # expected; still, take it the slow way rather than refuse it.
         log.warning("fast path passed over a %r command; encoding it separately", name)
-        server.batcher.buf += encode_commands([(op, [bytes(a) for a in args])], conn.resp3)
+        server.batcher.buf += encode_commands([(op, [bytes(a) for a in args])], conn.resp3,
+                                              server.cfg.proto_max_bulk_len)
         server.batcher.added(conn, 1)
 
 

@@ -18,6 +18,7 @@ from raftfast._resp import OK, ErrorReply, SimpleString
 NOT_INTEGER = ErrorReply("ERR value is not an integer or out of range")
 OVERFLOW = ErrorReply("ERR increment or decrement would overflow")
 CORRUPT = ErrorReply("ERR corrupt command in log")
+TOO_LARGE = ErrorReply("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
 I64_MAX = 2**63 - 1
 
 
@@ -46,7 +47,7 @@ def model_int(value):
     return None
 
 
-def model_apply(data, op, args):
+def model_apply(data, op, args, append_limit=None):
     if op == OP_SET:
         data[args[0]] = args[1]
         return OK
@@ -62,7 +63,10 @@ def model_apply(data, op, args):
             del data[k]
         return len(removed)
     if op == OP_APPEND:
-        data[args[0]] = data.get(args[0], b"") + args[1]
+        new = data.get(args[0], b"") + args[1]
+        if append_limit is not None and len(new) > append_limit:
+            return TOO_LARGE
+        data[args[0]] = new
         return len(data[args[0]])
     assert op == OP_INCR
     value = model_int(data.get(args[0], b"0"))
@@ -90,12 +94,12 @@ command = st.one_of(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.lists(command, max_size=12), max_size=8))
-def test_commands_match_the_model(batches):
+@given(st.lists(st.lists(command, max_size=12), max_size=8), st.sampled_from([None, 0, 12]))
+def test_commands_match_the_model(batches, append_limit):
     model, leader, follower = {}, KVStore(), KVStore()
     for batch in batches:
-        block = encode_commands(batch)
-        expected = [model_apply(model, op, args) for op, args in batch]
+        block = encode_commands(batch, append_limit=append_limit)
+        expected = [model_apply(model, op, args, append_limit) for op, args in batch]
         assert typed(leader.apply(block, True)) == typed(expected)
         assert follower.apply(block, False) is None
     assert dict(leader.items()) == model
@@ -146,6 +150,28 @@ def test_incr_stores_decimal_text_usable_by_other_commands():
     block = encode_commands([(OP_INCR, [b"n"]), (OP_INCR, [b"n"]), (OP_APPEND, [b"n", b"0"]),
                              (OP_INCR, [b"n"]), (OP_GET, [b"n"])])
     assert kv.apply(block, True) == [1, 2, 2, 21, b"21"]
+
+
+def test_append_refuses_a_result_past_the_limit_its_entry_carries():
+    """Redis's checkStringLength: the value APPEND would make is bounded,
+    and a refused APPEND changes nothing, on leader and follower alike."""
+    leader, follower = KVStore(), KVStore()
+    block = encode_commands([(OP_SET, [b"k", b"abc"]), (OP_APPEND, [b"k", b"de"]),
+                             (OP_APPEND, [b"k", b"f"]), (OP_APPEND, [b"new", b"123456"]),
+                             (OP_GET, [b"k"])], append_limit=5)
+    assert typed(leader.apply(block, True)) == typed([OK, 5, TOO_LARGE, TOO_LARGE, b"abcde"])
+    replies, offsets = KVStore().apply_replies(block)
+    assert replies[offsets[2]:offsets[3]] == b"-%s\r\n" % str(TOO_LARGE).encode()
+    follower.apply(block, False)
+    assert follower.get(b"k") == b"abcde" and follower.get(b"new") is None
+    # An entry from before the limit existed has none.
+    unlimited = encode_commands([(OP_APPEND, [b"k", b"f" * 100])])
+    assert leader.apply(unlimited, True) == [105]
+
+
+def test_append_limit_must_be_eight_bytes():
+    block = entry(messages.ENTRY_NORMAL, payload(OP_APPEND, [b"k", b"v", b"\x05"]))
+    assert typed(KVStore().apply(block, True)) == typed([CORRUPT])
 
 
 # ---- entry block and payload format ---------------------------------------

@@ -331,9 +331,10 @@ from tests.reference import kv_py  # noqa: E402
 KV_NAMES = [b"get", b"set", b"mget", b"exists", b"del", b"append", b"incr"]
 
 
-def entries(block):
+def entries(block, append_limit):
     """(opcode with its RESP3 bit, args) per entry of a block; checks the
-    entry header on the way."""
+    entry header on the way, and that an APPEND carries append_limit as its
+    third argument (left out of args: the client did not send it)."""
     out, off = [], 0
     while off < len(block):
         dlen, term, etype = struct.unpack_from("<IQB", block, off)
@@ -345,6 +346,8 @@ def entries(block):
             args.append(bytes(block[p + 4:p + 4 + n]))
             p += 4 + n
         assert p == off + 13 + dlen
+        if op & 0x7F == kv_py.OP_APPEND:
+            assert args.pop() == struct.pack("<Q", append_limit)
         out.append((op, args))
         off = p
     return out
@@ -437,10 +440,11 @@ def drive_kv(parser, wire, cuts, limits, plain_calls, split_reads=False):
             assert out[:6] == b"prefix"
             calls.append((n, bytes(out), stop, parser.stopped_at_limit, parser.stopped_at_kind,
                           parser.error))
-            got = entries(out[6:])
+            got = entries(out[6:], parser.max_bulk_len)
             assert len(got) == n
             # The block is what encode_commands makes of the same commands.
-            assert bytes(out[6:]) == encode_commands([(op & 0x7F, args) for op, args in got], resp3)
+            assert bytes(out[6:]) == encode_commands([(op & 0x7F, args) for op, args in got],
+                                                     resp3, parser.max_bulk_len)
             stream.extend(("kv", op & 0x7F, args) for op, args in got)
             assert all(op & 0x80 == (0x80 if resp3 else 0) for op, _ in got)
             if split_reads:
@@ -566,7 +570,17 @@ def test_parse_kv_large_value_across_reads(impl):
         p.feed(wire[at:at + 997])
         n += p.parse_kv(out, False)[0]
     assert n == 2
-    assert out == encode_commands([(kv_py.OP_SET, [b"k", value]), (kv_py.OP_APPEND, [b"k", b"x"])])
+    assert out == encode_commands([(kv_py.OP_SET, [b"k", value]), (kv_py.OP_APPEND, [b"k", b"x"])],
+                                  append_limit=p.max_bulk_len)
+
+
+def test_parse_kv_append_carries_the_parsers_limit(impl):
+    """An APPEND's entry holds the proto-max-bulk-len it was accepted under,
+    so every replica bounds the result by the leader's limit."""
+    p, out = impl.Parser(max_bulk_len=1000), bytearray()
+    p.feed(multibulk([b"APPEND", b"k", b"x"]) + b"append k y\r\n")
+    assert p.parse_kv(out, False) == (2, None)
+    assert entries(out, 1000) == [(kv_py.OP_APPEND, [b"k", b"x"]), (kv_py.OP_APPEND, [b"k", b"y"])]
 
 
 def test_parse_kv_protocol_error_keeps_earlier_entries(impl):

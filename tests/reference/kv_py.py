@@ -5,6 +5,7 @@ The readable specification that RespParser.parse_kv is tested against.
 Entry (messages.py):   u32 data_len | u64 term (0) | u8 type (ENTRY_NORMAL)
 Payload (kv.pyx):      u8 opcode (| OP_RESP3 when the client reads RESP3)
                        u32 argc, then argc times u32 len + bytes
+                       APPEND: a third argument, the u64 limit on the result
 All integers little-endian.
 """
 import struct
@@ -36,12 +37,14 @@ def fast_opcode(request, max_command_bytes):
         return None
     if sum(map(len, args)) + 8 * len(args) > max_command_bytes:
         return None
-    if 5 + sum(4 + len(a) for a in args) > 0xFFFFFFFF:
+    if 5 + sum(4 + len(a) for a in args) + (12 if op == OP_APPEND else 0) > 0xFFFFFFFF:
         return None
     return op
 
 
-def encode_entry(op, args, resp3):
+def encode_entry(op, args, resp3, append_limit=None):
+    if op == OP_APPEND and append_limit is not None:
+        args = [*args, struct.pack("<Q", append_limit)]
     data = struct.pack("<BI", op | (OP_RESP3 if resp3 else 0), len(args)) + b"".join(
         struct.pack("<I", len(a)) + a for a in args)
     return struct.pack("<IQB", len(data), 0, ENTRY_NORMAL) + data

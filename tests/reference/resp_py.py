@@ -191,7 +191,7 @@ class RespParserPy:
                 self._pending = req
                 self.stopped_at_kind = True
                 return n, None
-            entry = kv_py.encode_entry(op, req[1:], resp3)
+            entry = kv_py.encode_entry(op, req[1:], resp3, self.max_bulk_len)
             if n >= max_entries or (n >= (1 if force_first else 0) and added + len(entry) > max_bytes):
                 self._pending = req
                 self.stopped_at_limit = True
