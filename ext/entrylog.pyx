@@ -174,6 +174,15 @@ cdef class EntryLog:
         the whole log would return."""
         return self.buf_len
 
+    def nbytes_from(self, uint64_t index):
+        """Bytes of entry block held from entry index on (headers
+        included); 0 past the end.  IndexError below first_index."""
+        if index < self.first:
+            raise IndexError(f"index {index} is before the log's first entry {self.first}")
+        if index - self.first >= self.n:
+            return 0
+        return self.offs[self.n] - self.offs[index - self.first]
+
     def __len__(self):
         return self.n
 

@@ -239,6 +239,10 @@ class SnapshotBusy(RuntimeError):
 # snapshot's overlay drains by itself: about 25 us of work per block.
 DEF MERGE_PER_APPLY = 256
 
+# What a key costs beyond its bytes and its value's: two bytes objects'
+# headers (33 each) and a dict slot with its share of the index.
+DEF KEY_COST = 100
+
 
 cdef class KVStore:
     """The state machine: the live state is `_data` (the base), except for
@@ -258,6 +262,10 @@ cdef class KVStore:
     cdef dict _overlay
     cdef bint _frozen
     cdef Py_ssize_t _delta
+    # What the live state costs in memory, estimated (KEY_COST per key plus
+    # its bytes), and the longest value ever stored (reply_bound's).
+    cdef Py_ssize_t _bytes
+    cdef Py_ssize_t _largest
     # The current KVSnapshot's token: the store holds no reference to the
     # snapshot itself, so a snapshot dropped by its owner is freed, and its
     # __dealloc__ releases the store.
@@ -271,11 +279,31 @@ cdef class KVStore:
         """A store holding `data` (bytes -> bytes), which it takes over: the
         caller must not use the dict afterwards (the snapshot loader)."""
         cdef KVStore kv = KVStore()
+        cdef PyObject *k
+        cdef PyObject *v
+        cdef Py_ssize_t pos = 0, vl
         kv._data = data
+        while PyDict_Next(data, &pos, &k, &v):
+            vl = PyBytes_GET_SIZE(<object>v)
+            kv._bytes += KEY_COST + PyBytes_GET_SIZE(<object>k) + vl
+            if vl > kv._largest:
+                kv._largest = vl
         return kv
 
     def __len__(self):
         return PyDict_Size(self._data) + (self._delta if self._overlay is not None else 0)
+
+    @property
+    def memory(self):
+        """Bytes the live keys and values cost, estimated: their lengths
+        plus KEY_COST per key (two bytes objects and a dict slot)."""
+        return self._bytes
+
+    @property
+    def largest_value(self):
+        """The longest value stored since the store began (never lowered:
+        a bound, not a census)."""
+        return self._largest
 
     def get(self, bytes key):
         """The value stored at key, or None (for tests and INFO; clients
@@ -308,6 +336,7 @@ cdef class KVStore:
         self._overlay = None
         self._frozen = False
         self._delta = 0
+        self._bytes = 0
 
     # ---- the copy-on-write primitives: every read and write goes here ----
 
@@ -321,10 +350,18 @@ cdef class KVStore:
         return PyDict_GetItem(self._data, key)
 
     cdef inline int _set(self, object key, object value) except -1:
+        cdef PyObject *old = self._getp(key)
+        cdef Py_ssize_t vl = PyBytes_GET_SIZE(value)
+        if old == NULL:
+            self._bytes += KEY_COST + PyBytes_GET_SIZE(key) + vl
+        else:
+            self._bytes += vl - PyBytes_GET_SIZE(<object>old)
+        if vl > self._largest:
+            self._largest = vl
         if self._overlay is None:
             return PyDict_SetItem(self._data, key, value)
         if self._frozen:
-            if self._getp(key) == NULL:
+            if old == NULL:
                 self._delta += 1
             return PyDict_SetItem(self._overlay, key, value)
         self._merge_key(key)
@@ -332,6 +369,10 @@ cdef class KVStore:
 
     cdef inline int _del(self, object key) except -1:
         """Delete key; 1 when it was there."""
+        cdef PyObject *old = self._getp(key)
+        if old == NULL:
+            return 0
+        self._bytes -= KEY_COST + PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(<object>old)
         if self._overlay is not None:
             if self._frozen:
                 if self._getp(key) == NULL:
@@ -480,6 +521,57 @@ cdef class KVStore:
         if self._overlay is not None and not self._frozen:
             self._merge(MERGE_PER_APPLY)
         return replies, memoryview(offsets).cast("Q")
+
+    def reply_sizes(self, block):
+        """For a block of reads about to be served: a memoryview of count + 1
+        native uint64 ('Q'), entry i's reply taking at most
+        sizes[i + 1] - sizes[i] bytes (from the store as it stands; exact
+        but for a few bytes of framing).  Nothing is applied and no reply
+        built, so a reply too large to build is known before it is.  A
+        write or a malformed entry counts 64 bytes (an error or a number)."""
+        cdef Py_buffer view
+        cdef Py_ssize_t count, off = 0, pos = 0, total = 0, at, i
+        cdef const uint8_t *p
+        cdef const uint8_t *d
+        cdef uint32_t dlen, argc, alen, op
+        cdef uint64_t *out
+        cdef bytes sizes
+        cdef PyObject *v
+        PyObject_GetBuffer(block, &view, PyBUF_SIMPLE)
+        try:
+            p = <const uint8_t *>view.buf
+            count = _count_entries(p, view.len)
+            sizes = PyBytes_FromStringAndSize(NULL, (count + 1) * sizeof(uint64_t))
+            out = <uint64_t *>PyBytes_AS_STRING(sizes)
+            while off < view.len:
+                out[pos] = <uint64_t>total
+                dlen = ld32(p + off)
+                d = p + off + ENTRY_HEADER
+                off += ENTRY_HEADER + dlen
+                pos += 1
+                if p[off - dlen - ENTRY_HEADER + ENTRY_TYPE_AT] != ENTRY_NORMAL \
+                        or dlen < CMD_HEADER:
+                    total += 64
+                    continue
+                op = d[0] & _OP_MASK
+                argc = ld32(d + 1)
+                if op != _OP_GET and op != _OP_MGET and op != _OP_EXISTS:
+                    total += 64
+                    continue
+                total += 32  # an array header, an integer, or a null
+                at = CMD_HEADER
+                for i in range(argc):
+                    if dlen - at < 4 or dlen - at - 4 < ld32(d + at):
+                        break  # malformed: apply answers it with an error
+                    alen = ld32(d + at)
+                    if op != _OP_EXISTS:
+                        v = self._getp(PyBytes_FromStringAndSize(<const char *>d + at + 4, alen))
+                        total += 24 + (PyBytes_GET_SIZE(<object>v) if v != NULL else 0)
+                    at += 4 + alen
+            out[pos] = <uint64_t>total
+        finally:
+            PyBuffer_Release(&view)
+        return memoryview(sizes).cast("Q")
 
     cdef int _apply(self, const uint8_t *p, Py_ssize_t n, int mode, list results, WBuf *w,
                     uint64_t *offsets) except -1:

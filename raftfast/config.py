@@ -58,6 +58,12 @@ class Config:
     # Entries a restarted or slow follower can still get from the log:
     # about 0.7 s of SETs at full speed, ~6 MB of memory.
     snapshot_trailing: int = 100_000
+    # Also snapshot when the log in memory passes this many bytes (large
+    # values make a million entries far too much); 0 = no such bound.
+    snapshot_log_bytes: int = 256 << 20
+    # Proposals the leader holds uncommitted, in bytes (etcd's
+    # MaxUncommittedEntriesSize); past it writes get TRYAGAIN.
+    max_uncommitted_bytes: int = 64 << 20
     log_level: str = "info"
     max_frame_bytes: int = 64 << 20
     # The file holding the secret every peer handshake proves both ways
@@ -349,6 +355,13 @@ _TUNABLES: list[tuple[str, str, dict[str, Any]]] = [
      help="snapshot and compact every N applied entries; 0 = never")),
     ("--snapshot-trailing", "snapshot_trailing", dict(type=int_at_least(0), metavar="N",
      help="entries kept in the log behind a snapshot for slow followers")),
+    ("--snapshot-log-bytes", "snapshot_log_bytes", dict(type=int_at_least(0), metavar="BYTES",
+     help="also snapshot when the log in memory passes this size, trailing entries "
+          "included; 0 = only by --snapshot-entries")),
+    ("--max-uncommitted-bytes", "max_uncommitted_bytes",
+     dict(type=int_at_least(0), metavar="BYTES",
+          help="proposals the leader holds uncommitted; past it writes wait, then get "
+               "TRYAGAIN; 0 = no bound")),
     ("--log-level", "log_level", dict(choices=LOG_LEVELS, help="log verbosity")),
     ("--max-frame-bytes", "max_frame_bytes", dict(type=int_at_least(1), metavar="N",
      help="largest peer frame accepted")),

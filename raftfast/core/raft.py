@@ -96,12 +96,14 @@ class CoreConfig:
 
     __slots__ = ("id", "voters", "learners", "election_ticks", "heartbeat_ticks",
                  "max_msg_bytes", "max_inflight", "max_inflight_bytes",
-                 "max_apply_bytes", "max_uncommitted_entries", "pre_vote", "check_quorum",
+                 "max_apply_bytes", "max_uncommitted_entries", "max_uncommitted_bytes",
+                 "pre_vote", "check_quorum",
                  "read_mode", "seed", "urls")
 
     def __init__(self, id, voters, learners=(), election_ticks=10, heartbeat_ticks=1,
                  max_msg_bytes=1 << 20, max_inflight=64, max_inflight_bytes=0,
-                 max_apply_bytes=64 << 20, max_uncommitted_entries=1 << 20, pre_vote=True,
+                 max_apply_bytes=64 << 20, max_uncommitted_entries=1 << 20,
+                 max_uncommitted_bytes=64 << 20, pre_vote=True,
                  check_quorum=True, read_mode="readindex", seed=None, urls=None):
         if heartbeat_ticks <= 0 or election_ticks <= heartbeat_ticks:
             raise ValueError("need 0 < heartbeat_ticks < election_ticks")
@@ -119,9 +121,10 @@ class CoreConfig:
         self.max_inflight = max_inflight
         self.max_inflight_bytes = max_inflight_bytes
         self.max_apply_bytes = max_apply_bytes
-        # Bounds a leader's memory when commits stop (etcd's
-        # MaxUncommittedEntriesSize, in entries).
+        # Bound a leader's memory when commits stop (etcd's
+        # MaxUncommittedEntriesSize, in entries and in bytes; 0 = no bound).
         self.max_uncommitted_entries = max_uncommitted_entries
+        self.max_uncommitted_bytes = max_uncommitted_bytes
         # PreVote (thesis 9.6): a node asks whether it could win before it
         # bumps its term, so a node cut off and back cannot depose a healthy
         # leader.  CheckQuorum: a leader that has not heard from a majority
@@ -424,10 +427,17 @@ class Raft:
             raise NotLeader(self.leader_id)
         if self.lead_transferee:
             raise TransferInProgress(self.lead_transferee)
-        if self.log.last_index - self.log.committed >= self.cfg.max_uncommitted_entries:
-            raise ProposalDropped(f"{self.log.last_index - self.log.committed} entries "
+        log = self.log
+        if log.last_index - log.committed >= self.cfg.max_uncommitted_entries:
+            raise ProposalDropped(f"{log.last_index - log.committed} entries "
                                   f"are not yet committed")
-        first, last = self.log.append_proposal(block, self.term)
+        if self.cfg.max_uncommitted_bytes and log.last_index > log.committed:
+            # As etcd does, a proposal is taken whatever its size when
+            # nothing is uncommitted, so a large one is not refused forever.
+            held = log.entries.nbytes_from(log.committed + 1)
+            if held + len(block) > self.cfg.max_uncommitted_bytes:
+                raise ProposalDropped(f"{held} bytes are not yet committed")
+        first, last = log.append_proposal(block, self.term)
         self._broadcast_append()
         return first, last
 

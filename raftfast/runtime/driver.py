@@ -64,7 +64,7 @@ class RaftDriver:
             cfg.node_id, voters, learners, urls=urls, election_ticks=election_ticks,
             heartbeat_ticks=heartbeat_ticks, max_msg_bytes=cfg.max_batch_bytes,
             max_inflight=cfg.max_inflight, max_inflight_bytes=cfg.max_inflight_bytes,
-            read_mode=cfg.read_mode, seed=seed)
+            max_uncommitted_bytes=cfg.max_uncommitted_bytes, read_mode=cfg.read_mode, seed=seed)
         self.core = Raft(core_cfg, storage.entry_log, storage.hard_state, storage.snap_index,
                          storage.snap_term)
         election_timeout_s = cfg.election_timeout_ms / 1000.0
@@ -86,7 +86,7 @@ class RaftDriver:
             loop, clock, self.core, storage, state_machine, transport, self.schedule,
             self._internal_error, durable=cfg.fsync == "always",
             snapshot_entries=cfg.snapshot_entries, snapshot_trailing=cfg.snapshot_trailing,
-            election_timeout_s=election_timeout_s)
+            snapshot_log_bytes=cfg.snapshot_log_bytes, election_timeout_s=election_timeout_s)
         self._scheduled = None  # the loop's handle of the pass to come, if any
         self._tick_handle = None
         self._ticks_due_from = clock()  # ticks are counted from here

@@ -44,7 +44,8 @@ class SnapshotManager:
     schedule()     run the Ready loop soon
     fail(exc)      an internal error: the node must stop
     durable        --fsync always: a received snapshot is fsynced
-    snapshot_entries, snapshot_trailing, election_timeout_s: the knobs
+    snapshot_entries, snapshot_trailing, snapshot_log_bytes,
+    election_timeout_s: the knobs
     """
 
     STEP_KEYS = 2048          # keys per write/merge step: ~0.25 ms each
@@ -52,7 +53,8 @@ class SnapshotManager:
     RETRY_S = 5.0             # after a failed snapshot or compaction
 
     def __init__(self, loop, clock, core, storage, state_machine, transport, schedule, fail,
-                 durable, snapshot_entries, snapshot_trailing, election_timeout_s):
+                 durable, snapshot_entries, snapshot_trailing, election_timeout_s,
+                 snapshot_log_bytes=0):
         self.loop = loop
         self.clock = clock
         self.core = core
@@ -64,6 +66,7 @@ class SnapshotManager:
         self.durable = durable
         self.snapshot_entries = snapshot_entries
         self.snapshot_trailing = snapshot_trailing
+        self.snapshot_log_bytes = snapshot_log_bytes
         self.resend_after = max(1.0, election_timeout_s)
         self.give_up_after = max(10.0, 10 * election_timeout_s)
         self.stopped = False
@@ -118,6 +121,19 @@ class SnapshotManager:
                     del self.senders[peer]
         if self.snapshot_entries and core.log.applied - self._base >= self.snapshot_entries:
             self._maybe_take()
+        elif self.snapshot_log_bytes and self._log_too_large():
+            self._maybe_take()
+
+    def _log_too_large(self):
+        """Is the log in memory past --snapshot-log-bytes, with at least half
+        of that applied (what a snapshot lets go)?  A log held up by
+        entries not applied yet is not helped by another snapshot."""
+        entries = self.core.log.entries
+        if entries.nbytes < self.snapshot_log_bytes:
+            return False
+        applied = self.core.log.applied
+        unapplied = entries.nbytes_from(applied + 1) if applied >= entries.first_index else 0
+        return entries.nbytes - unapplied >= self.snapshot_log_bytes // 2
 
     def tick(self, now):
         if self.senders:
@@ -290,11 +306,31 @@ class SnapshotManager:
     def _compact(self):
         core = self.core
         upto = core.compactable(self.snapshot_trailing)
+        if self.snapshot_log_bytes:
+            upto = self._trim_trailing(upto, core.compactable(0))
         if upto <= core.log.snap_index:
             return
         snap = core.snapshot_index
         self._in_thread(lambda: self.storage.compact(snap, trailing=snap - upto),
                         self._compacted, upto)
+
+    def _trim_trailing(self, upto, most):
+        """Compact past `upto` (at most to `most`) while the log kept would
+        hold more than half of --snapshot-log-bytes: the trailing entries
+        count toward the limit too, and large entries make few of them
+        enough to pass it."""
+        entries = self.core.log.entries
+        keep = self.snapshot_log_bytes // 2
+        if upto >= most or entries.nbytes_from(max(upto + 1, entries.first_index)) <= keep:
+            return upto
+        lo, hi = upto + 1, most  # the least index whose log after it fits `keep`
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if entries.nbytes_from(mid + 1) <= keep:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
     def _compacted(self, error, result, upto):
         if error is not None:

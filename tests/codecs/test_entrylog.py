@@ -63,6 +63,19 @@ def test_nbytes_counts_the_block_bytes_held(impl):
     assert log.nbytes == len(block) == 2 * ENTRY_HEADER_SIZE + 3
 
 
+def test_nbytes_from_counts_the_entries_from_an_index_on(impl):
+    Log, _, _ = impl
+    log = Log(3)
+    log.append(3, py.encode_entries_py([(1, ENTRY_NORMAL, b"abc"), (1, ENTRY_NORMAL, b"de"),
+                                        (2, ENTRY_NOOP, b"")]))
+    assert [log.nbytes_from(i) for i in (3, 4, 5, 6, 99)] == [
+        3 * ENTRY_HEADER_SIZE + 5, 2 * ENTRY_HEADER_SIZE + 2, ENTRY_HEADER_SIZE, 0, 0]
+    log.compact(3)
+    assert log.nbytes_from(4) == log.nbytes == 2 * ENTRY_HEADER_SIZE + 2
+    with pytest.raises(IndexError):
+        log.nbytes_from(3)
+
+
 # ---- append -------------------------------------------------------------------
 
 def test_append_drops_the_suffix_and_returns_the_count(impl):

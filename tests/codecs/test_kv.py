@@ -105,6 +105,30 @@ def test_commands_match_the_model(batches, append_limit):
     assert dict(leader.items()) == model
     assert dict(follower.items()) == model
     assert len(leader) == len(model)
+    # Its memory estimate follows the live keys: KEY_COST (100) each, plus their bytes.
+    assert leader.memory == follower.memory == sum(100 + len(k) + len(v) for k, v in model.items())
+    assert KVStore.from_dict(dict(model)).memory == leader.memory
+    stored = [len(args[1]) for batch in batches for op, args in batch if op == OP_SET]
+    assert leader.largest_value >= max(stored, default=0)
+    assert all(len(v) <= leader.largest_value for v in model.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(keys, values | st.binary(min_size=100, max_size=3000), max_size=5),
+       st.lists(st.one_of(st.tuples(st.just(OP_GET), st.tuples(keys).map(list)),
+                          st.tuples(st.just(OP_MGET), st.lists(keys, min_size=1, max_size=4)),
+                          st.tuples(st.just(OP_EXISTS), st.lists(keys, min_size=1, max_size=4))),
+                min_size=1, max_size=8), st.booleans())
+def test_reply_sizes_bound_each_read_reply_before_it_is_built(data, reads, resp3):
+    kv = KVStore.from_dict(dict(data))
+    block = encode_commands(reads, resp3)
+    sizes = kv.reply_sizes(block)
+    replies, offsets = kv.apply_replies(block)
+    assert len(sizes) == len(offsets) == len(reads) + 1
+    for i in range(len(reads)):
+        actual = offsets[i + 1] - offsets[i]
+        bound = sizes[i + 1] - sizes[i]
+        assert actual <= bound <= actual + 32 + 24 * len(reads[i][1])
 
 
 # ---- INCR ------------------------------------------------------------------

@@ -220,6 +220,7 @@ def test_interleaved_operations_and_snapshot_steps(initial, ops):
                 assert ("ERR" if isinstance(got, ErrorReply) else "OK" if got == OK else got) == want
             assert len(kv) == len(model)
             assert dict(kv.items()) == model
+            assert kv.memory == sum(100 + len(k) + len(v) for k, v in model.items())
             for k in KEYS:
                 assert kv.get(k) == model.get(k)
         if writer is not None and not writer.done and writer._file is not None:

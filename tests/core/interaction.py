@@ -64,7 +64,8 @@ CORE_ERRORS = (NotLeader, ProposalDropped, TransferInProgress, ConfChangeBusy,
                ConfChangeInvalid, LogPanic, ValueError)
 _KNOBS = (("election", "election_ticks"), ("heartbeat", "heartbeat_ticks"),
           ("inflight", "max_inflight"), ("inflight-bytes", "max_inflight_bytes"),
-          ("max-msg-bytes", "max_msg_bytes"), ("max-uncommitted", "max_uncommitted_entries"))
+          ("max-msg-bytes", "max_msg_bytes"), ("max-uncommitted", "max_uncommitted_entries"),
+          ("max-uncommitted-bytes", "max_uncommitted_bytes"))
 
 
 class Env:

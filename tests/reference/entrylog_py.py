@@ -102,6 +102,11 @@ class EntryLogPy:
     def nbytes(self):
         return sum(_size(e) for e in self._entries)
 
+    def nbytes_from(self, index):
+        if index < self._first:
+            raise IndexError(f"index {index} is before the log's first entry {self._first}")
+        return sum(_size(e) for e in self._entries[index - self._first:])
+
     def __len__(self):
         return len(self._entries)
 
