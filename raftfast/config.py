@@ -11,11 +11,12 @@ import argparse
 import dataclasses
 import ipaddress
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from raftfast.address import Address, AddressError, parse_address
+from raftfast.arg_types import half_of_ram, int_at_least, memory_at_least, octal_mode
 
 __all__ = ["Config", "ConfigError", "ArgumentParser", "add_node_arguments",
            "parse_node_config", "tunable_argv", "NODE_ID_MAX"]
@@ -87,6 +88,12 @@ class Config:
     # The mode of a client Unix socket (--client unix://...), Redis's unixsocketperm.
     unixsocketperm: int = 0o600
     client_query_buffer_limit: int = 64 << 20
+    client_output_buffer_limit: int = 64 << 20
+    # Memory for the data set, the log in memory and client buffers; None:
+    # half of the machine's RAM (raftfast.cluster divides it among its
+    # nodes); 0: no limit.  Clients' buffers together: None is a quarter of it.
+    maxmemory: int | None = None
+    maxmemory_clients: int | None = None
     maxclients: int = 10000
     timeout: int = 0
 
@@ -96,6 +103,15 @@ class Config:
     # RAFTFAST.BENCH (and any later debug command): no, yes, or local
     # (loopback and Unix-socket clients only), as Redis's enable-debug-command.
     enable_debug_command: str = "no"
+
+    def effective_maxmemory(self) -> int:
+        """--maxmemory in bytes as in force (0: no limit)."""
+        return half_of_ram() if self.maxmemory is None else self.maxmemory
+
+    def effective_maxmemory_clients(self) -> int:
+        if self.maxmemory_clients is not None:
+            return self.maxmemory_clients
+        return self.effective_maxmemory() // 4
 
     def client_advertised(self) -> str:
         """The client URL other nodes name in MOVED/NOTLEADER."""
@@ -140,6 +156,13 @@ class Config:
         _choice("--enable-debug-command", self.enable_debug_command, DEBUG_COMMAND_MODES)
         _at_least("--proto-max-bulk-len", self.proto_max_bulk_len, 1024)
         _at_least("--client-query-buffer-limit", self.client_query_buffer_limit, 1024)
+        _at_least("--client-output-buffer-limit", self.client_output_buffer_limit, 1024)
+        if self.maxmemory is not None:
+            _at_least("--maxmemory", self.maxmemory, 0)
+        if self.maxmemory_clients is not None:
+            _at_least("--maxmemory-clients", self.maxmemory_clients, 0)
+        _at_least("--snapshot-log-bytes", self.snapshot_log_bytes, 0)
+        _at_least("--max-uncommitted-bytes", self.max_uncommitted_bytes, 0)
         _at_least("--maxclients", self.maxclients, 1)
         if not 0 <= self.unixsocketperm <= 0o777:
             raise ConfigError(f"--unixsocketperm {self.unixsocketperm:o}: not a file mode "
@@ -298,31 +321,6 @@ def _type_peer(s: str) -> tuple[int, str]:
     return _type_node_id(pid.strip()), _type_url(url.strip())
 
 
-def _octal_mode(s: str) -> int:
-    try:
-        v = int(s, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an octal file mode") from None
-    if not 0 <= v <= 0o777:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a file mode (0 to 777)")
-    return v
-
-
-def int_at_least(lo: int) -> Callable[[str], int]:
-    """An argparse type: an integer no smaller than `lo`, worded alike for every
-    command that takes one."""
-    def conv(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
-        return v
-    conv.__name__ = "integer"
-    return conv
-
-
 def _default(name: str) -> Any:
     return next(f.default for f in dataclasses.fields(Config) if f.name == name)
 
@@ -355,25 +353,36 @@ _TUNABLES: list[tuple[str, str, dict[str, Any]]] = [
      help="snapshot and compact every N applied entries; 0 = never")),
     ("--snapshot-trailing", "snapshot_trailing", dict(type=int_at_least(0), metavar="N",
      help="entries kept in the log behind a snapshot for slow followers")),
-    ("--snapshot-log-bytes", "snapshot_log_bytes", dict(type=int_at_least(0), metavar="BYTES",
+    ("--snapshot-log-bytes", "snapshot_log_bytes", dict(type=memory_at_least(0), metavar="BYTES",
      help="also snapshot when the log in memory passes this size, trailing entries "
           "included; 0 = only by --snapshot-entries")),
     ("--max-uncommitted-bytes", "max_uncommitted_bytes",
-     dict(type=int_at_least(0), metavar="BYTES",
+     dict(type=memory_at_least(0), metavar="BYTES",
           help="proposals the leader holds uncommitted; past it writes wait, then get "
                "TRYAGAIN; 0 = no bound")),
     ("--log-level", "log_level", dict(choices=LOG_LEVELS, help="log verbosity")),
     ("--max-frame-bytes", "max_frame_bytes", dict(type=int_at_least(1), metavar="N",
      help="largest peer frame accepted")),
-    ("--proto-max-bulk-len", "proto_max_bulk_len", dict(type=int_at_least(1024), metavar="BYTES",
+    ("--proto-max-bulk-len", "proto_max_bulk_len", dict(type=memory_at_least(1024), metavar="BYTES",
      help="the largest key or value; a request announcing a larger one is a protocol error")),
     ("--client-query-buffer-limit", "client_query_buffer_limit",
-     dict(type=int_at_least(1024), metavar="BYTES",
+     dict(type=memory_at_least(1024), metavar="BYTES",
           help="bytes one connection may hold of requests not yet complete; past it the "
                "connection is closed")),
     ("--maxclients", "maxclients", dict(type=int_at_least(1), metavar="N",
      help="client connections; one more is refused (lowered to what the file-descriptor "
           "limit allows)")),
+    ("--client-output-buffer-limit", "client_output_buffer_limit",
+     dict(type=memory_at_least(1024), metavar="BYTES",
+          help="bytes of replies one connection may hold unsent; a read whose reply would "
+               "pass it closes the connection instead")),
+    ("--maxmemory", "maxmemory", dict(type=memory_at_least(0), metavar="BYTES",
+     help="memory for the data set, the log in memory and client buffers; past it (here or "
+          "on a voter) the leader refuses writes that grow the data with -OOM; 0 = no limit "
+          "(default: half of RAM)")),
+    ("--maxmemory-clients", "maxmemory_clients", dict(type=memory_at_least(0), metavar="BYTES",
+     help="all clients' buffers together; past it the client using the most is closed "
+          "(default: a quarter of --maxmemory)")),
     ("--timeout", "timeout", dict(type=int_at_least(0), metavar="SECONDS",
      help="close a client connection idle this long; 0 = never")),
     ("--enable-debug-command", "enable_debug_command", dict(choices=DEBUG_COMMAND_MODES,
@@ -422,7 +431,7 @@ def add_node_arguments(parser: argparse.ArgumentParser,
                        help="the CA that signs every peer's certificate")
         g.add_argument("--insecure-peers", action="store_true", default=None,
                        help="allow peers over plain TCP on a non-loopback address")
-        g.add_argument("--unixsocketperm", type=_octal_mode, metavar="MODE",
+        g.add_argument("--unixsocketperm", type=octal_mode, metavar="MODE",
                        help="the mode of a unix:// client socket, in octal (default: 600)")
         g.add_argument("--requirepass-file", metavar="FILE",
                        help="clients must AUTH with the password in FILE before any other "

@@ -20,7 +20,8 @@ import tempfile
 
 import uvloop
 
-from raftfast.config import ArgumentParser, ConfigError, int_at_least, add_node_arguments
+from raftfast.arg_types import int_at_least
+from raftfast.config import ArgumentParser, ConfigError, add_node_arguments
 from raftfast.launcher import control
 from raftfast.launcher.launcher import Launcher
 from raftfast.launcher.layout import Layout, ensure_certificates, ensure_secret, plan

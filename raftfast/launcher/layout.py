@@ -12,7 +12,7 @@ import os
 import secrets
 
 from raftfast.address import AddressError, parse_address
-from raftfast.config import Config, ConfigError, tunable_argv
+from raftfast.config import Config, ConfigError, half_of_ram, tunable_argv
 
 STATE_FILE = "cluster.json"
 STATE_FORMAT = 1
@@ -222,6 +222,9 @@ def plan(ns, data_dir, layout=None):
             raise ConfigError(f"--data-dir: {e}; use a shorter --data-dir or "
                               "--transport tcp") from None
     tunables = tunable_argv(ns)
+    if getattr(ns, "maxmemory", None) is None:
+        # The nodes share one machine: half of its RAM among them.
+        tunables += ["--maxmemory", str(half_of_ram() // n)]
     specs = [node_spec(layout, data_dir, i, tunables) for i in layout.live_ids()]
     if not specs:
         raise ConfigError(f"{os.path.join(data_dir, STATE_FILE)}: every node was removed")

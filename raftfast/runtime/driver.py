@@ -25,7 +25,7 @@ import random
 from raftfast._codec import encode_message
 from raftfast.core import LEADER, CoreConfig
 from raftfast.core.raft import Raft
-from raftfast.core.messages import MSG_APPEND, MSG_SNAPSHOT
+from raftfast.core.messages import MSG_APPEND, MSG_HEARTBEAT_RESP, MSG_SNAPSHOT
 from raftfast.runtime.group_commit import GroupCommit
 from raftfast.runtime.members import PeerAddresses
 from raftfast.runtime.snapshots import SnapshotManager
@@ -68,6 +68,13 @@ class RaftDriver:
         self.core = Raft(core_cfg, storage.entry_log, storage.hard_state, storage.snap_index,
                          storage.snap_term)
         election_timeout_s = cfg.election_timeout_ms / 1000.0
+        self.election_timeout_s = election_timeout_s
+        # --maxmemory: this node's (used, limit), which its heartbeat answers
+        # carry to the leader, and what the voters reported: peer -> (used,
+        # limit, when).  The server's MemoryGuard fills the first and reads
+        # the second.
+        self.memory_report = (0, 0)
+        self.voter_memory = {}
         self.request_timeout = max(5.0, 4 * election_timeout_s)
         self.transfer_timeout = 2 * election_timeout_s
         self.writes = WriteWaiters()
@@ -190,6 +197,8 @@ class RaftDriver:
         core = self.core
         try:
             for msg in msgs:
+                if msg.type == MSG_HEARTBEAT_RESP and msg.hint:
+                    self.voter_memory[msg.frm] = (msg.hint, msg.log_term, self.clock())
                 if msg.type >= MSG_SNAPSHOT:
                     self.snapshots.on_message(msg)  # runtime-level: never stepped into the core as is
                 else:
@@ -344,6 +353,10 @@ class RaftDriver:
                 self.snapshots.send(m)  # streamed by a Sender, never encoded as is
                 continue
             else:
+                if m.type == MSG_HEARTBEAT_RESP:
+                    # The leader learns this node's memory from its answers
+                    # (fields a heartbeat answer leaves unused; 0: no report).
+                    m.hint, m.log_term = self.memory_report
                 if m.type == MSG_APPEND:
                     self.appends_sent += 1
                 ok = transport.send(m)

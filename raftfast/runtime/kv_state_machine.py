@@ -29,6 +29,17 @@ class KVStateMachine:
         # Reads change nothing: applying them is serving them.
         return self.store.apply_replies(block)
 
+    def reply_sizes(self, block):
+        return self.store.reply_sizes(block)
+
+    @property
+    def largest_value(self):
+        return self.store.largest_value
+
+    @property
+    def memory(self):
+        return self.store.memory
+
     def snapshot_writer(self, path, index, term, meta):
         try:
             return SnapshotWriter(self.store, path, index, term, meta=meta)

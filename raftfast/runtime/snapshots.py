@@ -22,6 +22,7 @@ import logging
 
 from raftfast.core import LEADER
 from raftfast.core.messages import MSG_SNAPSHOT, MSG_SNAPSHOT_ACK, MSG_SNAPSHOT_CHUNK, Message
+from raftfast.runtime.log_bytes import applied_bytes, log_too_large, trim_trailing
 from raftfast.runtime.snapshot import SnapshotError
 from raftfast.runtime.snapshot_transfer import Receiver, Sender
 from raftfast.runtime.storage import StorageError
@@ -51,6 +52,7 @@ class SnapshotManager:
     STEP_KEYS = 2048          # keys per write/merge step: ~0.25 ms each
     FLUSH_BYTES = 256 << 10   # fdatasync the file being written this often (in a thread)
     RETRY_S = 5.0             # after a failed snapshot or compaction
+    COMPACT_NOW_BYTES = 1 << 20  # what compact_now must be able to free
 
     def __init__(self, loop, clock, core, storage, state_machine, transport, schedule, fail,
                  durable, snapshot_entries, snapshot_trailing, election_timeout_s,
@@ -83,6 +85,7 @@ class SnapshotManager:
         # waits for it, so no job touches storage after the node closed it.
         self._pool = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
         self._retry_at = 0.0
+        self._pressed = False           # compact_now asked: the next compaction keeps nothing behind
         self._base = core.snapshot_index  # applied index of the newest snapshot
         self._v1_warned = set()
         self.taken = 0
@@ -121,19 +124,15 @@ class SnapshotManager:
                     del self.senders[peer]
         if self.snapshot_entries and core.log.applied - self._base >= self.snapshot_entries:
             self._maybe_take()
-        elif self.snapshot_log_bytes and self._log_too_large():
+        elif self.snapshot_log_bytes and log_too_large(core.log, self.snapshot_log_bytes):
             self._maybe_take()
 
-    def _log_too_large(self):
-        """Is the log in memory past --snapshot-log-bytes, with at least half
-        of that applied (what a snapshot lets go)?  A log held up by
-        entries not applied yet is not helped by another snapshot."""
-        entries = self.core.log.entries
-        if entries.nbytes < self.snapshot_log_bytes:
-            return False
-        applied = self.core.log.applied
-        unapplied = entries.nbytes_from(applied + 1) if applied >= entries.first_index else 0
-        return entries.nbytes - unapplied >= self.snapshot_log_bytes // 2
+    def compact_now(self):
+        """The node is over its memory limit: snapshot now, if the log holds
+        at least COMPACT_NOW_BYTES of applied entries a snapshot would let go."""
+        if applied_bytes(self.core.log) >= self.COMPACT_NOW_BYTES:
+            self._pressed = True  # this time keep no trailing entries
+            self._maybe_take()
 
     def tick(self, now):
         if self.senders:
@@ -305,32 +304,16 @@ class SnapshotManager:
 
     def _compact(self):
         core = self.core
-        upto = core.compactable(self.snapshot_trailing)
+        upto = core.compactable(0 if self._pressed else self.snapshot_trailing)
+        self._pressed = False
         if self.snapshot_log_bytes:
-            upto = self._trim_trailing(upto, core.compactable(0))
+            upto = trim_trailing(core.log.entries, upto, core.compactable(0),
+                                 self.snapshot_log_bytes // 2)
         if upto <= core.log.snap_index:
             return
         snap = core.snapshot_index
         self._in_thread(lambda: self.storage.compact(snap, trailing=snap - upto),
                         self._compacted, upto)
-
-    def _trim_trailing(self, upto, most):
-        """Compact past `upto` (at most to `most`) while the log kept would
-        hold more than half of --snapshot-log-bytes: the trailing entries
-        count toward the limit too, and large entries make few of them
-        enough to pass it."""
-        entries = self.core.log.entries
-        keep = self.snapshot_log_bytes // 2
-        if upto >= most or entries.nbytes_from(max(upto + 1, entries.first_index)) <= keep:
-            return upto
-        lo, hi = upto + 1, most  # the least index whose log after it fits `keep`
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if entries.nbytes_from(mid + 1) <= keep:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
 
     def _compacted(self, error, result, upto):
         if error is not None:

@@ -11,11 +11,17 @@ The batcher also keeps the window of writes in flight: the bytes proposed
 and not yet answered.  Past it, a connection that delivers more is not read
 again until answers bring the window back under its size.
 """
+import logging
+import struct
+
 from raftfast.core import NotLeader, ProposalDropped, TransferInProgress
 from raftfast.runtime.waiters import NotLeaderNow, RequestFailed
 from raftfast.server.replies import encoded_error, take_replies
 
 __all__ = ["Batcher"]
+
+log = logging.getLogger("raftfast.client")
+_ENTRY_HEADER = 13  # u32 data length, u64 term, u8 type
 
 
 class Batcher:
@@ -123,11 +129,25 @@ class Batcher:
 
         def served(result):
             if result is None:
-                # Confirmed: answer from the state machine as it stands.
-                replies, offsets = server.driver.state_machine.read(block)
-                parts = [[replies, offsets, 0, len(offsets) - 1]]
-                for conn, slot, n in runs:
-                    slot.value, slot.raw = take_replies(parts, n), True
+                # Confirmed: answer from the state machine as it stands,
+                # leaving out any connection whose replies would pass its
+                # output limit (closed before they are built).
+                live_block, live_runs = self._within_output_limit(block, runs)
+                if live_runs:
+                    try:
+                        replies, offsets = server.driver.state_machine.read(live_block)
+                    except MemoryError:
+                        # Reads change nothing: their clients are cut off, the node goes on.
+                        log.error("out of memory building replies; closing %d clients",
+                                  len({conn for conn, slot, n in live_runs}))
+                        for conn, slot, n in live_runs:
+                            slot.value, slot.raw = b"", True
+                            conn.close_now()
+                        live_runs = []
+                if live_runs:
+                    parts = [[replies, offsets, 0, len(offsets) - 1]]
+                    for conn, slot, n in live_runs:
+                        slot.value, slot.raw = take_replies(parts, n), True
             else:
                 err = server.failure_reply(result)
                 for conn, slot, n in runs:
@@ -143,6 +163,44 @@ class Batcher:
             self.driver.read(floor, served)
         except NotLeader:
             served(NotLeaderNow())
+
+    def _within_output_limit(self, block, runs):
+        """(block, runs) without the reads of connections whose replies
+        would take them past --client-output-buffer-limit, those
+        connections closed.  The replies are sized from the store before
+        any is built, and only when a bound from the block's length and the
+        longest value stored says they might pass it."""
+        limit = self.server.cfg.client_output_buffer_limit
+        sm = self.server.driver.state_machine
+        unsent = max(conn.unsent_bytes() for conn, slot, n in runs)
+        # Every key of a read costs at least 4 bytes of the block.
+        if unsent + (len(block) // 4) * (sm.largest_value + 24) + 32 * len(runs) <= limit:
+            return block, runs
+        sizes = sm.reply_sizes(block)
+        owed = {}
+        at = 0
+        for conn, slot, n in runs:
+            owed[conn] = owed.get(conn, 0) + sizes[at + n] - sizes[at]
+            at += n
+        over = {conn for conn, size in owed.items() if conn.unsent_bytes() + size > limit}
+        if not over:
+            return block, runs
+        for conn in over:
+            log.warning("closing client %d: replies of %d bytes would pass "
+                        "--client-output-buffer-limit %d", conn.id,
+                        conn.unsent_bytes() + owed[conn], limit)
+            conn.close_now()
+        kept, live_runs, off = [], [], 0
+        for conn, slot, n in runs:
+            start = off
+            for _ in range(n):
+                off += _ENTRY_HEADER + struct.unpack_from("<I", block, off)[0]
+            if conn in over:
+                slot.value, slot.raw = b"", True  # its connection is gone
+            else:
+                kept.append(block[start:off])
+                live_runs.append((conn, slot, n))
+        return b"".join(kept), live_runs
 
     def _flush_writes(self):
         block, runs, count = self.buf, self.runs, self.count

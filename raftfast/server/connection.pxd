@@ -15,6 +15,7 @@ cdef class ClientProtocol:
 
     @cython.locals(batcher=Batcher)
     cpdef _parse_buffered(self)
+    cpdef _received(self, data)
     cpdef unthrottle(self)
     cpdef _resume_reading(self)
     cpdef pending(self)

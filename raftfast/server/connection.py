@@ -21,9 +21,12 @@ until those reads were served, so neither sees the other out of order.
 import collections
 import itertools
 import logging
+import struct
 
+from raftfast._kv import OP_DEL
 from raftfast._resp import ErrorReply, RespParser, encode_replies
 from raftfast.address import set_nodelay
+from raftfast.server.memory import OOM_ERROR
 from raftfast.server.replies import PENDING, Slot, encoded_error
 
 __all__ = ["ClientProtocol", "MAX_CLIENTS_ERROR"]
@@ -105,6 +108,11 @@ class ClientProtocol:
         else:
             self.flush()
 
+    def unsent_bytes(self):
+        """Replies written and not yet taken by the client."""
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
     def close_now(self):
         """Close at once, dropping what is buffered either way (a limit was
         passed)."""
@@ -123,6 +131,14 @@ class ClientProtocol:
     def data_received(self, data):
         if self.closing:
             return
+        try:
+            self._received(data)
+        except MemoryError:
+            # This client asked for more than the node has: it alone pays.
+            log.error("closing client %d: out of memory while serving its requests", self.id)
+            self.close_now()
+
+    def _received(self, data):
         server = self.server
         server.client_reads += 1
         self.read_since_sweep = True
@@ -159,6 +175,13 @@ class ClientProtocol:
                                               max_cmd, True, True)
                     if n:
                         batcher.added_reads(self, n)
+                elif server.memory.refusing:
+                    room_entries, room_bytes, empty = batcher.room()
+                    block = bytearray()
+                    n, stop = parser.parse_kv(block, self.resp3, room_entries, room_bytes,
+                                              max_cmd, empty, False)
+                    if n:
+                        self._admit_at_maxmemory(block)
                 else:
                     room_entries, room_bytes, empty = batcher.room()
                     n, stop = parser.parse_kv(batcher.buf, self.resp3, room_entries,
@@ -195,6 +218,24 @@ class ClientProtocol:
             self.reply(ErrorReply(f"ERR {parser.error}"))
             self.closing = True
         self.flush()
+
+    def _admit_at_maxmemory(self, block):
+        """The cluster is at its memory limit: of these writes, DEL goes to
+        the batch (deleting is how it recovers); every command that can
+        grow the data set gets OOM, in its place among the replies."""
+        batcher = self.server.batcher
+        off, end = 0, len(block)
+        while off < end:
+            start, deleting, k = off, block[off + 13] & 0x7F == OP_DEL, 0
+            while off < end and (block[off + 13] & 0x7F == OP_DEL) == deleting:
+                off += 13 + struct.unpack_from("<I", block, off)[0]
+                k += 1
+            if deleting:
+                batcher.buf += block[start:off]
+                batcher.added(self, k)
+            else:
+                self.replies.append(Slot(self.resp3, encoded_error(OOM_ERROR, k), True))
+                self.server.memory.writes_refused += k
 
     def reply(self, value):
         self.replies.append(Slot(self.resp3, value))

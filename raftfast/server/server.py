@@ -16,6 +16,7 @@ from raftfast.runtime.waiters import NotLeaderNow, OutcomeUnknown, TransferFaile
 from raftfast.server import commands
 from raftfast.server.batcher import Batcher
 from raftfast.server.connection import ClientProtocol
+from raftfast.server.memory import MemoryGuard
 
 __all__ = ["RespServer", "effective_maxclients"]
 
@@ -79,6 +80,8 @@ class RespServer:
         self.max_command_bytes = min(cfg.proto_max_bulk_len, cfg.max_frame_bytes - (64 << 10))
         self.maxclients = effective_maxclients(cfg)
         self.rejected_connections = 0
+        self.memory = MemoryGuard(self, cfg.effective_maxmemory(),
+                                  cfg.effective_maxmemory_clients())
         self._idle_timer = None
         self._server = None
         self._unix_path = None
@@ -94,6 +97,8 @@ class RespServer:
                                            unix_mode=self.cfg.unixsocketperm, **extra)
         if self.cfg.timeout > 0 and self._idle_timer is None:
             self._idle_timer = self.loop.call_later(1.0, self.close_idle)
+        self.memory.stop()
+        self.memory.start(self.loop)
         if addr.scheme == "unix":
             self._unix_path = (addr.path, os.stat(addr.path).st_ino)
             return str(addr)
@@ -103,6 +108,7 @@ class RespServer:
     async def close(self):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        self.memory.stop()
         self.batcher.cancel()
         if self._server is not None:
             self._server.close()
@@ -135,6 +141,11 @@ class RespServer:
         return {"enable-debug-command": cfg.enable_debug_command,
                 "proto-max-bulk-len": str(cfg.proto_max_bulk_len),
                 "client-query-buffer-limit": str(cfg.client_query_buffer_limit),
+                "client-output-buffer-limit": str(cfg.client_output_buffer_limit),
+                "maxmemory": str(self.memory.maxmemory),
+                "maxmemory-clients": str(self.memory.maxmemory_clients),
+                "snapshot-log-bytes": str(cfg.snapshot_log_bytes),
+                "max-uncommitted-bytes": str(cfg.max_uncommitted_bytes),
                 "maxclients": str(self.maxclients), "timeout": str(cfg.timeout),
                 "unixsocketperm": f"{cfg.unixsocketperm:o}"}
 
@@ -178,6 +189,8 @@ class RespServer:
         d = self.driver
         return {
             "rejected_connections": self.rejected_connections,
+            "evicted_clients": self.memory.clients_evicted,
+            "raftfast_oom_refusals": self.memory.writes_refused,
             "raftfast_appends_sent": d.appends_sent,
             "raftfast_entries_sent": d.entries_sent,
             "raftfast_append_frames_encoded": d.append_frames_encoded,
@@ -217,8 +230,11 @@ class RespServer:
         keyspace = (f"# Keyspace\r\ndb0:keys={len(self.driver.state_machine)},"
                     "expires=0,avg_ttl=0\r\n")
         stats = "# Stats\r\n" + "".join(f"{k}:{v}\r\n" for k, v in self.stats().items())
+        memory = "# Memory\r\n" + "".join(f"{k}:{v}\r\n" for k, v in self.memory.info().items())
         if section in ("", "all", "default", "everything"):
-            return "\r\n".join((server, clients, repl, keyspace, stats, raft))
+            return "\r\n".join((server, clients, memory, repl, keyspace, stats, raft))
+        if section == "memory":
+            return memory
         if section == "keyspace":
             return keyspace
         if section == "stats":

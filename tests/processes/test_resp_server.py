@@ -88,7 +88,7 @@ def test_kv_commands(conn):
     (req(b"CONFIG", b"GET", b"enable*"), b"*2\r\n$20\r\nenable-debug-command\r\n$2\r\nno\r\n"),
     (req(b"CONFIG", b"GET", b"ENABLE-*", b"*debug*"),
      b"*2\r\n$20\r\nenable-debug-command\r\n$2\r\nno\r\n"),
-    (req(b"CONFIG", b"GET", b"maxmemory"), b"*0\r\n"),
+    (req(b"CONFIG", b"GET", b"no-such-parameter"), b"*0\r\n"),
     (req(b"RAFTFAST.BENCH", b"1", b"1", b"1", b"1"),
      b"-ERR RAFTFAST.BENCH command not allowed. If the enable-debug-command option is set to "
      b"\"local\", you can run it from a local connection, otherwise you need to set this option "
@@ -647,3 +647,25 @@ def test_an_unfinished_request_cannot_hold_more_than_the_query_buffer_limit():
     finally:
         c.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+class _ExhaustedParser:
+    """A parser that finds no memory for what arrives."""
+    pending_bytes = 0
+
+    def feed(self, data):
+        raise MemoryError
+
+
+def test_out_of_memory_while_reading_closes_that_connection_only(caplog):
+    loop, server, connect = _door()
+    try:
+        (greedy, greedy_out), (other, other_out) = connect(), connect()
+        greedy.parser = _ExhaustedParser()
+        greedy.data_received(req(b"PING"))
+        assert greedy_out.aborted and greedy.closing
+        assert any("out of memory" in r.getMessage() for r in caplog.records)
+        other.data_received(req(b"PING"))
+        assert other_out.out == [b"+PONG\r\n"] and not other_out.aborted
+    finally:
+        loop.close()

@@ -1,0 +1,123 @@
+"""--maxmemory and --maxmemory-clients: what a node uses, what the voters
+report, and whether the leader may take writes that grow the data set.
+
+Every tenth of a second the node adds up what it holds (the data set as
+the store estimates it, the log in memory, every client's buffers), closes
+the client holding the most while all clients' buffers pass
+--maxmemory-clients, and decides whether writes are refused: the leader
+refuses Redis's denyoom commands while its own usage, or the last usage a
+voter reported within one election timeout, is over that node's limit.
+Followers report through their heartbeat answers (the driver stamps them),
+so a replica with less memory than the leader is protected too; a voter
+that has not reported lately does not block writes.  Overshoot is bounded
+by what was admitted in one report's time.
+
+A node over its own limit snapshots at once, so the log it applied stops
+counting against it.
+"""
+import logging
+import os
+import time
+
+__all__ = ["MemoryGuard", "OOM_ERROR", "INTERVAL_S"]
+
+log = logging.getLogger("raftfast.memory")
+
+OOM_ERROR = "OOM command not allowed when used memory > 'maxmemory'."
+INTERVAL_S = 0.1
+
+
+class MemoryGuard:
+    """The server's accounting; `refusing` is what the write path checks."""
+
+    def __init__(self, server, maxmemory, maxmemory_clients, clock=time.monotonic):
+        self.server = server
+        self.maxmemory = maxmemory
+        self.maxmemory_clients = maxmemory_clients
+        self.clock = clock
+        self.used = 0              # bytes, as of the last check
+        self.clients = 0           # of which client buffers
+        self.refusing = False      # writes that grow the data set get OOM
+        self.over_peer = 0         # the voter whose report makes us refuse, 0 if none
+        self.clients_evicted = 0   # INFO stats: closed by --maxmemory-clients
+        self.writes_refused = 0    # INFO stats: commands answered OOM
+        self._handle = None
+
+    def start(self, loop):
+        self._handle = loop.call_later(INTERVAL_S, self._tick, loop)
+
+    def stop(self):
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self, loop):
+        self._handle = loop.call_later(INTERVAL_S, self._tick, loop)
+        self.check()
+
+    def check(self):
+        """Count, evict, decide (once per INTERVAL_S, and from tests)."""
+        server = self.server
+        self.clients = self._client_bytes()
+        driver = server.driver
+        self.used = driver.state_machine.memory + driver.core.log.entries.nbytes + self.clients
+        driver.memory_report = (self.used, self.maxmemory)
+        if self.maxmemory_clients and self.clients > self.maxmemory_clients:
+            self._evict_clients()
+        self.refusing = self._over()
+        if self.maxmemory and self.used > self.maxmemory:
+            driver.snapshots.compact_now()
+
+    def _client_bytes(self):
+        return sum(conn.parser.pending_bytes + conn.unsent_bytes()
+                   for conn in self.server.connections)
+
+    def _evict_clients(self):
+        """Close the clients holding the most until all of them together
+        are within --maxmemory-clients (Redis's client eviction)."""
+        sizes = sorted(((conn.parser.pending_bytes + conn.unsent_bytes(), conn.id, conn)
+                        for conn in self.server.connections), reverse=True)
+        total = self.clients
+        for size, cid, conn in sizes:
+            if total <= self.maxmemory_clients or size == 0:
+                break
+            log.warning("closing client %d: it holds %d bytes and all clients %d, past "
+                        "--maxmemory-clients %d", cid, size, total, self.maxmemory_clients)
+            conn.close_now()
+            self.clients_evicted += 1
+            total -= size
+        self.used -= self.clients - total
+        self.clients = total
+
+    def _over(self):
+        """Is this node, or a voter that reported within an election
+        timeout, over its limit?"""
+        self.over_peer = 0
+        if self.maxmemory and self.used > self.maxmemory:
+            return True
+        driver = self.server.driver
+        if not driver.is_leader:
+            return False
+        recent = self.clock() - driver.election_timeout_s
+        voters = driver.core.voters
+        for peer, (used, limit, at) in driver.voter_memory.items():
+            if limit and used > limit and at >= recent and peer in voters:
+                self.over_peer = peer
+                return True
+        return False
+
+    def info(self):
+        """INFO memory's fields."""
+        return {"used_memory": self.used, "used_memory_rss": _rss(),
+                "maxmemory": self.maxmemory, "maxmemory_clients": self.maxmemory_clients,
+                "mem_clients_normal": self.clients,
+                "raftfast_log_bytes": self.server.driver.core.log.entries.nbytes,
+                "maxmemory_reached": int(self.refusing)}
+
+
+def _rss():
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
