@@ -1,6 +1,7 @@
 """SET throughput and latency of two checkouts, side by side in one run.
 
     python bench/before_after.py --before /tmp/before --after . [--rounds 5]
+        [--targets] [--nodes N]
 
 Each checkout must be built in place (`python setup.py build_ext --inplace`
 or `pip install -e .` there).  Every round starts a 3-node cluster of each
@@ -30,14 +31,24 @@ LOADS = [
     ("P16 c50", ["-P", "16", "-c", "50", "-n", "1000000"]),
     ("P1 c1", ["-P", "1", "-c", "1", "-n", "20000"]),
 ]
+# --targets: the loads of the hot-path table (raftfast.bench compare
+# --targets), each about five seconds long on this machine.
+TARGET_LOADS = [
+    ("64B P16 c50", ["-d", "64", "-P", "16", "-c", "50", "-n", "600000"]),
+    ("64B P1 c50", ["-d", "64", "-P", "1", "-c", "50", "-n", "100000"]),
+    ("64B P1 c1", ["-d", "64", "-P", "1", "-c", "1", "-n", "12000"]),
+    ("4K P16 c50", ["-d", "4096", "-P", "16", "-c", "50", "-n", "200000"]),
+    ("4K P1 c50", ["-d", "4096", "-P", "1", "-c", "50", "-n", "75000"]),
+    ("64K P16 c50", ["-d", "65536", "-P", "16", "-c", "50", "-n", "8000"]),
+]
 LEADER_RE = re.compile(r"leader.*tcp://127\.0\.0\.1:(\d+)")
 
 
-def start_cluster(tree, base_port, log):
-    """A 3-node cluster of the checkout in `tree`; returns (process, leader port)."""
+def start_cluster(tree, base_port, log, nodes=3):
+    """A cluster of the checkout in `tree`; returns (process, leader port)."""
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "raftfast.cluster", "--nodes", "3", "--fsync", "always",
+        [sys.executable, "-m", "raftfast.cluster", "--nodes", str(nodes), "--fsync", "always",
          "--base-port", str(base_port), "--snapshot-entries", "0"],
         cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -99,32 +110,36 @@ def main():
     p.add_argument("--base-port", type=int, default=7650)
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply every load's request count (longer runs, less noise)")
+    p.add_argument("--targets", action="store_true",
+                   help="the six loads of the hot-path table instead of two")
+    p.add_argument("--nodes", type=int, default=3)
     ns = p.parse_args()
+    table = TARGET_LOADS if ns.targets else LOADS
     loads = [(label, [str(int(int(a) * ns.scale)) if i and args[i - 1] == "-n" else a
-                      for i, a in enumerate(args)]) for label, args in LOADS]
+                      for i, a in enumerate(args)]) for label, args in table]
     trees = {"before": ns.before, "after": ns.after}
-    results = {(side, load): [] for side in trees for load, _ in LOADS}
+    results = {(side, load): [] for side in trees for load, _ in table}
     for r in range(ns.rounds):
         order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
         for side in order:
             with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
-                proc, port = start_cluster(trees[side], ns.base_port, log)
+                proc, port = start_cluster(trees[side], ns.base_port, log, ns.nodes)
                 try:
                     for load, args in loads:
                         figs = redis_benchmark(proc, port, args)
                         results[(side, load)].append(figs)
-                        print(f"round {r + 1} {side:6} {load:8} {figs[0]:>12,.0f} SET/s  "
+                        print(f"round {r + 1} {side:6} {load:11} {figs[0]:>12,.0f} SET/s  "
                               f"p50 {figs[1]:.3f} ms  p99 {figs[2]:.3f} ms  "
                               f"CPU {figs[3]:.1f} µs/SET", flush=True)
                 finally:
                     stop(proc)
-    print(f"\nmedians of {ns.rounds} rounds (3 nodes, fsync always, unix peers, "
+    print(f"\nmedians of {ns.rounds} rounds ({ns.nodes} nodes, fsync always, unix peers, "
           f"redis-benchmark -t set):")
-    for load, _ in LOADS:
+    for load, _ in table:
         med = {side: [statistics.median(x[i] for x in results[(side, load)]) for i in range(4)]
                for side in trees}
         b, a = med["before"], med["after"]
-        print(f"{load:8} before {b[0]:>9,.0f} SET/s p50 {b[1]:.3f} p99 {b[2]:.3f} "
+        print(f"{load:11} before {b[0]:>9,.0f} SET/s p50 {b[1]:.3f} p99 {b[2]:.3f} "
               f"CPU {b[3]:.1f} µs | after {a[0]:>9,.0f} SET/s p50 {a[1]:.3f} p99 {a[2]:.3f} "
               f"CPU {a[3]:.1f} µs | after/before: SET/s {a[0] / b[0]:.3f}, "
               f"p50 {a[1] / b[1]:.3f}, CPU/SET {a[3] / b[3]:.3f}")

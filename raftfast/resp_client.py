@@ -171,6 +171,47 @@ def use_tls(context: ssl.SSLContext | None) -> None:
     _tls_context = context
 
 
+_password: bytes | None = None
+
+
+def use_password(password: bytes | None) -> None:
+    """The password every connection of this process AUTHs with first
+    (a cluster started with --requirepass-file); None: no AUTH."""
+    global _password
+    _password = password
+
+
+class AuthRefused(ConnectionError):
+    """The node did not take the password: a wrong one, or none expected."""
+
+
+def _check_auth(reply: Reply) -> None:
+    if reply != "OK":
+        raise AuthRefused(f"AUTH refused: {reply}")
+
+
+async def open_client(loop: asyncio.AbstractEventLoop, addr: Target,
+                      factory: Any, timeout: float = 5.0) -> tuple[asyncio.Transport, Any]:
+    """A client connection to addr (TLS when it is a tls:// address),
+    authenticated with use_password's password before factory's protocol
+    takes it over.  AuthRefused when the password is refused."""
+    a = address(addr)
+    if _password is None:
+        return await asyncio.wait_for(open_connection(loop, a, factory, **_tls_args(a)), timeout)
+    transport, first = await asyncio.wait_for(
+        open_connection(loop, a, _OneReply, **_tls_args(a)), timeout)
+    try:
+        transport.write(encode_command("AUTH", _password))
+        _check_auth(await asyncio.wait_for(first.reply, timeout))
+    except BaseException:
+        transport.close()
+        raise
+    proto = factory()
+    transport.set_protocol(proto)
+    proto.connection_made(transport)
+    return transport, proto
+
+
 def _tls_args(a: Address) -> dict[str, Any]:
     if not a.tls:
         return {}
@@ -182,10 +223,7 @@ def _tls_args(a: Address) -> dict[str, Any]:
 async def call(addr: Target, *args: bytes | str | int, timeout: float = 5.0) -> Reply:
     """One command on a fresh connection to addr; its decoded reply.  Raises
     OSError (asyncio.TimeoutError among them) or ValueError (not RESP)."""
-    loop = asyncio.get_running_loop()
-    a = address(addr)
-    transport, proto = await asyncio.wait_for(
-        open_connection(loop, a, _OneReply, **_tls_args(a)), timeout)
+    transport, proto = await open_client(asyncio.get_running_loop(), addr, _OneReply, timeout)
     try:
         transport.write(encode_command(*args))
         r = await asyncio.wait_for(proto.reply, timeout)
@@ -283,6 +321,12 @@ class Connection:
                 self.sock.close()
                 raise
         self.parser = RespReplyParser()
+        if _password is not None:
+            try:
+                _check_auth(self.call("AUTH", _password))
+            except BaseException:
+                self.sock.close()
+                raise
 
     def send(self, *args: bytes | str | int) -> None:
         self.sock.sendall(encode_command(*args))

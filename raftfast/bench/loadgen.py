@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 import uvloop
 
 from raftfast import resp_client
-from raftfast.address import open_connection
 from raftfast.bench.histogram import Histogram
 from raftfast.resp_client import INCOMPLETE, RespError, RespReplyParser
 
@@ -330,7 +329,7 @@ async def run_async(addr, seconds, clients=50, pipeline=1, value_size=64,
     try:
         for i in range(clients):
             cursor = (i * gen.pool.count) // clients
-            _, c = await open_connection(loop, target, lambda: _Conn(gen, cursor))
+            _, c = await resp_client.open_client(loop, target, lambda: _Conn(gen, cursor))
             conns.append(c)
         cpu0 = time.process_time()
         t0 = time.perf_counter_ns()

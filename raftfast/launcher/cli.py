@@ -70,6 +70,9 @@ def build_parser(defaults=True):
     p.add_argument("--tls", action="store_true", default=False if defaults else argparse.SUPPRESS,
                    help="peers and clients over TLS (implies --transport tcp): a private CA "
                         "and certificates are made in DIR/tls")
+    p.add_argument("--requirepass-file", metavar="FILE",
+                   help="clients (and the launcher) AUTH with the password in FILE, as with "
+                        "Redis's requirepass; every node gets it (default: none)")
     p.add_argument("--base-port", type=positive, default=d("base_port"), metavar="PORT",
                    help="node i serves clients on 127.0.0.1:<PORT + i> (default: 7000)")
     p.add_argument("--data-dir", metavar="DIR",

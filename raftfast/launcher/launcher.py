@@ -8,6 +8,7 @@ lines, and the rest keep serving.  Each node's output goes to
 DIR/node<i>.log.
 """
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -15,13 +16,13 @@ import time
 from raftfast import resp_client
 from raftfast.address import parse_address
 from raftfast.bench import loadgen
-from raftfast.config import tunable_argv
 from raftfast.launcher.control import ControlError, ControlServer
-from raftfast.launcher.layout import Layout, log_path, tls_files
-from raftfast.tls import dial_context
+from raftfast.launcher.layout import Layout, log_path, node_flags, tls_files
 from raftfast.launcher.membership import Membership
 from raftfast.launcher.status import StatusLine, format_table, leader_infos, poll_all
 from raftfast.launcher.supervisor import LEADER_WAIT, STOPPED, TIMEOUT, spawn, stop_all, until
+from raftfast.server.auth import PasswordError, load_password
+from raftfast.tls import dial_context
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -29,6 +30,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class Launcher:
     def __init__(self, ns, specs, data_dir, layout=None):
         self.ns = ns
+        self.password_file = getattr(ns, "requirepass_file", None)
         self.specs = specs
         self.data_dir = data_dir
         self.layout = layout or Layout.from_ns(ns)
@@ -40,7 +42,7 @@ class Launcher:
         self.watchers = []
         self.control = ControlServer(data_dir, self._on_control, self.say)
         self.membership = Membership(
-            self.layout, data_dir, tunable_argv(ns), nodes=lambda: self.nodes,
+            self.layout, data_dir, node_flags(ns, self.layout.founders), nodes=lambda: self.nodes,
             start_node=self._start_node, stop_node=self._stop_node, say=self.say,
             stop=self.stop)
 
@@ -52,6 +54,13 @@ class Launcher:
 
     async def run(self):
         loop = asyncio.get_running_loop()
+        if self.password_file:
+            # The launcher asks every node as an authenticated client.
+            try:
+                resp_client.use_password(load_password(self.password_file))
+            except PasswordError as e:
+                self.say(f"error: {e}", err=True)
+                return 1
         if self.layout.tls:
             # The launcher asks every node over TLS, as a client the CA signed.
             resp_client.use_tls(dial_context(tls_files(self.data_dir, "ca")[0],
@@ -89,7 +98,10 @@ class Launcher:
             leader = resp_client.leader_of(infos)
             port = next(n.spec.client for n in self.nodes if n.id == leader).rsplit(":", 1)[1]
             self.say(f"connect: redis-cli --tls --cacert {ca} --cert {cert} --key {key} "
-                     f"-p {port}")
+                     f"-p {port}" + (" --askpass" if self.password_file else ""))
+        elif self.password_file:
+            self.say("connect: redis-cli --askpass -p PORT (the password is in "
+                     f"{os.path.abspath(self.password_file)})")
         self.watchers = [asyncio.create_task(self._watch(n)) for n in self.nodes]
         try:
             if self.ns.bench:

@@ -200,6 +200,18 @@ def node_spec(layout, data_dir, i, tunables):
     return NodeSpec(i, ddir, listen, layout.client(i), argv + tunables)
 
 
+def node_flags(ns, founders):
+    """The flags every node gets from the launcher's command line: the
+    tunables given, each node's share of the memory, the password file."""
+    flags = tunable_argv(ns)
+    if getattr(ns, "maxmemory", None) is None:
+        # The nodes share one machine: half of its RAM among them.
+        flags += ["--maxmemory", str(half_of_ram() // founders)]
+    if getattr(ns, "requirepass_file", None):
+        flags += ["--requirepass-file", os.path.abspath(ns.requirepass_file)]
+    return flags
+
+
 def plan(ns, data_dir, layout=None):
     """Every live node's addresses and command line (of `layout`, by
     default the founding nodes ns asks for); raises ConfigError for a
@@ -221,10 +233,7 @@ def plan(ns, data_dir, layout=None):
         except AddressError as e:
             raise ConfigError(f"--data-dir: {e}; use a shorter --data-dir or "
                               "--transport tcp") from None
-    tunables = tunable_argv(ns)
-    if getattr(ns, "maxmemory", None) is None:
-        # The nodes share one machine: half of its RAM among them.
-        tunables += ["--maxmemory", str(half_of_ram() // n)]
+    tunables = node_flags(ns, n)
     specs = [node_spec(layout, data_dir, i, tunables) for i in layout.live_ids()]
     if not specs:
         raise ConfigError(f"{os.path.join(data_dir, STATE_FILE)}: every node was removed")

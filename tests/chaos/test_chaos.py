@@ -2,7 +2,9 @@
 and from signals, concurrent redis-py clients, and a linearizability check
 of everything they saw (tests/support/chaos.py says what is checked).
 
-The default run has a short schedule on a 3-node and on a 5-node cluster.
+The default run has a short schedule on a 3-node and on a 5-node cluster,
+and one on a 3-node cluster whose peers prove the cluster secret and talk
+mutual TLS (transport "tls").
 The long run is behind the `chaos` marker:
 
     RAFTFAST_CHAOS_MINUTES=10 RAFTFAST_CHAOS_REPORT=chaos.json python -m pytest -m chaos
@@ -30,7 +32,8 @@ def show(report):
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("nodes,transport,seed", [(3, "unix", SEED), (5, "tcp", SEED + 1)])
+@pytest.mark.parametrize("nodes,transport,seed", [(3, "unix", SEED), (5, "tcp", SEED + 1),
+                                                  (3, "tls", SEED + 2)])
 def test_short_chaos_run_finds_no_anomaly(nodes, transport, seed):
     result = run_schedule(ScheduleConfig(nodes=nodes, transport=transport, seed=seed,
                                          seconds=SHORT_SECONDS))

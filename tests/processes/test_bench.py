@@ -17,6 +17,7 @@ import sys
 import pytest
 import uvloop
 
+from raftfast.arg_types import half_of_ram
 from raftfast.bench import cli as bench
 from raftfast.bench import compare as bench_compare
 from raftfast.bench import redis_server
@@ -66,8 +67,10 @@ def test_run_defaults_and_tunables():
     assert ns.rate == 5000.0
     # The tunables reach every node's command line, as with raftfast.cluster.
     spec = plan(ns, "/tmp/rf-plan")[0]
-    assert spec.argv[-8:] == ["--fsync", "never", "--max-batch-entries", "64",
-                              "--batch-linger-us", "100", "--max-inflight", "4"]
+    assert spec.argv[-10:-2] == ["--fsync", "never", "--max-batch-entries", "64",
+                                 "--batch-linger-us", "100", "--max-inflight", "4"]
+    # And each node gets its share of half the machine's memory.
+    assert spec.argv[-2:] == ["--maxmemory", str(half_of_ram() // 5)]
 
 
 def test_core_and_compare_defaults():

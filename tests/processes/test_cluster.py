@@ -14,6 +14,7 @@ import pytest
 import uvloop
 
 from raftfast import resp_client
+from raftfast.arg_types import half_of_ram
 from raftfast.config import ConfigError
 from raftfast.launcher.cli import build_parser
 from raftfast.launcher.layout import Layout, NodeSpec, plan
@@ -42,7 +43,7 @@ def test_plan_unix_peers_and_client_ports(tmp_path):
         "--client", "tcp://127.0.0.1:7002", "--cluster-secret-file", f"{tmp_path}/cluster.secret",
         "--peer", f"1=unix://{tmp_path}/node1/raft.sock",
         "--peer", f"3=unix://{tmp_path}/node3/raft.sock",
-        "--fsync", "never"]
+        "--fsync", "never", "--maxmemory", str(half_of_ram() // 3)]
 
 
 def test_plan_tcp_peers(tmp_path):
@@ -278,7 +279,7 @@ def test_launcher_serves_then_stops_every_node(tmp_path, sig):
         assert len(temp) == 1
         node2 = json.load(open(tmp_path / temp[0] / "node2" / "argv.json"))
         assert node2["pgid"] == node2["pid"]  # its own process group
-        assert node2["argv"][-2:] == ["--fsync", "never"]
+        assert node2["argv"][-4:] == ["--fsync", "never", "--maxmemory", str(half_of_ram() // 3)]
         # Every node proves the secret the launcher made, which only its user can read.
         secret = tmp_path / temp[0] / "cluster.secret"
         assert os.stat(secret).st_mode & 0o777 == 0o600 and len(secret.read_bytes()) == 65
@@ -363,7 +364,8 @@ def test_plan_of_a_grown_and_shrunk_layout(tmp_path):
         "--id", "4", "--data-dir", f"{tmp_path}/node4", "--listen", "tcp://127.0.0.1:9104",
         "--client", "tcp://127.0.0.1:9004", "--cluster-secret-file", f"{tmp_path}/cluster.secret",
         "--peer", "1=tcp://127.0.0.1:9101", "--peer", "3=tcp://127.0.0.1:9103",
-        "--peer", "5=tcp://127.0.0.1:9105", "--join", "--fsync", "never"]
+        "--peer", "5=tcp://127.0.0.1:9105", "--join", "--fsync", "never",
+        "--maxmemory", str(half_of_ram() // 3)]
     assert "--join" not in by_id[1].argv
     assert [a for a in by_id[1].argv if "=" in a] == [
         "3=tcp://127.0.0.1:9103", "4=tcp://127.0.0.1:9104", "5=tcp://127.0.0.1:9105"]
@@ -517,3 +519,56 @@ def test_a_cluster_with_tls_serves_clients_with_its_certificates(tmp_path):
                 p.kill()
             p.stdout.close()
             p.stderr.close()
+
+
+def _password_file(tmp_path):
+    path = tmp_path / "password"
+    path.write_text("s3cret\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_a_cluster_with_a_password_asks_clients_for_it_and_uses_it_itself(tmp_path):
+    """--requirepass-file: every node wants the password, and the launcher
+    itself authenticates to draw its table (the nodes' roles come from
+    INFO) and says how to connect."""
+    base = free_base_port(6)
+    p = subprocess.Popen([sys.executable, "-m", "raftfast.cluster", "--requirepass-file",
+                          str(_password_file(tmp_path)), "--data-dir", str(tmp_path / "d"),
+                          "--base-port", str(base), "--fsync", "never"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO, start_new_session=True)
+    out = []
+    try:
+        for line in p.stdout:
+            out.append(line)
+            if "serving" in line:
+                break
+        text = "".join(out)
+        assert "leader" in text and "connect: redis-cli --askpass" in text, text
+        with socket.create_connection(("127.0.0.1", base + 1), timeout=10) as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nAUTH\r\n$6\r\ns3cret\r\n"
+                      b"*1\r\n$4\r\nPING\r\n")
+            got = b""
+            while got.count(b"\r\n") < 3:
+                got += s.recv(4096)
+        assert got == b"-NOAUTH Authentication required.\r\n+OK\r\n+PONG\r\n"
+    finally:
+        p.send_signal(signal.SIGINT)
+        try:
+            assert p.wait(timeout=DEADLINE) == 0, p.stderr.read()
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.stdout.close()
+            p.stderr.close()
+
+
+def test_bench_authenticates_with_the_clusters_password(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "raftfast.cluster", "--requirepass-file",
+                        str(_password_file(tmp_path)), "--base-port", str(free_base_port(6)),
+                        "--fsync", "never", "--bench", "0.5", "--bench-clients", "4"],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO),
+                       cwd=REPO, timeout=DEADLINE)
+    assert p.returncode == 0, p.stderr
+    assert "throughput" in p.stdout and "errors" not in p.stdout, p.stdout

@@ -254,7 +254,8 @@ class FaultProxy:
         if target.scheme == "tcp":
             link.server = await asyncio.start_server(on_accept, "127.0.0.1", port)
             port = link.server.sockets[0].getsockname()[1]
-            link.listen = f"tcp://127.0.0.1:{port}"
+            # A TLS target is relayed as bytes: its dialer still speaks TLS to the node.
+            link.listen = f"{'tls' if target.tls else 'tcp'}://127.0.0.1:{port}"
         else:
             if self.socket_dir is None:
                 raise ValueError("a unix link needs FaultProxy(socket_dir=...)")

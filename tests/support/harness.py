@@ -164,11 +164,31 @@ class Cluster:
         self.client_ports = dict(zip(self.ids, ports[:n]))
         self.peer_ports = dict(zip(self.ids, ports[n:]))
         self.nodes = {i: NodeProc(self, i, extra_args) for i in self.ids}
+        if transport == "tls":
+            self.secure_peers()
 
     def peer_url(self, i):
         if self.transport == "unix":
             return f"unix://{self.root}/node{i}.sock"
+        if self.transport == "tls":
+            return f"tls://127.0.0.1:{self.peer_ports[i]}"
         return f"tcp://127.0.0.1:{self.peer_ports[i]}"
+
+    def secure_peers(self):
+        """Transport "tls": mutual TLS between peers (a private CA and a
+        certificate per node in root/tls) and a cluster secret, as
+        `raftfast.cluster --tls` runs them."""
+        from raftfast.launcher import certs
+        from raftfast.launcher.layout import ensure_secret
+        d = os.path.join(self.root, "tls")
+        os.makedirs(d, 0o700, exist_ok=True)
+        ca = certs.make_ca(d)
+        secret = ensure_secret(self.root)
+        for i, node in self.nodes.items():
+            cert, key = certs.issue(d, f"node{i}", ca)
+            node.extra += ["--peer-tls-cert-file", cert, "--peer-tls-key-file", key,
+                           "--peer-tls-ca-cert-file", os.path.join(d, "ca.crt"),
+                           "--cluster-secret-file", secret]
 
     def dial_url(self, src, dst):
         """What node `src` is told (`--peer`) to dial for node `dst`: `dst`'s
