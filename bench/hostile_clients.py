@@ -10,9 +10,13 @@ build, for the figures before), the attacks being the same bytes.
 Attacks (the issue that asked for limits lists them):
   gets        one request of 32 GETs of a 4 MiB value, replies never read
   mset        an MSET announcing 1,000,000 arguments, then 32 MiB arguments, never finished
-  log         8 MiB of live data (8 keys of 1 MiB) overwritten until 320 MiB were written
+  log         8 MiB of live data (8 keys of 1 MiB) overwritten until 512 MiB were written
+  fill        256 SETs of 1 MiB to distinct keys, with --maxmemory 64mb where the
+              build has it: how many are taken, and what each node grows by
   append      APPEND past the 32 MiB a SET may store
   debug       RAFTFAST.BENCH from an ordinary client
+  stranger    a process that knows the cluster id opens a peer connection to a
+              follower and sends it a 256 KiB snapshot chunk
   modes       the data dir's and the peer sockets' permissions
 """
 import argparse
@@ -39,12 +43,12 @@ class Cluster:
     """`python -m raftfast.cluster --nodes 3` from `tree`, in a temporary
     data dir; node id -> (pid, client port)."""
 
-    def __init__(self, tree):
+    def __init__(self, tree, flags=()):
         self.dir = tempfile.mkdtemp(prefix="rf-hostile")
         env = dict(os.environ, PYTHONPATH=tree)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "raftfast.cluster", "--nodes", "3", "--data-dir",
-             os.path.join(self.dir, "data"), "--base-port", str(BASE_PORT)],
+             os.path.join(self.dir, "data"), "--base-port", str(BASE_PORT), *flags],
             cwd=tree, env=env, stdout=subprocess.PIPE, text=True)
         for line in self.proc.stdout:
             if line.startswith("serving"):
@@ -55,7 +59,7 @@ class Cluster:
         for pid in open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read().split():
             argv = open(f"/proc/{pid}/cmdline").read().split("\0")
             node_id = int(argv[argv.index("--id") + 1])
-            self.nodes[node_id] = (int(pid), BASE_PORT + node_id - 1)
+            self.nodes[node_id] = (int(pid), BASE_PORT + node_id)
 
     def leader(self):
         """(id, pid, port) of the node that says it leads."""
@@ -101,6 +105,9 @@ def read_reply(s):
         buf += chunk
         if buf[:1] in b"+-:" and buf.endswith(b"\r\n"):
             return buf
+        if buf[:1] == b"*" and b"\r\n" in buf:  # an array of integers (RAFTFAST.BENCH's)
+            if buf.count(b"\r\n") > int(buf[1:buf.index(b"\r\n")]):
+                return buf
         if buf[:1] == b"$":
             head, _, rest = buf.partition(b"\r\n")
             n = int(head[1:])
@@ -169,12 +176,28 @@ def attack_log(c):
     before = {i: status(pid, "VmRSS") for i, (pid, _) in c.nodes.items()}
     value = b"x" * MiB
     with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-        for i in range(320):
+        for i in range(512):
             s.sendall(req(b"SET", b"k%d" % (i % 8), value))
             assert read_reply(s) == b"+OK\r\n"
     time.sleep(3)  # a snapshot and its compaction, if the log's size starts one
     grown = {i: (status(pid, "VmRSS") - before[i]) / MiB for i, (pid, _) in c.nodes.items()}
-    return "memory per node after 320 MiB of writes to 8 MiB of data: " + ", ".join(
+    return "memory per node after 512 MiB of writes to 8 MiB of data: " + ", ".join(
+        f"node {i} +{g:.0f} MiB" for i, g in sorted(grown.items()))
+
+
+def attack_fill(c):
+    _, _, port = c.leader()
+    before = {i: status(pid, "VmRSS") for i, (pid, _) in c.nodes.items()}
+    value = b"x" * MiB
+    taken = refused = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        for i in range(256):
+            s.sendall(req(b"SET", b"fill%d" % i, value))
+            reply = read_reply(s)
+            taken += reply == b"+OK\r\n"
+            refused += reply.startswith(b"-OOM")
+    grown = {i: (status(pid, "VmRSS") - before[i]) / MiB for i, (pid, _) in c.nodes.items()}
+    return f"{taken} SETs of 1 MiB taken, {refused} refused with -OOM; " + ", ".join(
         f"node {i} +{g:.0f} MiB" for i, g in sorted(grown.items()))
 
 
@@ -188,8 +211,41 @@ def attack_append(c):
 
 def attack_debug(c):
     _, _, port = c.leader()
-    reply = command(port, b"RAFTFAST.BENCH", b"0.2", b"16", b"64", b"4").decode()
+    reply = command(port, b"RAFTFAST.BENCH", b"1", b"16", b"64", b"4").decode()
+    if reply.startswith("*"):
+        return "RAFTFAST.BENCH from a client: ran, " + reply.split("\r\n")[1][1:] + \
+            " entries committed in 1 s"
     return "RAFTFAST.BENCH from a client: " + reply.split("\r\n")[0][:60]
+
+
+def _dir_bytes(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
+               for f in files if os.path.exists(os.path.join(d, f)))
+
+
+def attack_stranger(c):
+    from raftfast._codec import encode_handshake, encode_message
+    from raftfast.core.messages import MSG_SNAPSHOT_CHUNK, Message
+    node_id, _, port = c.follower()
+    term = int(command(port, b"INFO", b"raft").split(b"raft_current_term:")[1].split(b"\r")[0])
+    node_dir = os.path.join(c.dir, "data", f"node{node_id}")
+    before = _dir_bytes(node_dir)
+    chunk = bytes(256 << 10)
+    frames = encode_handshake("raftfast", 7) + encode_message(Message(
+        MSG_SNAPSHOT_CHUNK, frm=7, term=term, index=1 << 20, log_term=term, commit=0,
+        hint=2 * len(chunk), context=0, entries=chunk))
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(os.path.join(node_dir, "raft.sock"))
+    try:
+        s.sendall(frames)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    cut = closed_within(s, 3)
+    s.close()
+    time.sleep(1)
+    return (f"follower data dir +{_dir_bytes(node_dir) - before} bytes from the stranger's chunk; "
+            f"connection closed: {cut}; others served: {serves(port)}")
 
 
 def attack_modes(c):
@@ -202,8 +258,9 @@ def attack_modes(c):
             f"{', '.join(sorted(sock_modes)) or 'none'}")
 
 
-ATTACKS = {"gets": attack_gets, "mset": attack_mset, "log": attack_log,
-           "append": attack_append, "debug": attack_debug, "modes": attack_modes}
+ATTACKS = {"gets": attack_gets, "mset": attack_mset, "log": attack_log, "fill": attack_fill,
+           "append": attack_append, "debug": attack_debug, "stranger": attack_stranger,
+           "modes": attack_modes}
 
 
 def main(argv=None):
@@ -212,8 +269,12 @@ def main(argv=None):
     ap.add_argument("--tree", default=ROOT, help="the checkout whose cluster is attacked")
     ap.add_argument("--only", nargs="+", choices=sorted(ATTACKS), help="these attacks only")
     args = ap.parse_args(argv)
+    tree = os.path.abspath(args.tree)
+    with open(os.path.join(tree, "raftfast", "config.py")) as f:
+        has_maxmemory = '"--maxmemory"' in f.read()
     for name in args.only or ATTACKS:
-        c = Cluster(os.path.abspath(args.tree))
+        flags = ["--maxmemory", "64mb"] if name == "fill" and has_maxmemory else []
+        c = Cluster(tree, flags)
         try:
             print(f"{name:7} {ATTACKS[name](c)}", flush=True)
         except Exception as e:  # one attack's failure is its figure
