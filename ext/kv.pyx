@@ -44,6 +44,10 @@ from cpython.mem cimport PyMem_Free
 from cpython.dict cimport (PyDict_Contains, PyDict_DelItem, PyDict_GetItem, PyDict_Next,
                            PyDict_SetItem, PyDict_Size)
 from cpython.object cimport PyObject
+
+cdef extern from "Python.h":
+    # Borrowed: the value now at key (value itself when key was missing).
+    PyObject *PyDict_SetDefault(object d, object key, object value) except NULL
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy, strlen
@@ -350,16 +354,26 @@ cdef class KVStore:
         return PyDict_GetItem(self._data, key)
 
     cdef inline int _set(self, object key, object value) except -1:
-        cdef PyObject *old = self._getp(key)
-        cdef Py_ssize_t vl = PyBytes_GET_SIZE(value)
+        cdef PyObject *old
+        cdef Py_ssize_t vl = PyBytes_GET_SIZE(value), size
+        if vl > self._largest:
+            self._largest = vl
+        if self._overlay is None:
+            # One probe for a new key (the common case of a growing store):
+            # setdefault inserts it; an existing one's old value is counted
+            # out, then replaced.
+            size = PyDict_Size(self._data)
+            old = PyDict_SetDefault(self._data, key, value)
+            if PyDict_Size(self._data) != size:
+                self._bytes += KEY_COST + PyBytes_GET_SIZE(key) + vl
+                return 0
+            self._bytes += vl - PyBytes_GET_SIZE(<object>old)
+            return PyDict_SetItem(self._data, key, value)
+        old = self._getp(key)
         if old == NULL:
             self._bytes += KEY_COST + PyBytes_GET_SIZE(key) + vl
         else:
             self._bytes += vl - PyBytes_GET_SIZE(<object>old)
-        if vl > self._largest:
-            self._largest = vl
-        if self._overlay is None:
-            return PyDict_SetItem(self._data, key, value)
         if self._frozen:
             if old == NULL:
                 self._delta += 1

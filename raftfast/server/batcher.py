@@ -137,17 +137,11 @@ class Batcher:
                     try:
                         replies, offsets = server.driver.state_machine.read(live_block)
                     except MemoryError:
-                        # Reads change nothing: their clients are cut off, the node goes on.
-                        log.error("out of memory building replies; closing %d clients",
-                                  len({conn for conn, slot, n in live_runs}))
+                        self._serve_each(live_block, live_runs)
+                    else:
+                        parts = [[replies, offsets, 0, len(offsets) - 1]]
                         for conn, slot, n in live_runs:
-                            slot.value, slot.raw = b"", True
-                            conn.close_now()
-                        live_runs = []
-                if live_runs:
-                    parts = [[replies, offsets, 0, len(offsets) - 1]]
-                    for conn, slot, n in live_runs:
-                        slot.value, slot.raw = take_replies(parts, n), True
+                            slot.value, slot.raw = take_replies(parts, n), True
             else:
                 err = server.failure_reply(result)
                 for conn, slot, n in runs:
@@ -190,17 +184,35 @@ class Batcher:
                         "--client-output-buffer-limit %d", conn.id,
                         conn.unsent_bytes() + owed[conn], limit)
             conn.close_now()
-        kept, live_runs, off = [], [], 0
-        for conn, slot, n in runs:
-            start = off
-            for _ in range(n):
-                off += _ENTRY_HEADER + struct.unpack_from("<I", block, off)[0]
+        kept, live_runs = [], []
+        for (conn, slot, n), piece in zip(runs, _pieces(block, runs)):
             if conn in over:
                 slot.value, slot.raw = b"", True  # its connection is gone
             else:
-                kept.append(block[start:off])
+                kept.append(piece)
                 live_runs.append((conn, slot, n))
         return b"".join(kept), live_runs
+
+    def _serve_each(self, block, runs):
+        """The replies of the whole batch did not fit in memory: build each
+        connection's alone, so that only a connection whose own replies do
+        not fit is closed (reads change nothing; the node goes on)."""
+        mine = {}
+        for (conn, slot, n), piece in zip(runs, _pieces(block, runs)):
+            mine.setdefault(conn, []).append((slot, n, piece))
+        read = self.server.driver.state_machine.read
+        for conn, items in mine.items():
+            try:
+                replies, offsets = read(b"".join(piece for slot, n, piece in items))
+            except MemoryError:
+                log.error("closing client %d: out of memory building its replies", conn.id)
+                for slot, n, piece in items:
+                    slot.value, slot.raw = b"", True
+                conn.close_now()
+                continue
+            parts = [[replies, offsets, 0, len(offsets) - 1]]
+            for slot, n, piece in items:
+                slot.value, slot.raw = take_replies(parts, n), True
 
     def _flush_writes(self):
         block, runs, count = self.buf, self.runs, self.count
@@ -252,3 +264,15 @@ class Batcher:
         self.throttled = []
         self.buf, self.runs, self.count = bytearray(), [], 0
         self.read_buf, self.read_runs, self.read_count = bytearray(), [], 0
+
+
+def _pieces(block, runs):
+    """The bytes of each run's entries in block, in order (the runs cover
+    the block, each its n entries)."""
+    out, off = [], 0
+    for conn, slot, n in runs:
+        start = off
+        for _ in range(n):
+            off += _ENTRY_HEADER + struct.unpack_from("<I", block, off)[0]
+        out.append(block[start:off])
+    return out

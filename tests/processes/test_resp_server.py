@@ -669,3 +669,37 @@ def test_out_of_memory_while_reading_closes_that_connection_only(caplog):
         assert other_out.out == [b"+PONG\r\n"] and not other_out.aborted
     finally:
         loop.close()
+
+
+class _Reader:
+    """A connection as the batcher sees it when serving reads."""
+
+    def __init__(self, cid):
+        self.id = cid
+        self.closed = False
+
+    def close_now(self):
+        self.closed = True
+
+
+def test_out_of_memory_building_a_batch_of_replies_closes_only_the_client_it_is_for():
+    """The whole batch's replies do not fit; built connection by connection,
+    only the one whose own replies do not fit loses its connection."""
+    from types import SimpleNamespace
+    from raftfast._kv import OP_GET, KVStore, encode_commands
+    from raftfast.server.batcher import Batcher
+    from raftfast.server.replies import Slot
+    store = KVStore.from_dict({b"a": b"1", b"huge": b"x"})
+
+    def read(block):
+        if b"huge" in block:
+            raise MemoryError
+        return store.apply_replies(block)
+    server = SimpleNamespace(driver=SimpleNamespace(state_machine=SimpleNamespace(read=read)))
+    batcher = Batcher(None, server, server.driver, 1024, 1 << 20, 0)
+    modest, greedy = _Reader(1), _Reader(2)
+    runs = [(modest, Slot(False), 1), (greedy, Slot(False), 1), (modest, Slot(False), 1)]
+    block = encode_commands([(OP_GET, [b"a"]), (OP_GET, [b"huge"]), (OP_GET, [b"zz"])])
+    batcher._serve_each(block, runs)
+    assert [slot.value for _, slot, _ in runs] == [b"$1\r\n1\r\n", b"", b"$-1\r\n"]
+    assert greedy.closed and not modest.closed

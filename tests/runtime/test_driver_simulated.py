@@ -197,3 +197,36 @@ def test_stop_answers_everything_still_waiting(tmp_path):
     assert isinstance(read.result, NotLeaderNow)
     assert isinstance(transfer.result, TransferFailed)
     sim.close()
+
+
+class _ExhaustedStateMachine:
+    """A state machine that finds no memory to apply anything."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def apply(self, block):
+        raise MemoryError
+
+    def apply_replies(self, block):
+        raise MemoryError
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_out_of_memory_while_applying_a_committed_entry_stops_the_node(tmp_path):
+    """A replica that skipped an entry would hold something the others do
+    not: a MemoryError while applying stops the node (its exit is 1), and
+    the write waiting on it is not answered as if applied."""
+    sim = SimDrivers(tmp_path)
+    d = sim.wait_leader()
+    d.state_machine = _ExhaustedStateMachine(d.state_machine)
+    answers = Answers(sim.loop)
+    d.propose(*set_block((b"k", b"v")), answers)
+    sim.loop.run_until(lambda: sim.fatal, 1.0, "the node to stop")
+    assert [(node, "MemoryError" in why) for node, why in sim.fatal] == [(1, True)]
+    assert all(not isinstance(got, list) for _, got in answers.got)  # never "applied"
+    assert d.core.log.applied < d.core.log.committed
+    sim.fatal.clear()  # the stop this test asked for
+    sim.close()
