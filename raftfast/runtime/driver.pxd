@@ -8,6 +8,7 @@ cdef class RaftDriver:
     cdef public object loop, clock, cfg, storage, state_machine, transport, on_fatal
     cdef public object tick_s, request_timeout, transfer_timeout, election_timeout_s
     cdef public object memory_report, voter_memory  # --maxmemory (server.memory)
+    cdef public object on_tick  # called on every tick (the server's memory check)
     cdef public Raft core
     cdef public WriteWaiters writes
     cdef public ReadWaiters reads

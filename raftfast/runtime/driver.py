@@ -75,6 +75,9 @@ class RaftDriver:
         # the second.
         self.memory_report = (0, 0)
         self.voter_memory = {}
+        # Called on every tick: periodic work of the layers above rides on
+        # the tick's wakeup instead of a timer of its own.
+        self.on_tick = None
         self.request_timeout = max(5.0, 4 * election_timeout_s)
         self.transfer_timeout = 2 * election_timeout_s
         self.writes = WriteWaiters()
@@ -155,6 +158,8 @@ class RaftDriver:
         now = self.clock()
         self._catch_up_ticks(now)
         self.snapshots.tick(now)
+        if self.on_tick is not None:
+            self.on_tick()
         self.writes.expire(now)
         self.reads.expire(now)
         if self.transfers.pending:

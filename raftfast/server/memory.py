@@ -1,7 +1,8 @@
 """--maxmemory and --maxmemory-clients: what a node uses, what the voters
 report, and whether the leader may take writes that grow the data set.
 
-Every tenth of a second the node adds up what it holds (the data set as
+On every tick of the node's clock (a tenth of a second by default, on the
+wakeup the tick has anyway) the node adds up what it holds (the data set as
 the store estimates it, the log in memory, every client's buffers), closes
 the client holding the most while all clients' buffers pass
 --maxmemory-clients, and decides whether writes are refused: the leader
@@ -19,12 +20,11 @@ import logging
 import os
 import time
 
-__all__ = ["MemoryGuard", "OOM_ERROR", "INTERVAL_S"]
+__all__ = ["MemoryGuard", "OOM_ERROR"]
 
 log = logging.getLogger("raftfast.memory")
 
 OOM_ERROR = "OOM command not allowed when used memory > 'maxmemory'."
-INTERVAL_S = 0.1
 
 
 class MemoryGuard:
@@ -41,22 +41,18 @@ class MemoryGuard:
         self.over_peer = 0         # the voter whose report makes us refuse, 0 if none
         self.clients_evicted = 0   # INFO stats: closed by --maxmemory-clients
         self.writes_refused = 0    # INFO stats: commands answered OOM
-        self._handle = None
 
-    def start(self, loop):
-        self._handle = loop.call_later(INTERVAL_S, self._tick, loop)
+    def start(self):
+        """Check on every tick of the node's driver."""
+        self.server.driver.on_tick = self.check
 
     def stop(self):
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _tick(self, loop):
-        self._handle = loop.call_later(INTERVAL_S, self._tick, loop)
-        self.check()
+        driver = self.server.driver
+        if driver.on_tick == self.check:
+            driver.on_tick = None
 
     def check(self):
-        """Count, evict, decide (once per INTERVAL_S, and from tests)."""
+        """Count, evict, decide (on every tick, and from tests)."""
         server = self.server
         self.clients = self._client_bytes()
         driver = server.driver

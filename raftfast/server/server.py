@@ -97,8 +97,7 @@ class RespServer:
                                            unix_mode=self.cfg.unixsocketperm, **extra)
         if self.cfg.timeout > 0 and self._idle_timer is None:
             self._idle_timer = self.loop.call_later(1.0, self.close_idle)
-        self.memory.stop()
-        self.memory.start(self.loop)
+        self.memory.start()
         if addr.scheme == "unix":
             self._unix_path = (addr.path, os.stat(addr.path).st_ino)
             return str(addr)
