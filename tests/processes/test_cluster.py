@@ -2,6 +2,7 @@
 multi-process tests; here a stand-in node (cluster_fake_node.py) plays the
 node's side: the ready line, INFO raft, SET."""
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -479,15 +480,12 @@ def test_a_restart_with_other_founding_flags_is_refused(tmp_path):
     assert "--nodes 5" in r.stderr and "--nodes 3" in r.stderr, r.stderr
 
 
-def test_a_cluster_with_tls_serves_clients_with_its_certificates(tmp_path):
-    """--tls: a private CA and certificates in DIR/tls, peers and clients
-    over TLS, the launcher itself polling over TLS, and a line that says
-    how to connect."""
-    import redis
-    data = tmp_path / "d"
-    base = free_base_port(106)
-    p = subprocess.Popen([sys.executable, "-m", "raftfast.cluster", "--tls", "--data-dir",
-                          str(data), "--base-port", str(base), "--fsync", "never"],
+@contextlib.contextmanager
+def serving(*argv):
+    """A real launcher (`python -m raftfast.cluster *argv`) until it prints
+    "serving": yields its output so far as lines; stopped with Ctrl-C after
+    the block, which it must survive with exit 0."""
+    p = subprocess.Popen([sys.executable, "-m", "raftfast.cluster", *argv],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO, start_new_session=True)
     out = []
@@ -496,6 +494,27 @@ def test_a_cluster_with_tls_serves_clients_with_its_certificates(tmp_path):
             out.append(line)
             if "serving" in line:
                 break
+        yield out
+    finally:
+        p.send_signal(signal.SIGINT)
+        try:
+            assert p.wait(timeout=DEADLINE) == 0, p.stderr.read()
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.stdout.close()
+            p.stderr.close()
+
+
+def test_a_cluster_with_tls_serves_clients_with_its_certificates(tmp_path):
+    """--tls: a private CA and certificates in DIR/tls, peers and clients
+    over TLS, the launcher itself polling over TLS, and a line that says
+    how to connect."""
+    import redis
+    data = tmp_path / "d"
+    base = free_base_port(106)
+    with serving("--tls", "--data-dir", str(data), "--base-port", str(base),
+                 "--fsync", "never") as out:
         text = "".join(out)
         assert f"tls://127.0.0.1:{base + 1}" in text, text
         line = next(ln for ln in out if ln.startswith("connect: redis-cli --tls"))
@@ -510,15 +529,6 @@ def test_a_cluster_with_tls_serves_clients_with_its_certificates(tmp_path):
         assert client.set("k", "v") and client.get("k") == b"v"
         layout = json.load(open(data / "cluster.json"))
         assert layout["tls"] is True and layout["transport"] == "tcp"
-    finally:
-        p.send_signal(signal.SIGINT)
-        try:
-            assert p.wait(timeout=DEADLINE) == 0, p.stderr.read()
-        finally:
-            if p.poll() is None:
-                p.kill()
-            p.stdout.close()
-            p.stderr.close()
 
 
 def _password_file(tmp_path):
@@ -533,17 +543,8 @@ def test_a_cluster_with_a_password_asks_clients_for_it_and_uses_it_itself(tmp_pa
     itself authenticates to draw its table (the nodes' roles come from
     INFO) and says how to connect."""
     base = free_base_port(6)
-    p = subprocess.Popen([sys.executable, "-m", "raftfast.cluster", "--requirepass-file",
-                          str(_password_file(tmp_path)), "--data-dir", str(tmp_path / "d"),
-                          "--base-port", str(base), "--fsync", "never"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO, start_new_session=True)
-    out = []
-    try:
-        for line in p.stdout:
-            out.append(line)
-            if "serving" in line:
-                break
+    with serving("--requirepass-file", str(_password_file(tmp_path)), "--data-dir",
+                 str(tmp_path / "d"), "--base-port", str(base), "--fsync", "never") as out:
         text = "".join(out)
         assert "leader" in text and "connect: redis-cli --askpass" in text, text
         with socket.create_connection(("127.0.0.1", base + 1), timeout=10) as s:
@@ -553,15 +554,6 @@ def test_a_cluster_with_a_password_asks_clients_for_it_and_uses_it_itself(tmp_pa
             while got.count(b"\r\n") < 3:
                 got += s.recv(4096)
         assert got == b"-NOAUTH Authentication required.\r\n+OK\r\n+PONG\r\n"
-    finally:
-        p.send_signal(signal.SIGINT)
-        try:
-            assert p.wait(timeout=DEADLINE) == 0, p.stderr.read()
-        finally:
-            if p.poll() is None:
-                p.kill()
-            p.stdout.close()
-            p.stderr.close()
 
 
 def test_bench_authenticates_with_the_clusters_password(tmp_path):
