@@ -1,7 +1,7 @@
 """SET throughput and latency of two checkouts, side by side in one run.
 
     python bench/before_after.py --before /tmp/before --after . [--rounds 5]
-        [--targets] [--nodes N] [--scale X] [--only LABEL ...]
+        [--targets] [--nodes N] [--scale X] [--only LABEL ...] [--keyspace N]
 
 Each checkout must be built in place (`python setup.py build_ext --inplace`
 or `pip install -e .` there).  Every round starts a 3-node cluster of each
@@ -113,12 +113,17 @@ def main():
     p.add_argument("--targets", action="store_true",
                    help="the six loads of the hot-path table instead of two")
     p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--keyspace", type=int, default=0, metavar="N",
+                   help="SETs to random keys among N (redis-benchmark -r), as the targets run "
+                        "them; 0 (default): every SET to one key")
     p.add_argument("--only", nargs="+", metavar="LABEL",
                    help="these loads only (labels as printed, e.g. '64B P16 c50')")
     ns = p.parse_args()
     table = TARGET_LOADS if ns.targets else LOADS
     if ns.only:
         table = [(label, args) for label, args in table if label in ns.only]
+    if ns.keyspace:
+        table = [(label, args + ["-r", str(ns.keyspace)]) for label, args in table]
     loads = [(label, [str(int(int(a) * ns.scale)) if i and args[i - 1] == "-n" else a
                       for i, a in enumerate(args)]) for label, args in table]
     trees = {"before": ns.before, "after": ns.after}
