@@ -13,8 +13,9 @@ the wire.
 import hashlib
 import hmac
 import os
-import stat
 import struct
+
+from raftfast.private_file import read_private_file
 
 __all__ = ["DIALER", "LISTENER", "MIN_SECRET_BYTES", "SecretError", "load_secret", "new_nonce",
            "proof", "proofs", "proofs_match"]
@@ -65,16 +66,8 @@ def load_secret(path, warn=None):
     whitespace, at least MIN_SECRET_BYTES of them.  warn(text) is told when
     other users may read the file.  Raises SecretError with a line that
     names the file and never the secret."""
-    try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            secret = f.read().strip()
-    except OSError as e:
-        raise SecretError(f"cannot read the cluster secret file {path}: {e.strerror}") from None
+    secret = read_private_file(path, "cluster secret", SecretError, warn).strip()
     if len(secret) < MIN_SECRET_BYTES:
         raise SecretError(f"the cluster secret in {path} is {len(secret)} bytes; it needs at "
                           f"least {MIN_SECRET_BYTES}")
-    if warn is not None and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        warn(f"the cluster secret file {path} is readable by other users "
-             f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
     return secret

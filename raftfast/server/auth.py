@@ -7,8 +7,8 @@ the pre-auth limits (the parser's `unauthenticated`).  The password is
 compared in constant time and never logged nor shown.
 """
 import hmac
-import os
-import stat
+
+from raftfast.private_file import read_private_file
 
 __all__ = ["DEFAULT_USER", "PasswordError", "load_password", "check"]
 
@@ -24,17 +24,9 @@ def load_password(path, warn=None):
     line end.  warn(text) is told when other users may read the file.
     Raises PasswordError with a line that names the file, never the
     password."""
-    try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            password = f.read().rstrip(b"\r\n")
-    except OSError as e:
-        raise PasswordError(f"cannot read the password file {path}: {e.strerror}") from None
+    password = read_private_file(path, "password", PasswordError, warn).rstrip(b"\r\n")
     if not password:
         raise PasswordError(f"the password file {path} is empty")
-    if warn is not None and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        warn(f"the password file {path} is readable by other users "
-             f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
     return password
 
 

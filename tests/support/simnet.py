@@ -31,7 +31,7 @@ import random
 from tests.support.entrylog import EntryLog
 from raftfast.core import (LEADER, ConfChangeBusy, ConfChangeInvalid, CoreConfig, NotLeader, Raft,
                            TransferInProgress)
-from raftfast.core.messages import MSG_SNAPSHOT, ENTRY_NORMAL, HardState, Message, decode_config
+from raftfast.core.messages import MSG_SNAPSHOT, ENTRY_NORMAL, HardState, decode_config
 
 
 class SafetyViolation(AssertionError):
