@@ -15,13 +15,13 @@ import logging
 import struct
 
 from raftfast.core import NotLeader, ProposalDropped, TransferInProgress
+from raftfast.core.messages import ENTRY_HEADER_SIZE
 from raftfast.runtime.waiters import NotLeaderNow, RequestFailed
 from raftfast.server.replies import encoded_error, take_replies
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "entry_offsets"]
 
 log = logging.getLogger("raftfast.client")
-_ENTRY_HEADER = 13  # u32 data length, u64 term, u8 type
 
 
 class Batcher:
@@ -266,13 +266,22 @@ class Batcher:
         self.read_buf, self.read_runs, self.read_count = bytearray(), [], 0
 
 
+def entry_offsets(block):
+    """Where each entry of a block begins, and then where the last ends (an
+    entry's header starts with its data length; the parser's blocks are
+    well formed).  Outside the hot path: for limits and refusals."""
+    offsets, off, end = [0], 0, len(block)
+    while off < end:
+        off += ENTRY_HEADER_SIZE + struct.unpack_from("<I", block, off)[0]
+        offsets.append(off)
+    return offsets
+
+
 def _pieces(block, runs):
     """The bytes of each run's entries in block, in order (the runs cover
     the block, each its n entries)."""
-    out, off = [], 0
+    offsets, out, i = entry_offsets(block), [], 0
     for conn, slot, n in runs:
-        start = off
-        for _ in range(n):
-            off += _ENTRY_HEADER + struct.unpack_from("<I", block, off)[0]
-        out.append(block[start:off])
+        out.append(block[offsets[i]:offsets[i + n]])
+        i += n
     return out

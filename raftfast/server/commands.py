@@ -18,7 +18,7 @@ from raftfast.core import (ConfChangeBusy, ConfChangeInvalid, NotLeader, Proposa
                            TransferInProgress)
 from raftfast.runtime.waiters import RequestFailed
 from raftfast.server import auth
-from raftfast.server.memory import OOM_ERROR
+from raftfast.server.memory import DENYOOM_OPCODES, OOM_ERROR
 
 __all__ = ["COMMANDS", "dispatch", "dispatch_unauthenticated"]
 
@@ -28,9 +28,6 @@ log = logging.getLogger("raftfast.client")
 DEBUG_REFUSED = ("ERR {command} command not allowed. If the enable-debug-command option is set "
                  "to \"local\", you can run it from a local connection, otherwise you need to set "
                  "this option in the configuration file, and then restart the server.")
-
-# Commands that can grow the data set (Redis's denyoom flag).
-_DENYOOM = frozenset({OP_SET, OP_APPEND, OP_INCR})
 
 # opcode -> (min args, max args or None); args exclude the command name
 _ARITY = {
@@ -111,7 +108,7 @@ def _kv_command(server, conn, name, op, cmd):
         conn.reply(ErrorReply("ERR string exceeds maximum allowed size (proto-max-bulk-len)"))
     elif not server.driver.is_leader:
         conn.reply(server.redirect_error())
-    elif server.memory.refusing and op in _DENYOOM:
+    elif server.memory.refusing and op in DENYOOM_OPCODES:
         conn.reply(ErrorReply(OOM_ERROR))
         server.memory.writes_refused += 1
     else:

@@ -21,12 +21,12 @@ until those reads were served, so neither sees the other out of order.
 import collections
 import itertools
 import logging
-import struct
 
-from raftfast._kv import OP_DEL
 from raftfast._resp import ErrorReply, RespParser, encode_replies
 from raftfast.address import set_nodelay
-from raftfast.server.memory import OOM_ERROR
+from raftfast.core.messages import ENTRY_HEADER_SIZE
+from raftfast.server.batcher import entry_offsets
+from raftfast.server.memory import DENYOOM_OPCODES, OOM_ERROR
 from raftfast.server.replies import PENDING, Slot, encoded_error
 
 __all__ = ["ClientProtocol", "MAX_CLIENTS_ERROR"]
@@ -220,22 +220,23 @@ class ClientProtocol:
         self.flush()
 
     def _admit_at_maxmemory(self, block):
-        """The cluster is at its memory limit: of these writes, DEL goes to
-        the batch (deleting is how it recovers); every command that can
-        grow the data set gets OOM, in its place among the replies."""
+        """The cluster is at its memory limit: every command that can grow
+        the data set gets OOM, in its place among the replies; the others
+        (DEL: deleting is how it recovers) go to the batch."""
         batcher = self.server.batcher
-        off, end = 0, len(block)
-        while off < end:
-            start, deleting, k = off, block[off + 13] & 0x7F == OP_DEL, 0
-            while off < end and (block[off + 13] & 0x7F == OP_DEL) == deleting:
-                off += 13 + struct.unpack_from("<I", block, off)[0]
-                k += 1
-            if deleting:
-                batcher.buf += block[start:off]
-                batcher.added(self, k)
+        offsets = entry_offsets(block)
+        i, count = 0, len(offsets) - 1
+        while i < count:
+            j, refused = i, _grows(block, offsets[i])
+            while j < count and _grows(block, offsets[j]) == refused:
+                j += 1
+            if refused:
+                self.replies.append(Slot(self.resp3, encoded_error(OOM_ERROR, j - i), True))
+                self.server.memory.writes_refused += j - i
             else:
-                self.replies.append(Slot(self.resp3, encoded_error(OOM_ERROR, k), True))
-                self.server.memory.writes_refused += k
+                batcher.buf += block[offsets[i]:offsets[j]]
+                batcher.added(self, j - i)
+            i = j
 
     def reply(self, value):
         self.replies.append(Slot(self.resp3, value))
@@ -273,3 +274,9 @@ class ClientProtocol:
                 self.transport.writelines(chunks)
             if self.closing and not replies:
                 self.transport.close()
+
+
+def _grows(block, at):
+    """Can the entry at `at` grow the data set (Redis's denyoom)?  Its
+    command's opcode follows the entry header, the RESP3 bit aside."""
+    return block[at + ENTRY_HEADER_SIZE] & 0x7F in DENYOOM_OPCODES

@@ -18,27 +18,28 @@ counting against it.
 """
 import logging
 import os
-import time
 
-__all__ = ["MemoryGuard", "OOM_ERROR"]
+from raftfast._kv import OP_APPEND, OP_INCR, OP_SET
+
+__all__ = ["DENYOOM_OPCODES", "MemoryGuard", "OOM_ERROR"]
 
 log = logging.getLogger("raftfast.memory")
 
 OOM_ERROR = "OOM command not allowed when used memory > 'maxmemory'."
+# The KV commands that can grow the data set (Redis's denyoom flag).
+DENYOOM_OPCODES = frozenset({OP_SET, OP_APPEND, OP_INCR})
 
 
 class MemoryGuard:
     """The server's accounting; `refusing` is what the write path checks."""
 
-    def __init__(self, server, maxmemory, maxmemory_clients, clock=time.monotonic):
+    def __init__(self, server, maxmemory, maxmemory_clients):
         self.server = server
         self.maxmemory = maxmemory
         self.maxmemory_clients = maxmemory_clients
-        self.clock = clock
         self.used = 0              # bytes, as of the last check
         self.clients = 0           # of which client buffers
         self.refusing = False      # writes that grow the data set get OOM
-        self.over_peer = 0         # the voter whose report makes us refuse, 0 if none
         self.clients_evicted = 0   # INFO stats: closed by --maxmemory-clients
         self.writes_refused = 0    # INFO stats: commands answered OOM
 
@@ -53,54 +54,45 @@ class MemoryGuard:
 
     def check(self):
         """Count, evict, decide (on every tick, and from tests)."""
-        server = self.server
-        self.clients = self._client_bytes()
-        driver = server.driver
+        held = [(conn.parser.pending_bytes + conn.unsent_bytes(), conn)
+                for conn in self.server.connections]
+        self.clients = sum(size for size, conn in held)
+        if self.maxmemory_clients and self.clients > self.maxmemory_clients:
+            self._evict_clients(held)
+        driver = self.server.driver
         self.used = driver.state_machine.memory + driver.core.log.entries.nbytes + self.clients
         driver.memory_report = (self.used, self.maxmemory)
-        if self.maxmemory_clients and self.clients > self.maxmemory_clients:
-            self._evict_clients()
         self.refusing = self._over()
         if self.maxmemory and self.used > self.maxmemory:
             driver.snapshots.compact_now()
 
-    def _client_bytes(self):
-        return sum(conn.parser.pending_bytes + conn.unsent_bytes()
-                   for conn in self.server.connections)
-
-    def _evict_clients(self):
+    def _evict_clients(self, held):
         """Close the clients holding the most until all of them together
-        are within --maxmemory-clients (Redis's client eviction)."""
-        sizes = sorted(((conn.parser.pending_bytes + conn.unsent_bytes(), conn.id, conn)
-                        for conn in self.server.connections), reverse=True)
-        total = self.clients
-        for size, cid, conn in sizes:
-            if total <= self.maxmemory_clients or size == 0:
+        are within --maxmemory-clients (Redis's client eviction).  held:
+        (bytes, connection) of each."""
+        for size, conn in sorted(held, key=lambda h: (h[0], h[1].id), reverse=True):
+            if self.clients <= self.maxmemory_clients or size == 0:
                 break
             log.warning("closing client %d: it holds %d bytes and all clients %d, past "
-                        "--maxmemory-clients %d", cid, size, total, self.maxmemory_clients)
+                        "--maxmemory-clients %d", conn.id, size, self.clients,
+                        self.maxmemory_clients)
             conn.close_now()
             self.clients_evicted += 1
-            total -= size
-        self.used -= self.clients - total
-        self.clients = total
+            self.clients -= size
 
     def _over(self):
         """Is this node, or a voter that reported within an election
-        timeout, over its limit?"""
-        self.over_peer = 0
+        timeout, over its limit?  (The reports' times are the driver's
+        clock's.)"""
         if self.maxmemory and self.used > self.maxmemory:
             return True
         driver = self.server.driver
         if not driver.is_leader:
             return False
-        recent = self.clock() - driver.election_timeout_s
+        recent = driver.clock() - driver.election_timeout_s
         voters = driver.core.voters
-        for peer, (used, limit, at) in driver.voter_memory.items():
-            if limit and used > limit and at >= recent and peer in voters:
-                self.over_peer = peer
-                return True
-        return False
+        return any(limit and used > limit and at >= recent and peer in voters
+                   for peer, (used, limit, at) in driver.voter_memory.items())
 
     def info(self):
         """INFO memory's fields."""

@@ -703,3 +703,26 @@ def test_out_of_memory_building_a_batch_of_replies_closes_only_the_client_it_is_
     batcher._serve_each(block, runs)
     assert [slot.value for _, slot, _ in runs] == [b"$1\r\n1\r\n", b"", b"$-1\r\n"]
     assert greedy.closed and not modest.closed
+
+
+def test_at_maxmemory_growing_writes_get_oom_in_place_and_deletes_go_to_the_batch():
+    """One pipeline mixing writes while the cluster is at its limit: each
+    SET, APPEND and INCR is answered OOM in its own place, and the DELs
+    between them (deleting is how a full cluster recovers) are batched."""
+    from raftfast._kv import OP_DEL, encode_commands
+    loop, server, connect = _door()
+    try:
+        conn, out = connect()
+        server.memory.refusing = True
+        conn.data_received(req(b"SET", b"a", b"1") + req(b"DEL", b"a") + req(b"DEL", b"b")
+                           + req(b"APPEND", b"c", b"x") + req(b"INCR", b"n")
+                           + req(b"DEL", b"c"))
+        oom = b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"
+        assert out.out == [oom]  # the rest waits behind the batched DELs
+        assert bytes(server.batcher.buf) == (encode_commands([(OP_DEL, [b"a"]), (OP_DEL, [b"b"])])
+                                             + encode_commands([(OP_DEL, [b"c"])]))
+        assert server.batcher.count == 3 and server.memory.writes_refused == 3
+        assert [s.raw and bytes(s.value) == oom * 2 for s in conn.replies] == [False, True, False]
+    finally:
+        server.batcher.cancel()
+        loop.close()
