@@ -13,7 +13,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove
 
-from raftfast._wire cimport (BLOCK_OK, BLOCK_SHORT_HEADER, BLOCK_DATA_PAST_END, ENTRY_CONFIG,
+from raftfast._wire cimport (BLOCK_OK, BLOCK_SHORT_HEADER, BLOCK_DATA_PAST_END, ENTRY_CONFIG, ENTRY_TIME,
                              ENTRY_HEADER, ENTRY_NOOP, ENTRY_NORMAL, ENTRY_TERM_AT, ENTRY_TYPE_AT,
                              ENTRY_TYPE_MAX, BlockStatus, block_walk, ld32, ld64, st32, st64)
 
@@ -25,7 +25,7 @@ cdef enum:
 # The entry format as compiled in (rfwire.h); tests check these against
 # raftfast.core.messages, the Python side's definition.
 ENTRY_HEADER_SIZE = ENTRY_HEADER
-ENTRY_TYPES = (ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG)
+ENTRY_TYPES = (ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG, ENTRY_TIME)
 
 
 class BlockError(ValueError):

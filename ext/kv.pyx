@@ -52,7 +52,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy, strlen
 
-from raftfast._wire cimport (BLOCK_OK, ENTRY_CONFIG, ENTRY_HEADER, ENTRY_NOOP, ENTRY_NORMAL,
+from raftfast._wire cimport (BLOCK_OK, ENTRY_CONFIG, ENTRY_TIME, ENTRY_HEADER, ENTRY_NOOP, ENTRY_NORMAL,
                              ENTRY_TYPE_AT, block_walk, ld32, ld64, st32)
 
 cdef extern from "kvcmd.h":
@@ -96,7 +96,8 @@ _log = logging.getLogger("raftfast.kv")
 
 # The entry format is defined in messages.py; a mismatch is caught at import.
 assert (messages.ENTRY_HEADER_SIZE, messages.ENTRY_NORMAL, messages.ENTRY_NOOP,
-        messages.ENTRY_CONFIG) == (ENTRY_HEADER, ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG)
+        messages.ENTRY_CONFIG, messages.ENTRY_TIME) == (ENTRY_HEADER, ENTRY_NORMAL, ENTRY_NOOP,
+                                                        ENTRY_CONFIG, ENTRY_TIME)
 
 OP_SET = _OP_SET
 OP_GET = _OP_GET
@@ -601,7 +602,7 @@ cdef class KVStore:
                 offsets[pos] = <uint64_t>w.len
             if etype == ENTRY_NORMAL:
                 r = self._execute(p + off + ENTRY_HEADER, dlen, mode, w, pos)
-            elif etype == ENTRY_NOOP or etype == ENTRY_CONFIG:
+            elif etype == ENTRY_NOOP or etype == ENTRY_CONFIG or etype == ENTRY_TIME:
                 r = None
             else:
                 r = self._corrupt(pos, f"unknown entry type {etype}", mode, w)

@@ -20,7 +20,8 @@
 #define RF_ENTRY_NORMAL 0
 #define RF_ENTRY_NOOP 1
 #define RF_ENTRY_CONFIG 2
-#define RF_ENTRY_TYPE_MAX RF_ENTRY_CONFIG
+#define RF_ENTRY_TIME 3         /* cluster time: data is a u64 LE of milliseconds */
+#define RF_ENTRY_TYPE_MAX RF_ENTRY_TIME
 
 /* Byte by byte, so they are right on any host and need no alignment;
  * compilers fuse each into one (unaligned) move on little-endian hosts. */

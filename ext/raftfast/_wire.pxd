@@ -12,6 +12,7 @@ cdef extern from "rfwire.h" nogil:
         ENTRY_NORMAL "RF_ENTRY_NORMAL"
         ENTRY_NOOP "RF_ENTRY_NOOP"
         ENTRY_CONFIG "RF_ENTRY_CONFIG"
+        ENTRY_TIME "RF_ENTRY_TIME"
         ENTRY_TYPE_MAX "RF_ENTRY_TYPE_MAX"
 
     uint16_t ld16 "rf_ld16" (const uint8_t *p) noexcept

@@ -9,7 +9,7 @@ inside log records): entries back to back, each
 
     u32 LE  data_len
     u64 LE  term
-    u8      type        (ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG)
+    u8      type        (ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG, ENTRY_TIME)
     data_len bytes of data
 
 The C index over a block lives in ext/entrylog.pyx.
@@ -21,6 +21,8 @@ ENTRY_HEADER_SIZE = 13
 ENTRY_NORMAL = 0  # a state machine command
 ENTRY_NOOP = 1    # a new leader's empty entry, to commit its predecessors' entries
 ENTRY_CONFIG = 2  # a membership change (data is the new configuration)
+ENTRY_TIME = 3    # cluster time from here on in log order (data: u64 LE milliseconds);
+                  # the leader's runtime writes one ahead of a batch when its clock moved
 
 # Message types.  The numbers are part of the wire format: never reuse one.
 MSG_APPEND = 1           # leader -> follower: index=prev index, log_term=prev term, commit, entries

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from raftfast import _entrylog as c
-from raftfast.core.messages import ENTRY_CONFIG, ENTRY_NOOP, ENTRY_NORMAL, ENTRY_HEADER_SIZE
+from raftfast.core.messages import ENTRY_CONFIG, ENTRY_NOOP, ENTRY_NORMAL, ENTRY_HEADER_SIZE, ENTRY_TIME
 from tests.reference import entrylog_py as py
 
 IMPLS = {
@@ -368,8 +368,8 @@ def test_empty_block_is_rejected_by_appends_only(impl):
 
 def test_the_compiled_entry_format_is_the_one_messages_defines():
     assert c.ENTRY_HEADER_SIZE == py.HEADER == ENTRY_HEADER_SIZE == 13
-    assert c.ENTRY_TYPES == (ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG) == (0, 1, 2)
-    assert py.TYPE_MAX == ENTRY_CONFIG
+    assert c.ENTRY_TYPES == (ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG, ENTRY_TIME) == (0, 1, 2, 3)
+    assert py.TYPE_MAX == ENTRY_TIME
 
 
 def test_an_entry_both_past_the_end_and_of_unknown_type_is_reported_past_the_end(impl):

@@ -9,7 +9,7 @@ this twin returns must equal the C module's bytes.
 import struct
 
 HEADER = 13
-TYPE_MAX = 2  # ENTRY_CONFIG
+TYPE_MAX = 3  # ENTRY_TIME
 _HEAD = struct.Struct("<IQB")
 
 
