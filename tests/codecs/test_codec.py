@@ -468,11 +468,11 @@ BAD_MESSAGE_BODIES = {
                               f"entries_len={len(ONE) - 1} but {len(ONE)} bytes follow"),
     "trailing bytes": (msg_body(block=ONE, trailing=b"\x00"),
                        f"entries_len={len(ONE)} but {len(ONE) + 1} bytes follow"),
-    "entry type 3": (msg_body(block=make_block([(1, 3, b"x")]), count=1), "unknown entry type"),
+    "entry type 4": (msg_body(block=make_block([(1, 4, b"x")]), count=1), "unknown entry type"),
     "entry data past end": (msg_body(block=ONE[:-1], count=1), "entry data runs past the end"),
     "entry header cut off": (msg_body(block=ONE + b"\x00" * 5, count=2), "entry header cut off"),
     # Framing first: the length is judged before the type byte.
-    "entry type 3, data past end": (msg_body(block=make_block([(1, 3, b"x")])[:-1], count=1),
+    "entry type 4, data past end": (msg_body(block=make_block([(1, 4, b"x")])[:-1], count=1),
                                     "entry data runs past the end"),
 }
 

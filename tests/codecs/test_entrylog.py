@@ -331,7 +331,7 @@ def test_every_truncation_point_raises_block_error_and_changes_nothing(impl):
             assert state(log) == before
 
 
-@pytest.mark.parametrize("typ", [3, 7, 255])
+@pytest.mark.parametrize("typ", [4, 7, 255])
 def test_unknown_entry_type_is_rejected(impl, typ):
     Log, BlockError, block_count = impl
     bad = bytearray(VALID)
@@ -439,7 +439,7 @@ def test_helpers_match_the_twin(entries):
 def test_encode_refuses_unknown_types():
     for enc in (c.encode_entries, py.encode_entries_py):
         with pytest.raises(ValueError):
-            enc([(1, 3, b"")])
+            enc([(1, 4, b"")])
         with pytest.raises(ValueError):
             enc([(1, -1, b"")])
 
