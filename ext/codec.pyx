@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Peer frame codec, protocol versions 1 and 2 (docs/protocol.md is the spec;
+"""Peer frame codec, protocol versions 1 to 3 (docs/protocol.md is the spec;
 tests/reference/codec_py.py is the same codec in plain Python).
 
 Encoding builds a whole frame in one bytes object: fixed fields, then the
@@ -23,15 +23,17 @@ cdef extern from "crc32c.h":
 
 cdef enum:
     _PROTOCOL_MIN = 1
-    _PROTOCOL_MAX = 2
+    _PROTOCOL_MAX = 3
     _V1 = 1               # the frame version of message types 1..10
     _V2 = 2               # the frame version of the snapshot transfer types
+    _V3 = 3               # the frame version of the forwarding types
     _HDR = 12             # frame header
     _MSG_FIXED = 68       # MESSAGE body before the entry block
     _HS_FIXED = 14        # HANDSHAKE body before the cluster id
     _HS_URL_LEN = 2       # the u16 client_url_len after the cluster id
     _MSG_TYPE_MAX_V1 = 10  # v1 message types are 1..10; a new type needs a new version
-    _MSG_TYPE_MAX = 12    # v2 adds 11 SNAPSHOT_CHUNK and 12 SNAPSHOT_ACK
+    _MSG_TYPE_MAX_V2 = 12  # v2 adds 11 SNAPSHOT_CHUNK and 12 SNAPSHOT_ACK
+    _MSG_TYPE_MAX = 16    # v3 adds 13 FORWARD, 14 FORWARD_RESP, 15 READ_INDEX, 16 READ_INDEX_RESP
     _MSG_CHUNK = 11
     _MSG_ACK = 12
     _F_HANDSHAKE = 1
@@ -59,6 +61,7 @@ NONCE_SIZE = _NONCE
 PROOF_SIZE = _PROOF
 HEADER_SIZE = _HDR
 MSG_TYPE_MAX_V1 = _MSG_TYPE_MAX_V1
+MSG_TYPE_MAX_V2 = _MSG_TYPE_MAX_V2
 DEFAULT_MAX_FRAME = 64 << 20
 
 # Message.__new__ skips Message.__init__: the decoder sets every field itself.
@@ -131,9 +134,21 @@ class Handshake:
 def message_version(mtype):
     """The protocol version a message type first appears in, which is the
     version its frames carry: 1 for types 1..10, 2 for the snapshot
-    transfer types.  A v1 message is written as a v1 frame on every
-    connection, so one encoding serves peers of either version."""
-    return _V2 if mtype > _MSG_TYPE_MAX_V1 else _V1
+    transfer types, 3 for forwarding.  A v1 message is written as a v1
+    frame on every connection, so one encoding serves peers of any version."""
+    return _frame_version(mtype)
+
+
+cdef inline uint8_t _frame_version(uint64_t mtype):
+    if mtype <= _MSG_TYPE_MAX_V1:
+        return _V1
+    return _V2 if mtype <= _MSG_TYPE_MAX_V2 else _V3
+
+
+cdef inline uint64_t _type_max(int version):
+    if version >= _V3:
+        return _MSG_TYPE_MAX
+    return _MSG_TYPE_MAX_V2 if version == _V2 else _MSG_TYPE_MAX_V1
 
 
 def choose_version(int peer_min, int peer_max):
@@ -271,7 +286,7 @@ def encode_message(msg):
         st32(b + 64, <uint32_t>elen)
         if elen:
             memcpy(b + _MSG_FIXED, view.buf, elen)
-        _put_header(p, _V2 if mtype > _MSG_TYPE_MAX_V1 else _V1, _F_MESSAGE,
+        _put_header(p, _frame_version(mtype), _F_MESSAGE,
                     <uint32_t>(_MSG_FIXED + elen))
     finally:
         if have_view:
@@ -491,7 +506,7 @@ cdef class FrameDecoder:
         cdef uint64_t frm = ld64(f + 4)
         cdef uint32_t count = ld32(f + 60)
         cdef uint32_t elen = ld32(f + 64)
-        if mtype < 1 or mtype > (_MSG_TYPE_MAX if self._version >= _V2 else _MSG_TYPE_MAX_V1):
+        if mtype < 1 or mtype > _type_max(self._version):
             raise self._fail(FrameMalformed(
                 f"unknown message type {mtype} (protocol v{self._version})"))
         if flags & 0xFE:

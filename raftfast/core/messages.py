@@ -43,6 +43,13 @@ MSG_SNAPSHOT = 10        # InstallSnapshot between core and runtime, never on th
                          # is received, checked and loaded"; entries = its meta (a configuration)
 MSG_SNAPSHOT_CHUNK = 11  # leader -> follower, on the wire: a piece of the snapshot file
 MSG_SNAPSHOT_ACK = 12    # follower -> leader: how far the snapshot file has arrived
+# Forwarding (protocol v3), between runtimes, never stepped into the core:
+MSG_FORWARD = 13         # follower -> leader: propose `entries` (count) for me; context=request id
+MSG_FORWARD_RESP = 14    # leader -> follower: proposed as index..commit in term log_term, or
+                         # reject (hint=the leader id it knows of, 0 if none); context echoed
+MSG_READ_INDEX = 15      # follower -> leader: confirm a read for me; context=request id
+MSG_READ_INDEX_RESP = 16  # leader -> follower: index=serve after applying this far, hint=the
+                          # read's cluster time; or reject (not leader); context echoed
 
 # MSG_VOTE's context when a leadership transfer started the election: voters
 # grant it even while they still hear from the current leader (which asked
@@ -55,6 +62,8 @@ MSG_NAMES = {
     MSG_HEARTBEAT: "heartbeat", MSG_HEARTBEAT_RESP: "heartbeat_resp",
     MSG_TIMEOUT_NOW: "timeout_now", MSG_SNAPSHOT: "snapshot",
     MSG_SNAPSHOT_CHUNK: "snapshot_chunk", MSG_SNAPSHOT_ACK: "snapshot_ack",
+    MSG_FORWARD: "forward", MSG_FORWARD_RESP: "forward_resp", MSG_READ_INDEX: "read_index",
+    MSG_READ_INDEX_RESP: "read_index_resp",
 }
 RESPONSE_TYPES = frozenset({MSG_APPEND_RESP, MSG_VOTE_RESP, MSG_PREVOTE_RESP, MSG_HEARTBEAT_RESP})
 

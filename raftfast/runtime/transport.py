@@ -19,7 +19,7 @@ import asyncio
 import os
 import random
 
-from raftfast._codec import MSG_TYPE_MAX_V1, encode_handshake, encode_message
+from raftfast._codec import PROTOCOL_MAX, encode_handshake, encode_message, message_version
 from raftfast.address import Address, create_server, open_connection, parse_address
 from raftfast.runtime.peer_connections import (HANDSHAKE_TIMEOUT, AcceptedConnection,
                                                DialedConnection)
@@ -147,8 +147,8 @@ class PeerTransport:
             raise ValueError(f"message from {msg.frm} sent by node {self.node_id}: {msg!r}")
         peer = self._peers.get(msg.to)
         if peer is not None and peer.writable:
-            if msg.type > MSG_TYPE_MAX_V1 and peer.version < 2:
-                # A v1 peer could not decode it: never send it one.
+            if message_version(msg.type) > peer.version:
+                # An older peer could not decode it: never send it one.
                 self.frames_dropped += 1
                 return False
             # Encoded only once the peer can take it: a dropped message
@@ -187,8 +187,8 @@ class PeerTransport:
         for to, batch in by_peer.items():
             peer = self._peers.get(to)
             if peer is not None and peer.writable:
-                if peer.version < 2:
-                    kept = [m for m in batch if m.type <= MSG_TYPE_MAX_V1]
+                if peer.version < PROTOCOL_MAX:
+                    kept = [m for m in batch if message_version(m.type) <= peer.version]
                     self.frames_dropped += len(batch) - len(kept)
                     batch = kept
                 frames = [encode_message(m) for m in batch]

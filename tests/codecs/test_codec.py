@@ -152,16 +152,17 @@ def test_constants_match_the_twin():
                  "FRAME_MESSAGE", "FRAME_AUTH", "NONCE_SIZE", "PROOF_SIZE", "HEADER_SIZE",
                  "DEFAULT_MAX_FRAME"):
         assert getattr(codec_c, name) == getattr(codec_py, name), name
-    assert (codec_c.PROTOCOL_MIN, codec_c.PROTOCOL_MAX, codec_c.HEADER_SIZE) == (1, 2, 12)
+    assert (codec_c.PROTOCOL_MIN, codec_c.PROTOCOL_MAX, codec_c.HEADER_SIZE) == (1, 3, 12)
     assert codec_c.DEFAULT_MAX_FRAME == 64 << 20
 
 
 def test_message_types_are_pinned_to_protocol_versions():
     # A new message type changes the wire format: it needs a protocol version.
-    assert set(MSG_NAMES) == set(range(1, 13))
-    assert codec_c.MSG_TYPE_MAX_V1 == 10
-    assert [codec_c.message_version(t) for t in range(1, 13)] == [1] * 10 + [2, 2]
-    assert [codec_py.message_version(t) for t in range(1, 13)] == [1] * 10 + [2, 2]
+    assert set(MSG_NAMES) == set(range(1, 17))
+    assert (codec_c.MSG_TYPE_MAX_V1, codec_c.MSG_TYPE_MAX_V2) == (10, 12)
+    versions = [1] * 10 + [2, 2] + [3] * 4
+    assert [codec_c.message_version(t) for t in range(1, 17)] == versions
+    assert [codec_py.message_version(t) for t in range(1, 17)] == versions
 
 
 @CODEC_SETTINGS
@@ -195,12 +196,12 @@ def test_frame_layout_is_as_documented():
                                         3, len(SAMPLE_BLOCK))
     assert f[12 + 68:] == SAMPLE_BLOCK
     h = codec_c.encode_handshake("c1", 7)
-    assert h == raw_frame(1, struct.pack("<HHQH", 1, 2, 7, 2) + b"c1" + b"\x00\x00")
+    assert h == raw_frame(1, struct.pack("<HHQH", 1, 3, 7, 2) + b"c1" + b"\x00\x00")
     assert codec_c.encode_handshake_ack("c1", 7, 1) == raw_frame(
         2, struct.pack("<HHQH", 1, 1, 7, 2) + b"c1" + b"\x00\x00")
     url = "tcp://hôst:7001"
     h = codec_c.encode_handshake("c1", 7, client_url=url)
-    assert h == raw_frame(1, struct.pack("<HHQH", 1, 2, 7, 2) + b"c1"
+    assert h == raw_frame(1, struct.pack("<HHQH", 1, 3, 7, 2) + b"c1"
                           + struct.pack("<H", len(url.encode())) + url.encode())
     assert len(url.encode()) == len(url) + 1  # the length counts bytes, not characters
     assert codec_c.encode_handshake_ack("c1", 7, 1, client_url=url) == raw_frame(
@@ -290,7 +291,7 @@ def test_split_at_random_points_yields_the_same_frames(mod, msgs, url, data):
         start = end
         got += drain(dec)
         assert dec.pending_bytes == fed - sum(map(len, frames[:len(got)]))
-    assert got[0] == (mod.FRAME_HANDSHAKE, mod.Handshake("raftfast", 9, 1, 2, url))
+    assert got[0] == (mod.FRAME_HANDSHAKE, mod.Handshake("raftfast", 9, 1, 3, url))
     assert got[1:] == [(mod.FRAME_MESSAGE, received(m)) for m in msgs]
     assert dec.pending_bytes == 0
 
@@ -417,7 +418,7 @@ def test_any_flipped_body_bit_is_a_checksum_error(mod):
 
 
 @pytest.mark.parametrize("mod", IMPLS)
-@pytest.mark.parametrize("version", [0, 3, 255])
+@pytest.mark.parametrize("version", [0, 4, 255])
 def test_unknown_header_version(mod, version):
     expect_error(mod, raw_frame(3, msg_body(), version=version), "FrameVersionError")
 
@@ -734,7 +735,7 @@ BAD_MESSAGES = {
     "frm 0": Message(MSG_APPEND, frm=0),
     "frm 2**63": Message(MSG_APPEND, frm=1 << 63),
     "type 0": Message(0, frm=1),
-    "type 13": Message(13, frm=1),
+    "type 17": Message(17, frm=1),
     "chunk with an entry count": Message(MSG_SNAPSHOT_CHUNK, frm=1, hint=1, context=1,
                                          entries=b"x", count=1),
     "chunk past its total": Message(MSG_SNAPSHOT_CHUNK, frm=1, commit=5, hint=6, context=1,
@@ -798,9 +799,10 @@ def test_client_url_of_65535_bytes_is_accepted(mod):
 def test_choose_version_takes_the_highest_common(mod):
     assert mod.choose_version(1, 1) == 1   # a v1-only peer gets v1: no snapshot types
     assert mod.choose_version(1, 2) == 2
-    assert mod.choose_version(1, 9) == 2
-    assert mod.choose_version(2, 9) == 2
-    assert mod.choose_version(3, 9) is None
+    assert mod.choose_version(1, 9) == 3
+    assert mod.choose_version(2, 9) == 3
+    assert mod.choose_version(3, 9) == 3
+    assert mod.choose_version(4, 9) is None
 
 
 def test_decoder_rejects_a_non_positive_limit():

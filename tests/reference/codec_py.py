@@ -10,7 +10,7 @@ import struct
 from raftfast.core.messages import ENTRY_HEADER_SIZE, Message
 
 PROTOCOL_MIN = 1
-PROTOCOL_MAX = 2
+PROTOCOL_MAX = 3
 FRAME_HANDSHAKE = 1
 FRAME_HANDSHAKE_ACK = 2
 FRAME_MESSAGE = 3
@@ -26,9 +26,12 @@ ID_MAX = (1 << 63) - 1
 # a receiver refuses a frame with a larger one.  The encoder writes any u64.
 BOUNDED_FIELDS = ("term", "index", "log_term", "commit", "hint")
 MSG_TYPE_MAX_V1 = 10
+MSG_TYPE_MAX_V2 = 12
 # The message types of each frame version: v2 adds 11 SNAPSHOT_CHUNK and
-# 12 SNAPSHOT_ACK; a v1 type is written as a v1 frame on any connection.
-MSG_TYPES = {1: range(1, 11), 2: range(1, 13)}
+# 12 SNAPSHOT_ACK, v3 13 FORWARD, 14 FORWARD_RESP, 15 READ_INDEX and
+# 16 READ_INDEX_RESP; a type is written in the version it first appears in,
+# on any connection.
+MSG_TYPES = {1: range(1, 11), 2: range(1, 13), 3: range(1, 17)}
 MSG_CHUNK = 11
 MSG_ACK = 12
 ENTRY_TYPES = range(0, 4)     # ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG, ENTRY_TIME
@@ -138,7 +141,9 @@ def frame(frame_type, body, version=1):
 
 
 def message_version(mtype):
-    return 2 if mtype > MSG_TYPE_MAX_V1 else 1
+    if mtype <= MSG_TYPE_MAX_V1:
+        return 1
+    return 2 if mtype <= MSG_TYPE_MAX_V2 else 3
 
 
 def chunk_problem(mtype, count, data_len, offset, total, last):
@@ -162,8 +167,8 @@ def chunk_problem(mtype, count, data_len, offset, total, last):
 
 
 def encode_message(msg):
-    if msg.type not in MSG_TYPES[2]:
-        raise ValueError(f"Message.type={msg.type} is not a message type (1..12)")
+    if msg.type not in MSG_TYPES[PROTOCOL_MAX]:
+        raise ValueError(f"Message.type={msg.type} is not a message type (1..16)")
     if not 1 <= msg.frm <= ID_MAX:
         raise ValueError(f"Message.frm={msg.frm} is not a node id")
     block = bytes(msg.entries) if msg.entries is not None else b""

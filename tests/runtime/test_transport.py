@@ -191,7 +191,7 @@ def run_raw(tmp_path, caplog, client, **node_kw):
 def test_version_mismatch_refused(tmp_path, caplog):
     def client(url):
         with raw_client(url) as s:
-            s.sendall(encode_handshake("raftfast", 9, min_version=3, max_version=4))
+            s.sendall(encode_handshake("raftfast", 9, min_version=4, max_version=5))
             return read_until_closed(s)
     data, got, warnings = run_raw(tmp_path, caplog, client)
     assert data == b""  # closed without an ack
@@ -209,7 +209,7 @@ def test_overlapping_version_range_gets_highest_common(tmp_path, caplog):
     (ftype, ack), _, warnings = run_raw(tmp_path, caplog, client)
     assert ftype == FRAME_HANDSHAKE_ACK
     assert (ack.cluster_id, ack.node_id, ack.min_version, ack.max_version) == \
-        ("raftfast", 2, 2, 2)
+        ("raftfast", 2, 3, 3)
     assert warnings == []
 
 
@@ -477,13 +477,13 @@ def chunk_msg(frm, to, data=b"snapshot bytes"):
                    hint=len(data), context=1, entries=data)
 
 
-def test_v2_peers_exchange_snapshot_messages(tmp_path):
+def test_current_peers_exchange_snapshot_messages(tmp_path):
     async def main():
         (a, b), _ = await cluster("unix", tmp_path, 2)
         try:
             await a.connect(2)
             await b.connect(1)
-            assert a.t.peer_version(2) == 2 and b.t.peer_version(1) == 2
+            assert a.t.peer_version(2) == 3 and b.t.peer_version(1) == 3
             del a.got[:], b.got[:]
             assert a.t.send(chunk_msg(1, 2))
             assert b.t.send(Message(MSG_SNAPSHOT_ACK, to=1, frm=2, term=3, index=40,
