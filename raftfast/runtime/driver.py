@@ -12,9 +12,12 @@ The driver owns that loop and the ticks, and wires the parts it hands its
 callbacks to: GroupCommit (durability: one fsync per batch, off the loop
 while the loop has other work; held messages leave once durable), the
 waiters (clients waiting for a write, a read or a transfer, answered with
-typed outcomes), the SnapshotManager and PeerAddresses.  It reads time
-only from the clock it is given and schedules only on the loop it is
-given, so it runs as well on a simulated loop and clock as on uvloop.
+typed outcomes), the SnapshotManager, PeerAddresses, the cluster clock
+(cluster_time: the leader writes T ahead of each batch and stamps it on
+what it sends) and Forwarding (a follower's proposals and reads, carried
+out by the leader).  It reads time only from the clocks it is given and
+schedules only on the loop it is given, so it runs as well on a simulated
+loop and clock as on uvloop.
 
 A failed write or fsync is fatal: the node stops rather than retry (the
 page cache may have dropped the data).
@@ -25,7 +28,11 @@ import random
 from raftfast._codec import encode_message
 from raftfast.core import LEADER, CoreConfig
 from raftfast.core.raft import Raft
-from raftfast.core.messages import MSG_APPEND, MSG_HEARTBEAT_RESP, MSG_SNAPSHOT
+from raftfast.core.messages import (ENTRY_TIME, MSG_APPEND, MSG_FORWARD, MSG_HEARTBEAT,
+                                    MSG_HEARTBEAT_RESP, MSG_PREVOTE_RESP, MSG_SNAPSHOT,
+                                    MSG_VOTE_RESP)
+from raftfast.runtime.cluster_time import ClusterClock, time_entry, time_of_entry, wall_ms
+from raftfast.runtime.forwarding import Forwarding
 from raftfast.runtime.group_commit import GroupCommit
 from raftfast.runtime.members import PeerAddresses
 from raftfast.runtime.snapshots import SnapshotManager
@@ -37,14 +44,15 @@ log = logging.getLogger("raftfast.driver")
 
 class RaftDriver:
     def __init__(self, loop, clock, cfg, storage, state_machine, transport, conf, on_fatal,
-                 tick_ms, seed=None, sync_in_thread=True):
+                 tick_ms, seed=None, sync_in_thread=True, wall_clock=wall_ms):
         """loop: call_soon, call_later, call_soon_threadsafe,
         run_in_executor (an asyncio loop, or a simulated one).
         clock(): monotonic seconds.  state_machine: a StateMachine.
         conf: (voters, learners, urls), the configuration the core starts
         from (Storage.configuration()).  on_fatal(why): the node must stop.
         seed: the core's random seed (None: a fresh one).
-        sync_in_thread=False: fsync from the loop (GroupCommit; tests)."""
+        sync_in_thread=False: fsync from the loop (GroupCommit; tests).
+        wall_clock(): milliseconds, the leader's part of cluster time."""
         self.loop = loop
         self.clock = clock
         self.cfg = cfg
@@ -92,6 +100,11 @@ class RaftDriver:
                                         inline_max_s=cfg.heartbeat_interval_ms / 4000.0,
                                         clock=clock)
         self.peer_addresses = PeerAddresses(transport, cfg.peers)
+        self.cluster_clock = ClusterClock(wall_clock, recovered_time(storage.entry_log,
+                                                                      state_machine))
+        self.forwarding = Forwarding(self.core, transport.send, self._propose_unwatched,
+                                     self._read_for_peer, self.writes, self.reads,
+                                     self._applied_index, self.cluster_clock)
         self.snapshots = SnapshotManager(
             loop, clock, self.core, storage, state_machine, transport, self.schedule,
             self._internal_error, durable=cfg.fsync == "always",
@@ -126,6 +139,7 @@ class RaftDriver:
             self._tick_handle.cancel()
         self.writes.fail_all(OutcomeUnknown())
         self.reads.fail_all(NotLeaderNow())
+        self.forwarding.fail_all()
         self.transfers.fail_all(TransferFailed())
         self.snapshots.stop()
         self.group_commit.stop()
@@ -162,6 +176,7 @@ class RaftDriver:
             self.on_tick()
         self.writes.expire(now)
         self.reads.expire(now)
+        self.forwarding.expire(now)
         if self.transfers.pending:
             self.transfers.check(self.core, now)
         self.schedule()
@@ -200,12 +215,22 @@ class RaftDriver:
         if self._stopped:
             return
         core = self.core
+        clock = self.cluster_clock
         try:
             for msg in msgs:
-                if msg.type == MSG_HEARTBEAT_RESP and msg.hint:
+                t = msg.type
+                if t == MSG_APPEND or t == MSG_HEARTBEAT or t == MSG_VOTE_RESP \
+                        or t == MSG_PREVOTE_RESP:
+                    if msg.hint > clock.seen:
+                        clock.seen = msg.hint  # the cluster time its sender knows
+                elif t == MSG_HEARTBEAT_RESP and msg.hint:
                     self.voter_memory[msg.frm] = (msg.hint, msg.log_term, self.clock())
-                if msg.type >= MSG_SNAPSHOT:
-                    self.snapshots.on_message(msg)  # runtime-level: never stepped into the core as is
+                if t >= MSG_SNAPSHOT:
+                    # Runtime-level: never stepped into the core as is.
+                    if t >= MSG_FORWARD:
+                        self.forwarding.on_message(msg)
+                    else:
+                        self.snapshots.on_message(msg)
                 else:
                     core.step(msg)
         except Exception as e:
@@ -228,7 +253,7 @@ class RaftDriver:
         pieces are), or callback(OutcomeUnknown) if their fate becomes
         unknown.  Raises NotLeader (and the core's other refusals) when
         this node cannot take proposals; returns the last entry's index."""
-        first, last = self.core.propose(block)
+        first, last = self._propose_stamped(block)
         if last - first + 1 != count:
             raise AssertionError(f"proposed {count} entries, log took {last - first + 1}")
         self.writes.add(first, last, self.core.term, callback,
@@ -236,8 +261,52 @@ class RaftDriver:
         self.schedule()
         return last
 
+    def _propose_stamped(self, block):
+        """core.propose(block), behind an ENTRY_TIME entry when the
+        cluster time moved since the last one this leader wrote."""
+        core = self.core
+        t = self.cluster_clock.stamp_due()
+        if t:
+            core.propose(time_entry(t))
+        return core.propose(block)
+
+    def _propose_unwatched(self, block, count):
+        """A proposal a follower forwarded: (first, last); the follower
+        waits for its own apply, nobody here does."""
+        first, last = self._propose_stamped(block)
+        if last - first + 1 != count:
+            raise AssertionError(f"proposed {count} entries, log took {last - first + 1}")
+        self.schedule()
+        return first, last
+
+    def _read_for_peer(self, callback):
+        return self.read(0, callback)
+
+    def _applied_index(self):
+        return self.core.log.applied
+
+    def forward(self, block, count, callback):
+        """propose() on a follower: the leader proposes `block`, and
+        callback gets the pieces once this node applied the entries (or
+        NotLeaderNow: refused, nothing proposed; or OutcomeUnknown).
+        Raises core.NotLeader when no leader is known."""
+        self.forwarding.forward_propose(block, count, callback,
+                                        self.clock() + self.request_timeout)
+
+    def forward_read(self, callback):
+        """read() on a follower: callback(T) once this node may serve a
+        linearizable read at cluster time T from its state machine, or
+        NotLeaderNow / OutcomeUnknown.  Raises core.NotLeader."""
+        self.forwarding.forward_read(callback, self.clock() + self.request_timeout)
+
+    def cluster_time(self):
+        """The leader's cluster time now (ms): what an entry proposed or
+        a read confirmed now runs at."""
+        return self.cluster_clock.advance()
+
     def read(self, floor, callback):
-        """Linearizable reads (ReadIndex, or a lease read): callback(None)
+        """Linearizable reads (ReadIndex, or a lease read), at the cluster
+        time returned (ms): callback(None)
         once they may be served from the state machine as it stands, which
         will have applied every write committed before they arrived and
         the log through `floor`; callback(NotLeaderNow) if leadership is
@@ -251,6 +320,9 @@ class RaftDriver:
                        self.clock() + self.request_timeout)
         self.read_batches += 1
         self.schedule()
+        # The read's cluster time: later entries run at or after it, and the
+        # heartbeats that confirm it carry it to a majority.
+        return self.cluster_clock.advance()
 
     def transfer_leadership(self, target, callback):
         """RAFT.TRANSFER_LEADER: callback(None) once `target` leads,
@@ -330,11 +402,13 @@ class RaftDriver:
             # Half a Ready was carried out; going on could apply it twice.
             self._internal_error(e)
             return
-        if self._was_leader and core.role != LEADER:
-            # Deposed: whatever is pending may or may not commit under the
-            # next leader.  Say so rather than guess.
-            self.writes.fail_all(OutcomeUnknown())
-            reads.fail_all(NotLeaderNow())
+        if self._was_leader != (core.role == LEADER):
+            if self._was_leader:
+                # Deposed: whatever is pending may or may not commit under
+                # the next leader.  Say so rather than guess.
+                self.writes.fail_all(OutcomeUnknown())
+                reads.fail_all(NotLeaderNow())
+            self.cluster_clock.new_term()
         self._was_leader = core.role == LEADER
         snapshots.after_process()
         if self.transfers.pending:
@@ -344,8 +418,16 @@ class RaftDriver:
     def _send(self, msgs):
         transport = self.transport
         frames = {}  # one encoding per distinct AppendEntries (encode once, send to many)
+        clock = self.cluster_clock
+        # What this node tells its peers of cluster time: a leader its T
+        # now, anyone the highest T it has seen (on vote answers).
+        t = clock.advance() if self.core.role == LEADER else clock.seen
         for m in msgs:
-            if m.type == MSG_APPEND and m.entries is not None:
+            mt = m.type
+            if mt == MSG_APPEND or mt == MSG_HEARTBEAT or mt == MSG_VOTE_RESP \
+                    or mt == MSG_PREVOTE_RESP:
+                m.hint = t
+            if mt == MSG_APPEND and m.entries is not None:
                 self.appends_sent += 1
                 self.entries_sent += m.count
                 key = (id(m.entries), m.term, m.index, m.log_term, m.commit)
@@ -413,3 +495,19 @@ class RaftDriver:
             self.group_commit.halt()
             self.snapshots.halt()
             self.on_fatal(why)
+
+
+def recovered_time(entry_log, state_machine, window=4096):
+    """The highest cluster time this node's state shows at start: the last
+    ENTRY_TIME in its log (searched from the end), else its state
+    machine's (the snapshot's) time.  A node restarted as leader starts
+    at or above it, so T stays monotone in its own log."""
+    hi = entry_log.last_index + 1
+    first = entry_log.first_index
+    while hi > first:
+        lo = max(first, hi - window)
+        found = entry_log.find_type(lo, hi, ENTRY_TIME)
+        if found:
+            return time_of_entry(found[len(found) - 1][1])
+        hi = lo
+    return getattr(state_machine, "time_ms", 0)

@@ -65,7 +65,18 @@ class WriteWaiters:
         self.queue = collections.deque()  # the Ready loop tests it: any waiting?
 
     def add(self, first, last, term, callback, deadline):
-        self.queue.append(_WriteWaiter(first, last, term, callback, deadline))
+        w = _WriteWaiter(first, last, term, callback, deadline)
+        waiters = self.queue
+        if not waiters or waiters[len(waiters) - 1].first < first:
+            waiters.append(w)
+            return
+        # A follower's forwarded proposals can come back out of index
+        # order (a new leader reuses indexes an old one handed out): keep
+        # the queue in index order, which applied() relies on.
+        i = len(waiters)
+        while i and waiters[i - 1].first >= first:
+            i -= 1
+        waiters.insert(i, w)
 
     def applied(self, first, count, replies, offsets, term_of):
         """Entries first..first+count-1 were applied, their replies encoded

@@ -7,6 +7,8 @@ import types
 
 import pytest
 
+from raftfast.runtime.cluster_time import ClusterClock
+
 from tests.core.interaction import Env
 from tests.support.client_transport import FakeClientTransport
 from tests.support.entrylog import block_count
@@ -49,6 +51,7 @@ def test_the_leader_encodes_one_append_once_for_every_follower(monkeypatch):
     d = driver_mod.RaftDriver.__new__(driver_mod.RaftDriver)
     d.transport, d.core = FakeTransport(), r
     d.appends_sent = d.entries_sent = d.append_frames_encoded = 0
+    d.cluster_clock = ClusterClock(lambda: 1000)
     d._send(rd.messages)
     frames = [f for to, f in d.transport.frames if f != "msg"]
     assert len(frames) == 2 and frames[0] is frames[1]
