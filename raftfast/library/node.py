@@ -179,6 +179,11 @@ class Node:
         self.stop_reason = why
         self._stopped.set()
         self._fail_unsent()
+        in_flight, self._in_flight = self._in_flight, {}
+        for batch in in_flight.values():
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(RaftError(f"node stopped: {why}"))
         self._loop.create_task(self._close())
 
     # --------------------------------------------------------------- status

@@ -55,3 +55,10 @@ class PeerAddresses:
         for nid in transport.dialed_ids():
             if nid not in members and nid not in flags and nid != core.leader_id:
                 transport.set_address(nid, None)
+        for nid in members:
+            if nid != core.id:
+                # Open the connection now: the first message to a member
+                # would otherwise open it and be dropped, and a candidate
+                # whose vote requests to new members are dropped loses the
+                # election (a leadership transfer to a node just added).
+                transport.dial_ahead(nid)

@@ -259,6 +259,15 @@ class PeerTransport:
         if peer is not None:
             self._reset_peer(peer)
 
+    def dial_ahead(self, node_id):
+        """Dial node_id now if it has an address and no connection yet."""
+        if self.closed or node_id in self._peers:
+            return
+        addr = self._addresses.get(node_id)
+        if addr is not None:
+            peer = self._peers[node_id] = _Peer(node_id, addr)
+            self._dial(peer)
+
     def dialed_ids(self):
         """The ids this transport has an address for (a copy)."""
         return list(self._addresses)

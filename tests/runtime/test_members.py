@@ -25,6 +25,8 @@ def test_members_are_dialed_as_the_configuration_says_and_peer_flags_win():
     assert a.transport.addresses == {2: "tcp://127.0.0.1:9002", 3: "unix:///flag3.sock",
                                      4: "tcp://127.0.0.1:9004"}
     assert (a.conf_version, a.leader_id) == (3, 0)
+    # Every other member is dialed at once, before anything is sent to it.
+    assert a.transport.dialed_ahead == {2, 3, 4}
     assert not a.stale(core)
     core.conf_version = 4
     assert a.stale(core)

@@ -59,6 +59,7 @@ class AddressBook:
 
     def __init__(self, addresses=None):
         self.addresses = dict(addresses or {})
+        self.dialed_ahead = set()  # ids dial_ahead() was asked to dial
 
     def set_address(self, node_id, url):
         if url is None:
@@ -68,6 +69,9 @@ class AddressBook:
 
     def dialed_ids(self):
         return list(self.addresses)
+
+    def dial_ahead(self, node_id):
+        self.dialed_ahead.add(node_id)
 
 
 class MemTransport(AddressBook):
