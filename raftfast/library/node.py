@@ -21,7 +21,8 @@ import os
 
 from raftfast._entrylog import encode_entries
 from raftfast.config import Config
-from raftfast.core import LEADER, NotLeader as CoreNotLeader
+from raftfast.core import (LEADER, ConfChangeBusy, NotLeader as CoreNotLeader,
+                           TransferInProgress)
 from raftfast.core.messages import ENTRY_NORMAL
 from raftfast.errors import NotLeader, OutcomeUnknown, RaftError
 from raftfast.library.state_machine import PythonSeam, Raised
@@ -94,6 +95,7 @@ class Node:
         self._flush_handle = None
         self._waiting = []        # (kind, requests) batches waiting for a leader
         self._in_flight = {}      # id -> a proposed batch waiting for its results
+        self._tick_waiters = []   # futures set on the next tick
         self._stopped = asyncio.Event()
         self.stop_reason = None   # why the node stopped on its own, if it did
         if hasattr(state_machine, "_bind_node"):
@@ -340,6 +342,11 @@ class Node:
     def _on_tick(self):
         """Retry what waits for a leader; end what waited too long."""
         now = self._loop.time()
+        if self._tick_waiters:
+            waiters, self._tick_waiters = self._tick_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
         for reqs in (self._proposals, self._reads):
             for r in reqs:
                 if r.deadline < now and not r.future.done():
@@ -403,17 +410,31 @@ class Node:
                 fut.set_result(None)
 
         self._check_running()
-        try:
-            start(done)
-        except CoreNotLeader as e:
-            raise NotLeader(f"this node is not the leader (leader: {e.leader_id or 'unknown'})",
-                            leader_id=e.leader_id,
-                            leader_url=self.cfg.peers.get(e.leader_id)) from None
-        except ValueError as e:
-            raise RaftError(str(e)) from None
-        except Exception as e:  # the core's refusals: a change in progress, a transfer
-            raise RaftError(str(e) or type(e).__name__) from None
-        return await asyncio.wait_for(fut, timeout)
+        deadline = self._loop.time() + timeout
+        while True:
+            try:
+                start(done)
+                break
+            except (ConfChangeBusy, TransferInProgress) as e:
+                # The one change at a time is still settling (a promotion
+                # the leader started itself, say): ours goes next.
+                if self._loop.time() >= deadline:
+                    raise RaftError(str(e) or type(e).__name__) from None
+                await self._next_tick()
+            except CoreNotLeader as e:
+                raise NotLeader(f"this node is not the leader (leader: {e.leader_id or 'unknown'})",
+                                leader_id=e.leader_id,
+                                leader_url=self.cfg.peers.get(e.leader_id)) from None
+            except ValueError as e:
+                raise RaftError(str(e)) from None
+            except Exception as e:  # the core's other refusals
+                raise RaftError(str(e) or type(e).__name__) from None
+        return await asyncio.wait_for(fut, max(0.0, deadline - self._loop.time()))
+
+    def _next_tick(self):
+        fut = self._loop.create_future()
+        self._tick_waiters.append(fut)
+        return fut
 
     async def add_member(self, node_id, url, timeout=10.0):
         """Add node_id (dialed at url) as a learner; it becomes a voter by
