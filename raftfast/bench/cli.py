@@ -139,7 +139,17 @@ def build_parser():
                            "peers, at -c 50 -P 16, -c 50 -P 1 and -c 1 -P 1 with 64 B values, "
                            "-c 50 -P 16 and -c 50 -P 1 with 4 KiB, -c 50 -P 16 with 64 KiB; "
                            "Redis at each (implies --against redis)")
+    grid.add_argument("--library", dest="grid", action="store_const", const="library",
+                      help="the library instead of the server: a Python counter and dict "
+                           "replicated on 3 processes, --callers calls in flight from the "
+                           "leader's process, against PySyncObj driven the same way "
+                           "(library.json in --out)")
     m.set_defaults(grid="quick")
+    m.add_argument("--callers", type=positive, default=64, metavar="N",
+                   help="with --library: concurrent callers in the leader's process "
+                        "(default: 64)")
+    m.add_argument("--fsync", choices=("always", "never"), default="always",
+                   help="with --library: raftfast's fsync mode (default: always)")
     m.add_argument("--against", choices=("pysyncobj", "redis"), action="append", default=[],
                    help="add rows for another system, run the same way (repeat for both): "
                         "pysyncobj, another Raft library; redis, one redis-server with "
@@ -332,6 +342,10 @@ def main(argv=None):
     if getattr(ns, "loadgen", None) == "redis-benchmark" and not redis_benchmark.binary_path():
         parser.error(NO_REDIS_BENCHMARK)
     if ns.command == "compare":
+        if ns.grid == "library":
+            require("rich", "pysyncobj", what="bench compare --library")
+            from raftfast.bench import library as bench_library
+            return bench_library.main(ns)
         if ns.grid == "targets":
             if ns.value_sizes:
                 parser.error("--value-sizes is for --quick and --full: the --targets "
