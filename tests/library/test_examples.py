@@ -14,12 +14,13 @@ from raftfast.launcher.supervisor import stop_processes
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
 
 
-def run_example(name, until_line, timeout=60):
-    """Start examples/<name>.py 1, 2 and 3; return each one's output lines
-    up to and including the first that matches until_line."""
+def run_example(name, until_line, timeout=60, path=None):
+    """Start examples/<name>.py (or `path`) 1, 2 and 3; return each one's
+    output lines up to and including the first that matches until_line."""
     root = tempfile.mkdtemp(prefix="rfex")
     env = dict(os.environ, RAFTFAST_EXAMPLE_DIR=root)
-    procs = [subprocess.Popen([sys.executable, os.path.join(EXAMPLES, f"{name}.py"), str(i)],
+    path = path or os.path.join(EXAMPLES, f"{name}.py")
+    procs = [subprocess.Popen([sys.executable, path, str(i)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
              for i in (1, 2, 3)]
     outputs = [[] for _ in procs]
@@ -76,3 +77,23 @@ def test_lock_service_example_hands_out_growing_tokens_and_fences_writes():
     assert len(set(tokens)) == 15  # every acquisition its own token
     # Nobody's lease ran out while it held the lock, so every write went in.
     assert all(result == "accepted" for _, result in grants)
+
+
+def test_the_class_in_docs_library_md_replicates_across_three_processes(tmp_path):
+    """The first example of docs/library.md, as written there (its
+    directory aside), is under twenty lines and runs."""
+    with open(os.path.join(EXAMPLES, "..", "docs", "library.md")) as f:
+        text = f.read()
+    code = re.search(r"Save this as `inventory.py`.*?```python\n(.*?)```", text, re.S).group(1)
+    assert len([line for line in code.splitlines() if line.strip()]) < 20
+    root = tempfile.mkdtemp(prefix="rfdoc")
+    script = tmp_path / "inventory.py"
+    script.write_text(code.replace("/tmp/inv", root))
+    try:
+        outputs = run_example("inventory", r"^\{", path=str(script))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    counts = sorted(int(out[-2]) for out in outputs)
+    assert counts[-1] == 6  # apples 1 + 2 + 3, whoever went last
+    for out in outputs:
+        assert out[-1].startswith("{'apples': ")
