@@ -83,21 +83,25 @@ class Replicated(StateMachine):
     def apply(self, commands, ctx):
         methods = self._raft_methods
         results = []
-        index, time = ctx.index, ctx.time
-        for i, command in enumerate(commands):
-            call = pickle.loads(command)
+        append = results.append
+        loads = pickle.loads
+        # One context for the batch, its index moved along: a method sees
+        # the index of its own entry.
+        here = self.raft_ctx = ApplyContext(ctx.index, ctx.time)
+        for command in commands:
+            call = loads(command)
             method = methods.get(call[0])
-            if method is None:
-                # A node of another version of the class wrote it: refusing
-                # here would stop every replica at the same index.
-                results.append(Raised(AttributeError(
-                    f"{type(self).__name__} has no replicated method {call[0]!r}")))
-                continue
-            self.raft_ctx = ApplyContext(index + i, time)
             try:
-                results.append(method(self, *call[1], **(call[2] if len(call) > 2 else {})))
+                if method is None:
+                    # Written by a node with another version of the class:
+                    # refusing here would stop every replica at this index.
+                    raise AttributeError(f"{type(self).__name__} has no replicated method "
+                                         f"{call[0]!r}")
+                append(method(self, *call[1]) if len(call) == 2
+                       else method(self, *call[1], **call[2]))
             except Exception as e:
-                results.append(Raised(e))
+                append(Raised(e))
+            here.index += 1
         self.raft_ctx = None
         return results
 
