@@ -22,7 +22,7 @@ import time
 
 from raftfast.core.messages import ENTRY_TIME
 
-__all__ = ["ClusterClock", "time_entry", "wall_ms"]
+__all__ = ["ClusterClock", "recovered_time", "time_entry", "time_of_entry", "wall_ms"]
 
 # An ENTRY_TIME entry: u32 data length 8, u64 term (0: the core stamps it),
 # u8 type, then T.
@@ -81,3 +81,19 @@ class ClusterClock:
     def new_term(self):
         """Leadership changed hands: the next batch is stamped in any case."""
         self.stamped = 0
+
+
+def recovered_time(entry_log, state_machine, window=4096):
+    """The highest cluster time this node's state shows at start: the last
+    ENTRY_TIME in its log (searched from the end), else its state
+    machine's (the snapshot's) time.  A node restarted as leader starts
+    at or above it, so T stays monotone in its own log."""
+    hi = entry_log.last_index + 1
+    first = entry_log.first_index
+    while hi > first:
+        lo = max(first, hi - window)
+        found = entry_log.find_type(lo, hi, ENTRY_TIME)
+        if found:
+            return time_of_entry(found[-1][1])
+        hi = lo
+    return getattr(state_machine, "time_ms", 0)

@@ -28,10 +28,10 @@ import random
 from raftfast._codec import encode_message
 from raftfast.core import LEADER, CoreConfig
 from raftfast.core.raft import Raft
-from raftfast.core.messages import (ENTRY_TIME, MSG_APPEND, MSG_FORWARD, MSG_HEARTBEAT,
+from raftfast.core.messages import (MSG_APPEND, MSG_FORWARD, MSG_HEARTBEAT,
                                     MSG_HEARTBEAT_RESP, MSG_PREVOTE_RESP, MSG_SNAPSHOT,
                                     MSG_VOTE_RESP)
-from raftfast.runtime.cluster_time import ClusterClock, time_entry, time_of_entry, wall_ms
+from raftfast.runtime.cluster_time import ClusterClock, recovered_time, time_entry, wall_ms
 from raftfast.runtime.forwarding import Forwarding
 from raftfast.runtime.group_commit import GroupCommit
 from raftfast.runtime.members import PeerAddresses
@@ -496,18 +496,3 @@ class RaftDriver:
             self.snapshots.halt()
             self.on_fatal(why)
 
-
-def recovered_time(entry_log, state_machine, window=4096):
-    """The highest cluster time this node's state shows at start: the last
-    ENTRY_TIME in its log (searched from the end), else its state
-    machine's (the snapshot's) time.  A node restarted as leader starts
-    at or above it, so T stays monotone in its own log."""
-    hi = entry_log.last_index + 1
-    first = entry_log.first_index
-    while hi > first:
-        lo = max(first, hi - window)
-        found = entry_log.find_type(lo, hi, ENTRY_TIME)
-        if found:
-            return time_of_entry(found[len(found) - 1][1])
-        hi = lo
-    return getattr(state_machine, "time_ms", 0)
