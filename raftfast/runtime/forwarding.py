@@ -120,9 +120,9 @@ class Forwarding:
             self.reads.confirmed(((token, m.index),), self.applied())
             return
         first, last = m.index, m.commit
-        if last <= self.applied():
-            # Applied before the answer came (a reconnect reordered them):
-            # the results are gone.
+        if first <= self.applied():
+            # Applied, at least in part, before the answer came (a
+            # reconnect reordered them): those results are gone.
             p.callback(OutcomeUnknown())
             return
         self.writes.add(first, last, m.log_term, p.callback, p.deadline)
