@@ -263,12 +263,15 @@ class RaftDriver:
 
     def _propose_stamped(self, block):
         """core.propose(block), behind an ENTRY_TIME entry when the
-        cluster time moved since the last one this leader wrote."""
-        core = self.core
+        cluster time moved since the last one this leader wrote: (first,
+        last) of block's own entries.  The time entry goes in the same
+        block (one proposal, one log record, one message), not a
+        proposal of its own."""
         t = self.cluster_clock.stamp_due()
-        if t:
-            core.propose(time_entry(t))
-        return core.propose(block)
+        if not t:
+            return self.core.propose(block)
+        first, last = self.core.propose(time_entry(t) + block)
+        return first + 1, last
 
     def _propose_unwatched(self, block, count):
         """A proposal a follower forwarded: (first, last); the follower
