@@ -55,6 +55,8 @@ cdef extern from "kvcmd.h":
         APPEND_LIMIT_ARG "RF_APPEND_LIMIT_ARG"
     int _kv_opcode "rf_kv_opcode" (const unsigned char *s, size_t n) noexcept nogil
     bint _kv_arity_ok "rf_kv_arity_ok" (unsigned op, uint64_t argc) noexcept nogil
+    bint _kv_is_read "rf_kv_is_read" (unsigned op) noexcept nogil
+    bint _has_limit "rf_kv_has_limit" (unsigned op) noexcept nogil
     void _put_command_header "rf_put_command_header" (uint8_t *p, uint32_t data_len,
                                                       uint8_t opcode, uint32_t argc) noexcept nogil
     void _put_append_limit "rf_put_append_limit" (uint8_t *p, uint64_t limit) noexcept nogil
@@ -201,9 +203,10 @@ cdef enum:
 
 
 cdef inline int _kind_of(int op) noexcept:
-    """GET, MGET and EXISTS change nothing: a leader serves them without
-    the log (ReadIndex); the rest are writes."""
-    if op == OP_GET or op == OP_MGET or op == OP_EXISTS:
+    """Reads (GET, MGET, EXISTS, STRLEN, TTL, PTTL, DBSIZE, SCAN) change
+    nothing: a leader serves them without the log (ReadIndex); the rest are
+    writes."""
+    if _kv_is_read(op):
         return KIND_READS
     return KIND_WRITES
 
@@ -307,12 +310,13 @@ cdef class RespParser:
                  Py_ssize_t max_bytes=1 << 62, Py_ssize_t max_command_bytes=32 << 20,
                  bint force_first=True, reads=None):
         """Consume, in order, the complete buffered requests that are
-        well-formed KV commands (GET, SET, MGET, EXISTS, DEL, APPEND, INCR,
-        any case, right arity, arguments' bytes + 8 per argument within
+        well-formed KV commands (ext/kvcmd.h's rf_kv_opcode: GET, SET, DEL,
+        RAFT.EXEC ..., any case, Redis's arity, arguments' bytes + 8 per argument within
         max_command_bytes) and append each onto `out` as one entry of the
         block format (term 0, ENTRY_NORMAL, the opcode's RESP3 bit set when
-        resp3), exactly as kv.encode_commands would (an APPEND's entry also
-        carries max_bulk_len as its limit: encode_commands' append_limit).  Returns
+        resp3), exactly as kv.encode_commands would (an APPEND's and a
+        RAFT.EXEC's entry also carry max_bulk_len as their limit:
+        encode_commands' append_limit).  Returns
         (entries appended, stop): stop is the first request that is not such
         a command, as a list of argument bytes (consumed; the caller answers
         it, then calls again), or None when no complete request is buffered,
@@ -323,7 +327,7 @@ cdef class RespParser:
         entry of a call is accepted whatever its size, so a call with
         max_entries >= 1 always makes progress; force_first=False lifts that
         exception (a batcher adding to a batch that already holds entries).
-        reads=True takes only reads (GET, MGET, EXISTS), reads=False only
+        reads=True takes only reads (rf_kv_is_read), reads=False only
         writes: the call stops before a KV command of the other kind, leaving
         it buffered, with `stopped_at_kind` True (so reads and writes can
         go to different batches without losing their order).
@@ -452,7 +456,7 @@ cdef class RespParser:
                 memcpy(dst + 4, p + d, <size_t>blen)
                 w += 4 + blen
                 q = d + blen + 2
-            if op == OP_APPEND:
+            if _has_limit(op):
                 _kv_reserve(o, w + APPEND_LIMIT_ARG)
                 _put_append_limit(<uint8_t *>PyByteArray_AS_STRING(<object>o.ba) + o.used + w,
                                   o.append_limit)
@@ -465,7 +469,7 @@ cdef class RespParser:
                 return 1
             _put_command_header(<uint8_t *>PyByteArray_AS_STRING(<object>o.ba) + o.used,
                                 <uint32_t>(w - ENTRY_HEADER), <uint8_t>(op | o.flag),
-                                <uint32_t>(argc + (op == OP_APPEND)))
+                                <uint32_t>(argc + (_has_limit(op))))
             o.used += w
             o.added += w
             o.n += 1
@@ -735,7 +739,7 @@ cdef int _kv_command(list req, Py_ssize_t max_cmd, Py_ssize_t *entry_size) excep
         n = PyBytes_GET_SIZE(<bytes>req[i + 1])
         cmd += n + 8
         data += n + 4
-    if op == OP_APPEND:
+    if _has_limit(op):
         data += APPEND_LIMIT_ARG
     if cmd > max_cmd or data > 0xFFFFFFFF:
         return 0
@@ -751,7 +755,7 @@ cdef int _kv_put_list(KvOut *o, int op, list req, Py_ssize_t size) except -1:
     _kv_reserve(o, size)
     dst = <uint8_t *>PyByteArray_AS_STRING(<object>o.ba) + o.used
     _put_command_header(dst, <uint32_t>(size - ENTRY_HEADER), <uint8_t>(op | o.flag),
-                        <uint32_t>(argc + (op == OP_APPEND)))
+                        <uint32_t>(argc + (_has_limit(op))))
     dst += ENTRY_HEADER + CMD_HEADER
     for i in range(argc):
         a = req[i + 1]
@@ -759,7 +763,7 @@ cdef int _kv_put_list(KvOut *o, int op, list req, Py_ssize_t size) except -1:
         st32(dst, <uint32_t>n)
         memcpy(dst + 4, PyBytes_AS_STRING(a), <size_t>n)
         dst += 4 + n
-    if op == OP_APPEND:
+    if _has_limit(op):
         _put_append_limit(dst, o.append_limit)
     o.used += size
     o.added += size

@@ -25,12 +25,22 @@ class KVStateMachine:
     def apply_replies(self, block):
         return self.store.apply_replies(block)
 
-    def read(self, block):
-        # Reads change nothing: applying them is serving them.
-        return self.store.apply_replies(block)
+    def read(self, block, now_ms=0):
+        """Serve reads at cluster time max(now_ms, the store's); nothing changes."""
+        return self.store.read_replies(block, now_ms)
 
     def reply_sizes(self, block):
         return self.store.reply_sizes(block)
+
+    def reply_bound(self, block):
+        return self.store.reply_bound(block)
+
+    def expired_keys(self, now_ms, budget):
+        return self.store.expired_keys(now_ms, budget)
+
+    @property
+    def expires(self):
+        return self.store.expires
 
     @property
     def largest_value(self):

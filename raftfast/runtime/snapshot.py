@@ -9,22 +9,33 @@ frozen base per call, so no call blocks the loop for more than a few ms;
 after the last chunk the freeze ends, the file is fsynced and renamed into
 place, and the overlay is merged back into the base in bounded steps.
 
-File format, version 1, all integers little-endian:
+File format, version 2 (written), all integers little-endian:
 
     header   8s  magic b"RFKVSNAP"
-             u32 version (1)
+             u32 version (2)
              u32 header length (this whole header, meta and crc included)
              u64 last Raft index the snapshot covers
              u64 term of that entry
-             u64 key count
+             u64 record count (keys and sessions)
+             u64 the store's cluster time (ms) at that entry
+             u64 the last client session id given out
              u32 meta length, then meta bytes (opaque to this module: the
-                 membership configuration will travel here)
+                 membership configuration travels here)
              u32 CRC32C of every header byte before it
     chunks   u32 payload length (> 0), u32 record count (> 0),
-             u32 CRC32C of (length, count, payload), payload: records of
-             u32 key length, u32 value length, key, value
-    end      u32 0, u32 0, u64 key count (again),
+             u32 CRC32C of (length, count, payload), payload: records, each
+             a u8 kind then
+               0  u32 key length, u32 value length, key, value
+               1  u32 key length, u32 value length, i64 deadline (ms), key, value
+               2  a session: u64 id, u64 last seq, i64 last used (ms),
+                  u32 reply length, reply (RESP2 bytes; 0: none yet)
+             keys first, then sessions, least recently used first
+    end      u32 0, u32 0, u64 record count (again),
              u32 CRC32C of the whole file before this field
+
+Version 1 (still read) has no time, session id or kinds: its header stops
+after the key count (then meta), and every record is u32 key length, u32
+value length, key, value.
 
 The per-chunk CRC locates damage; the whole-file CRC and the repeated key
 count catch a chunk dropped, repeated or reordered.  Nothing may follow.
@@ -35,20 +46,22 @@ import tempfile
 from dataclasses import dataclass
 
 from raftfast._crc import crc32c
-from raftfast._kv import KVStore, SnapshotBusy, decode_records
+from raftfast._kv import KVStore, SnapshotBusy, decode_records, decode_records_v2
 
 __all__ = ["MAGIC", "VERSION", "SnapshotBusy", "SnapshotError", "SnapshotMeta",
            "SnapshotWriter", "SnapshotLoader", "write_snapshot", "load_snapshot",
            "read_snapshot_meta", "read_chunks"]
 
 MAGIC = b"RFKVSNAP"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)
 _PREFIX = struct.Struct("<8sII")          # magic, version, header length
-_FIXED = struct.Struct("<QQQI")           # index, term, key count, meta length
+# index, term, record count, (v2: time, last session id,) meta length
+_FIXED = {1: struct.Struct("<QQQI"), 2: struct.Struct("<QQQQQI")}
 _U32 = struct.Struct("<I")
 _FRAME = struct.Struct("<II")             # payload length, record count
 _END = struct.Struct("<QI")               # key count, file crc
-HEADER_MIN = _PREFIX.size + _FIXED.size          # the header before meta and crc
+HEADER_MIN = {v: _PREFIX.size + f.size for v, f in _FIXED.items()}  # before meta and crc
 HEADER_MAX = 1 << 24                               # meta is small (a member list)
 
 # One step's default work: at 16-byte keys and values, 8192 records are
@@ -69,11 +82,14 @@ class SnapshotMeta:
     count: int
     meta: bytes = b""
     version: int = VERSION
+    time: int = 0           # the store's cluster time (ms)
+    next_session: int = 0   # the last session id given out
 
 
-def _header(index, term, count, meta):
-    length = HEADER_MIN + len(meta) + _U32.size
-    body = _PREFIX.pack(MAGIC, VERSION, length) + _FIXED.pack(index, term, count, len(meta)) + meta
+def _header(index, term, count, meta, time, next_session):
+    length = HEADER_MIN[VERSION] + len(meta) + _U32.size
+    body = (_PREFIX.pack(MAGIC, VERSION, length)
+            + _FIXED[VERSION].pack(index, term, count, time, next_session, len(meta)) + meta)
     return body + _U32.pack(crc32c(body))
 
 
@@ -129,7 +145,8 @@ class SnapshotWriter:
         self._crc = 0
         self.bytes = 0
         self._written_back = 0    # bytes made durable by flush_to_disk so far
-        self._write(_header(index, term, self._snap.count, self.meta))
+        self._write(_header(index, term, self._snap.count, self.meta, self._snap.time,
+                            self._snap.next_session))
 
     @property
     def count(self):
@@ -222,7 +239,8 @@ class SnapshotWriter:
     def run(self, budget_keys=DEFAULT_STEP_KEYS):
         while not self.step(budget_keys):
             pass
-        return SnapshotMeta(self.index, self.term, self._snap.count, self.meta)
+        return SnapshotMeta(self.index, self.term, self._snap.count, self.meta, VERSION,
+                            self._snap.time, self._snap.next_session)
 
     def abort(self):
         """Stop: the store is released (its overlay merges back), the
@@ -264,21 +282,28 @@ def _read_header(f, path):
     if len(prefix) < _PREFIX.size:
         raise SnapshotError(f"snapshot {path}: truncated inside the header")
     _, version, length = _PREFIX.unpack(prefix)
-    if version != VERSION:
+    if version not in READABLE:
         raise SnapshotError(f"snapshot {path}: format version {version}; this build reads "
-                            f"version {VERSION}")
-    if not HEADER_MIN + _U32.size <= length <= HEADER_MAX:
+                            f"versions {', '.join(map(str, READABLE))}")
+    header_min = HEADER_MIN[version]
+    if not header_min + _U32.size <= length <= HEADER_MAX:
         raise SnapshotError(f"snapshot {path}: implausible header length {length}")
     rest = _read_exact(f, length - _PREFIX.size, path, "the header", _PREFIX.size)
     body, (crc,) = prefix + rest[:-4], _U32.unpack(rest[-4:])
     if crc32c(body) != crc:
         raise SnapshotError(f"snapshot {path}: header checksum mismatch (stored {crc:#010x}, "
                             f"computed {crc32c(body):#010x})")
-    index, term, count, meta_len = _FIXED.unpack_from(body, _PREFIX.size)
-    if HEADER_MIN + meta_len + 4 != length:
+    if version == 1:
+        index, term, count, meta_len = _FIXED[1].unpack_from(body, _PREFIX.size)
+        time = next_session = 0
+    else:
+        index, term, count, time, next_session, meta_len = _FIXED[2].unpack_from(body,
+                                                                                 _PREFIX.size)
+    if header_min + meta_len + 4 != length:
         raise SnapshotError(f"snapshot {path}: meta length {meta_len} does not fit a header "
                             f"of {length} bytes")
-    return SnapshotMeta(index, term, count, bytes(body[HEADER_MIN:]), version), body + rest[-4:]
+    return (SnapshotMeta(index, term, count, bytes(body[header_min:]), version, time,
+                         next_session), body + rest[-4:])
 
 
 def read_snapshot_meta(path):
@@ -312,6 +337,9 @@ class SnapshotLoader:
         self._crc = crc32c(header)
         self._offset = len(header)
         self._data = {}
+        self._expires = {}
+        self._sessions = []
+        self._records = 0
         self._chunk = 0
         self.store = None
 
@@ -354,13 +382,17 @@ class SnapshotLoader:
         if stored != computed:
             self._bad(f"chunk {self._chunk} at offset {at}: checksum mismatch (stored "
                       f"{stored:#010x}, computed {computed:#010x})")
-        if len(self._data) + n > self.meta.count:
+        if self._records + n > self.meta.count:
             self._bad(f"chunk {self._chunk} at offset {at}: more records than the "
-                      f"{self.meta.count} keys the header announces")
+                      f"{self.meta.count} the header announces")
         try:
-            decode_records(payload, n, self._data)
+            if self.meta.version == 1:
+                decode_records(payload, n, self._data)
+            else:
+                decode_records_v2(payload, n, self._data, self._expires, self._sessions)
         except ValueError as e:
             self._bad(f"chunk {self._chunk} at offset {at}: {e}")
+        self._records += n
         self._crc = crc32c(payload, crc32c(crc_bytes, crc32c(frame, self._crc)))
         self._offset += 12 + length
         self._chunk += 1
@@ -373,14 +405,18 @@ class SnapshotLoader:
         if stored != computed:
             self._bad(f"file checksum mismatch at the end record (offset {at}): stored "
                       f"{stored:#010x}, computed {computed:#010x}")
-        if count != self.meta.count or len(self._data) != count:
-            self._bad(f"key count mismatch: header {self.meta.count}, end record {count}, "
-                      f"records {len(self._data)}")
+        if count != self.meta.count or self._records != count:
+            self._bad(f"record count mismatch: header {self.meta.count}, end record {count}, "
+                      f"records {self._records}")
         if self._file.read(1):
             self._bad(f"bytes after the end record (offset {at + 8 + _END.size})")
         self.close()
-        self.store = KVStore.from_dict(self._data)
-        self._data = None
+        try:
+            self.store = KVStore.from_parts(self._data, self._expires, self._sessions,
+                                            self.meta.time, self.meta.next_session)
+        except ValueError as e:
+            self._bad(str(e))
+        self._data = self._expires = self._sessions = None
         return True
 
 

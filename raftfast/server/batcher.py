@@ -2,9 +2,10 @@
 batches.
 
 Writes gathered from every connection go into one entry block proposed to
-the log; reads (GET, MGET, EXISTS) go into a block of their own, served
-from the state machine once the runtime confirms they may be (ReadIndex),
-never through the log.  Each run of commands remembers its connection's
+the log; reads (GET, MGET, EXISTS, STRLEN, TTL, PTTL, DBSIZE, SCAN) go into
+a block of their own, served from the state machine once the runtime
+confirms they may be (ReadIndex), never through the log, at the cluster
+time the runtime gave the read (so expiry is judged at that time).  Each run of commands remembers its connection's
 reply slot, filled once the runtime answers.
 
 The batcher also keeps the window of writes in flight: the bytes proposed
@@ -126,18 +127,20 @@ class Batcher:
         block, runs = self.read_buf, self.read_runs
         self.read_buf, self.read_runs, self.read_count = bytearray(), [], 0
         server = self.server
+        at = [0]   # the read's cluster time, once driver.read returns it
 
         def served(result):
             if result is None:
-                # Confirmed: answer from the state machine as it stands,
-                # leaving out any connection whose replies would pass its
-                # output limit (closed before they are built).
+                # Confirmed: answer from the state machine as it stands, at
+                # the read's time, leaving out any connection whose replies
+                # would pass its output limit (closed before they are built).
                 live_block, live_runs = self._within_output_limit(block, runs)
                 if live_runs:
+                    now = at[0] or self.driver.cluster_time()
                     try:
-                        replies, offsets = server.driver.state_machine.read(live_block)
+                        replies, offsets = server.driver.state_machine.read(live_block, now)
                     except MemoryError:
-                        self._serve_each(live_block, live_runs)
+                        self._serve_each(live_block, live_runs, now)
                     else:
                         parts = [[replies, offsets, 0, len(offsets) - 1]]
                         for conn, slot, n in live_runs:
@@ -154,7 +157,7 @@ class Batcher:
             if conn.last_write > floor:
                 floor = conn.last_write
         try:
-            self.driver.read(floor, served)
+            at[0] = self.driver.read(floor, served)
         except NotLeader:
             served(NotLeaderNow())
 
@@ -162,13 +165,12 @@ class Batcher:
         """(block, runs) without the reads of connections whose replies
         would take them past --client-output-buffer-limit, those
         connections closed.  The replies are sized from the store before
-        any is built, and only when a bound from the block's length and the
-        longest value stored says they might pass it."""
+        any is built, and only when a bound from the block's commands and the
+        longest value and key stored says they might pass it."""
         limit = self.server.cfg.client_output_buffer_limit
         sm = self.server.driver.state_machine
         unsent = max(conn.unsent_bytes() for conn, slot, n in runs)
-        # Every key of a read costs at least 4 bytes of the block.
-        if unsent + (len(block) // 4) * (sm.largest_value + 24) + 32 * len(runs) <= limit:
+        if unsent + sm.reply_bound(block) <= limit:
             return block, runs
         sizes = sm.reply_sizes(block)
         owed = {}
@@ -193,7 +195,7 @@ class Batcher:
                 live_runs.append((conn, slot, n))
         return b"".join(kept), live_runs
 
-    def _serve_each(self, block, runs):
+    def _serve_each(self, block, runs, now):
         """The replies of the whole batch did not fit in memory: build each
         connection's alone, so that only a connection whose own replies do
         not fit is closed (reads change nothing; the node goes on)."""
@@ -203,7 +205,7 @@ class Batcher:
         read = self.server.driver.state_machine.read
         for conn, items in mine.items():
             try:
-                replies, offsets = read(b"".join(piece for slot, n, piece in items))
+                replies, offsets = read(b"".join(piece for slot, n, piece in items), now)
             except MemoryError:
                 log.error("closing client %d: out of memory building its replies", conn.id)
                 for slot, n, piece in items:

@@ -10,8 +10,7 @@ import fnmatch
 import logging
 import time
 
-from raftfast._kv import (OPCODES, OP_APPEND, OP_DEL, OP_EXISTS, OP_GET, OP_INCR, OP_MGET, OP_SET,
-                          encode_commands)
+from raftfast._kv import OPCODES, OP_SESSION_OPEN, OP_SET, arity_ok, encode_commands
 from raftfast._resp import OK, PONG, ErrorReply
 from raftfast.address import AddressError, is_local_peer, parse_address
 from raftfast.core import (ConfChangeBusy, ConfChangeInvalid, NotLeader, ProposalDropped,
@@ -28,12 +27,6 @@ log = logging.getLogger("raftfast.client")
 DEBUG_REFUSED = ("ERR {command} command not allowed. If the enable-debug-command option is set "
                  "to \"local\", you can run it from a local connection, otherwise you need to set "
                  "this option in the configuration file, and then restart the server.")
-
-# opcode -> (min args, max args or None); args exclude the command name
-_ARITY = {
-    OP_GET: (1, 1), OP_SET: (2, 2), OP_APPEND: (2, 2), OP_INCR: (1, 1),
-    OP_MGET: (1, None), OP_EXISTS: (1, None), OP_DEL: (1, None),
-}
 
 
 def dispatch(server, conn, cmd):
@@ -96,13 +89,11 @@ def _auth(server, conn, cmd):
 
 
 def _kv_command(server, conn, name, op, cmd):
-    """A KV command the compiled fast path did not take: wrong arity,
-    too large, or an option it does not know.  Answer why."""
+    """A KV command the compiled fast path did not take: wrong arity (as
+    Redis 7.2 counts it), too large, or this node does not lead.  Answer
+    why.  (Options are the store's to check: they travel in the entry.)"""
     args = cmd[1:]
-    lo, hi = _ARITY[op]
-    if op == OP_SET and len(args) > 2:
-        conn.reply(ErrorReply("ERR syntax error"))
-    elif len(args) < lo or (hi is not None and len(args) > hi):
+    if not arity_ok(op, len(args)):
         conn.reply(ErrorReply(f"ERR wrong number of arguments for '{name.decode()}' command"))
     elif sum(map(len, args)) + 8 * len(args) > server.max_command_bytes:
         conn.reply(ErrorReply("ERR string exceeds maximum allowed size (proto-max-bulk-len)"))
@@ -115,6 +106,8 @@ def _kv_command(server, conn, name, op, cmd):
         # parse_kv takes every well-formed KV command, so this is not
         # expected; still, take it the slow way rather than refuse it.
         log.warning("fast path passed over a %r command; encoding it separately", name)
+        # A read taken this way goes through the log: in its place among
+        # the connection's writes, evaluated at its entry's cluster time.
         server.batcher.buf += encode_commands([(op, [bytes(a) for a in args])], conn.resp3,
                                               server.cfg.proto_max_bulk_len)
         server.batcher.added(conn, 1)
@@ -348,6 +341,31 @@ def _answer_later(server, conn):
     return done
 
 
+def _raft_session(server, conn, cmd):
+    """RAFT.SESSION OPEN: a new client session's id (an integer), once
+    the entry that opens it is committed and applied (ids count up in the
+    state machine, the same on every replica)."""
+    if len(cmd) < 2:
+        _wrong_args(conn, "raft.session")
+        return
+    if bytes(cmd[1]).lower() != b"open":
+        conn.reply(ErrorReply(f"ERR unknown subcommand '{_printable(cmd[1])}'. "
+                              "Try RAFT.SESSION OPEN."))
+        return
+    if len(cmd) != 2:
+        _wrong_args(conn, "raft.session|open")
+        return
+    if not server.driver.is_leader:
+        conn.reply(server.redirect_error())
+        return
+    if server.memory.refusing:
+        conn.reply(ErrorReply(OOM_ERROR))
+        server.memory.writes_refused += 1
+        return
+    server.batcher.buf += encode_commands([(OP_SESSION_OPEN, [])], conn.resp3)
+    server.batcher.added(conn, 1)
+
+
 def _transfer_leader(server, conn, cmd):
     """RAFT.TRANSFER_LEADER id: +OK once that node leads."""
     if len(cmd) != 2:
@@ -431,7 +449,7 @@ COMMANDS = {
     b"auth": _auth, b"ping": _ping, b"echo": _echo, b"hello": _hello, b"client": _client,
     b"command": _command, b"config": _config, b"select": _select, b"quit": _quit,
     b"info": _info, b"raftfast.bench": _bench, b"raft.transfer_leader": _transfer_leader,
-    b"raft.node": _raft_node,
+    b"raft.node": _raft_node, b"raft.session": _raft_session,
 }
 
 # What a connection that has not authenticated may run (Redis's no-auth commands).

@@ -24,9 +24,8 @@ import logging
 
 from raftfast._resp import ErrorReply, RespParser, encode_replies
 from raftfast.address import set_nodelay
-from raftfast.core.messages import ENTRY_HEADER_SIZE
 from raftfast.server.batcher import entry_offsets
-from raftfast.server.memory import DENYOOM_OPCODES, OOM_ERROR
+from raftfast.server.memory import OOM_ERROR, entry_grows
 from raftfast.server.replies import PENDING, Slot, encoded_error
 
 __all__ = ["ClientProtocol", "MAX_CLIENTS_ERROR"]
@@ -227,8 +226,8 @@ class ClientProtocol:
         offsets = entry_offsets(block)
         i, count = 0, len(offsets) - 1
         while i < count:
-            j, refused = i, _grows(block, offsets[i])
-            while j < count and _grows(block, offsets[j]) == refused:
+            j, refused = i, entry_grows(block, offsets[i])
+            while j < count and entry_grows(block, offsets[j]) == refused:
                 j += 1
             if refused:
                 self.replies.append(Slot(self.resp3, encoded_error(OOM_ERROR, j - i), True))
@@ -274,9 +273,3 @@ class ClientProtocol:
                 self.transport.writelines(chunks)
             if self.closing and not replies:
                 self.transport.close()
-
-
-def _grows(block, at):
-    """Can the entry at `at` grow the data set (Redis's denyoom)?  Its
-    command's opcode follows the entry header, the RESP3 bit aside."""
-    return block[at + ENTRY_HEADER_SIZE] & 0x7F in DENYOOM_OPCODES

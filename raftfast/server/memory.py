@@ -2,7 +2,7 @@
 report, and whether the leader may take writes that grow the data set.
 
 On every tick of the node's clock (a tenth of a second by default, on the
-wakeup the tick has anyway) the node adds up what it holds (the data set as
+wakeup the tick has anyway; the server's tick calls check) the node adds up what it holds (the data set as
 the store estimates it, the log in memory, every client's buffers), closes
 the client holding the most while all clients' buffers pass
 --maxmemory-clients, and decides whether writes are refused: the leader
@@ -19,15 +19,36 @@ counting against it.
 import logging
 import os
 
-from raftfast._kv import OP_APPEND, OP_INCR, OP_SET
+import struct
 
-__all__ = ["DENYOOM_OPCODES", "MemoryGuard", "OOM_ERROR"]
+from raftfast._kv import (OP_APPEND, OP_DECR, OP_DECRBY, OP_EXEC, OP_INCR, OP_INCRBY, OP_MSET,
+                          OP_SESSION_OPEN, OP_SET, OP_SETNX, OPCODES)
+from raftfast.core.messages import ENTRY_HEADER_SIZE
+
+__all__ = ["DENYOOM_OPCODES", "MemoryGuard", "OOM_ERROR", "entry_grows"]
 
 log = logging.getLogger("raftfast.memory")
 
 OOM_ERROR = "OOM command not allowed when used memory > 'maxmemory'."
-# The KV commands that can grow the data set (Redis's denyoom flag).
-DENYOOM_OPCODES = frozenset({OP_SET, OP_APPEND, OP_INCR})
+# The KV commands that can grow the data set (Redis's denyoom flag; a new
+# session grows the sessions kept).
+DENYOOM_OPCODES = frozenset({OP_SET, OP_APPEND, OP_INCR, OP_SETNX, OP_MSET, OP_INCRBY, OP_DECR,
+                             OP_DECRBY, OP_SESSION_OPEN})
+
+
+def entry_grows(block, at):
+    """Can the entry at `at` grow the data set (Redis's denyoom)?  Its
+    command's opcode follows the entry header, the RESP3 bit aside; a
+    RAFT.EXEC grows it when the command it runs does (its third argument
+    names that command)."""
+    op = block[at + ENTRY_HEADER_SIZE] & 0x7F
+    if op != OP_EXEC:
+        return op in DENYOOM_OPCODES
+    p = at + ENTRY_HEADER_SIZE + 5
+    for _ in range(2):   # the session and the sequence number
+        p += 4 + struct.unpack_from("<I", block, p)[0]
+    (n,) = struct.unpack_from("<I", block, p)
+    return OPCODES.get(bytes(block[p + 4:p + 4 + n]).lower()) in DENYOOM_OPCODES
 
 
 class MemoryGuard:
@@ -42,15 +63,6 @@ class MemoryGuard:
         self.refusing = False      # writes that grow the data set get OOM
         self.clients_evicted = 0   # INFO stats: closed by --maxmemory-clients
         self.writes_refused = 0    # INFO stats: commands answered OOM
-
-    def start(self):
-        """Check on every tick of the node's driver."""
-        self.server.driver.on_tick = self.check
-
-    def stop(self):
-        driver = self.server.driver
-        if driver.on_tick == self.check:
-            driver.on_tick = None
 
     def check(self):
         """Count, evict, decide (on every tick, and from tests)."""

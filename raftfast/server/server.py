@@ -16,6 +16,7 @@ from raftfast.runtime.waiters import NotLeaderNow, OutcomeUnknown, TransferFaile
 from raftfast.server import commands
 from raftfast.server.batcher import Batcher
 from raftfast.server.connection import ClientProtocol
+from raftfast.server.expiry import ActiveExpiry
 from raftfast.server.memory import MemoryGuard
 
 __all__ = ["RespServer", "effective_maxclients"]
@@ -82,6 +83,7 @@ class RespServer:
         self.rejected_connections = 0
         self.memory = MemoryGuard(self, cfg.effective_maxmemory(),
                                   cfg.effective_maxmemory_clients())
+        self.expiry = ActiveExpiry(driver)
         self._idle_timer = None
         self._server = None
         self._unix_path = None
@@ -97,7 +99,7 @@ class RespServer:
                                            unix_mode=self.cfg.unixsocketperm, **extra)
         if self.cfg.timeout > 0 and self._idle_timer is None:
             self._idle_timer = self.loop.call_later(1.0, self.close_idle)
-        self.memory.start()
+        self.driver.on_tick = self.tick
         if addr.scheme == "unix":
             self._unix_path = (addr.path, os.stat(addr.path).st_ino)
             return str(addr)
@@ -107,7 +109,8 @@ class RespServer:
     async def close(self):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
-        self.memory.stop()
+        if self.driver.on_tick == self.tick:
+            self.driver.on_tick = None
         self.batcher.cancel()
         if self._server is not None:
             self._server.close()
@@ -125,6 +128,11 @@ class RespServer:
             except OSError:
                 pass
             self._unix_path = None
+
+    def tick(self):
+        """On every tick of the node's clock: memory accounting, active expiry."""
+        self.memory.check()
+        self.expiry.tick()
 
     # ------------------------------------------------------------ routing
 
@@ -190,6 +198,7 @@ class RespServer:
             "rejected_connections": self.rejected_connections,
             "evicted_clients": self.memory.clients_evicted,
             "raftfast_oom_refusals": self.memory.writes_refused,
+            "expired_keys": self.expiry.keys_proposed,
             "raftfast_appends_sent": d.appends_sent,
             "raftfast_entries_sent": d.entries_sent,
             "raftfast_append_frames_encoded": d.append_frames_encoded,
@@ -226,8 +235,9 @@ class RespServer:
                    f"maxclients:{self.maxclients}\r\n")
         repl = ("# Replication\r\nrole:"
                 + ("master" if self.driver.is_leader else "slave") + "\r\n")
-        keyspace = (f"# Keyspace\r\ndb0:keys={len(self.driver.state_machine)},"
-                    "expires=0,avg_ttl=0\r\n")
+        sm = self.driver.state_machine
+        keyspace = (f"# Keyspace\r\ndb0:keys={len(sm)},"
+                    f"expires={getattr(sm, 'expires', 0)},avg_ttl=0\r\n")
         stats = "# Stats\r\n" + "".join(f"{k}:{v}\r\n" for k, v in self.stats().items())
         memory = "# Memory\r\n" + "".join(f"{k}:{v}\r\n" for k, v in self.memory.info().items())
         if section in ("", "all", "default", "everything"):

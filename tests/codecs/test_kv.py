@@ -210,7 +210,11 @@ def test_encode_commands_layout():
 
 def test_opcodes_table():
     assert _kv.OPCODES == {b"set": 1, b"get": 2, b"mget": 3, b"exists": 4, b"del": 5,
-                           b"append": 6, b"incr": 7}
+                           b"append": 6, b"incr": 7, b"setnx": 8, b"getdel": 9, b"mset": 10,
+                           b"incrby": 11, b"decr": 12, b"decrby": 13, b"strlen": 14,
+                           b"expire": 15, b"pexpire": 16, b"ttl": 17, b"pttl": 18,
+                           b"persist": 19, b"dbsize": 20, b"scan": 21, b"raft.exec": 22}
+    assert (_kv.OP_SESSION_OPEN, _kv.OP_EXPIRE_DEL, _kv.OP_MAX) == (23, 24, 24)
     assert (OP_SET, OP_GET, OP_MGET, OP_EXISTS, OP_DEL, OP_APPEND, OP_INCR) == tuple(range(1, 8))
 
 

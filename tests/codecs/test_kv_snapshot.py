@@ -127,7 +127,7 @@ def test_clear_during_snapshot_detaches_it():
     assert kv.snapshot_state is None and len(kv) == 0
     run(kv, (OP_SET, [b"b", b"2"]))
     records, n = snap.next_chunk(10, 1 << 20)
-    assert n == 1 and records == struct.pack("<II", 1, 1) + b"a1"
+    assert n == 1 and records == b"\x00" + struct.pack("<II", 1, 1) + b"a1"
     snap.release()
     assert dict(kv.items()) == {b"b": b"2"}
 
@@ -277,9 +277,9 @@ def test_wrong_magic_version_trailing_bytes_and_reordered_chunks(tmp_path):
     # A version this build does not know, with its header checksum right.
     hlen = struct.unpack_from("<I", good, 12)[0]
     header = bytearray(good[:hlen - 4])
-    struct.pack_into("<I", header, 8, 2)
+    struct.pack_into("<I", header, 8, 3)
     path.write_bytes(bytes(header) + struct.pack("<I", crc32c(bytes(header))) + good[hlen:])
-    refused(path, "format version 2; this build reads version 1")
+    refused(path, "format version 3; this build reads versions 1, 2")
     path.write_bytes(good + b"\0")
     refused(path, "bytes after the end record")
     # Swap the first two chunks: each is intact, the file checksum is not.

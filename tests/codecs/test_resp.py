@@ -328,7 +328,7 @@ def test_unencodable_values_raise(impl):
 from raftfast._kv import encode_commands  # noqa: E402
 from tests.reference import kv_py  # noqa: E402
 
-KV_NAMES = [b"get", b"set", b"mget", b"exists", b"del", b"append", b"incr"]
+KV_NAMES = sorted(kv_py.OPCODES)
 
 
 def entries(block, append_limit):
@@ -346,7 +346,7 @@ def entries(block, append_limit):
             args.append(bytes(block[p + 4:p + 4 + n]))
             p += 4 + n
         assert p == off + 13 + dlen
-        if op & 0x7F == kv_py.OP_APPEND:
+        if op & 0x7F in kv_py.LIMITED:
             assert args.pop() == struct.pack("<Q", append_limit)
         out.append((op, args))
         off = p
@@ -381,7 +381,7 @@ def kv_pipelines(draw):
         if kind == "kv":
             name = draw(st.sampled_from(KV_NAMES))
             lo, hi = kv_py.ARITY[kv_py.OPCODES[name]]
-            size = (draw(st.integers(lo, hi or 4)) if draw(st.integers(0, 3))
+            size = (draw(st.integers(lo, max(lo, hi or 4))) if draw(st.integers(0, 3))
                     else draw(st.integers(0, 4)))   # mostly the right arity
             args = [draw(st.sampled_from([b"k", b"v", b"", b"10"]) | st.binary(max_size=12))
                     for _ in range(size)]
@@ -507,9 +507,11 @@ def test_parse_kv_pipeline(impl):
 
 
 @pytest.mark.parametrize("req", [
-    [b"SET", b"k", b"v", b"EX", b"10"], [b"SET", b"k"], [b"GET"], [b"GET", b"a", b"b"],
+    [b"SET", b"k"], [b"GET"], [b"GET", b"a", b"b"], [b"MSET", b"a", b"1", b"b"],
     [b"INCR", b"a", b"b"], [b"APPEND", b"k"], [b"MGET"], [b"DEL"], [b"EXISTS"],
-    [b"GETX", b"k"], [b"GE", b"k"], [b"SETNX", b"k", b"v"], [b"HELLO", b"3"], [b"PING"],
+    [b"GETX", b"k"], [b"GE", b"k"], [b"SETNX", b"k"], [b"HELLO", b"3"], [b"PING"],
+    [b"DBSIZE", b"x"], [b"RAFT.EXEC", b"1", b"1"], [b"RAFT\x0eEXEC", b"1", b"1", b"GET"],
+    [b"RAFT.SESSION", b"OPEN"],
 ])
 def test_parse_kv_returns_other_requests(impl, req):
     p = impl.Parser()

@@ -79,7 +79,9 @@ def test_kv_commands(conn):
 @pytest.mark.parametrize("cmd,reply", [
     (req(b"GET"), b"-ERR wrong number of arguments for 'get' command\r\n"),
     (req(b"SET", b"k"), b"-ERR wrong number of arguments for 'set' command\r\n"),
-    (req(b"SET", b"k", b"v", b"EX", b"10"), b"-ERR syntax error\r\n"),
+    (req(b"SET", b"k", b"v", b"EX", b"10"), b"+OK\r\n"),
+    (req(b"SET", b"k", b"v", b"FOO"), b"-ERR syntax error\r\n"),
+    (req(b"MSET", b"k", b"v", b"k2"), b"-ERR wrong number of arguments for 'mset' command\r\n"),
     (req(b"MGET"), b"-ERR wrong number of arguments for 'mget' command\r\n"),
     (req(b"FLUSHALL"), b"-ERR unknown command 'FLUSHALL'\r\n"),
     (req(b"SELECT", b"0"), b"+OK\r\n"),
@@ -691,16 +693,16 @@ def test_out_of_memory_building_a_batch_of_replies_closes_only_the_client_it_is_
     from raftfast.server.replies import Slot
     store = KVStore.from_dict({b"a": b"1", b"huge": b"x"})
 
-    def read(block):
+    def read(block, now_ms):
         if b"huge" in block:
             raise MemoryError
-        return store.apply_replies(block)
+        return store.read_replies(block, now_ms)
     server = SimpleNamespace(driver=SimpleNamespace(state_machine=SimpleNamespace(read=read)))
     batcher = Batcher(None, server, server.driver, 1024, 1 << 20, 0)
     modest, greedy = _Reader(1), _Reader(2)
     runs = [(modest, Slot(False), 1), (greedy, Slot(False), 1), (modest, Slot(False), 1)]
     block = encode_commands([(OP_GET, [b"a"]), (OP_GET, [b"huge"]), (OP_GET, [b"zz"])])
-    batcher._serve_each(block, runs)
+    batcher._serve_each(block, runs, 0)
     assert [slot.value for _, slot, _ in runs] == [b"$1\r\n1\r\n", b"", b"$-1\r\n"]
     assert greedy.closed and not modest.closed
 
