@@ -25,6 +25,12 @@ class KVStateMachine:
     def apply_replies(self, block):
         return self.store.apply_replies(block)
 
+    @property
+    def time_ms(self):
+        """The state's cluster time (its last ENTRY_TIME, or its snapshot's):
+        where a restarted node takes cluster time up when its log holds none."""
+        return self.store.time
+
     def read(self, block, now_ms=0):
         """Serve reads at cluster time max(now_ms, the store's); nothing changes."""
         return self.store.read_replies(block, now_ms)
