@@ -19,10 +19,10 @@ from tests.support.wait import until
 def library_cluster():
     made = []
 
-    def make(n=3, flags=()):
+    def make(n=3, flags=(), clock_skews=None):
         c = LibraryCluster(tempfile.mkdtemp(prefix="rf"), n, flags)
         made.append(c)
-        return c.start()
+        return c.start(clock_skews)
 
     yield make
     for c in made:
@@ -142,3 +142,27 @@ def test_a_process_joins_and_a_member_leaves(library_cluster):
     c.nodes[gone].kill()
     assert "ok" in new.call(op="set", key="y", arg="2")
     assert leader.call(op="get", key="y") == {"ok": "2"}
+
+
+def test_cluster_time_stays_monotone_when_leaders_with_skewed_clocks_crash(library_cluster):
+    """Node 1's clock runs a minute ahead, node 2's a minute behind: whoever
+    leads, the commands' cluster times never go back in log order, and
+    every replica has the same ones."""
+    c = library_cluster(3, clock_skews={1: 60_000, 2: -60_000})
+    for round_ in range(6):
+        leader = c.nodes[c.leader()]
+        ctl = leader.control()
+        try:
+            for _ in range(10):
+                assert "ok" in ctl.call(op="stamp")
+        finally:
+            ctl.close()
+        leader.kill()           # a crash, not a transfer: the next leader is elected
+        c.leader()
+        leader.start()
+    c.leader()
+    dumps = [until(lambda n=n: n.call(op="dump").get("ok"), "a dump", 30)
+             for n in c.nodes.values()]
+    times = dumps[0]["_times"]
+    assert len(times) == 60 and all(d["_times"] == times for d in dumps)
+    assert times == sorted(times)

@@ -38,6 +38,7 @@ class LibraryProc:
         self.cluster = cluster
         self.id = node_id
         self.join = join
+        self.clock_skew_ms = 0
         self.proc = None
         self.log_path = os.path.join(cluster.root, f"lib{node_id}.log")
         self.control_path = os.path.join(cluster.root, f"c{node_id}.sock")
@@ -52,6 +53,8 @@ class LibraryProc:
                 line += ["--peer", f"{j}={c.dial_url(self.id, j)}"]
         if self.join:
             line.append("--join")
+        if self.clock_skew_ms:
+            line += ["--clock-skew-ms", str(self.clock_skew_ms)]
         return line
 
     def start(self):
@@ -111,10 +114,13 @@ class LibraryCluster:
             self._dial[src, dst] = self.proxy.add_link(src, dst, self.peer_url(dst))
         return self._dial[src, dst]
 
-    def start(self):
+    def start(self, clock_skews=None):
+        """clock_skews: {id: ms} a node's wall clock runs ahead (or behind)."""
         self.proxy.start()
         for i in self.ids:
-            self.nodes[i] = LibraryProc(self, i).start()
+            proc = self.nodes[i] = LibraryProc(self, i)
+            proc.clock_skew_ms = (clock_skews or {}).get(i, 0)
+            proc.start()
         return self
 
     def add(self, node_id):

@@ -8,6 +8,7 @@ registers with set and append), and it takes requests from the test on a
 control socket, one JSON object per line:
 
     {"op": "set"|"append", "key": k, "arg": v}   a replicated command
+    {"op": "stamp"}                              a command keeping its cluster time
     {"op": "get", "key": k}                      a linearizable read (node.read)
     {"op": "dump"}                               every register, read linearizably
     {"op": "status"}                             Node.status()
@@ -26,6 +27,7 @@ import uvloop
 
 import raftfast
 from raftfast.address import parse_address
+from raftfast.runtime.cluster_time import wall_ms
 
 
 class Registers(raftfast.Replicated):
@@ -43,6 +45,12 @@ class Registers(raftfast.Replicated):
         self.values[key] = new
         return len(new.encode())
 
+    @raftfast.replicated
+    def stamp(self):
+        """Keep this command's cluster time, in log order."""
+        self.values.setdefault("_times", []).append(self.raft_ctx.time)
+        return self.raft_ctx.time
+
 
 async def handle(node, regs, request):
     op = request["op"]
@@ -51,6 +59,8 @@ async def handle(node, regs, request):
         return await regs.set(request["key"], request["arg"])
     if op == "append":
         return await regs.append(request["key"], request["arg"])
+    if op == "stamp":
+        return await regs.stamp()
     if op == "get":
         return await node.read(lambda sm: sm.values.get(request["key"]), timeout)
     if op == "dump":
@@ -66,6 +76,8 @@ async def handle(node, regs, request):
 
 async def serve(args, options):
     regs = Registers()
+    if args.clock_skew_ms:
+        options["wall_clock"] = lambda: wall_ms() + args.clock_skew_ms
     node = raftfast.Node(regs, id=args.id, data_dir=args.data_dir, listen=args.listen,
                          peers=dict(args.peer or []), join=args.join, **options)
     await node.start()
@@ -104,6 +116,8 @@ def main():
     p.add_argument("--peer", action="append",
                    type=lambda s: (int(s.split("=", 1)[0]), s.split("=", 1)[1]))
     p.add_argument("--join", action="store_true")
+    p.add_argument("--clock-skew-ms", type=int, default=0,
+                   help="this node's wall clock runs this far ahead (negative: behind)")
     args, rest = p.parse_known_args()
     # The remaining flags are node options: --snapshot-entries 50 -> snapshot_entries=50.
     options = {}
