@@ -174,3 +174,22 @@ def test_an_expired_session_is_replaced_unless_an_attempt_may_have_applied(make_
         assert counter(c, leader, "n") == 2
     finally:
         proxy.close()
+
+
+def test_threads_and_tasks_share_one_client(make_cluster):
+    c = make_cluster()
+    leader = c.wait_leader()
+    addrs = followers_first(c, leader)
+    with Client(addrs, max_sessions=3, timeout=20) as client:
+        calls = [Background(lambda: [client.incr("n") for _ in range(25)]) for _ in range(6)]
+        replies = [r for call in calls for r in call.result()]
+        # Every INCR applied once, each answered with its own value.
+        assert sorted(replies) == list(range(1, 151))
+        assert len(client._pool._idle) <= 3
+
+    async def run_async():
+        async with AsyncClient(addrs, max_sessions=3, timeout=20) as aclient:
+            replies = await asyncio.gather(*(aclient.incr("n") for _ in range(60)))
+            assert sorted(replies) == list(range(151, 211))
+    asyncio.run(run_async())
+    assert counter(c, leader, "n") == 210
