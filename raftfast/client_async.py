@@ -66,8 +66,10 @@ class AsyncClient(AsyncCoreCommands):
                  max_sessions: int = 16, backoff_base: float = 0.02,
                  backoff_cap: float = 0.5, **redis_kwargs):
         check_redis_kwargs(redis_kwargs)
-        self._tls = bool(redis_kwargs.get("ssl"))
-        self._router = Router(parse_targets(addrs, self._tls))
+        seeds = parse_targets(addrs, bool(redis_kwargs.get("ssl")))
+        # A redirect names host:port only: TLS if the client speaks TLS at all.
+        self._tls = any(a.tls for a in seeds)
+        self._router = Router(seeds)
         self._redis_kwargs = redis_kwargs
         self._sessions_on = sessions
         self.timeout = timeout

@@ -75,7 +75,7 @@ WRITES = frozenset(("SET", "SETNX", "GETDEL", "DEL", "APPEND", "INCR", "INCRBY",
                     "DECRBY", "MSET", "EXPIRE", "PEXPIRE", "PERSIST"))
 # Linearizable reads, and what any node answers without changing anything.
 READS = frozenset(("GET", "MGET", "EXISTS", "STRLEN", "TTL", "PTTL", "DBSIZE", "SCAN",
-                   "PING", "ECHO", "INFO", "COMMAND", "TIME"))
+                   "PING", "ECHO", "INFO", "COMMAND"))
 
 # The server's reply for a proposal whose fate it does not know (other
 # TIMEOUT replies, like a leadership transfer's, are definite answers).
