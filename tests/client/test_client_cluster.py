@@ -146,6 +146,30 @@ def test_a_lost_reply_is_applied_once_across_a_leader_change(make_cluster):
         proxy.close()
 
 
+def test_a_lost_reply_is_applied_once_when_the_leader_dies(make_cluster):
+    c = make_cluster()
+    leader = c.wait_leader()
+    proxy = ReplyProxy(c.nodes[leader].client_port)
+    others = [c.nodes[i].client_addr for i in c.ids if i != leader]
+    try:
+        with Client([proxy.addr] + others, timeout=20) as client:
+            assert client.incr("n") == 1
+            # The leader applies the INCR, its reply is lost, and it dies
+            # before the retry reaches it: the retry finds the new leader,
+            # which answers from the replicated session.
+            proxy.arm(b"INCR", lose="reply", hold=True)
+            call = Background(lambda: client.incr("n"))
+            assert proxy.lost.wait(10)
+            c.nodes[leader].kill()
+            proxy.release()
+            assert call.result() == 2
+            new = c.wait_leader(exclude=(leader,))
+            assert client.leader == tcp(c.nodes[new])
+            assert counter(c, new, "n") == 2
+    finally:
+        proxy.close()
+
+
 def test_an_expired_session_is_replaced_unless_an_attempt_may_have_applied(make_cluster):
     c = make_cluster()
     leader = c.wait_leader()
