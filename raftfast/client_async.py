@@ -66,6 +66,8 @@ class AsyncClient(AsyncCoreCommands):
                  max_sessions: int = 16, backoff_base: float = 0.02,
                  backoff_cap: float = 0.5, **redis_kwargs):
         check_redis_kwargs(redis_kwargs)
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive (got {timeout})")
         seeds = parse_targets(addrs, bool(redis_kwargs.get("ssl")))
         # A redirect names host:port only: TLS if the client speaks TLS at all.
         self._tls = any(a.tls for a in seeds)

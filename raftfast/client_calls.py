@@ -61,8 +61,9 @@ from raftfast.address import Address, AddressError, parse_address
 from raftfast.errors import NotLeader, OutcomeUnknown, RaftError
 from raftfast.resp_client import address as parse_target
 
-__all__ = ["READ", "WRITE", "OTHER", "OPEN", "LOST", "kind_of", "parse_targets", "node_kwargs",
-           "Backoff", "Router", "Session", "Call"]
+__all__ = ["READ", "WRITE", "OTHER", "OPEN", "LOST", "READS", "WRITES", "OUTCOME_UNKNOWN",
+           "command_name", "kind_of", "parse_targets", "check_redis_kwargs", "node_kwargs",
+           "redirect_target", "Backoff", "Router", "Session", "Call"]
 
 READ, WRITE, OTHER, OPEN = "read", "write", "other", "open"
 

@@ -13,7 +13,9 @@ client sent, so this proxy is its own small thing.
     proxy.lost.wait()
 
 With hold=True the proxy then closes every new connection at once until
-release(): the client's retries fail to reach the node meanwhile.
+release(): the client's retries fail to reach the node meanwhile.  With
+lose="silence" the reply is swallowed and the connection left open: the
+client hears nothing until its own socket timeout.
 """
 import socket
 import threading
@@ -42,8 +44,9 @@ class ReplyProxy:
     def arm(self, marker, lose="reply", hold=False):
         """The next request chunk containing `marker`: lose="request" drops
         it, lose="reply" forwards it and drops its reply; either way both
-        connections close.  hold: then refuse new connections until release()."""
-        assert lose in ("request", "reply")
+        connections close.  lose="silence" drops the reply and closes
+        nothing.  hold: then refuse new connections until release()."""
+        assert lose in ("request", "reply", "silence")
         with self._lock:
             self._marker, self._lose, self._hold = marker, lose, hold
         self.lost.clear()
@@ -95,8 +98,12 @@ class ReplyProxy:
                     fault = self._take_fault(data)
                     if fault == "request":
                         return self._lose_now()
-                    if fault == "reply":
-                        pair["drop_reply"] = True
+                    if fault in ("reply", "silence"):
+                        pair["drop_reply"] = fault
+                elif pair["drop_reply"] == "silence":
+                    pair["drop_reply"] = False
+                    self._lose_now()
+                    continue
                 elif pair["drop_reply"]:
                     return self._lose_now()
                 dst.sendall(data)

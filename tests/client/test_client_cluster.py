@@ -146,6 +146,24 @@ def test_a_lost_reply_is_applied_once_across_a_leader_change(make_cluster):
         proxy.close()
 
 
+def test_a_reply_that_never_comes_is_a_timeout_retried_with_the_same_seq(make_cluster):
+    c = make_cluster()
+    leader = c.wait_leader()
+    proxy = ReplyProxy(c.nodes[leader].client_port)
+    try:
+        with Client([proxy.addr], timeout=20, socket_timeout=0.5) as client:
+            proxy.arm(b"INCR", lose="silence")
+            assert client.incr("n") == 1
+            assert proxy.lost.is_set()
+        with Client([proxy.addr], sessions=False, timeout=20, socket_timeout=0.5) as plain:
+            proxy.arm(b"INCR", lose="silence")
+            with pytest.raises(OutcomeUnknown):
+                plain.incr("n")
+        assert counter(c, leader, "n") == 2
+    finally:
+        proxy.close()
+
+
 def test_a_lost_reply_is_applied_once_when_the_leader_dies(make_cluster):
     c = make_cluster()
     leader = c.wait_leader()
