@@ -53,9 +53,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from redis.exceptions import (AuthenticationError, ClusterDownError, ConnectionError,
-                              InvalidResponse, MovedError, NoPermissionError, OutOfMemoryError,
-                              TimeoutError, TryAgainError)
+try:
+    from redis.exceptions import (AuthenticationError, ClusterDownError, ConnectionError,
+                                  InvalidResponse, MovedError, NoPermissionError,
+                                  OutOfMemoryError, TimeoutError, TryAgainError)
+except ImportError as e:    # the server and the library do not need redis-py; the clients do
+    raise ImportError("raftfast.Client and AsyncClient are built on redis-py: "
+                      "pip install 'redis>=5.3'") from e
 
 from raftfast.address import Address, AddressError, parse_address
 from raftfast.errors import NotLeader, OutcomeUnknown, RaftError
