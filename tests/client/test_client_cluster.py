@@ -188,6 +188,29 @@ def test_a_lost_reply_is_applied_once_when_the_leader_dies(make_cluster):
         proxy.close()
 
 
+def test_a_write_left_without_a_quorum_is_applied_once_when_one_returns(make_cluster):
+    c = make_cluster()
+    leader = c.wait_leader()
+    followers = [i for i in c.ids if i != leader]
+    with Client([c.nodes[i].client_addr for i in c.ids], timeout=30) as client:
+        assert client.incr("n") == 1
+        before = int(c.nodes[leader].info()["raft_last_log_index"])
+        for f in followers:
+            c.nodes[f].kill()
+        # Proposed by a leader that can no longer commit it: its fate is
+        # unknown until a quorum is back, and the client keeps asking.
+        call = Background(lambda: client.incr("n"))
+        until(lambda: int(c.nodes[leader].info()["raft_last_log_index"]) > before,
+              "the INCR in the lone leader's log", timeout=10)
+        until(lambda: (c.nodes[leader].info() or {}).get("raft_role") != "leader",
+              "the lone leader to step down", timeout=15)
+        assert call.alive()
+        for f in followers:
+            c.nodes[f].start()
+        assert call.result() == 2
+        assert counter(c, c.wait_leader(), "n") == 2
+
+
 def test_an_expired_session_is_replaced_unless_an_attempt_may_have_applied(make_cluster):
     c = make_cluster()
     leader = c.wait_leader()
