@@ -21,6 +21,8 @@ _PUBLIC = {
     "ReplDict": "raftfast.library.replicated",
     "ReplCounter": "raftfast.library.replicated",
     "ReplLock": "raftfast.library.replicated",
+    "Client": "raftfast.client",
+    "AsyncClient": "raftfast.client",
     "RaftError": "raftfast.errors",
     "NotLeader": "raftfast.errors",
     "OutcomeUnknown": "raftfast.errors",
