@@ -25,10 +25,12 @@ from raftfast.core import (LEADER, ConfChangeBusy, NotLeader as CoreNotLeader,
                            TransferInProgress)
 from raftfast.core.messages import ENTRY_NORMAL
 from raftfast.errors import NotLeader, OutcomeUnknown, RaftError
+from raftfast.library.memory import OOM_ERROR, MemoryLimit
 from raftfast.library.state_machine import PythonSeam, Raised
 from raftfast.node import bootstrap, lease_clock, tick_ms
 from raftfast.runtime.cluster_time import wall_ms
 from raftfast.runtime.driver import RaftDriver
+from raftfast.runtime.forwarding import OverMemory
 from raftfast.runtime.peer_auth import load_secret
 from raftfast.runtime.storage import Storage, StorageError
 from raftfast.runtime.transport import PeerTransport
@@ -88,6 +90,7 @@ class Node:
         self._wall_clock = wall_clock
         self._loop = None
         self._driver = None
+        self._memory = None
         self._storage = None
         self._transport = None
         self._proposals = []      # gathered this iteration
@@ -138,6 +141,8 @@ class Node:
         self._transport.on_messages = driver.step_read
         self._transport.on_peer_state = driver.on_peer_state
         driver.on_tick = self._on_tick
+        memory = self._memory = MemoryLimit(driver, self.state_machine, cfg.effective_maxmemory())
+        driver.forwarding.admit = lambda: not memory.refusing
         try:
             self.listen_url = await self._transport.start(cfg.listen)
         except BaseException:
@@ -265,6 +270,10 @@ class Node:
         if not batch:
             return
         driver = self._driver
+        if self._memory.refusing and driver.core.role == LEADER:
+            for r in batch:
+                r.future.set_exception(RaftError(OOM_ERROR))
+            return
         block = encode_entries([(0, ENTRY_NORMAL, r.payload) for r in batch])
 
         def applied(outcome):
@@ -286,6 +295,11 @@ class Node:
             driver.process_now()
 
     def _proposals_done(self, batch, outcome):
+        if isinstance(outcome, OverMemory):
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(RaftError(OOM_ERROR))
+            return
         if isinstance(outcome, NotLeaderNow):
             self._waiting.append(("propose", batch))  # refused before proposing: retry
             return
@@ -341,6 +355,7 @@ class Node:
 
     def _on_tick(self):
         """Retry what waits for a leader; end what waited too long."""
+        self._memory.check()
         now = self._loop.time()
         if self._tick_waiters:
             waiters, self._tick_waiters = self._tick_waiters, []

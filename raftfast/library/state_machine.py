@@ -54,6 +54,9 @@ class StateMachine:
         an iterable of bytes chunks."""
         raise NotImplementedError
 
+    # Optional: def memory_used(self) -> int, the bytes the state costs,
+    # counted against the node's maxmemory (raftfast/library/memory.py).
+
 
 class ApplyContext:
     """What apply() knows of its commands besides their bytes."""

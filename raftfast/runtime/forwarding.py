@@ -24,7 +24,16 @@ from raftfast.core.messages import (ENTRY_HEADER_SIZE, ENTRY_NORMAL, MSG_FORWARD
                                     MSG_READ_INDEX, MSG_READ_INDEX_RESP, Message)
 from raftfast.runtime.waiters import NotLeaderNow, OutcomeUnknown, RequestFailed
 
-__all__ = ["Forwarding", "only_commands"]
+__all__ = ["Forwarding", "OverMemory", "only_commands"]
+
+# FORWARD_RESP's `index` on a refusal: why.
+REFUSED_NOT_PROPOSED = 0   # not the leader, another term, the leader's own limits: ask again
+REFUSED_MEMORY = 1         # the cluster is over its memory limit (maxmemory)
+
+
+class OverMemory(RequestFailed):
+    """The leader refused a forwarded proposal: the cluster is at its
+    memory limit.  Nothing was proposed."""
 
 log = logging.getLogger("raftfast.forwarding")
 
@@ -62,6 +71,7 @@ class Forwarding:
     applied index.  clock: the ClusterClock."""
 
     def __init__(self, core, send, propose, read, writes, reads, applied, clock):
+        self.admit = None  # admit() -> False: the leader refuses proposals (memory)
         self.core = core
         self.send = send
         self.propose = propose
@@ -109,7 +119,8 @@ class Forwarding:
         if p is None or m.frm != p.leader:
             return  # timed out meanwhile, or not ours
         if m.reject:
-            p.callback(NotLeaderNow())
+            p.callback(OverMemory() if not p.is_read and m.index == REFUSED_MEMORY
+                       else NotLeaderNow())
             return
         if p.is_read:
             t = m.hint
@@ -155,15 +166,18 @@ class Forwarding:
         elif t == MSG_FORWARD_RESP or t == MSG_READ_INDEX_RESP:
             self._answered(m)
 
-    def _refuse(self, m, mtype):
+    def _refuse(self, m, mtype, why=REFUSED_NOT_PROPOSED):
         core = self.core
         self.send(Message(mtype, to=m.frm, frm=core.id, term=core.term, reject=True,
-                          hint=core.leader_id, context=m.context))
+                          index=why, hint=core.leader_id, context=m.context))
 
     def _propose_for(self, m):
         core = self.core
         if core.role != LEADER or m.term != core.term:
             self._refuse(m, MSG_FORWARD_RESP)
+            return
+        if self.admit is not None and not self.admit():
+            self._refuse(m, MSG_FORWARD_RESP, REFUSED_MEMORY)
             return
         if m.entries is None or not only_commands(m.entries, m.count):
             log.warning("node %d forwarded entries other than commands; refused", m.frm)

@@ -284,3 +284,33 @@ def test_the_seam_cuts_a_block_at_its_time_entries():
     results, _ = seam.apply_replies(block)
     assert results == [1, None, None, 2, 3]
     assert sm.log == [(10, 0, b"a"), (13, 500, b"b"), (14, 500, b"c")]
+
+
+class Sized(raftfast.ReplCounter):
+    """A counter that says its state costs `size` bytes."""
+
+    size = 0
+
+    def memory_used(self):
+        return self.size
+
+
+def test_a_replica_over_its_memory_limit_stops_writes_but_not_reads(run, local_cluster):
+    async def body():
+        c = await local_cluster(state_machine=Sized, maxmemory=1 << 30)
+        try:
+            leader = await c.leader()
+            follower = await c.follower()
+            await c.machines[leader.id].add(1)
+            c.machines[follower.id].size = 2 << 30        # one voter is over its limit
+            await until_async(lambda: leader._memory.refusing, "the leader to hear of it")
+            for node in (leader, follower):
+                with pytest.raises(raftfast.RaftError, match="OOM"):
+                    await c.machines[node.id].add(1)
+                assert await node.read(lambda sm: sm.value) == 1
+            c.machines[follower.id].size = 0
+            await until_async(lambda: not leader._memory.refusing, "the report to clear")
+            assert await c.machines[follower.id].add(1) == 2
+        finally:
+            await c.stop()
+    run(body)
