@@ -94,6 +94,9 @@ def build_parser():
     g.add_argument("--rate", type=positive_float, metavar="OPS",
                    help="open loop: send OPS requests/s spread over the connections, "
                         "latency measured from each request's intended send time")
+    g.add_argument("--sessions", action="store_true",
+                   help="send every SET through a client session (RAFT.EXEC sid seq SET ...), "
+                        "one session per connection: what exactly-once costs the server")
     g.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
     _loadgen_arg(g)
     g = r.add_argument_group("breakdown")
@@ -252,6 +255,9 @@ async def cmd_run(ns):
     async def body(target):
         if ns.count_calls:
             check_counting(await bench_stats.snapshot(target.nodes))
+        if ns.breakdown and ns.sessions:
+            print("--breakdown measures plain SETs; run it without --sessions")
+            return 2
         if ns.breakdown:
             from raftfast.bench.breakdown import measure_breakdown
             result, before, after, lines = await measure_breakdown(
@@ -260,7 +266,7 @@ async def cmd_run(ns):
         else:
             result, before, after = await measure_snapshots(
                 target, ns.seconds, ns.clients, ns.pipeline, ns.value_size, ns.rate,
-                loadgen_name=ns.loadgen)
+                loadgen_name=ns.loadgen, sessions=ns.sessions)
             lines = []
         figs = bench_stats.figures(before, after, target.leader_id)
         print(result.format())

@@ -14,6 +14,13 @@ path builds no Python object per request or per reply:
 - latency is recorded once per group of requests sent together and answered
   in the same read (closed loop), not once per request.
 
+With sessions=True every SET goes through a client session instead:
+`RAFT.EXEC sid seq SET key value`, one session per connection (opened with
+RAFT.SESSION OPEN before the run), seq counting up per connection: the
+same keys and values, so the two loads show side by side what exactly-once
+costs the server.  Those requests are formatted as they are sent (a seq
+differs in each), which costs the generator a little more per request.
+
 Open loop: request k is due at start + k/rate and goes out on connection
 k mod C; its latency is measured from that intended time, not from when it
 was actually written, so a stalled server (or a late generator) shows in
@@ -33,7 +40,7 @@ from raftfast.bench.histogram import Histogram
 from raftfast.resp_client import INCOMPLETE, RespError, RespReplyParser
 
 __all__ = ["Histogram", "Result", "run", "run_async", "scan_replies", "OpenLoopSchedule",
-           "RequestPool"]
+           "RequestPool", "SessionRequests"]
 
 OK = b"+OK\r\n"
 DRAIN_TIMEOUT = 5.0      # after the deadline, how long outstanding replies may take
@@ -98,6 +105,34 @@ class RequestPool:
         return cursor
 
 
+class SessionRequests:
+    """One connection's SETs through its session: RAFT.EXEC sid seq SET key
+    value, the keys and value of a RequestPool, seq counting up from 1."""
+
+    def __init__(self, pool, sid):
+        self.pool = pool
+        self.count = pool.count
+        self.seq = 0
+        head = b"*6\r\n$9\r\nRAFT.EXEC\r\n$%d\r\n%d\r\n" % (len(b"%d" % sid), sid)
+        # The pool's requests without their "*3\r\n" header: the SET and its arguments.
+        self.head, self.size = head, pool.size
+        self.body = bytes(pool.view)
+
+    def write(self, transport, cursor, n):
+        size, body, head, count = self.size, self.body, self.head, self.count
+        parts = []
+        seq = self.seq
+        for _ in range(n):
+            seq += 1
+            digits = b"%d" % seq
+            parts.append(head + b"$%d\r\n%s\r\n" % (len(digits), digits)
+                         + body[cursor * size + 4:(cursor + 1) * size])
+            cursor = (cursor + 1) % count
+        self.seq = seq
+        transport.write(b"".join(parts))
+        return cursor
+
+
 class OpenLoopSchedule:
     """When each request of an open-loop run is meant to leave, and on which
     connection: request k is due at start + k/rate (nanoseconds) and goes on
@@ -154,10 +189,11 @@ def _record_spaced(hist, now, first, step, count):
 
 class _Conn(asyncio.Protocol):
     __slots__ = ("gen", "cursor", "pending", "inflight", "outstanding", "transport",
-                 "closed")
+                 "closed", "requests")
 
-    def __init__(self, gen, cursor):
+    def __init__(self, gen, cursor, requests=None):
         self.gen = gen
+        self.requests = requests if requests is not None else gen.pool  # what it sends
         self.cursor = cursor             # next request in the pool
         self.pending = b""               # the start of a reply cut by a read
         self.inflight = collections.deque()  # [first_ns, step_ns, count], oldest first
@@ -169,7 +205,7 @@ class _Conn(asyncio.Protocol):
         self.transport = transport
 
     def send(self, n, first_ns, step_ns=0):
-        self.cursor = self.gen.pool.write(self.transport, self.cursor, n)
+        self.cursor = self.requests.write(self.transport, self.cursor, n)
         self.inflight.append([first_ns, step_ns, n])
         self.outstanding += n
 
@@ -274,6 +310,7 @@ class Result:
     errors: dict = field(default_factory=dict)   # kind -> count
     latency: Histogram = field(default_factory=Histogram)  # microseconds, every reply
     rate: float | None = None                    # open loop: the offered ops/s
+    sessions: bool = False                       # SETs sent through RAFT.EXEC
     # open loop: how late each request left, in µs (a group's oldest stands for it)
     lag: Histogram = field(default_factory=Histogram)
     client_cpu: float = 0.0  # CPU seconds the generator's process used during the run
@@ -292,9 +329,10 @@ class Result:
 
     def format(self):
         lat = self.latency_ms()
+        what = "RAFT.EXEC SET" if self.sessions else "SET"
         lines = [
             f"target {self.address}: {self.describe_load()}, "
-            f"SET with {self.value_size}-byte values, {self.seconds:.1f} s",
+            f"{what} with {self.value_size}-byte values, {self.seconds:.1f} s",
             f"throughput {self.throughput:,.0f} ops/s ({self.ops} ok)",
             "latency ms  " + "  ".join(f"{k} {v:.3f}" for k, v in lat.items()),
         ]
@@ -312,9 +350,11 @@ class Result:
 # ---- running -----------------------------------------------------------------
 
 async def run_async(addr, seconds, clients=50, pipeline=1, value_size=64,
-                    keyspace=1_000_000, seed=None, find_leader=True, rate=None):
+                    keyspace=1_000_000, seed=None, find_leader=True, rate=None,
+                    sessions=False):
     """Drive addr ("host:port", tcp://host:port or unix:///path) for
-    `seconds`; closed loop, or open loop when `rate` (ops/s) is given.
+    `seconds`; closed loop, or open loop when `rate` (ops/s) is given;
+    with sessions, every SET through a session of its connection's.
     Returns a Result."""
     if clients < 1 or pipeline < 1 or value_size < 0 or not seconds > 0:
         raise ValueError("clients and pipeline must be >= 1, value_size >= 0, seconds > 0")
@@ -329,7 +369,14 @@ async def run_async(addr, seconds, clients=50, pipeline=1, value_size=64,
     try:
         for i in range(clients):
             cursor = (i * gen.pool.count) // clients
-            _, c = await resp_client.open_client(loop, target, lambda: _Conn(gen, cursor))
+            requests = None
+            if sessions:
+                sid = await resp_client.call(target, "RAFT.SESSION", "OPEN")
+                if not isinstance(sid, int):
+                    raise RuntimeError(f"RAFT.SESSION OPEN answered {sid!r}")
+                requests = SessionRequests(gen.pool, sid)
+            _, c = await resp_client.open_client(loop, target,
+                                                 lambda: _Conn(gen, cursor, requests))
             conns.append(c)
         cpu0 = time.process_time()
         t0 = time.perf_counter_ns()
@@ -362,7 +409,8 @@ async def run_async(addr, seconds, clients=50, pipeline=1, value_size=64,
                 c.transport.abort()
     return Result(address=resp_client.show(target), seconds=elapsed, clients=clients,
                   pipeline=pipeline, value_size=value_size, ops=ops, errors=gen.errors,
-                  latency=gen.latency, rate=rate, lag=gen.lag, client_cpu=client_cpu)
+                  latency=gen.latency, rate=rate, sessions=sessions, lag=gen.lag,
+                  client_cpu=client_cpu)
 
 
 def run(addr, seconds, clients=50, pipeline=1, value_size=64, **kwargs):

@@ -37,11 +37,13 @@ async def measure(target, seconds, clients, pipeline, value_size, rate=None, war
 
 
 async def measure_snapshots(target, seconds, clients, pipeline, value_size, rate=None,
-                            warmup=None, loadgen_name="python"):
+                            warmup=None, loadgen_name="python", sessions=False):
     """measure(), with the nodes' snapshots instead of the figures:
     (Result, before, after).  With redis-benchmark the calibration run is
     the warm-up, and an open loop (rate) is refused: the tool has none."""
     if loadgen_name == "redis-benchmark":
+        if sessions:
+            raise ValueError("--sessions needs the python load generator")
         if rate is not None:
             raise ValueError("redis-benchmark runs closed loops only (no --rate)")
         return await redis_benchmark.run_point(
@@ -52,9 +54,10 @@ async def measure_snapshots(target, seconds, clients, pipeline, value_size, rate
     if warmup is None:
         warmup = min(seconds / 4, 1.0)
     if warmup > 0:
-        await loadgen.run_async(target.url, warmup, clients, pipeline, value_size, rate=rate)
+        await loadgen.run_async(target.url, warmup, clients, pipeline, value_size, rate=rate,
+                                sessions=sessions)
     before = await bench_stats.snapshot(target.nodes)
     result = await loadgen.run_async(target.url, seconds, clients, pipeline, value_size,
-                                     rate=rate)
+                                     rate=rate, sessions=sessions)
     after = await bench_stats.snapshot(target.nodes)
     return result, before, after
