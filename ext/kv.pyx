@@ -405,17 +405,6 @@ def encode_commands(list commands, bint resp3=False, object append_limit=None):
     return out
 
 
-def time_entry(uint64_t t):
-    """A one-entry block (term 0): ENTRY_TIME, cluster time t (ms)."""
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, ENTRY_HEADER + 8)
-    cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
-    st32(p, 8)
-    st64(p + 4, 0)
-    p[ENTRY_TYPE_AT] = ENTRY_TIME
-    st64(p + ENTRY_HEADER, t)
-    return out
-
-
 class SnapshotBusy(RuntimeError):
     """begin_snapshot() while a snapshot is frozen or its overlay is still
     being merged back: one snapshot at a time."""

@@ -18,8 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raftfast._kv import OPCODES, KVStore, encode_commands, time_entry
+from raftfast._kv import OPCODES, KVStore, encode_commands
 from raftfast._resp import ErrorReply, SimpleString
+from raftfast.runtime.cluster_time import time_entry
 
 REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed")

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from raftfast._crc import crc32c
 from raftfast._kv import (OP_EXEC, OP_EXPIRE_DEL, OP_SESSION_OPEN, OPCODES, SCAN_COUNT_MAX,
-                          SESSION_TIMEOUT_MS, KVStore, encode_commands, time_entry)
+                          SESSION_TIMEOUT_MS, KVStore, encode_commands)
 from raftfast._resp import OK, ErrorReply, encode_replies
+from raftfast.runtime.cluster_time import time_entry
 from raftfast.runtime.snapshot import MAGIC, load_snapshot, write_snapshot
 
 T0 = 1_700_000_000_000
