@@ -1063,6 +1063,8 @@ cdef class KVStore:
                          Py_ssize_t pos):
         cdef uint32_t op, argc, i
         cdef Py_ssize_t off = CMD_HEADER
+        cdef const uint8_t *cur
+        cdef bytes key
         cdef uint64_t limit = 0xFFFFFFFFFFFFFFFFULL
         if n < CMD_HEADER:
             return self._corrupt(pos, f"payload of {n} bytes is shorter than its header", mode, w)
@@ -1086,6 +1088,15 @@ cdef class KVStore:
             argc -= 1
         if self._reading and not _is_read(op):
             return self._corrupt(pos, f"a write (opcode {op}) among reads", mode, w)
+        # The hot path first, with no call and few locals: a plain SET, a GET.
+        cur = d + CMD_HEADER
+        if op == _OP_SET and argc == 2:
+            key = _next_arg(&cur)
+            self._set_plain(key, _next_arg(&cur))
+            return _reply_ok(mode, w)
+        if op == _OP_GET and mode == M_WIRE:
+            _put_value(w, self._getv(_next_arg(&cur)), (d[0] & _OP_RESP3) != 0)
+            return None
         if op == _OP_EXEC:
             return self._exec(argc, d + CMD_HEADER, (d[0] & _OP_RESP3) != 0, mode, w, limit)
         return self._run(op, argc, d + CMD_HEADER, (d[0] & _OP_RESP3) != 0, mode, w, limit)

@@ -55,7 +55,8 @@ static inline uint64_t rf_scan_hash(const unsigned char *p, size_t n) {
 
 /* One pattern token that is not '*', at pat[*at] (plen bytes in all),
  * against the character c: Redis's stringmatchlen (util.c) for '?', '[...]'
- * (with '^', ranges either way round, '\' escapes, an unterminated class
+ * (with '^', ranges either way round and between signed chars as Redis's
+ * are, '\' escapes, an unterminated class
  * running to the end of the pattern) and '\' escapes, byte for byte,
  * case-sensitive.  Returns whether it matches and moves *at past it. */
 static int rf_glob_token(const unsigned char *pat, size_t plen, size_t *at, unsigned char c) {
@@ -91,14 +92,16 @@ static int rf_glob_token(const unsigned char *pat, size_t plen, size_t *at, unsi
             i++;
             break;
         } else if (plen - i >= 3 && pat[i + 1] == '-') {
-            unsigned char lo = pat[i], hi = pat[i + 2];
+            /* Redis compares range ends as C chars, which are signed here:
+             * byte 0xff is -1, below 'a'. */
+            int lo = (signed char)pat[i], hi = (signed char)pat[i + 2], sc = (signed char)c;
             if (lo > hi) {
-                unsigned char t = lo;
+                int t = lo;
                 lo = hi;
                 hi = t;
             }
             i += 2;
-            if (c >= lo && c <= hi)
+            if (sc >= lo && sc <= hi)
                 match = 1;
         } else if (pat[i] == c) {
             match = 1;

@@ -728,3 +728,25 @@ def test_at_maxmemory_growing_writes_get_oom_in_place_and_deletes_go_to_the_batc
     finally:
         server.batcher.cancel()
         loop.close()
+
+
+def test_at_maxmemory_a_session_write_is_refused_as_its_command_would_be():
+    """RAFT.EXEC grows the data set when the command it runs does:
+    RAFT.EXEC of a SET gets OOM, of a DEL goes to the batch; a new session
+    is refused too."""
+    from raftfast._kv import OP_EXEC, encode_commands
+    loop, server, connect = _door()
+    try:
+        conn, out = connect()
+        server.memory.refusing = True
+        conn.data_received(req(b"RAFT.EXEC", b"1", b"1", b"set", b"a", b"1")
+                           + req(b"RAFT.EXEC", b"1", b"2", b"DEL", b"a")
+                           + req(b"RAFT.SESSION", b"OPEN"))
+        oom = b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"
+        assert out.out == [oom]
+        assert bytes(server.batcher.buf) == encode_commands(
+            [(OP_EXEC, [b"1", b"2", b"DEL", b"a"])], append_limit=server.cfg.proto_max_bulk_len)
+        assert server.memory.writes_refused == 2
+    finally:
+        server.batcher.cancel()
+        loop.close()
