@@ -23,6 +23,9 @@ from raftfast.server.replies import encoded_error, take_replies
 __all__ = ["Batcher", "entry_offsets"]
 
 log = logging.getLogger("raftfast.client")
+# Write replies longer than this (a value returned by GETDEL or SET ... GET)
+# are checked against the output limit; the rest are numbers and +OK.
+LARGE_WRITE_REPLY = 4096
 
 
 class Batcher:
@@ -195,6 +198,19 @@ class Batcher:
                 live_runs.append((conn, slot, n))
         return b"".join(kept), live_runs
 
+    def _within_output_limit_written(self, conn, value):
+        """The replies of applied writes (a GETDEL's or SET ... GET's value):
+        the connection is closed if they would take it past
+        --client-output-buffer-limit (the writes have taken effect)."""
+        limit = self.server.cfg.client_output_buffer_limit
+        if conn.unsent_bytes() + len(value) <= limit:
+            return value
+        log.warning("closing client %d: replies of %d bytes to applied writes would pass "
+                    "--client-output-buffer-limit %d", conn.id,
+                    conn.unsent_bytes() + len(value), limit)
+        conn.close_now()
+        return b""
+
     def _serve_each(self, block, runs, now):
         """The replies of the whole batch did not fit in memory: build each
         connection's alone, so that only a connection whose own replies do
@@ -232,7 +248,10 @@ class Batcher:
                 refused(str(self.server.failure_reply(result)))
             else:
                 for conn, slot, n in runs:
-                    slot.value, slot.raw = take_replies(result, n), True
+                    value = take_replies(result, n)
+                    if len(value) > LARGE_WRITE_REPLY:
+                        value = self._within_output_limit_written(conn, value)
+                    slot.value, slot.raw = value, True
                 for conn, slot, n in runs:
                     conn.flush()
             self._answered(nbytes)

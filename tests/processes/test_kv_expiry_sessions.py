@@ -2,6 +2,8 @@
 processes: keys removed on every replica by the leader's deletions, a
 RAFT.EXEC retried on a new leader answered with its first reply, a scan
 finished on another leader than it started on."""
+import socket
+
 import redis
 
 from tests.support.wait import until
@@ -73,3 +75,19 @@ def test_a_scan_started_on_one_leader_finishes_on_the_next(make_cluster):
         seen.update(batch)
     assert seen == keys
     assert r2.dbsize() == 300
+
+
+def test_a_write_whose_reply_passes_the_output_limit_took_effect_and_closes_its_connection(
+        make_cluster):
+    c = make_cluster(n=1, fsync="never", extra_args=["--client-output-buffer-limit", "1000000"])
+    node = c.nodes[c.wait_leader()]
+    r = node.client()
+    r.set("big", b"x" * 2_000_000)
+    # A raw connection: redis-py would retry the GETDEL on a new one.
+    with socket.create_connection(("127.0.0.1", node.client_port), timeout=10) as s:
+        s.sendall(b"*2\r\n$6\r\nGETDEL\r\n$3\r\nbig\r\n")
+        got = b""
+        while chunk := s.recv(1 << 20):
+            got += chunk
+    assert got == b""   # closed, the reply never built into its buffer
+    assert node.client().exists("big") == 0
