@@ -41,9 +41,11 @@ SET or GET pays one size check for them.
 
 Sessions (RAFT.SESSION OPEN, RAFT.EXEC; Raft dissertation 6.3): per session
 the last sequence number run and its reply (RESP2 bytes), and the cluster
-time it was last used; a session unused for SESSION_TIMEOUT_MS is gone.
-Sessions are kept least recently used first (dict order, the same on every
-replica), so expired ones are dropped from the front.
+time it was last used; a session unused for SESSION_TIMEOUT_MS is gone:
+every lookup checks that, so replies never depend on when an expired
+session's memory is reclaimed (a few sessions are looked at, round robin,
+per session command; which ones may differ between replicas, what they
+answer may not).
 
 SCAN walks the keys in the order of a fixed hash (ext/kvscan.h): a cursor
 is a position in that order, read the same way by every replica (Python's
@@ -422,8 +424,8 @@ DEF KEY_COST = 100
 DEF EXPIRE_COST = 80
 # A session: its object, its id and a dict slot (its reply counts apart).
 DEF SESSION_COST = 200
-# Expired sessions dropped from the front per session command.
-DEF SESSION_PURGE = 16
+# Sessions looked at, for expiry, per session command.
+DEF SESSION_PURGE = 2
 
 
 cdef class Session:
@@ -471,15 +473,22 @@ cdef class KVStore:
     cdef long long _now
     cdef long long _tnow
     cdef bint _reading          # read_replies: a write here is a bug, refused
-    cdef dict _sessions         # id -> Session, least recently used first
+    cdef dict _sessions         # id -> Session
     cdef long long _next_session
     cdef ScanIndex _scan        # local, built by the first SCAN
     cdef Py_ssize_t _expire_pos  # where expired_keys() goes on
+    cdef Py_ssize_t _purge_pos   # where _purge_sessions() goes on
+    cdef WBuf _scratch          # a follower's RAFT.EXEC replies, reused
 
     def __cinit__(self):
         self._data = {}
         self._expires = {}
         self._sessions = {}
+        self._scratch.data = NULL
+        self._scratch.len = self._scratch.cap = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self._scratch.data)
 
     @staticmethod
     def from_dict(dict data not None):
@@ -492,8 +501,7 @@ cdef class KVStore:
                    long long now, long long next_session):
         """A store from a snapshot's parts, which it takes over: data (bytes
         -> bytes), expires (key -> deadline ms, keys of data only), sessions
-        ([(id, last_seq, used, reply bytes or None)], least recently used
-        first), the cluster time and the last session id given out."""
+        ([(id, last_seq, used, reply bytes or None)]), the cluster time and the last session id given out."""
         cdef KVStore kv = KVStore()
         cdef PyObject *k
         cdef PyObject *v
@@ -1381,19 +1389,25 @@ cdef class KVStore:
         return _reply_int(mode, w, self._next_session)
 
     cdef int _purge_sessions(self) except -1:
-        """Drop expired sessions from the least recently used end (a few:
-        bounded work per command, the same on every replica)."""
+        """Look at the next few sessions (round robin) and drop the expired
+        ones: bounded work per command.  Only memory depends on it (every
+        lookup checks expiry itself)."""
         cdef PyObject *k
         cdef PyObject *v
-        cdef Py_ssize_t pos, budget = SESSION_PURGE
+        cdef Py_ssize_t budget = SESSION_PURGE
+        cdef list gone = None
         while budget > 0:
-            pos = 0
-            if not PyDict_Next(self._sessions, &pos, &k, &v):
+            if not PyDict_Next(self._sessions, &self._purge_pos, &k, &v):
+                self._purge_pos = 0
                 break
-            if self._now - (<Session>v).used < SESSION_TIMEOUT_MS:
-                break
-            self._drop_session(<object>k)
+            if self._now - (<Session>v).used >= SESSION_TIMEOUT_MS:
+                if gone is None:
+                    gone = []
+                gone.append(<object>k)
             budget -= 1
+        if gone is not None:
+            for sid in gone:
+                self._drop_session(sid)
         return 0
 
     cdef int _drop_session(self, object sid) except -1:
@@ -1412,18 +1426,21 @@ cdef class KVStore:
         cdef long long sid, seq
         cdef Session sess
         cdef int op
-        cdef Py_ssize_t start
-        cdef WBuf scratch
+        cdef Py_ssize_t start, old
         cdef bytes stored
+        cdef PyObject *o
         self._purge_sessions()
-        if not _string2ll(sp, sn, &sid) or sid not in self._sessions:
+        if not _string2ll(sp, sn, &sid):
             return _reply_err(mode, w, E_UNKNOWN_SESSION)
-        sess = self._sessions.pop(sid)
+        key = sid
+        o = PyDict_GetItem(self._sessions, key)
+        if o == NULL:
+            return _reply_err(mode, w, E_UNKNOWN_SESSION)
+        sess = <Session>o
         if self._now - sess.used >= SESSION_TIMEOUT_MS:
-            self._bytes -= SESSION_COST + (len(sess.reply) if sess.reply is not None else 0)
+            self._drop_session(key)
             return _reply_err(mode, w, E_UNKNOWN_SESSION)
         sess.used = self._now
-        self._sessions[sid] = sess       # now the most recently used
         if not _string2ll(qp, qn, &seq) or seq < 1:
             return _reply_error_text(mode, w, "ERR sequence number must be a positive integer")
         if seq == sess.last_seq:
@@ -1443,14 +1460,16 @@ cdef class KVStore:
             if resp3 and stored == b"_\r\n":
                 stored = b"$-1\r\n"
         else:
-            scratch.data = NULL
-            scratch.len = scratch.cap = 0
-            try:
-                r = self._exec_inner(op, np, nn, argc - 3, cur, False, M_WIRE, &scratch, limit)
-                stored = PyBytes_FromStringAndSize(scratch.data, scratch.len)
-            finally:
-                PyMem_Free(scratch.data)
-        self._bytes += len(stored) - (len(sess.reply) if sess.reply is not None else 0)
+            # A follower: the reply is kept, never sent.
+            self._scratch.len = 0
+            r = self._exec_inner(op, np, nn, argc - 3, cur, False, M_WIRE, &self._scratch, limit)
+            stored = PyBytes_FromStringAndSize(self._scratch.data, self._scratch.len)
+            if self._scratch.cap > 1 << 16:     # one large reply: do not keep its buffer
+                PyMem_Free(self._scratch.data)
+                self._scratch.data = NULL
+                self._scratch.cap = 0
+        old = PyBytes_GET_SIZE(sess.reply) if sess.reply is not None else 0
+        self._bytes += PyBytes_GET_SIZE(stored) - old
         sess.last_seq = seq
         sess.reply = stored
         return r
@@ -1680,7 +1699,7 @@ cdef class KVSnapshot:
         2  a session: u64 id, u64 last seq, i64 last used (ms), u32 reply
            length, reply (RESP2; length 0: none yet)
 
-    keys first, then the sessions (least recently used first).  The base
+    keys first, then the sessions.  The base
     dict is never changed while the snapshot is frozen (the store writes to
     its overlay), so a saved PyDict_Next position stays valid between
     chunks; the deadlines and sessions were copied at the freeze.

@@ -29,7 +29,7 @@ File format, version 2 (written), all integers little-endian:
                1  u32 key length, u32 value length, i64 deadline (ms), key, value
                2  a session: u64 id, u64 last seq, i64 last used (ms),
                   u32 reply length, reply (RESP2 bytes; 0: none yet)
-             keys first, then sessions, least recently used first
+             keys first, then sessions
     end      u32 0, u32 0, u64 record count (again),
              u32 CRC32C of the whole file before this field
 
