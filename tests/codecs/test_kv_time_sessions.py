@@ -270,3 +270,25 @@ def test_a_format_1_snapshot_is_still_read(tmp_path):
     kv, got = load_snapshot(tmp_path / "v1")
     assert (got.version, got.index, got.term, got.count, got.meta) == (1, 5, 3, 2, meta)
     assert dict(kv.items()) == {b"a": b"1", b"bb": b"22"} and kv.time == 0
+
+
+def test_deadlines_and_sessions_are_those_of_the_freeze_across_many_chunks(tmp_path):
+    from raftfast.runtime.snapshot import SnapshotWriter
+    kv = KVStore()
+    run(kv, *[[b"SET", b"k%03d" % i, b"v", b"EX", b"%d" % (100 + i)] for i in range(300)],
+        *[(OP_SESSION_OPEN, [])] * 40, t=T0)
+    run(kv, *[[b"RAFT.EXEC", b"%d" % s, b"1", b"INCR", b"n%d" % s] for s in range(1, 41)])
+    w = SnapshotWriter(kv, tmp_path / "snap", 9, 1, chunk_bytes=512)
+    # Changed after the freeze: none of it is in the snapshot.
+    run(kv, [b"PERSIST", b"k000"], [b"EXPIRE", b"k001", b"5"], [b"DEL", b"k002"],
+        [b"RAFT.EXEC", b"1", b"2", b"INCR", b"n1"], (OP_SESSION_OPEN, []), t=T0 + 10)
+    while not w.step(7):
+        pass
+    got, meta = load_snapshot(tmp_path / "snap")
+    assert meta.count == 340 + 40 and meta.next_session == 40   # 300 k, 40 n, 40 sessions
+    assert got.deadline(b"k000") == T0 + 100_000 and got.deadline(b"k001") == T0 + 101_000
+    assert got.get(b"k002") == b"v" and got.session(1) == (1, b":1\r\n", T0)
+    assert got.sessions == 40 and got.expires == 300
+    # The live store went on: the overlay merged back, its own changes kept.
+    assert kv.deadline(b"k000") is None and kv.deadline(b"k001") == T0 + 10 + 5_000
+    assert kv.get(b"k002") is None and kv.session(1)[0] == 2 and kv.sessions == 41
