@@ -121,7 +121,10 @@ def test_a_lagging_node_gets_a_snapshot_and_restores_from_it(run, local_cluster)
             await c.stop_node(lagging)
             for k in range(300):
                 await leader.propose(b"cmd %d" % k)
-            assert leader.status()["snapshot_index"] > 100
+            # Snapshots are taken in the background: wait for one well past
+            # where the lagging node stopped (the log before it is gone).
+            await until_async(lambda: leader.status()["snapshot_index"] > 100,
+                              "a snapshot past index 100")
             node = await c.start_node(lagging)
             # A read on the restarted node: served once it has caught up.
             got = await node.read(lambda sm: list(sm.log), timeout=10)
