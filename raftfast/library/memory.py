@@ -13,9 +13,9 @@ node over its own limit snapshots at once, so the log it applied stops
 counting.
 """
 
-__all__ = ["MemoryLimit", "OOM_ERROR"]
+from raftfast.runtime.memory_reports import OOM_ERROR, a_voter_is_over
 
-OOM_ERROR = "OOM command not allowed when used memory > 'maxmemory'."
+__all__ = ["MemoryLimit", "OOM_ERROR"]
 
 
 class MemoryLimit:
@@ -33,15 +33,6 @@ class MemoryLimit:
         self.used = driver.core.log.entries.nbytes + (self._measure() if self._measure else 0)
         driver.memory_report = (self.used, self.maxmemory)
         over_here = bool(self.maxmemory) and self.used > self.maxmemory
-        self.refusing = over_here or self._voter_over()
+        self.refusing = over_here or a_voter_is_over(driver)
         if over_here:
             driver.snapshots.compact_now()
-
-    def _voter_over(self):
-        driver = self.driver
-        if not driver.is_leader:
-            return False
-        recent = driver.clock() - driver.election_timeout_s
-        voters = driver.core.voters
-        return any(limit and used > limit and at >= recent and peer in voters
-                   for peer, (used, limit, at) in driver.voter_memory.items())

@@ -24,12 +24,12 @@ import struct
 from raftfast._kv import (OP_APPEND, OP_DECR, OP_DECRBY, OP_EXEC, OP_INCR, OP_INCRBY, OP_MSET,
                           OP_SESSION_OPEN, OP_SET, OP_SETNX, OPCODES)
 from raftfast.core.messages import ENTRY_HEADER_SIZE
+from raftfast.runtime.memory_reports import OOM_ERROR, a_voter_is_over
 
 __all__ = ["DENYOOM_OPCODES", "MemoryGuard", "OOM_ERROR", "entry_grows"]
 
 log = logging.getLogger("raftfast.memory")
 
-OOM_ERROR = "OOM command not allowed when used memory > 'maxmemory'."
 # The KV commands that can grow the data set (Redis's denyoom flag; a new
 # session grows the sessions kept).
 DENYOOM_OPCODES = frozenset({OP_SET, OP_APPEND, OP_INCR, OP_SETNX, OP_MSET, OP_INCRBY, OP_DECR,
@@ -98,13 +98,7 @@ class MemoryGuard:
         clock's.)"""
         if self.maxmemory and self.used > self.maxmemory:
             return True
-        driver = self.server.driver
-        if not driver.is_leader:
-            return False
-        recent = driver.clock() - driver.election_timeout_s
-        voters = driver.core.voters
-        return any(limit and used > limit and at >= recent and peer in voters
-                   for peer, (used, limit, at) in driver.voter_memory.items())
+        return a_voter_is_over(self.server.driver)
 
     def info(self):
         """INFO memory's fields."""
