@@ -9,6 +9,7 @@ import subprocess
 
 from raftfast.launcher.supervisor import NodeCommand, stop_processes
 from tests.support.faultproxy import FaultProxy
+from tests.support.harness import NodeProc
 from tests.support.wait import until
 
 
@@ -33,14 +34,15 @@ class Control:
         self.sock.close()
 
 
-class LibraryProc:
+class LibraryProc(NodeProc):
+    """A harness node whose process is a library node: its own command
+    line, ready line and control socket; alive(), kill() and log_tail()
+    as any node's."""
+
     def __init__(self, cluster, node_id, join=False):
-        self.cluster = cluster
-        self.id = node_id
+        super().__init__(cluster, node_id)
         self.join = join
         self.clock_skew_ms = 0
-        self.proc = None
-        self.log_path = os.path.join(cluster.root, f"lib{node_id}.log")
         self.control_path = os.path.join(cluster.root, f"c{node_id}.sock")
 
     def argv(self):
@@ -66,23 +68,9 @@ class LibraryProc:
         line = self.proc.stdout.readline()
         if not line.startswith(b"ready"):
             self.proc.wait(timeout=10)
-            with open(self.log_path, "rb") as f:
-                tail = f.read()[-3000:].decode(errors="replace")
-            raise RuntimeError(f"library node {self.id} did not start: {line!r}\n{tail}")
+            raise RuntimeError(f"library node {self.id} did not start: {line!r}\n"
+                               f"{self.log_tail()}")
         return self
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self, sig=signal.SIGKILL):
-        if self.alive():
-            self.proc.send_signal(sig)
-        if self.proc is not None:
-            rc = self.proc.wait(timeout=15)
-            self.proc.stdout.close()
-            self.proc = None
-            return rc
-        return None
 
     def control(self):
         return Control(self.control_path)
@@ -140,7 +128,7 @@ class LibraryCluster:
             return stop_processes(procs)
         finally:
             for n in self.nodes.values():
-                if n.proc is not None and n.proc.stdout is not None:
+                if n.proc is not None:
                     n.proc.stdout.close()
             self.proxy.stop()
 
