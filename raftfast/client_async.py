@@ -24,9 +24,8 @@ from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
 from redis.exceptions import AuthenticationError, ResponseError
 
-from raftfast.client_calls import (LOST, OPEN, WRITE, Backoff, Call, Router, Session,
-                                   check_redis_kwargs, command_name, kind_of, node_kwargs,
-                                   parse_targets)
+from raftfast.client_calls import (LOST, OPEN, WRITE, Call, Session, command_name, kind_of,
+                                   node_kwargs, set_up_client)
 from raftfast.errors import RaftError
 
 __all__ = ["AsyncClient"]
@@ -65,19 +64,8 @@ class AsyncClient(AsyncCoreCommands):
     def __init__(self, addrs, *, sessions: bool = True, timeout: float = 10.0,
                  max_sessions: int = 16, backoff_base: float = 0.02,
                  backoff_cap: float = 0.5, **redis_kwargs):
-        check_redis_kwargs(redis_kwargs)
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive (got {timeout})")
-        seeds = parse_targets(addrs, bool(redis_kwargs.get("ssl")))
-        # A redirect names host:port only: TLS if the client speaks TLS at all.
-        self._tls = any(a.tls for a in seeds)
-        self._router = Router(seeds)
-        self._redis_kwargs = redis_kwargs
-        self._sessions_on = sessions
-        self.timeout = timeout
-        self._backoff = Backoff(backoff_base, backoff_cap)
+        set_up_client(self, addrs, sessions, timeout, backoff_base, backoff_cap, redis_kwargs)
         self._pool = AsyncSessionPool(max_sessions)
-        self._nodes: dict = {}
 
     async def execute_command(self, *args, **options):
         """Run one command: found the leader, retried as its kind allows

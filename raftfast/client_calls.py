@@ -67,7 +67,7 @@ from raftfast.resp_client import address as parse_target
 
 __all__ = ["READ", "WRITE", "OTHER", "OPEN", "LOST", "READS", "WRITES", "OUTCOME_UNKNOWN",
            "command_name", "kind_of", "parse_targets", "check_redis_kwargs", "node_kwargs",
-           "redirect_target", "Backoff", "Router", "Session", "Call"]
+           "redirect_target", "set_up_client", "Backoff", "Router", "Session", "Call"]
 
 READ, WRITE, OTHER, OPEN = "read", "write", "other", "open"
 
@@ -138,6 +138,24 @@ def check_redis_kwargs(redis_kwargs: dict) -> None:
         raise TypeError(f"raftfast's clients set {', '.join(taken)} themselves: nodes come "
                         "from the addresses, and retries are the client's own")
 
+
+
+def set_up_client(client, addrs, sessions, timeout, backoff_base, backoff_cap,
+                  redis_kwargs) -> None:
+    """What Client and AsyncClient set up alike (their session pools
+    differ): the keywords checked, the seeds, the router, the backoff."""
+    check_redis_kwargs(redis_kwargs)
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive (got {timeout})")
+    seeds = parse_targets(addrs, bool(redis_kwargs.get("ssl")))
+    # A redirect names host:port only: TLS if the client speaks TLS at all.
+    client._tls = any(a.tls for a in seeds)
+    client._router = Router(seeds)
+    client._redis_kwargs = redis_kwargs
+    client._sessions_on = sessions
+    client.timeout = timeout
+    client._backoff = Backoff(backoff_base, backoff_cap)
+    client._nodes = {}
 
 def node_kwargs(addr: Address, redis_kwargs: dict, retry) -> dict:
     """redis.Redis keywords for one node: the caller's, its address, and
