@@ -24,6 +24,7 @@ __all__ = ["Config", "ConfigError", "ArgumentParser", "add_node_arguments",
 NODE_ID_MAX: int = 2**63 - 1
 CLUSTER_ID_MAX_BYTES: int = 255  # it travels in every handshake with a one-byte length
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+LOG_FORMATS: tuple[str, ...] = ("text", "json")
 DEBUG_COMMAND_MODES: tuple[str, ...] = ("no", "yes", "local")
 # Room for a frame's own header fields next to a full proposal batch.
 FRAME_OVERHEAD: int = 4096
@@ -66,6 +67,15 @@ class Config:
     # MaxUncommittedEntriesSize); past it writes get TRYAGAIN.
     max_uncommitted_bytes: int = 64 << 20
     log_level: str = "info"
+    # text: one line per record for a terminal; json: one object per line
+    # for log shippers.
+    log_format: str = "text"
+    # Where Prometheus scrapes this node (tcp://HOST:PORT serves
+    # http://HOST:PORT/metrics); None: no metrics endpoint.
+    metrics: str | None = None
+    # Start as the only member of this data dir's configuration, keeping its
+    # log and snapshot: the way back after a majority was lost for good.
+    force_new_cluster: bool = False
     max_frame_bytes: int = 64 << 20
     # The file holding the secret every peer handshake proves both ways
     # (raftfast.runtime.peer_auth); None: peers are not authenticated.
@@ -153,6 +163,12 @@ class Config:
         _choice("--fsync", self.fsync, ("always", "never"))
         _choice("--read-mode", self.read_mode, ("readindex", "lease"))
         _choice("--log-level", self.log_level, LOG_LEVELS)
+        _choice("--log-format", self.log_format, LOG_FORMATS)
+        if self.metrics is not None:
+            m = _addr("--metrics", self.metrics)
+            if m.scheme != "tcp" or m.tls:
+                raise ConfigError(f"--metrics {m}: Prometheus scrapes over HTTP; "
+                                  "give tcp://HOST:PORT")
         _choice("--enable-debug-command", self.enable_debug_command, DEBUG_COMMAND_MODES)
         _at_least("--proto-max-bulk-len", self.proto_max_bulk_len, 1024)
         _at_least("--client-query-buffer-limit", self.client_query_buffer_limit, 1024)
@@ -361,6 +377,8 @@ _TUNABLES: list[tuple[str, str, dict[str, Any]]] = [
           help="proposals the leader holds uncommitted; past it writes wait, then get "
                "TRYAGAIN; 0 = no bound")),
     ("--log-level", "log_level", dict(choices=LOG_LEVELS, help="log verbosity")),
+    ("--log-format", "log_format", dict(choices=LOG_FORMATS,
+     help="text: a line per record; json: an object per line, for log shippers")),
     ("--max-frame-bytes", "max_frame_bytes", dict(type=int_at_least(1), metavar="N",
      help="largest peer frame accepted")),
     ("--proto-max-bulk-len", "proto_max_bulk_len", dict(type=memory_at_least(1024), metavar="BYTES",
@@ -433,6 +451,12 @@ def add_node_arguments(parser: argparse.ArgumentParser,
                        help="allow peers over plain TCP on a non-loopback address")
         g.add_argument("--unixsocketperm", type=octal_mode, metavar="MODE",
                        help="the mode of a unix:// client socket, in octal (default: 600)")
+        g.add_argument("--metrics", type=_type_url, metavar="URL",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics "
+                            "(--metrics tcp://HOST:PORT; default: none)")
+        g.add_argument("--force-new-cluster", action="store_true", default=None,
+                       help="start as the only member of this data dir's configuration, "
+                            "keeping its log and snapshot, after a majority was lost for good")
         g.add_argument("--requirepass-file", metavar="FILE",
                        help="clients must AUTH with the password in FILE before any other "
                             "command, as with Redis's requirepass (default: none)")
