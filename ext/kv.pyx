@@ -1699,7 +1699,11 @@ cdef class KVSnapshot:
         2  a session: u64 id, u64 last seq, i64 last used (ms), u32 reply
            length, reply (RESP2; length 0: none yet)
 
-    keys first, then the sessions.  The base
+    keys first, then the sessions.  With records_v1 set (a cluster whose
+    members may run raftfast 0.1.0: runtime/cluster_version.py) the records
+    are version 1's instead: u32 key length, u32 value length, key, value,
+    which holds no deadline and no session (v1_possible says there are
+    none).  The base
     dict is never changed while the snapshot is frozen (the store writes to
     its overlay), so a saved PyDict_Next position stays valid between
     chunks; the deadlines and sessions were copied at the freeze.
@@ -1712,6 +1716,12 @@ cdef class KVSnapshot:
     cdef object _token
     cdef Py_ssize_t _pos, _count, _nkeys, _written, _sess_pos
     cdef readonly long long time, next_session
+    cdef public bint records_v1
+
+    @property
+    def v1_possible(self):
+        """Can this point in time be written as version 1 records?"""
+        return not self._expires and not self._sessions
 
     def __dealloc__(self):
         if self._store is not None and self._token is not None \
@@ -1751,7 +1761,7 @@ cdef class KVSnapshot:
         cdef PyObject *k
         cdef PyObject *v
         cdef PyObject *d
-        cdef Py_ssize_t pos, n = 0, size = 0, rec, kl, vl, i
+        cdef Py_ssize_t pos, n = 0, size = 0, rec, kl, vl, i, kind_bytes
         cdef bytes out
         cdef uint8_t *p
         if self._base is None:
@@ -1760,10 +1770,13 @@ cdef class KVSnapshot:
             raise RuntimeError("the frozen key-value base changed under its snapshot")
         if max_keys < 1:
             raise ValueError("max_keys must be at least 1")
+        if self.records_v1 and not self.v1_possible:
+            raise ValueError("deadlines or sessions do not fit version 1 records")
+        kind_bytes = 0 if self.records_v1 else 1
         # Pass 1: how many records fit.
         pos = self._pos
         while n < max_keys and PyDict_Next(self._base, &pos, &k, &v):
-            rec = 9 + PyBytes_GET_SIZE(<object>k) + PyBytes_GET_SIZE(<object>v)
+            rec = 8 + kind_bytes + PyBytes_GET_SIZE(<object>k) + PyBytes_GET_SIZE(<object>v)
             if PyDict_GetItem(self._expires, <object>k) != NULL:
                 rec += 8
             if n > 0 and size + rec > max_bytes:
@@ -1782,10 +1795,11 @@ cdef class KVSnapshot:
             kl = PyBytes_GET_SIZE(<object>k)
             vl = PyBytes_GET_SIZE(<object>v)
             d = PyDict_GetItem(self._expires, <object>k)
-            p[0] = REC_KEY if d == NULL else REC_KEY_TTL
-            st32(p + 1, <uint32_t>kl)
-            st32(p + 5, <uint32_t>vl)
-            p += 9
+            if kind_bytes:
+                p[0] = REC_KEY if d == NULL else REC_KEY_TTL
+            st32(p + kind_bytes, <uint32_t>kl)
+            st32(p + kind_bytes + 4, <uint32_t>vl)
+            p += 8 + kind_bytes
             if d != NULL:
                 st64(p, <uint64_t>PyLong_AsLongLong(<object>d))
                 p += 8

@@ -27,6 +27,7 @@ from raftfast._logstore import DEFAULT_SEGMENT_BYTES
 from raftfast.address import AddressError
 from raftfast.config import Config, parse_node_config
 from raftfast.core import FOLLOWER
+from raftfast.runtime.cluster_version import CLUSTER_VERSION
 from raftfast.runtime.driver import RaftDriver
 from raftfast.runtime.kv_state_machine import KVStateMachine
 from raftfast.runtime.peer_auth import SecretError, load_secret
@@ -64,7 +65,7 @@ class Node:
         self.client_tls = client_tls  # ssl context of a tls:// client port
         self.peer_tls = peer_tls  # (listening, dialing) ssl contexts between peers
         self.storage = storage
-        self.conf = conf  # (voters, learners, urls) the core starts from
+        self.conf = conf  # (voters, learners, urls, cluster version) the core starts from
         self.exit_code = 0
         # The state the newest snapshot held, or empty; the driver applies
         # from storage.snap_index + 1.
@@ -219,12 +220,14 @@ def bootstrap(storage: Storage, cfg: Config) -> tuple:
     --join none at all: the node waits, outside the configuration, to be
     added, and a restart finds it the same.  From then on the members come
     from the data dir (members file, snapshot, log), never from flags, so a
-    --join on a data dir that holds state is just a restart."""
+    --join on a data dir that holds state is just a restart.  A new cluster
+    starts at this release's cluster version (runtime/cluster_version.py)."""
     if storage.members() is None:
         if cfg.join:
             storage.save_members([], join=True)
         else:
-            storage.save_members(sorted({cfg.node_id, *cfg.peers}))
+            storage.save_members(sorted({cfg.node_id, *cfg.peers}),
+                                 cluster_version=CLUSTER_VERSION)
     return storage.configuration()
 
 

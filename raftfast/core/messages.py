@@ -132,11 +132,18 @@ class HardState:
 #     u8 version (1) | u32 member count
 #     member*: u64 id | u8 role (CONF_VOTER, CONF_LEARNER) | u16 url length | url (UTF-8)
 #
+# Version 2 is the same followed by a u16 cluster version (2 and up): the
+# release whose formats every member reads (docs/operations.md, "Rolling
+# upgrade").  A configuration at cluster version 1 is written as version 1,
+# which raftfast 0.1.0 reads; the cluster version rises only by a
+# configuration entry, once every member speaks the newer peer protocol.
+#
 # Members come sorted by id; `url` is the default address for dialing the
 # member's --listen ("" when the configuration does not know it, e.g. the
 # founding members, which every node dials by its --peer flags).
 
 CONF_FORMAT = 1
+CONF_FORMAT_VERSIONED = 2
 CONF_VOTER = 1
 CONF_LEARNER = 2
 _ID_LIMIT = 1 << 63
@@ -146,16 +153,19 @@ class ConfigFormatError(ValueError):
     """Bytes that are not a well-formed configuration."""
 
 
-def encode_config(voters, learners=(), urls=None):
+def encode_config(voters, learners=(), urls=None, cluster_version=1):
     """The configuration as bytes (see above).  A node may not be a voter
     and a learner at once; ids are 1..2^63-1."""
+    if not 1 <= cluster_version <= 0xFFFF:
+        raise ValueError(f"cluster version {cluster_version} is out of range 1..65535")
     voters = frozenset(voters)
     learners = frozenset(learners)
     both = voters & learners
     if both:
         raise ValueError(f"node {min(both)} cannot be a voter and a learner at once")
     urls = urls or {}
-    out = [CONF_FORMAT.to_bytes(1, "little"), (len(voters) + len(learners)).to_bytes(4, "little")]
+    fmt = CONF_FORMAT if cluster_version == 1 else CONF_FORMAT_VERSIONED
+    out = [fmt.to_bytes(1, "little"), (len(voters) + len(learners)).to_bytes(4, "little")]
     for nid in sorted(voters | learners):
         if not 0 < nid < _ID_LIMIT:
             raise ValueError(f"node id {nid} is out of range 1..2^63-1")
@@ -166,6 +176,8 @@ def encode_config(voters, learners=(), urls=None):
         out.append((CONF_VOTER if nid in voters else CONF_LEARNER).to_bytes(1, "little"))
         out.append(len(url).to_bytes(2, "little"))
         out.append(url)
+    if fmt == CONF_FORMAT_VERSIONED:
+        out.append(cluster_version.to_bytes(2, "little"))
     return b"".join(out)
 
 
@@ -177,9 +189,14 @@ def decode_config(data):
     n = len(data)
     if n < 5:
         raise ConfigFormatError(f"configuration of {n} bytes is too short")
-    if data[0] != CONF_FORMAT:
+    if data[0] == CONF_FORMAT_VERSIONED:
+        if n < 7 or int.from_bytes(data[n - 2:], "little") < 2:
+            raise ConfigFormatError("configuration of format 2 without a cluster version "
+                                    "of 2 or more")
+        n -= 2   # the members end before the cluster version
+    elif data[0] != CONF_FORMAT:
         raise ConfigFormatError(f"configuration format {data[0]} is not supported "
-                                f"(this build reads {CONF_FORMAT})")
+                                f"(this build reads {CONF_FORMAT} and {CONF_FORMAT_VERSIONED})")
     count = int.from_bytes(data[1:5], "little")
     voters, learners, urls = set(), set(), {}
     pos = 5
@@ -211,3 +228,10 @@ def decode_config(data):
     if pos != n:
         raise ConfigFormatError(f"{n - pos} bytes after the last member")
     return frozenset(voters), frozenset(learners), urls
+
+
+def config_cluster_version(data):
+    """The cluster version of a configuration that decode_config accepted."""
+    if len(data) > 2 and data[0] == CONF_FORMAT_VERSIONED:
+        return int.from_bytes(data[len(data) - 2:], "little")
+    return 1

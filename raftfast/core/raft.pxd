@@ -14,6 +14,7 @@ cdef class Ready:
 cdef class Raft:
     cdef public object id, cfg, snapshot_index, snapshot_term, _restored
     cdef public object voters, learners, urls, _known_ids, conf_version, _conf_hist
+    cdef public object cluster_version
     cdef public object term, vote, leader_id, role, rng
     cdef public dict progress, votes
     cdef public object election_elapsed, heartbeat_elapsed, randomized_timeout

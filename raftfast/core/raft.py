@@ -30,7 +30,7 @@ from raftfast.core.messages import (ENTRY_CONFIG, ENTRY_HEADER_SIZE, ENTRY_NOOP,
                                     MSG_APPEND_RESP, MSG_HEARTBEAT, MSG_HEARTBEAT_RESP, MSG_PREVOTE,
                                     MSG_PREVOTE_RESP, MSG_SNAPSHOT, MSG_TIMEOUT_NOW, MSG_VOTE,
                                     MSG_VOTE_RESP, VOTE_TRANSFER, ConfigFormatError, HardState,
-                                    Message, decode_config, encode_config)
+                                    Message, config_cluster_version, decode_config, encode_config)
 
 from raftfast.core.log import LogPanic, RaftLog
 from raftfast.core.progress import PROBE, REPLICATE, SNAPSHOT, Progress
@@ -98,13 +98,14 @@ class CoreConfig:
                  "max_msg_bytes", "max_inflight", "max_inflight_bytes",
                  "max_apply_bytes", "max_uncommitted_entries", "max_uncommitted_bytes",
                  "pre_vote", "check_quorum",
-                 "read_mode", "seed", "urls")
+                 "read_mode", "seed", "urls", "cluster_version")
 
     def __init__(self, id, voters, learners=(), election_ticks=10, heartbeat_ticks=1,
                  max_msg_bytes=1 << 20, max_inflight=64, max_inflight_bytes=0,
                  max_apply_bytes=64 << 20, max_uncommitted_entries=1 << 20,
                  max_uncommitted_bytes=64 << 20, pre_vote=True,
-                 check_quorum=True, read_mode="readindex", seed=None, urls=None):
+                 check_quorum=True, read_mode="readindex", seed=None, urls=None,
+                 cluster_version=1):
         if heartbeat_ticks <= 0 or election_ticks <= heartbeat_ticks:
             raise ValueError("need 0 < heartbeat_ticks < election_ticks")
         if read_mode not in ("readindex", "lease"):
@@ -140,6 +141,9 @@ class CoreConfig:
         # Default dial addresses of members (id -> url) as the configuration
         # the node starts from knows them; --peer flags win in the runtime.
         self.urls = dict(urls or {})
+        # The cluster version of the configuration the node starts from
+        # (messages.encode_config): which formats every member reads.
+        self.cluster_version = cluster_version
 
 
 class Ready:
@@ -220,15 +224,17 @@ class Raft:
         # Membership (thesis ch. 4, single-server changes): a configuration
         # is in effect from the moment its entry is in the log, committed or
         # not, and falls back when that entry is truncated away.  History:
-        # (index, term, voters, learners, urls) of the configuration the log
-        # starts with, then of each ENTRY_CONFIG entry still in the log.
+        # (index, term, voters, learners, urls, cluster version) of the
+        # configuration the log starts with, then of each ENTRY_CONFIG entry
+        # still in the log.
         self.voters = set()
         self.learners = set()
         self.urls = {}
         self._known_ids = set()  # members of any configuration in the history
         self.conf_version = 0
+        self.cluster_version = cfg.cluster_version
         self._conf_hist = [(snap_index, snap_term, frozenset(cfg.voters),
-                            frozenset(cfg.learners), dict(cfg.urls))]
+                            frozenset(cfg.learners), dict(cfg.urls), cfg.cluster_version)]
         self.term = hs.term
         self.vote = hs.vote
         self.leader_id = 0
@@ -567,7 +573,7 @@ class Raft:
                                           and m.index > self.log.last_index)
 
     def _use_conf(self, item):
-        _, _, voters, learners, urls = item
+        _, _, voters, learners, urls, self.cluster_version = item
         known = set()
         for h in self._conf_hist:
             known.update(h[2])
@@ -608,7 +614,8 @@ class Raft:
             except ConfigFormatError:
                 continue
             if voters:
-                hist.append((index, self.log.term(index), voters, learners, urls))
+                hist.append((index, self.log.term(index), voters, learners, urls,
+                             config_cluster_version(data)))
 
     def _conf_after_write(self, lo, hi):
         """Entries [lo, hi] were just written to the log (a follower's
@@ -637,14 +644,16 @@ class Raft:
                              f"{hist[0][0]})")
         for i in range(len(hist) - 1, -1, -1):
             if hist[i][0] <= index:
-                _, _, voters, learners, urls = hist[i]
-                return encode_config(voters, learners, urls)
+                _, _, voters, learners, urls, version = hist[i]
+                return encode_config(voters, learners, urls, version)
         raise AssertionError("unreachable")
 
-    def propose_conf_change(self, op, node_id, url=""):
+    def propose_conf_change(self, op, node_id, url="", cluster_version=0):
         """Change the membership by one server (thesis 4.1): op "add" makes
         node_id a learner dialed at url, "promote" makes a learner a voter,
-        "remove" removes any member, this leader included.  Appends one
+        "remove" removes any member, this leader included; op "version"
+        keeps the members and raises the cluster version to cluster_version
+        (the runtime asks once every member speaks its formats).  Appends one
         ENTRY_CONFIG entry holding the whole new configuration, in effect at
         once; returns its index (the change is done once that commits).
         Raises NotLeader, TransferInProgress, ConfChangeBusy or
@@ -661,7 +670,12 @@ class Raft:
         if self._conf_change_pending():
             raise ConfChangeBusy("a membership change is in progress")
         voters, learners, urls = set(self.voters), set(self.learners), dict(self.urls)
-        if op == "add":
+        version = self.cluster_version
+        if op == "version":
+            if cluster_version <= version:
+                raise ConfChangeInvalid(f"the cluster version is {version} already")
+            version = cluster_version
+        elif op == "add":
             if node_id in voters or node_id in learners:
                 raise ConfChangeInvalid(f"node {node_id} is already a member")
             learners.add(node_id)
@@ -682,10 +696,10 @@ class Raft:
             urls.pop(node_id, None)
         else:
             raise ValueError(f"unknown membership change {op!r}")
-        data = encode_config(voters, learners, urls)
+        data = encode_config(voters, learners, urls, version)
         block = (len(data).to_bytes(4, "little") + bytes(8) + bytes([ENTRY_CONFIG]) + data)
         _, last = self.log.append_proposal(block, self.term)
-        item = (last, self.term, frozenset(voters), frozenset(learners), urls)
+        item = (last, self.term, frozenset(voters), frozenset(learners), urls, version)
         self._conf_hist.append(item)
         self._use_conf(item)
         self._broadcast_append()
@@ -1026,7 +1040,8 @@ class Raft:
             return
         log.restore(index, term)
         self.snapshot_index, self.snapshot_term = index, term
-        self._conf_hist = [(index, term, voters, learners, urls)]
+        self._conf_hist = [(index, term, voters, learners, urls,
+                            config_cluster_version(m.entries))]
         self._use_conf(self._conf_hist[0])
         self._restored = (index, term)
         self._send_after_persist(Message(MSG_APPEND_RESP, to=m.frm, term=self.term, index=index))

@@ -49,12 +49,15 @@ class ClusterClock:
     """One node's view of cluster time.  wall(): milliseconds (a skewed
     clock only moves T ahead, never back).  `seen` only grows."""
 
-    __slots__ = ("wall", "seen", "stamped")
+    __slots__ = ("wall", "seen", "stamped", "enabled")
 
     def __init__(self, wall=wall_ms, seen=0):
         self.wall = wall
         self.seen = seen
         self.stamped = 0  # the last T this node wrote as leader; 0 after every election
+        # ENTRY_TIME may be written: the cluster version is 2 or more
+        # (runtime/cluster_version.py); before, members may not read it.
+        self.enabled = True
 
     def heard(self, t):
         """A peer reported T (on an append, a heartbeat, a vote answer)."""
@@ -71,9 +74,10 @@ class ClusterClock:
 
     def stamp_due(self):
         """The leader is about to propose: T to write ahead of the batch, or
-        0 when the entries before it already carry this T (the same ms)."""
+        0 when the entries before it already carry this T (the same ms)
+        or when the cluster does not read ENTRY_TIME yet."""
         t = self.advance()
-        if t == self.stamped:
+        if t == self.stamped or not self.enabled:
             return 0
         self.stamped = t
         return t

@@ -29,7 +29,7 @@ from raftfast._logstore import segment_name, segment_numbers
 __all__ = ["StorageError", "META_FORMAT", "LOCK_FILE", "META_FILE", "MEMBERS_FILE", "WAL_DIR",
            "SNAP_DIR", "fsync_dir", "write_atomically", "lock_data_dir", "snapshot_name",
            "snapshot_files", "check_files", "check_meta", "remove_snapshot_temps",
-           "read_members", "write_members", "describe_error"]
+           "read_members", "read_members_cluster_version", "write_members", "describe_error"]
 
 META_FORMAT = 1
 LOCK_FILE = "LOCK"
@@ -258,10 +258,28 @@ def read_members(data_dir, is_new):
     return sorted(voters)
 
 
-def write_members(data_dir, voters, join=False):
+def read_members_cluster_version(data_dir):
+    """The cluster version a data dir was bootstrapped at: 1 when its members
+    file names none (written by raftfast 0.1.0), or for a joining node (it
+    learns the cluster's from the log or snapshot it is sent)."""
+    path = os.path.join(data_dir, MEMBERS_FILE)
+    try:
+        with open(path, "rb") as f:
+            version = json.loads(f.read().decode("utf-8")).get("cluster_version", 1)
+    except (OSError, ValueError, AttributeError) as e:
+        raise StorageError(f"{path}: damaged members file ({describe_error(e)})") from None
+    if type(version) is not int or not 1 <= version <= 0xFFFF:
+        raise StorageError(f"{path}: damaged members file (cluster_version {version!r})")
+    return version
+
+
+def write_members(data_dir, voters, join=False, cluster_version=1):
     """Record the initial voters atomically, or with join=True that the node
-    starts outside the configuration (and records no voters)."""
+    starts outside the configuration (and records no voters).  A new
+    cluster starts at the cluster version of the release that creates it."""
     doc = {"voters": sorted(voters)}
     if join:
         doc["join"] = True
+    elif cluster_version > 1:
+        doc["cluster_version"] = cluster_version
     write_atomically(os.path.join(data_dir, MEMBERS_FILE), json.dumps(doc).encode())

@@ -14,7 +14,7 @@ while the loop has other work; held messages leave once durable), the
 waiters (clients waiting for a write, a read or a transfer, answered with
 typed outcomes), the SnapshotManager, PeerAddresses, the cluster clock
 (cluster_time: the leader writes T ahead of each batch and stamps it on
-what it sends) and Forwarding (a follower's proposals and reads, carried
+what it sends), the VersionWatch (cluster_version) and Forwarding (a follower's proposals and reads, carried
 out by the leader).  It reads time only from the clocks it is given and
 schedules only on the loop it is given, so it runs as well on a simulated
 loop and clock as on uvloop.
@@ -32,6 +32,7 @@ from raftfast.core.messages import (MSG_APPEND, MSG_FORWARD, MSG_HEARTBEAT,
                                     MSG_HEARTBEAT_RESP, MSG_PREVOTE_RESP, MSG_SNAPSHOT,
                                     MSG_VOTE_RESP)
 from raftfast.runtime.cluster_time import ClusterClock, recovered_time, time_entry, wall_ms
+from raftfast.runtime.cluster_version import VersionWatch
 from raftfast.runtime.forwarding import Forwarding
 from raftfast.runtime.group_commit import GroupCommit
 from raftfast.runtime.members import PeerAddresses
@@ -67,9 +68,10 @@ class RaftDriver:
             heartbeat_ticks = election_ticks - 1
         if seed is None:
             seed = random.SystemRandom().randrange(1 << 62)
-        voters, learners, urls = conf
+        voters, learners, urls, cluster_version = conf
         core_cfg = CoreConfig(
-            cfg.node_id, voters, learners, urls=urls, election_ticks=election_ticks,
+            cfg.node_id, voters, learners, urls=urls, cluster_version=cluster_version,
+            election_ticks=election_ticks,
             heartbeat_ticks=heartbeat_ticks, max_msg_bytes=cfg.max_batch_bytes,
             max_inflight=cfg.max_inflight, max_inflight_bytes=cfg.max_inflight_bytes,
             max_uncommitted_bytes=cfg.max_uncommitted_bytes, read_mode=cfg.read_mode, seed=seed)
@@ -102,6 +104,7 @@ class RaftDriver:
         self.peer_addresses = PeerAddresses(transport, cfg.peers)
         self.cluster_clock = ClusterClock(wall_clock, recovered_time(storage.entry_log,
                                                                       state_machine))
+        self.versions = VersionWatch(self.core, transport, self.cluster_clock)
         self.forwarding = Forwarding(self.core, transport.send, self._propose_unwatched,
                                      self._read_for_peer, self.writes, self.reads,
                                      self._applied_index, self.cluster_clock)
@@ -172,6 +175,7 @@ class RaftDriver:
         now = self.clock()
         self._catch_up_ticks(now)
         self.snapshots.tick(now)
+        self.versions.tick()
         if self.on_tick is not None:
             self.on_tick()
         self.writes.expire(now)
@@ -301,18 +305,16 @@ class RaftDriver:
         self.forwarding.forward_read(callback, self.clock() + self.request_timeout)
 
     def cluster_time(self):
-        """The leader's cluster time now (ms): what an entry proposed or
-        a read confirmed now runs at."""
+        """The leader's cluster time now (ms): what a proposal or read runs at."""
         return self.cluster_clock.advance()
 
     def read(self, floor, callback):
         """Linearizable reads (ReadIndex, or a lease read), at the cluster
-        time returned (ms): callback(None)
-        once they may be served from the state machine as it stands, which
-        will have applied every write committed before they arrived and
-        the log through `floor`; callback(NotLeaderNow) if leadership is
-        lost first, callback(OutcomeUnknown) if not confirmed in time.
-        Raises NotLeader when this node cannot serve them."""
+        time returned (ms): callback(None) once they may be served from the
+        state machine as it stands, which will have applied every write
+        committed before they arrived and the log through `floor`;
+        callback(NotLeaderNow) if leadership is lost first, OutcomeUnknown
+        if not confirmed in time.  Raises NotLeader if it cannot serve them."""
         if self.cfg.read_mode == "lease":
             self._catch_up_ticks(self.clock())  # time passed while we were not running counts
         token = self.reads.new_token()
@@ -479,8 +481,7 @@ class RaftDriver:
             return
         replies, offsets = self.state_machine.apply_replies(block)
         self.applied_entries += count
-        # The bound method as a Python object (log.term is called from C
-        # elsewhere, a C function Cython cannot hand over as it is).
+        # The bound method as a Python object (Cython calls log.term as C elsewhere).
         writes.applied(first, count, replies, offsets, getattr(self.core.log, "term"))
 
     # -------------------------------------------------------------- stopping

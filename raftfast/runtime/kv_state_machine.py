@@ -5,6 +5,8 @@ store's copy-on-write freeze, written and loaded in the snapshot module's
 file format.
 """
 from raftfast._kv import KVStore, SnapshotBusy
+from raftfast.core.messages import config_cluster_version
+from raftfast.runtime.snapshot import VERSION as SNAPSHOT_VERSION
 from raftfast.runtime.snapshot import DEFAULT_STEP_KEYS, SnapshotLoader, SnapshotWriter
 
 __all__ = ["KVStateMachine"]
@@ -57,8 +59,11 @@ class KVStateMachine:
         return self.store.memory
 
     def snapshot_writer(self, path, index, term, meta):
+        # While a member may run raftfast 0.1.0 (cluster version 1 in the
+        # configuration at `index`), write the file format it reads.
+        version = 1 if config_cluster_version(meta) == 1 else SNAPSHOT_VERSION
         try:
-            return SnapshotWriter(self.store, path, index, term, meta=meta)
+            return SnapshotWriter(self.store, path, index, term, meta=meta, version=version)
         except SnapshotBusy:
             # The last snapshot's overlay is still merging back; help it along.
             self.store.merge_step(DEFAULT_STEP_KEYS)

@@ -33,9 +33,11 @@ File format, version 2 (written), all integers little-endian:
     end      u32 0, u32 0, u64 record count (again),
              u32 CRC32C of the whole file before this field
 
-Version 1 (still read) has no time, session id or kinds: its header stops
-after the key count (then meta), and every record is u32 key length, u32
-value length, key, value.
+Version 1 has no time, session id or kinds: its header stops after the key
+count (then meta), and every record is u32 key length, u32 value length,
+key, value.  It is still read, and written while the cluster version is 1
+(runtime/cluster_version.py: a member may run raftfast 0.1.0, which reads
+only version 1; such a cluster has no deadlines and no sessions).
 
 The per-chunk CRC locates damage; the whole-file CRC and the repeated key
 count catch a chunk dropped, repeated or reordered.  Nothing may follow.
@@ -86,10 +88,10 @@ class SnapshotMeta:
     next_session: int = 0   # the last session id given out
 
 
-def _header(index, term, count, meta, time, next_session):
-    length = HEADER_MIN[VERSION] + len(meta) + _U32.size
-    body = (_PREFIX.pack(MAGIC, VERSION, length)
-            + _FIXED[VERSION].pack(index, term, count, time, next_session, len(meta)) + meta)
+def _header(index, term, count, meta, time, next_session, version=VERSION):
+    length = HEADER_MIN[version] + len(meta) + _U32.size
+    fields = (index, term, count, time, next_session) if version == 2 else (index, term, count)
+    body = _PREFIX.pack(MAGIC, version, length) + _FIXED[version].pack(*fields, len(meta)) + meta
     return body + _U32.pack(crc32c(body))
 
 
@@ -124,7 +126,8 @@ class SnapshotWriter:
     complete, fsynced file.
     """
 
-    def __init__(self, kv, path, index, term, meta=b"", chunk_bytes=DEFAULT_CHUNK_BYTES):
+    def __init__(self, kv, path, index, term, meta=b"", chunk_bytes=DEFAULT_CHUNK_BYTES,
+                 version=VERSION):
         self.kv = kv
         self.path = os.fspath(path)
         self.index, self.term, self.meta = index, term, bytes(meta)
@@ -133,6 +136,12 @@ class SnapshotWriter:
         self.synced = False       # renamed into place, durable
         self.done = False
         self._snap = kv.begin_snapshot()
+        if version == 1 and not self._snap.v1_possible:
+            self._snap.release()
+            raise SnapshotError(f"snapshot {self.path}: version 1 holds no deadlines or "
+                                "sessions, and the store has some")
+        self._snap.records_v1 = version == 1
+        self.version = version
         directory = os.path.dirname(os.path.abspath(self.path))
         try:
             fd, self.tmp_path = tempfile.mkstemp(
@@ -146,7 +155,7 @@ class SnapshotWriter:
         self.bytes = 0
         self._written_back = 0    # bytes made durable by flush_to_disk so far
         self._write(_header(index, term, self._snap.count, self.meta, self._snap.time,
-                            self._snap.next_session))
+                            self._snap.next_session, version))
 
     @property
     def count(self):
@@ -239,7 +248,7 @@ class SnapshotWriter:
     def run(self, budget_keys=DEFAULT_STEP_KEYS):
         while not self.step(budget_keys):
             pass
-        return SnapshotMeta(self.index, self.term, self._snap.count, self.meta, VERSION,
+        return SnapshotMeta(self.index, self.term, self._snap.count, self.meta, self.version,
                             self._snap.time, self._snap.next_session)
 
     def abort(self):

@@ -38,11 +38,12 @@ import os
 import tempfile
 
 from raftfast._logstore import DEFAULT_SEGMENT_BYTES, LogCorruptError, LogStore, LogStoreError
-from raftfast.core.messages import ConfigFormatError, HardState, decode_config
+from raftfast.core.messages import ConfigFormatError, HardState, config_cluster_version, decode_config
 from raftfast.runtime.data_dir import (MEMBERS_FILE, META_FORMAT, SNAP_DIR, WAL_DIR, StorageError,
                                        check_dir_access, check_files, check_meta, fsync_dir,
                                        lock_data_dir, make_private_dir,
-                                       read_members, remove_snapshot_temps, snapshot_files,
+                                       read_members, read_members_cluster_version,
+                                       remove_snapshot_temps, snapshot_files,
                                        snapshot_name, write_members)
 from raftfast.runtime.recovery import load_newest_snapshot, recover
 
@@ -295,7 +296,7 @@ class Storage:
         that started with --join), or None before that."""
         return read_members(self.data_dir, self.is_new)
 
-    def save_members(self, voters, join=False):
+    def save_members(self, voters, join=False, cluster_version=1):
         """Record the initial voters (once, at bootstrap; atomically), or with
         join=True that this node starts outside the configuration.  The log
         is made durable first, so that members on disk imply a log on disk:
@@ -303,17 +304,19 @@ class Storage:
         if join and voters:
             raise ValueError("a joining node records no voters")
         self._log.sync()
-        write_members(self.data_dir, voters, join)
+        write_members(self.data_dir, voters, join, cluster_version)
 
     def configuration(self):
-        """(voters, learners, urls): the configuration the core starts from.
-        The newest snapshot's (its meta is the configuration in effect at
-        its index) when the dir holds one, else the members file's; the
-        core itself then takes the latest configuration entry in its log.
-        StorageError when neither can be read."""
+        """(voters, learners, urls, cluster version): the configuration the
+        core starts from.  The newest snapshot's (its meta is the
+        configuration in effect at its index) when the dir holds one, else
+        the members file's; the core itself then takes the latest
+        configuration entry in its log.  StorageError when neither can be
+        read."""
         if self.snapshot is not None:
+            meta = self.snapshot.meta
             try:
-                return decode_config(self.snapshot.meta)
+                return (*decode_config(meta), config_cluster_version(meta))
             except ConfigFormatError as e:
                 raise StorageError(f"{self.snapshot_file}: damaged snapshot, refusing to start: "
                                    f"its configuration is unreadable ({e})") from None
@@ -321,7 +324,7 @@ class Storage:
         if voters is None:
             raise StorageError(f"{os.path.join(self.data_dir, MEMBERS_FILE)}: the data dir was "
                                "never bootstrapped (no members file)")
-        return frozenset(voters), frozenset(), {}
+        return frozenset(voters), frozenset(), {}, read_members_cluster_version(self.data_dir)
 
     def close(self):
         """Close the log and release the data-dir lock.  Does not sync."""

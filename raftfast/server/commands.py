@@ -18,6 +18,7 @@ from raftfast.core import (ConfChangeBusy, ConfChangeInvalid, NotLeader, Proposa
 from raftfast.runtime.waiters import RequestFailed
 from raftfast.server import auth
 from raftfast.server.memory import DENYOOM_OPCODES, OOM_ERROR
+from raftfast.server.version_gate import VERSION_ERROR, legacy_entry, writes_gated
 
 __all__ = ["COMMANDS", "dispatch", "dispatch_unauthenticated"]
 
@@ -108,8 +109,14 @@ def _kv_command(server, conn, name, op, cmd):
         log.warning("fast path passed over a %r command; encoding it separately", name)
         # A read taken this way goes through the log: in its place among
         # the connection's writes, evaluated at its entry's cluster time.
-        server.batcher.buf += encode_commands([(op, [bytes(a) for a in args])], conn.resp3,
-                                              server.cfg.proto_max_bulk_len)
+        block = encode_commands([(op, [bytes(a) for a in args])], conn.resp3,
+                                server.cfg.proto_max_bulk_len)
+        if writes_gated(server.driver):
+            block = legacy_entry(block, 0, len(block))
+            if block is None:
+                conn.reply(ErrorReply(VERSION_ERROR))
+                return
+        server.batcher.buf += block
         server.batcher.added(conn, 1)
 
 
@@ -361,6 +368,9 @@ def _raft_session(server, conn, cmd):
     if server.memory.refusing:
         conn.reply(ErrorReply(OOM_ERROR))
         server.memory.writes_refused += 1
+        return
+    if writes_gated(server.driver):
+        conn.reply(ErrorReply(VERSION_ERROR))
         return
     server.batcher.buf += encode_commands([(OP_SESSION_OPEN, [])], conn.resp3)
     server.batcher.added(conn, 1)

@@ -27,6 +27,7 @@ from raftfast.address import set_nodelay
 from raftfast.server.batcher import entry_offsets
 from raftfast.server.memory import OOM_ERROR, entry_grows
 from raftfast.server.replies import PENDING, Slot, encoded_error
+from raftfast.server.version_gate import VERSION_ERROR, legacy_entry, writes_gated
 
 __all__ = ["ClientProtocol", "MAX_CLIENTS_ERROR"]
 
@@ -174,13 +175,13 @@ class ClientProtocol:
                                               max_cmd, True, True)
                     if n:
                         batcher.added_reads(self, n)
-                elif server.memory.refusing:
+                elif server.memory.refusing or writes_gated(server.driver):
                     room_entries, room_bytes, empty = batcher.room()
                     block = bytearray()
                     n, stop = parser.parse_kv(block, self.resp3, room_entries, room_bytes,
                                               max_cmd, empty, False)
                     if n:
-                        self._admit_at_maxmemory(block)
+                        self._admit_checked(block)
                 else:
                     room_entries, room_bytes, empty = batcher.room()
                     n, stop = parser.parse_kv(batcher.buf, self.resp3, room_entries,
@@ -218,24 +219,28 @@ class ClientProtocol:
             self.closing = True
         self.flush()
 
-    def _admit_at_maxmemory(self, block):
-        """The cluster is at its memory limit: every command that can grow
-        the data set gets OOM, in its place among the replies; the others
-        (DEL: deleting is how it recovers) go to the batch."""
-        batcher = self.server.batcher
+    def _admit_checked(self, block):
+        """The cluster is at its memory limit, or some member may run an
+        older release (server/version_gate.py): each command that can grow
+        the data set gets OOM, or one that member cannot apply an error
+        saying so, in its place among the replies; the others (DEL: deleting
+        is how memory recovers) go to the batch."""
+        server = self.server
+        batcher = server.batcher
+        gated = writes_gated(server.driver)
+        refusing = server.memory.refusing
         offsets = entry_offsets(block)
-        i, count = 0, len(offsets) - 1
-        while i < count:
-            j, refused = i, entry_grows(block, offsets[i])
-            while j < count and entry_grows(block, offsets[j]) == refused:
-                j += 1
-            if refused:
-                self.replies.append(Slot(self.resp3, encoded_error(OOM_ERROR, j - i), True))
-                self.server.memory.writes_refused += j - i
+        for i in range(len(offsets) - 1):
+            start, end = offsets[i], offsets[i + 1]
+            entry = legacy_entry(block, start, end) if gated else block[start:end]
+            if entry is None:
+                self.replies.append(Slot(self.resp3, encoded_error(VERSION_ERROR, 1), True))
+            elif refusing and entry_grows(block, start):
+                self.replies.append(Slot(self.resp3, encoded_error(OOM_ERROR, 1), True))
+                server.memory.writes_refused += 1
             else:
-                batcher.buf += block[offsets[i]:offsets[j]]
-                batcher.added(self, j - i)
-            i = j
+                batcher.buf += entry
+                batcher.added(self, 1)
 
     def reply(self, value):
         self.replies.append(Slot(self.resp3, value))

@@ -170,7 +170,7 @@ def test_a_joining_node_records_that_it_has_no_voters(tmp_path):
     st.close()
     st = Storage.open(tmp_path / "d", 4, "c", segment_bytes=SEG)
     assert st.members() == []
-    assert st.configuration() == (frozenset(), frozenset(), {})
+    assert st.configuration() == (frozenset(), frozenset(), {}, 1)
     st.close()
 
 
@@ -179,14 +179,23 @@ def test_the_starting_configuration_is_the_snapshots_when_there_is_one(tmp_path)
     from raftfast.core.messages import encode_config
     from raftfast.runtime.snapshot import write_snapshot
     st = Storage.open(tmp_path / "d", 1, "c", segment_bytes=SEG)
-    st.save_members([1, 2, 3])
-    assert st.configuration() == (frozenset({1, 2, 3}), frozenset(), {})
+    st.save_members([1, 2, 3], cluster_version=2)
+    assert st.configuration() == (frozenset({1, 2, 3}), frozenset(), {}, 2)
     write_snapshot(KVStore(), st.snapshot_path(5), 5, 1,
-                   encode_config([1, 3, 4], [6], {4: "tcp://127.0.0.1:9004"}))
+                   encode_config([1, 3, 4], [6], {4: "tcp://127.0.0.1:9004"}, 3))
     st.close()
     st = Storage.open(tmp_path / "d", 1, "c", segment_bytes=SEG)
     assert st.configuration() == (frozenset({1, 3, 4}), frozenset({6}),
-                                  {4: "tcp://127.0.0.1:9004"})
+                                  {4: "tcp://127.0.0.1:9004"}, 3)
+    st.close()
+
+
+def test_members_written_by_the_first_release_mean_cluster_version_1(tmp_path):
+    st = Storage.open(tmp_path / "d", 1, "c", segment_bytes=SEG)
+    st.save_members([1, 2, 3])   # no cluster_version key, as raftfast 0.1.0 writes it
+    st.close()
+    st = Storage.open(tmp_path / "d", 1, "c", segment_bytes=SEG)
+    assert st.configuration() == (frozenset({1, 2, 3}), frozenset(), {}, 1)
     st.close()
 
 

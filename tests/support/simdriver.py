@@ -13,6 +13,7 @@ fatal error of any node fails the test at close.
 from raftfast.config import Config
 from raftfast.core import LEADER
 from raftfast.node import tick_ms
+from raftfast.runtime.cluster_version import CLUSTER_VERSION
 from raftfast.runtime.driver import RaftDriver
 from raftfast.runtime.kv_state_machine import KVStateMachine
 from raftfast.runtime.storage import Storage
@@ -51,7 +52,7 @@ class SimDrivers:
         storage = Storage.open(cfg.data_dir, node_id, cfg.cluster_id, fsync=False)
         driver = RaftDriver(self.loop, self.loop.time, cfg, storage, KVStateMachine(storage.kv),
                             self.net.transport(node_id),
-                            (self.voters, frozenset(), {}),
+                            (self.voters, frozenset(), {}, CLUSTER_VERSION),
                             lambda why: self.fatal.append((node_id, why)), tick_ms(cfg),
                             seed=self.seed * 1000 + node_id, sync_in_thread=False)
         self.nodes[node_id] = driver
