@@ -243,6 +243,7 @@ def test_raft_node_add_then_remove_and_one_change_at_a_time(conn, tmp_path):
 
 class _FakeCore:
     leader_id = 2
+    cluster_version = 2
 
 
 class _FakeDriver:

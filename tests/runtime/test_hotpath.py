@@ -8,6 +8,7 @@ import types
 import pytest
 
 from raftfast.runtime.cluster_time import ClusterClock
+from raftfast.runtime.cluster_version import CLUSTER_VERSION
 
 from tests.core.interaction import Env
 from tests.support.client_transport import FakeClientTransport
@@ -59,6 +60,9 @@ def test_the_leader_encodes_one_append_once_for_every_follower(monkeypatch):
 
 
 class FakeDriver:
+    # Every member reads this release's formats (server/version_gate.py).
+    core = types.SimpleNamespace(cluster_version=CLUSTER_VERSION)
+
     def __init__(self):
         self.proposals = []
         self.callbacks = []
@@ -159,7 +163,7 @@ def test_a_connection_paused_by_a_batch_that_is_refused_is_read_again():
     from raftfast.server.server import RespServer
 
     class DeposedDriver(FakeDriver):
-        core = types.SimpleNamespace(leader_id=0)  # nobody leads now
+        core = types.SimpleNamespace(leader_id=0, cluster_version=CLUSTER_VERSION)  # nobody leads
 
         def propose(self, block, count, callback):
             self.is_leader = False
