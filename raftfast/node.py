@@ -161,6 +161,8 @@ class Node:
             "raft_voters": ",".join(map(str, sorted(core.voters))),
             "raft_learners": ",".join(map(str, sorted(core.learners))),
             "raft_cluster_id": self.cfg.cluster_id,
+            # The formats every member reads (runtime/cluster_version.py).
+            "raft_cluster_version": core.cluster_version,
         }
 
 

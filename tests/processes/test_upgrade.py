@@ -1,0 +1,211 @@
+"""A rolling upgrade from raftfast 0.1.0 under load, and the roll back of a
+half-done one (docs/operations.md, "Rolling upgrade").
+
+The 0.1.0 nodes run the release tagged v0.1.0, built beside this tree: the
+tag's files are extracted and their extensions built once into a cache
+directory (RAFTFAST_RELEASE_CACHE, default ~/.cache/raftfast-releases),
+which takes a couple of minutes the first time.  That is why these tests
+are behind the `upgrade` marker: `python -m pytest -m upgrade`.
+RAFTFAST_OLD_RELEASE names an already built tree of 0.1.0 instead.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import redis
+
+from raftfast.launcher.supervisor import NodeCommand
+from tests.support.harness import Cluster, NodeProc
+from tests.support.wait import until
+
+pytestmark = [pytest.mark.upgrade, pytest.mark.multiprocess]
+
+OLD_TAG = "v0.1.0"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VERSION_ERROR = b"needs every node on raftfast 0.2.0"
+
+
+def _build_old_release():
+    """A tree of OLD_TAG with its extensions built in place, or a skip."""
+    given = os.environ.get("RAFTFAST_OLD_RELEASE")
+    if given:
+        return given
+    cache = os.environ.get("RAFTFAST_RELEASE_CACHE",
+                           os.path.expanduser("~/.cache/raftfast-releases"))
+    py = f"py{sys.version_info.major}{sys.version_info.minor}"
+    tree = os.path.join(cache, f"{OLD_TAG}-{py}")
+    done = os.path.join(tree, ".built")
+    if os.path.exists(done):
+        return tree
+    if subprocess.run(["git", "-C", REPO, "rev-parse", "-q", "--verify", f"refs/tags/{OLD_TAG}"],
+                      capture_output=True).returncode != 0:
+        pytest.skip(f"the tag {OLD_TAG} is not in this clone (git fetch --tags)")
+    shutil.rmtree(tree, ignore_errors=True)
+    os.makedirs(tree)
+    archive = subprocess.run(["git", "-C", REPO, "archive", OLD_TAG], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-j", "2"],
+                   cwd=tree, check=True, capture_output=True)
+    open(done, "w").close()
+    return tree
+
+
+@pytest.fixture(scope="module")
+def old_release():
+    return _build_old_release()
+
+
+class ReleaseNode(NodeProc):
+    """A node run from another release's tree (None: this tree).  It starts
+    in that tree, with only that tree on its path, so nothing of this tree
+    is imported."""
+
+    def __init__(self, cluster, node_id, tree, extra_args=()):
+        super().__init__(cluster, node_id, extra_args)
+        self.tree = tree
+
+    def argv(self):
+        line = super().argv()
+        if self.tree is None:
+            return line
+        return ["env", f"--chdir={self.tree}", f"PYTHONPATH={self.tree}", *line]
+
+
+class Writer(threading.Thread):
+    """SET w<i> = <i>, one at a time, following MOVED across nodes; every
+    write answered +OK is acknowledged.  An error or a lost connection
+    leaves that write's fate unknown, and it is not retried."""
+
+    def __init__(self, cluster):
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.acked = []
+        self.errors = 0
+        self.halt = threading.Event()
+        self.target = cluster.ids[0]
+
+    def run(self):
+        i = 0
+        conns = {}
+        while not self.halt.is_set():
+            i += 1
+            node = self.cluster.nodes[self.target]
+            try:
+                c = conns.get(self.target)
+                if c is None:
+                    c = conns[self.target] = redis.Redis(host="127.0.0.1", port=node.client_port,
+                                                         socket_timeout=3)
+                c.set(f"w{i}", str(i))
+                self.acked.append(i)
+            except redis.ResponseError as e:
+                # redis-py raises MOVED as its own class, whose text is "0 host:port".
+                m = re.search(r"127\.0\.0\.1:(\d+)", str(e))
+                if m:
+                    port = int(m.group(1))
+                    self.target = next(j for j, p in self.cluster.client_ports.items()
+                                       if p == port)
+                else:
+                    self.errors += 1
+                    self.halt.wait(0.02)
+            except (redis.ConnectionError, redis.TimeoutError):
+                conns.pop(self.target, None)
+                self.target = self.cluster.ids[i % len(self.cluster.ids)]
+                self.halt.wait(0.02)
+
+    def stop(self):
+        self.halt.set()
+        self.join(timeout=30)
+
+
+def _wait_caught_up(cluster, node_id, timeout=30):
+    """node_id applied everything the leader had committed when asked."""
+    lid = cluster.wait_leader(timeout=timeout)
+    commit = int(cluster.nodes[lid].info()["raft_commit_index"])
+    cluster.wait_applied(commit, ids=[node_id], timeout=timeout)
+
+
+def _replace(cluster, node_id, tree):
+    """Stop node_id (SIGTERM, a clean stop), start it from `tree` on the same
+    data dir, wait until it caught up.  A leader hands over first."""
+    lid = cluster.wait_leader()
+    if lid == node_id:
+        other = next(i for i in cluster.ids if i != node_id)
+        assert cluster.nodes[node_id].raw("RAFT.TRANSFER_LEADER", str(other)) == b"+OK"
+    old = cluster.nodes[node_id]
+    assert old.kill(15) == 0
+    new = ReleaseNode(cluster, node_id, tree, old.extra)
+    cluster.nodes[node_id] = new
+    new.start()
+    _wait_caught_up(cluster, node_id)
+
+
+def _cluster_version(node):
+    info = node.info()
+    return int(info.get("raft_cluster_version", 1))   # 0.1.0 has no such field
+
+
+def _check_every_acked_write(cluster, writer):
+    lid = cluster.wait_leader()
+    c = cluster.nodes[lid].client()
+    values = c.mget([f"w{i}" for i in writer.acked])
+    lost = [i for i, v in zip(writer.acked, values) if v != str(i).encode()]
+    assert not lost, f"{len(lost)} acknowledged writes lost, first {lost[:5]}"
+
+
+def test_a_rolling_upgrade_under_load_and_the_roll_back_of_a_half_done_one(tmp_path, old_release):
+    extra = ("--snapshot-entries", "300", "--snapshot-trailing", "50")
+    cluster = Cluster(str(tmp_path), n=3, heartbeat_ms=50, election_ms=500)
+    for i in cluster.ids:
+        cluster.nodes[i] = ReleaseNode(cluster, i, old_release, extra)
+    cluster.start()
+    writer = Writer(cluster)
+    try:
+        cluster.wait_leader()
+        writer.start()
+        until(lambda: len(writer.acked) > 300, "300 writes on 0.1.0", 60)
+
+        # One node on this release: it follows, and the cluster stays at
+        # version 1, so a leader of this release refuses what 0.1.0 cannot apply.
+        first = next(i for i in cluster.ids if i != cluster.wait_leader())
+        _replace(cluster, first, None)
+        assert _cluster_version(cluster.nodes[first]) == 1
+        lid = cluster.wait_leader()
+        assert cluster.nodes[lid].raw("RAFT.TRANSFER_LEADER", str(first)) == b"+OK"
+        new_leader = cluster.nodes[first]
+        assert new_leader.client().append("a", "x") == 1     # 0.1.0's commands still work
+        with pytest.raises(redis.ResponseError, match="needs every node on raftfast 0.2.0"):
+            new_leader.client().set("e", "1", ex=100)
+        count = len(writer.acked)
+        until(lambda: len(writer.acked) > count + 300, "300 writes with a 0.2 leader", 60)
+
+        # Roll back: the same data dir under 0.1.0 again, snapshots and all.
+        _replace(cluster, first, old_release)
+        count = len(writer.acked)
+        until(lambda: len(writer.acked) > count + 100, "writes after the roll back", 60)
+
+        # The whole upgrade, one node at a time, the leader last.
+        order = sorted(cluster.ids, key=lambda i: i == cluster.wait_leader())
+        for i in order:
+            _replace(cluster, i, None)
+            count = len(writer.acked)
+            until(lambda: len(writer.acked) > count + 100, f"writes after node {i}", 60)
+        until(lambda: all(_cluster_version(n) == 2 for n in cluster.nodes.values()),
+              "the cluster version to reach 2 on every node", 30)
+        lid = cluster.wait_leader()
+        c = cluster.nodes[lid].client()
+        assert c.set("e", "1", ex=100) is True and 0 < c.ttl("e") <= 100
+        assert c.get("a") == b"x"
+        writer.stop()
+        assert len(writer.acked) > 1000
+        _check_every_acked_write(cluster, writer)
+        lines = "".join(n.log_tail(400) for n in cluster.nodes.values())
+        assert "cluster version 1 -> 2" in lines
+    finally:
+        writer.stop()
+        cluster.stop()
