@@ -230,17 +230,27 @@ class ClientProtocol:
         gated = writes_gated(server.driver)
         refusing = server.memory.refusing
         offsets = entry_offsets(block)
+        # Each entry's verdict (the error, or the bytes to propose); a run of
+        # refusals is one reply slot, a run of admitted entries one append.
+        verdicts = []
         for i in range(len(offsets) - 1):
             start, end = offsets[i], offsets[i + 1]
             entry = legacy_entry(block, start, end) if gated else block[start:end]
             if entry is None:
-                self.replies.append(Slot(self.resp3, encoded_error(VERSION_ERROR, 1), True))
+                verdicts.append(VERSION_ERROR)
             elif refusing and entry_grows(block, start):
-                self.replies.append(Slot(self.resp3, encoded_error(OOM_ERROR, 1), True))
-                server.memory.writes_refused += 1
+                verdicts.append(OOM_ERROR)
             else:
-                batcher.buf += entry
-                batcher.added(self, 1)
+                verdicts.append(entry)
+        for verdict, run in itertools.groupby(verdicts, lambda v: v if isinstance(v, str) else b""):
+            run = list(run)
+            if verdict:
+                self.replies.append(Slot(self.resp3, encoded_error(verdict, len(run)), True))
+                if verdict == OOM_ERROR:
+                    server.memory.writes_refused += len(run)
+            else:
+                batcher.buf += b"".join(run)
+                batcher.added(self, len(run))
 
     def reply(self, value):
         self.replies.append(Slot(self.resp3, value))
