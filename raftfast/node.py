@@ -29,6 +29,7 @@ from raftfast.config import Config, parse_node_config
 from raftfast.core import FOLLOWER
 from raftfast.runtime.cluster_version import CLUSTER_VERSION
 from raftfast.runtime.driver import RaftDriver
+from raftfast.runtime.force_new_cluster import describe, force_new_cluster, refuse_missing_state
 from raftfast.runtime.kv_state_machine import KVStateMachine
 from raftfast.runtime.peer_auth import SecretError, load_secret
 from raftfast.server.auth import PasswordError, load_password
@@ -233,6 +234,23 @@ def bootstrap(storage: Storage, cfg: Config) -> tuple:
     return storage.configuration()
 
 
+def force_open(cfg: Config, segment_bytes: int) -> Storage:
+    """--force-new-cluster (runtime/force_new_cluster.py): rewrite the data
+    dir's configuration to this node alone, log what may have been lost,
+    and open it again as a restart would.  StorageError (or OSError, a
+    failed write) when it cannot."""
+    refuse_missing_state(cfg.data_dir)
+    storage = Storage.open(cfg.data_dir, cfg.node_id, cfg.cluster_id,
+                           fsync=cfg.fsync == "always", segment_bytes=segment_bytes)
+    try:
+        forced = force_new_cluster(storage, cfg.node_id)
+    finally:
+        storage.close()
+    (log.warning if forced.changed else log.info)(describe(forced, cfg.node_id, cfg.cluster_id))
+    return Storage.open(cfg.data_dir, cfg.node_id, cfg.cluster_id,
+                        fsync=cfg.fsync == "always", segment_bytes=segment_bytes)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Everything the node creates (data dir, log, snapshots, sockets) is
     # its user's alone: 0700 directories, 0600 files.
@@ -261,9 +279,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
-        storage = Storage.open(cfg.data_dir, cfg.node_id, cfg.cluster_id,
-                               fsync=cfg.fsync == "always", segment_bytes=segment_bytes)
-    except StorageError as e:
+        if cfg.force_new_cluster:
+            storage = force_open(cfg, segment_bytes)
+        else:
+            storage = Storage.open(cfg.data_dir, cfg.node_id, cfg.cluster_id,
+                                   fsync=cfg.fsync == "always", segment_bytes=segment_bytes)
+    except (StorageError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
