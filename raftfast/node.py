@@ -107,6 +107,9 @@ class Node:
         try:
             listen = await self.transport.start(cfg.listen)
             client = await self.resp.start(cfg.client)
+            if cfg.metrics is not None:
+                from raftfast.server.metrics_http import serve_metrics
+                self.metrics = await serve_metrics(loop, cfg.metrics, self.info_fields, self.resp)
         except (OSError, AddressError) as e:
             log.error("cannot start: %s", e)
             await self._shutdown()
@@ -128,6 +131,8 @@ class Node:
     async def _shutdown(self):
         if hasattr(self, "driver"):
             self.driver.stop()
+        if getattr(self, "metrics", None) is not None:
+            await self.metrics.close()
         await self.resp.close()
         await self.transport.close()
         self.storage.close()

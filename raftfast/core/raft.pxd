@@ -16,6 +16,7 @@ cdef class Raft:
     cdef public object voters, learners, urls, _known_ids, conf_version, _conf_hist
     cdef public object cluster_version
     cdef public object term, vote, leader_id, role, rng
+    cdef public long long elections_started, leader_changes
     cdef public dict progress, votes
     cdef public object election_elapsed, heartbeat_elapsed, randomized_timeout
     cdef public list _msgs, _persist_msgs

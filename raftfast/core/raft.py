@@ -239,6 +239,9 @@ class Raft:
         self.vote = hs.vote
         self.leader_id = 0
         self.role = FOLLOWER
+        # For the operator's metrics; both change on rare events only.
+        self.elections_started = 0  # campaigns for a new term (pre-votes not counted)
+        self.leader_changes = 0     # times a leader other than the last became known
         self.rng = random.Random(cfg.seed)
         self.progress = {}
         self.votes = {}
@@ -307,8 +310,16 @@ class Raft:
         self._reset(term)
         self.role = FOLLOWER
         self.leader_id = leader_id
+        if leader_id:
+            self.leader_changes += 1
         self._step = self._step_follower
         self._tick = self._tick_election
+
+    def _leader_known(self, leader_id):
+        """A follower hears from a leader it did not know (rare: once per
+        term at most, so the per-message test is one comparison)."""
+        self.leader_id = leader_id
+        self.leader_changes += 1
 
     def become_pre_candidate(self):
         # Neither term nor vote changes: nothing to persist, nobody disturbed.
@@ -325,6 +336,7 @@ class Raft:
             raise LogPanic("a leader cannot become a candidate directly")
         self._reset(self.term + 1)
         self.role = CANDIDATE
+        self.elections_started += 1
         self.vote = self.id
         self._step = self._step_candidate
         self._tick = self._tick_election
@@ -335,6 +347,7 @@ class Raft:
         self._reset(self.term)
         self.role = LEADER
         self.leader_id = self.id
+        self.leader_changes += 1
         self._step = self._step_leader
         self._tick = self._tick_heartbeat
         nxt = self.log.last_index + 1
@@ -889,15 +902,18 @@ class Raft:
         t = m.type
         if t == MSG_APPEND:
             self.election_elapsed = 0
-            self.leader_id = m.frm
+            if self.leader_id != m.frm:
+                self._leader_known(m.frm)
             self._handle_append(m)
         elif t == MSG_HEARTBEAT:
             self.election_elapsed = 0
-            self.leader_id = m.frm
+            if self.leader_id != m.frm:
+                self._leader_known(m.frm)
             self._handle_heartbeat(m)
         elif t == MSG_SNAPSHOT:
             self.election_elapsed = 0
-            self.leader_id = m.frm
+            if self.leader_id != m.frm:
+                self._leader_known(m.frm)
             self._handle_snapshot(m)
         elif t == MSG_TIMEOUT_NOW:
             if self.id in self.voters:

@@ -75,6 +75,9 @@ def build_parser(defaults=True):
                         "Redis's requirepass; every node gets it (default: none)")
     p.add_argument("--base-port", type=positive, default=d("base_port"), metavar="PORT",
                    help="node i serves clients on 127.0.0.1:<PORT + i> (default: 7000)")
+    p.add_argument("--metrics", action="store_true",
+                   help="node i serves Prometheus metrics at "
+                        "http://127.0.0.1:<base-port + 200 + i>/metrics")
     p.add_argument("--data-dir", metavar="DIR",
                    help="keep node state in DIR/node<i> (default: a temporary "
                         "directory removed on exit)")
@@ -163,6 +166,7 @@ def main(argv=None):
     data_dir = tempfile.mkdtemp(prefix="raftfast-") if temp else os.path.abspath(ns.data_dir)
     try:
         layout = Layout.from_ns(ns) if temp else recorded_layout(parser, argv, ns, data_dir)
+        layout.metrics = ns.metrics
         try:
             specs = plan(ns, data_dir, layout)
         except ConfigError as e:

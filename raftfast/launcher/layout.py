@@ -3,7 +3,8 @@ line each is started with.
 
 Node i serves clients on tcp://127.0.0.1:<base-port + i>; peers talk over
 unix:///DIR/node<i>/raft.sock, or with --transport tcp over
-127.0.0.1:<base-port + 100 + i>.  The layout (the founding nodes, the ones
+127.0.0.1:<base-port + 100 + i>; with --metrics it serves Prometheus at
+http://127.0.0.1:<base-port + 200 + i>/metrics.  The layout (the founding nodes, the ones
 added since, the ids removed) is kept in DIR/cluster.json, so a restart on
 the same DIR starts the same nodes.
 """
@@ -53,14 +54,15 @@ def log_path(data_dir, i):
 class NodeSpec:
     """One node to start: its id, data dir, addresses and command line (its
     flags, without the interpreter and module)."""
-    __slots__ = ("id", "data_dir", "listen", "client", "argv")
+    __slots__ = ("id", "data_dir", "listen", "client", "argv", "metrics")
 
-    def __init__(self, node_id, data_dir, listen, client, argv):
+    def __init__(self, node_id, data_dir, listen, client, argv, metrics=None):
         self.id = node_id
         self.data_dir = data_dir
         self.listen = listen
         self.client = client
         self.argv = argv
+        self.metrics = metrics  # the URL Prometheus scrapes, or None
 
 
 class Layout:
@@ -69,18 +71,22 @@ class Layout:
     reused: an added node gets one more than any id the cluster ever had
     (a node that lost its state must come back under a new id)."""
 
-    def __init__(self, founders, transport, base_port, added=(), removed=(), tls=False):
+    def __init__(self, founders, transport, base_port, added=(), removed=(), tls=False,
+                 metrics=False):
         self.founders = founders
         self.transport = transport
         self.base_port = base_port
         self.tls = tls  # peers and clients over TLS, with DIR/tls/ certificates
+        # Every node serves metrics (this run's choice, not recorded in DIR).
+        self.metrics = metrics
         self.added = list(added)
         self.removed = set(removed)
 
     @classmethod
     def from_ns(cls, ns):
         tls = getattr(ns, "tls", False)
-        return cls(ns.nodes, "tcp" if tls else ns.transport, ns.base_port, tls=tls)
+        return cls(ns.nodes, "tcp" if tls else ns.transport, ns.base_port, tls=tls,
+                   metrics=getattr(ns, "metrics", False))
 
     def ids(self):
         """Every id the cluster ever had."""
@@ -99,6 +105,10 @@ class Layout:
     def client(self, i):
         return f"{self._scheme}://127.0.0.1:{self.base_port + i}"
 
+    def metrics_url(self, i):
+        """Node i's --metrics address, or None without --metrics."""
+        return f"tcp://127.0.0.1:{self.base_port + 200 + i}" if self.metrics else None
+
     @property
     def _scheme(self):
         return "tls" if self.tls else "tcp"
@@ -106,13 +116,16 @@ class Layout:
     def check_ports(self, top_id):
         """ConfigError unless node ids up to top_id get ports of their own."""
         base = self.base_port
-        top = base + (100 if self.transport == "tcp" else 0) + top_id
+        top = base + (200 if self.metrics else 100 if self.transport == "tcp" else 0) + top_id
         if top > 65535:
             raise ConfigError(f"--base-port {base} with {top_id} nodes needs ports up to "
                               f"{top}, past 65535")
         if self.transport == "tcp" and top_id >= 100:
             raise ConfigError("--transport tcp supports node ids up to 99 (peer ports are "
                               "client ports + 100)")
+        if self.metrics and top_id >= 100:
+            raise ConfigError("--metrics supports node ids up to 99 (metrics ports are "
+                              "client ports + 200)")
 
     def to_json(self):
         return {"format": STATE_FORMAT, "founders": self.founders, "transport": self.transport,
@@ -191,13 +204,17 @@ def node_spec(layout, data_dir, i, tunables):
             argv += ["--peer", f"{j}={layout.listen(data_dir, j)}"]
     if i > layout.founders:
         argv.append("--join")
+    metrics = layout.metrics_url(i)
+    if metrics is not None:
+        argv += ["--metrics", metrics]
     if layout.tls:
         cert, key = tls_files(data_dir, f"node{i}")
         ca = tls_files(data_dir, "ca")[0]
         argv += ["--peer-tls-cert-file", cert, "--peer-tls-key-file", key,
                  "--peer-tls-ca-cert-file", ca, "--tls-cert-file", cert, "--tls-key-file", key,
                  "--tls-ca-cert-file", ca]
-    return NodeSpec(i, ddir, listen, layout.client(i), argv + tunables)
+    scrape = None if metrics is None else f"http://127.0.0.1:{layout.base_port + 200 + i}/metrics"
+    return NodeSpec(i, ddir, listen, layout.client(i), argv + tunables, scrape)
 
 
 def node_flags(ns, founders):
@@ -246,7 +263,8 @@ def plan(ns, data_dir, layout=None):
         tls = dict(tls_cert_file=cert, tls_key_file=key, tls_ca_cert_file=ca,
                    peer_tls_cert_file=cert, peer_tls_key_file=key, peer_tls_ca_cert_file=ca)
     Config.from_args(_WithIdentity(ns, node_id=first.id, data_dir=first.data_dir,
-                                   listen=first.listen, client=first.client, **tls)).validate()
+                                   listen=first.listen, client=first.client,
+                                   metrics=layout.metrics_url(first.id), **tls)).validate()
     return specs
 
 

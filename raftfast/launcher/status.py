@@ -20,14 +20,17 @@ async def leader_infos(nodes):
 
 
 def format_table(nodes, infos):
-    rows = [("id", "pid", "role", "term", "client")]
+    """One row per node; a metrics column when the nodes serve metrics."""
+    metrics = any(n.spec.metrics for n in nodes)
+    rows = [("id", "pid", "role", "term", "client") + (("metrics",) if metrics else ())]
     for n in nodes:
         info = infos.get(n.id) or {}
         alive = n.proc.returncode is None
         rows.append((str(n.id), str(n.proc.pid),
                      info.get("raft_role", "?") if alive else f"exited({n.proc.returncode})",
-                     info.get("raft_current_term", "?"), n.spec.client))
-    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+                     info.get("raft_current_term", "?"), n.spec.client)
+                    + ((n.spec.metrics or "-",) if metrics else ()))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
 
 

@@ -9,6 +9,7 @@ cdef class GroupCommit:
     cdef public long long written, synced, _sync_upto
     cdef public object held, _wakeup, _thread
     cdef public long long fsyncs, thread_wakeups, inline_syncs
+    cdef public object sync_times
 
     # Called from C once per batch (the loop's side only; the fsync
     # thread's loop stays a def).

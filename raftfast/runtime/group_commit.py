@@ -35,6 +35,8 @@ import collections
 import threading
 import time
 
+from raftfast.runtime.latency import FSYNC_BUCKETS, LatencyHistogram
+
 __all__ = ["GroupCommit"]
 
 
@@ -74,6 +76,9 @@ class GroupCommit:
         self.fsyncs = 0
         self.thread_wakeups = 0  # fsync results handed to the loop from the thread
         self.inline_syncs = 0    # fsyncs run on the loop, though a thread exists
+        # How long each fsync took.  Written by whichever side ran it (one
+        # sync at a time), read by the metrics endpoint.
+        self.sync_times = LatencyHistogram(FSYNC_BUCKETS)
         # The fsync thread: woken through a raw lock, reporting back with
         # call_soon_threadsafe.  No executor: its futures machinery costs
         # a dozen interpreted calls per fsync, and this runs once per batch.
@@ -149,7 +154,8 @@ class GroupCommit:
         except OSError as e:
             return e
         finally:
-            self.last_sync_s = self.clock() - start
+            took = self.last_sync_s = self.clock() - start
+            self.sync_times.observe(took)
         return None
 
     def _sync_on_loop(self, upto):

@@ -11,6 +11,7 @@ cdef class Batcher:
     cdef public long long proposals, entries_proposed, throttles
     cdef public Py_ssize_t window_bytes, unanswered_bytes
     cdef public list throttled
+    cdef public object commit_times
 
     cpdef room(self)
     cpdef added(self, conn, Py_ssize_t n)

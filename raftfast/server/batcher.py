@@ -14,9 +14,11 @@ again until answers bring the window back under its size.
 """
 import logging
 import struct
+from time import perf_counter
 
 from raftfast.core import NotLeader, ProposalDropped, TransferInProgress
 from raftfast.core.messages import ENTRY_HEADER_SIZE
+from raftfast.runtime.latency import COMMIT_BUCKETS, LatencyHistogram
 from raftfast.runtime.waiters import NotLeaderNow, RequestFailed
 from raftfast.server.replies import encoded_error, take_replies
 
@@ -56,6 +58,9 @@ class Batcher:
         self.unanswered_bytes = 0  # proposed and not yet answered
         self.throttled = []        # connections not read until the window has room
         self.throttles = 0
+        # From a batch's proposal to its entries applied (committed on a
+        # majority, each after its fsync), once per batch that commits.
+        self.commit_times = LatencyHistogram(COMMIT_BUCKETS)
 
     def over_window(self):
         """Are the writes in flight, and those gathered, past the window?"""
@@ -236,6 +241,7 @@ class Batcher:
         block, runs, count = self.buf, self.runs, self.count
         self.buf, self.runs, self.count = bytearray(), [], 0
         nbytes = len(block)
+        proposed_at = perf_counter()
 
         def refused(text):
             for conn, slot, n in runs:
@@ -247,6 +253,7 @@ class Batcher:
             if isinstance(result, RequestFailed):
                 refused(str(self.server.failure_reply(result)))
             else:
+                self.commit_times.observe(perf_counter() - proposed_at)
                 for conn, slot, n in runs:
                     value = take_replies(result, n)
                     if len(value) > LARGE_WRITE_REPLY:

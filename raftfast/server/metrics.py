@@ -1,0 +1,164 @@
+"""What a node tells Prometheus: a collector that reads, when scraped, the
+counters and state the node keeps anyway.
+
+Nothing here runs on the replication path.  The runtime counts what it
+counts for INFO (per batch), the core counts elections and leader changes
+(rare), GroupCommit and the Batcher fill a fixed-bucket histogram once per
+fsync and per committed batch (runtime.latency); a scrape turns them into
+metric families.  Every name starts with `raftfast_`; docs/operations.md
+lists them.  The endpoint that serves them is metrics_http.
+"""
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+
+from raftfast import __version__
+from raftfast.core import CANDIDATE, FOLLOWER, LEADER, PRECANDIDATE
+
+__all__ = ["NodeCollector", "node_registry", "ROLES"]
+
+# Every role INFO's raft_role can name; the role gauge has one series each,
+# 1 for the node's role and 0 for the others, so a query need not guess.
+ROLES = (LEADER, FOLLOWER, CANDIDATE, PRECANDIDATE, "learner", "joining")
+
+
+class NodeCollector:
+    """node_info(): INFO raft's fields (the node's role as INFO names it).
+    server: the RespServer, whose driver, batcher and memory guard hold
+    the rest."""
+
+    def __init__(self, node_info, server):
+        self.node_info = node_info
+        self.server = server
+
+    def describe(self):
+        # The names are fixed, but an empty description keeps registration
+        # from running a collection before the node has started.
+        return []
+
+    def collect(self):
+        server = self.server
+        driver = server.driver
+        core = driver.core
+        lg = core.log
+        info = self.node_info()
+        node = str(info["raft_node_id"])
+
+        meta = GaugeMetricFamily("raftfast_node", "This node: its id, cluster id and version",
+                                 labels=["id", "cluster_id", "version"])
+        meta.add_metric([node, str(info["raft_cluster_id"]), __version__], 1)
+        yield meta
+        role = GaugeMetricFamily("raftfast_role", "1 for the role this node has now",
+                                 labels=["role"])
+        for r in ROLES:
+            role.add_metric([r], 1 if info["raft_role"] == r else 0)
+        yield role
+        yield _gauge("raftfast_term", "Current Raft term", core.term)
+        yield _gauge("raftfast_leader_id", "The leader this node knows of (0: none)",
+                     core.leader_id)
+        yield _gauge("raftfast_commit_index", "Highest log index known committed",
+                     lg.committed)
+        yield _gauge("raftfast_applied_index", "Highest log index applied to the state machine",
+                     lg.applied)
+        yield _gauge("raftfast_last_log_index", "Last index in this node's log", lg.last_index)
+        yield _gauge("raftfast_snapshot_index", "Index the newest snapshot covers",
+                     core.snapshot_index)
+        yield from self._followers(core, lg)
+
+        yield _counter("raftfast_elections_started", "Elections this node started as a "
+                       "candidate (pre-votes not counted)", core.elections_started)
+        yield _counter("raftfast_leader_changes", "Times this node learned of a new leader "
+                       "(itself included)", core.leader_changes)
+        batcher = server.batcher
+        yield _counter("raftfast_proposals", "Batches of client writes proposed by this node "
+                       "as leader", batcher.proposals)
+        yield _counter("raftfast_entries_proposed", "Client write entries proposed",
+                       batcher.entries_proposed)
+        yield _counter("raftfast_entries_replicated", "Entries sent to followers in appends",
+                       driver.entries_sent)
+        yield _counter("raftfast_appends_sent", "Append messages sent to followers",
+                       driver.appends_sent)
+        yield _counter("raftfast_peer_bytes_sent", "Bytes of frames sent to peers",
+                       driver.transport.bytes_sent)
+        yield _counter("raftfast_entries_written", "Entries written to this node's log",
+                       driver.entries_written)
+        yield _counter("raftfast_entries_applied", "Entries applied to the state machine",
+                       driver.applied_entries)
+        group = driver.group_commit
+        yield _counter("raftfast_fsyncs", "fsyncs of the log (one per group commit)",
+                       group.fsyncs)
+        yield _histogram("raftfast_fsync_duration_seconds", "How long each fsync of the log "
+                         "took", group.sync_times)
+        yield _histogram("raftfast_commit_latency_seconds", "From proposing a batch of client "
+                         "writes to their being applied, on the leader", batcher.commit_times)
+        yield _counter("raftfast_reads_served", "Linearizable reads served",
+                       driver.reads.served)
+
+        snaps = driver.snapshots.stats()
+        yield _counter("raftfast_snapshots_taken", "Snapshots this node took",
+                       snaps["raftfast_snapshots_taken"])
+        yield _counter("raftfast_snapshots_sent", "Snapshots sent to followers",
+                       snaps["raftfast_snapshots_sent"])
+        yield _counter("raftfast_snapshots_installed", "Snapshots received and installed",
+                       snaps["raftfast_snapshots_installed"])
+        yield _counter("raftfast_snapshot_bytes_sent", "Bytes of snapshots sent",
+                       snaps["raftfast_snapshot_bytes_sent"])
+
+        yield _gauge("raftfast_client_connections", "Client connections open",
+                     len(server.connections))
+        yield _gauge("raftfast_maxclients", "--maxclients", server.maxclients)
+        yield _counter("raftfast_rejected_connections", "Client connections refused at "
+                       "--maxclients", server.rejected_connections)
+        memory = server.memory
+        yield _gauge("raftfast_memory_used_bytes", "Memory counted against --maxmemory: data "
+                     "set, log in memory, client buffers", memory.used)
+        yield _gauge("raftfast_maxmemory_bytes", "--maxmemory (0: no limit)", memory.maxmemory)
+        yield _gauge("raftfast_memory_refusing_writes", "1 while writes that grow the data "
+                     "set are refused (this node or a voter over its limit)",
+                     int(memory.refusing))
+        yield _counter("raftfast_oom_refusals", "Commands answered OOM",
+                       memory.writes_refused)
+
+    def _followers(self, core, lg):
+        """Per follower, on the leader: how far its log matches ours, and
+        how many entries it lacks.  Other nodes have no series."""
+        match = GaugeMetricFamily("raftfast_follower_match_index", "Highest index known "
+                                  "replicated on each follower (leader only)", labels=["peer"])
+        lag = GaugeMetricFamily("raftfast_follower_lag_entries", "Entries of the leader's log "
+                                "each follower lacks (leader only)", labels=["peer"])
+        if core.role == LEADER:
+            last = lg.last_index
+            for peer, pr in sorted(core.progress.items()):
+                if peer != core.id:
+                    match.add_metric([str(peer)], pr.match)
+                    lag.add_metric([str(peer)], max(0, last - pr.match))
+        yield match
+        yield lag
+
+
+def _gauge(name, doc, value):
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name, doc, value):
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _histogram(name, doc, hist):
+    """A runtime.latency histogram as Prometheus's cumulative buckets."""
+    buckets, running = [], 0
+    for bound, n in zip(hist.bounds, hist.counts):
+        running += n
+        buckets.append((repr(bound), running))
+    running += hist.counts[len(hist.counts) - 1]
+    buckets.append(("+Inf", running))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=hist.total)
+
+
+def node_registry(node_info, server):
+    """A registry of this node's metrics and its process's (CPU, resident
+    memory, open file descriptors, from /proc when scraped)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(node_info, server))
+    ProcessCollector(registry=registry)
+    return registry
