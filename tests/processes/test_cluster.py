@@ -564,3 +564,30 @@ def test_bench_authenticates_with_the_clusters_password(tmp_path):
                        cwd=REPO, timeout=DEADLINE)
     assert p.returncode == 0, p.stderr
     assert "throughput" in p.stdout and "errors" not in p.stdout, p.stdout
+
+
+def test_plan_with_metrics_gives_node_i_base_port_plus_200_plus_i(tmp_path):
+    specs = plan(parse(["--nodes", "3", "--metrics", "--base-port", "9000"]), str(tmp_path))
+    for s in specs:
+        flag = s.argv.index("--metrics")
+        assert s.argv[flag + 1] == f"tcp://127.0.0.1:{9200 + s.id}"
+        assert s.metrics == f"http://127.0.0.1:{9200 + s.id}/metrics"
+    assert all("--metrics" not in s.argv for s in plan(parse(["--nodes", "3"]), str(tmp_path)))
+    with pytest.raises(ConfigError, match="past 65535"):
+        plan(parse(["--nodes", "3", "--metrics", "--base-port", "65400"]), str(tmp_path))
+
+
+def test_cluster_with_metrics_prints_each_nodes_url_and_they_answer(tmp_path):
+    import urllib.request
+    base = free_base_port(203)
+    with serving("--metrics", "--data-dir", str(tmp_path / "d"), "--base-port", str(base),
+                 "--fsync", "never") as out:
+        head = next(i for i, ln in enumerate(out) if ln.startswith("id "))
+        assert out[head].split()[-1] == "metrics"
+        rows = [ln.split() for ln in out[head + 1:head + 4]]
+        for row in rows:
+            url = row[-1]
+            assert url == f"http://127.0.0.1:{base + 200 + int(row[0])}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as r:
+                text = r.read().decode()
+            assert f'raftfast_role{{role="{row[2]}"}} 1.0' in text, text
