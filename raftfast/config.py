@@ -19,7 +19,7 @@ from raftfast.address import Address, AddressError, parse_address
 from raftfast.arg_types import half_of_ram, int_at_least, memory_at_least, octal_mode
 
 __all__ = ["Config", "ConfigError", "ArgumentParser", "add_node_arguments",
-           "parse_node_config", "tunable_argv", "NODE_ID_MAX"]
+           "parse_node_config", "tunable_argv", "NODE_ID_MAX", "check_cluster_id"]
 
 NODE_ID_MAX: int = 2**63 - 1
 CLUSTER_ID_MAX_BYTES: int = 255  # it travels in every handshake with a one-byte length
@@ -159,7 +159,7 @@ class Config:
                 raise ConfigError(f"--peer {pid}={url}: the same address as peer {seen_urls[a]}")
             seen_urls[a] = pid
         self._check_tls(listen, client, seen_urls)
-        _check_cluster_id(self.cluster_id)
+        check_cluster_id(self.cluster_id)
         _choice("--fsync", self.fsync, ("always", "never"))
         _choice("--read-mode", self.read_mode, ("readindex", "lease"))
         _choice("--log-level", self.log_level, LOG_LEVELS)
@@ -276,7 +276,7 @@ def _check_node_id(flag: str, v: object) -> None:
         raise ConfigError(f"{flag}: node ids are integers from 1 to {NODE_ID_MAX}, got {v!r}")
 
 
-def _check_cluster_id(v: object) -> None:
+def check_cluster_id(v: object) -> None:
     if not isinstance(v, str) or not v:
         raise ConfigError("--cluster-id: must not be empty")
     if len(v.encode("utf-8")) > CLUSTER_ID_MAX_BYTES:

@@ -257,10 +257,14 @@ def force_open(cfg: Config, segment_bytes: int) -> Storage:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in ("backup", "restore"):
+        from raftfast.backup import backup_main, restore_main
+        return (backup_main if args[0] == "backup" else restore_main)(args[1:])
     # Everything the node creates (data dir, log, snapshots, sockets) is
     # its user's alone: 0700 directories, 0600 files.
     os.umask(0o077)
-    cfg = parse_node_config(argv)  # bad usage exits 2
+    cfg = parse_node_config(args)  # bad usage exits 2
     try:
         segment_bytes = segment_bytes_from_env()
     except ValueError as e:

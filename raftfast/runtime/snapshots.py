@@ -16,6 +16,11 @@ A failure to take or compact is logged and retried later; only a failed
 install (the core already moved on) stops the node.  No step blocks the
 loop for more than a few milliseconds: a million keys snapshot while the
 node keeps serving.
+
+Why it is long: taking, sending and installing share one state (a snapshot
+being written, a received one being loaded or installed, a compaction in a
+worker thread each hold the others back), and they read best side by side;
+the file format, the chunk stream and the log sizes live beside it.
 """
 import concurrent.futures
 import logging
@@ -47,6 +52,9 @@ class SnapshotManager:
     durable        --fsync always: a received snapshot is fsynced
     snapshot_entries, snapshot_trailing, snapshot_log_bytes,
     election_timeout_s: the knobs
+
+    on_taken(error, index, path), when set (RAFT.BACKUP: server/backup.py),
+    hears of every snapshot this node takes: durable at `path`, or failed.
     """
 
     STEP_KEYS = 2048          # keys per write/merge step: ~0.25 ms each
@@ -96,6 +104,7 @@ class SnapshotManager:
         self.bytes_sent = 0
         self.installed = 0
         self.chunks_dropped = 0  # from a sender that is not this node's leader
+        self.on_taken = None
 
     def stats(self):
         """Counters for INFO stats."""
@@ -126,6 +135,16 @@ class SnapshotManager:
             self._maybe_take()
         elif self.snapshot_log_bytes and log_too_large(core.log, self.snapshot_log_bytes):
             self._maybe_take()
+
+    def take_now(self):
+        """Start a snapshot of everything applied, whatever the thresholds
+        (a backup asked for one).  True when one is being written, this one
+        or one already under way; False when none can start yet (an install
+        or compaction is running, or the last attempt failed moments ago):
+        ask again later."""
+        if self._writer is None:
+            self._maybe_take()
+        return self._writer is not None
 
     def compact_now(self):
         """The node is over its memory limit: snapshot now, if the log holds
@@ -300,6 +319,8 @@ class SnapshotManager:
         log.info("snapshot at index %d (term %d, %d keys, %d bytes) taken in %.0f ms",
                  writer.index, writer.term, writer.count, writer.bytes,
                  1000 * (self.clock() - self._started))
+        if self.on_taken is not None:
+            self.on_taken(None, writer.index, self.storage.snapshot_path(writer.index))
         self._compact()
 
     def _compact(self):
@@ -329,6 +350,8 @@ class SnapshotManager:
         self.failures += 1
         self._retry_at = self.clock() + self.RETRY_S
         log.warning("%s failed: %s; retrying in %g s", what, error, self.RETRY_S)
+        if what == "snapshot" and self.on_taken is not None:
+            self.on_taken(error, 0, None)
 
     # ---- sending a snapshot to a follower
 

@@ -455,11 +455,20 @@ def _raft_node(server, conn, cmd):
         done(f"ERR {e}")
 
 
+def _raft_backup(server, conn, cmd):
+    """RAFT.BACKUP: the leader's snapshot of the data set as of now, as one
+    bulk string streamed from its file (server/backup.py)."""
+    if len(cmd) != 1:
+        _wrong_args(conn, "raft.backup")
+        return
+    server.backups.start(conn)
+
+
 COMMANDS = {
     b"auth": _auth, b"ping": _ping, b"echo": _echo, b"hello": _hello, b"client": _client,
     b"command": _command, b"config": _config, b"select": _select, b"quit": _quit,
     b"info": _info, b"raftfast.bench": _bench, b"raft.transfer_leader": _transfer_leader,
-    b"raft.node": _raft_node, b"raft.session": _raft_session,
+    b"raft.node": _raft_node, b"raft.session": _raft_session, b"raft.backup": _raft_backup,
 }
 
 # What a connection that has not authenticated may run (Redis's no-auth commands).

@@ -6,7 +6,7 @@ from raftfast.server.batcher cimport Batcher
 from raftfast.server.replies cimport Slot
 
 cdef class ClientProtocol:
-    cdef public object server, transport, parser, replies, name, id
+    cdef public object server, transport, parser, replies, name, id, stream
     cdef public bint resp3, closing, parsing_reads, held, paused_by_client, throttled
     cdef public bint authenticated, read_since_sweep
     cdef public long long idle_sweeps

@@ -39,7 +39,8 @@ log = logging.getLogger("raftfast.client")
 class ClientProtocol:
     __slots__ = ("server", "transport", "parser", "replies", "resp3", "name", "id",
                  "closing", "last_write", "reads_in_flight", "parsing_reads", "held",
-                 "paused_by_client", "throttled", "authenticated", "read_since_sweep", "idle_sweeps")
+                 "paused_by_client", "throttled", "authenticated", "read_since_sweep", "idle_sweeps",
+                 "stream")
 
     def __init__(self, server):
         self.server = server
@@ -62,6 +63,9 @@ class ClientProtocol:
         self.parser.unauthenticated = not self.authenticated
         self.read_since_sweep = False  # the idle sweep (--timeout) clears it
         self.idle_sweeps = 0  # sweeps in a row that found nothing read nor owed
+        # A reply too large to build, written a piece at a time as the
+        # client takes it (RAFT.BACKUP: server/backup.py), or None.
+        self.stream = None
 
     def connection_made(self, transport):
         self.transport = transport
@@ -84,6 +88,8 @@ class ClientProtocol:
     def resume_writing(self):
         self.paused_by_client = False
         self._resume_reading()
+        if self.stream is not None:
+            self.stream.pump()
 
     def unthrottle(self):
         """The batcher's window has room again."""
@@ -127,6 +133,8 @@ class ClientProtocol:
     def connection_lost(self, exc):
         self.server.connections.discard(self)
         self.closing = True
+        if self.stream is not None:
+            self.stream.abort()
 
     def data_received(self, data):
         if self.closing:
@@ -203,6 +211,8 @@ class ClientProtocol:
                         continue
                     break
                 server.dispatch(self, stop)
+                if self.held:
+                    break  # that command holds what follows (RAFT.BACKUP)
             else:
                 # Not the leader: KV commands are counted, not kept, and
                 # answered with the redirect.

@@ -14,6 +14,7 @@ from raftfast._resp import ErrorReply
 from raftfast.address import Address, create_server, parse_address
 from raftfast.runtime.waiters import NotLeaderNow, OutcomeUnknown, TransferFailed
 from raftfast.server import commands
+from raftfast.server.backup import Backups
 from raftfast.server.batcher import Batcher
 from raftfast.server.connection import ClientProtocol
 from raftfast.server.expiry import ActiveExpiry
@@ -84,6 +85,7 @@ class RespServer:
         self.memory = MemoryGuard(self, cfg.effective_maxmemory(),
                                   cfg.effective_maxmemory_clients())
         self.expiry = ActiveExpiry(driver)
+        self.backups = Backups(self)
         self._idle_timer = None
         self._server = None
         self._unix_path = None
@@ -133,6 +135,7 @@ class RespServer:
         """On every tick of the node's clock: memory accounting, active expiry."""
         self.memory.check()
         self.expiry.tick()
+        self.backups.tick()
 
     # ------------------------------------------------------------ routing
 
@@ -219,6 +222,7 @@ class RespServer:
             "raftfast_client_reads_paused": self.batcher.throttles,
             "raftfast_cpu_seconds": f"{_cpu_seconds():.3f}",
             **d.snapshots.stats(),
+            **self.backups.stats(),
             **self.extra_stats(),
         }
 
