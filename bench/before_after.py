@@ -2,6 +2,7 @@
 
     python bench/before_after.py --before /tmp/before --after . [--rounds 5]
         [--targets] [--nodes N] [--scale X] [--only LABEL ...] [--keyspace N]
+        [--before-flags FLAGS] [--after-flags FLAGS] [--scrape SECONDS]
 
 Each checkout must be built in place (`python setup.py build_ext --inplace`
 or `pip install -e .` there).  Every round starts a 3-node cluster of each
@@ -12,18 +13,26 @@ with redis-benchmark at each load.  It prints every round, then the medians
 and the after/before ratios of the medians; the server CPU per SET is the
 CPU time of the three node processes over the run, divided by its SETs.  The machine is shared and
 noisy: only ratios within one run mean anything.
+
+--before-flags/--after-flags add `python -m raftfast.cluster` flags to one
+side (the same tree with and without `--metrics`, say), and --scrape S
+makes a side started with `--metrics` be scraped as Prometheus would: every
+node's /metrics every S seconds while the load runs.
 """
 import argparse
 import csv
 import io
 import os
 import re
+import shlex
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 
 # (label, redis-benchmark arguments): a pipelined many-client load and a
 # single client waiting for each reply.
@@ -44,12 +53,12 @@ TARGET_LOADS = [
 LEADER_RE = re.compile(r"leader.*tcp://127\.0\.0\.1:(\d+)")
 
 
-def start_cluster(tree, base_port, log, nodes=3):
+def start_cluster(tree, base_port, log, nodes=3, flags=()):
     """A cluster of the checkout in `tree`; returns (process, leader port)."""
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     proc = subprocess.Popen(
         [sys.executable, "-m", "raftfast.cluster", "--nodes", str(nodes), "--fsync", "always",
-         "--base-port", str(base_port), "--snapshot-entries", "0"],
+         "--base-port", str(base_port), "--snapshot-entries", "0", *flags],
         cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -63,6 +72,25 @@ def start_cluster(tree, base_port, log, nodes=3):
         time.sleep(0.2)  # polling the launcher's output file for its table
     stop(proc)
     raise RuntimeError(f"no leader in {tree} within 60 s")
+
+
+class Scraper(threading.Thread):
+    """GET every node's /metrics (raftfast.cluster --metrics: node i on
+    base-port + 200 + i) every `period` seconds until stopped; counts scrapes."""
+
+    def __init__(self, base_port, nodes, period):
+        super().__init__(daemon=True)
+        self.urls = [f"http://127.0.0.1:{base_port + 200 + i}/metrics" for i in range(1, nodes + 1)]
+        self.period = period
+        self.halt = threading.Event()
+        self.scrapes = 0
+
+    def run(self):
+        while not self.halt.wait(self.period):
+            for url in self.urls:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    r.read()
+                self.scrapes += 1
 
 
 def stop(proc):
@@ -118,7 +146,14 @@ def main():
                         "them; 0 (default): every SET to one key")
     p.add_argument("--only", nargs="+", metavar="LABEL",
                    help="these loads only (labels as printed, e.g. '64B P16 c50')")
+    p.add_argument("--before-flags", default="", metavar="FLAGS",
+                   help="more raftfast.cluster flags for the before side (one string)")
+    p.add_argument("--after-flags", default="", metavar="FLAGS",
+                   help="more raftfast.cluster flags for the after side, e.g. '--metrics'")
+    p.add_argument("--scrape", type=float, default=0, metavar="SECONDS",
+                   help="scrape a side run with --metrics every SECONDS (0: never)")
     ns = p.parse_args()
+    flags = {"before": shlex.split(ns.before_flags), "after": shlex.split(ns.after_flags)}
     table = TARGET_LOADS if ns.targets else LOADS
     if ns.only:
         table = [(label, args) for label, args in table if label in ns.only]
@@ -132,7 +167,12 @@ def main():
         order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
         for side in order:
             with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
-                proc, port = start_cluster(trees[side], ns.base_port, log, ns.nodes)
+                proc, port = start_cluster(trees[side], ns.base_port, log, ns.nodes,
+                                           flags[side])
+                scraper = None
+                if ns.scrape and "--metrics" in flags[side]:
+                    scraper = Scraper(ns.base_port, ns.nodes, ns.scrape)
+                    scraper.start()
                 try:
                     for load, args in loads:
                         figs = redis_benchmark(proc, port, args)
@@ -141,9 +181,14 @@ def main():
                               f"p50 {figs[1]:.3f} ms  p99 {figs[2]:.3f} ms  "
                               f"CPU {figs[3]:.1f} µs/SET", flush=True)
                 finally:
+                    if scraper is not None:
+                        scraper.halt.set()
+                        scraper.join()
+                        print(f"round {r + 1} {side:6} {scraper.scrapes} scrapes", flush=True)
                     stop(proc)
     print(f"\nmedians of {ns.rounds} rounds ({ns.nodes} nodes, fsync always, unix peers, "
-          f"redis-benchmark -t set):")
+          f"redis-benchmark -t set; before {' '.join(flags['before']) or 'no flags'}, "
+          f"after {' '.join(flags['after']) or 'no flags'}):")
     for load, _ in table:
         med = {side: [statistics.median(x[i] for x in results[(side, load)]) for i in range(4)]
                for side in trees}
