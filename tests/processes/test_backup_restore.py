@@ -185,3 +185,113 @@ def test_backup_command_usage_and_unreachable(tmp_path):
     done = node_command("backup", "--client", f"unix://{tmp_path}/none.sock", str(tmp_path / "f"))
     assert done.returncode == 1 and done.stderr.startswith("error: cannot connect")
     assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.timeout(120)
+def test_backup_over_tls_with_a_password_passes_the_output_buffer_limit(tmp_path):
+    """A backup larger than --client-output-buffer-limit, from a tls://
+    client port that wants a client certificate and a password."""
+    import redis
+
+    from raftfast.launcher.certs import issue, make_ca
+    root = tempfile.mkdtemp(prefix="rfbt")
+    pki = str(tmp_path)
+    ca = make_ca(pki)
+    node_cert, node_key = issue(pki, "node1", ca)
+    client_cert, client_key = issue(pki, "client", ca)
+    ca_file = os.path.join(pki, "ca.crt")
+    password = tmp_path / "pass"
+    password.write_text("s3cret-password\n")
+    password.chmod(0o600)
+    cluster = Cluster(root, n=1, transport="unix")
+    port = cluster.client_ports[1]
+    cluster.nodes[1].extra += ["--client", f"tls://127.0.0.1:{port}",
+                               "--tls-cert-file", node_cert, "--tls-key-file", node_key,
+                               "--tls-ca-cert-file", ca_file,
+                               "--requirepass-file", str(password),
+                               "--client-output-buffer-limit", "64kb"]
+    try:
+        cluster.start()
+        c = redis.Redis(port=port, ssl=True, ssl_ca_certs=ca_file, ssl_certfile=client_cert,
+                        ssl_keyfile=client_key, password="s3cret-password", socket_timeout=10)
+        value = b"v" * 4000
+        until(lambda: c.info("raft").get("raft_role") == "leader", "node 1 to lead")
+        pipe = c.pipeline(transaction=False)
+        for i in range(300):
+            pipe.set(f"big:{i}", value)
+        assert all(pipe.execute())
+        c.close()
+        path = str(tmp_path / "tls.rfb")
+        tls = ["--tls-ca-cert-file", ca_file, "--tls-cert-file", client_cert,
+               "--tls-key-file", client_key]
+        url = f"tls://127.0.0.1:{port}"
+        refused = node_command("backup", "--client", url, *tls, path)
+        assert refused.returncode == 1 and "NOAUTH" in refused.stderr
+        assert not os.path.exists(path)
+        done = node_command("backup", "--client", url, "--requirepass-file", str(password),
+                            *tls, path)
+        assert done.returncode == 0, done.stderr
+        assert os.path.getsize(path) > 300 * 4000 > 64 * 1024
+        kv, _ = load_snapshot(path)
+        assert dict(kv.items()) == {b"big:%d" % i: value for i in range(300)}
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_raft_backup_must_be_sent_alone_and_streams_to_a_slow_reader():
+    """Behind an unanswered write on its connection, RAFT.BACKUP is refused;
+    alone, its bulk arrives whole to a client reading a little at a time,
+    and a command sent behind it is answered after it."""
+    import socket
+
+    from raftfast.backup import TrailingCrc
+    from raftfast.resp_client import encode_command
+    root = tempfile.mkdtemp(prefix="rfbs")
+    cluster = Cluster(root, n=1, transport="unix", extra_args=["--client-output-buffer-limit",
+                                                                "64kb"])
+    try:
+        cluster.start()
+        node = cluster.nodes[1]
+        wait_info(node, lambda i: i["raft_role"] == "leader", "node 1 to lead")
+        c = node.client()
+        pipe = c.pipeline(transaction=False)
+        for i in range(200):
+            pipe.set(f"k{i}", b"x" * 2000)
+        assert all(pipe.execute())
+        c.close()
+        s = socket.create_connection(("127.0.0.1", node.client_port), timeout=10)
+        try:
+            s.sendall(encode_command("SET", "a", "1") + encode_command("RAFT.BACKUP"))
+            want = b"+OK\r\n-ERR RAFT.BACKUP must be sent alone"
+            got = b""
+            while len(got) < len(want):
+                got += s.recv(len(want) - len(got))
+            assert got == want
+            while not got.endswith(b"\r\n") or got.count(b"\r\n") < 2:
+                got += s.recv(1)
+            s.sendall(encode_command("RAFT.BACKUP") + encode_command("GET", "a"))
+            header = b""
+            while not header.endswith(b"\r\n"):
+                header += s.recv(1)
+            assert header.startswith(b"$")
+            size = int(header[1:-2])
+            assert size > 200 * 2000
+            check, received = TrailingCrc(), 0
+            while received < size:
+                data = s.recv(min(4096, size - received))
+                assert data, f"closed after {received} of {size} bytes"
+                check.update(data)
+                received += len(data)
+            assert check.matches()
+            tail = b""
+            while not tail.endswith(b"$1\r\n1\r\n"):
+                data = s.recv(64)
+                assert data
+                tail += data
+            assert tail == b"\r\n$1\r\n1\r\n"
+        finally:
+            s.close()
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
