@@ -1,0 +1,66 @@
+"""python -m raftfast.top against real node processes: one snapshot table
+(stdout is not a terminal) with every node's role, term, commit index,
+ops/s, lag and memory."""
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import REPO
+
+pytestmark = pytest.mark.multiprocess
+
+DEADLINE = 60.0  # liveness bound, not a timing assertion
+
+
+def top(*args):
+    return subprocess.run([sys.executable, "-m", "raftfast.top", *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=DEADLINE)
+
+
+def table_rows(out):
+    """{address: [cells]} of the table's node rows."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 8 and cells[1].startswith("tcp://"):
+            rows[cells[1]] = cells
+    return rows
+
+
+def test_top_once_shows_every_node(make_cluster):
+    c = make_cluster(3)
+    lid = c.wait_leader()
+    client = c.nodes[lid].client()
+    for i in range(20):
+        assert client.set(f"k{i}", "v")
+    client.close()
+    last = int(c.nodes[lid].info()["raft_last_log_index"])
+    c.wait_applied(last)
+    down = max(i for i in c.ids if i != lid)  # a follower
+    c.nodes[down].kill()
+    urls = {i: f"tcp://127.0.0.1:{c.client_ports[i]}" for i in c.ids}
+    r = top("--interval", "0.2", *urls.values())
+    assert r.returncode == 0, r.stderr
+    rows = table_rows(r.stdout)
+    assert set(rows) == set(urls.values()), r.stdout
+    for i in c.ids:
+        if i == down:
+            continue
+        node, addr, role, term, commit, ops, lag, memory = rows[urls[i]]
+        info = c.nodes[i].info()
+        assert node == str(i) and role == info["raft_role"]
+        assert term == info["raft_current_term"] and commit == str(last)
+        assert ops == "0"  # nothing was written between the two polls
+        assert lag == "0"
+        assert " / " in memory and "%" in memory
+    assert rows[urls[down]][2] == "down"
+
+
+def test_top_without_any_node_answering_exits_1_and_bad_usage_2():
+    r = top("--once", "--interval", "0.1", "tcp://127.0.0.1:1")
+    assert r.returncode == 1 and "down" in r.stdout
+    r = top("tcp://127.0.0.1:notaport")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    r = top("tls://127.0.0.1:7001")
+    assert r.returncode == 2 and "--tls-ca-cert-file" in r.stderr
