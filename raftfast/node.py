@@ -239,7 +239,7 @@ def bootstrap(storage: Storage, cfg: Config) -> tuple:
     return storage.configuration()
 
 
-def force_open(cfg: Config, segment_bytes: int) -> Storage:
+def force_open(cfg: Config, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> Storage:
     """--force-new-cluster (runtime/force_new_cluster.py): rewrite the data
     dir's configuration to this node alone, log what may have been lost,
     and open it again as a restart would.  StorageError (or OSError, a

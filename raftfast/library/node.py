@@ -27,7 +27,7 @@ from raftfast.core.messages import ENTRY_NORMAL
 from raftfast.errors import NotLeader, OutcomeUnknown, RaftError
 from raftfast.library.memory import OOM_ERROR, MemoryLimit
 from raftfast.library.state_machine import PythonSeam, Raised
-from raftfast.node import bootstrap, lease_clock, tick_ms
+from raftfast.node import bootstrap, force_open, lease_clock, tick_ms
 from raftfast.runtime.cluster_time import wall_ms
 from raftfast.runtime.driver import RaftDriver
 from raftfast.runtime.forwarding import OverMemory
@@ -119,9 +119,12 @@ class Node:
             peer_tls = peer_contexts(cfg.peer_tls_cert_file, cfg.peer_tls_key_file,
                                      cfg.peer_tls_ca_cert_file)
         try:
-            storage = Storage.open(cfg.data_dir, cfg.node_id, cfg.cluster_id,
-                                   fsync=cfg.fsync == "always")
-        except StorageError as e:
+            if cfg.force_new_cluster:
+                storage = force_open(cfg)  # logs what it changed and what may be lost
+            else:
+                storage = Storage.open(cfg.data_dir, cfg.node_id, cfg.cluster_id,
+                                       fsync=cfg.fsync == "always")
+        except (StorageError, OSError) as e:
             raise RaftError(str(e)) from None
         try:
             conf = bootstrap(storage, cfg)

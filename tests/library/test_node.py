@@ -317,3 +317,27 @@ def test_a_replica_over_its_memory_limit_stops_writes_but_not_reads(run, local_c
         finally:
             await c.stop()
     run(body)
+
+
+def test_force_new_cluster_makes_a_survivor_lead_alone(run, local_cluster):
+    """force_new_cluster=True, as the node's flag: two of three nodes lost,
+    the third restarted with it leads alone with every committed command."""
+    async def body():
+        c = await local_cluster(state_machine=Journal)
+        try:
+            leader = await c.leader()
+            for k in range(20):
+                await leader.propose(b"cmd-%d" % k)
+            survivor = (await c.follower()).id
+            await until_async(lambda: len(c.machines[survivor].log) == 20,
+                              "the survivor to apply every command")
+            for i in list(c.nodes):
+                await c.stop_node(i)
+            node = await c.start_node(survivor, force_new_cluster=True)
+            await until_async(lambda: node.is_leader, "the survivor to lead alone")
+            assert await node.read(lambda sm: [cmd for _, _, cmd in sm.log]) == [
+                b"cmd-%d" % k for k in range(20)]
+            assert await node.propose(b"after") == 21
+        finally:
+            await c.stop()
+    run(body)
