@@ -15,7 +15,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from raftfast import __version__
 from raftfast.core import CANDIDATE, FOLLOWER, LEADER, PRECANDIDATE
 
-__all__ = ["NodeCollector", "node_registry", "ROLES"]
+__all__ = ["NodeCollector", "node_registry", "histogram_family", "ROLES"]
 
 # Every role INFO's raft_role can name; the role gauge has one series each,
 # 1 for the node's role and 0 for the others, so a query need not guess.
@@ -87,10 +87,11 @@ class NodeCollector:
         group = driver.group_commit
         yield _counter("raftfast_fsyncs", "fsyncs of the log (one per group commit)",
                        group.fsyncs)
-        yield _histogram("raftfast_fsync_duration_seconds", "How long each fsync of the log "
-                         "took", group.sync_times)
-        yield _histogram("raftfast_commit_latency_seconds", "From proposing a batch of client "
-                         "writes to their being applied, on the leader", batcher.commit_times)
+        yield histogram_family("raftfast_fsync_duration_seconds",
+                               "How long each fsync of the log took", group.sync_times)
+        yield histogram_family("raftfast_commit_latency_seconds",
+                               "From proposing a batch of client writes to their being applied, "
+                               "on the leader", batcher.commit_times)
         yield _counter("raftfast_reads_served", "Linearizable reads served",
                        driver.reads.served)
 
@@ -144,7 +145,7 @@ def _counter(name, doc, value):
     return CounterMetricFamily(name, doc, value=value)
 
 
-def _histogram(name, doc, hist):
+def histogram_family(name, doc, hist):
     """A runtime.latency histogram as Prometheus's cumulative buckets."""
     buckets, running = [], 0
     for bound, n in zip(hist.bounds, hist.counts):

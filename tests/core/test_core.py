@@ -146,3 +146,25 @@ def test_a_node_that_just_started_in_lease_mode_helps_elect_no_one_for_an_electi
              EntryLog(1), HardState(4, 0, 0))
     (answer,) = ask(r, 5)
     assert not answer.reject
+
+
+def test_elections_and_leader_changes_are_counted_once_each():
+    """The metrics' counters: a leader counts once per new leader it hears
+    from (not per message), an election once per campaign."""
+    from raftfast.core import CANDIDATE, LEADER
+    from raftfast.core.messages import MSG_TIMEOUT_NOW, MSG_VOTE_RESP
+    r = new_raft(node_id=2)
+    assert (r.elections_started, r.leader_changes) == (0, 0)
+    for _ in range(5):
+        r.step(Message(MSG_HEARTBEAT, to=2, frm=1, term=1))
+    assert (r.elections_started, r.leader_changes) == (0, 1)
+    r.step(Message(MSG_HEARTBEAT, to=2, frm=3, term=2))  # a newer term's leader
+    r.step(Message(MSG_HEARTBEAT, to=2, frm=3, term=2))
+    assert (r.elections_started, r.leader_changes) == (0, 2)
+    r.step(Message(MSG_TIMEOUT_NOW, to=2, frm=3, term=2))  # asked to take over
+    assert r.role == CANDIDATE and r.term == 3
+    assert (r.elections_started, r.leader_changes) == (1, 2)
+    r.step(Message(MSG_VOTE_RESP, to=2, frm=2, term=3))
+    r.step(Message(MSG_VOTE_RESP, to=2, frm=1, term=3))
+    assert r.role == LEADER
+    assert (r.elections_started, r.leader_changes) == (1, 3)
