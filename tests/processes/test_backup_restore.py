@@ -139,6 +139,44 @@ def test_backup_under_writes_restores_into_a_new_cluster_that_grows():
         shutil.rmtree(root2, ignore_errors=True)
 
 
+@pytest.mark.timeout(120)
+def test_backups_asked_together_with_snapshots_off_are_each_a_consistent_prefix():
+    """--snapshot-entries 0: the node takes no snapshot of its own, and a
+    backup takes one anyway; three backups asked at once, while a client
+    writes, each hold every write acknowledged before they started."""
+    root = tempfile.mkdtemp(prefix="rfbc")
+    cluster = Cluster(root, n=3, transport="unix", heartbeat_ms=50, election_ms=500,
+                      extra_args=["--snapshot-entries", "0"])
+    writer = None
+    try:
+        cluster.start()
+        leader = cluster.wait_leader()
+        writer = SequentialWriter(cluster.nodes[leader])
+        writer.start()
+        until(lambda: writer.acked >= 300 or writer.error, "300 writes acknowledged")
+        acked_before = writer.acked
+        url = f"tcp://127.0.0.1:{cluster.nodes[leader].client_port}"
+        paths = [os.path.join(root, f"b{k}.rfb") for k in range(3)]
+        procs = [subprocess.Popen([sys.executable, "-m", "raftfast.node", "backup", "--client",
+                                   url, p], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for p in paths]
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+        writer.stop.set()
+        writer.join()
+        assert writer.error is None
+        for path in paths:
+            seqs = backup_seq_numbers(path)
+            assert len(seqs) >= acked_before and seqs == list(range(len(seqs)))
+    finally:
+        if writer is not None:
+            writer.stop.set()
+            writer.join(timeout=10)
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
 def backup_file(tmp_path):
     kv = KVStore.from_dict({b"k%d" % i: b"v%d" % i for i in range(2000)})
