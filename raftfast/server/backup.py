@@ -52,7 +52,7 @@ class Backups:
     def __init__(self, server):
         self.server = server
         self.waiting = []          # (applied index needed, BackupStream)
-        self.streaming = set()
+        self.active = set()        # every BackupStream not done yet
         self.served = 0            # INFO stats
         self.failed = 0
         self.bytes_sent = 0
@@ -60,7 +60,7 @@ class Backups:
     def stats(self):
         return {"raftfast_backups_served": self.served, "raftfast_backups_failed": self.failed,
                 "raftfast_backup_bytes_sent": self.bytes_sent,
-                "raftfast_backups_in_progress": len(self.waiting) + len(self.streaming)}
+                "raftfast_backups_in_progress": len(self.active)}
 
     def start(self, conn):
         """RAFT.BACKUP on `conn`: answered with the redirect unless this
@@ -112,7 +112,7 @@ class Backups:
             self.server.driver.snapshots.take_now()
 
     def forget(self, stream):
-        self.streaming.discard(stream)
+        self.active.discard(stream)
         self.waiting = [(need, s) for need, s in self.waiting if s is not stream]
 
 
@@ -127,6 +127,7 @@ class BackupStream:
         self.size = 0
         self.offset = 0
         self.done = False
+        backups.active.add(self)
         # Nothing after the command is parsed until the stream is complete
         # (connection._parse_buffered stops at a held connection).
         conn.held = True
@@ -156,8 +157,6 @@ class BackupStream:
                                    f"{e.strerror}"))
             return
         log.info("backup to client %d: snapshot %s (%d bytes)", self.conn.id, path, self.size)
-        backups = self.backups
-        backups.streaming.add(self)
         conn = self.conn
         conn.stream = self
         # The slot stays pending: replies to what follows wait behind it.

@@ -18,7 +18,7 @@ from raftfast.runtime.snapshot import load_snapshot, write_snapshot
 from tests.support.cluster_waits import leader_command, wait_info
 from tests.support.harness import Cluster
 from tests.support.members import add_node_slot
-from tests.support.node_info import member_ids
+from tests.support.node_info import info_stats, member_ids
 from tests.support.wait import until
 
 pytestmark = pytest.mark.multiprocess
@@ -330,6 +330,11 @@ def test_raft_backup_must_be_sent_alone_and_streams_to_a_slow_reader():
             assert tail == b"\r\n$1\r\n1\r\n"
         finally:
             s.close()
+        stats = info_stats(node)
+        assert stats["raftfast_backups_served"] == "1"
+        assert stats["raftfast_backups_failed"] == "0"
+        assert stats["raftfast_backups_in_progress"] == "0"
+        assert int(stats["raftfast_backup_bytes_sent"]) == size
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)

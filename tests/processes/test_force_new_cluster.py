@@ -56,7 +56,6 @@ def test_survivor_of_a_lost_majority_serves_alone_and_grows_back():
         node = cluster.nodes[survivor]
         node.kill()
 
-        # Without the flag it stays a follower of nobody: no majority.
         node.extra.append("--force-new-cluster")
         node.start()
         info = wait_info(node, lambda i: i["raft_role"] == "leader", "to lead alone")
@@ -97,7 +96,7 @@ def test_force_new_cluster_commits_the_whole_log_and_is_needed_once(tmp_path):
     """On the data dir itself: entries past the known commit index become
     committed by the new configuration entry, in a new term; a second run
     (the flag left on) changes nothing."""
-    from raftfast.core.messages import HardState, encode_config, ENTRY_NORMAL
+    from raftfast.core.messages import ENTRY_NORMAL, HardState, encode_config
     d = str(tmp_path / "n1")
     with Storage.open(d, 1, "c") as s:
         s.save_members([1, 2, 3], cluster_version=2)
