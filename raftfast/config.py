@@ -481,7 +481,10 @@ def parse_node_config(argv: Sequence[str] | None = None,
                       prog: str = "python -m raftfast.node") -> Config:
     """Parse and validate a node command line; bad usage exits 2 with one line."""
     parser = add_node_arguments(ArgumentParser(
-        prog=prog, description="Run one raftfast node."))
+        prog=prog, description="Run one raftfast node.",
+        epilog="Also: `python -m raftfast.node backup --client URL FILE` takes a backup of a "
+               "running cluster, `python -m raftfast.node restore FILE --data-dir DIR --id ID` "
+               "makes a new cluster's first data dir from one (each with --help)."))
     ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return Config.from_args(ns).validate()
