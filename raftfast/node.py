@@ -26,11 +26,11 @@ import uvloop
 from raftfast._logstore import DEFAULT_SEGMENT_BYTES
 from raftfast.address import AddressError
 from raftfast.config import Config, parse_node_config
-from raftfast.core import FOLLOWER
 from raftfast.runtime.cluster_version import CLUSTER_VERSION
 from raftfast.runtime.driver import RaftDriver
 from raftfast.runtime.force_new_cluster import describe, force_new_cluster, refuse_missing_state
 from raftfast.runtime.kv_state_machine import KVStateMachine
+from raftfast.runtime.node_role import role_of
 from raftfast.runtime.peer_auth import SecretError, load_secret
 from raftfast.server.auth import PasswordError, load_password
 from raftfast.tls import TLSSetupError, client_port_context, peer_contexts
@@ -108,8 +108,9 @@ class Node:
             listen = await self.transport.start(cfg.listen)
             client = await self.resp.start(cfg.client)
             if cfg.metrics is not None:
-                from raftfast.server.metrics_http import serve_metrics
-                self.metrics = await serve_metrics(loop, cfg.metrics, self.info_fields, self.resp)
+                from raftfast.metrics import serve_metrics, server_registry
+                self.metrics = await serve_metrics(loop, cfg.metrics,
+                                                   server_registry(cfg, self.resp))
         except (OSError, AddressError) as e:
             log.error("cannot start: %s", e)
             await self._shutdown()
@@ -145,17 +146,9 @@ class Node:
     def info_fields(self):
         core = self.driver.core
         lg = core.log
-        role = core.role
-        if core.id not in core.voters and role == FOLLOWER:
-            # A node removed and left running is a follower of nobody, not
-            # one waiting to join (raft_voters shows it is out).
-            if core.id in core.learners:
-                role = "learner"
-            elif not core.in_a_configuration:
-                role = "joining"
         return {
             "raft_node_id": core.id,
-            "raft_role": role,
+            "raft_role": role_of(core),
             "raft_current_term": core.term,
             "raft_leader_id": core.leader_id,
             "raft_commit_index": lg.committed,

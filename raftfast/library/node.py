@@ -93,6 +93,8 @@ class Node:
         self._memory = None
         self._storage = None
         self._transport = None
+        self._metrics = None      # the --metrics endpoint, when asked for
+        self.metrics_url = None   # where it serves (http://HOST:PORT/metrics), once started
         self._proposals = []      # gathered this iteration
         self._reads = []
         self._flush_handle = None
@@ -148,6 +150,11 @@ class Node:
         driver.forwarding.admit = lambda: not memory.refusing
         try:
             self.listen_url = await self._transport.start(cfg.listen)
+            if cfg.metrics is not None:
+                from raftfast.metrics import library_registry, serve_metrics
+                self._metrics = await serve_metrics(loop, cfg.metrics,
+                                                    library_registry(cfg, driver, memory))
+                self.metrics_url = self._metrics.url
         except BaseException:
             await self._close()
             raise
@@ -164,6 +171,9 @@ class Node:
         await self._close()
 
     async def _close(self):
+        if self._metrics is not None:
+            await self._metrics.close()
+            self._metrics = None
         if self._transport is not None:
             await self._transport.close()
         if self._storage is not None:

@@ -3,7 +3,7 @@
 One observe() per event that is already per batch (an fsync, a committed
 proposal): a bisect over a dozen bounds and two additions, no allocation.
 Whoever exports them reads `bounds`, `counts` and `total` when asked
-(raftfast.server.metrics); nothing here formats or aggregates.
+(raftfast.metrics); nothing here formats or aggregates.
 """
 from bisect import bisect_left
 

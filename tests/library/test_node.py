@@ -341,3 +341,44 @@ def test_force_new_cluster_makes_a_survivor_lead_alone(run, local_cluster):
         finally:
             await c.stop()
     run(body)
+
+
+def test_a_library_node_serves_its_raft_metrics(run):
+    """metrics=URL, as --metrics on a node: the Raft families (no client
+    families: a library node has no RESP clients)."""
+    import shutil
+    import tempfile
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    root = tempfile.mkdtemp(prefix="rf")
+
+    def scrape(url):
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+
+    async def body():
+        node = raftfast.Node(Journal(), id=1, data_dir=f"{root}/d", listen=f"unix://{root}/n.sock",
+                             metrics="tcp://127.0.0.1:0", fsync="never", heartbeat_interval=20,
+                             election_timeout=200)
+        async with node:
+            await until_async(lambda: node.is_leader, "the single node to lead")
+            for i in range(3):
+                await node.propose(b"x%d" % i)
+            fams = await asyncio.get_running_loop().run_in_executor(None, scrape,
+                                                                     node.metrics_url)
+            role = {s.labels["role"]: s.value for s in fams["raftfast_role"].samples}
+            assert role["leader"] == 1 and sum(role.values()) == 1
+            (commit,) = fams["raftfast_commit_index"].samples
+            assert commit.value >= 3
+            (elections,) = fams["raftfast_elections_started"].samples
+            assert elections.value == 1
+            assert fams["raftfast_fsync_duration_seconds"].type == "histogram"
+            assert "raftfast_proposals" not in fams and "raftfast_client_connections" not in fams
+        assert node.metrics_url.startswith("http://127.0.0.1:")
+
+    try:
+        run(body)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

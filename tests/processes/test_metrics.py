@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from raftfast.server.metrics_http import MAX_CONNECTIONS, MAX_REQUEST_BYTES
+from raftfast.metrics.endpoint import MAX_CONNECTIONS, MAX_REQUEST_BYTES
 from tests.support.harness import Cluster, free_ports
 from tests.support.wait import until
 

@@ -4,7 +4,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from raftfast.runtime.latency import COMMIT_BUCKETS, FSYNC_BUCKETS, LatencyHistogram
-from raftfast.server.metrics_http import MetricsEndpoint
+from raftfast.metrics.endpoint import MetricsEndpoint
 
 
 def test_an_observation_on_a_bound_counts_in_that_bucket():
@@ -25,7 +25,7 @@ class _OneHistogram:
         self.hist = hist
 
     def collect(self):
-        from raftfast.server.metrics import histogram_family
+        from raftfast.metrics.collectors import histogram_family
         yield histogram_family("x_seconds", "test", self.hist)
 
 

@@ -1,57 +1,58 @@
-"""What a node tells Prometheus: a collector that reads, when scraped, the
-counters and state the node keeps anyway.
+"""Collectors that read, when scraped, the counters and state a node keeps
+anyway, and turn them into Prometheus metric families.
 
 Nothing here runs on the replication path.  The runtime counts what it
 counts for INFO (per batch), the core counts elections and leader changes
 (rare), GroupCommit and the Batcher fill a fixed-bucket histogram once per
-fsync and per committed batch (runtime.latency); a scrape turns them into
-metric families.  Every name starts with `raftfast_`; docs/operations.md
-lists them.  The endpoint that serves them is metrics_http.
+fsync and per committed batch (runtime.latency); a scrape reads them.
+
+RaftCollector: what every node has, a server or a library node (role,
+term, indexes, followers, elections, replication, fsyncs, snapshots,
+memory).  ServerCollector: what only the RESP server has (proposals from
+clients, commit latency, connections, OOM answers).  Every name starts
+with `raftfast_`; docs/operations.md lists them.
 """
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
 from raftfast import __version__
-from raftfast.core import CANDIDATE, FOLLOWER, LEADER, PRECANDIDATE
+from raftfast.core import LEADER
+from raftfast.runtime.node_role import ROLES, role_of
 
-__all__ = ["NodeCollector", "node_registry", "histogram_family", "ROLES"]
-
-# Every role INFO's raft_role can name; the role gauge has one series each,
-# 1 for the node's role and 0 for the others, so a query need not guess.
-ROLES = (LEADER, FOLLOWER, CANDIDATE, PRECANDIDATE, "learner", "joining")
+__all__ = ["RaftCollector", "ServerCollector", "server_registry", "library_registry",
+           "histogram_family"]
 
 
-class NodeCollector:
-    """node_info(): INFO raft's fields (the node's role as INFO names it).
-    server: the RespServer, whose driver, batcher and memory guard hold
-    the rest."""
-
-    def __init__(self, node_info, server):
-        self.node_info = node_info
-        self.server = server
-
+class _Collector:
     def describe(self):
         # The names are fixed, but an empty description keeps registration
         # from running a collection before the node has started.
         return []
 
+
+class RaftCollector(_Collector):
+    """cfg: the node's Config.  driver: its RaftDriver.  memory: what
+    accounts for --maxmemory (used, maxmemory, refusing)."""
+
+    def __init__(self, cfg, driver, memory):
+        self.cfg = cfg
+        self.driver = driver
+        self.memory = memory
+
     def collect(self):
-        server = self.server
-        driver = server.driver
+        driver = self.driver
         core = driver.core
         lg = core.log
-        info = self.node_info()
-        node = str(info["raft_node_id"])
-
         meta = GaugeMetricFamily("raftfast_node", "This node: its id, cluster id and version",
                                  labels=["id", "cluster_id", "version"])
-        meta.add_metric([node, str(info["raft_cluster_id"]), __version__], 1)
+        meta.add_metric([str(core.id), self.cfg.cluster_id, __version__], 1)
         yield meta
         role = GaugeMetricFamily("raftfast_role", "1 for the role this node has now",
                                  labels=["role"])
+        now = role_of(core)
         for r in ROLES:
-            role.add_metric([r], 1 if info["raft_role"] == r else 0)
+            role.add_metric([r], 1 if now == r else 0)
         yield role
         yield _gauge("raftfast_term", "Current Raft term", core.term)
         yield _gauge("raftfast_leader_id", "The leader this node knows of (0: none)",
@@ -63,17 +64,12 @@ class NodeCollector:
         yield _gauge("raftfast_last_log_index", "Last index in this node's log", lg.last_index)
         yield _gauge("raftfast_snapshot_index", "Index the newest snapshot covers",
                      core.snapshot_index)
-        yield from self._followers(core, lg)
+        yield from _followers(core, lg)
 
         yield _counter("raftfast_elections_started", "Elections this node started as a "
                        "candidate (pre-votes not counted)", core.elections_started)
         yield _counter("raftfast_leader_changes", "Times this node learned of a new leader "
                        "(itself included)", core.leader_changes)
-        batcher = server.batcher
-        yield _counter("raftfast_proposals", "Batches of client writes proposed by this node "
-                       "as leader", batcher.proposals)
-        yield _counter("raftfast_entries_proposed", "Client write entries proposed",
-                       batcher.entries_proposed)
         yield _counter("raftfast_entries_replicated", "Entries sent to followers in appends",
                        driver.entries_sent)
         yield _counter("raftfast_appends_sent", "Append messages sent to followers",
@@ -89,9 +85,6 @@ class NodeCollector:
                        group.fsyncs)
         yield histogram_family("raftfast_fsync_duration_seconds",
                                "How long each fsync of the log took", group.sync_times)
-        yield histogram_family("raftfast_commit_latency_seconds",
-                               "From proposing a batch of client writes to their being applied, "
-                               "on the leader", batcher.commit_times)
         yield _counter("raftfast_reads_served", "Linearizable reads served",
                        driver.reads.served)
 
@@ -105,36 +98,55 @@ class NodeCollector:
         yield _counter("raftfast_snapshot_bytes_sent", "Bytes of snapshots sent",
                        snaps["raftfast_snapshot_bytes_sent"])
 
+        memory = self.memory
+        yield _gauge("raftfast_memory_used_bytes", "Memory counted against --maxmemory",
+                     memory.used)
+        yield _gauge("raftfast_maxmemory_bytes", "--maxmemory (0: no limit)", memory.maxmemory)
+        yield _gauge("raftfast_memory_refusing_writes", "1 while writes that grow the data "
+                     "set are refused (this node or a voter over its limit)",
+                     int(memory.refusing))
+
+
+class ServerCollector(_Collector):
+    """The RESP server's own: its clients' proposals and connections."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def collect(self):
+        server = self.server
+        batcher = server.batcher
+        yield _counter("raftfast_proposals", "Batches of client writes proposed by this node "
+                       "as leader", batcher.proposals)
+        yield _counter("raftfast_entries_proposed", "Client write entries proposed",
+                       batcher.entries_proposed)
+        yield histogram_family("raftfast_commit_latency_seconds",
+                               "From proposing a batch of client writes to their being applied, "
+                               "on the leader", batcher.commit_times)
         yield _gauge("raftfast_client_connections", "Client connections open",
                      len(server.connections))
         yield _gauge("raftfast_maxclients", "--maxclients", server.maxclients)
         yield _counter("raftfast_rejected_connections", "Client connections refused at "
                        "--maxclients", server.rejected_connections)
-        memory = server.memory
-        yield _gauge("raftfast_memory_used_bytes", "Memory counted against --maxmemory: data "
-                     "set, log in memory, client buffers", memory.used)
-        yield _gauge("raftfast_maxmemory_bytes", "--maxmemory (0: no limit)", memory.maxmemory)
-        yield _gauge("raftfast_memory_refusing_writes", "1 while writes that grow the data "
-                     "set are refused (this node or a voter over its limit)",
-                     int(memory.refusing))
         yield _counter("raftfast_oom_refusals", "Commands answered OOM",
-                       memory.writes_refused)
+                       server.memory.writes_refused)
 
-    def _followers(self, core, lg):
-        """Per follower, on the leader: how far its log matches ours, and
-        how many entries it lacks.  Other nodes have no series."""
-        match = GaugeMetricFamily("raftfast_follower_match_index", "Highest index known "
-                                  "replicated on each follower (leader only)", labels=["peer"])
-        lag = GaugeMetricFamily("raftfast_follower_lag_entries", "Entries of the leader's log "
-                                "each follower lacks (leader only)", labels=["peer"])
-        if core.role == LEADER:
-            last = lg.last_index
-            for peer, pr in sorted(core.progress.items()):
-                if peer != core.id:
-                    match.add_metric([str(peer)], pr.match)
-                    lag.add_metric([str(peer)], max(0, last - pr.match))
-        yield match
-        yield lag
+
+def _followers(core, lg):
+    """Per follower, on the leader: how far its log matches ours, and how
+    many entries it lacks.  Other nodes have no series."""
+    match = GaugeMetricFamily("raftfast_follower_match_index", "Highest index known "
+                              "replicated on each follower (leader only)", labels=["peer"])
+    lag = GaugeMetricFamily("raftfast_follower_lag_entries", "Entries of the leader's log "
+                            "each follower lacks (leader only)", labels=["peer"])
+    if core.role == LEADER:
+        last = lg.last_index
+        for peer, pr in sorted(core.progress.items()):
+            if peer != core.id:
+                match.add_metric([str(peer)], pr.match)
+                lag.add_metric([str(peer)], max(0, last - pr.match))
+    yield match
+    yield lag
 
 
 def _gauge(name, doc, value):
@@ -156,10 +168,22 @@ def histogram_family(name, doc, hist):
     return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=hist.total)
 
 
-def node_registry(node_info, server):
-    """A registry of this node's metrics and its process's (CPU, resident
-    memory, open file descriptors, from /proc when scraped)."""
+def _registry(*collectors):
+    """The collectors and the process's own metrics (CPU, resident memory,
+    open file descriptors, from /proc when scraped)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node_info, server))
+    for c in collectors:
+        registry.register(c)
     ProcessCollector(registry=registry)
     return registry
+
+
+def server_registry(cfg, server):
+    """What `python -m raftfast.node --metrics` serves."""
+    return _registry(RaftCollector(cfg, server.driver, server.memory), ServerCollector(server))
+
+
+def library_registry(cfg, driver, memory):
+    """What a library node (raftfast.Node(..., metrics=URL)) serves: it has
+    no clients of its own, so the Raft families only."""
+    return _registry(RaftCollector(cfg, driver, memory))

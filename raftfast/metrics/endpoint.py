@@ -20,7 +20,6 @@ import logging
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from raftfast.address import parse_address
-from raftfast.server.metrics import node_registry
 
 __all__ = ["serve_metrics", "MetricsEndpoint", "MAX_REQUEST_BYTES", "REQUEST_TIMEOUT_S", "MAX_CONNECTIONS"]
 
@@ -31,10 +30,10 @@ REQUEST_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 32
 
 
-async def serve_metrics(loop, url, node_info, server):
-    """The node's metrics (server.metrics) served at url; the endpoint, to
-    close when the node stops.  OSError when the address cannot be bound."""
-    endpoint = MetricsEndpoint(loop, node_registry(node_info, server))
+async def serve_metrics(loop, url, registry):
+    """registry (prometheus_client's) served at url; the endpoint, to close
+    when the node stops.  OSError when the address cannot be bound."""
+    endpoint = MetricsEndpoint(loop, registry)
     log.info("serving metrics at %s", await endpoint.start(url))
     return endpoint
 
@@ -47,6 +46,7 @@ class MetricsEndpoint:
         self.registry = registry
         self.connections = set()
         self.scrapes = 0
+        self.url = None  # once started: http://HOST:PORT/metrics, the port bound
         self._server = None
 
     async def start(self, url):
@@ -57,7 +57,8 @@ class MetricsEndpoint:
                                                      addr.host, addr.port)
         port = self._server.sockets[0].getsockname()[1]
         host = f"[{addr.host}]" if ":" in addr.host else addr.host
-        return f"http://{host}:{port}/metrics"
+        self.url = f"http://{host}:{port}/metrics"
+        return self.url
 
     async def close(self):
         if self._server is None:
