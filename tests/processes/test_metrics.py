@@ -203,3 +203,17 @@ def _scrape_or_none(url):
         return scrape(url)
     except (urllib.error.URLError, ConnectionError):
         return None
+
+
+def test_a_metrics_port_in_use_stops_the_node_at_start(root):
+    c, urls = metrics_cluster(root, 1)
+    port = int(urls[1].rsplit(":", 1)[1].split("/")[0])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        node = c.nodes[1].start(wait_ready=False)
+        try:
+            assert node.proc.wait(timeout=DEADLINE) == 1
+            assert "cannot start" in node.log_tail() and str(port) in node.log_tail()
+        finally:
+            c.stop()
