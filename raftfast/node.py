@@ -156,6 +156,7 @@ class Node:
             # The log may keep a trailing margin before the newest snapshot.
             "raft_first_log_index": lg.snap_index + 1,
             "raft_last_log_index": lg.last_index,
+            "raft_last_log_term": lg.last_term(),
             "raft_snapshot_index": core.snapshot_index,
             "raft_voters": ",".join(map(str, sorted(core.voters))),
             "raft_learners": ",".join(map(str, sorted(core.learners))),

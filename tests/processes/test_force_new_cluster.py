@@ -49,6 +49,8 @@ def test_survivor_of_a_lost_majority_serves_alone_and_grows_back():
         applied = int(cluster.nodes[leader].info()["raft_commit_index"])
         cluster.wait_applied(applied)
         survivor = next(i for i in cluster.ids if i != leader)
+        before = cluster.nodes[survivor].info()
+        term = int(before["raft_current_term"])
         lost = [i for i in cluster.ids if i != survivor]
         for i in lost:
             cluster.nodes[i].kill()
@@ -61,6 +63,9 @@ def test_survivor_of_a_lost_majority_serves_alone_and_grows_back():
         info = wait_info(node, lambda i: i["raft_role"] == "leader", "to lead alone")
         assert member_ids(info["raft_voters"]) == {survivor}
         assert info["raft_learners"] == ""
+        # The configuration entry follows the old log, in a term of its own.
+        assert int(info["raft_last_log_index"]) > int(before["raft_last_log_index"])
+        assert int(info["raft_last_log_term"]) > term
         log = node.log_tail(200)
         assert "WARNING" in log and "--force-new-cluster" in log and "LOST for good" in log
         assert read_keys(node, 0, KEYS) == [f"v{i}".encode() for i in range(KEYS)]

@@ -139,7 +139,8 @@ def test_info_has_the_raft_section(conn):
     text = read_until(conn, b"+PONG\r\n").decode()
     for field in ("raft_node_id:1", "raft_role:leader", "raft_current_term:", "raft_leader_id:1",
                   "raft_commit_index:", "raft_last_applied:", "raft_first_log_index:1",
-                  "raft_last_log_index:", "raft_snapshot_index:0", "raft_voters:1",
+                  "raft_last_log_index:", "raft_last_log_term:", "raft_snapshot_index:0",
+                  "raft_voters:1",
                   "raft_learners:\r\n", "raft_cluster_id:raftfast"):
         assert field in text, field
     assert "# Server" not in text
