@@ -40,6 +40,11 @@ log = logging.getLogger("raftfast.backup")
 
 CHUNK_BYTES = 256 << 10
 CHUNKS_PER_PUMP = 4   # at most 1 MiB per loop iteration, however fast the client reads
+# Reads happen on the loop: ask the kernel to read this far ahead of them,
+# so an older snapshot no longer in the page cache does not stall the loop
+# on the disk (a fresh one is still cached).
+READ_AHEAD = 4 << 20
+_advise = getattr(os, "posix_fadvise", None)
 
 NOT_ALONE = ErrorReply("ERR RAFT.BACKUP must be sent alone: earlier requests on this "
                        "connection are still unanswered")
@@ -152,6 +157,8 @@ class BackupStream:
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             self.size = os.fstat(self.fd).st_size
+            if _advise is not None:
+                _advise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except OSError as e:
             self.finish(ErrorReply(f"ERR backup failed: cannot read the snapshot {path}: "
                                    f"{e.strerror}"))
@@ -171,6 +178,8 @@ class BackupStream:
         transport = conn.transport
         if self.done or self.fd < 0:
             return
+        if _advise is not None and self.offset < self.size:
+            _advise(self.fd, self.offset, READ_AHEAD, os.POSIX_FADV_WILLNEED)
         for _ in range(CHUNKS_PER_PUMP):
             if transport.is_closing():
                 self.abort()
