@@ -277,10 +277,11 @@ def test_backup_over_tls_with_a_password_passes_the_output_buffer_limit(tmp_path
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_raft_backup_must_be_sent_alone_and_streams_to_a_slow_reader():
+def test_raft_backup_must_be_sent_alone_and_streams_to_a_slow_reader(tmp_path):
     """Behind an unanswered write on its connection, RAFT.BACKUP is refused;
     alone, its bulk arrives whole to a client reading a little at a time,
-    and a command sent behind it is answered after it."""
+    and the commands sent behind it take effect after it: a write among
+    them is not in the backup."""
     import socket
 
     from raftfast.backup import TrailingCrc
@@ -308,7 +309,8 @@ def test_raft_backup_must_be_sent_alone_and_streams_to_a_slow_reader():
             assert got == want
             while not got.endswith(b"\r\n") or got.count(b"\r\n") < 2:
                 got += s.recv(1)
-            s.sendall(encode_command("RAFT.BACKUP") + encode_command("GET", "a"))
+            s.sendall(encode_command("RAFT.BACKUP") + encode_command("SET", "behind", "1")
+                      + encode_command("GET", "a"))
             header = b""
             while not header.endswith(b"\r\n"):
                 header += s.recv(1)
@@ -316,20 +318,24 @@ def test_raft_backup_must_be_sent_alone_and_streams_to_a_slow_reader():
             size = int(header[1:-2])
             assert size > 200 * 2000
             check, received = TrailingCrc(), 0
-            while received < size:
-                data = s.recv(min(4096, size - received))
-                assert data, f"closed after {received} of {size} bytes"
-                check.update(data)
-                received += len(data)
+            with open(tmp_path / "slow.rfb", "wb") as f:
+                while received < size:
+                    data = s.recv(min(4096, size - received))
+                    assert data, f"closed after {received} of {size} bytes"
+                    check.update(data)
+                    f.write(data)
+                    received += len(data)
             assert check.matches()
             tail = b""
             while not tail.endswith(b"$1\r\n1\r\n"):
                 data = s.recv(64)
                 assert data
                 tail += data
-            assert tail == b"\r\n$1\r\n1\r\n"
+            assert tail == b"\r\n+OK\r\n$1\r\n1\r\n"
         finally:
             s.close()
+        kv, _ = load_snapshot(str(tmp_path / "slow.rfb"))
+        assert kv.get(b"a") == b"1" and kv.get(b"behind") is None
         stats = info_stats(node)
         assert stats["raftfast_backups_served"] == "1"
         assert stats["raftfast_backups_failed"] == "0"
