@@ -7,7 +7,8 @@
 One row per node, refreshed every --interval seconds: its id, role, term,
 commit index, ops/s (its commit index's growth since the last refresh),
 lag (entries of the leader's log it lacks) and memory used against
---maxmemory.  When stdout is not a terminal, or with --once, it prints one
+--maxmemory; a node without an answer shows why (down, needs auth, auth
+refused).  When stdout is not a terminal, or with --once, it prints one
 table, from two polls an interval apart (so ops/s has a value), and exits.
 
 It takes the nodes' client URLs, the ones `raftfast.cluster` prints and
@@ -56,21 +57,21 @@ class Sampler:
         self.prev = {}  # address -> (time, commit index) of the last poll that answered
 
     def rows(self, infos, now):
-        """infos: {address: INFO dict or None}; a row (tuple of str) per
-        address, in the order given."""
+        """infos: {address: INFO dict, or why there is none (str)}; a row
+        (tuple of str) per address, in the order given."""
         by_id = {}
         for addr, info in infos.items():
-            nid = info and _int(info, "raft_node_id")
+            nid = _int(info, "raft_node_id") if isinstance(info, dict) else None
             if nid is not None:
                 by_id[nid] = info
         lid = resp_client.leader_of(by_id)
         leader_last = _int(by_id[lid], "raft_last_log_index") if lid is not None else None
         rows = []
         for addr in self.addrs:
-            info = infos.get(addr)
-            if not info:
+            info = infos.get(addr, "down")
+            if not isinstance(info, dict):
                 self.prev.pop(addr, None)
-                rows.append(("?", addr, "down", "", "", "", "", ""))
+                rows.append(("?", addr, info, "", "", "", "", ""))
                 continue
             commit = _int(info, "raft_commit_index") or 0
             rate = ""
@@ -97,14 +98,27 @@ def build_table(rows):
         table.add_column(name, justify="right" if name in ("term", "commit", "ops/s", "lag")
                          else "left", no_wrap=True)
     for row in rows:
-        style = "bold" if row[2] == "leader" else "red" if row[2] == "down" else None
+        style = ("bold" if row[2] == "leader" else "red" if row[0] == "?" else None)
         table.add_row(*row, style=style)
     return table
 
 
+async def ask(addr, timeout):
+    """The node's INFO (all sections) as a dict, or why there is none."""
+    try:
+        reply = await resp_client.call(addr, "INFO", "all", timeout=timeout)
+    except resp_client.AuthRefused:
+        return "auth refused"
+    except (OSError, asyncio.TimeoutError, ValueError):
+        return "down"
+    if isinstance(reply, resp_client.RespError):
+        return "needs auth" if reply.kind == "NOAUTH" else "error"
+    return resp_client.parse_info(reply) if isinstance(reply, bytes) else "error"
+
+
 async def poll(addrs, timeout):
-    infos = await asyncio.gather(*(resp_client.info(a, "all", timeout=timeout) for a in addrs))
-    return dict(zip(addrs, infos))
+    """{address: INFO dict or why not} of every node, asked at once."""
+    return dict(zip(addrs, await asyncio.gather(*(ask(a, timeout) for a in addrs))))
 
 
 async def run(ns, addrs):
@@ -119,7 +133,7 @@ async def run(ns, addrs):
         await asyncio.sleep(ns.interval)
         infos = await poll(addrs, ns.interval)
         console.print(build_table(sampler.rows(infos, time.monotonic())))
-        return 0 if any(infos.values()) else 1
+        return 0 if any(isinstance(i, dict) for i in infos.values()) else 1
     from rich.live import Live
     with Live(console=console, auto_refresh=False) as live:
         while True:

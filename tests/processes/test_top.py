@@ -1,12 +1,14 @@
 """python -m raftfast.top against real node processes: one snapshot table
 (stdout is not a terminal) with every node's role, term, commit index,
 ops/s, lag and memory."""
+import os
 import subprocess
 import sys
 
 import pytest
 
 from tests.support import REPO
+from tests.support.wait import until
 
 pytestmark = pytest.mark.multiprocess
 
@@ -64,3 +66,31 @@ def test_top_without_any_node_answering_exits_1_and_bad_usage_2():
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     r = top("tls://127.0.0.1:7001")
     assert r.returncode == 2 and "--tls-ca-cert-file" in r.stderr
+
+
+def test_top_authenticates_with_the_password_file(root):
+    from tests.support.harness import Cluster
+    password = os.path.join(root, "password")
+    with open(password, "w") as f:
+        f.write("s3cret\n")
+    os.chmod(password, 0o600)
+    wrong = os.path.join(root, "wrong")
+    with open(wrong, "w") as f:
+        f.write("nope\n")
+    os.chmod(wrong, 0o600)
+    c = Cluster(root, n=1, extra_args=["--requirepass-file", password])
+    try:
+        c.nodes[1].start()
+        url = f"tcp://127.0.0.1:{c.client_ports[1]}"
+        r = top("--interval", "0.1", url)
+        assert r.returncode == 1 and table_rows(r.stdout)[url][2] == "needs auth", r.stdout
+        r = top("--interval", "0.1", "--requirepass-file", wrong, url)
+        assert r.returncode == 1 and table_rows(r.stdout)[url][2] == "auth refused", r.stdout
+
+        def leads():
+            r = top("--interval", "0.1", "--requirepass-file", password, url)
+            assert r.returncode == 0, r.stderr
+            return table_rows(r.stdout)[url][:3] == ["1", url, "leader"]
+        until(leads, "top to show the node leading", DEADLINE)
+    finally:
+        c.stop()
