@@ -59,13 +59,16 @@ def test_top_once_shows_every_node(make_cluster):
     assert rows[urls[down]][2] == "down"
 
 
-def test_top_without_any_node_answering_exits_1_and_bad_usage_2():
+def test_top_without_any_node_answering_exits_1_bad_usage_2_version_0():
     r = top("--once", "--interval", "0.1", "tcp://127.0.0.1:1")
     assert r.returncode == 1 and "down" in r.stdout
     r = top("tcp://127.0.0.1:notaport")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     r = top("tls://127.0.0.1:7001")
     assert r.returncode == 2 and "--tls-ca-cert-file" in r.stderr
+    import raftfast
+    r = top("--version")
+    assert r.returncode == 0 and r.stdout == f"raftfast {raftfast.__version__}\n"
 
 
 def test_top_authenticates_with_the_password_file(root):
