@@ -1,7 +1,7 @@
 """`python -m raftfast.cluster`: run a local cluster, one process per node.
 
     python -m raftfast.cluster --nodes 5 [--transport unix|tcp] [--base-port 7000]
-        [--data-dir DIR] [node tunables] [--bench SECONDS]
+        [--metrics] [--data-dir DIR] [node tunables] [--bench SECONDS]
     python -m raftfast.cluster add --data-dir DIR         # grow the running cluster by one
     python -m raftfast.cluster remove ID --data-dir DIR   # shrink it
 
