@@ -30,7 +30,7 @@ def table_rows(out):
     return rows
 
 
-def test_top_once_shows_every_node(make_cluster):
+def test_top_piped_prints_one_table_of_every_node(make_cluster):
     c = make_cluster(3)
     lid = c.wait_leader()
     client = c.nodes[lid].client()
@@ -85,15 +85,46 @@ def test_top_authenticates_with_the_password_file(root):
     try:
         c.nodes[1].start()
         url = f"tcp://127.0.0.1:{c.client_ports[1]}"
-        r = top("--interval", "0.1", url)
+        r = top("--once", "--interval", "0.1", url)
         assert r.returncode == 1 and table_rows(r.stdout)[url][2] == "needs auth", r.stdout
         r = top("--interval", "0.1", "--requirepass-file", wrong, url)
         assert r.returncode == 1 and table_rows(r.stdout)[url][2] == "auth refused", r.stdout
 
         def leads():
-            r = top("--interval", "0.1", "--requirepass-file", password, url)
+            r = top("--once", "--interval", "0.1", "--requirepass-file", password, url)
             assert r.returncode == 0, r.stderr
             return table_rows(r.stdout)[url][:3] == ["1", url, "leader"]
         until(leads, "top to show the node leading", DEADLINE)
     finally:
         c.stop()
+
+
+def test_top_on_a_terminal_refreshes_until_ctrl_c(make_cluster):
+    import pty
+    import select
+    import signal
+    import time
+    c = make_cluster(1)
+    c.wait_leader()
+    url = f"tcp://127.0.0.1:{c.client_ports[1]}"
+    leader, tty = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "raftfast.top", "--interval", "0.2", url],
+                         stdin=tty, stdout=tty, stderr=subprocess.PIPE, cwd=REPO,
+                         start_new_session=True, env=dict(os.environ, COLUMNS="200"))
+    os.close(tty)
+    seen = b""
+    try:
+        deadline = time.monotonic() + DEADLINE
+        # Redrawn in place: the leader's row comes again at every refresh.
+        while seen.count(b"leader") < 3 and time.monotonic() < deadline:
+            if select.select([leader], [], [], 1.0)[0]:
+                seen += os.read(leader, 65536)
+        assert seen.count(b"leader") >= 3, seen
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=DEADLINE) == 0, p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stderr.close()
+        os.close(leader)
