@@ -17,7 +17,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
 from raftfast import __version__
-from raftfast.core import LEADER
+from raftfast.core import LEADER, PROBE, REPLICATE, SNAPSHOT
 from raftfast.runtime.node_role import ROLES, role_of
 
 __all__ = ["RaftCollector", "ServerCollector", "server_registry", "library_registry",
@@ -132,21 +132,32 @@ class ServerCollector(_Collector):
                        server.memory.writes_refused)
 
 
+# How the leader replicates to a follower (etcd's Progress states).
+_STATES = ((PROBE, "probe"), (REPLICATE, "replicate"), (SNAPSHOT, "snapshot"))
+
+
 def _followers(core, lg):
-    """Per follower, on the leader: how far its log matches ours, and how
-    many entries it lacks.  Other nodes have no series."""
+    """Per follower, on the leader: how far its log matches ours, how many
+    entries it lacks, and how the leader is sending to it.  Other nodes
+    have no series."""
     match = GaugeMetricFamily("raftfast_follower_match_index", "Highest index known "
                               "replicated on each follower (leader only)", labels=["peer"])
     lag = GaugeMetricFamily("raftfast_follower_lag_entries", "Entries of the leader's log "
                             "each follower lacks (leader only)", labels=["peer"])
+    state = GaugeMetricFamily("raftfast_follower_state", "1 for how the leader sends to each "
+                              "follower now: probe, replicate (pipelined) or snapshot "
+                              "(leader only)", labels=["peer", "state"])
     if core.role == LEADER:
         last = lg.last_index
         for peer, pr in sorted(core.progress.items()):
             if peer != core.id:
                 match.add_metric([str(peer)], pr.match)
                 lag.add_metric([str(peer)], max(0, last - pr.match))
+                for value, name in _STATES:
+                    state.add_metric([str(peer), name], 1 if pr.state == value else 0)
     yield match
     yield lag
+    yield state
 
 
 def _gauge(name, doc, value):

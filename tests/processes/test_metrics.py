@@ -23,6 +23,7 @@ FAMILIES = {
     "raftfast_applied_index": "gauge", "raftfast_last_log_index": "gauge",
     "raftfast_snapshot_index": "gauge",
     "raftfast_follower_match_index": "gauge", "raftfast_follower_lag_entries": "gauge",
+    "raftfast_follower_state": "gauge",
     "raftfast_elections_started": "counter", "raftfast_leader_changes": "counter",
     "raftfast_proposals": "counter", "raftfast_entries_proposed": "counter",
     "raftfast_entries_replicated": "counter", "raftfast_appends_sent": "counter",
@@ -118,9 +119,14 @@ def test_every_node_is_scraped_and_agrees_with_info(root):
                        for s in fams["raftfast_follower_match_index"].samples}
             lags = {s.labels["peer"]: s.value
                     for s in fams["raftfast_follower_lag_entries"].samples}
+            states = {(s.labels["peer"], s.labels["state"]): s.value
+                      for s in fams["raftfast_follower_state"].samples}
             if i == lid:
                 followers = {str(j) for j in c.ids if j != lid}
                 assert set(matches) == set(lags) == followers
+                # Caught up and acknowledging: each follower is sent to pipelined.
+                assert all(states[(p, "replicate")] == 1 and states[(p, "probe")] == 0
+                           and states[(p, "snapshot")] == 0 for p in followers), states
                 # Every follower applied the last entry, so the leader knows it holds it
                 # once its next heartbeat answer came back.
                 assert all(m <= last for m in matches.values())
@@ -130,7 +136,7 @@ def test_every_node_is_scraped_and_agrees_with_info(root):
                 assert value(fams, "raftfast_commit_latency_seconds_count") == 50
                 assert 0 < value(fams, "raftfast_commit_latency_seconds_sum") < 50 * DEADLINE
             else:
-                assert matches == {} and lags == {}
+                assert matches == {} and lags == {} and states == {}
                 assert value(fams, "raftfast_commit_latency_seconds_count") == 0
         # The leader learns each follower's match from its answers: it
         # reaches the last index, and the lag 0.
