@@ -23,6 +23,7 @@ import time
 
 import uvloop
 
+from raftfast.logs import configure as configure_logging
 from raftfast._logstore import DEFAULT_SEGMENT_BYTES
 from raftfast.address import AddressError
 from raftfast.config import Config, parse_node_config
@@ -264,8 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), stream=sys.stderr,
-                        format=f"%(asctime)s node{cfg.node_id} %(levelname)s %(name)s: %(message)s")
+    configure_logging(cfg.log_level, cfg.log_format, cfg.node_id)
     secret = password = client_tls = peer_tls = None
     try:
         if cfg.cluster_secret_file is not None:

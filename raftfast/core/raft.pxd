@@ -26,6 +26,10 @@ cdef class Raft:
     cdef public object _votes_held_until
     cdef public bint _committed_in_term, _read_round_wanted, _timeout_now_sent
     cdef public object lead_transferee, _transfer_elapsed, _step, _tick
+    # Rare transitions for the operator's log, drained by the runtime.
+    cdef public list events
+    cdef public object _last_leader, _last_leader_term, _conf_reported
+    cdef public bint _conf_watch
     cdef public RaftLog log
 
     # The methods a batch goes through, called from C (a subclass's

@@ -194,6 +194,33 @@ class Ready:
                 f"committed={self.committed and (self.committed[0], self.committed[2])})")
 
 
+def _conf_change(old, new):
+    """What one configuration changed from the one before it: (change,
+    node ids), change one of learner_added, voter_added, promoted,
+    removed, cluster_version; or learned: the first one a node waiting to
+    be added knows (it knows none before)."""
+    _, _, voters0, learners0, _, version0 = old
+    _, _, voters, learners, _, version = new
+    before = voters0 | learners0
+    if not before:
+        return "learned", []
+    removed = sorted(before - (voters | learners))
+    if removed:
+        return "removed", removed
+    promoted = sorted((voters - voters0) & learners0)
+    if promoted:
+        return "promoted", promoted
+    added = sorted(voters - before)
+    if added:
+        return "voter_added", added
+    added = sorted(learners - before)
+    if added:
+        return "learner_added", added
+    if version != version0:
+        return "cluster_version", []
+    return "unchanged", []
+
+
 def _coalesce_acks(msgs, me):
     """Followers ack a batch at once: of several append acknowledgements to
     one leader in one term, only the highest index needs to go (within a
@@ -241,7 +268,19 @@ class Raft:
         self.role = FOLLOWER
         # For the operator's metrics; both change on rare events only.
         self.elections_started = 0  # campaigns for a new term (pre-votes not counted)
-        self.leader_changes = 0     # times a leader other than the last became known
+        self.leader_changes = 0     # leader_changed events (below)
+        # What an operator reads in the log (elections and their outcome,
+        # leader changes, step-downs and why, membership changes committed):
+        # (kind, fields) noted where they happen, drained by the runtime
+        # after a Ready.  Only rare transitions are noted, never a message
+        # or an entry, so the list is empty on the hot path.
+        self.events = []
+        self._last_leader = 0         # the last leader known, and its term
+        self._last_leader_term = 0
+        # Configuration entries at or below this index were committed before
+        # start or are reported already; _conf_watch: one above it exists.
+        self._conf_reported = self.log.committed
+        self._conf_watch = False
         self.rng = random.Random(cfg.seed)
         self.progress = {}
         self.votes = {}
@@ -311,15 +350,13 @@ class Raft:
         self.role = FOLLOWER
         self.leader_id = leader_id
         if leader_id:
-            self.leader_changes += 1
-        self._step = self._step_follower
+            self._leader_is(leader_id)
+            self._step = self._step_follower
+        else:
+            # The first message of a leader names it (then the plain step:
+            # learning the leader costs no check per message).
+            self._step = self._step_leaderless
         self._tick = self._tick_election
-
-    def _leader_known(self, leader_id):
-        """A follower hears from a leader it did not know (rare: once per
-        term at most, so the per-message test is one comparison)."""
-        self.leader_id = leader_id
-        self.leader_changes += 1
 
     def become_pre_candidate(self):
         # Neither term nor vote changes: nothing to persist, nobody disturbed.
@@ -344,10 +381,11 @@ class Raft:
     def become_leader(self):
         if self.role != CANDIDATE:
             raise LogPanic("only a candidate can become leader")
+        self._note("election_won", term=self.term, pre_vote=False, votes=self._granted())
         self._reset(self.term)
         self.role = LEADER
         self.leader_id = self.id
-        self.leader_changes += 1
+        self._leader_is(self.id)
         self._step = self._step_leader
         self._tick = self._tick_heartbeat
         nxt = self.log.last_index + 1
@@ -373,6 +411,8 @@ class Raft:
         self.election_elapsed += 1
         if self.election_elapsed >= self.randomized_timeout and self.id in self.voters:
             self.election_elapsed = 0
+            if self.role != FOLLOWER:
+                self._leave_role("timed_out")
             if self.cfg.pre_vote:
                 self.pre_campaign()
             else:
@@ -390,6 +430,7 @@ class Raft:
             if self.cfg.check_quorum and not self._quorum_recently_active():
                 # Cut off from a majority: stop serving as leader (clients
                 # waiting on it hear that the outcome is unknown).
+                self._leave_role("check_quorum")
                 self.become_follower(self.term, 0)
                 return
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
@@ -413,10 +454,13 @@ class Raft:
         changing anything; campaign for real only with a majority's yes."""
         self.become_pre_candidate()
         self.votes[self.id] = True
+        last_index, last_term = self.log.last_index, self.log.last_term()
+        self._note("election_started", term=self.term + 1, pre_vote=True, transfer=False,
+                   last_index=last_index, last_term=last_term)
         if vote_result(self.voters, self.votes) == VOTE_WON:
+            self._note("election_won", term=self.term + 1, pre_vote=True, votes=[self.id])
             self.campaign()
             return
-        last_index, last_term = self.log.last_index, self.log.last_term()
         for peer in self.voters:
             if peer != self.id:
                 self._send(Message(MSG_PREVOTE, to=peer, term=self.term + 1,
@@ -427,6 +471,8 @@ class Raft:
         leadership (TimeoutNow), so voters that still hear from it vote."""
         self.become_candidate()
         last_index, last_term = self.log.last_index, self.log.last_term()
+        self._note("election_started", term=self.term, pre_vote=False, transfer=transfer,
+                   last_index=last_index, last_term=last_term)
         # The new term and our vote for ourselves must be durable before
         # anyone can grant us this term: a candidate that won, lost power
         # and came back one term lower could otherwise win the same term a
@@ -539,6 +585,8 @@ class Raft:
             raise ValueError(f"node {target} is not a voter")
         if self.lead_transferee == target:
             return
+        self._note("transfer_started", term=self.term, target=target,
+                   match=self.progress[target].match, last_index=self.log.last_index)
         self.lead_transferee = target
         self._transfer_elapsed = 0
         self._timeout_now_sent = False
@@ -558,8 +606,10 @@ class Raft:
         else:
             self._send_appends_to(target)
 
-    def abort_transfer(self):
+    def abort_transfer(self, reason="timed_out"):
         if self.lead_transferee:
+            self._note("transfer_abandoned", term=self.term, target=self.lead_transferee,
+                       reason=reason)
             self.lead_transferee = 0
             self._transfer_elapsed = 0
             self._timeout_now_sent = False
@@ -596,6 +646,7 @@ class Raft:
         self.learners = set(learners)
         self.urls = dict(urls)
         self.conf_version += 1
+        self._conf_watch = item[0] > self._conf_reported
         if self.role != LEADER:
             return
         members = self.voters | self.learners
@@ -608,7 +659,7 @@ class Raft:
                 self.progress[peer] = Progress(nxt, self.cfg.max_inflight,
                                                self.cfg.max_inflight_bytes)
         if self.lead_transferee and self.lead_transferee not in self.voters:
-            self.abort_transfer()
+            self.abort_transfer("target_removed")
         # A lease was earned from the old voters; let it lapse rather than
         # reason about which majority promised what across the change.
         self._lease_until = 0
@@ -743,7 +794,62 @@ class Raft:
                 best, best_match = peer, pr.match
         if best and best_match == self.log.last_index:
             self._send(Message(MSG_TIMEOUT_NOW, to=best, term=self.term))
+        self._leave_role("removed", successor=best if best_match == self.log.last_index else 0)
         self.become_follower(self.term, 0)
+
+    def _note_conf_commits(self):
+        """Note each configuration entry committed since the last note, with
+        what it changed (a member that falls behind and catches up notes
+        every one it missed)."""
+        hist = self._conf_hist
+        committed = self.log.committed
+        reported = max(self._conf_reported, hist[0][0])
+        for i in range(1, len(hist)):
+            index = hist[i][0]
+            if reported < index <= committed:
+                _, term, voters, learners, _, version = hist[i]
+                change, nodes = _conf_change(hist[i - 1], hist[i])
+                self._note("membership_changed", index=index, term=term, change=change,
+                           nodes=nodes, voters=sorted(voters), learners=sorted(learners),
+                           cluster_version=version)
+                reported = index
+        self._conf_reported = reported
+        self._conf_watch = self.conf_index > reported
+
+    # ---------------------------------------------------------- events
+
+    def _note(self, kind, **fields):
+        self.events.append((kind, fields))
+
+    def _granted(self):
+        return sorted(p for p, yes in self.votes.items() if yes)
+
+    def _leader_is(self, leader):
+        if leader != self._last_leader or self.term != self._last_leader_term:
+            self._note("leader_changed", term=self.term, leader=leader,
+                       previous=self._last_leader, previous_term=self._last_leader_term)
+            self.leader_changes += 1
+            self._last_leader = leader
+            self._last_leader_term = self.term
+
+    def _leave_role(self, reason, **fields):
+        """Note why this leader steps down, or why this candidate's
+        election is lost; called just before it becomes a follower."""
+        role = self.role
+        if role == LEADER:
+            self._note("stepped_down", term=self.term, reason=reason, **fields)
+        elif role == CANDIDATE or role == PRECANDIDATE:
+            pre = role == PRECANDIDATE
+            self._note("election_lost", term=self.term + 1 if pre else self.term,
+                       pre_vote=pre, reason=reason, granted=self._granted(),
+                       rejected=sorted(p for p, yes in self.votes.items() if not yes),
+                       **fields)
+
+    def _leave_higher_term(self, m):
+        if self.role == LEADER and self.lead_transferee and m.frm == self.lead_transferee:
+            self._leave_role("transferred", successor=m.frm, seen_term=m.term)
+        else:
+            self._leave_role("higher_term", seen_term=m.term, frm=m.frm)
 
     # ------------------------------------------------------- snapshots
 
@@ -848,10 +954,13 @@ class Raft:
                 return
             if t == MSG_PREVOTE or (t == MSG_PREVOTE_RESP and not m.reject):
                 pass  # a pre-vote speaks of a term nobody has entered yet
-            elif t == MSG_APPEND or t == MSG_HEARTBEAT or t == MSG_SNAPSHOT:
-                self.become_follower(m.term, m.frm)
             else:
-                self.become_follower(m.term, 0)
+                if self.role != FOLLOWER:
+                    self._leave_higher_term(m)
+                if t == MSG_APPEND or t == MSG_HEARTBEAT or t == MSG_SNAPSHOT:
+                    self.become_follower(m.term, m.frm)
+                else:
+                    self.become_follower(m.term, 0)
         elif m.term < self.term:
             if t == MSG_APPEND or t == MSG_HEARTBEAT or t == MSG_SNAPSHOT:
                 # Tell a deposed leader about the newer term so it steps down.
@@ -890,6 +999,9 @@ class Raft:
                                reject=not grant))
             return
         if grant:
+            if self.vote != m.frm:
+                self._note("vote_granted", term=self.term, candidate=m.frm,
+                           transfer=m.context == VOTE_TRANSFER)
             self.vote = m.frm
             self.election_elapsed = 0
         # Sent only after the vote (and term) are durable.
@@ -902,26 +1014,34 @@ class Raft:
         t = m.type
         if t == MSG_APPEND:
             self.election_elapsed = 0
-            if self.leader_id != m.frm:
-                self._leader_known(m.frm)
+            self.leader_id = m.frm
             self._handle_append(m)
         elif t == MSG_HEARTBEAT:
             self.election_elapsed = 0
-            if self.leader_id != m.frm:
-                self._leader_known(m.frm)
+            self.leader_id = m.frm
             self._handle_heartbeat(m)
         elif t == MSG_SNAPSHOT:
             self.election_elapsed = 0
-            if self.leader_id != m.frm:
-                self._leader_known(m.frm)
+            self.leader_id = m.frm
             self._handle_snapshot(m)
         elif t == MSG_TIMEOUT_NOW:
             if self.id in self.voters:
                 self.campaign(transfer=True)  # no PreVote: our leader asked for it
 
+    def _step_leaderless(self, m):
+        """A follower that knows no leader in its term yet: the first
+        append, heartbeat or snapshot names it, and the plain follower's
+        step takes over."""
+        t = m.type
+        if t == MSG_APPEND or t == MSG_HEARTBEAT or t == MSG_SNAPSHOT:
+            self._step = self._step_follower
+            self._leader_is(m.frm)
+        self._step_follower(m)
+
     def _step_candidate(self, m):
         t = m.type
         if t == MSG_APPEND or t == MSG_HEARTBEAT or t == MSG_SNAPSHOT:
+            self._leave_role("leader_elected", leader=m.frm)
             self.become_follower(m.term, m.frm)
             self._step_follower(m)
         elif (t == MSG_VOTE_RESP and self.role == CANDIDATE) or \
@@ -930,10 +1050,13 @@ class Raft:
             res = vote_result(self.voters, self.votes)
             if res == VOTE_WON:
                 if self.role == PRECANDIDATE:
+                    self._note("election_won", term=self.term + 1, pre_vote=True,
+                               votes=self._granted())
                     self.campaign()
                 else:
                     self.become_leader()
             elif res == VOTE_LOST:
+                self._leave_role("rejected")
                 self.become_follower(self.term, 0)
 
     def _step_leader(self, m):
@@ -1191,6 +1314,8 @@ class Raft:
         log = self.log
         if self._restored is not None:
             rd.snapshot, self._restored = self._restored, None
+        if self._conf_watch:
+            self._note_conf_commits()
         if self.role == LEADER and self.id not in self.voters:
             self._step_down_if_removed()
         if self._read_round_wanted and self.role == LEADER:

@@ -14,7 +14,7 @@ cdef class RaftDriver:
     cdef public ReadWaiters reads
     cdef public GroupCommit group_commit
     cdef public object transfers, peer_addresses, snapshots
-    cdef public object cluster_clock, forwarding, versions
+    cdef public object cluster_clock, forwarding, versions, story
     cdef public object _scheduled, _tick_handle, _ticks_due_from
     cdef public bint _stopped, _was_leader
     # Counters for INFO stats and the benchmarks.

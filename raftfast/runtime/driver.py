@@ -13,11 +13,11 @@ callbacks to: GroupCommit (durability: one fsync per batch, off the loop
 while the loop has other work; held messages leave once durable), the
 waiters (clients waiting for a write, a read or a transfer, answered with
 typed outcomes), the SnapshotManager, PeerAddresses, the cluster clock
-(cluster_time: the leader writes T ahead of each batch and stamps it on
-what it sends), the VersionWatch (cluster_version) and Forwarding (a follower's proposals and reads, carried
-out by the leader).  It reads time only from the clocks it is given and
-schedules only on the loop it is given, so it runs as well on a simulated
-loop and clock as on uvloop.
+(cluster_time: the leader stamps T on each batch and on what it sends), the
+VersionWatch, Forwarding (a follower's proposals and reads, carried out by
+the leader) and the Story (the operator's log).  It reads time only from
+the clocks it is given and schedules only on the loop it is given, so it
+runs as well on a simulated loop and clock as on uvloop.
 
 A failed write or fsync is fatal: the node stops rather than retry (the
 page cache may have dropped the data).
@@ -28,15 +28,15 @@ import random
 from raftfast._codec import encode_message
 from raftfast.core import LEADER, CoreConfig
 from raftfast.core.raft import Raft
-from raftfast.core.messages import (MSG_APPEND, MSG_FORWARD, MSG_HEARTBEAT,
-                                    MSG_HEARTBEAT_RESP, MSG_PREVOTE_RESP, MSG_SNAPSHOT,
-                                    MSG_VOTE_RESP)
+from raftfast.core.messages import (MSG_APPEND, MSG_FORWARD, MSG_HEARTBEAT, MSG_HEARTBEAT_RESP,
+                                    MSG_PREVOTE_RESP, MSG_SNAPSHOT, MSG_VOTE_RESP)
 from raftfast.runtime.cluster_time import ClusterClock, recovered_time, time_entry, wall_ms
 from raftfast.runtime.cluster_version import VersionWatch
 from raftfast.runtime.forwarding import Forwarding
 from raftfast.runtime.group_commit import GroupCommit
 from raftfast.runtime.members import PeerAddresses
 from raftfast.runtime.snapshots import SnapshotManager
+from raftfast.runtime.story import Story
 from raftfast.runtime.waiters import (NotLeaderNow, OutcomeUnknown, ReadWaiters, RequestFailed,
                                       TransferFailed, TransferWaiters, WriteWaiters)
 
@@ -46,14 +46,13 @@ log = logging.getLogger("raftfast.driver")
 class RaftDriver:
     def __init__(self, loop, clock, cfg, storage, state_machine, transport, conf, on_fatal,
                  tick_ms, seed=None, sync_in_thread=True, wall_clock=wall_ms):
-        """loop: call_soon, call_later, call_soon_threadsafe,
-        run_in_executor (an asyncio loop, or a simulated one).
-        clock(): monotonic seconds.  state_machine: a StateMachine.
-        conf: (voters, learners, urls), the configuration the core starts
-        from (Storage.configuration()).  on_fatal(why): the node must stop.
-        seed: the core's random seed (None: a fresh one).
-        sync_in_thread=False: fsync from the loop (GroupCommit; tests).
-        wall_clock(): milliseconds, the leader's part of cluster time."""
+        """loop: call_soon, call_later, call_soon_threadsafe, run_in_executor
+        (an asyncio loop, or a simulated one).  clock(): monotonic seconds.
+        state_machine: a StateMachine.  conf: (voters, learners, urls, cluster
+        version) the core starts from (Storage.configuration()).
+        on_fatal(why): the node must stop.  seed: the core's random seed
+        (None: a fresh one).  sync_in_thread=False: fsync from the loop
+        (GroupCommit; tests).  wall_clock(): ms, the leader's cluster time."""
         self.loop = loop
         self.clock = clock
         self.cfg = cfg
@@ -71,22 +70,19 @@ class RaftDriver:
         voters, learners, urls, cluster_version = conf
         core_cfg = CoreConfig(
             cfg.node_id, voters, learners, urls=urls, cluster_version=cluster_version,
-            election_ticks=election_ticks,
-            heartbeat_ticks=heartbeat_ticks, max_msg_bytes=cfg.max_batch_bytes,
-            max_inflight=cfg.max_inflight, max_inflight_bytes=cfg.max_inflight_bytes,
+            election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
+            max_msg_bytes=cfg.max_batch_bytes, max_inflight=cfg.max_inflight,
+            max_inflight_bytes=cfg.max_inflight_bytes,
             max_uncommitted_bytes=cfg.max_uncommitted_bytes, read_mode=cfg.read_mode, seed=seed)
         self.core = Raft(core_cfg, storage.entry_log, storage.hard_state, storage.snap_index,
                          storage.snap_term)
-        election_timeout_s = cfg.election_timeout_ms / 1000.0
-        self.election_timeout_s = election_timeout_s
+        self.election_timeout_s = election_timeout_s = cfg.election_timeout_ms / 1000.0
         # --maxmemory: this node's (used, limit), which its heartbeat answers
-        # carry to the leader, and what the voters reported: peer -> (used,
-        # limit, when).  The server's MemoryGuard fills the first and reads
-        # the second.
+        # carry to the leader, and the voters' reports, peer -> (used, limit,
+        # when): the server's MemoryGuard fills the first, reads the second.
         self.memory_report = (0, 0)
         self.voter_memory = {}
-        # Called on every tick: periodic work of the layers above rides on
-        # the tick's wakeup instead of a timer of its own.
+        # Called on every tick: the layers above ride on it, not timers of their own.
         self.on_tick = None
         self.request_timeout = max(5.0, 4 * election_timeout_s)
         self.transfer_timeout = 2 * election_timeout_s
@@ -105,6 +101,7 @@ class RaftDriver:
         self.cluster_clock = ClusterClock(wall_clock, recovered_time(storage.entry_log,
                                                                       state_machine))
         self.versions = VersionWatch(self.core, transport, self.cluster_clock)
+        self.story = Story(self.core, cfg)
         self.forwarding = Forwarding(self.core, transport.send, self._propose_unwatched,
                                      self._read_for_peer, self.writes, self.reads,
                                      self._applied_index, self.cluster_clock)
@@ -130,6 +127,7 @@ class RaftDriver:
     # ------------------------------------------------------------ running
 
     def start(self):
+        self.story.started()
         self.group_commit.start()
         self._ticks_due_from = self.clock()
         self._tick_handle = self.loop.call_later(self.tick_s, self._on_tick)
@@ -413,6 +411,8 @@ class RaftDriver:
                 reads.fail_all(NotLeaderNow())
             self.cluster_clock.new_term()
         self._was_leader = core.role == LEADER
+        if core.events:
+            self.story.tell()  # rare transitions (elections, ...): nothing on the hot path
         snapshots.after_process()
         if self.transfers.pending:
             self.transfers.check(core, self.clock())

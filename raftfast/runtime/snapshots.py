@@ -26,6 +26,7 @@ import concurrent.futures
 import logging
 
 from raftfast.core import LEADER
+from raftfast.logs import event
 from raftfast.core.messages import MSG_SNAPSHOT, MSG_SNAPSHOT_ACK, MSG_SNAPSHOT_CHUNK, Message
 from raftfast.runtime.log_bytes import applied_bytes, log_too_large, trim_trailing
 from raftfast.runtime.snapshot import SnapshotError
@@ -316,9 +317,11 @@ class SnapshotManager:
         self._base = max(self._base, writer.index)
         if writer.index > core.snapshot_index:
             core.snapshot_taken(writer.index, writer.term)
-        log.info("snapshot at index %d (term %d, %d keys, %d bytes) taken in %.0f ms",
-                 writer.index, writer.term, writer.count, writer.bytes,
-                 1000 * (self.clock() - self._started))
+        ms = round(1000 * (self.clock() - self._started))
+        log.info("snapshot at index %d (term %d, %d keys, %d bytes) taken in %d ms",
+                 writer.index, writer.term, writer.count, writer.bytes, ms,
+                 extra=event("snapshot_taken", node=core.id, index=writer.index,
+                             term=writer.term, keys=writer.count, bytes=writer.bytes, ms=ms))
         if self.on_taken is not None:
             self.on_taken(None, writer.index, self.storage.snapshot_path(writer.index))
         self._compact()
@@ -344,7 +347,9 @@ class SnapshotManager:
         self.compactions += 1
         segments, snapshots = result
         log.info("log compacted through index %d (%d segment(s), %d old snapshot(s) "
-                 "deleted)", upto, len(segments), len(snapshots))
+                 "deleted)", upto, len(segments), len(snapshots),
+                 extra=event("log_compacted", node=self.core.id, index=upto,
+                             segments_deleted=len(segments), snapshots_deleted=len(snapshots)))
 
     def _failed(self, error, what="snapshot"):
         self.failures += 1
@@ -386,7 +391,9 @@ class SnapshotManager:
             # Reported later, not now: the core would ask again at once.
             self.loop.call_later(self.resend_after, self._report, peer, m.term, False)
             return
-        log.info("sending node %d the snapshot at index %d (%d bytes)", peer, m.index, s.size)
+        log.info("sending node %d the snapshot at index %d (%d bytes)", peer, m.index, s.size,
+                 extra=event("snapshot_send_started", node=self.core.id, peer=peer,
+                             index=m.index, term=m.log_term, bytes=s.size))
         self.senders[peer] = s
         s.pump()
 
@@ -402,10 +409,15 @@ class SnapshotManager:
             del self.senders[s.peer]
         if s.result:
             self.sent += 1
-            log.info("node %d has the snapshot at index %d", s.peer, s.index)
+            log.info("node %d has the snapshot at index %d (%d bytes sent)", s.peer, s.index,
+                     s.bytes_sent, extra=event("snapshot_sent", node=self.core.id, peer=s.peer,
+                                               index=s.index, bytes=s.size,
+                                               bytes_sent=s.bytes_sent))
         else:
             self.sends_failed += 1
-            log.warning("sending node %d the snapshot at %d failed: %s", s.peer, s.index, s.why)
+            log.warning("sending node %d the snapshot at %d failed: %s", s.peer, s.index, s.why,
+                        extra=event("snapshot_send_failed", node=self.core.id, peer=s.peer,
+                                    index=s.index, reason=s.why))
         self._report(s.peer, s.term, s.result)
 
     # ---- receiving and installing the leader's snapshot
@@ -416,7 +428,9 @@ class SnapshotManager:
             old.discard()  # superseded by a newer one (if syncing: once its thread is done)
         self._received = done
         log.info("snapshot at index %d (%d bytes) received from node %d; loading it",
-                 done.index, done.size, done.leader)
+                 done.index, done.size, done.leader,
+                 extra=event("snapshot_received", node=self.core.id, index=done.index,
+                             term=done.snap_term, bytes=done.size, leader=done.leader))
         if self.durable:
             done.syncing = True
             self._in_thread(done.sync, self._file_synced, done)
@@ -509,5 +523,8 @@ class SnapshotManager:
         self.state_machine.restore(done.store)
         self._base = done.index
         self.installed += 1
-        log.info("installed the snapshot at index %d (term %d, %d keys) from node %d",
-                 done.index, done.snap_term, done.meta.count, done.leader)
+        log.info("installed the snapshot at index %d (term %d, %d keys, %d bytes) from node %d",
+                 done.index, done.snap_term, done.meta.count, done.size, done.leader,
+                 extra=event("snapshot_installed", node=self.core.id, index=done.index,
+                             term=done.snap_term, keys=done.meta.count, bytes=done.size,
+                             leader=done.leader))

@@ -48,6 +48,8 @@ Commands (node ids are numbers; [..] is optional):
                           told (as a transport notices a dead connection)
   crash ID                lose what was not durable, restart from the disk
   status [ID..] / log ID / raft-state
+  events [ID..]           the operator's events each node noted since the last
+                          `events` (what the runtime logs), then forgotten
 """
 from raftfast.core import (ConfChangeBusy, ConfChangeInvalid, LogPanic, NotLeader,
                            ProposalDropped, TransferInProgress)
@@ -332,6 +334,13 @@ class Env:
             raft = self.nodes[i].raft
             self.emit(f"{i}: {raft.role} term={raft.term} lead={raft.leader_id} "
                       f"commit={raft.log.committed}")
+
+    def cmd_events(self, args):
+        for i in self.ids_or_all(args):
+            raft = self.nodes[i].raft
+            events, raft.events = raft.events, []
+            for kind, fields in events:
+                self.emit(f"{i}: {fmt.event(kind, fields)}")
 
     def cmd_log(self, args):
         raft = self.node(args).raft

@@ -17,6 +17,17 @@ def ids(values):
     return "(" + ",".join(str(v) for v in sorted(values)) + ")"
 
 
+def event(kind, fields):
+    """A core event (Raft.events) as `kind key=value ..`, keys in order."""
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple, set, frozenset)):
+            return ids(v)
+        return str(v)
+    return " ".join([kind] + [f"{k}={value(v)}" for k, v in sorted(fields.items())])
+
+
 def entry_data(etype, data):
     data = bytes(data)
     if etype == ENTRY_NOOP:
