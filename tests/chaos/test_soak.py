@@ -18,8 +18,8 @@ import os
 
 import pytest
 
-from tests.support.soak_report import (FD_MARGIN, RSS_FLOOR_KB, WARMUP_AGE, growth_verdicts,
-                                       roll_verdicts)
+from tests.support.soak_report import (FD_MARGIN, PROCESS_SAMPLES, RSS_FLOOR_KB, WARMUP_AGE,
+                                       growth_verdicts, process_verdicts, roll_verdicts)
 
 MINUTES = float(os.environ.get("RAFTFAST_SOAK_MINUTES", "60"))
 ROLL_MINUTES = float(os.environ.get("RAFTFAST_SOAK_ROLL_MINUTES", "10"))
@@ -44,6 +44,7 @@ def test_soak_loses_nothing_and_does_not_grow(capsys):
     assert report.load["gave_up"] == 0, report.text()
     assert report.growth and all(v["ok"] for v in report.growth), report.text()
     assert report.rolls and all(v["ok"] for v in report.rolls), report.text()
+    assert report.processes and all(v["ok"] for v in report.processes), report.text()
     # The run did what it says: load, a history checked, snapshots, both kinds
     # of operator action, and samples all along.
     # (soak.operate: an action at every half roll period before the last one)
@@ -55,9 +56,9 @@ def test_soak_loses_nothing_and_does_not_grow(capsys):
     assert len(report.samples) >= MINUTES * 60 / SAMPLE_SECONDS - 2, len(report.samples)
 
 
-def settled_sample(t, rss_kb, fds, clients=0, age=WARMUP_AGE + 1):
+def settled_sample(t, rss_kb, fds, clients=0, age=WARMUP_AGE + 1, pid=100):
     return {"t": t, "nodes": {1: {"rss_kb": rss_kb, "fds": fds, "clients": clients,
-                                  "age": age}}}
+                                  "age": age, "pid": pid, "id": 1}}}
 
 
 def verdict(samples, metric):
@@ -99,3 +100,18 @@ def test_roll_verdicts_want_fds_back_at_their_level_after_each_roll():
               for t in range(0, 91, 10)]
     v, = roll_verdicts(leaked, roll, 90)
     assert not v["ok"] and (v["before"], v["after"]) == (20, 21 + FD_MARGIN)
+
+
+def test_process_verdicts_catch_growth_within_a_process_that_restarts_hide():
+    # Each process grows by 30 MB over its life, then a roll starts a new
+    # one from the same size: the thirds see the same thing twice.
+    samples = [settled_sample(t, 40 * 1024 + (t % 100) * 300, 20, pid=100 + t // 100)
+               for t in range(0, 300, 5)]
+    assert all(v["ok"] for v in growth_verdicts(samples, 300) if v["metric"] == "rss_kb")
+    rss = [v for v in process_verdicts(samples) if v["metric"] == "rss_kb"]
+    assert len(rss) == 3 and not any(v["ok"] for v in rss)
+    flat = [settled_sample(t, 40 * 1024, 20, pid=100 + t // 100) for t in range(0, 300, 5)]
+    assert all(v["ok"] for v in process_verdicts(flat))
+    # Too short a life gives no verdict rather than a noisy one.
+    short = [settled_sample(t, 40 * 1024 + t * 1024, 20) for t in range(PROCESS_SAMPLES - 1)]
+    assert process_verdicts(short) == []

@@ -31,7 +31,8 @@ from tests.support.harness import Cluster
 from tests.support.soak_history import GenerationKeyspace, HistoryChecker
 from tests.support.soak_load import LoadClient, read_back
 from tests.support.soak_ops import Operator
-from tests.support.soak_report import SoakReport, growth_verdicts, roll_verdicts
+from tests.support.soak_report import (SoakReport, growth_verdicts, process_verdicts,
+                                       roll_verdicts)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -200,6 +201,7 @@ def run_soak(cfg):
                        "keys": cluster.nodes[leader].keys()}
         report.samples = sampler.samples
         report.growth = growth_verdicts(sampler.samples, report.seconds)
+        report.processes = process_verdicts(sampler.samples)
         report.rolls = roll_verdicts(sampler.samples, operator.events, report.seconds)
         report.errors += sampler.errors
     except Exception as e:  # noqa: BLE001 - a harness failure is a failed run, reported

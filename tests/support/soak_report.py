@@ -7,18 +7,30 @@ node's id and pid, its process's age, RSS (VmRSS), open file descriptors,
 connected clients, role and commit index; and the operations the clients
 had answered since the previous sample.
 
-No growth, defined: the run is cut in thirds; the first third is the
-warm-up (the data set fills, caches grow to size).  Per slot, the median
-of the last third may not exceed the median of the middle third by more
-than the margin: RSS by RSS_MARGIN (a fraction) or RSS_FLOOR_KB, whichever
-is more; file descriptors by FD_MARGIN.  File descriptors are counted less
+No growth, defined, two ways (a process lives at most one roll period,
+so growth can hide both in what outlives processes and within each one):
+
+  - across the run: the run is cut in thirds; the first third is the
+    warm-up (the data set fills, caches grow to size).  Per slot, the
+    median of the last third may not exceed the median of the middle third
+    by more than the margin;
+  - within each process: the median of the second half of its settled
+    samples may not exceed the median of the first half by more than the
+    margin (processes with at least PROCESS_SAMPLES settled samples).
+
+Margins: RSS by RSS_MARGIN (a fraction) or RSS_FLOOR_KB, whichever is
+more.  The floor covers the log held in memory between two snapshots
+(RSS climbs by it until a snapshot compacts the log, about 10 MB at the
+soak's settings: 100,000 entries) and the allocator keeping the high-water
+mark of a burst, such as a leader catching a new node up with the entries
+after its snapshot.  File descriptors by FD_MARGIN; they are counted less
 the node's connected clients (INFO clients), which follow the leader
 around and are the clients' doing, not the node's.  A process is not
 measured in its first WARMUP_AGE seconds (a restarted or fresh node
 recovers or receives its state, and its RSS starts over): only settled
 processes count, so a restart neither hides growth nor looks like it, and
 the file descriptors of a node rolled in the middle third must come back
-to their level for the last third to pass.
+to their level for the last third to pass (roll_verdicts checks each roll).
 """
 import json
 import statistics
@@ -26,9 +38,20 @@ from dataclasses import asdict, dataclass, field
 
 WARMUP_AGE = 30.0
 RSS_MARGIN = 0.10
-RSS_FLOOR_KB = 8 * 1024
+RSS_FLOOR_KB = 12 * 1024
 FD_MARGIN = 4
+PROCESS_SAMPLES = 8
 TEXT_ANOMALIES = 25
+
+
+def value(node, metric):
+    return node["rss_kb"] if metric == "rss_kb" else node["fds"] - node["clients"]
+
+
+def limit_for(metric, base):
+    if metric == "rss_kb":
+        return base + max(base * RSS_MARGIN, RSS_FLOOR_KB)
+    return base + FD_MARGIN
 
 
 def measured(samples, slot, metric, lo, hi):
@@ -39,7 +62,7 @@ def measured(samples, slot, metric, lo, hi):
         node = s["nodes"].get(slot)
         if node is None or not lo <= s["t"] < hi or node["age"] < WARMUP_AGE:
             continue
-        out.append(node["rss_kb"] if metric == "rss_kb" else node["fds"] - node["clients"])
+        out.append(value(node, metric))
     return out
 
 
@@ -59,11 +82,30 @@ def growth_verdicts(samples, duration):
                 verdicts.append(v | {"ok": False, "why": "no settled samples in a third"})
                 continue
             m, l = statistics.median(middle), statistics.median(last)
-            if metric == "rss_kb":
-                limit = m + max(m * RSS_MARGIN, RSS_FLOOR_KB)
-            else:
-                limit = m + FD_MARGIN
+            limit = limit_for(metric, m)
             verdicts.append(v | {"middle": m, "last": l, "limit": limit, "ok": l <= limit})
+    return verdicts
+
+
+def process_verdicts(samples):
+    """Per process (pid) with at least PROCESS_SAMPLES settled samples, and
+    metric: the medians of the first and second half of its settled life."""
+    lives = {}
+    for s in samples:
+        for slot, node in s["nodes"].items():
+            if node["age"] >= WARMUP_AGE:
+                lives.setdefault(node["pid"], (slot, node["id"], []))[2].append(node)
+    verdicts = []
+    for pid, (slot, node_id, life) in sorted(lives.items()):
+        if len(life) < PROCESS_SAMPLES:
+            continue
+        half = len(life) // 2
+        for metric in ("rss_kb", "fds"):
+            first = statistics.median(value(n, metric) for n in life[:half])
+            second = statistics.median(value(n, metric) for n in life[half:])
+            verdicts.append({"pid": pid, "slot": slot, "id": node_id, "metric": metric,
+                             "samples": len(life), "first": first, "second": second,
+                             "ok": second <= limit_for(metric, first)})
     return verdicts
 
 
@@ -102,6 +144,7 @@ class SoakReport:
     snapshots: dict = field(default_factory=dict)
     growth: list = field(default_factory=list)
     rolls: list = field(default_factory=list)      # fds before and after each roll
+    processes: list = field(default_factory=list)  # growth within each process's life
     lost: list = field(default_factory=list)       # acknowledged writes not read back
     wrong_reads: list = field(default_factory=list)
     findings: list = field(default_factory=list)   # the history checker's anomalies
@@ -111,7 +154,8 @@ class SoakReport:
     def clean(self):
         return not (self.lost or self.wrong_reads or self.findings or self.errors
                     or self.load.get("gave_up") or not self.growth
-                    or not all(v["ok"] for v in self.growth + self.rolls))
+                    or not self.processes
+                    or not all(v["ok"] for v in self.growth + self.rolls + self.processes))
 
     def throughput(self):
         rates = [s["ops_per_s"] for s in self.samples if s["t"] > 0]
@@ -159,6 +203,12 @@ class SoakReport:
             lines.append(f"    roll at {v['roll_at']:.0f} s, slot {v['slot']} fds: " + (
                 f"{v['before']:g} -> {v['after']:g} {'ok' if v['ok'] else 'NOT BACK'}"
                 if "before" in v else v["why"]))
+        grew = [v for v in self.processes if not v["ok"]]
+        lines.append(f"    within each process: {len({v['pid'] for v in self.processes})} "
+                     f"processes with {PROCESS_SAMPLES}+ settled samples, "
+                     f"{len(grew)} growing" + "".join(
+                         f"; node {v['id']} (pid {v['pid']}) {v['metric']} {v['first']:g} -> "
+                         f"{v['second']:g}" for v in grew))
         lines += self.table()
         anomalies = self.errors + self.lost + self.wrong_reads + self.findings
         lines += [f"  ! {a}" for a in anomalies[:TEXT_ANOMALIES]]
