@@ -6,13 +6,14 @@ shipper would."""
 import dataclasses
 import json
 import logging
+import sys
 
 import pytest
 
 from raftfast._kv import OP_SET, encode_commands
 from raftfast.config import Config
 from raftfast.core import LEADER
-from raftfast.logs import JsonFormatter
+from raftfast.logs import JsonFormatter, event, text_formatter
 from raftfast.runtime.story import describe, settings
 
 from tests.support.simdriver import SimDrivers
@@ -187,3 +188,20 @@ def test_every_core_event_reads_as_a_sentence():
     text = describe("election_lost", {"term": 3, "pre_vote": True, "reason": "timed_out",
                                       "granted": [1], "rejected": []})
     assert text.startswith("pre-vote for term 3 lost: no majority answered")
+
+
+def test_a_json_record_is_one_line_and_an_event_field_never_hides_a_base_key():
+    logger = logging.getLogger("raftfast.test")
+    try:
+        raise ValueError("two\nlines")
+    except ValueError:
+        record = logger.makeRecord("raftfast.test", logging.ERROR, __file__, 1,
+                                   "failed: %s", ("a\nb",), sys.exc_info(),
+                                   extra=event("demo", term=3, level="not this", node=5))
+    line = JsonFormatter(node_id=1).format(record)
+    assert "\n" not in line
+    obj = json.loads(line)
+    assert (obj["level"], obj["node"], obj["event"], obj["term"]) == ("error", 5, "demo", 3)
+    assert obj["message"] == "failed: a\nb" and "ValueError: two\nlines" in obj["exception"]
+    text = text_formatter(1).format(record)
+    assert " node1 ERROR raftfast.test: failed: a" in text
