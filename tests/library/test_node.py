@@ -382,3 +382,30 @@ def test_a_library_node_serves_its_raft_metrics(run):
         run(body)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_library_nodes_log_the_story_each_record_naming_its_node(run, local_cluster, caplog):
+    """The library shares the runtime's story: the program's own logging
+    gets the start and the elections at info, on raftfast.raft, each event
+    record carrying the id of the node it happened on."""
+    import logging
+    caplog.set_level(logging.INFO, logger="raftfast")
+
+    def told(me, term):
+        return {r.node for r in caplog.records if getattr(r, "event", None) == "leader_changed"
+                and (r.fields["leader"], r.fields["term"]) == (me, term)} == {1, 2, 3}
+
+    async def body():
+        c = await local_cluster()
+        try:
+            leader = await c.leader()
+            await until_async(lambda: told(leader.id, leader.term), "every node told")
+            return leader.id, leader.term
+        finally:
+            await c.stop()
+    me, term = run(body)
+    story = [r for r in caplog.records if r.name == "raftfast.raft"]
+    assert {r.node for r in story if r.event == "recovered"} == {1, 2, 3}
+    assert {r.node for r in story if r.event == "settings"} == {1, 2, 3}
+    won = [r for r in story if r.event == "election_won" and not r.fields["pre_vote"]]
+    assert any(r.node == me and r.fields["term"] == term for r in won)

@@ -205,3 +205,17 @@ def test_a_json_record_is_one_line_and_an_event_field_never_hides_a_base_key():
     assert obj["message"] == "failed: a\nb" and "ValueError: two\nlines" in obj["exception"]
     text = text_formatter(1).format(record)
     assert " node1 ERROR raftfast.test: failed: a" in text
+
+
+def test_replication_notes_nothing(tmp_path, events):
+    """Steady replication (appends, acknowledgements, heartbeats, commits)
+    notes no event: nothing reaches the story per entry or per message."""
+    with SimDrivers(tmp_path, voters=(1, 2, 3)) as sim:
+        leader = sim.wait_leader()
+        sim.loop.advance(0.1)
+        before = len(events())
+        for lo in range(0, 300, 30):
+            write(sim, leader, lo, lo + 30)
+        sim.loop.advance(0.5)  # heartbeats
+        assert events()[before:] == []
+        assert all(d.core.events == [] for d in sim.nodes.values())
