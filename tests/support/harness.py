@@ -152,6 +152,8 @@ def reply_line(reply):
 
 
 class Cluster:
+    node_class = NodeProc  # a subclass may run its nodes another way
+
     def __init__(self, root, n=3, transport="unix", fsync="always", heartbeat_ms=50,
                  election_ms=500, extra_args=()):
         self.root = root
@@ -163,7 +165,7 @@ class Cluster:
         ports = free_ports(2 * n)
         self.client_ports = dict(zip(self.ids, ports[:n]))
         self.peer_ports = dict(zip(self.ids, ports[n:]))
-        self.nodes = {i: NodeProc(self, i, extra_args) for i in self.ids}
+        self.nodes = {i: self.node_class(self, i, extra_args) for i in self.ids}
         if transport == "tls":
             self.secure_peers()
 
@@ -185,10 +187,15 @@ class Cluster:
         ca = certs.make_ca(d)
         secret = ensure_secret(self.root)
         for i, node in self.nodes.items():
-            cert, key = certs.issue(d, f"node{i}", ca)
+            cert, key = certs.issue(d, f"node{i}", ca, self.cert_hosts(i))
             node.extra += ["--peer-tls-cert-file", cert, "--peer-tls-key-file", key,
                            "--peer-tls-ca-cert-file", os.path.join(d, "ca.crt"),
                            "--cluster-secret-file", secret]
+
+    def cert_hosts(self, i):
+        """The addresses node i's peer certificate names: the hosts its
+        peers dial it at."""
+        return ("127.0.0.1", "localhost")
 
     def dial_url(self, src, dst):
         """What node `src` is told (`--peer`) to dial for node `dst`: `dst`'s
