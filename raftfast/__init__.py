@@ -3,7 +3,9 @@ key-value service spoken over RESP, and a library to replicate a Python
 program's own state (docs/library.md)."""
 from raftfast.build_check import install_guard
 
-__version__ = "0.1.0"
+# The one place the version is written: pyproject.toml reads it from here
+# (a dynamic version), `--version` on every command prints it.
+__version__ = "0.2.0"
 
 # Importing the package loads no extension: a missing or stale compiled
 # module is refused when something imports it (see build_check).

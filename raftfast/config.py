@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from raftfast import __version__
 from raftfast.address import Address, AddressError, parse_address
 from raftfast.arg_types import half_of_ram, int_at_least, memory_at_least, octal_mode
 
@@ -306,7 +307,14 @@ def _at_least(flag: str, v: object, lo: int) -> None:
 # ---- argparse ---------------------------------------------------------------
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line on stderr and exit code 2."""
+    """argparse whose usage errors are one line on stderr and exit code 2,
+    with `--version` (`raftfast X.Y.Z`, exit 0, before any other check), so
+    every command built on it has both."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"raftfast {__version__}",
+                          help="print raftfast's version and exit")
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -25,7 +25,7 @@ import asyncio
 import sys
 import time
 
-from raftfast import __version__, resp_client
+from raftfast import resp_client
 from raftfast.address import AddressError
 from raftfast.config import ArgumentParser
 
@@ -157,7 +157,6 @@ def build_parser():
     p = ArgumentParser(prog="python -m raftfast.top",
                        description="A live view of a running raftfast cluster: role, term, "
                                    "commit index, ops/s, lag and memory per node.")
-    p.add_argument("--version", action="version", version=f"raftfast {__version__}")
     p.add_argument("urls", nargs="+", metavar="URL",
                    help="each node's client address (tcp://HOST:PORT, tls://HOST:PORT, "
                         "unix:///path or HOST:PORT)")

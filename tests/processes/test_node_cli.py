@@ -326,3 +326,33 @@ def test_a_unix_client_socket_takes_unixsocketperm(root, flag, mode):
         node.send_signal(signal.SIGTERM)
         assert node.wait(timeout=15) == 0
         node.stdout.close()
+
+
+@pytest.mark.parametrize("command", [
+    ["raftfast.node"], ["raftfast.node", "backup"], ["raftfast.node", "restore"],
+    ["raftfast.cluster"], ["raftfast.bench"], ["raftfast.bench", "compare"],
+    ["raftfast.top"]])
+def test_every_command_prints_the_package_version(command):
+    import raftfast
+    module, *sub = command
+    # No other flag: --version answers before the required ones are missed.
+    out = subprocess.run([sys.executable, "-m", module, *sub, "--version"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout, out.stderr) == (0, f"raftfast {raftfast.__version__}\n", "")
+
+
+def test_the_version_is_the_packages():
+    import tomllib
+    from importlib.metadata import version
+    import raftfast
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        assert tomllib.load(f)["tool"]["setuptools"]["dynamic"]["version"] == {
+            "attr": "raftfast.__version__"}
+    assert raftfast.__version__ == "0.2.0"
+    # The installed metadata agrees once the package is (re)installed.
+    try:
+        installed = version("raftfast")
+    except Exception:
+        pytest.skip("raftfast is not installed, only on the path")
+    if installed != raftfast.__version__:
+        pytest.skip(f"installed metadata {installed} predates this tree; pip install -e . again")
