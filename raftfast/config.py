@@ -4,6 +4,9 @@
 docs/reference.md documents every flag; a flag's default lives only in the
 Config dataclass below (the parser's defaults are None so that the cluster
 launcher can tell which flags were given and pass exactly those on).
+
+Why it is long: every knob is here, its default, its flag and help, and its
+check in validate(), so adding or changing one is one place to read.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Any, NoReturn
 
 from raftfast import __version__
 from raftfast.address import Address, AddressError, parse_address
+from raftfast.config_file import ConfigFileError, expand_config
 from raftfast.arg_types import half_of_ram, int_at_least, memory_at_least, octal_mode
 
 __all__ = ["Config", "ConfigError", "ArgumentParser", "add_node_arguments",
@@ -423,6 +427,10 @@ def add_node_arguments(parser: argparse.ArgumentParser,
     With cluster=True only the tunables are added: the launcher chooses each
     node's id, data dir, addresses and peers itself.
     """
+    parser.add_argument("--config", metavar="FILE",
+                        help="more of these flags from a TOML file: keys are the flag names "
+                             "without --, a repeated flag is a table ([peer] with 2 = \"URL\"), "
+                             "a flag without a value is true or false; the command line wins")
     if not cluster:
         g = parser.add_argument_group("identity and addresses")
         g.add_argument("--id", dest="node_id", type=_type_node_id, required=True, metavar="ID",
@@ -493,7 +501,11 @@ def parse_node_config(argv: Sequence[str] | None = None,
         epilog="Also: `python -m raftfast.node backup --client URL FILE` takes a backup of a "
                "running cluster, `python -m raftfast.node restore FILE --data-dir DIR --id ID` "
                "makes a new cluster's first data dir from one (each with --help)."))
-    ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = expand_config(parser, sys.argv[1:] if argv is None else argv)
+    except ConfigFileError as e:
+        parser.error(str(e))
+    ns = parser.parse_args(argv)
     try:
         return Config.from_args(ns).validate()
     except ConfigError as e:

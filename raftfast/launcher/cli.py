@@ -22,6 +22,7 @@ import uvloop
 
 from raftfast.arg_types import int_at_least
 from raftfast.config import ArgumentParser, ConfigError, add_node_arguments
+from raftfast.config_file import ConfigFileError, expand_config
 from raftfast.launcher import control
 from raftfast.launcher.launcher import Launcher
 from raftfast.launcher.layout import Layout, ensure_certificates, ensure_secret, plan
@@ -158,6 +159,10 @@ def main(argv=None):
     if argv and argv[0] in ("add", "remove"):
         return control_main(argv)
     parser = build_parser()
+    try:
+        argv = expand_config(parser, argv)
+    except ConfigFileError as e:
+        parser.error(str(e))
     ns = parser.parse_args(argv)
     if ns.tls and ns.transport == "unix" and any(a.startswith("--transport") for a in argv):
         parser.error("--tls runs peers over TCP with TLS: leave out --transport unix")

@@ -356,3 +356,30 @@ def test_the_version_is_the_packages():
         pytest.skip("raftfast is not installed, only on the path")
     if installed != raftfast.__version__:
         pytest.skip(f"installed metadata {installed} predates this tree; pip install -e . again")
+
+
+def test_a_node_runs_from_a_config_file_alone(tmp_path):
+    ports = free_ports(2)
+    conf = tmp_path / "node.toml"
+    conf.write_text(f'''
+id = 1
+data-dir = "{tmp_path / 'data'}"
+listen = "tcp://127.0.0.1:{ports[0]}"
+client = "tcp://127.0.0.1:{ports[1]}"
+heartbeat-interval = 20
+election-timeout = 200
+fsync = "never"
+''')
+    node = subprocess.Popen([sys.executable, "-m", "raftfast.node", "--config", str(conf)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        line = node.stdout.readline().decode()
+        assert line.startswith("ready id=1 ") and f":{ports[1]}" in line
+        with redis.Redis(host="127.0.0.1", port=ports[1], socket_timeout=10) as r:
+            until(lambda: r.info("raft")["raft_role"] == "leader", "the node to lead", 20)
+            assert r.set("k", "v") is True and r.get("k") == b"v"
+            assert r.info("raft")["raft_current_term"] >= 1
+    finally:
+        node.terminate()
+        assert node.wait(timeout=30) == 0
+        node.stdout.close()
