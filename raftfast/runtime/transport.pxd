@@ -2,8 +2,8 @@
 # frame sent and received reads these fields.
 
 cdef class _Peer:
-    cdef public object id, addr, proto, task, timer, backoff, version
-    cdef public bint writable, dialed, failing
+    cdef public object id, addr, proto, task, timer, backoff, version, failure
+    cdef public bint writable, dialed
 
 
 cdef class PeerTransport:

@@ -35,7 +35,7 @@ class _Peer:
     """The connection this node dials to one peer, and its retry state."""
 
     __slots__ = ("id", "addr", "proto", "writable", "task", "timer", "backoff",
-                 "dialed", "failing", "version")
+                 "dialed", "failure", "version")
 
     def __init__(self, peer_id, addr):
         self.id = peer_id
@@ -46,7 +46,9 @@ class _Peer:
         self.timer = None       # the scheduled redial
         self.backoff = BACKOFF_MIN
         self.dialed = False
-        self.failing = False    # a failure was logged; later ones go to debug
+        # Why the last dial failed, as logged at info; the same reason again goes
+        # to debug, a new one (refused, then a certificate rejected) to info.
+        self.failure = None
         self.version = 0        # the protocol version its handshake ack chose
 
 
@@ -314,9 +316,9 @@ class PeerTransport:
             peer.task = None
 
     def _dial_failed(self, peer, why):
-        level = self.log.debug if peer.failing else self.log.info
+        level = self.log.debug if why == peer.failure else self.log.info
         level("peer %d at %s: %s (retrying)", peer.id, peer.addr, why)
-        peer.failing = True
+        peer.failure = why
         self._schedule_redial(peer)
 
     def _schedule_redial(self, peer):
@@ -356,7 +358,7 @@ class PeerTransport:
     def dialed_ready(self, peer, proto, version):
         peer.version = version
         peer.backoff = BACKOFF_MIN
-        peer.failing = False
+        peer.failure = None
         peer.writable = not proto.paused
         if self.on_peer_state is not None:
             self.on_peer_state(peer.id, peer.writable, False)

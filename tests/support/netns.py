@@ -65,7 +65,7 @@ def ip(*args):
     return r.stdout
 
 
-def _free_net():
+def free_net():
     """A 10.77.x.0/24 net this machine has no address or route in."""
     used = ip("-4", "-o", "addr", "show") + ip("-4", "route", "show", "table", "all")
     free = [x for x in range(1, 254) if f"10.77.{x}." not in used]
@@ -91,7 +91,7 @@ class HostNetwork:
         reason = unavailable_reason()
         if reason:
             raise Unavailable(reason)
-        self = cls(n, secrets.token_hex(3), _free_net())
+        self = cls(n, secrets.token_hex(3), free_net())
         try:
             try:
                 self._make_switch()
