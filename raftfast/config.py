@@ -85,6 +85,9 @@ class Config:
     # The file holding the secret every peer handshake proves both ways
     # (raftfast.runtime.peer_auth); None: peers are not authenticated.
     cluster_secret_file: str | None = None
+    # Also let in peers that prove no secret (and log each): the first of
+    # the two rolls that give a cluster without a secret one.
+    cluster_secret_optional: bool = False
     # The file holding the password clients AUTH with; None: no password.
     requirepass_file: str | None = None
     # TLS on the client port (--client tls://...), Redis's names.
@@ -139,6 +142,8 @@ class Config:
             raise ConfigError("--data-dir: must not be empty")
         if self.cluster_secret_file is not None and not self.cluster_secret_file:
             raise ConfigError("--cluster-secret-file: must not be empty")
+        if self.cluster_secret_optional and self.cluster_secret_file is None:
+            raise ConfigError("--cluster-secret-optional: needs --cluster-secret-file")
         if self.requirepass_file is not None and not self.requirepass_file:
             raise ConfigError("--requirepass-file: must not be empty")
         listen = _addr("--listen", self.listen)
@@ -450,6 +455,9 @@ def add_node_arguments(parser: argparse.ArgumentParser,
         g.add_argument("--cluster-secret-file", metavar="FILE",
                        help="a secret shared by every node: each peer connection proves it "
                             "both ways before a message is read (default: none)")
+        g.add_argument("--cluster-secret-optional", action="store_true", default=None,
+                       help="with --cluster-secret-file, also let in peers that prove no "
+                            "secret (logged): the first roll of introducing a secret")
         g.add_argument("--tls-cert-file", metavar="FILE",
                        help="the client port's TLS certificate (with --client tls://...)")
         g.add_argument("--tls-key-file", metavar="FILE", help="its private key")

@@ -32,8 +32,8 @@ from raftfast.runtime.driver import RaftDriver
 from raftfast.runtime.force_new_cluster import describe, force_new_cluster, refuse_missing_state
 from raftfast.runtime.kv_state_machine import KVStateMachine
 from raftfast.runtime.node_role import role_of
-from raftfast.runtime.peer_auth import SecretError, load_secret
-from raftfast.server.auth import PasswordError, load_password
+from raftfast.runtime.peer_auth import SecretError, load_secrets
+from raftfast.server.auth import PasswordError, load_passwords
 from raftfast.tls import TLSSetupError, client_port_context, peer_contexts
 from raftfast.runtime.storage import Storage, StorageError
 from raftfast.runtime.transport import PeerTransport
@@ -59,11 +59,11 @@ def tick_ms(cfg: Config) -> int:
 
 class Node:
     def __init__(self, cfg: Config, storage: Storage, conf: tuple,
-                 secret: bytes | None = None, password: bytes | None = None,
+                 secret: object = None, password: tuple | None = None,
                  client_tls: object = None, peer_tls: object = None) -> None:
         self.cfg = cfg
-        self.secret = secret  # the cluster secret peers prove, or None
-        self.password = password  # what clients AUTH with, or None
+        self.secret = secret  # the cluster secrets peers prove (PeerSecrets), or None
+        self.password = password  # the passwords clients AUTH with (any one), or None
         self.client_tls = client_tls  # ssl context of a tls:// client port
         self.peer_tls = peer_tls  # (listening, dialing) ssl contexts between peers
         self.storage = storage
@@ -269,9 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     secret = password = client_tls = peer_tls = None
     try:
         if cfg.cluster_secret_file is not None:
-            secret = load_secret(cfg.cluster_secret_file, warn=log.warning)
+            secret = load_secrets(cfg.cluster_secret_file, warn=log.warning,
+                                  optional=cfg.cluster_secret_optional)
         if cfg.requirepass_file is not None:
-            password = load_password(cfg.requirepass_file, warn=log.warning)
+            password = load_passwords(cfg.requirepass_file, warn=log.warning)
         if cfg.tls_cert_file is not None:
             client_tls = client_port_context(cfg.tls_cert_file, cfg.tls_key_file,
                                              cfg.tls_ca_cert_file, cfg.tls_auth_clients == "yes")

@@ -31,7 +31,7 @@ from raftfast.node import bootstrap, force_open, lease_clock, tick_ms
 from raftfast.runtime.cluster_time import wall_ms
 from raftfast.runtime.driver import RaftDriver
 from raftfast.runtime.forwarding import OverMemory
-from raftfast.runtime.peer_auth import load_secret
+from raftfast.runtime.peer_auth import load_secrets
 from raftfast.runtime.storage import Storage, StorageError
 from raftfast.runtime.transport import PeerTransport
 from raftfast.runtime.waiters import NotLeaderNow, OutcomeUnknown as RuntimeOutcomeUnknown
@@ -116,7 +116,8 @@ class Node:
         loop = self._loop = asyncio.get_running_loop()
         secret = peer_tls = None
         if cfg.cluster_secret_file is not None:
-            secret = load_secret(cfg.cluster_secret_file, warn=log.warning)
+            secret = load_secrets(cfg.cluster_secret_file, warn=log.warning,
+                                  optional=cfg.cluster_secret_optional)
         if cfg.peer_tls:
             peer_tls = peer_contexts(cfg.peer_tls_cert_file, cfg.peer_tls_key_file,
                                      cfg.peer_tls_ca_cert_file)

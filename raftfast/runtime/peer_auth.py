@@ -9,6 +9,12 @@ both nonces and both version ranges: fresh nonces keep a recorded proof
 from being replayed, and the role keeps a node's answer as acceptor from
 being reflected back to it as a dialer's.  The secret itself never crosses
 the wire.
+
+A node may hold several secrets (PeerSecrets: one per line of its file): it
+proves with the first and accepts a proof made with any, so a new secret
+is rolled in without a moment where two members cannot talk
+(docs/operations.md, "Rotating secrets").  In optional mode it also takes
+peers that prove no secret at all: the way a cluster without one gets one.
 """
 import hashlib
 import hmac
@@ -17,8 +23,8 @@ import struct
 
 from raftfast.private_file import read_private_file
 
-__all__ = ["DIALER", "LISTENER", "MIN_SECRET_BYTES", "SecretError", "load_secret", "new_nonce",
-           "proof", "proofs", "proofs_match"]
+__all__ = ["DIALER", "LISTENER", "MIN_SECRET_BYTES", "PeerSecrets", "SecretError",
+           "load_secrets", "new_nonce", "proof", "proofs", "proofs_match"]
 
 DIALER = b"dialer"
 LISTENER = b"listener"
@@ -61,13 +67,43 @@ def proofs_match(expected, got):
     return hmac.compare_digest(expected, got)
 
 
-def load_secret(path, warn=None):
-    """The secret in the file at path: its bytes without surrounding
-    whitespace, at least MIN_SECRET_BYTES of them.  warn(text) is told when
-    other users may read the file.  Raises SecretError with a line that
-    names the file and never the secret."""
-    secret = read_private_file(path, "cluster secret", SecretError, warn).strip()
-    if len(secret) < MIN_SECRET_BYTES:
-        raise SecretError(f"the cluster secret in {path} is {len(secret)} bytes; it needs at "
-                          f"least {MIN_SECRET_BYTES}")
-    return secret
+class PeerSecrets:
+    """What a node proves and accepts on its peer connections: it proves
+    with the first secret and accepts a proof made with any of them;
+    optional: a peer that proves nothing is let in too (and logged), one
+    that proves wrongly never is."""
+
+    __slots__ = ("secrets", "optional")
+
+    def __init__(self, secrets, optional=False):
+        self.secrets = tuple(secrets)
+        if not self.secrets:
+            raise ValueError("no secret")
+        self.optional = optional
+
+    def prove(self, role, *binding):
+        """The proof `role` sends on the connection `binding` names."""
+        return proof(self.secrets[0], role, *binding)
+
+    def accepts(self, role, got, *binding):
+        """Is `got` the proof `role` owes, made with any of the secrets?"""
+        ok = False
+        for secret in self.secrets:  # every one, so the time tells nothing
+            ok |= proofs_match(proof(secret, role, *binding), got)
+        return ok
+
+
+def load_secrets(path, warn=None, optional=False):
+    """PeerSecrets from the file at path: each non-empty line (without
+    surrounding whitespace) a secret of at least MIN_SECRET_BYTES; the
+    first is the one this node proves with.  Raises SecretError with a line
+    that names the file and never a secret."""
+    data = read_private_file(path, "cluster secret", SecretError, warn)
+    secrets = [line.strip() for line in data.splitlines() if line.strip()]
+    if not secrets:
+        raise SecretError(f"the cluster secret file {path} is empty")
+    for n, secret in enumerate(secrets, 1):
+        if len(secret) < MIN_SECRET_BYTES:
+            raise SecretError(f"the cluster secret on line {n} of {path} is {len(secret)} "
+                              f"bytes; it needs at least {MIN_SECRET_BYTES}")
+    return PeerSecrets(secrets, optional)

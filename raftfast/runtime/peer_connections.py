@@ -14,13 +14,16 @@ carries the dialer's nonce, the ACK the acceptor's nonce and proof, and
 the dialer, once it has checked that proof, sends its own in an AUTH frame
 ahead of its first message.  The acceptor takes no message, admits no
 large frame and learns no client URL from a peer before its AUTH checks
-out.  A node with a secret and one without refuse each other.
+out.  A node with a secret and one without cannot talk: the one without
+answers plainly, and the one with refuses a peer that proves nothing -
+unless its secrets are optional (--cluster-secret-optional), the step by
+which a cluster without a secret gets one.
 
 Both are driven by the PeerTransport that owns them (raftfast.runtime.
 transport), through these of its members:
     loop, node_id, cluster_id, client_url, max_frame_size, write_buffer_limit,
-    log, hello (this node's encoded HANDSHAKE without a secret), secret (the
-    cluster secret, or None), closed, on_messages,
+    log, hello (this node's encoded HANDSHAKE without a secret), secret (its
+    peer_auth.PeerSecrets, or None), closed, on_messages,
     on_peer_state, listen_address, and its counters frames_received,
     bytes_received, reads and refused;
     attach_dialed(peer, conn), dialed_ready(peer, conn, version),
@@ -31,7 +34,7 @@ from raftfast._codec import (FRAME_AUTH, FRAME_HANDSHAKE, FRAME_HANDSHAKE_ACK, F
                              PROTOCOL_MAX, PROTOCOL_MIN, FrameDecoder, FrameError, choose_version,
                              encode_auth, encode_handshake, encode_handshake_ack)
 from raftfast.address import set_nodelay
-from raftfast.runtime.peer_auth import new_nonce, proofs, proofs_match
+from raftfast.runtime.peer_auth import DIALER, LISTENER, new_nonce
 
 __all__ = ["AcceptedConnection", "DialedConnection", "HANDSHAKE_MAX_FRAME", "HANDSHAKE_TIMEOUT"]
 
@@ -113,21 +116,27 @@ class DialedConnection:
 
     def _prove(self, hs):
         """Check the acceptor's proof, then send ours; False once failed."""
+        owner = self.owner
+        secret = owner.secret
         if hs.proof is None:
+            if secret.optional:
+                owner.log.warning("peer %d at %s proves no cluster secret; let in because "
+                                  "--cluster-secret-optional", self.peer.id, self.peer.addr)
+                return True
             self._fail("it did not prove the cluster secret (it has none, or is of a "
                        "release before peer authentication)")
             return False
-        owner = self.owner
         theirs = hs.offered
         if not theirs[0] <= hs.min_version <= theirs[1]:
             self._fail(f"it chose protocol v{hs.min_version} outside its own "
                        f"v{theirs[0]}..v{theirs[1]}")
             return False
-        ours, owed = proofs(owner.secret, owner.cluster_id, owner.node_id, self.peer.id,
-                            self.nonce, hs.nonce, OURS, theirs)
-        if not proofs_match(owed, hs.proof):
+        binding = (owner.cluster_id, owner.node_id, self.peer.id, self.nonce, hs.nonce, OURS,
+                   theirs)
+        if not secret.accepts(LISTENER, hs.proof, *binding):
             self._fail("it failed to prove the cluster secret")
             return False
+        ours = secret.prove(DIALER, *binding)
         # Ahead of any message: the acceptor reads nothing else before it.
         self.transport.write(encode_auth(hs.min_version, ours))
         return True
@@ -253,10 +262,13 @@ class AcceptedConnection:
             self._refuse(f"the peer claims our own node id {hs.node_id}")
             return False
         secret = owner.secret
-        if secret is None:
-            if hs.nonce is not None:
-                self._refuse(f"node {hs.node_id} proves a cluster secret and this node has none")
-                return False
+        if secret is None or (hs.nonce is None and secret.optional):
+            # A plain answer.  Without a secret this node lets in whoever
+            # dials, and a dialer that wants a proof sees none and leaves; a
+            # node in optional mode lets in a peer that proves nothing.
+            if secret is not None:
+                owner.log.warning("node %d (%s) proves no cluster secret; let in because "
+                                  "--cluster-secret-optional", hs.node_id, self.who)
             self.transport.write(encode_handshake_ack(owner.cluster_id, owner.node_id, version,
                                                       owner.client_url))
             self._admit(hs, version)
@@ -266,18 +278,19 @@ class AcceptedConnection:
                          "or is of a release before peer authentication)")
             return False
         nonce = new_nonce()
-        owed, ours = proofs(secret, owner.cluster_id, hs.node_id, owner.node_id, hs.nonce, nonce,
-                            (hs.min_version, hs.max_version), OURS)
-        self.proving = (hs, version, owed)
+        binding = (owner.cluster_id, hs.node_id, owner.node_id, hs.nonce, nonce,
+                   (hs.min_version, hs.max_version), OURS)
+        ours = secret.prove(LISTENER, *binding)
+        self.proving = (hs, version, binding)
         self.transport.write(encode_handshake_ack(
             owner.cluster_id, owner.node_id, version, owner.client_url, offered=OURS,
             nonce=nonce, proof=ours))
         return True
 
     def _proved(self, dialer_proof):
-        hs, version, owed = self.proving
+        hs, version, binding = self.proving
         self.proving = None
-        if not proofs_match(owed, dialer_proof):
+        if not self.owner.secret.accepts(DIALER, dialer_proof, *binding):
             self._refuse(f"node {hs.node_id} failed to prove the cluster secret")
             return False
         self._admit(hs, version)

@@ -21,6 +21,7 @@ import random
 
 from raftfast._codec import PROTOCOL_MAX, encode_handshake, encode_message, message_version
 from raftfast.address import Address, create_server, open_connection, parse_address
+from raftfast.runtime.peer_auth import PeerSecrets
 from raftfast.runtime.peer_connections import (HANDSHAKE_TIMEOUT, AcceptedConnection,
                                                DialedConnection)
 
@@ -59,8 +60,8 @@ class PeerTransport:
     def __init__(self, loop, node_id, cluster_id, on_messages, addresses, max_frame_size,
                  logger, *, client_url="", write_buffer_limit=WRITE_BUFFER_LIMIT, secret=None,
                  tls=None):
-        """secret: the cluster secret (bytes) every connection's handshake
-        proves both ways (peer_connections), or None for none.  tls: the
+        """secret: the cluster secrets (peer_auth.PeerSecrets) every
+        connection's handshake proves both ways (peer_connections), or None.  tls: the
         (listening, dialing) ssl contexts of mutual TLS for tls://
         addresses (raftfast.tls.peer_contexts), or None."""
         self.loop = loop
@@ -78,7 +79,8 @@ class PeerTransport:
         self.closed = False     # set once close() begins
         self.listen_address = None
         self.client_url = client_url
-        self.secret = secret
+        # One secret as bytes is the same as PeerSecrets of it alone.
+        self.secret = PeerSecrets([secret]) if isinstance(secret, bytes) else secret
         self.tls = tls
         # on_peer_state(peer_id, writable, lost): flow control for the
         # driver - a paused socket stops the sender before it has to drop,

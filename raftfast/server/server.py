@@ -67,7 +67,8 @@ class RespServer:
         ssl context of a tls:// client port (raftfast.tls), or None."""
         self.loop = loop
         self.cfg = cfg
-        self.password = password
+        # The passwords AUTH accepts (a tuple; one as bytes is that one alone).
+        self.password = (password,) if isinstance(password, bytes) else password
         self.tls = tls
         self.driver = driver
         self.node_info = node_info  # callable -> dict of INFO raft fields

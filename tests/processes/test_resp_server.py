@@ -433,6 +433,22 @@ def test_auth_with_the_password_opens_the_connection_for_what_follows():
         loop.close()
 
 
+
+def test_during_a_password_rotation_the_old_and_the_new_one_open_the_door(tmp_path):
+    from raftfast.server.auth import load_password, load_passwords
+    path = tmp_path / "pass"
+    path.write_bytes(b"old pass\nnew pass\n")
+    assert load_passwords(path) == (b"old pass", b"new pass")
+    assert load_password(path) == b"old pass"   # what a client of this file sends
+    for given, ok in ((b"old pass", True), (b"new pass", True), (b"other", False)):
+        loop, conn, out = _door_with_password(load_passwords(path))
+        try:
+            conn.data_received(req(b"AUTH", given) + req(b"PING"))
+            assert b"".join(out.out) == (b"+OK\r\n+PONG\r\n" if ok else WRONGPASS + NOAUTH)
+        finally:
+            loop.close()
+
+
 def test_hello_with_auth_authenticates_and_switches_protocol_at_once():
     loop, conn, out = _door_with_password()
     try:

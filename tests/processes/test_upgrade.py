@@ -9,18 +9,15 @@ are behind the `upgrade` marker: `python -m pytest -m upgrade`.
 RAFTFAST_OLD_RELEASE names an already built tree of 0.1.0 instead.
 """
 import os
-import re
 import shutil
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 import redis
 
-from raftfast.launcher.supervisor import NodeCommand
 from tests.support.harness import Cluster, NodeProc
+from tests.support.rolling import Writer, check_every_acked_write, replace_node, wait_caught_up
 from tests.support.wait import until
 
 pytestmark = [pytest.mark.upgrade, pytest.mark.multiprocess]
@@ -77,85 +74,9 @@ class ReleaseNode(NodeProc):
         return ["env", f"--chdir={self.tree}", f"PYTHONPATH={self.tree}", *line]
 
 
-class Writer(threading.Thread):
-    """SET w<i> = <i>, one at a time, following MOVED across nodes; every
-    write answered +OK is acknowledged.  An error or a lost connection
-    leaves that write's fate unknown, and it is not retried."""
-
-    def __init__(self, cluster):
-        super().__init__(daemon=True)
-        self.cluster = cluster
-        self.acked = []
-        self.errors = 0
-        self.halt = threading.Event()
-        self.target = cluster.ids[0]
-
-    def run(self):
-        i = 0
-        conns = {}
-        while not self.halt.is_set():
-            i += 1
-            node = self.cluster.nodes[self.target]
-            try:
-                c = conns.get(self.target)
-                if c is None:
-                    c = conns[self.target] = redis.Redis(host="127.0.0.1", port=node.client_port,
-                                                         socket_timeout=3)
-                c.set(f"w{i}", str(i))
-                self.acked.append(i)
-            except redis.ResponseError as e:
-                # redis-py raises MOVED as its own class, whose text is "0 host:port".
-                m = re.search(r"127\.0\.0\.1:(\d+)", str(e))
-                if m:
-                    port = int(m.group(1))
-                    self.target = next(j for j, p in self.cluster.client_ports.items()
-                                       if p == port)
-                else:
-                    self.errors += 1
-                    self.halt.wait(0.02)
-            except (redis.ConnectionError, redis.TimeoutError):
-                conns.pop(self.target, None)
-                self.target = self.cluster.ids[i % len(self.cluster.ids)]
-                self.halt.wait(0.02)
-
-    def stop(self):
-        self.halt.set()
-        self.join(timeout=30)
-
-
-def _wait_caught_up(cluster, node_id, timeout=30):
-    """node_id applied everything the leader had committed when asked."""
-    lid = cluster.wait_leader(timeout=timeout)
-    commit = int(cluster.nodes[lid].info()["raft_commit_index"])
-    cluster.wait_applied(commit, ids=[node_id], timeout=timeout)
-
-
-def _replace(cluster, node_id, tree):
-    """Stop node_id (SIGTERM, a clean stop), start it from `tree` on the same
-    data dir, wait until it caught up.  A leader hands over first."""
-    lid = cluster.wait_leader()
-    if lid == node_id:
-        other = next(i for i in cluster.ids if i != node_id)
-        assert cluster.nodes[node_id].raw("RAFT.TRANSFER_LEADER", str(other)) == b"+OK"
-    old = cluster.nodes[node_id]
-    assert old.kill(15) == 0
-    new = ReleaseNode(cluster, node_id, tree, old.extra)
-    cluster.nodes[node_id] = new
-    new.start()
-    _wait_caught_up(cluster, node_id)
-
-
 def _cluster_version(node):
     info = node.info()
     return int(info.get("raft_cluster_version", 1))   # 0.1.0 has no such field
-
-
-def _check_every_acked_write(cluster, writer):
-    lid = cluster.wait_leader()
-    c = cluster.nodes[lid].client()
-    values = c.mget([f"w{i}" for i in writer.acked])
-    lost = [i for i, v in zip(writer.acked, values) if v != str(i).encode()]
-    assert not lost, f"{len(lost)} acknowledged writes lost, first {lost[:5]}"
 
 
 def test_a_rolling_upgrade_under_load_and_the_roll_back_of_a_half_done_one(tmp_path, old_release):
@@ -173,7 +94,7 @@ def test_a_rolling_upgrade_under_load_and_the_roll_back_of_a_half_done_one(tmp_p
         # One node on this release: it follows, and the cluster stays at
         # version 1, so a leader of this release refuses what 0.1.0 cannot apply.
         first = next(i for i in cluster.ids if i != cluster.wait_leader())
-        _replace(cluster, first, None)
+        replace_node(cluster, first, lambda old: ReleaseNode(cluster, first, None, old.extra))
         assert _cluster_version(cluster.nodes[first]) == 1
         lid = cluster.wait_leader()
         assert cluster.nodes[lid].raw("RAFT.TRANSFER_LEADER", str(first)) == b"+OK"
@@ -185,14 +106,14 @@ def test_a_rolling_upgrade_under_load_and_the_roll_back_of_a_half_done_one(tmp_p
         until(lambda: len(writer.acked) > count + 300, "300 writes with a 0.2 leader", 60)
 
         # Roll back: the same data dir under 0.1.0 again, snapshots and all.
-        _replace(cluster, first, old_release)
+        replace_node(cluster, first, lambda old: ReleaseNode(cluster, first, old_release, old.extra))
         count = len(writer.acked)
         until(lambda: len(writer.acked) > count + 100, "writes after the roll back", 60)
 
         # The whole upgrade, one node at a time, the leader last.
         order = sorted(cluster.ids, key=lambda i: i == cluster.wait_leader())
         for i in order:
-            _replace(cluster, i, None)
+            replace_node(cluster, i, lambda old: ReleaseNode(cluster, old.id, None, old.extra))
             count = len(writer.acked)
             until(lambda: len(writer.acked) > count + 100, f"writes after node {i}", 60)
         until(lambda: all(_cluster_version(n) == 2 for n in cluster.nodes.values()),
@@ -213,10 +134,10 @@ def test_a_rolling_upgrade_under_load_and_the_roll_back_of_a_half_done_one(tmp_p
         assert old.proc.wait(timeout=60) == 1
         old.proc.stdout.close()
         cluster.nodes[follower] = ReleaseNode(cluster, follower, None, extra).start()
-        _wait_caught_up(cluster, follower)
+        wait_caught_up(cluster, follower)
         writer.stop()
         assert len(writer.acked) > 1000
-        _check_every_acked_write(cluster, writer)
+        check_every_acked_write(cluster, writer)
     finally:
         writer.stop()
         cluster.stop()

@@ -10,8 +10,9 @@ from raftfast._codec import (FRAME_HANDSHAKE_ACK, PROTOCOL_MAX, PROTOCOL_MIN, Fr
                              encode_auth, encode_handshake, encode_message)
 from raftfast.core.messages import MSG_HEARTBEAT, Message
 from raftfast.runtime import peer_auth
-from raftfast.runtime.peer_auth import DIALER, LISTENER, SecretError, load_secret, proof
+from raftfast.runtime.peer_auth import DIALER, LISTENER, SecretError, load_secrets, proof
 
+from tests.support.wait import until_async
 from tests.runtime.test_transport import (LOG, Node, raw_client, read_until_closed, run, run_raw,
                                           until, url_for)
 
@@ -42,17 +43,17 @@ def test_the_secret_file_is_read_stripped_and_checked(tmp_path):
     path.write_bytes(SECRET + b"\n")
     os.chmod(path, 0o600)
     warned = []
-    assert load_secret(path, warned.append) == SECRET and warned == []
+    assert load_secrets(path, warned.append).secrets == (SECRET,) and warned == []
     os.chmod(path, 0o640)
-    assert load_secret(path, warned.append) == SECRET
+    assert load_secrets(path, warned.append).secrets == (SECRET,)
     assert warned and "readable by other users" in warned[0] and "0640" in warned[0]
     path.write_bytes(b"short\n")
-    with pytest.raises(SecretError, match="5 bytes; it needs at least 16"):
-        load_secret(path)
+    with pytest.raises(SecretError, match="on line 1 of .* is 5 bytes; it needs at least 16"):
+        load_secrets(path)
     with pytest.raises(SecretError, match="cannot read the cluster secret file"):
-        load_secret(tmp_path / "missing")
+        load_secrets(tmp_path / "missing")
     try:
-        load_secret(path)
+        load_secrets(path)
     except SecretError as e:
         assert "short" not in str(e)  # the secret is never in a message
 
@@ -83,7 +84,7 @@ def test_nodes_with_the_same_secret_exchange_messages(kind, tmp_path):
 @pytest.mark.parametrize("dialer_secret, listener_secret, phrase", [
     (OTHER, SECRET, "it failed to prove the cluster secret"),  # the dialer stops first
     (None, SECRET, "node 1 did not prove the cluster secret"),
-    (SECRET, None, "node 1 proves a cluster secret and this node has none"),
+    (SECRET, None, "it did not prove the cluster secret"),
 ])
 def test_a_peer_without_the_secret_is_refused_and_the_listener_keeps_serving(
         tmp_path, caplog, dialer_secret, listener_secret, phrase):
@@ -224,3 +225,73 @@ def test_a_large_frame_before_the_proof_is_refused_from_its_header(tmp_path, cap
             return read_until_closed(s)
     _, got, warnings = run_stranger(tmp_path, caplog, client)
     assert any("exceeds the limit" in w for w in warnings), warnings
+
+
+# -- several secrets, and the optional mode (rotating and introducing one) --------
+
+def _pair_talks(tmp_path, secret_a, secret_b):
+    """Do nodes 1 and 2, holding these secrets, get a message across both ways?"""
+    result = {}
+
+    async def main():
+        a, b = Node(1, secret=secret_a), Node(2, secret=secret_b)
+        urls = {nd.id: await nd.start(f"unix://{tmp_path}/n{nd.id}.sock") for nd in (a, b)}
+        a.t.set_address(2, urls[2])
+        b.t.set_address(1, urls[1])
+        def across():
+            # Sent again on every look: one sent before a connection is up may be dropped.
+            a.t.send(a.msg(2, 11))
+            b.t.send(b.msg(1, 12))
+            return (any(m.context == 11 for m in b.got)
+                    and any(m.context == 12 for m in a.got))
+        try:
+            try:
+                await until_async(across, "both ways", 3, 0.05)
+                result["talks"] = True
+            except AssertionError:
+                result["talks"] = False
+                assert b.got == [] and a.got == []
+        finally:
+            await a.t.close()
+            await b.t.close()
+    run(main())
+    for p in tmp_path.glob("n*.sock"):
+        p.unlink()
+    return result["talks"]
+
+
+def test_a_secret_rotates_in_three_rolls_without_a_pair_that_cannot_talk(tmp_path):
+    old, new = SECRET, OTHER
+    steps = [[old], [old, new], [new, old], [new]]   # before, then after each roll
+    # Mid-roll, a node of one step meets a node of the step before it.
+    for before, after in zip(steps, steps[1:]):
+        assert _pair_talks(tmp_path, peer_auth.PeerSecrets(before), peer_auth.PeerSecrets(after))
+    # Skipping a roll is what the three rolls avoid: [old] and [new] never talk.
+    assert not _pair_talks(tmp_path, peer_auth.PeerSecrets([old]), peer_auth.PeerSecrets([new]))
+    assert not _pair_talks(tmp_path, peer_auth.PeerSecrets([old, new]),
+                           peer_auth.PeerSecrets([new]))
+
+
+def test_optional_secrets_let_in_a_peer_without_one_but_never_a_wrong_proof(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger=LOG.name)
+    optional = peer_auth.PeerSecrets([SECRET], optional=True)
+    strict = peer_auth.PeerSecrets([SECRET])
+    assert _pair_talks(tmp_path, optional, None)            # the introduction's first roll
+    assert any("proves no cluster secret; let in" in r.getMessage() for r in caplog.records)
+    assert _pair_talks(tmp_path, optional, strict)          # its second
+    assert not _pair_talks(tmp_path, strict, None)          # a strict node and one without
+    assert not _pair_talks(tmp_path, peer_auth.PeerSecrets([OTHER], optional=True), strict)
+
+
+def test_a_secret_file_of_several_lines(tmp_path):
+    path = tmp_path / "secret"
+    path.write_bytes(b"\n" + SECRET + b"\n  " + OTHER + b"  \n\n")
+    os.chmod(path, 0o600)
+    s = load_secrets(path, optional=True)
+    assert s.secrets == (SECRET, OTHER) and s.optional
+    path.write_bytes(SECRET + b"\nshort\n")
+    with pytest.raises(SecretError, match="line 2"):
+        load_secrets(path)
+    path.write_bytes(b"\n \n")
+    with pytest.raises(SecretError, match="empty"):
+        load_secrets(path)
