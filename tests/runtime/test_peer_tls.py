@@ -107,3 +107,32 @@ def test_unusable_certificate_files_are_named(tmp_path, pki):
         peer_contexts(str(tmp_path / "missing.crt"), files["n1"][1], str(d / "ca.crt"))
     with pytest.raises(TLSSetupError, match="cannot load the CA certificate"):
         peer_contexts(*files["n1"], str(tmp_path / "nope.crt"))
+
+
+def test_during_a_certificate_rotation_a_ca_bundle_accepts_both_cas(pki, tmp_path):
+    """Mid-rotation one node has a certificate of the new CA, the other
+    still one of the old; both trust a bundle of the two CAs
+    (docs/operations.md, "Rotating secrets")."""
+    d, other, files = pki
+    bundle = tmp_path / "both.crt"
+    bundle.write_bytes((d / "ca.crt").read_bytes() + (other / "ca.crt").read_bytes())
+
+    async def main():
+        old_cert, old_key = files["n1"]
+        new_cert, new_key = files["rogue"]          # signed by the other ("new") CA
+        a = Node(1, tls=peer_contexts(old_cert, old_key, str(bundle)))
+        b = Node(2, tls=peer_contexts(new_cert, new_key, str(bundle)))
+        urls = {nd.id: await nd.start("tls://127.0.0.1:0") for nd in (a, b)}
+        a.t.set_address(2, urls[2])
+        b.t.set_address(1, urls[1])
+        try:
+            await a.connect(2)
+            await b.connect(1)
+            a.t.send(a.msg(2, 21))
+            b.t.send(b.msg(1, 22))
+            await until(lambda: any(m.context == 21 for m in b.got)
+                        and any(m.context == 22 for m in a.got), "both ways across two CAs")
+        finally:
+            await a.t.close()
+            await b.t.close()
+    run(main())
