@@ -1,5 +1,6 @@
-"""A rolling upgrade from raftfast 0.1.0 under load, and the roll back of a
-half-done one (docs/operations.md, "Rolling upgrade").
+"""A rolling upgrade from raftfast 0.1.0 under load, the roll back of a
+half-done one, and the second roll that gives the cluster a secret
+(docs/operations.md, "Rolling upgrade").
 
 The 0.1.0 nodes run the release tagged v0.1.0, built beside this tree: the
 tag's files are extracted and their extensions built once into a cache
@@ -135,6 +136,20 @@ def test_a_rolling_upgrade_under_load_and_the_roll_back_of_a_half_done_one(tmp_p
         old.proc.stdout.close()
         cluster.nodes[follower] = ReleaseNode(cluster, follower, None, extra).start()
         wait_caught_up(cluster, follower)
+
+        # The second roll: 0.1.0 had no cluster secret; the upgraded cluster
+        # gets one, first letting in peers without it, then requiring it.
+        secret = tmp_path / "cluster.secret"
+        secret.write_bytes(b"a-secret-the-first-release-never-had")
+        secret.chmod(0o600)
+        for flags in (["--cluster-secret-file", str(secret), "--cluster-secret-optional"],
+                      ["--cluster-secret-file", str(secret)]):
+            lid = cluster.wait_leader()
+            for i in sorted(cluster.ids, key=lambda i: i == lid):
+                replace_node(cluster, i, lambda old: ReleaseNode(cluster, old.id, None,
+                                                                 [*extra, *flags]))
+            count = len(writer.acked)
+            until(lambda: len(writer.acked) > count + 100, f"writes after the roll to {flags}", 60)
         writer.stop()
         assert len(writer.acked) > 1000
         check_every_acked_write(cluster, writer)
