@@ -36,6 +36,9 @@ growing and shrinking a running cluster (it needs --data-dir DIR):
       wait until it votes, print its row
   python -m raftfast.cluster remove ID --data-dir DIR
       remove node ID (RAFT.NODE REMOVE), stop its process, print the rest
+  python -m raftfast.cluster roll --data-dir DIR
+      restart every node in turn, the leader last after a transfer, each
+      once the one before caught up (picks up a new release, secret, ...)
 A restart with the same --data-dir starts the nodes added since and not the
 removed ones; --nodes, --transport and --base-port then come from DIR."""
 
@@ -97,8 +100,8 @@ def build_parser(defaults=True):
 
 def build_control_parser():
     p = ArgumentParser(prog="python -m raftfast.cluster",
-                       description="Grow or shrink a running local cluster.")
-    sub = p.add_subparsers(dest="op", required=True, metavar="add|remove")
+                       description="Grow, shrink or roll a running local cluster.")
+    sub = p.add_subparsers(dest="op", required=True, metavar="add|remove|roll")
     a = sub.add_parser("add", help="start the next node and add it to the cluster",
                        description="Start the next node with --join, add it to the running "
                                    "cluster, wait until it votes, print its row.")
@@ -110,16 +113,22 @@ def build_control_parser():
     r.add_argument("id", type=positive, metavar="ID", help="the node to remove")
     r.add_argument("--data-dir", required=True, metavar="DIR",
                    help="the --data-dir of the running launcher")
-    for sp in (a, r):
+    o = sub.add_parser("roll", help="restart every node in turn, the leader last",
+                       description="Restart every node of the running cluster in turn: "
+                                   "followers first, the leader last after handing over its "
+                                   "leadership, each once the one before caught up.")
+    o.add_argument("--data-dir", required=True, metavar="DIR",
+                   help="the --data-dir of the running launcher")
+    for sp in (a, r, o):
         sp.error = p.error  # one-line usage errors, exit 2
     return p
 
 
 def control_main(argv):
-    """`add` / `remove`: one request to the launcher running on --data-dir."""
+    """`add` / `remove` / `roll`: one request to the launcher running on --data-dir."""
     ns = build_control_parser().parse_args(argv)
     data_dir = os.path.abspath(ns.data_dir)
-    req = {"op": ns.op} if ns.op == "add" else {"op": "remove", "id": ns.id}
+    req = {"op": "remove", "id": ns.id} if ns.op == "remove" else {"op": ns.op}
     try:
         answer = control.request(data_dir, req)
     except control.ControlError as e:
@@ -156,7 +165,7 @@ def recorded_layout(parser, argv, ns, data_dir):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("add", "remove"):
+    if argv and argv[0] in ("add", "remove", "roll"):
         return control_main(argv)
     parser = build_parser()
     try:

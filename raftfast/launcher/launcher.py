@@ -18,7 +18,8 @@ from raftfast.address import parse_address
 from raftfast.bench import loadgen
 from raftfast.launcher.control import ControlError, ControlServer
 from raftfast.launcher.layout import Layout, log_path, node_flags, tls_files
-from raftfast.launcher.membership import Membership
+from raftfast.launcher.membership import READY_WAIT, Membership
+from raftfast.launcher.roll import Roller, RollFailed
 from raftfast.launcher.status import StatusLine, format_table, leader_infos, poll_all
 from raftfast.launcher.supervisor import LEADER_WAIT, STOPPED, TIMEOUT, spawn, stop_all, until
 from raftfast.server.auth import PasswordError, load_password
@@ -45,6 +46,8 @@ class Launcher:
             self.layout, data_dir, node_flags(ns, self.layout.founders), nodes=lambda: self.nodes,
             start_node=self._start_node, stop_node=self._stop_node, say=self.say,
             stop=self.stop)
+        self.roller = Roller(nodes=lambda: self.nodes, restart=self._restart_node,
+                             say=self.say, stop=self.stop)
 
     def say(self, text, err=False):
         if self.status_shown:  # end the status line first
@@ -158,10 +161,28 @@ class Launcher:
         await stop_all([node])
         self.nodes.remove(node)
 
+    async def _restart_node(self, node):
+        """Stop a node on purpose and start its command line again (a roll);
+        the new Node once it is ready."""
+        await self._stop_node(node)
+        new = await self._start_node(node.spec)
+        try:
+            await asyncio.wait_for(asyncio.shield(new.ready), READY_WAIT)
+        except asyncio.TimeoutError:
+            raise RollFailed(f"node {node.id} did not start again in {READY_WAIT:g} s; its "
+                             f"last lines:\n{new.last_lines()}") from None
+        return new
+
     async def _on_control(self, op, req):
         if not self.serving:
             return {"error": "the cluster is not serving (still starting, or stopping); "
                              "try again"}
+        if op == "roll":
+            async with self.membership.changing:   # no add or remove meanwhile
+                try:
+                    return {"ok": "\n".join(await self.roller.roll())}
+                except RollFailed as e:
+                    return {"error": str(e)}
         return await self.membership.answer(op, req)
 
     async def _serve(self):

@@ -3,6 +3,7 @@ and a node restarted in place (a leader hands over first), waited for
 until it caught up."""
 import re
 import threading
+import time
 
 import redis
 
@@ -18,6 +19,7 @@ class Writer(threading.Thread):
         super().__init__(daemon=True)
         self.cluster = cluster
         self.acked = []
+        self.acked_at = []      # time.monotonic() of each acknowledgement
         self.errors = 0
         self.halt = threading.Event()
         self.target = cluster.ids[0]
@@ -35,6 +37,7 @@ class Writer(threading.Thread):
                                                          socket_timeout=3)
                 c.set(f"w{i}", str(i))
                 self.acked.append(i)
+                self.acked_at.append(time.monotonic())
             except redis.ResponseError as e:
                 # redis-py raises MOVED as its own class, whose text is "0 host:port".
                 m = re.search(r"127\.0\.0\.1:(\d+)", str(e))
@@ -52,7 +55,14 @@ class Writer(threading.Thread):
 
     def stop(self):
         self.halt.set()
-        self.join(timeout=30)
+        if self.is_alive():
+            self.join(timeout=30)
+
+    def longest_gap(self, since=0.0):
+        """The longest time between two acknowledgements after `since`
+        (time.monotonic()), in seconds: how long writes were unavailable."""
+        times = [t for t in self.acked_at if t >= since]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
 
 def wait_caught_up(cluster, node_id, timeout=30):
