@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import asyncio
 
 __all__ = ["Address", "AddressError", "AddressInUse", "parse_address",
-           "create_server", "open_connection", "set_nodelay"]
+           "create_server", "open_connection", "set_nodelay", "set_peer_liveness"]
 
 # sun_path is 108 bytes on Linux, one of them the terminating NUL.
 UNIX_PATH_MAX: int = 107
@@ -173,6 +173,40 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # the connection may already be gone; nothing to tune then
+
+
+# A peer's host can vanish without a word (a pulled cable, a dead switch
+# port, a partition): TCP then retransmits at a doubling interval, and a
+# link that comes back is used again only at the next retransmission, which
+# after a one-minute cut is some twenty seconds later.  Data left unacknowledged
+# for PEER_USER_TIMEOUT_MS ends the connection instead, and the dialer
+# redials at its own pace.  The accepting end only reads, so it finds a dead
+# connection by keepalive probes.  A peer that is alive but stopped (a paused
+# process) still has its kernel acknowledge both, and keeps its connections.
+PEER_USER_TIMEOUT_MS = 5000
+PEER_KEEPALIVE_IDLE_S = 5
+PEER_KEEPALIVE_INTERVAL_S = 2
+PEER_KEEPALIVE_PROBES = 3
+
+
+def set_peer_liveness(transport: asyncio.BaseTransport) -> None:
+    """Have the kernel end a TCP peer connection whose other end went
+    silent (TCP_USER_TIMEOUT and keepalive), where the platform has them."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_USER_TIMEOUT", PEER_USER_TIMEOUT_MS),
+                        ("TCP_KEEPIDLE", PEER_KEEPALIVE_IDLE_S),
+                        ("TCP_KEEPINTVL", PEER_KEEPALIVE_INTERVAL_S),
+                        ("TCP_KEEPCNT", PEER_KEEPALIVE_PROBES)):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    try:
+        for level, option, value in options:
+            sock.setsockopt(level, option, value)
+    except OSError:
+        pass  # the connection may already be gone; nothing to tune then
 
 
 def is_local_peer(transport: asyncio.BaseTransport) -> bool:

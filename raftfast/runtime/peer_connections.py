@@ -33,7 +33,7 @@ transport), through these of its members:
 from raftfast._codec import (FRAME_AUTH, FRAME_HANDSHAKE, FRAME_HANDSHAKE_ACK, FRAME_MESSAGE,
                              PROTOCOL_MAX, PROTOCOL_MIN, FrameDecoder, FrameError, choose_version,
                              encode_auth, encode_handshake, encode_handshake_ack)
-from raftfast.address import set_nodelay
+from raftfast.address import set_nodelay, set_peer_liveness
 from raftfast.runtime.peer_auth import DIALER, LISTENER, new_nonce
 
 __all__ = ["AcceptedConnection", "DialedConnection", "HANDSHAKE_MAX_FRAME", "HANDSHAKE_TIMEOUT"]
@@ -71,6 +71,7 @@ class DialedConnection:
             transport.abort()  # reset or closed while dialing
             return
         set_nodelay(transport)
+        set_peer_liveness(transport)
         transport.set_write_buffer_limits(high=owner.write_buffer_limit)
         if owner.secret is None:
             transport.write(owner.hello)
@@ -188,6 +189,7 @@ class AcceptedConnection:
             transport.abort()
             return
         set_nodelay(transport)
+        set_peer_liveness(transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             host = f"[{peer[0]}]" if ":" in peer[0] else peer[0]

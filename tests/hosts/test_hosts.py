@@ -112,6 +112,12 @@ def test_a_host_cut_off_cannot_serve_writes_and_catches_up_once_healed(hosts, ne
         assert isinstance(node.on_host_call("GET", "during0", timeout=5), RespError)
         index = commit_index(c.nodes[majority_leader])
         assert commit_index(node) < index
+        # The leader notices the silence (nothing acknowledged for a few
+        # seconds ends a peer connection) and redials, rather than wait for
+        # TCP's ever longer retransmissions to find the host back.
+        until(lambda: f"lost connection to peer {cut} at {c.peer_url(cut)}"
+                      in open(c.nodes[majority_leader].log_path).read(),
+              f"host {majority_leader} to give up its connection to host {cut}", 30, 0.1)
         net.heal(cut)
         # Healed, it follows the majority's leader and catches up.
         assert c.wait_leader(timeout=30) in rest
