@@ -135,7 +135,3 @@ def read_back(clients, addrs, timeout=60.0):
         reader.close()
     return lost
 
-
-def acked(clients):
-    return sum(c.acked for c in clients)
-
