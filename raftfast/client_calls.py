@@ -151,6 +151,12 @@ def set_up_client(client, addrs, sessions, timeout, backoff_base, backoff_cap,
     # A redirect names host:port only: TLS if the client speaks TLS at all.
     client._tls = any(a.tls for a in seeds)
     client._router = Router(seeds)
+    # A node that does not answer must not use up the whole deadline: the
+    # call moves on to another node after this (redis-py's defaults wait
+    # longer, or forever).
+    per_node = min(2.0, timeout / 4)
+    redis_kwargs.setdefault("socket_timeout", per_node)
+    redis_kwargs.setdefault("socket_connect_timeout", per_node)
     client._redis_kwargs = redis_kwargs
     client._sessions_on = sessions
     client.timeout = timeout
@@ -302,14 +308,18 @@ class Call:
 
     def lost(self, addr: Address, exc: BaseException, now: float) -> float:
         """The connection failed or timed out after the command was
-        (perhaps) sent: it may have been applied."""
+        (perhaps) sent: it may have been applied.  The retry goes to the next
+        node: this one may be gone (its host cut off), and if it still
+        leads, the next node names it."""
         self.last_error = exc
         if self.kind in (READ, OPEN):
+            self.router.move_on(addr)
             return self._again(now, hop=True)
         if not self.uses_session:
             raise OutcomeUnknown(f"{self.name}: the connection to {addr} failed after the "
                                  f"command was sent ({exc}); it may have taken effect") from exc
         self.maybe_applied = True
+        self.router.move_on(addr)
         return self._again(now, hop=True)
 
     def refused(self, addr: Address, exc: BaseException, now: float) -> float | None:

@@ -219,3 +219,12 @@ def test_refusals_after_a_lost_attempt_say_nothing_about_it():
     # The command's own error is its first reply, replayed: authoritative.
     assert call.refused(call.router.leader,
                         reply("ERR value is not an integer or out of range"), 0.0) is None
+
+
+def test_after_a_lost_reply_the_retry_goes_to_the_next_node():
+    for kind, session in ((READ, None), (WRITE, Session(3))):
+        call = make_call(args=("GET", "k") if kind == READ else ("INCR", "n"), kind=kind,
+                         session=session)
+        gone = call.router.leader
+        call.lost(gone, lost(), 0.0)
+        assert call.router.leader != gone
