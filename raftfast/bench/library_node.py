@@ -11,7 +11,6 @@ one JSON line {"ops": ..., "seconds": ..., "latencies_us": [p50, p90, p99]}.
 A caller is a chain of calls: the next one leaves when the last returned,
 so C callers keep C calls in flight.  SIGTERM stops a node.
 """
-import argparse
 import asyncio
 import json
 import os
@@ -19,6 +18,8 @@ import signal
 import sys
 import threading
 import time
+
+from raftfast.config import ArgumentParser
 
 VALUE = b"v" * 64
 KEYS = 10_000
@@ -124,7 +125,7 @@ def run_pysyncobj(ns):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m raftfast.bench.library_node")
+    p = ArgumentParser(prog="python -m raftfast.bench.library_node")
     p.add_argument("--system", choices=("raftfast", "pysyncobj"), required=True)
     p.add_argument("--machine", choices=("counter", "dict"), required=True)
     p.add_argument("--id", type=int, required=True)

@@ -16,7 +16,6 @@ otherwise), GET k (the local copy), PING, and `INFO` with the raft_* fields
 the benchmark reads (role, term, commit index).  Once listening it prints
 `ready id=I listen=URL client=URL` as raftfast's nodes do; SIGTERM stops it.
 """
-import argparse
 import asyncio
 import collections
 import signal
@@ -29,6 +28,7 @@ except ImportError:
     sys.exit('error: PySyncObj is not installed: pip install -e ".[bench]"')
 
 from raftfast.bench import pysyncobj_tuning  # noqa: E402  (after the PySyncObj check)
+from raftfast.config import ArgumentParser  # noqa: E402
 from raftfast.resp_client import RespReplyParser  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -133,7 +133,7 @@ class Node:
 
 
 async def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m raftfast.bench.pysyncobj_node",
+    p = ArgumentParser(prog="python -m raftfast.bench.pysyncobj_node",
                                 description="One PySyncObj node behind a RESP front.")
     p.add_argument("--id", type=int, required=True)
     p.add_argument("--nodes", type=int, required=True)
