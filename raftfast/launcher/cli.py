@@ -130,7 +130,8 @@ def control_main(argv):
     data_dir = os.path.abspath(ns.data_dir)
     req = {"op": "remove", "id": ns.id} if ns.op == "remove" else {"op": ns.op}
     try:
-        answer = control.request(data_dir, req)
+        # A roll's steps are printed as they end (add and remove send none).
+        answer = control.request(data_dir, req, on_progress=lambda text: print(text, flush=True))
     except control.ControlError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,9 +1,11 @@
 """The control socket of a running launcher: DIR/launcher.sock, through
 which `python -m raftfast.cluster add|remove --data-dir DIR` reach it.
 
-One request per connection: a JSON line in ({"op": "add"} or
-{"op": "remove", "id": N}), a JSON line out ({"ok": text} or
-{"error": text}).  The socket is the operator's (mode 0600), like the
+One request per connection: a JSON line in ({"op": "add"},
+{"op": "remove", "id": N} or {"op": "roll"}), then any number of
+{"progress": text} lines out while the request runs (a roll takes a while,
+and its operator sees each step as it ends), then one last line,
+{"ok": text} or {"error": text}.  The socket is the operator's (mode 0600), like the
 nodes' data.  What a request does is the launcher's business: the server
 is handed that as a callback.
 """
@@ -27,8 +29,9 @@ def socket_path(data_dir):
 
 class ControlServer:
     """Listens on DIR/launcher.sock and answers each request with what
-    `handle(op, request)` (a coroutine function) returns.  `say(text, err)`
-    prints for the operator."""
+    `handle(op, request, progress)` (a coroutine function) returns;
+    `progress(text)` sends the asking command a line before the answer.
+    `say(text, err)` prints for the operator."""
 
     def __init__(self, data_dir, handle, say):
         self.data_dir = data_dir
@@ -84,8 +87,8 @@ class ControlServer:
             except (ValueError, KeyError, TypeError):
                 answer = {"error": "malformed request"}
             else:
-                answer = await self.handle(op, req)
-            writer.write(json.dumps(answer).encode() + b"\n")
+                answer = await self.handle(op, req, lambda text: _send(writer, {"progress": text}))
+            _send(writer, answer)
             await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
             pass  # the asking command went away; the change itself stands
@@ -93,9 +96,15 @@ class ControlServer:
             writer.close()
 
 
-def request(data_dir, req):
+def _send(writer, message):
+    if not writer.is_closing():  # the asking command may have gone; the request goes on
+        writer.write(json.dumps(message).encode() + b"\n")
+
+
+def request(data_dir, req, on_progress=None):
     """Send one request to the launcher running on data_dir; its answer (a
-    dict).  ControlError when no launcher answers."""
+    dict).  Each progress line before it goes to on_progress(text) as it
+    comes.  ControlError when no launcher answers."""
     path = socket_path(data_dir)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -107,13 +116,17 @@ def request(data_dir, req):
         except OSError as e:
             raise ControlError(f"cannot reach the launcher at {path}: {e}") from None
         s.sendall(json.dumps(req).encode() + b"\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
+        with s.makefile("rb") as lines:
+            for line in lines:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    break
+                if isinstance(message, dict) and "progress" in message:
+                    if on_progress is not None:
+                        on_progress(str(message["progress"]))
+                    continue
+                return message
     finally:
         s.close()
-    try:
-        return json.loads(data)
-    except ValueError:
-        raise ControlError("the launcher closed the connection without an answer "
-                           "(stopped?)") from None
+    raise ControlError("the launcher closed the connection without an answer (stopped?)")

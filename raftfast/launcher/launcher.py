@@ -163,24 +163,32 @@ class Launcher:
 
     async def _restart_node(self, node):
         """Stop a node on purpose and start its command line again (a roll);
-        the new Node once it is ready."""
+        the new Node once it is ready.  RollFailed as soon as it exits
+        instead (a node that refuses to start says why at once), or when
+        it is not ready in READY_WAIT."""
         await self._stop_node(node)
         new = await self._start_node(node.spec)
-        try:
-            await asyncio.wait_for(asyncio.shield(new.ready), READY_WAIT)
-        except asyncio.TimeoutError:
-            raise RollFailed(f"node {node.id} did not start again in {READY_WAIT:g} s; its "
-                             f"last lines:\n{new.last_lines()}") from None
-        return new
+        # asyncio.wait cancels neither: the launcher's watcher awaits `exited` too.
+        await asyncio.wait((new.ready, new.exited), timeout=READY_WAIT,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if new.ready.done():
+            return new
+        if new.alive:
+            why = f"is not ready after {READY_WAIT:g} s"
+        else:
+            await asyncio.wait(new.readers, timeout=2.0)  # its last words
+            why = f"exited with code {new.proc.returncode} as it started"
+        raise RollFailed(f"node {node.id} did not come back: it {why}\nits last lines (full "
+                         f"log: {log_path(self.data_dir, node.id)}):\n{new.last_lines()}")
 
-    async def _on_control(self, op, req):
+    async def _on_control(self, op, req, progress):
         if not self.serving:
             return {"error": "the cluster is not serving (still starting, or stopping); "
                              "try again"}
         if op == "roll":
             async with self.membership.changing:   # no add or remove meanwhile
                 try:
-                    return {"ok": "\n".join(await self.roller.roll())}
+                    return {"ok": await self.roller.roll(progress)}
                 except RollFailed as e:
                     return {"error": str(e)}
         return await self.membership.answer(op, req)

@@ -41,36 +41,51 @@ class Roller:
         self.say = say
         self.stop = stop
 
-    async def roll(self):
-        """Every node restarted; the lines said along the way."""
-        said = []
+    async def roll(self, progress=lambda text: None):
+        """Every node restarted; the last line.  Each step, as it ends, is
+        said here and sent to progress(text) (the asking command's terminal)."""
 
         def report(text):
             self.say(text)
-            said.append(text)
+            progress(text)
 
         infos = await poll_all(self.nodes())
         first_leader = resp_client.leader_of(infos)
         if first_leader is None:
             raise RollFailed("no leader: a roll needs a cluster that can write")
         order = sorted((n.id for n in self.nodes()), key=lambda i: i == first_leader)
-        for nid in order:
-            if self.stop.is_set():
-                raise RollFailed("the launcher is stopping")
-            started = time.monotonic()
-            leader, commit = await self._leader_and_commit()
-            if leader == nid:
-                leader = await self._hand_over(nid)
-                report(f"node {nid} handed its leadership to node {leader}")
-                _, commit = await self._leader_and_commit()
-            node = self._node(nid)
-            old_pid = node.proc.pid
-            new = await self.restart(node)
-            await self._caught_up(nid, commit)
-            report(f"node {nid} restarted (pid {old_pid} -> {new.proc.pid}), caught up to "
-                   f"index {commit} in {time.monotonic() - started:.1f} s")
-        report(f"rolled {len(order)} nodes")
-        return said
+        for k, nid in enumerate(order):
+            try:
+                await self._roll_one(nid, report)
+            except RollFailed as e:
+                # The first line stays the one that says what happened; the
+                # node's last lines, when given, follow it.
+                first, _, rest = str(e).partition("\n")
+                done = ", ".join(map(str, order[:k])) or "none"
+                left = ", ".join(map(str, order[k + 1:])) or "none"
+                raise RollFailed(f"{first}; the roll stopped there (restarted before it: "
+                                 f"{done}; not restarted: {left})"
+                                 + (f"\n{rest}" if rest else "")) from None
+        self.say(f"rolled {len(order)} nodes")
+        return f"rolled {len(order)} nodes"
+
+    async def _roll_one(self, nid, report):
+        """Restart node nid (handing over first if it leads) and wait until
+        it applied what the leader had committed when it went down."""
+        if self.stop.is_set():
+            raise RollFailed("the launcher is stopping")
+        started = time.monotonic()
+        leader, commit = await self._leader_and_commit()
+        if leader == nid:
+            leader = await self._hand_over(nid)
+            report(f"node {nid} handed its leadership to node {leader}")
+            _, commit = await self._leader_and_commit()
+        node = self._node(nid)
+        old_pid = node.proc.pid
+        new = await self.restart(node)
+        await self._caught_up(nid, commit)
+        report(f"node {nid} restarted (pid {old_pid} -> {new.proc.pid}), caught up to "
+               f"index {commit} in {time.monotonic() - started:.1f} s")
 
     def _node(self, nid):
         for n in self.nodes():

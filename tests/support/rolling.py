@@ -46,7 +46,12 @@ class Writer(threading.Thread):
                     self.target = next(j for j, p in self.cluster.client_ports.items()
                                        if p == port)
                 else:
+                    # No leader known here (a node just restarted, or one
+                    # that just handed over): ask the next node, as a client
+                    # that follows the leader would.
                     self.errors += 1
+                    self.target = self.cluster.ids[(self.cluster.ids.index(self.target) + 1)
+                                                   % len(self.cluster.ids)]
                     self.halt.wait(0.02)
             except (redis.ConnectionError, redis.TimeoutError):
                 conns.pop(self.target, None)
