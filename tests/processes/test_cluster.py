@@ -397,7 +397,7 @@ def control(*argv):
                           cwd=REPO)
 
 
-@pytest.mark.parametrize("argv", [["add"], ["remove", "2"]])
+@pytest.mark.parametrize("argv", [["add"], ["remove", "2"], ["roll"]])
 def test_add_and_remove_without_a_launcher_say_so(tmp_path, argv):
     r = control(*argv, "--data-dir", str(tmp_path))
     assert r.returncode == 1
@@ -408,6 +408,8 @@ def test_add_and_remove_without_a_launcher_say_so(tmp_path, argv):
     (["add"], "--data-dir"),
     (["remove", "--data-dir", "d"], "ID"),
     (["remove", "0", "--data-dir", "d"], "must be >= 1"),
+    (["roll"], "--data-dir"),
+    (["roll", "3", "--data-dir", "d"], "unrecognized arguments: 3"),
 ])
 def test_add_and_remove_bad_usage_exits_2(argv, fragment):
     r = control(*argv)
