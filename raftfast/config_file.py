@@ -59,6 +59,9 @@ def expand_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[
     out: list[str] = []
     for key, value in doc.items():
         action = actions.get(key)
+        if key == "config":
+            raise ConfigFileError(f"--config {path}: 'config': a config file cannot name "
+                                  "another")
         if action is None or key in _NOT_KEYS:
             raise ConfigFileError(f"--config {path}: {key!r} is not a flag of this command")
         out += _flag_args(path, key, action, value, rest)

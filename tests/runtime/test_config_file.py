@@ -63,6 +63,7 @@ def test_without_a_file_nothing_changes():
 @pytest.mark.parametrize("text,says", [
     ("bogus = 1", "'bogus' is not a flag of this command"),
     ("version = true", "'version' is not a flag of this command"),
+    ('config = "other.toml"', "'config': a config file cannot name another"),
     ('heartbeat-interval = "often"', "heartbeat-interval = 'often'"),
     ("heartbeat-interval = true", "heartbeat-interval takes one value"),
     ('fsync = "sometimes"', "fsync = 'sometimes': not one of always, never"),
