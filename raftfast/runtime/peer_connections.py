@@ -28,7 +28,7 @@ transport), through these of its members:
     bytes_received, reads and refused;
     attach_dialed(peer, conn), dialed_ready(peer, conn, version),
     dialed_lost(peer, conn, exc), attach_accepted(conn),
-    detach_accepted(conn), learn_client_url(node_id, url).
+    detach_accepted(conn), learn_client_url(node_id, url), accepted_from(node_id).
 """
 from raftfast._codec import (FRAME_AUTH, FRAME_HANDSHAKE, FRAME_HANDSHAKE_ACK, FRAME_MESSAGE,
                              PROTOCOL_MAX, PROTOCOL_MIN, FrameDecoder, FrameError, choose_version,
@@ -305,6 +305,7 @@ class AcceptedConnection:
         self.peer_id = hs.node_id
         self.decoder.set_max_frame_size(owner.max_frame_size)
         owner.learn_client_url(hs.node_id, hs.client_url)
+        owner.accepted_from(hs.node_id)
         owner.log.debug("accepted node %d from %s (protocol v%d)", hs.node_id, self.who, version)
 
     def pause_writing(self):

@@ -200,10 +200,29 @@ class SnapshotManager:
                 self.transport.send(ack)
             if done is not None:
                 self._received_file(done)
+            elif (m.term == core.term and m.index <= core.log.committed
+                  and self.receiver.cur is None and self._received is None
+                  and self.installing is None):
+                self._ack_held(m)
         else:
             # MSG_SNAPSHOT is the runtime's word to its own core, never a
             # peer's: stepping one would restore a snapshot nobody sent.
             log.debug("dropped a %r from the wire", m)
+
+    def _ack_held(self, m):
+        """The leader streams a snapshot this node holds already (its
+        install acknowledgement crossed a second request for the same
+        snapshot).  The receiver answers "the whole file is here", which
+        only ends the leader's transfer; the leader's core leaves its
+        SNAPSHOT state on an append acknowledgement alone, and without one
+        it waits out its ten-election-timeout stall rule before sending the
+        entries after the snapshot.  So the core acknowledges what it holds
+        now (its snapshot handler answers a covered index with its commit)."""
+        core = self.core
+        core.step(Message(MSG_SNAPSHOT, frm=m.frm, to=core.id, term=m.term,
+                          index=m.index, log_term=m.log_term))
+        if core.has_ready():
+            self._schedule()
 
     def halt(self):
         """Stop reacting (the node is stopping on an error)."""

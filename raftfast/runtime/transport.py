@@ -393,6 +393,19 @@ class PeerTransport:
     def detach_accepted(self, proto):
         self._inbound.discard(proto)
 
+    def accepted_from(self, node_id):
+        """Node node_id just dialed us and passed the handshake: it is up.
+        If our own dial to it is waiting out a backoff (it was down), dial
+        now: the wait grows to BACKOFF_MAX, and a restarted node would hear
+        nothing from this node for that long (several election timeouts),
+        which holds up its catch-up and any leadership transfer to it."""
+        peer = self._peers.get(node_id)
+        if self.closed or peer is None or peer.timer is None:
+            return
+        peer.timer.cancel()
+        peer.backoff = BACKOFF_MIN
+        self._dial(peer)
+
     def learn_client_url(self, node_id, url):
         if not url or node_id not in self._addresses:
             # Only nodes we dial (configured peers, members) name where
