@@ -185,11 +185,15 @@ class SnapshotManager:
                 self._sender_check(s)
         elif m.type == MSG_SNAPSHOT_CHUNK:
             core = self.core
-            if m.term >= core.term and (m.term != core.term or m.frm != core.leader_id):
-                # Only the leader the core follows in its term may write
-                # here: any other sender (a member that lost an election,
-                # one the core has not heard lead yet) is dropped unanswered,
-                # and the leader resends once its appends made it known.
+            if m.term == core.term and core.leader_id not in (0, m.frm):
+                # A term has one leader, so this cannot come from a member
+                # that keeps its promises; drop it unanswered.  A chunk of
+                # this term while no leader is known yet, or of a newer term,
+                # comes from the leader of that term: a restarted node behind
+                # a compacted log hears a chunk before any append, and
+                # dropping it cost a resend a second later.  Receiving only
+                # writes a temporary file; the core learns the leader and
+                # the term when it installs the snapshot.
                 self.chunks_dropped += 1
                 log.debug("dropped a snapshot chunk from node %d (term %d): this node "
                           "follows node %d in term %d", m.frm, m.term, core.leader_id,

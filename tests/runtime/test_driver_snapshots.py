@@ -93,10 +93,10 @@ def test_zero_means_never(tmp_path):
         n for n in os.listdir(snap_dir) if n.endswith(".snap")]
 
 
-def test_a_snapshot_chunk_from_anyone_but_the_leader_touches_no_disk(tmp_path):
-    # A member that is not the leader, or the leader claiming a term the
-    # follower has not seen it lead: dropped unanswered, no file written.
-    from raftfast.core.messages import MSG_SNAPSHOT_ACK, MSG_SNAPSHOT_CHUNK, Message
+def test_a_snapshot_chunk_from_a_member_that_is_not_the_leader_touches_no_disk(tmp_path):
+    # A term has one leader: a chunk of the follower's term from anyone but
+    # the leader it follows is dropped unanswered, and no file is written.
+    from raftfast.core.messages import MSG_SNAPSHOT_CHUNK, Message
 
     with SimDrivers(tmp_path, voters=(1, 2, 3)) as sim:
         leader = sim.wait_leader()
@@ -105,24 +105,59 @@ def test_a_snapshot_chunk_from_anyone_but_the_leader_touches_no_disk(tmp_path):
         assert follower.core.leader_id == leader.core.id
         snap_dir = tmp_path / f"n{follower.core.id}" / "snap"
         before = sorted(os.listdir(snap_dir)) if snap_dir.exists() else []
-        sent = []
-        real_send = follower.transport.send
-        # The snapshot acks it sends (its heartbeat answers go on as usual).
-        follower.transport.send = lambda m: (m.type == MSG_SNAPSHOT_ACK and sent.append(m)
-                                             or real_send(m))
-        chunk = dict(index=10 ** 6, log_term=term, commit=0, hint=1 << 20, context=0,
-                     entries=b"x" * 100)
+        sent = _snapshot_acks(follower)
         follower.step_read([Message(MSG_SNAPSHOT_CHUNK, to=follower.core.id,
-                                    frm=other.core.id, term=term, **chunk)])
-        follower.step_read([Message(MSG_SNAPSHOT_CHUNK, to=follower.core.id,
-                                    frm=leader.core.id, term=term + 1, **chunk)])
+                                    frm=other.core.id, term=term, log_term=term, **_CHUNK)])
         sim.loop.advance(0.05)
-        assert follower.snapshots.chunks_dropped == 2
+        assert follower.snapshots.chunks_dropped == 1
         assert follower.snapshots.receiver.cur is None and sent == []
         assert (sorted(os.listdir(snap_dir)) if snap_dir.exists() else []) == before
-        # The leader of the term is heard: its chunk starts a transfer.
+        # The leader's own chunk starts a transfer.
         follower.step_read([Message(MSG_SNAPSHOT_CHUNK, to=follower.core.id,
-                                    frm=leader.core.id, term=term, **chunk)])
+                                    frm=leader.core.id, term=term, log_term=term, **_CHUNK)])
         assert follower.snapshots.receiver.cur is not None
         assert [m.frm for m in sent] == [follower.core.id] and not sent[0].reject
         follower.snapshots.receiver.abort()
+
+
+def test_a_snapshot_chunk_before_any_append_of_its_leader_is_received(tmp_path):
+    # A restarted node behind a compacted log hears its leader's first chunk
+    # before any append (the leader knows it must send a snapshot), and a
+    # leader elected while it was away speaks a newer term: both start the
+    # transfer at once instead of waiting for a resend a second later.
+    from raftfast.core.messages import MSG_SNAPSHOT_CHUNK, Message
+
+    with SimDrivers(tmp_path, voters=(1, 2, 3)) as sim:
+        leader = sim.wait_leader()
+        follower = next(d for d in sim.nodes.values() if d is not leader)
+        term = follower.core.term
+        sent = _snapshot_acks(follower)
+        follower.core.become_follower(term, 0)  # as recovered: its term, no leader yet
+        follower.step_read([Message(MSG_SNAPSHOT_CHUNK, to=follower.core.id,
+                                    frm=leader.core.id, term=term, log_term=term, **_CHUNK)])
+        assert follower.snapshots.receiver.cur is not None
+        assert [(m.term, m.commit, m.reject) for m in sent] == [(term, 100, False)]
+        # A chunk of a newer term (its sender leads that term) replaces the
+        # transfer of the older one; the core's term moves when it installs.
+        follower.step_read([Message(MSG_SNAPSHOT_CHUNK, to=follower.core.id,
+                                    frm=leader.core.id, term=term + 1, log_term=term, **_CHUNK)])
+        assert follower.snapshots.receiver.cur.term == term + 1
+        assert follower.snapshots.receiver.restarts == 1
+        assert sent[-1].term == term + 1 and not sent[-1].reject
+        assert follower.snapshots.chunks_dropped == 0 and follower.core.term == term
+        follower.snapshots.receiver.abort()
+
+
+_CHUNK = dict(index=10 ** 6, commit=0, hint=1 << 20, context=0, entries=b"x" * 100)
+
+
+def _snapshot_acks(driver):
+    """The snapshot acks `driver` sends, in a list (its other messages go
+    on as usual)."""
+    from raftfast.core.messages import MSG_SNAPSHOT_ACK
+
+    sent = []
+    real_send = driver.transport.send
+    driver.transport.send = lambda m: (m.type == MSG_SNAPSHOT_ACK and sent.append(m)
+                                       or real_send(m))
+    return sent
