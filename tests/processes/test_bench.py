@@ -703,3 +703,44 @@ def test_pysyncobj_points_one_cluster_per_node_count_and_settings():
     assert {load for _, ls in out for load in ls} == {load for _, ls in points for load in ls}
     c = bench_compare.open_system("pysyncobj", out[1][0], compare_ns())
     assert c.settings == tuning.node_argv("unbatched")
+
+
+def test_library_comparison_ratios_and_the_redis_yardstick(monkeypatch):
+    # Stand-ins for the measured runs: raftfast 50,000 calls/s, PySyncObj
+    # 20,000 (10,000 for the dict), Redis 40,000 SET/s; systems alternate.
+    from raftfast.bench import library as bench_library
+
+    calls = []
+
+    def fake_run_one(system, machine, seconds, callers, fsync, base_port):
+        calls.append((system, machine))
+        rate = {"raftfast": 50_000.0, "pysyncobj": 20_000.0 if machine == "counter"
+                else 10_000.0}[system]
+        return {"system": system, "machine": machine, "fsync": fsync, "ops_per_s": rate,
+                "p50_us": 1000.0, "p90_us": 1500.0, "p99_us": 3000.0}
+
+    def fake_run_redis(seconds, callers):
+        calls.append(("redis", callers))
+        return {"system": bench_library.REDIS_SYSTEM, "machine": bench_library.REDIS_MACHINE,
+                "fsync": "appendfsync always", "ops_per_s": 40_000.0, "p50_us": 800.0,
+                "p90_us": None, "p99_us": 2000.0}
+
+    monkeypatch.setattr(bench_library, "run_one", fake_run_one)
+    monkeypatch.setattr(bench_library, "run_redis", fake_run_redis)
+    rows = bench_library.run_library_comparison(rounds=2, callers=64, progress=lambda s: None,
+                                                with_redis=True)
+    assert calls[:5] == [("raftfast", "counter"), ("pysyncobj", "counter"),
+                         ("raftfast", "dict"), ("pysyncobj", "dict"), ("redis", 64)]
+    assert calls[5:7] == [("pysyncobj", "counter"), ("raftfast", "counter")]
+    by = {(r["system"], r["machine"]): r for r in rows}
+    assert by[("raftfast", "counter")]["vs_pysyncobj"] == 2.5
+    assert by[("raftfast", "dict")]["vs_pysyncobj"] == 5.0
+    assert by[("raftfast", "counter")]["vs_redis"] == 1.25
+    assert by[("pysyncobj", "counter")]["vs_redis"] == 0.5
+    redis_row = by[(bench_library.REDIS_SYSTEM, bench_library.REDIS_MACHINE)]
+    assert redis_row["rounds"] == 2 and redis_row["p90_us"] is None
+
+    calls.clear()
+    rows = bench_library.run_library_comparison(rounds=1, progress=lambda s: None,
+                                                with_redis=False)
+    assert ("redis", 64) not in calls and all("vs_redis" not in r for r in rows)
