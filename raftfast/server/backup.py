@@ -16,6 +16,11 @@ from the leader while writes go on.
        memory, and the --client-output-buffer-limit, which bounds replies
        built whole, does not apply.
 
+A client that stops reading holds the file open (its disk space too, once
+compaction deletes it) and its connection: a stream that has sent nothing
+for --timeout seconds, or STALL_SECONDS when --timeout is 0, is cut off
+(the connection closed, the backup counted as failed).
+
 The bytes are a snapshot file (runtime/snapshot.py's format: versioned,
 a CRC32C per chunk and one over the whole file), so `restore` verifies a
 backup the same way a node verifies its own snapshots.
@@ -45,6 +50,9 @@ CHUNKS_PER_PUMP = 4   # at most 1 MiB per loop iteration, however fast the clien
 # on the disk (a fresh one is still cached).
 READ_AHEAD = 4 << 20
 _advise = getattr(os, "posix_fadvise", None)
+# Without --timeout, how long a backup may send nothing before it is cut off
+# (as Redis gives a replica that stops reading its output a minute).
+STALL_SECONDS = 60.0
 
 NOT_ALONE = ErrorReply("ERR RAFT.BACKUP must be sent alone: earlier requests on this "
                        "connection are still unanswered")
@@ -86,9 +94,25 @@ class Backups:
             stream.finish(server.redirect_error())
 
     def tick(self):
-        """Every tick: a snapshot the manager could not start yet is asked again."""
+        """Every tick: a snapshot the manager could not start yet is asked
+        again, and a stream its client stopped reading is cut off."""
         if self.waiting:
             self.server.driver.snapshots.take_now()
+        if self.active:
+            self._cut_stalled()
+
+    def _cut_stalled(self):
+        server = self.server
+        limit = server.cfg.timeout or STALL_SECONDS
+        now = server.loop.time()
+        for stream in list(self.active):
+            if stream.fd >= 0 and now - stream.progress_at >= limit:
+                log.warning("backup to client %d: nothing sent for %.0f s (at %d of %d "
+                            "bytes); closing the connection", stream.conn.id, limit,
+                            stream.offset, stream.size)
+                self.failed += 1
+                stream.abort()
+                stream.conn.close_now()
 
     def covering(self, stream, need):
         """The state through `need` is applied: serve `stream` from a snapshot
@@ -131,6 +155,7 @@ class BackupStream:
         self.fd = -1
         self.size = 0
         self.offset = 0
+        self.progress_at = 0.0  # loop time the file's bytes last moved
         self.done = False
         backups.active.add(self)
         # Nothing after the command is parsed until the stream is complete
@@ -166,6 +191,7 @@ class BackupStream:
         log.info("backup to client %d: snapshot %s (%d bytes)", self.conn.id, path, self.size)
         conn = self.conn
         conn.stream = self
+        self.progress_at = self.backups.server.loop.time()
         # The slot stays pending: replies to what follows wait behind it.
         conn.transport.write(b"$%d\r\n" % self.size)
         self.pump()
@@ -204,6 +230,7 @@ class BackupStream:
                 conn.close_now()
                 return
             transport.write(data)
+            self.progress_at = self.backups.server.loop.time()
             self.offset += len(data)
             self.backups.bytes_sent += len(data)
         self.backups.server.loop.call_soon(self.pump)

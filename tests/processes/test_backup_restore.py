@@ -344,3 +344,58 @@ def test_raft_backup_must_be_sent_alone_and_streams_to_a_slow_reader(tmp_path):
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.timeout(120)
+def test_a_backup_whose_client_stops_reading_is_cut_off_after_timeout():
+    """A client that asks for a backup and stops reading does not hold the
+    snapshot file and its connection for ever: after --timeout seconds
+    without progress the node closes it, counts the backup as failed, and
+    serves on."""
+    import socket
+
+    from raftfast.resp_client import encode_command
+    root = tempfile.mkdtemp(prefix="rfbst")
+    cluster = Cluster(root, n=1, transport="unix", extra_args=["--timeout", "2"])
+    try:
+        cluster.start()
+        node = cluster.nodes[1]
+        wait_info(node, lambda i: i["raft_role"] == "leader", "node 1 to lead")
+        c = node.client()
+        value = b"x" * 2000
+        for lo in range(0, 5000, 500):  # 10 MB: more than the sockets' buffers hold
+            pipe = c.pipeline(transaction=False)
+            for i in range(lo, lo + 500):
+                pipe.set(f"k{i}", value)
+            assert all(pipe.execute())
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+        s.settimeout(10)
+        s.connect(("127.0.0.1", node.client_port))
+        try:
+            s.sendall(encode_command("RAFT.BACKUP"))
+            header = b""
+            while not header.endswith(b"\r\n"):
+                header += s.recv(1)
+            size = int(header[1:-2])
+            assert size > 5000 * 2000
+            # ... and read no more: the stream stalls, then is cut off.
+            until(lambda: (lambda i: i["raftfast_backups_failed"] == "1"
+                           and i["raftfast_backups_in_progress"] == "0")(info_stats(node)),
+                  "the stalled backup to be cut off", timeout=30)
+            received = 0
+            while True:
+                try:
+                    data = s.recv(1 << 16)
+                except ConnectionResetError:
+                    break
+                if not data:
+                    break
+                received += len(data)
+            assert received < size
+        finally:
+            s.close()
+        assert node.client().get("k4999") == value  # still serving
+        assert "nothing sent for 2 s" in node.log_tail(40)
+    finally:
+        cluster.stop()
