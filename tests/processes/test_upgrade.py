@@ -3,7 +3,8 @@ half-done one, and the second roll that gives the cluster a secret
 (docs/operations.md, "Rolling upgrade").
 
 The 0.1.0 nodes run the release tagged v0.1.0, built beside this tree: the
-tag's files are extracted and their extensions built once into a cache
+release's files (the tag, or the commit it names where a clone came
+without tags) are extracted and their extensions built once into a cache
 directory (RAFTFAST_RELEASE_CACHE, default ~/.cache/raftfast-releases),
 which takes a couple of minutes the first time.  That is why these tests
 are behind the `upgrade` marker: `python -m pytest -m upgrade`.
@@ -24,8 +25,27 @@ from tests.support.wait import until
 pytestmark = [pytest.mark.upgrade, pytest.mark.multiprocess]
 
 OLD_TAG = "v0.1.0"
+# The commit the tag names: a clone made without tags still has it.
+OLD_COMMIT = "0f717538f6049a2b5b58db297dbfb3eecbd0d854"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VERSION_ERROR = b"needs every node on raftfast 0.2.0"
+
+
+def _old_release_commit():
+    """The commit of 0.1.0 in this clone, or a skip: the tag where it came
+    with the clone (and must name OLD_COMMIT), else OLD_COMMIT itself."""
+    def resolve(ref):
+        found = subprocess.run(["git", "-C", REPO, "rev-parse", "-q", "--verify", ref],
+                               capture_output=True, text=True)
+        return found.stdout.strip() if found.returncode == 0 else None
+
+    tagged = resolve(f"refs/tags/{OLD_TAG}^{{commit}}")
+    if tagged is not None:
+        assert tagged == OLD_COMMIT, f"{OLD_TAG} names {tagged}, not the 0.1.0 release {OLD_COMMIT}"
+        return tagged
+    if resolve(f"{OLD_COMMIT}^{{commit}}") is None:
+        pytest.skip(f"neither {OLD_TAG} nor its commit {OLD_COMMIT[:12]} is in this clone")
+    return OLD_COMMIT
 
 
 def _build_old_release():
@@ -40,12 +60,10 @@ def _build_old_release():
     done = os.path.join(tree, ".built")
     if os.path.exists(done):
         return tree
-    if subprocess.run(["git", "-C", REPO, "rev-parse", "-q", "--verify", f"refs/tags/{OLD_TAG}"],
-                      capture_output=True).returncode != 0:
-        pytest.skip(f"the tag {OLD_TAG} is not in this clone (git fetch --tags)")
+    release = _old_release_commit()
     shutil.rmtree(tree, ignore_errors=True)
     os.makedirs(tree)
-    archive = subprocess.run(["git", "-C", REPO, "archive", OLD_TAG], capture_output=True,
+    archive = subprocess.run(["git", "-C", REPO, "archive", release], capture_output=True,
                              check=True).stdout
     subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
     subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-j", "2"],
