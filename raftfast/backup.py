@@ -25,7 +25,7 @@ from raftfast import resp_client
 from raftfast._crc import crc32c
 from raftfast.address import AddressError, parse_address
 from raftfast.arg_types import int_at_least
-from raftfast.config import NODE_ID_MAX, ArgumentParser, ConfigError, check_cluster_id
+from raftfast.config import ArgumentParser, cluster_id_arg, node_id_arg, url_arg
 from raftfast.resp_client import RespError, address
 from raftfast.runtime.data_dir import fsync_dir
 from raftfast.runtime.snapshot import SnapshotError, read_snapshot_meta
@@ -190,35 +190,12 @@ def _receive(sock, first, size, path, addr):
 
 # ---- the commands ------------------------------------------------------------------
 
-def _url(s):
-    try:
-        parse_address(s)
-    except AddressError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return s
-
-
-def _node_id(s):
-    v = int_at_least(1)(s)
-    if v > NODE_ID_MAX:
-        raise argparse.ArgumentTypeError(f"node ids are from 1 to {NODE_ID_MAX}, got {v}")
-    return v
-
-
-def _cluster_id(s):
-    try:
-        check_cluster_id(s)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return s
-
-
 def backup_main(argv):
     parser = ArgumentParser(
         prog="python -m raftfast.node backup",
         description="Take a consistent backup of a running cluster's data set from its leader "
                     "(any node's client address will do: it follows the redirect).")
-    parser.add_argument("--client", type=_url, required=True, metavar="URL",
+    parser.add_argument("--client", type=url_arg, required=True, metavar="URL",
                         help="a node's client address (tcp://, tls:// or unix://)")
     parser.add_argument("file", metavar="FILE", help="where the backup goes (replaced when "
                         "complete; never left partial)")
@@ -262,9 +239,9 @@ def restore_main(argv):
     parser.add_argument("file", metavar="FILE", help="a file `backup` wrote")
     parser.add_argument("--data-dir", required=True, metavar="DIR",
                         help="the new data dir (must not exist, or be empty)")
-    parser.add_argument("--id", dest="node_id", type=_node_id, required=True, metavar="ID",
+    parser.add_argument("--id", dest="node_id", type=node_id_arg, required=True, metavar="ID",
                         help="the restored node's id")
-    parser.add_argument("--cluster-id", type=_cluster_id, metavar="NEW",
+    parser.add_argument("--cluster-id", type=cluster_id_arg, metavar="NEW",
                         help="the new cluster's id (default: restored-<8 random hex digits>)")
     parser.add_argument("--fsync", choices=("always", "never"), default="always",
                         help="make the new data dir durable before exiting (default: always)")

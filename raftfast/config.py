@@ -24,7 +24,8 @@ from raftfast.config_file import ConfigFileError, expand_config
 from raftfast.arg_types import half_of_ram, int_at_least, memory_at_least, octal_mode
 
 __all__ = ["Config", "ConfigError", "ArgumentParser", "add_node_arguments",
-           "parse_node_config", "tunable_argv", "NODE_ID_MAX", "check_cluster_id"]
+           "parse_node_config", "tunable_argv", "NODE_ID_MAX", "check_cluster_id",
+           "node_id_arg", "url_arg", "cluster_id_arg"]
 
 NODE_ID_MAX: int = 2**63 - 1
 CLUSTER_ID_MAX_BYTES: int = 255  # it travels in every handshake with a one-byte length
@@ -329,7 +330,7 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _type_node_id(s: str) -> int:
+def node_id_arg(s: str) -> int:
     try:
         v = int(s)
     except ValueError:
@@ -339,7 +340,7 @@ def _type_node_id(s: str) -> int:
     return v
 
 
-def _type_url(s: str) -> str:
+def url_arg(s: str) -> str:
     try:
         parse_address(s)
     except AddressError as e:
@@ -347,11 +348,20 @@ def _type_url(s: str) -> str:
     return s
 
 
+def cluster_id_arg(s: str) -> str:
+    try:
+        check_cluster_id(s)
+    except ConfigError as e:
+        # argparse names the flag itself
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--cluster-id").lstrip(": ")) from None
+    return s
+
+
 def _type_peer(s: str) -> tuple[int, str]:
     pid, sep, url = s.partition("=")
     if not sep or not pid or not url:
         raise argparse.ArgumentTypeError(f"{s!r} is not ID=URL")
-    return _type_node_id(pid.strip()), _type_url(url.strip())
+    return node_id_arg(pid.strip()), url_arg(url.strip())
 
 
 def _default(name: str) -> Any:
@@ -438,15 +448,15 @@ def add_node_arguments(parser: argparse.ArgumentParser,
                              "a flag without a value is true or false; the command line wins")
     if not cluster:
         g = parser.add_argument_group("identity and addresses")
-        g.add_argument("--id", dest="node_id", type=_type_node_id, required=True, metavar="ID",
+        g.add_argument("--id", dest="node_id", type=node_id_arg, required=True, metavar="ID",
                        help="this node's id (1 to 2^63-1)")
         g.add_argument("--data-dir", required=True, metavar="DIR",
                        help="this node's state; created if missing, locked while running")
-        g.add_argument("--listen", type=_type_url, required=True, metavar="URL",
+        g.add_argument("--listen", type=url_arg, required=True, metavar="URL",
                        help="where peer traffic is accepted (tcp://HOST:PORT or unix:///path.sock)")
-        g.add_argument("--client", type=_type_url, required=True, metavar="URL",
+        g.add_argument("--client", type=url_arg, required=True, metavar="URL",
                        help="where clients are served (RESP2)")
-        g.add_argument("--advertise-client", type=_type_url, metavar="URL",
+        g.add_argument("--advertise-client", type=url_arg, metavar="URL",
                        help="the client address other nodes name in MOVED (default: --client)")
         g.add_argument("--peer", type=_type_peer, action="append", metavar="ID=URL",
                        help="how this node dials another node (repeatable)")
@@ -475,7 +485,7 @@ def add_node_arguments(parser: argparse.ArgumentParser,
                        help="allow peers over plain TCP on a non-loopback address")
         g.add_argument("--unixsocketperm", type=octal_mode, metavar="MODE",
                        help="the mode of a unix:// client socket, in octal (default: 600)")
-        g.add_argument("--metrics", type=_type_url, metavar="URL",
+        g.add_argument("--metrics", type=url_arg, metavar="URL",
                        help="serve Prometheus metrics at http://HOST:PORT/metrics "
                             "(--metrics tcp://HOST:PORT; default: none)")
         g.add_argument("--force-new-cluster", action="store_true", default=None,

@@ -225,6 +225,19 @@ def test_backup_command_usage_and_unreachable(tmp_path):
     assert not (tmp_path / "f").exists()
 
 
+@pytest.mark.parametrize("args, says", [
+    (("backup", "--client", "bogus://x", "out"), "argument --client: bad address 'bogus://x'"),
+    (("restore", "--id", "0", "--data-dir", "d", "f"), "argument --id: node ids are from 1 to"),
+    (("restore", "--id", "1", "--cluster-id", "", "--data-dir", "d", "f"),
+     "argument --cluster-id: must not be empty"),
+])
+def test_backup_and_restore_word_a_bad_flag_as_the_node_does(tmp_path, args, says):
+    done = node_command(*args)
+    assert done.returncode == 2 and says in done.stderr, done.stderr
+    assert done.stderr.count("--cluster-id") <= 1 and "Traceback" not in done.stderr
+    assert not os.path.exists("d") and not os.path.exists("out")
+
+
 @pytest.mark.timeout(120)
 def test_backup_over_tls_with_a_password_passes_the_output_buffer_limit(tmp_path):
     """A backup larger than --client-output-buffer-limit, from a tls://
